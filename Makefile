@@ -1,0 +1,35 @@
+# edgeproxy: `make run` and `make test` each set everything up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXT_SRC := src/edgeproxy/_fastxml.pyx
+
+.PHONY: run test bench lint build clean corpus
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip "setuptools>=68" wheel "Cython>=3.0,<4"
+
+$(STAMP): $(PY) pyproject.toml setup.py
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[test]'
+	touch $(STAMP)
+
+# Rebuild the compiled tokenizer in place whenever its source changed.
+build: $(STAMP)
+	$(PY) setup.py --quiet build_ext --inplace
+
+run: build
+	$(VENV)/bin/edgeproxy serve
+
+test: build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: build
+	$(VENV)/bin/ruff check src tests bench
+
+bench: build
+	$(PY) bench/bench_tokenizer.py
+
+clean:
+	rm -rf build src/edgeproxy/_fastxml.c src/edgeproxy/_fastxml*.so

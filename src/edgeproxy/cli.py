@@ -1,0 +1,104 @@
+"""The ``edgeproxy`` command.
+
+Every sub-command lives in the module of its concept and adds itself here through a
+``register(subparsers)`` function; its handler is ``args.handler(args) -> int`` (exit status:
+0 ok, 1 refused by validation or failed check, 2 usage error). Global options: ``--config PATH``
+(else ``$EDGEPROXY_CONFIG``, else the embedded default) and ``--version``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from edgeproxy import __version__
+from edgeproxy.config import default_config_text, load_config
+from edgeproxy.errors import ConfigError
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+def config_option_parent() -> argparse.ArgumentParser:
+    """A parent parser so that ``--config`` is accepted after any sub-command too."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="configuration file (default: $EDGEPROXY_CONFIG, else the embedded default)",
+    )
+    return parent
+
+
+Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(
+        "edgeproxy serve: not yet — the S2S listener and the loopback channel are not built yet "
+        f"(configuration {config.source} for {', '.join(config.edge.domains)} loads fine).",
+        file=sys.stderr,
+    )
+    return EXIT_REFUSED
+
+
+def _config_show_default(args: argparse.Namespace) -> int:
+    sys.stdout.write(default_config_text())
+    return EXIT_OK
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"configuration {config.source}: OK (domains: {', '.join(config.edge.domains)})")
+    return EXIT_OK
+
+
+def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser("serve", parents=[config_option_parent()], help="run the edge (S2S listener, loopback channel)")
+    serve.set_defaults(handler=_serve)
+    config = sub.add_parser("config", help="the configuration file")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    show = config_sub.add_parser("show-default", parents=[config_option_parent()], help="print the embedded default configuration")
+    show.set_defaults(handler=_config_show_default)
+    check = config_sub.add_parser("validate", parents=[config_option_parent()], help="load the configuration and report errors")
+    check.set_defaults(handler=_config_check)
+
+
+def _registrars() -> list[Registrar]:
+    """Sub-command groups, in help order. Each module owns its own commands."""
+    return [_register_core]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeproxy",
+        description="XMPP federation edge: S2S proxy, policy engine and XMPP-SIP gateway.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgeproxy {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None,
+        help="configuration file (default: $EDGEPROXY_CONFIG, else the embedded default)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in _registrars():
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"edgeproxy: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
