@@ -1606,9 +1606,8 @@ cdef class Element:
         if type(child) is str:
             if not child:
                 return
-            if self.children and type(self.children[-1]) is str:
-                self.children[-1] = self.children[-1] + child
-                return
+            _append_text(self, child)
+            return
         elif not isinstance(child, Element):
             raise TypeError("children are Element or str")
         self.children.append(child)
@@ -1743,14 +1742,16 @@ cdef object _build_tree(bytes raw, dict stream_scope):
     return root
 
 
-cdef inline void _append_text(Element cur, str text):
+cdef int _append_text(Element cur, str text) except -1:
     if cur is None or not text:
-        return
+        return 0
     cdef list ch = cur.children
-    if ch and type(ch[-1]) is str:
-        ch[-1] = ch[-1] + text
+    cdef Py_ssize_t last = len(ch) - 1
+    if last >= 0 and type(ch[last]) is str:
+        ch[last] = ch[last] + text
     else:
         ch.append(text)
+    return 0
 
 
 cdef str _decode_cdata(const unsigned char* s, Py_ssize_t n):
