@@ -69,7 +69,12 @@ def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 def _registrars() -> list[Registrar]:
     """Sub-command groups, in help order. Each module owns its own commands."""
-    return [_register_core]
+    from edgeproxy.certs import commands as cert_commands
+
+    return [
+        _register_core,
+        cert_commands.register,
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:

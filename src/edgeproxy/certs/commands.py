@@ -1,0 +1,242 @@
+"""``edgeproxy cert request | import | self-signed | show``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from edgeproxy.certs import check, csr, selfsigned
+from edgeproxy.certs.identity import PresentedIdentities
+from edgeproxy.certs.names import certificate_names, required_names
+from edgeproxy.certs.pem import (
+    CertificateError,
+    certificates_pem,
+    private_key_pem,
+    public_key_der,
+    read_certificates,
+    read_passphrase,
+    read_private_key,
+    write_atomic,
+)
+from edgeproxy.certs.store import (
+    CertPaths,
+    configured_paths,
+    friendly_name,
+    install_files,
+    record_friendly_name,
+)
+from edgeproxy.config import EdgeConfig, load_config
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+
+
+def _err(message: str) -> None:
+    print(f"edgeproxy: {message}", file=sys.stderr)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _config(args: argparse.Namespace) -> EdgeConfig:
+    return load_config(getattr(args, "config", None))
+
+
+# --- request -----------------------------------------------------------------------------------
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    config = _config(args)
+    subject = csr.SubjectFields(
+        common_name=config.edge.external_fqdn,
+        organization=args.org,
+        organizational_unit=args.ou,
+        country=args.country,
+        state=args.state,
+        locality=args.city,
+    )
+    names = certificate_names(config, extra=args.san, xmpp_domains=args.xmpp_domains)
+    out, key_out = Path(args.out), Path(args.key_out)
+    for path in (out, key_out):
+        if path.exists() and not args.force:
+            _err(f"{path} exists; refusing to overwrite it (use --force)")
+            return EXIT_REFUSED
+    try:
+        passphrase = read_passphrase(args.passphrase_file)
+        key = csr.generate_rsa_key(args.key_size)
+        request = csr.build_csr(key, subject, names, friendly_name=args.friendly_name)
+    except (ValueError, CertificateError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_REFUSED
+    write_atomic(key_out, private_key_pem(key, passphrase), 0o600)
+    write_atomic(out, request.public_bytes(serialization.Encoding.PEM), 0o644)
+    record_friendly_name(config, public_key_der(key), args.friendly_name)
+    print(f"wrote certificate request {out} ({args.key_size}-bit RSA key in {key_out}, mode 0600"
+          f"{', encrypted' if passphrase else ''})")
+    print(f"subject: {request.subject.rfc4514_string()}")
+    print(f"names:   {', '.join(names)}")
+    print("send the request to your CA, then: edgeproxy cert import CERT --key "
+          f"{key_out}{' --passphrase-file FILE' if passphrase else ''} [--chain FILE]")
+    return EXIT_OK
+
+
+# --- import ------------------------------------------------------------------------------------
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    config = _config(args)
+    paths = configured_paths(config)
+    try:
+        certs = read_certificates(Path(args.certificate))
+        leaf, chain = certs[0], certs[1:]
+        if args.chain:
+            chain += read_certificates(Path(args.chain))
+        key_path = Path(args.key) if args.key else paths.key
+        if not key_path.exists():
+            raise CertificateError(f"no private key: {key_path} does not exist (pass --key KEY)")
+        key = read_private_key(key_path, read_passphrase(args.passphrase_file))
+    except CertificateError as exc:
+        _err(f"refused: {exc}")
+        return EXIT_REFUSED
+    problems = check.check_edge_certificate(leaf, key, chain, required_names(config), _now())
+    refusals = check.errors(problems)
+    for p in problems:
+        if p.severity == "warning":
+            print(f"warning: {p.message}", file=sys.stderr)
+    if refusals:
+        for p in refusals:
+            _err(f"refused ({p.code}): {p.message}")
+        _err("nothing was installed")
+        return EXIT_REFUSED
+    install_files(
+        [
+            (paths.chain, certificates_pem(chain), 0o644),
+            (paths.key, private_key_pem(key), 0o600),
+            (paths.certificate, certificates_pem([leaf, *chain]), 0o644),
+        ]
+    )
+    print(f"installed {paths.certificate} (certificate + {len(chain)} chain), {paths.key} (0600)")
+    print(f"subject {check.subject_text(leaf)}, {check.days_left(leaf, _now())} days left")
+    print("the running edge takes it on reload (edgeproxy reload, or restart the service)")
+    return EXIT_OK
+
+
+# --- self-signed -------------------------------------------------------------------------------
+
+
+def cmd_self_signed(args: argparse.Namespace) -> int:
+    config = _config(args)
+    paths = CertPaths.in_directory(Path(args.out_dir)) if args.out_dir else configured_paths(config)
+    if not args.force:
+        existing = [p for p in (paths.certificate, paths.key) if p.exists()]
+        if existing:
+            _err(f"{existing[0]} exists; refusing to overwrite it (use --force)")
+            return EXIT_REFUSED
+    names = certificate_names(config, extra=args.san)
+    authority = selfsigned.make_authority(f"edgeproxy private CA for {config.edge.external_fqdn}")
+    key = selfsigned.new_ec_key()
+    leaf = selfsigned.issue(authority, key.public_key(), names, days=args.days)
+    install_files(
+        [
+            (paths.ca_key, private_key_pem(authority.key), 0o600),
+            (paths.ca_certificate, certificates_pem([authority.certificate]), 0o644),
+            (paths.chain, b"", 0o644),
+            (paths.key, private_key_pem(key), 0o600),
+            (paths.certificate, certificates_pem([leaf]), 0o644),
+        ]
+    )
+    print(f"wrote {paths.certificate} and {paths.key} for {', '.join(names)} ({args.days} days)")
+    print(f"private CA: {paths.ca_certificate} (give it to partners that must trust this edge)")
+    return EXIT_OK
+
+
+# --- show --------------------------------------------------------------------------------------
+
+
+def describe(config: EdgeConfig, leaf: x509.Certificate, now: dt.datetime) -> list[str]:
+    ids = PresentedIdentities.from_certificate(leaf)
+    lines = []
+    name = friendly_name(config, public_key_der(leaf))
+    if name:
+        lines.append(f"friendly name: {name}")
+    left = check.days_left(leaf, now)
+    lines += [
+        f"subject:    {check.subject_text(leaf)}",
+        f"issuer:     {leaf.issuer.rfc4514_string()}",
+        f"serial:     {leaf.serial_number:x}",
+        f"valid:      {leaf.not_valid_before_utc:%Y-%m-%d} .. {leaf.not_valid_after_utc:%Y-%m-%d}"
+        f" ({'expired' if left < 0 else f'{left} days left'})",
+        f"names:      {', '.join(ids.all_names()) or 'none'}",
+    ]
+    for n in required_names(config):
+        lines.append(f"  {'covered' if ids.covers(n) else 'NOT covered'}: {n}")
+    return lines
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    config = _config(args)
+    path = Path(args.certificate) if args.certificate else configured_paths(config).certificate
+    try:
+        certs = read_certificates(path)
+    except CertificateError as exc:
+        _err(f"{exc} (hint: edgeproxy cert self-signed, or cert request + cert import)")
+        return EXIT_REFUSED
+    print(f"certificate: {path}")
+    for line in describe(config, certs[0], _now()):
+        print(line)
+    if len(certs) > 1:
+        print(f"chain:      {'; '.join(check.subject_text(c) for c in certs[1:])}")
+    return EXIT_OK
+
+
+# --- registration ------------------------------------------------------------------------------
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from edgeproxy.cli import config_option_parent
+
+    cert = sub.add_parser("cert", help="the edge certificate: request, import, self-signed, show")
+    cs = cert.add_subparsers(dest="cert_command", required=True, metavar="COMMAND")
+    parent = [config_option_parent()]
+
+    req = cs.add_parser("request", parents=parent, help="write a key and a certificate signing request")
+    req.add_argument("--friendly-name", required=True, metavar="N")
+    req.add_argument("--key-size", type=int, default=2048, choices=csr.KEY_SIZES)
+    req.add_argument("--org", metavar="O")
+    req.add_argument("--ou", metavar="U")
+    req.add_argument("--country", metavar="C")
+    req.add_argument("--state", metavar="S")
+    req.add_argument("--city", metavar="L")
+    req.add_argument("--san", action="append", default=[], metavar="NAME", help="extra name (repeatable)")
+    req.add_argument(
+        "--no-xmpp-domains", dest="xmpp_domains", action="store_false",
+        help="do not add each XMPP domain itself as a name",
+    )
+    req.add_argument("--out", required=True, metavar="CSR")
+    req.add_argument("--key-out", required=True, metavar="KEY")
+    req.add_argument("--passphrase-file", metavar="F", help="encrypt the key with the first line of F")
+    req.add_argument("--force", action="store_true", help="overwrite existing output files")
+    req.set_defaults(handler=cmd_request)
+
+    imp = cs.add_parser("import", parents=parent, help="check and install an issued certificate")
+    imp.add_argument("certificate", metavar="CERT", help="PEM: the certificate, optionally followed by its chain")
+    imp.add_argument("--key", metavar="KEY", help="its private key (default: the installed key)")
+    imp.add_argument("--chain", metavar="FILE", help="intermediate certificates, issuer of the leaf first")
+    imp.add_argument("--passphrase-file", metavar="F")
+    imp.set_defaults(handler=cmd_import)
+
+    ss = cs.add_parser("self-signed", parents=parent, help="a private CA and an edge certificate (labs, tests)")
+    ss.add_argument("--out-dir", metavar="DIR", help="write here instead of the configured tls paths")
+    ss.add_argument("--days", type=int, default=365)
+    ss.add_argument("--san", action="append", default=[], metavar="NAME")
+    ss.add_argument("--force", action="store_true", help="replace an existing certificate")
+    ss.set_defaults(handler=cmd_self_signed)
+
+    show = cs.add_parser("show", parents=parent, help="subject, names, covered domains, days left")
+    show.add_argument("certificate", nargs="?", metavar="CERT", help="default: the installed certificate")
+    show.set_defaults(handler=cmd_show)

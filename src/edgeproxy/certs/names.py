@@ -1,0 +1,44 @@
+"""The names the edge certificate must carry (SPEC §8).
+
+The external certificate's subjectAltName covers, in this order: the edge's external FQDN,
+``sip.<domain>`` for each SIP domain, each XMPP domain itself (partners verify the certificate
+against the domain they federate with: RFC 6120 §13.7.1.2, XEP-0178), plus extras the admin
+lists. Our XMPP domains are our SIP domains (``edge.domains``). Names are compared as lower-case
+A-labels and listed once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from edgeproxy.certs.identity import normalize_domain
+from edgeproxy.config import EdgeConfig
+
+
+def _unique(names: Iterable[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for n in names:
+        n = normalize_domain(n)
+        if n:
+            seen.setdefault(n, None)
+    return list(seen)
+
+
+def certificate_names(
+    config: EdgeConfig, *, extra: Iterable[str] = (), xmpp_domains: bool = True
+) -> list[str]:
+    """All subjectAltName DNS names for a certificate request, the external FQDN first."""
+    domains = config.edge.domains
+    names = [config.edge.external_fqdn, *(f"sip.{d}" for d in domains)]
+    if xmpp_domains:
+        names.extend(domains)
+    names.extend(extra)
+    return _unique(names)
+
+
+def required_names(config: EdgeConfig) -> list[str]:
+    """The names an imported certificate must cover: every XMPP domain and the external FQDN.
+
+    ``sip.<domain>`` is requested but not required: it serves SIP clients, not XMPP federation.
+    """
+    return _unique([config.edge.external_fqdn, *config.edge.domains])
