@@ -1,0 +1,18 @@
+"""Policy: who may federate and what each stanza may do (SPEC §2–§6).
+
+Modules, each of one concept:
+
+* ``names``      — domain / SIP address / JID normalisation (IDNA UTS46, case folding).
+* ``model``      — the stored configuration as frozen msgspec Structs (partners, gateway
+  settings, external access policies, users).
+* ``validation`` — the §2.1 negotiation matrix and every save-time rule; refuses before saving.
+* ``snapshot``   — one immutable snapshot with its indexes (domain → partner, address → user,
+  effective policy per user precomputed).
+* ``engine``     — pure stream-level and stanza-level decisions over a snapshot.
+* ``store``      — the SQLite store (WAL) with its schema migrations.
+* ``holder``     — ``SnapshotHolder``: notices committed changes and rebuilds the snapshot.
+* ``transfer``   — ``config export`` / ``config import`` documents.
+* ``commands``   — the admin commands (``partner``, ``gateway``, ``policy``, ``user``).
+
+Nothing here imports trio: the pure core is shared by the server, the tools and the tests.
+"""

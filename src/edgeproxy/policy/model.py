@@ -1,0 +1,123 @@
+"""The stored policy configuration as frozen msgspec Structs (SPEC §2, §3, §5).
+
+These are the values the store holds, the commands print (``--json``) and ``config export``
+writes; field names are encoded in kebab-case, enumerations as their lower-case values. Defaults
+are those of the SPEC: a new partner is PublicUnverified, TLS Required, SASL Required, dialback
+on, keep-alive on; the gateway row has Lync's limits and timers; a new access policy allows
+nothing until switched on.
+
+Models only describe; the rules live in ``validation`` and the decisions in ``engine``.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+import msgspec
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+GLOBAL_POLICY = "global"
+SITE_PREFIX = "site:"
+
+
+class PartnerType(enum.StrEnum):
+    """Trust level of a partner (SPEC §4)."""
+
+    FEDERATED = "federated"
+    PUBLIC_VERIFIED = "public-verified"
+    PUBLIC_UNVERIFIED = "public-unverified"
+
+
+class Negotiation(enum.StrEnum):
+    """TLS or SASL negotiation setting of a partner (SPEC §2)."""
+
+    REQUIRED = "required"
+    OPTIONAL = "optional"
+    NOT_SUPPORTED = "not-supported"
+
+
+class AuthMethod(enum.StrEnum):
+    """How a server-to-server stream may be authenticated (SPEC §2.1), strongest first."""
+
+    SASL_OVER_TLS = "sasl-over-tls"
+    TLS_DIALBACK = "tls-dialback"
+    TCP_DIALBACK = "tcp-dialback"
+
+
+class Partner(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
+    """An XMPP federated partner, identified by its primary domain (SPEC §2)."""
+
+    domain: str
+    description: str = ""
+    additional_domains: tuple[str, ...] = ()
+    type: PartnerType = PartnerType.PUBLIC_UNVERIFIED
+    tls: Negotiation = Negotiation.REQUIRED
+    sasl: Negotiation = Negotiation.REQUIRED
+    dialback: bool = True
+    keepalive: bool = True
+    connection_limit: PositiveInt | None = None
+    proxy_fqdn: str | None = None
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """Primary domain first, then the additional ones."""
+        return (self.domain, *self.additional_domains)
+
+
+class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
+    """The one global gateway configuration (SPEC §3). Times are in seconds."""
+
+    dialback_secret: str
+    connection_limit: PositiveInt = 1000
+    partner_connection_limit: PositiveInt = 20
+    keepalive_interval: PositiveInt = 300
+    stream_establishment_timeout: PositiveInt = 60
+    stream_inactivity_timeout: PositiveInt = 600
+    subscription_refresh_interval: PositiveInt = 28800
+    log_message_bodies: bool = False
+
+
+class AccessPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
+    """An external access policy (SPEC §5): ``global``, ``site:NAME`` or a named user policy."""
+
+    identity: str
+    xmpp: bool = False
+    federation: bool = False
+    public_cloud: bool = False
+    description: str = ""
+
+    @property
+    def scope(self) -> str:
+        """``global``, ``site`` or ``user``."""
+        if self.identity == GLOBAL_POLICY:
+            return "global"
+        if self.identity.startswith(SITE_PREFIX):
+            return "site"
+        return "user"
+
+
+class User(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
+    """A local (SIP) user of the directory (SPEC §5)."""
+
+    sip: str
+    name: str = ""
+    site: str = ""
+    sba: bool = False
+    policy: str | None = None
+    contacts: tuple[str, ...] = ()
+    pending: tuple[str, ...] = ()
+
+    @property
+    def jid(self) -> str:
+        """The user's bare JID (RFC 7247 §5)."""
+        return self.sip[4:] if self.sip.startswith("sip:") else self.sip
+
+
+class Configuration(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
+    """Everything the store holds: the unit of export, import and snapshot building."""
+
+    gateway: GatewaySettings
+    partners: tuple[Partner, ...] = ()
+    policies: tuple[AccessPolicy, ...] = ()
+    users: tuple[User, ...] = ()

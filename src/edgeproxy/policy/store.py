@@ -1,0 +1,460 @@
+"""The policy store: SQLite in WAL mode under the state directory (SPEC §2–§5, DESIGN principle 5).
+
+Theory of operation
+-------------------
+* One file, ``<state-dir>/policy.sqlite3``, in WAL mode with ``synchronous=FULL``: a committed
+  change survives a crash or SIGKILL of the writer; a crash loses at most the write in progress.
+* Every write is one ``BEGIN IMMEDIATE`` transaction (``Store.write()``): the write lock is taken
+  up front, so two admin commands never interleave read-modify-write cycles; the other waits
+  (``busy_timeout``). Callers validate inside the transaction, against the state they will
+  replace, and raise to refuse: the transaction is rolled back and the stored content is exactly
+  what it was. Each committed write also bumps ``meta.generation``.
+* Readers (``Store.read()``) take one read transaction, so a snapshot is never half of a change.
+  A running server notices commits cheaply with ``PRAGMA data_version`` (see ``holder``).
+* ``schema_version`` records how many of ``MIGRATIONS`` have been applied; opening the store
+  applies the missing ones in one write transaction. Migration 1 creates the tables, the gateway
+  row (with a random dialback secret, SPEC §3) and the global policy (SPEC §5), which a trigger
+  keeps from being deleted.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from edgeproxy.policy.model import (
+    GLOBAL_POLICY,
+    AccessPolicy,
+    Configuration,
+    GatewaySettings,
+    Negotiation,
+    Partner,
+    PartnerType,
+    User,
+)
+
+STORE_FILE = "policy.sqlite3"
+BUSY_TIMEOUT_MS = 30_000
+
+_SCHEMA_1 = """
+CREATE TABLE meta (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    generation INTEGER NOT NULL
+);
+CREATE TABLE partners (
+    domain TEXT PRIMARY KEY,
+    description TEXT NOT NULL DEFAULT '',
+    type TEXT NOT NULL CHECK (type IN ('federated', 'public-verified', 'public-unverified')),
+    tls TEXT NOT NULL CHECK (tls IN ('required', 'optional', 'not-supported')),
+    sasl TEXT NOT NULL CHECK (sasl IN ('required', 'optional', 'not-supported')),
+    dialback INTEGER NOT NULL CHECK (dialback IN (0, 1)),
+    keepalive INTEGER NOT NULL CHECK (keepalive IN (0, 1)),
+    connection_limit INTEGER CHECK (connection_limit IS NULL OR connection_limit >= 1),
+    proxy_fqdn TEXT
+);
+-- Every domain of every partner, the primary one included (position 0): the primary key makes
+-- "a domain belongs to one partner only" hold in the file itself, not only in validation.
+CREATE TABLE partner_domains (
+    domain TEXT PRIMARY KEY,
+    partner TEXT NOT NULL REFERENCES partners (domain) ON DELETE CASCADE,
+    position INTEGER NOT NULL
+);
+CREATE INDEX partner_domains_by_partner ON partner_domains (partner, position);
+CREATE TABLE gateway (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    connection_limit INTEGER NOT NULL CHECK (connection_limit >= 1),
+    partner_connection_limit INTEGER NOT NULL CHECK (partner_connection_limit >= 1),
+    keepalive_interval INTEGER NOT NULL CHECK (keepalive_interval >= 1),
+    stream_establishment_timeout INTEGER NOT NULL CHECK (stream_establishment_timeout >= 1),
+    stream_inactivity_timeout INTEGER NOT NULL CHECK (stream_inactivity_timeout >= 1),
+    subscription_refresh_interval INTEGER NOT NULL CHECK (subscription_refresh_interval >= 1),
+    dialback_secret TEXT NOT NULL,
+    log_message_bodies INTEGER NOT NULL CHECK (log_message_bodies IN (0, 1))
+);
+CREATE TABLE policies (
+    identity TEXT PRIMARY KEY,
+    xmpp INTEGER NOT NULL CHECK (xmpp IN (0, 1)),
+    federation INTEGER NOT NULL CHECK (federation IN (0, 1)),
+    public_cloud INTEGER NOT NULL CHECK (public_cloud IN (0, 1)),
+    description TEXT NOT NULL DEFAULT ''
+);
+CREATE TRIGGER global_policy_cannot_be_removed BEFORE DELETE ON policies
+    WHEN OLD.identity = 'global'
+    BEGIN SELECT RAISE(ABORT, 'the global policy cannot be removed'); END;
+CREATE TABLE users (
+    sip TEXT PRIMARY KEY,
+    name TEXT NOT NULL DEFAULT '',
+    site TEXT NOT NULL DEFAULT '',
+    sba INTEGER NOT NULL CHECK (sba IN (0, 1)),
+    policy TEXT REFERENCES policies (identity)
+);
+CREATE TABLE contacts (
+    user TEXT NOT NULL REFERENCES users (sip) ON DELETE CASCADE,
+    jid TEXT NOT NULL,
+    PRIMARY KEY (user, jid)
+);
+CREATE TABLE pending (
+    user TEXT NOT NULL REFERENCES users (sip) ON DELETE CASCADE,
+    jid TEXT NOT NULL,
+    PRIMARY KEY (user, jid)
+);
+"""
+
+
+def _migration_1(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_1.split(";\n"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("INSERT INTO meta (id, generation) VALUES (1, 0)")
+    defaults = GatewaySettings(dialback_secret=secrets.token_hex(32))
+    _put_gateway(conn, defaults)
+    _put_policy(conn, AccessPolicy(identity=GLOBAL_POLICY))
+
+
+#: Schema migrations, applied in order; ``schema_version`` counts the ones applied.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
+
+
+class Store:
+    """The SQLite policy store. Use ``Store.open(state_dir)``; close it (or use ``with``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
+        conn = self._conn
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":  # pragma: no cover - only on filesystems without WAL
+            raise OSError(f"{path}: cannot switch the store to WAL mode (got {mode})")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
+
+    @classmethod
+    def open(cls, state_dir: Path | str) -> Store:
+        """Open (creating the directory and the schema if needed) the store in ``state_dir``."""
+        directory = Path(state_dir)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        return cls(directory / STORE_FILE)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            has_table = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+            ).fetchone()
+            if not has_table:
+                conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+                conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+            version = conn.execute("SELECT version FROM schema_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise OSError(
+                    f"{self.path}: schema version {version} is newer than this edgeproxy "
+                    f"({len(MIGRATIONS)})"
+                )
+            for migration in MIGRATIONS[version:]:
+                migration(conn)
+            conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def schema_version(self) -> int:
+        return int(self._conn.execute("SELECT version FROM schema_version").fetchone()[0])
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def generation(self) -> int:
+        """The count of committed writes (persistent; bumps once per write transaction)."""
+        return int(self._conn.execute("SELECT generation FROM meta").fetchone()[0])
+
+    def data_version(self) -> int:
+        """``PRAGMA data_version``: changes when another connection commits (cheap to poll)."""
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def read(self) -> tuple[int, Configuration]:
+        """The generation and the whole configuration, from one consistent read transaction."""
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            generation = int(conn.execute("SELECT generation FROM meta").fetchone()[0])
+            config = _read_configuration(conn)
+        finally:
+            conn.execute("COMMIT")
+        return generation, config
+
+    def integrity_check(self) -> str:
+        return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+    # -- writing ------------------------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[WriteTransaction]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed if the block ends, else rolled back."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield WriteTransaction(conn)
+            conn.execute("UPDATE meta SET generation = generation + 1")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+class WriteTransaction:
+    """Read and write access to the store inside one write transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def configuration(self) -> Configuration:
+        return _read_configuration(self._conn)
+
+    def partners(self) -> list[Partner]:
+        return _read_partners(self._conn)
+
+    def partner(self, domain: str) -> Partner | None:
+        return next((p for p in _read_partners(self._conn, domain) if p.domain == domain), None)
+
+    def put_partner(self, partner: Partner) -> None:
+        _put_partner(self._conn, partner)
+
+    def remove_partner(self, domain: str) -> bool:
+        return self._conn.execute("DELETE FROM partners WHERE domain = ?", (domain,)).rowcount > 0
+
+    def gateway(self) -> GatewaySettings:
+        return _read_gateway(self._conn)
+
+    def put_gateway(self, settings: GatewaySettings) -> None:
+        _put_gateway(self._conn, settings)
+
+    def policies(self) -> list[AccessPolicy]:
+        return _read_policies(self._conn)
+
+    def policy(self, identity: str) -> AccessPolicy | None:
+        return next((p for p in _read_policies(self._conn) if p.identity == identity), None)
+
+    def put_policy(self, policy: AccessPolicy) -> None:
+        _put_policy(self._conn, policy)
+
+    def remove_policy(self, identity: str) -> bool:
+        return (
+            self._conn.execute("DELETE FROM policies WHERE identity = ?", (identity,)).rowcount > 0
+        )
+
+    def users_granted(self, identity: str) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT sip FROM users WHERE policy = ? ORDER BY sip", (identity,)
+        )
+        return [r[0] for r in rows]
+
+    def user(self, sip: str) -> User | None:
+        users = _read_users(self._conn, sip)
+        return users[0] if users else None
+
+    def put_user(self, user: User) -> None:
+        _put_user(self._conn, user)
+
+    def remove_user(self, sip: str) -> bool:
+        return self._conn.execute("DELETE FROM users WHERE sip = ?", (sip,)).rowcount > 0
+
+    def replace_all(self, config: Configuration) -> None:
+        """Replace the whole configuration (``config import``)."""
+        conn = self._conn
+        for table in ("pending", "contacts", "users", "partner_domains", "partners"):
+            conn.execute(f"DELETE FROM {table}")
+        conn.execute("DELETE FROM policies WHERE identity <> ?", (GLOBAL_POLICY,))
+        _put_gateway(conn, config.gateway)
+        for policy in config.policies:
+            _put_policy(conn, policy)
+        for partner in config.partners:
+            _put_partner(conn, partner)
+        for user in config.users:
+            _put_user(conn, user)
+
+
+# -- row mapping (module-private) -------------------------------------------------------------
+
+
+def _read_configuration(conn: sqlite3.Connection) -> Configuration:
+    return Configuration(
+        gateway=_read_gateway(conn),
+        partners=tuple(_read_partners(conn)),
+        policies=tuple(_read_policies(conn)),
+        users=tuple(_read_users(conn)),
+    )
+
+
+def _read_partners(conn: sqlite3.Connection, only: str | None = None) -> list[Partner]:
+    where, params = ("WHERE domain = ?", (only,)) if only is not None else ("", ())
+    extra: dict[str, list[str]] = {}
+    domain_where = (
+        "WHERE partner = ? AND position > 0" if only is not None else "WHERE position > 0"
+    )
+    for partner, domain in conn.execute(
+        f"SELECT partner, domain FROM partner_domains {domain_where} ORDER BY partner, position",
+        params,
+    ):
+        extra.setdefault(partner, []).append(domain)
+    rows = conn.execute(
+        "SELECT domain, description, type, tls, sasl, dialback, keepalive, connection_limit, "
+        f"proxy_fqdn FROM partners {where} ORDER BY domain",
+        params,
+    )
+    return [
+        Partner(
+            domain=d,
+            description=desc,
+            additional_domains=tuple(extra.get(d, ())),
+            type=PartnerType(kind),
+            tls=Negotiation(tls),
+            sasl=Negotiation(sasl),
+            dialback=bool(db),
+            keepalive=bool(ka),
+            connection_limit=limit,
+            proxy_fqdn=proxy,
+        )
+        for d, desc, kind, tls, sasl, db, ka, limit, proxy in rows
+    ]
+
+
+def _put_partner(conn: sqlite3.Connection, p: Partner) -> None:
+    conn.execute("DELETE FROM partner_domains WHERE partner = ?", (p.domain,))
+    conn.execute(
+        "INSERT INTO partners (domain, description, type, tls, sasl, dialback, keepalive, "
+        "connection_limit, proxy_fqdn) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (domain) DO UPDATE SET description = excluded.description, "
+        "type = excluded.type, tls = excluded.tls, sasl = excluded.sasl, "
+        "dialback = excluded.dialback, keepalive = excluded.keepalive, "
+        "connection_limit = excluded.connection_limit, proxy_fqdn = excluded.proxy_fqdn",
+        (
+            p.domain,
+            p.description,
+            p.type.value,
+            p.tls.value,
+            p.sasl.value,
+            int(p.dialback),
+            int(p.keepalive),
+            p.connection_limit,
+            p.proxy_fqdn,
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO partner_domains (domain, partner, position) VALUES (?, ?, ?)",
+        [(d, p.domain, i) for i, d in enumerate(p.domains)],
+    )
+
+
+_GATEWAY_COLUMNS = (
+    "connection_limit",
+    "partner_connection_limit",
+    "keepalive_interval",
+    "stream_establishment_timeout",
+    "stream_inactivity_timeout",
+    "subscription_refresh_interval",
+    "dialback_secret",
+    "log_message_bodies",
+)
+
+
+def _read_gateway(conn: sqlite3.Connection) -> GatewaySettings:
+    row = conn.execute(f"SELECT {', '.join(_GATEWAY_COLUMNS)} FROM gateway WHERE id = 1").fetchone()
+    values = dict(zip(_GATEWAY_COLUMNS, row, strict=True))
+    values["log_message_bodies"] = bool(values["log_message_bodies"])
+    return GatewaySettings(**values)
+
+
+def _put_gateway(conn: sqlite3.Connection, g: GatewaySettings) -> None:
+    values = [getattr(g, c) for c in _GATEWAY_COLUMNS]
+    values[-1] = int(values[-1])
+    conn.execute(
+        f"INSERT OR REPLACE INTO gateway (id, {', '.join(_GATEWAY_COLUMNS)}) "
+        f"VALUES (1, {', '.join('?' * len(_GATEWAY_COLUMNS))})",
+        values,
+    )
+
+
+def _read_policies(conn: sqlite3.Connection) -> list[AccessPolicy]:
+    rows = conn.execute(
+        "SELECT identity, xmpp, federation, public_cloud, description FROM policies "
+        "ORDER BY identity <> 'global', identity"
+    )
+    return [
+        AccessPolicy(
+            identity=i, xmpp=bool(x), federation=bool(f), public_cloud=bool(c), description=d
+        )
+        for i, x, f, c, d in rows
+    ]
+
+
+def _put_policy(conn: sqlite3.Connection, p: AccessPolicy) -> None:
+    conn.execute(
+        "INSERT INTO policies (identity, xmpp, federation, public_cloud, description) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (identity) DO UPDATE SET xmpp = excluded.xmpp, "
+        "federation = excluded.federation, public_cloud = excluded.public_cloud, "
+        "description = excluded.description",
+        (p.identity, int(p.xmpp), int(p.federation), int(p.public_cloud), p.description),
+    )
+
+
+def _read_users(conn: sqlite3.Connection, only: str | None = None) -> list[User]:
+    where, params = ("WHERE user = ?", (only,)) if only is not None else ("", ())
+    lists: dict[str, tuple[list[str], list[str]]] = {}
+    for index, table in enumerate(("contacts", "pending")):
+        for user, jid in conn.execute(
+            f"SELECT user, jid FROM {table} {where} ORDER BY user, jid", params
+        ):
+            lists.setdefault(user, ([], []))[index].append(jid)
+    user_where = "WHERE sip = ?" if only is not None else ""
+    rows = conn.execute(
+        f"SELECT sip, name, site, sba, policy FROM users {user_where} ORDER BY sip", params
+    )
+    empty: tuple[list[str], list[str]] = ([], [])
+    result = []
+    for sip, name, site, sba, policy in rows:
+        contacts, pending = lists.get(sip, empty)
+        result.append(
+            User(
+                sip=sip,
+                name=name,
+                site=site,
+                sba=bool(sba),
+                policy=policy,
+                contacts=tuple(contacts),
+                pending=tuple(pending),
+            )
+        )
+    return result
+
+
+def _put_user(conn: sqlite3.Connection, u: User) -> None:
+    conn.execute(
+        "INSERT INTO users (sip, name, site, sba, policy) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (sip) DO UPDATE SET name = excluded.name, site = excluded.site, "
+        "sba = excluded.sba, policy = excluded.policy",
+        (u.sip, u.name, u.site, int(u.sba), u.policy),
+    )
+    for table, jids in (("contacts", u.contacts), ("pending", u.pending)):
+        conn.execute(f"DELETE FROM {table} WHERE user = ?", (u.sip,))
+        conn.executemany(
+            f"INSERT INTO {table} (user, jid) VALUES (?, ?)", [(u.sip, j) for j in jids]
+        )
