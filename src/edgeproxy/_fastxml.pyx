@@ -80,8 +80,90 @@ class TokenizerError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# byte classes
+# byte classes and the bulk scanners (C: SSE2 where the compiler targets it, scalar otherwise)
 # ---------------------------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
+    static unsigned char ep_text_plain[256];
+    static unsigned char ep_value_plain[256];
+    static unsigned char ep_cdata_plain[256];
+
+    /* First index >= i whose byte is not in `plain` (or n). The SIMD pass flags '<', '&',
+       the extra byte, every byte < 0x20 and every byte >= 0x80 (signed compare); a flagged
+       byte that the table allows (TAB, LF, CR) is stepped over. */
+    static inline Py_ssize_t ep_skip(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                                     const unsigned char* plain, unsigned char x1, unsigned char x2) {
+    #if defined(__SSE2__)
+        const __m128i lt = _mm_set1_epi8('<'), amp = _mm_set1_epi8('&');
+        const __m128i v1 = _mm_set1_epi8((char)x1), v2 = _mm_set1_epi8((char)x2);
+        const __m128i sp = _mm_set1_epi8(0x20);
+        for (;;) {
+            while (i + 16 <= n) {
+                __m128i v = _mm_loadu_si128((const __m128i*)(p + i));
+                __m128i m = _mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(v, lt), _mm_cmpeq_epi8(v, amp)),
+                    _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, v1), _mm_cmpeq_epi8(v, v2)),
+                                 _mm_cmplt_epi8(v, sp)));
+                int mask = _mm_movemask_epi8(m);
+                if (mask) { i += __builtin_ctz((unsigned)mask); break; }
+                i += 16;
+            }
+            if (i + 16 > n) break;
+            if (!plain[p[i]]) return i;
+            i++;
+        }
+    #endif
+        while (i < n && plain[p[i]]) i++;
+        return i;
+    }
+
+    /* Validate a run of multi-byte UTF-8 sequences from p[i] (p[i] >= 0x80), strictly
+       (RFC 3629) and against XML Char (no U+FFFE/U+FFFF). Stops at the first ASCII byte.
+       *status: 0 ok, 1 a valid prefix cut by the end of data (returned index = its start),
+       2 invalid UTF-8, 3 a non-Char code point (returned index = the bad sequence). */
+    static inline Py_ssize_t ep_utf8_run(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, int* status) {
+        while (i < n) {
+            unsigned char c = p[i];
+            if (c < 0x80) break;
+            if (c < 0xC2) { *status = 2; return i; }
+            if (c < 0xE0) {
+                if (i + 1 >= n) { *status = 1; return i; }
+                if ((p[i + 1] & 0xC0) != 0x80) { *status = 2; return i; }
+                i += 2;
+            } else if (c < 0xF0) {
+                unsigned char lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+                if (i + 1 >= n) { *status = 1; return i; }
+                if (p[i + 1] < lo || p[i + 1] > hi) { *status = 2; return i; }
+                if (i + 2 >= n) { *status = 1; return i; }
+                if ((p[i + 2] & 0xC0) != 0x80) { *status = 2; return i; }
+                if (c == 0xEF && p[i + 1] == 0xBF && p[i + 2] >= 0xBE) { *status = 3; return i; }
+                i += 3;
+            } else if (c < 0xF5) {
+                unsigned char lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+                if (i + 1 >= n) { *status = 1; return i; }
+                if (p[i + 1] < lo || p[i + 1] > hi) { *status = 2; return i; }
+                if (i + 2 >= n) { *status = 1; return i; }
+                if ((p[i + 2] & 0xC0) != 0x80) { *status = 2; return i; }
+                if (i + 3 >= n) { *status = 1; return i; }
+                if ((p[i + 3] & 0xC0) != 0x80) { *status = 2; return i; }
+                i += 4;
+            } else { *status = 2; return i; }
+        }
+        *status = 0;
+        return i;
+    }
+    """
+    unsigned char ep_text_plain[256]
+    unsigned char ep_value_plain[256]
+    unsigned char ep_cdata_plain[256]
+    Py_ssize_t ep_skip(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                       const unsigned char* plain, unsigned char x1, unsigned char x2) nogil
+    Py_ssize_t ep_utf8_run(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, int* status) nogil
 
 cdef unsigned char TEXT_PLAIN[256]    # text bytes needing no attention
 cdef unsigned char VALUE_PLAIN[256]   # attribute value bytes needing no attention (not quotes)
@@ -127,6 +209,10 @@ cdef void _init_tables():
     NAME_CHAR[ord('.')] = 1
     for c in (9, 10, 13, 32):
         IS_WS[c] = 1
+    for c in range(256):
+        ep_text_plain[c] = TEXT_PLAIN[c]
+        ep_value_plain[c] = VALUE_PLAIN[c]
+        ep_cdata_plain[c] = CDATA_PLAIN[c]
 
 
 _init_tables()
@@ -562,6 +648,10 @@ cdef class Tokenizer:
         self._bytes_fed = 0
         self._ws_bytes = 0
         self._nattrs = 0
+        self._name_colon = -1
+        self._el_colon = -1
+        self._tag_start = 0
+        self._name_start = 0
         self._nbinds = 0
         self._keep = []
         self._hdr_keep = []
@@ -685,9 +775,15 @@ cdef class Tokenizer:
         self._mark -= d
         self._tag_start -= d
         self._name_start -= d
+        if self._name_colon >= 0:
+            self._name_colon -= d
+        if self._el_colon >= 0:
+            self._el_colon -= d
         for k in range(self._nattrs):
             self._attrs[k].name_off -= d
             self._attrs[k].val_off -= d
+            if self._attrs[k].colon >= 0:
+                self._attrs[k].colon -= d
         for k in range(self._depth):
             if self._stack[k].name_kind == 0:
                 self._stack[k].name_off -= d
@@ -699,6 +795,11 @@ cdef class Tokenizer:
 
     cdef _err(self, str condition, str message, Py_ssize_t at):
         raise TokenizerError(message, condition, self._base + at)
+
+    cdef _err_status(self, int status, Py_ssize_t at, str where):
+        if status == 2:
+            self._err("unsupported-encoding", "invalid UTF-8 in " + where, at)
+        self._err("not-well-formed", "non-character (U+FFFE/U+FFFF) in " + where, at)
 
     cdef _err_unit(self, Py_ssize_t r, Py_ssize_t at, str where):
         if r == BAD_UTF8:
@@ -721,6 +822,7 @@ cdef class Tokenizer:
         cdef Py_ssize_t start
         cdef Attr* a
         cdef bint closed
+        cdef int status = 0
         while True:
             if state == ST_CONTENT:
                 if self._depth == 1:
@@ -737,8 +839,7 @@ cdef class Tokenizer:
                     state = ST_LT
                     continue
                 while True:
-                    while i < n and TEXT_PLAIN[p[i]]:
-                        i += 1
+                    i = ep_skip(p, i, n, ep_text_plain, 93, 93)
                     if i >= n:
                         break
                     c = p[i]
@@ -762,15 +863,11 @@ cdef class Tokenizer:
                         else:
                             break
                     elif c >= 0x80:
-                        r = _utf8(p, i, n, &cp)
-                        if r > 0:
-                            if cp > 0xFFFD and cp < 0x10000:
-                                self._err("not-well-formed", "non-character in text", i)
-                            i += r
-                        elif r == NEED_MORE:
-                            break
-                        else:
-                            self._err_unit(r, i, "text")
+                        i = ep_utf8_run(p, i, n, &status)
+                        if status:
+                            if status == 1:
+                                break
+                            self._err_status(status, i, "text")
                     else:
                         self._err("not-well-formed", "control character in text", i)
                 if i >= n or p[i] != 60:
@@ -896,8 +993,7 @@ cdef class Tokenizer:
             elif state == ST_ATTR_VALUE:
                 a = &self._attrs[self._nattrs - 1]
                 while True:
-                    while i < n and VALUE_PLAIN[p[i]]:
-                        i += 1
+                    i = ep_skip(p, i, n, ep_value_plain, 34, 39)
                     if i >= n:
                         break
                     c = p[i]
@@ -920,15 +1016,11 @@ cdef class Tokenizer:
                     elif c == 60:
                         self._err("not-well-formed", "'<' in an attribute value", i)
                     elif c >= 0x80:
-                        r = _utf8(p, i, n, &cp)
-                        if r > 0:
-                            if cp > 0xFFFD and cp < 0x10000:
-                                self._err("not-well-formed", "non-character in attribute value", i)
-                            i += r
-                        elif r == NEED_MORE:
-                            break
-                        else:
-                            self._err_unit(r, i, "attribute value")
+                        i = ep_utf8_run(p, i, n, &status)
+                        if status:
+                            if status == 1:
+                                break
+                            self._err_status(status, i, "attribute value")
                     else:
                         self._err("not-well-formed", "control character in attribute value", i)
                 if i >= n or p[i] != self._quote:
@@ -964,12 +1056,13 @@ cdef class Tokenizer:
             elif state == ST_CDATA:
                 closed = False
                 while True:
-                    while i < n and CDATA_PLAIN[p[i]]:
-                        i += 1
+                    i = ep_skip(p, i, n, ep_cdata_plain, 93, 93)
                     if i >= n:
                         break
                     c = p[i]
-                    if c == 93:       # ']'
+                    if c == 60 or c == 38:
+                        i += 1
+                    elif c == 93:       # ']'
                         if i + 1 < n and p[i + 1] != 93:
                             i += 1
                         elif i + 2 < n:
@@ -981,15 +1074,11 @@ cdef class Tokenizer:
                         else:
                             break
                     elif c >= 0x80:
-                        r = _utf8(p, i, n, &cp)
-                        if r > 0:
-                            if cp > 0xFFFD and cp < 0x10000:
-                                self._err("not-well-formed", "non-character in CDATA", i)
-                            i += r
-                        elif r == NEED_MORE:
-                            break
-                        else:
-                            self._err_unit(r, i, "CDATA section")
+                        i = ep_utf8_run(p, i, n, &status)
+                        if status:
+                            if status == 1:
+                                break
+                            self._err_status(status, i, "CDATA section")
                     else:
                         self._err("not-well-formed", "control character in CDATA", i)
                 if not closed:
