@@ -218,7 +218,7 @@ cdef void _init_tables():
 _init_tables()
 
 
-cdef inline bint _is_char(unsigned int cp) nogil:
+cdef inline bint _is_char(unsigned int cp) noexcept nogil:
     # XML 1.0 [2] Char, for code points >= 0x80 or from character references
     if cp < 0x20:
         return cp == 9 or cp == 10 or cp == 13
@@ -233,7 +233,7 @@ cdef inline bint _is_char(unsigned int cp) nogil:
     return cp <= 0x10FFFF
 
 
-cdef inline bint _is_name_start_cp(unsigned int cp) nogil:
+cdef inline bint _is_name_start_cp(unsigned int cp) noexcept nogil:
     # XML 1.0 (5th ed.) [4] NameStartChar, non-ASCII part
     return ((0xC0 <= cp <= 0xD6) or (0xD8 <= cp <= 0xF6) or (0xF8 <= cp <= 0x2FF)
             or (0x370 <= cp <= 0x37D) or (0x37F <= cp <= 0x1FFF) or (0x200C <= cp <= 0x200D)
@@ -241,7 +241,7 @@ cdef inline bint _is_name_start_cp(unsigned int cp) nogil:
             or (0xF900 <= cp <= 0xFDCF) or (0xFDF0 <= cp <= 0xFFFD) or (0x10000 <= cp <= 0xEFFFF))
 
 
-cdef inline bint _is_name_cp(unsigned int cp) nogil:
+cdef inline bint _is_name_cp(unsigned int cp) noexcept nogil:
     # [4a] NameChar, non-ASCII part
     return (_is_name_start_cp(cp) or cp == 0xB7 or (0x300 <= cp <= 0x36F)
             or (0x203F <= cp <= 0x2040))
@@ -256,7 +256,7 @@ DEF RESTRICTED = -4
 
 
 cdef inline Py_ssize_t _utf8(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
-                             unsigned int* out) nogil:
+                             unsigned int* out) noexcept nogil:
     """Decode one multi-byte UTF-8 sequence at p[i] (p[i] >= 0x80), strictly (RFC 3629).
 
     Returns its length, NEED_MORE if it is a valid prefix cut by the end of data, or BAD_UTF8.
@@ -307,7 +307,7 @@ cdef inline Py_ssize_t _utf8(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
     return need
 
 
-cdef inline int _hexval(unsigned char c) nogil:
+cdef inline int _hexval(unsigned char c) noexcept nogil:
     if 48 <= c <= 57:
         return c - 48
     if 97 <= c <= 102:
@@ -318,7 +318,7 @@ cdef inline int _hexval(unsigned char c) nogil:
 
 
 cdef Py_ssize_t _reference(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
-                           unsigned int* out) nogil:
+                           unsigned int* out) noexcept nogil:
     """Check the reference at p[i] == '&'. Returns its length (with ';'), or NEED_MORE /
     BAD_CHAR (a character reference to a non-Char) / BAD_SYNTAX / RESTRICTED (an entity other
     than the five predefined ones, RFC 6120 §11.1). ``out`` gets the code point."""
@@ -394,6 +394,22 @@ cdef Py_ssize_t _reference(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
 # tokens
 # ---------------------------------------------------------------------------------------------
 
+cdef extern from "Python.h":
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    void* PyUnicode_DATA(object o)
+
+
+cdef inline str _str(const char* s, Py_ssize_t n):
+    """UTF-8 bytes (already validated) to str; short ASCII strings skip the generic decoder."""
+    cdef Py_ssize_t k
+    cdef object u
+    for k in range(n):
+        if <unsigned char>s[k] >= 0x80:
+            return PyUnicode_DecodeUTF8(s, n, NULL)
+    u = PyUnicode_New(n, 127)
+    memcpy(PyUnicode_DATA(u), s, n)
+    return <str>u
+
 cdef class StreamOpen:
     """The stream header (RFC 6120 §4.7): names, attributes, namespace declarations in scope."""
 
@@ -464,7 +480,7 @@ cdef class Stanza:
         cdef const char* s = PyBytes_AS_STRING(self.raw) + off
         if self._amp & bit:
             return _decode_value(<const unsigned char*>s, ln)
-        return PyUnicode_DecodeUTF8(s, ln, NULL)
+        return _str(s, ln)
 
     @property
     def name(self):
@@ -476,7 +492,7 @@ cdef class Stanza:
             return S_PRESENCE
         if ln == 2 and s[0] == 105 and s[1] == 113:
             return S_IQ
-        return PyUnicode_DecodeUTF8(s, ln, NULL)
+        return _str(s, ln)
 
     @property
     def namespace(self):
@@ -605,6 +621,7 @@ cdef class Tokenizer:
     cdef Py_ssize_t _st_to_off, _st_to_len, _st_from_off, _st_from_len
     cdef Py_ssize_t _st_type_off, _st_type_len, _st_id_off, _st_id_len
     cdef int _st_amp
+    cdef bint _st_restart
     cdef list _out
 
     def __cinit__(self):
@@ -768,7 +785,7 @@ cdef class Tokenizer:
         self._buf = bytearray()
         raise exc
 
-    cdef void _rebase(self, Py_ssize_t d):
+    cdef void _rebase(self, Py_ssize_t d) noexcept:
         cdef Py_ssize_t k
         self._base += d
         self._pos -= d
@@ -1126,7 +1143,7 @@ cdef class Tokenizer:
         self._state = state
         return 0
 
-    cdef Py_ssize_t _scan_name(self, const unsigned char* p, Py_ssize_t i, Py_ssize_t n) except? -1:
+    cdef Py_ssize_t _scan_name(self, const unsigned char* p, Py_ssize_t i, Py_ssize_t n) except -0x7fffffffffff:
         """Scan name characters from i. Returns the index of the delimiter (>= 0), or
         -(i+1) when the data ends inside the name."""
         cdef unsigned char c
@@ -1228,13 +1245,13 @@ cdef class Tokenizer:
 
     # -- element events ----------------------------------------------------------------------
 
-    cdef inline const unsigned char* _bind_prefix(self, const unsigned char* p, Binding* b):
+    cdef inline const unsigned char* _bind_prefix(self, const unsigned char* p, Binding* b) noexcept:
         return (b.prefix_base if b.prefix_kind else p) + b.prefix_off
 
-    cdef inline const unsigned char* _bind_uri(self, const unsigned char* p, Binding* b):
+    cdef inline const unsigned char* _bind_uri(self, const unsigned char* p, Binding* b) noexcept:
         return (b.uri_base if b.uri_kind else p) + b.uri_off
 
-    cdef Binding* _lookup(self, const unsigned char* p, const unsigned char* prefix, Py_ssize_t plen):
+    cdef Binding* _lookup(self, const unsigned char* p, const unsigned char* prefix, Py_ssize_t plen) noexcept:
         cdef Py_ssize_t k = self._nbinds - 1
         cdef Binding* b
         while k >= 0:
@@ -1472,6 +1489,14 @@ cdef class Tokenizer:
                     PyUnicode_DecodeUTF8(<const char*>p + name_off, name_colon - name_off, NULL))
         if self._st_ns is None:
             self._st_ns = "" if uri == NULL else PyUnicode_DecodeUTF8(<const char*>uri, ulen, NULL)
+        # restart points: TLS <starttls/> / <proceed/>, SASL <success/>
+        cdef const char* local = <const char*>p + self._mark + self._st_name_off
+        self._st_restart = (
+            (ulen == 31 and memcmp(uri, b"urn:ietf:params:xml:ns:xmpp-tls", 31) == 0 and (
+                (self._st_name_len == 7 and memcmp(local, b"proceed", 7) == 0)
+                or (self._st_name_len == 8 and memcmp(local, b"starttls", 8) == 0)))
+            or (ulen == 32 and memcmp(uri, b"urn:ietf:params:xml:ns:xmpp-sasl", 32) == 0
+                and self._st_name_len == 7 and memcmp(local, b"success", 7) == 0))
         self._st_to_off = self._st_from_off = self._st_type_off = self._st_id_off = -1
         self._st_to_len = self._st_from_len = self._st_type_len = self._st_id_len = 0
         self._st_amp = 0
@@ -1512,7 +1537,7 @@ cdef class Tokenizer:
             self._err("not-well-formed", "end tag does not match the start tag", self._tag_start)
         return 0
 
-    cdef bint _closes_ancestor(self, const unsigned char* p, Py_ssize_t i):
+    cdef bint _closes_ancestor(self, const unsigned char* p, Py_ssize_t i) noexcept:
         cdef Py_ssize_t k
         cdef Open* e
         for k in range(self._depth - 1):
@@ -1562,13 +1587,8 @@ cdef class Tokenizer:
         if self._keep:
             self._keep = []
         # restart points (RFC 6120 §5.4.3.3, §6.4.6): nothing may follow on this stream
-        if self._st_ns == NS_TLS:
-            name = st.name
-            if name == "proceed" or name == "starttls":
-                return ST_HALTED
-        elif self._st_ns == NS_SASL:
-            if st.name == "success":
-                return ST_HALTED
+        if self._st_restart:
+            return ST_HALTED
         return ST_CONTENT
 
 
@@ -1576,7 +1596,7 @@ cdef class Tokenizer:
 # decoding helpers (text and attribute values of validated bytes)
 # ---------------------------------------------------------------------------------------------
 
-cdef Py_ssize_t _put_utf8(unsigned char* out, Py_ssize_t o, unsigned int cp) nogil:
+cdef Py_ssize_t _put_utf8(unsigned char* out, Py_ssize_t o, unsigned int cp) noexcept nogil:
     if cp < 0x80:
         out[o] = cp
         return o + 1
@@ -1714,13 +1734,13 @@ cdef class Element:
         return f"Element({self.name!r}, {self.namespace!r}, attrs={self.attrs!r}, children={self.children!r})"
 
 
-cdef inline Py_ssize_t _skip_ws(const unsigned char* p, Py_ssize_t i) nogil:
+cdef inline Py_ssize_t _skip_ws(const unsigned char* p, Py_ssize_t i) noexcept nogil:
     while IS_WS[p[i]]:
         i += 1
     return i
 
 
-cdef inline Py_ssize_t _name_end(const unsigned char* p, Py_ssize_t i) nogil:
+cdef inline Py_ssize_t _name_end(const unsigned char* p, Py_ssize_t i) noexcept nogil:
     while not (IS_WS[p[i]] or p[i] == 61 or p[i] == 62 or p[i] == 47):
         i += 1
     return i
