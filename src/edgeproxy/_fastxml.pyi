@@ -11,7 +11,14 @@ class TokenizerError(Exception):
 
     condition: str
     offset: int
-    def __init__(self, message: str, condition: str, offset: int) -> None: ...
+    tokens: list[StreamOpen | Stanza | StreamClose]
+    def __init__(
+        self,
+        message: str,
+        condition: str,
+        offset: int,
+        tokens: list[StreamOpen | Stanza | StreamClose] | None = None,
+    ) -> None: ...
 
 class Element:
     """A parsed XML element: expanded name, attributes, and mixed content.

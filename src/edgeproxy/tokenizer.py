@@ -22,7 +22,9 @@ characters outside XML 1.0 ``Char``, bytes that are not UTF-8, unbound prefixes,
 duplicate attributes (also after namespace expansion) and ``<`` in attribute values. CDATA
 sections, character references and both quote styles are accepted. Errors raise
 :class:`TokenizerError` with ``condition`` (the RFC 6120 §4.9.3 stream error to send) and
-``offset`` (bytes since the stream (re)start). Non-whitespace text between stanzas is refused
+``offset`` (bytes since the stream (re)start) and ``tokens`` (the tokens that the failing
+``feed()`` call completed before the error: stanzas before a broken one are well-formed and
+may be processed). The tokenizer is then dead until ``reset()``. Non-whitespace text between stanzas is refused
 with ``bad-format`` (RFC 6120 §11.7 allows only whitespace there; the corpus calls this a
 policy choice, and on a security edge we take the strict one).
 
