@@ -614,6 +614,7 @@ cdef class Tokenizer:
     # stream header
     cdef bytes _hdr_raw
     cdef dict _scope             # stream-level prefix -> namespace (str), "xml" included
+    cdef str _hdr_default_ns     # the stream's default namespace (content namespace)
     cdef StreamOpen _open
     # routing view of the stanza being read (offsets relative to its first byte)
     cdef str _st_ns
@@ -924,7 +925,17 @@ cdef class Tokenizer:
                         self._err("not-well-formed", "bad character at the start of a name", i)
 
             elif state == ST_STAG_NAME or state == ST_ATTR_NAME:
-                r = self._scan_name(p, i, n)
+                # fast path: a plain ASCII name without prefix, ended by a delimiter
+                start = i
+                while i < n and NAME_CHAR[p[i]]:
+                    i += 1
+                if i < n and (IS_WS[p[i]] or p[i] == 61 or p[i] == 62 or p[i] == 47) \
+                        and i - self._name_start <= self.max_name_bytes and (
+                            self._name_colon < 0 or NAME_START[p[self._name_colon + 1]]
+                            or p[self._name_colon + 1] >= 0x80):
+                    r = i
+                else:
+                    r = self._scan_name(p, start, n)
                 if r < 0:
                     i = -r - 1
                     break
@@ -1460,6 +1471,7 @@ cdef class Tokenizer:
         so.attrs = attrs
         so.namespaces = {k2: v for k2, v in scope.items() if k2 != "xml"}
         self._scope = scope
+        self._hdr_default_ns = scope.get("")
         self._open = so
         self._out.append(so)
         return 0
@@ -1481,7 +1493,7 @@ cdef class Tokenizer:
         if name_colon < 0:
             b = self._lookup(p, NULL, 0)
             if b != NULL and b.depth == 1:
-                self._st_ns = self._scope.get("")
+                self._st_ns = self._hdr_default_ns
         else:
             b = self._lookup(p, p + name_off, name_colon - name_off)
             if b != NULL and b.depth == 1:
