@@ -397,6 +397,18 @@ cdef Py_ssize_t _reference(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
 cdef extern from "Python.h":
     object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
     void* PyUnicode_DATA(object o)
+    bint PyUnicode_IS_ASCII(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+
+# Names (element/attribute names, prefixes) repeat endlessly in XMPP; the tree builder keeps the
+# str objects of recent short ASCII names in a small direct-mapped cache instead of decoding them
+# again (bounded: NAME_CACHE_SLOTS strings of at most NAME_CACHE_MAX_LEN bytes).
+DEF NAME_CACHE_SLOTS = 4096
+DEF NAME_CACHE_MAX_LEN = 40
+cdef PyObject* _name_cache[NAME_CACHE_SLOTS]
 
 
 cdef inline str _str(const char* s, Py_ssize_t n):
@@ -409,6 +421,29 @@ cdef inline str _str(const char* s, Py_ssize_t n):
     u = PyUnicode_New(n, 127)
     memcpy(PyUnicode_DATA(u), s, n)
     return <str>u
+
+cdef str _name(const unsigned char* s, Py_ssize_t n):
+    """A name as str, through the cache."""
+    cdef unsigned int h = 2166136261u
+    cdef Py_ssize_t k
+    cdef PyObject* cached
+    if n > NAME_CACHE_MAX_LEN:
+        return _str(<const char*>s, n)
+    for k in range(n):
+        h = (h ^ s[k]) * 16777619u
+    h = (h ^ (h >> 15)) & (NAME_CACHE_SLOTS - 1)
+    cached = _name_cache[h]
+    if cached != NULL:
+        u = <object>cached
+        if PyUnicode_GET_LENGTH(u) == n and memcmp(PyUnicode_DATA(u), s, n) == 0:
+            return <str>u
+    u = _str(<const char*>s, n)
+    if PyUnicode_IS_ASCII(u):
+        Py_INCREF(u)
+        Py_XDECREF(_name_cache[h])
+        _name_cache[h] = <PyObject*>u
+    return <str>u
+
 
 cdef class StreamOpen:
     """The stream header (RFC 6120 §4.7): names, attributes, namespace declarations in scope."""
@@ -1639,7 +1674,7 @@ cdef str _decode(const unsigned char* s, Py_ssize_t n, bint attr):
             plain = False
             break
     if plain:
-        return PyUnicode_DecodeUTF8(<const char*>s, n, NULL)
+        return _str(<const char*>s, n)
     cdef unsigned char* out = <unsigned char*>malloc(n + 1)
     cdef Py_ssize_t o = 0
     cdef Py_ssize_t r
@@ -1770,7 +1805,7 @@ cdef object _build_tree(bytes raw, dict stream_scope):
     cdef Element root = None
     cdef list stack = []          # (element, scope) of the open ancestors
     cdef dict scope = stream_scope
-    cdef list pending             # attributes of the tag being read: [(qname bytes span, value)]
+    cdef list pending
     cdef list children
     cdef const unsigned char* hit
     while i < n:
@@ -1795,8 +1830,9 @@ cdef object _build_tree(bytes raw, dict stream_scope):
             ns = i + 1
             ne = _name_end(p, ns)
             i = ne
-            pending = []
+            pending = None        # prefixed attributes, resolved once all declarations are read
             decls = None
+            attrs = {}
             while True:
                 i = _skip_ws(p, i)
                 if p[i] == 62 or p[i] == 47:
@@ -1809,11 +1845,16 @@ cdef object _build_tree(bytes raw, dict stream_scope):
                 hit = <const unsigned char*>memchr(p + vs, q, n - vs)
                 ve = hit - p
                 value = _decode(p + vs, ve - vs, True)
+                hit = <const unsigned char*>memchr(p + i, 58, j - i)
                 if j - i >= 5 and memcmp(p + i, b"xmlns", 5) == 0 and (j - i == 5 or p[i + 5] == 58):
                     if decls is None:
                         decls = {}
-                    decls["" if j - i == 5 else PyUnicode_DecodeUTF8(<const char*>p + i + 6, j - i - 6, NULL)] = value
+                    decls["" if j - i == 5 else _name(p + i + 6, j - i - 6)] = value
+                elif hit == NULL:
+                    attrs[_name(p + i, j - i)] = value
                 else:
+                    if pending is None:
+                        pending = []
                     pending.append((i, j, value))
                 i = ve + 1
             empty = p[i] == 47
@@ -1825,24 +1866,19 @@ cdef object _build_tree(bytes raw, dict stream_scope):
             hit = <const unsigned char*>memchr(p + ns, 58, ne - ns)
             if hit != NULL:
                 colon = hit - p
-                nsname = scope[PyUnicode_DecodeUTF8(<const char*>p + ns, colon - ns, NULL)]
-                local = PyUnicode_DecodeUTF8(<const char*>p + colon + 1, ne - colon - 1, NULL)
+                nsname = scope[_name(p + ns, colon - ns)]
+                local = _name(p + colon + 1, ne - colon - 1)
             else:
                 nsname = scope.get("", "")
-                local = PyUnicode_DecodeUTF8(<const char*>p + ns, ne - ns, NULL)
+                local = _name(p + ns, ne - ns)
             el = Element.__new__(Element)
             el.name = local
             el.namespace = nsname
             el.children = []
-            attrs = {}
-            for (j, k, value) in pending:
-                hit = <const unsigned char*>memchr(p + j, 58, k - j)
-                if hit == NULL:
-                    attrs[PyUnicode_DecodeUTF8(<const char*>p + j, k - j, NULL)] = value
-                else:
-                    colon = hit - p
-                    attrs["{" + scope[PyUnicode_DecodeUTF8(<const char*>p + j, colon - j, NULL)] + "}"
-                          + PyUnicode_DecodeUTF8(<const char*>p + colon + 1, k - colon - 1, NULL)] = value
+            if pending is not None:
+                for (j, k, value) in pending:
+                    colon = (<const unsigned char*>memchr(p + j, 58, k - j)) - p
+                    attrs["{" + scope[_name(p + j, colon - j)] + "}" + _name(p + colon + 1, k - colon - 1)] = value
             el.attrs = attrs
             if cur is None:
                 root = el
