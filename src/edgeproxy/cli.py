@@ -70,11 +70,13 @@ def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 def _registrars() -> list[Registrar]:
     """Sub-command groups, in help order. Each module owns its own commands."""
     from edgeproxy.certs import commands as cert_commands
+    from edgeproxy.dns import commands as dns_commands
     from edgeproxy.policy.commands import register as register_policy
 
     return [
         _register_core,
         cert_commands.register,
+        dns_commands.register,
         register_policy,
     ]
 
