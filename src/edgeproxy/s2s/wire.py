@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from typing import Final
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape
 
 from edgeproxy.xmpp.namespaces import (
     NS_DIALBACK,
@@ -41,6 +41,7 @@ PROCEED: Final = f"<proceed xmlns='{NS_TLS}'/>".encode()
 TLS_FAILURE: Final = f"<failure xmlns='{NS_TLS}'/>".encode()
 SASL_SUCCESS: Final = f"<success xmlns='{NS_SASL}'/>".encode()
 KEEPALIVE: Final = b" "
+_APOS: Final = {"'": "&apos;", '"': "&quot;"}
 
 #: RFC 6120 §4.9.3 stream-error conditions (the ones a peer may send us, too).
 STREAM_ERROR_CONDITIONS: Final = frozenset(
@@ -61,7 +62,7 @@ def keys_equal(a: str, b: str) -> bool:
 
 def _attrs(**values: str | None) -> str:
     return "".join(
-        f" {name.rstrip('_')}={quoteattr(value)}" for name, value in values.items() if value
+        f" {name.rstrip('_')}='{escape(value, _APOS)}'" for name, value in values.items() if value
     )
 
 
