@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import lru_cache
+from typing import TypeVar
 
 import msgspec
 
@@ -48,6 +49,7 @@ REFUSED_SASL_OR_DIALBACK = "refused: SASL or dialback must be enabled"
 WARN_DIALBACK_UNUSED = "warning: dialback is never used when TLS and SASL are both required"
 WARN_SASL_NEEDS_TLS = "warning: SASL needs TLS, optional TLS may make negotiation fail"
 MIN_SECRET_LENGTH = 16
+_S = TypeVar("_S", bound=msgspec.Struct)
 
 
 class ChangeRefused(ConfigError):
@@ -91,6 +93,18 @@ def partner_methods(partner: Partner) -> frozenset[AuthMethod]:
     return check_negotiation(partner.tls, partner.sasl, partner.dialback).methods
 
 
+def checked(value: _S) -> _S:
+    """Re-check a Struct built in code against its declared types and constraints.
+
+    Structs built with keyword arguments are not validated by msgspec; a round trip through
+    builtins is (enum values, ``>= 1`` limits). A violation is refused naming the field.
+    """
+    try:
+        return msgspec.convert(msgspec.to_builtins(value), type(value))
+    except msgspec.ValidationError as exc:
+        raise ChangeRefused(f"refused: invalid value: {exc}") from None
+
+
 def refuse(message: str) -> ChangeRefused:
     """Build the exception for a refused change (the message must start with ``refused:``)."""
     return ChangeRefused(message if message.startswith("refused:") else f"refused: {message}")
@@ -130,6 +144,7 @@ def validate_partner(
 
 def normalize_partner(partner: Partner) -> Partner:
     """Normalise every domain name of a partner (IDNA UTS46, lower case) and the proxy FQDN."""
+    partner = checked(partner)
     try:
         return msgspec.structs.replace(
             partner,
@@ -143,6 +158,7 @@ def normalize_partner(partner: Partner) -> Partner:
 
 def validate_gateway(settings: GatewaySettings) -> None:
     """SPEC §3: positive limits and timers (enforced by the model), a usable dialback secret."""
+    checked(settings)
     if len(settings.dialback_secret) < MIN_SECRET_LENGTH:
         raise refuse(f"the dialback secret must be at least {MIN_SECRET_LENGTH} characters")
     if settings.partner_connection_limit > settings.connection_limit:
@@ -166,6 +182,7 @@ def normalize_policy_identity(text: str) -> str:
 
 def normalize_user(user: User) -> User:
     """Normalise the SIP address and the contact / pending JIDs of a user."""
+    user = checked(user)
     try:
         return msgspec.structs.replace(
             user,
