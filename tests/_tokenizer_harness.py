@@ -24,10 +24,20 @@ from edgeproxy.tokenizer import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+# Where the team's shared corpus lives when the checkout is not next to it (CI clones elsewhere).
+WORKPLACE_CORPUS = Path("/work/shared/corpus")
+
+
 def corpus_dir() -> Path:
-    """The shared corpus: ``$EDGEPROXY_CORPUS_DIR``, else ``../shared/corpus`` next to the repo."""
+    """The shared corpus: ``$EDGEPROXY_CORPUS_DIR``, else ``../shared/corpus`` next to the repo,
+    else the workplace's ``/work/shared/corpus``."""
     env = os.environ.get("EDGEPROXY_CORPUS_DIR")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "corpus"
+    if env:
+        return Path(env)
+    beside = REPO_ROOT.parent / "shared" / "corpus"
+    if beside.exists() or not WORKPLACE_CORPUS.exists():
+        return beside
+    return WORKPLACE_CORPUS
 
 
 def require_corpus(path: Path) -> None:
