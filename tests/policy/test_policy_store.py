@@ -187,7 +187,7 @@ def test_two_cli_processes_writing_at_once_lose_nothing(config_path, state_dir):
         assert store.integrity_check() == "ok"
         _, config = store.read()
     sips = {u.sip for u in config.users}
-    assert sips == {f"sip:{side}{i}@contoso.test" for side in ("left", "right") for i in range(40)}
+    assert sips == {f"sip:{side}{i}@contoso.test" for side in ("left", "right") for i in range(25)}
     assert {p.domain for p in config.partners} == {"one.example", "two.example"}
 
 
