@@ -69,6 +69,7 @@ def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 def _registrars() -> list[Registrar]:
     """Sub-command groups, in help order. Each module owns its own commands."""
+    from edgeproxy import checks
     from edgeproxy.certs import commands as cert_commands
     from edgeproxy.dns import commands as dns_commands
     from edgeproxy.policy.commands import register as register_policy
@@ -77,6 +78,7 @@ def _registrars() -> list[Registrar]:
         _register_core,
         cert_commands.register,
         dns_commands.register,
+        checks.register,
         register_policy,
     ]
 

@@ -1,0 +1,284 @@
+"""``edgeproxy check``: the admin's checklist in one command (SPEC §10, like ``prosodyctl check``).
+
+One line per check, ``OK|WARN|FAIL <check>: <detail> (hint: …)``, exit status 1 when any line is
+FAIL. The checks, in the order an admin fixes things:
+
+1. **config** — the file loads (else a single FAIL and stop) and makes sense: domains and the
+   external FQDN are valid DNS names, no listener clashes with the loopback channel, the loopback
+   channel is on loopback (else it needs mutual TLS).
+2. **certificate** — the configured certificate and key exist and match, the chain is in order,
+   serverAuth usage (:mod:`edgeproxy.certs.check`); **certificate names** — every XMPP domain and
+   the external FQDN covered (RFC 6125); **certificate expiry** — WARN under 30 days, FAIL expired.
+3. **trust** — the CA bundle for partner certificates (XEP-0178), or the system store.
+4. **listener** — for each external listener and the loopback channel: can we bind it now, or is
+   something already listening (edgeproxy itself, if it is running)?
+5. **partners** — the partner list is readable, not empty (there is no default partner: SPEC §2),
+   no partner claims one of our domains or routes to our own FQDN.
+6. **dns** — :func:`edgeproxy.dns.diagnose.diagnose`: our SRV and A/AAAA records, each partner's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import errno
+import ipaddress
+import socket
+
+import idna
+
+from edgeproxy.certs import check as certcheck
+from edgeproxy.certs.names import required_names
+from edgeproxy.certs.pem import CertificateError, read_certificates, read_private_key
+from edgeproxy.certs.store import configured_paths
+from edgeproxy.config import EdgeConfig, load_config
+from edgeproxy.dns.diagnose import PartnerTarget, diagnose
+from edgeproxy.dns.partners import PartnerList, load_partners
+from edgeproxy.dns.records import split_host_port
+from edgeproxy.dns.resolver import Lookup, parse_resolver
+from edgeproxy.errors import ConfigError
+from edgeproxy.findings import Finding, exit_status, fail, ok, warn
+
+CERT_HINT = (
+    "`edgeproxy cert self-signed` for a lab; `edgeproxy cert request` then `edgeproxy cert import` "
+    "for a public CA"
+)
+
+
+def _valid_dns_name(name: str) -> str | None:
+    """None if ``name`` is a usable host/domain name, else why not."""
+    try:
+        ascii_name = idna.encode(name.rstrip("."), uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        return str(exc)
+    if "." not in ascii_name:
+        return "not a fully qualified name (no dot)"
+    if len(ascii_name) > 253:
+        return "longer than 253 characters"
+    return None
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+def check_config(config: EdgeConfig) -> list[Finding]:
+    problems: list[str] = []
+    for domain in config.edge.domains:
+        why = _valid_dns_name(domain)
+        if why:
+            problems.append(f"edge.domains: {domain!r} is not a valid domain ({why})")
+    why = _valid_dns_name(config.edge.external_fqdn)
+    if why:
+        problems.append(f"edge.external-fqdn: {config.edge.external_fqdn!r} is not a valid host name ({why})")
+    endpoints: list[tuple[str, str, int]] = []
+    for key, value in [("edge.listen", v) for v in config.edge.listen] + [
+        ("edge.internal-listen", config.edge.internal_listen)
+    ]:
+        host, port = split_host_port(value)
+        if not 0 < port < 65536:
+            problems.append(f"{key}: port {port} out of range in {value!r}")
+        endpoints.append((key, host, port))
+    internal = endpoints[-1]
+    for key, host, port in endpoints[:-1]:
+        wildcard = host in ("0.0.0.0", "::") or internal[1] in ("0.0.0.0", "::")
+        if port == internal[2] and (host == internal[1] or wildcard):
+            problems.append(f"{key} {host}:{port} clashes with edge.internal-listen {internal[1]}:{internal[2]}")
+    if problems:
+        return [fail("config", "; ".join(problems), f"edit {config.source}")]
+    findings = [
+        ok(
+            "config",
+            f"{config.source}: domains {', '.join(config.edge.domains)}; external FQDN {config.edge.external_fqdn}",
+        )
+    ]
+    try:
+        loopback = ipaddress.ip_address(internal[1]).is_loopback
+    except ValueError:
+        loopback = internal[1] == "localhost"
+    if not loopback:
+        findings.append(
+            warn(
+                "config",
+                f"edge.internal-listen {config.edge.internal_listen} is not a loopback address",
+                "the loopback channel then needs mutual TLS; use 127.0.0.1 when the gateway runs here",
+            )
+        )
+    return findings
+
+
+# --- certificate -------------------------------------------------------------------------------
+
+
+def check_certificate(config: EdgeConfig, now: dt.datetime) -> list[Finding]:
+    paths = configured_paths(config)
+    if not paths.certificate.exists():
+        return [fail("certificate", f"{paths.certificate} does not exist", CERT_HINT)]
+    try:
+        certs = read_certificates(paths.certificate)
+    except CertificateError as exc:
+        return [fail("certificate", str(exc), CERT_HINT)]
+    leaf, chain = certs[0], certs[1:]
+    findings: list[Finding] = []
+    problems: list[certcheck.Problem] = []
+    try:
+        key = read_private_key(paths.key)
+        problems += certcheck.check_key_match(leaf, key)
+    except CertificateError as exc:
+        problems.append(certcheck.Problem("key", str(exc)))
+    problems += certcheck.check_server_auth(leaf) + certcheck.check_chain(leaf, chain, now)
+    subject = certcheck.subject_text(leaf)
+    errors = certcheck.errors(problems)
+    if errors:
+        findings.append(fail("certificate", f"{paths.certificate}: " + "; ".join(p.message for p in errors), CERT_HINT))
+    elif problems:
+        findings.append(warn("certificate", f"{paths.certificate}: " + "; ".join(p.message for p in problems)))
+    else:
+        findings.append(ok("certificate", f"{paths.certificate}: {subject}, key matches, {len(chain)} chain"))
+
+    required = required_names(config)
+    names = certcheck.check_names(leaf, required)
+    if names:
+        findings.append(fail("certificate names", names[0].message, "request a certificate with `edgeproxy cert request` (it lists every name)"))
+    else:
+        findings.append(ok("certificate names", f"covers {', '.join(required)}"))
+
+    validity = certcheck.check_validity(leaf, now)
+    until = f"{leaf.not_valid_after_utc:%Y-%m-%d}"
+    if not validity:
+        findings.append(ok("certificate expiry", f"{certcheck.days_left(leaf, now)} days left (until {until})"))
+    elif validity[0].severity == "warning":
+        findings.append(warn("certificate expiry", validity[0].message, "renew: `edgeproxy cert request`, then `edgeproxy cert import`"))
+    else:
+        findings.append(fail("certificate expiry", validity[0].message, "renew: `edgeproxy cert request`, then `edgeproxy cert import`"))
+    return findings
+
+
+def check_trust(config: EdgeConfig) -> Finding:
+    if config.tls.trust is None:
+        return ok("trust", "system CA store for partner certificates")
+    path = config.path(config.tls.trust)
+    if not path.exists():
+        return warn(
+            "trust",
+            f"{path} does not exist: partner certificates are checked against the system CA store",
+            "point tls.trust at the CA bundle your partners' certificates chain to, or remove the key",
+        )
+    try:
+        cas = read_certificates(path)
+    except CertificateError as exc:
+        return fail("trust", str(exc), "tls.trust must be a PEM bundle of CA certificates")
+    return ok("trust", f"{path}: {len(cas)} CA certificate(s)")
+
+
+# --- listeners ---------------------------------------------------------------------------------
+
+
+def probe_listener(hostport: str) -> Finding:
+    host, port = split_host_port(hostport)
+    check = f"listener {hostport}"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return warn(
+                    check,
+                    "in use: something is already listening (fine if it is this edgeproxy)",
+                    "if edgeproxy is not running, find the process (ss -ltnp) or change the address",
+                )
+            if exc.errno == errno.EACCES:
+                return fail(check, "permission denied", "ports below 1024 need root or CAP_NET_BIND_SERVICE")
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return fail(check, f"{host} is not an address of this host", "fix edge.listen / internal-listen")
+            return fail(check, f"cannot bind: {exc.strerror}", "fix edge.listen / internal-listen")
+    return ok(check, "free: edgeproxy can bind it (it is not running now)")
+
+
+# --- partners ----------------------------------------------------------------------------------
+
+
+def check_partners(config: EdgeConfig, listed: PartnerList) -> Finding:
+    if listed.error:
+        return fail("partners", listed.error, "is the state dir readable? (edge.state-dir)")
+    if not listed.partners:
+        return warn(
+            "partners",
+            "none: no domain can federate (there is no default partner)",
+            "edgeproxy partner new DOMAIN",
+        )
+    ours = {d.lower() for d in config.edge.domains}
+    fqdn = config.edge.external_fqdn.rstrip(".").lower()
+    problems = []
+    for p in listed.partners:
+        clash = [d for d in p.domains if d.lower() in ours]
+        if clash:
+            problems.append(f"partner {p.domain} lists our own domain {', '.join(clash)}")
+        if p.proxy_fqdn and p.proxy_fqdn.rstrip(".").lower() == fqdn:
+            problems.append(f"partner {p.domain} has our own FQDN {fqdn} as proxy FQDN (a loop)")
+    if problems:
+        return fail("partners", "; ".join(problems), "edgeproxy partner set / partner remove")
+    domains = sum(len(p.domains) for p in listed.partners)
+    return ok("partners", f"{len(listed.partners)} partner(s), {domains} domain(s)")
+
+
+# --- all ---------------------------------------------------------------------------------------
+
+
+def run_checks(
+    config: EdgeConfig,
+    *,
+    lookup: Lookup | None,
+    now: dt.datetime | None = None,
+    partners: PartnerList | None = None,
+) -> list[Finding]:
+    """Every check; ``lookup=None`` skips DNS."""
+    now = now or dt.datetime.now(dt.UTC)
+    findings = check_config(config)
+    if findings[0].level == "FAIL":
+        return findings
+    findings += check_certificate(config, now)
+    findings.append(check_trust(config))
+    findings += [probe_listener(hp) for hp in (*config.edge.listen, config.edge.internal_listen)]
+    listed = partners if partners is not None else load_partners(config)
+    findings.append(check_partners(config, listed))
+    if lookup is None:
+        findings.append(warn("dns", "not checked (--no-dns)", "edgeproxy dns check"))
+    else:
+        targets = [PartnerTarget(d, p.proxy_fqdn) for p in listed.partners for d in p.domains]
+        findings += diagnose(config, lookup, targets)
+    return findings
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(getattr(args, "config", None))
+    except ConfigError as exc:
+        print(fail("config", str(exc), "edgeproxy config validate; edgeproxy config show-default").line())
+        return 1
+    lookup = None
+    if not args.no_dns:
+        try:
+            lookup = Lookup(parse_resolver(args.resolver) if args.resolver else None, timeout=args.timeout)
+        except ValueError as exc:
+            print(f"edgeproxy: --resolver: {exc}")
+            return 2
+    findings = run_checks(config, lookup=lookup)
+    for finding in findings:
+        print(finding.line())
+    return exit_status(findings)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from edgeproxy.cli import config_option_parent
+
+    chk = sub.add_parser(
+        "check", parents=[config_option_parent()],
+        help="configuration, certificate, DNS, listeners, partners: OK/WARN/FAIL with hints",
+    )
+    chk.add_argument("--resolver", metavar="IP:PORT", help="nameserver for the DNS checks (default: the system's)")
+    chk.add_argument("--timeout", type=float, default=2.0, metavar="S", help="per DNS lookup (default 2)")
+    chk.add_argument("--no-dns", action="store_true", help="skip the DNS checks")
+    chk.set_defaults(handler=cmd_check)
+
