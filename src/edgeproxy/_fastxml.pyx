@@ -317,6 +317,15 @@ cdef inline int _hexval(unsigned char c) noexcept nogil:
     return -1
 
 
+cdef inline Py_ssize_t _predefined(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """Length of the common references &amp; &lt; &gt; at p[i], else 0 (use _reference)."""
+    if i + 4 < n and p[i + 1] == 97 and p[i + 2] == 109 and p[i + 3] == 112 and p[i + 4] == 59:
+        return 5
+    if i + 3 < n and p[i + 2] == 116 and p[i + 3] == 59 and (p[i + 1] == 108 or p[i + 1] == 103):
+        return 4
+    return 0
+
+
 cdef Py_ssize_t _reference(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
                            unsigned int* out) noexcept nogil:
     """Check the reference at p[i] == '&'. Returns its length (with ';'), or NEED_MORE /
@@ -899,7 +908,9 @@ cdef class Tokenizer:
                     if c == 60:       # '<'
                         break
                     elif c == 38:     # '&'
-                        r = _reference(p, i, n, &cp)
+                        r = _predefined(p, i, n)
+                        if r == 0:
+                            r = _reference(p, i, n, &cp)
                         if r > 0:
                             i += r
                         elif r == NEED_MORE:
@@ -1068,7 +1079,9 @@ cdef class Tokenizer:
                         i += 1
                         a.amp = 1     # needs whitespace normalisation when decoded
                     elif c == 38:
-                        r = _reference(p, i, n, &cp)
+                        r = _predefined(p, i, n)
+                        if r == 0:
+                            r = _reference(p, i, n, &cp)
                         if r > 0:
                             i += r
                             a.amp = 1
