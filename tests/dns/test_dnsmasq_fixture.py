@@ -39,3 +39,22 @@ def test_resolver_option_parses_ip_and_port(text, expected):
 def test_resolver_option_refuses_a_host_name():
     with pytest.raises(ValueError):
         parse_resolver("dns.example:53")
+
+
+async def test_async_lookup_under_trio_gets_the_same_answers(tmp_path):
+    from edgeproxy.dns.resolver import AsyncLookup
+    from edgeproxy.dns.srv import SrvRecord
+    from fixtures.dnsmasq import srv
+
+    server = start_dnsmasq(tmp_path, [
+        srv("_xmpp-server._tcp.fabrikam.test", "xmpp.fabrikam.test", priority=5),
+        host("xmpp.fabrikam.test", "127.0.0.2"),
+    ])
+    try:
+        lookup = AsyncLookup(parse_resolver(server.resolver))
+        answer = await lookup.srv("fabrikam.test")
+        assert answer.records == (SrvRecord(5, 10, 5269, "xmpp.fabrikam.test"),)
+        assert (await lookup.addresses("xmpp.fabrikam.test")).values == ("127.0.0.2",)
+        assert (await lookup.srv("litware.test")).outcome == "nxdomain"
+    finally:
+        server.stop()
