@@ -44,9 +44,22 @@ class TlsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename
     trust: str | None = "certs/ca.pem"
 
 
+class AdminSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
+    """The admin endpoint (``/metrics``, ``/healthz``, ``/status``, POST ``/reload`` and ``/stop``).
+
+    ``listen`` must be a loopback address unless ``allow-remote`` is true. ``token-file`` holds the
+    bearer token required for the write operations (reload, stop); without it they are refused.
+    """
+
+    listen: HostPort = "127.0.0.1:9269"
+    token_file: str | None = None
+    allow_remote: bool = False
+
+
 class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
     edge: EdgeSection = msgspec.field(default_factory=EdgeSection)
     tls: TlsSection = msgspec.field(default_factory=TlsSection)
+    admin: AdminSection = msgspec.field(default_factory=AdminSection)
     # Directory that relative paths are resolved against (not a TOML key).
     base_dir: str = msgspec.field(default=".", name="-base-dir")
     # Where the configuration came from, for messages ("<embedded default>" or a path).
