@@ -1,0 +1,224 @@
+"""Outbound streams: one per (local domain, remote domain), reused; and dialback verification.
+
+Theory of operation
+-------------------
+``OutboundPool.send`` queues a stanza on the link for its domain pair, creating the link (and
+its task) on first use. The link connects (``Connector``: SRV order, proxy FQDN), negotiates with
+an initiating :class:`~edgeproxy.s2s.S2SConnection` (strongest method of the partner's row,
+SPEC §2.1) and then writes queued stanzas in order. The queue is bounded (``LINK_QUEUE_BOUND``):
+a full queue bounces the new stanza with ``resource-constraint``… as ``remote-server-timeout``
+(the sender sees the server as slow). If the link cannot be set up, every queued stanza is
+bounced to its (local) sender with ``remote-server-not-found`` (no route, refused) or
+``remote-server-timeout`` (timeouts), SPEC §6 outbound; nothing is dropped silently.
+
+``verify_dialback`` is the receiving server's half of XEP-0220 §2.2: a verification-only stream
+to the originating domain's authoritative server carrying one ``db:verify``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from edgeproxy.net.connector import ConnectFailed
+from edgeproxy.net.context import EdgeContext
+from edgeproxy.net.session import S2SSession
+from edgeproxy.policy import engine
+from edgeproxy.s2s import (
+    AuthenticationFailed,
+    DialbackVerdict,
+    DialbackVerifyNeeded,
+    DialbackVerifyResponse,
+    Event,
+    LocalProtocolError,
+    Role,
+    S2SConnection,
+    SendStanza,
+    StreamReady,
+    VerifyRequest,
+)
+from edgeproxy.tokenizer import Element
+
+log = logging.getLogger("edgeproxy.net.pool")
+
+#: Stanzas queued per domain pair while its stream connects (DESIGN principle 4).
+LINK_QUEUE_BOUND = 256
+
+Bounce = Callable[[Element, str], Awaitable[None]]
+
+
+async def wait_any(*events: trio.Event) -> None:
+    """Return as soon as one of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+        for event in events:
+
+            async def wait(event: trio.Event = event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wait)
+
+
+class OutboundLink:
+    """The stream from ``local`` to ``remote`` and its bounded queue."""
+
+    def __init__(self, ctx: EdgeContext, local: str, remote: str, bounce: Bounce) -> None:
+        self.ctx, self.local, self.remote = ctx, local, remote
+        self._bounce = bounce
+        self._send, self._recv = trio.open_memory_channel[tuple[bytes, Element]](LINK_QUEUE_BOUND)
+        self.session: S2SSession | None = None
+        self.failure: str | None = None
+        self.done = trio.Event()
+
+    def offer(self, raw: bytes, element: Element) -> bool:
+        try:
+            self._send.send_nowait((raw, element))
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            return False
+        return True
+
+    async def _bounce_all(self, condition: str) -> None:
+        self._send.close()
+        while True:
+            try:
+                _, element = self._recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            await self._bounce(element, condition)
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError) as exc:
+            self.failure = f"stream lost: {exc!r}"
+            log.warning("outbound %s -> %s: %s", self.local, self.remote, self.failure)
+            await self._bounce_all("remote-server-timeout")
+        finally:
+            self.done.set()
+
+    async def _run(self) -> None:
+        snapshot = self.ctx.policy()
+        partner = engine.partner_for_domain(snapshot, self.remote)
+        if partner is None:
+            await self._bounce_all("remote-server-not-found")
+            return
+        timeouts = self.ctx.timeouts(partner)
+        try:
+            stream = await self.ctx.connector.connect(self.remote, partner.proxy_fqdn)
+        except ConnectFailed as exc:
+            self.failure = str(exc)
+            log.warning("outbound %s -> %s: %s", self.local, self.remote, exc)
+            await self._bounce_all("remote-server-timeout" if exc.timeout else "remote-server-not-found")
+            return
+        conn = S2SConnection(
+            Role.INITIATING, policy=self.ctx.policy, secret=self.ctx.secret,
+            local_domain=self.local, remote_domain=self.remote,
+        )
+        failures: list[str] = []
+
+        async def on_event(session: S2SSession, event: Event) -> None:
+            if isinstance(event, AuthenticationFailed):
+                failures.append(event.reason)
+
+        session = S2SSession(
+            stream, conn, ssl_context=self.ctx.client_ssl, timeouts=timeouts,
+            on_event=on_event, expect_peer_traffic=False,
+        )
+        self.session = session
+        failed_with: str | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.run)
+            await session.send_bytes(conn.initiate())
+            with trio.move_on_after(timeouts.establishment):
+                await wait_any(session.ready, session.closed)
+            if not session.ready.is_set() or session.closed.is_set():
+                self.failure = "; ".join(failures) or session.close_reason or "establishment timeout"
+                log.warning("outbound %s -> %s failed: %s", self.local, self.remote, self.failure)
+                timed_out = not session.closed.is_set()
+                await session.close("connection-timeout" if timed_out else None)
+                nursery.cancel_scope.cancel()
+                failed_with = "remote-server-timeout" if timed_out else "remote-server-not-found"
+            if failed_with is None:
+                async with trio.open_nursery() as sender:
+
+                    async def stop_when_closed() -> None:
+                        await session.closed.wait()
+                        sender.cancel_scope.cancel()
+
+                    sender.start_soon(stop_when_closed)
+                    async for raw, _element in self._recv:
+                        await session.send(SendStanza(raw, self.local, self.remote))
+                    sender.cancel_scope.cancel()
+                await session.close()
+        # Outside the (possibly cancelled) nursery: bouncing must not be cancelled.
+        await self._bounce_all(failed_with or "remote-server-timeout")
+
+
+class OutboundPool:
+    """Links by (local, remote); started links run in the pool's nursery."""
+
+    def __init__(self, ctx: EdgeContext, nursery: trio.Nursery, bounce: Bounce) -> None:
+        self.ctx = ctx
+        self._nursery = nursery
+        self._bounce = bounce
+        self.links: dict[tuple[str, str], OutboundLink] = {}
+
+    async def send(self, local: str, remote: str, raw: bytes, element: Element) -> None:
+        link = self.links.get((local, remote))
+        if link is None or link.done.is_set() or (
+            link.session is not None and link.session.closed.is_set()
+        ):
+            link = OutboundLink(self.ctx, local, remote, self._bounce)
+            self.links[(local, remote)] = link
+            self._nursery.start_soon(link.run)
+        if not link.offer(raw, element):
+            await self._bounce(element, "remote-server-timeout")
+
+
+async def verify_dialback(ctx: EdgeContext, need: DialbackVerifyNeeded) -> DialbackVerdict:
+    """Ask the originating domain's authoritative server about a key (XEP-0220 §2.2)."""
+
+    def verdict(valid: bool, error: str | None = None) -> DialbackVerdict:
+        return DialbackVerdict(need.originating, need.receiving, valid, error)
+
+    snapshot = ctx.policy()
+    partner = engine.partner_for_domain(snapshot, need.originating)
+    if partner is None:
+        return verdict(False, "remote-server-not-found")
+    timeouts = ctx.timeouts(partner)
+    try:
+        stream = await ctx.connector.connect(need.originating, partner.proxy_fqdn)
+    except ConnectFailed as exc:
+        log.warning("dialback verify for %s: %s", need.originating, exc)
+        return verdict(False, "remote-server-timeout" if exc.timeout else "remote-server-not-found")
+    conn = S2SConnection(
+        Role.INITIATING, policy=ctx.policy, secret=ctx.secret, local_domain=need.receiving,
+        remote_domain=need.originating, authenticate=False,
+    )
+    answer: list[DialbackVerifyResponse] = []
+    answered = trio.Event()
+
+    async def on_event(session: S2SSession, event: Event) -> None:
+        if isinstance(event, StreamReady):
+            await session.send(VerifyRequest(need.receiving, need.originating, need.stream_id, need.key))
+        elif isinstance(event, DialbackVerifyResponse) and event.stream_id == need.stream_id:
+            answer.append(event)
+            answered.set()
+            await session.close()
+
+    session = S2SSession(
+        stream, conn, ssl_context=ctx.client_ssl, timeouts=timeouts, on_event=on_event,
+        expect_peer_traffic=False,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(session.run)
+        await session.send_bytes(conn.initiate())
+        with trio.move_on_after(timeouts.establishment):
+            await wait_any(answered, session.closed)
+        nursery.cancel_scope.cancel()
+    if not answer:
+        log.warning("dialback verify for %s: %s", need.originating, session.close_reason)
+        return verdict(False, "remote-server-timeout")
+    return verdict(answer[0].valid, answer[0].error and "remote-connection-failed")

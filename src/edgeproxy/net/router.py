@@ -1,0 +1,168 @@
+"""Routing: authenticated inbound stanzas through the policy engine to local delivery, local
+stanzas through the engine to the outbound pool, and every refusal back to its sender.
+
+Theory of operation
+-------------------
+Inbound (SPEC §6): the core has already enforced ``invalid-from`` for the stream's authenticated
+pairs; the engine (``decide_inbound``) re-checks addressing against the *current* snapshot (a
+partner removed while its stream is open ends the stream, ``policy-violation``) and applies the
+user and partner-type rules. Its decisions map to actions here:
+
+* ``Allow`` / ``AllowTransformed`` → :class:`~edgeproxy.net.delivery.Delivery` to local delivery;
+* ``Refuse(stream_level)`` → stream error and close;
+* ``Refuse(bounce)`` → an error stanza to the sender, over the outbound pool (S2S streams are
+  one-way: replies travel on our own stream to the partner, RFC 6120 §10 / XEP-0220 §1);
+* ``AutoReply`` → a presence reply to the sender (and delivery if ``deliver``);
+* ``StorePending`` → delivery flagged as a pending subscription (the gateway stores it).
+
+The engine needs a few flags from inside the stanza (status note, file transfer, Jingle, MUC
+invitation); they are read from the parsed element — an optimisation to the tokenizer's raw view
+is left for the performance work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from edgeproxy.net.delivery import Delivery, LocalDelivery, bounce, to_bytes
+from edgeproxy.net.pool import OutboundPool
+from edgeproxy.net.session import S2SSession
+from edgeproxy.policy import engine
+from edgeproxy.policy.engine import (
+    Allow,
+    AllowTransformed,
+    AutoReply,
+    Refuse,
+    StanzaKind,
+    StorePending,
+)
+from edgeproxy.policy.snapshot import PolicySnapshot
+from edgeproxy.s2s import StanzaReceived
+from edgeproxy.tokenizer import Element
+from edgeproxy.xmpp.namespaces import NS_SERVER
+
+log = logging.getLogger("edgeproxy.net.router")
+
+PolicySource = Callable[[], PolicySnapshot]
+
+_NS_MUC_USER = "http://jabber.org/protocol/muc#user"
+_NS_CONFERENCE = "jabber:x:conference"
+_NS_SI = "http://jabber.org/protocol/si"
+_NS_JINGLE = "urn:xmpp:jingle:1"
+_NS_OOB = "jabber:iq:oob"
+
+
+def _bare(jid: str) -> str:
+    return jid.partition("/")[0]
+
+
+def _domain(jid: str) -> str:
+    return _bare(jid).rpartition("@")[2].lower()
+
+
+def engine_view(element: Element, stream_domains: frozenset[str] = frozenset()) -> engine.Stanza:
+    """What the engine needs to know about a stanza (top-level attributes plus flags)."""
+    children = element.elements()
+    muc_invite = any(
+        (c.namespace == _NS_MUC_USER and c.find("invite", _NS_MUC_USER) is not None)
+        or c.namespace == _NS_CONFERENCE
+        for c in children
+    )
+    return engine.Stanza(
+        kind=StanzaKind(element.name),
+        type=element.get("type") or "",
+        from_jid=element.get("from") or "",
+        to_jid=element.get("to") or "",
+        has_status=element.name == "presence" and element.find("status", NS_SERVER) is not None,
+        file_transfer=any(c.namespace in (_NS_SI, _NS_OOB) for c in children),
+        jingle=any(c.namespace == _NS_JINGLE for c in children),
+        muc_invite=muc_invite,
+        stream_domains=stream_domains,
+    )
+
+
+class Router:
+    def __init__(self, policy: PolicySource, delivery: LocalDelivery) -> None:
+        self._policy = policy
+        self.delivery = delivery
+        self.pool: OutboundPool | None = None
+
+    # -- inbound ------------------------------------------------------------------------------
+
+    async def inbound(self, session: S2SSession, event: StanzaReceived) -> None:
+        element = event.stanza.element()
+        view = engine_view(element, session.conn.remote_domains)
+        decision = engine.decide_inbound(self._policy(), view)
+        if isinstance(decision, Refuse):
+            if decision.stream_level:
+                await session.close(decision.condition, decision.rule)
+                return
+            await self._refuse_inbound(element, decision)
+            return
+        if isinstance(decision, AutoReply):
+            reply = Element(
+                "presence", NS_SERVER,
+                {"from": _bare(view.to_jid), "to": _bare(view.from_jid), "type": decision.reply},
+            )
+            await self.send_remote(reply)
+            if not decision.deliver:
+                return
+        await self.delivery.deliver(
+            Delivery(
+                raw=event.stanza.raw,
+                from_jid=view.from_jid,
+                to_jid=view.to_jid,
+                kind=element.name,
+                type=element.get("type"),
+                strip_status=isinstance(decision, AllowTransformed),
+                pending_subscription=isinstance(decision, StorePending),
+            )
+        )
+        assert isinstance(decision, Allow | AllowTransformed | AutoReply | StorePending)
+
+    async def _refuse_inbound(self, element: Element, decision: Refuse) -> None:
+        reply = bounce(element, decision.condition) if decision.bounce else None
+        if reply is None:
+            log.info("refused without reply (%s): %s", decision.rule, element.get("from"))
+            return
+        await self.send_remote(reply)
+
+    async def send_remote(self, element: Element) -> None:
+        """Send an edge-generated stanza (replies, errors) to a partner through the pool."""
+        assert self.pool is not None
+        local = _domain(element.get("from") or "")
+        remote = _domain(element.get("to") or "")
+        await self.pool.send(local, remote, to_bytes(element), element)
+
+    # -- outbound -----------------------------------------------------------------------------
+
+    async def send_from_local(self, element: Element) -> None:
+        """A stanza from a local user to an XMPP contact (SPEC §6 outbound)."""
+        decision = engine.decide_outbound(self._policy(), engine_view(element))
+        if isinstance(decision, Refuse):
+            await self.bounce_local(element, decision.condition)
+            return
+        if isinstance(decision, AllowTransformed) and decision.strip_status:
+            element = Element(
+                element.name, element.namespace, dict(element.attrs),
+                [c for c in element.children if not (isinstance(c, Element) and c.name == "status")],
+            )
+        await self.send_remote(element)
+
+    async def bounce_local(self, element: Element, condition: str) -> None:
+        """An error for a local sender (undeliverable outbound stanza) goes to local delivery."""
+        reply = bounce(element, condition)
+        if reply is None:
+            log.info("undeliverable error stanza from %s dropped after logging", element.get("from"))
+            return
+        await self.delivery.deliver(
+            Delivery(
+                raw=to_bytes(reply),
+                from_jid=reply.get("from") or "",
+                to_jid=reply.get("to") or "",
+                kind=reply.name,
+                type="error",
+            )
+        )
+

@@ -1,0 +1,216 @@
+"""``S2SSession``: moves bytes between a trio stream and one sans-IO ``S2SConnection``.
+
+Theory of operation
+-------------------
+One task reads (at most ``MAX_READ`` bytes at a time: the tokenizer bounds what it buffers), feeds
+the core, writes what the core produced and hands every event to the owner's ``on_event``
+callback — except :class:`~edgeproxy.s2s.StartTls`, which the session handles itself: it writes
+the pending bytes (``<proceed/>``), wraps the transport in :class:`trio.SSLStream` (server side
+inbound, client side outbound), runs the handshake and tells the core (RFC 6120 §5.4.3.3).
+
+A second task enforces the gateway timers (SPEC §3, values from the store):
+
+* **establishment** — the stream must be authenticated (receiving: one domain pair; initiating:
+  :class:`~edgeproxy.s2s.StreamReady`) within ``establishment`` seconds, else stream error
+  ``connection-timeout`` (RFC 6120 §4.9.3.4);
+* **keep-alive** — when the partner has keep-alive enabled we write a whitespace keep-alive
+  (RFC 6120 §4.6.1) after ``keepalive`` seconds without writing, and on an inbound stream the
+  peer must show traffic (any byte, whitespace counts) within ``keepalive`` seconds, else
+  ``connection-timeout``;
+* **inactivity** — no stanza in either direction for ``inactivity`` seconds closes the stream
+  cleanly (``</stream:stream>``, no error).
+
+Writes are serialised by a lock (several tasks may send on one stream). Cancellation: cancelling
+``run`` aborts the stream without a closing handshake; ``close`` does the polite thing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from edgeproxy.net.tls import certificate_check
+from edgeproxy.s2s import (
+    CloseStream,
+    Event,
+    Role,
+    S2SConnection,
+    StanzaReceived,
+    StartTls,
+    State,
+    StreamClosed,
+    StreamReady,
+)
+from edgeproxy.s2s.events import Authenticated, KeepAlive, SendStanza, ToPeer
+
+#: Largest read from the socket at once (bytes). 64 KiB: one TLS record is at most 16 KiB.
+MAX_READ = 65536
+#: A TLS handshake must finish within this (seconds); it is also bounded by establishment.
+TLS_HANDSHAKE_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Gateway timers for one stream (SPEC §3); ``keepalive`` None when the partner has it off."""
+
+    establishment: float = 60.0
+    inactivity: float = 600.0
+    keepalive: float | None = 300.0
+
+
+OnEvent = Callable[["S2SSession", Event], Awaitable[None]]
+
+
+class S2SSession:
+    """One S2S stream over a trio stream; see the module docstring."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        conn: S2SConnection,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        timeouts: Timeouts,
+        on_event: OnEvent,
+        expect_peer_traffic: bool = True,
+    ) -> None:
+        self.stream: trio.abc.Stream = stream
+        self.conn = conn
+        self._ssl_context = ssl_context
+        self.timeouts = timeouts
+        self._on_event = on_event
+        self._expect_peer_traffic = expect_peer_traffic
+        self._send_lock = trio.Lock()
+        self.ready = trio.Event()  # authenticated / ready for use
+        self.closed = trio.Event()
+        self.close_reason: str | None = None
+        now = trio.current_time()
+        self._started = now
+        self._last_rx = now
+        self._last_tx = now
+        self._last_stanza = now
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def send_bytes(self, data: bytes) -> None:
+        if not data:
+            return
+        async with self._send_lock:
+            await self.stream.send_all(data)
+        self._last_tx = trio.current_time()
+
+    async def flush(self) -> None:
+        await self.send_bytes(self.conn.data_to_send())
+
+    async def send(self, event: ToPeer) -> None:
+        """Send a driver action through the core (raises LocalProtocolError if not allowed)."""
+        data = self.conn.send(event)
+        if isinstance(event, SendStanza):
+            self._last_stanza = trio.current_time()
+        await self.send_bytes(data)
+
+    async def close(self, condition: str | None = None, text: str | None = None) -> None:
+        """Close politely (stream error first if ``condition``); the reader ends the session."""
+        if self.conn.state is State.CLOSED:
+            return
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.send(CloseStream(condition, text))
+        if condition is not None:
+            self.close_reason = f"{condition}: {text}" if text else condition
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until the stream ends; the transport is closed on return."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._timers)
+                try:
+                    await self._read_loop()
+                finally:
+                    nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
+            self.close_reason = self.close_reason or f"transport error: {exc!r}"
+        finally:
+            self.closed.set()
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self.stream.aclose()
+
+    async def _read_loop(self) -> None:
+        while self.conn.state is not State.CLOSED:
+            data = await self.stream.receive_some(MAX_READ)
+            self._last_rx = trio.current_time()
+            self.conn.receive_data(data)
+            await self.flush()
+            if await self._drain_events():
+                return
+        await self._drain_events()
+
+    async def _drain_events(self) -> bool:
+        """Handle queued events; True when the stream is over."""
+        while (event := self.conn.next_event()) is not None:
+            if isinstance(event, StartTls):
+                await self._start_tls(event.server_side)
+                continue
+            if isinstance(event, StanzaReceived):
+                self._last_stanza = trio.current_time()
+            elif isinstance(event, StreamReady) or (
+                isinstance(event, Authenticated) and self.conn.role is Role.RECEIVING
+            ):
+                self.ready.set()
+            await self._on_event(self, event)
+            await self.flush()
+            if isinstance(event, StreamClosed):
+                if event.error and not self.close_reason:
+                    self.close_reason = f"{event.error}: {event.reason}"
+                elif not self.close_reason:
+                    self.close_reason = event.reason
+                return True
+        return False
+
+    async def _start_tls(self, server_side: bool) -> None:
+        await self.flush()
+        if self._ssl_context is None:
+            await self.close("internal-server-error", "no TLS context configured")
+            return
+        tls = trio.SSLStream(
+            self.stream, self._ssl_context, server_side=server_side, server_hostname=None
+        )
+        with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
+            await tls.do_handshake()
+        self.stream = tls
+        der = tls.getpeercert(binary_form=True)
+        await self.send_bytes(self.conn.tls_established(certificate_check(der)))
+
+    async def _timers(self) -> None:
+        t = self.timeouts
+        while True:
+            now = trio.current_time()
+            deadlines = [self._last_stanza + t.inactivity]
+            if not self.ready.is_set():
+                deadlines.append(self._started + t.establishment)
+            if t.keepalive is not None:
+                deadlines.append(self._last_tx + t.keepalive)
+                if self._expect_peer_traffic and self.ready.is_set():
+                    deadlines.append(self._last_rx + t.keepalive)
+            await trio.sleep_until(max(now, min(deadlines)))
+            now = trio.current_time()
+            if not self.ready.is_set() and now >= self._started + t.establishment:
+                await self.close("connection-timeout", "stream establishment timeout")
+                return
+            if now >= self._last_stanza + t.inactivity:
+                await self.close()
+                self.close_reason = "inactivity timeout"
+                return
+            if t.keepalive is not None:
+                if self._expect_peer_traffic and self.ready.is_set() and (
+                    now >= self._last_rx + t.keepalive
+                ):
+                    await self.close("connection-timeout", "no traffic within keep-alive interval")
+                    return
+                if now >= self._last_tx + t.keepalive:
+                    await self.send(KeepAlive())
