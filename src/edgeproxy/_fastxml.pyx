@@ -644,6 +644,7 @@ cdef class Tokenizer:
     cdef Py_ssize_t _name_start
     cdef Py_ssize_t _name_colon
     cdef Py_ssize_t _el_colon
+    cdef Py_ssize_t _el_name_end
     cdef bint _had_ws
     cdef unsigned char _quote
     cdef Attr* _attrs
@@ -841,6 +842,7 @@ cdef class Tokenizer:
             self._name_colon -= d
         if self._el_colon >= 0:
             self._el_colon -= d
+        self._el_name_end -= d
         for k in range(self._nattrs):
             self._attrs[k].name_off -= d
             self._attrs[k].val_off -= d
@@ -992,6 +994,7 @@ cdef class Tokenizer:
                 if state == ST_STAG_NAME:
                     if c == 62 or c == 47 or IS_WS[c]:
                         self._el_colon = self._name_colon
+                        self._el_name_end = i
                         state = ST_STAG_SPACE
                         self._had_ws = False
                         continue
@@ -1399,11 +1402,7 @@ cdef class Tokenizer:
         cdef Py_ssize_t ulen2
         cdef Binding* b
         cdef Open* e
-        # the element name ends where the first attribute / whitespace / '>' begins
-        k = name_off
-        while not (IS_WS[p[k]] or p[k] == 62 or p[k] == 47):
-            k += 1
-        name_len = k - name_off
+        name_len = self._el_name_end - name_off
         # namespace declarations first (they apply to the element's own name and attributes)
         for k in range(self._nattrs):
             a = &self._attrs[k]
@@ -1415,7 +1414,8 @@ cdef class Tokenizer:
             a = &self._attrs[k]
             for m in range(k):
                 o = &self._attrs[m]
-                if o.name_len == a.name_len and memcmp(p + o.name_off, p + a.name_off, a.name_len) == 0:
+                if o.name_len == a.name_len and p[o.name_off] == p[a.name_off] and \
+                        memcmp(p + o.name_off, p + a.name_off, a.name_len) == 0:
                     self._err("not-well-formed", "duplicate attribute", a.name_off)
         for k in range(self._nattrs):
             a = &self._attrs[k]
