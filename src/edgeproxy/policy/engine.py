@@ -189,23 +189,15 @@ def _refuse(decision: Refuse, stanza_type: str) -> Refuse:
     return _NO_BOUNCE[id(decision)] if stanza_type == "error" else decision
 
 
-def _split(jid: str) -> tuple[str, str]:
-    """``(localpart, domain)`` of a JID, both folded; the resource is ignored."""
+def _bare(jid: str) -> str:
+    """The folded bare JID (``local@domain`` or ``domain``); the resource is dropped."""
     slash = jid.find("/")
     if slash >= 0:
         jid = jid[:slash]
-    at = jid.find("@")
-    if at < 0:
-        return "", fast_domain(jid)
-    return jid[:at].lower(), fast_domain(jid[at + 1 :])
-
-
-def _unsupported(stanza: Stanza) -> Refuse | None:
-    if stanza.kind is _MESSAGE and stanza.type == "groupchat":
-        return GROUPCHAT
-    if stanza.file_transfer or stanza.jingle or stanza.muc_invite:
-        return UNSUPPORTED
-    return None
+    if jid.isascii():
+        return jid.lower()
+    local, at, domain = jid.rpartition("@")
+    return f"{local.lower()}{at}{fast_domain(domain)}"
 
 
 # -- stanza level -----------------------------------------------------------------------------
@@ -213,60 +205,63 @@ def _unsupported(stanza: Stanza) -> Refuse | None:
 
 def decide_inbound(snapshot: PolicySnapshot, stanza: Stanza) -> Decision:
     """Decide a stanza received from a partner for a local user (SPEC §4, §6)."""
-    from_local, from_domain = _split(stanza.from_jid)
-    to_local, to_domain = _split(stanza.to_jid)
+    sender = _bare(stanza.from_jid)
+    from_domain = sender[sender.find("@") + 1 :]
+    target = _bare(stanza.to_jid)
+    at = target.find("@")
     # Rule 1: anti-spoofing and addressing.
     if from_domain not in stanza.stream_domains:
         return INVALID_FROM
-    if to_domain not in snapshot.our_domains:
+    if target[at + 1 :] not in snapshot.our_domains:
         return HOST_UNKNOWN
     partner = snapshot.partner_by_domain.get(from_domain)
     if partner is None:
         return PARTNER_GONE
     kind = stanza.kind
-    if not to_local:
-        return ALLOW_SERVER_IQ if kind is StanzaKind.IQ else _refuse(NOT_TO_SERVER, stanza.type)
-    # Rule 2: the local user must exist and federate.
-    entry = snapshot.users.get(f"{to_local}@{to_domain}")
-    if entry is None:
-        return _refuse(NO_SUCH_USER, stanza.type)
-    if not entry.federates:
-        return _refuse(SBA_USER if entry.user.sba else NO_XMPP_ACCESS, stanza.type)
-    # Rule 3: partner type (SPEC §4).
-    authorized = partner.type is not _NEEDS_AUTH or f"{from_local}@{from_domain}" in entry.contacts
     stype = stanza.type
+    if at < 0:
+        return ALLOW_SERVER_IQ if kind is StanzaKind.IQ else _refuse(NOT_TO_SERVER, stype)
+    # Rule 2: the local user must exist and federate.
+    entry = snapshot.users.get(target)
+    if entry is None:
+        return _refuse(NO_SUCH_USER, stype)
+    if not entry.federates:
+        return _refuse(SBA_USER if entry.user.sba else NO_XMPP_ACCESS, stype)
+    # Rule 3: partner type (SPEC §4).
+    authorized = partner.type is not _NEEDS_AUTH or sender in entry.contacts
     if kind is _PRESENCE:
         if stype == "subscribe":
             return AUTO_SUBSCRIBED if authorized else STORE_PENDING
         if stype == "probe" and not authorized:
             return PROBE_UNAUTHORIZED
-        unsupported = _unsupported(stanza)
-        return ALLOW if unsupported is None else _refuse(unsupported, stype)
-    if not authorized and stype not in ("error", "result"):
+    elif not authorized and stype != "error" and stype != "result":
         return UNAUTHORIZED
     # Rule 4: unsupported modalities.
-    unsupported = _unsupported(stanza)
-    if unsupported is not None:
-        return _refuse(unsupported, stype)
+    if stanza.file_transfer or stanza.jingle or stanza.muc_invite:
+        return _refuse(UNSUPPORTED, stype)
+    if stype == "groupchat" and kind is _MESSAGE:
+        return GROUPCHAT
     return ALLOW
 
 
 def decide_outbound(snapshot: PolicySnapshot, stanza: Stanza) -> Decision:
     """Decide a stanza a local user sends to an XMPP contact (SPEC §4, §6 outbound)."""
-    from_local, from_domain = _split(stanza.from_jid)
-    entry: UserEntry | None = snapshot.users.get(f"{from_local}@{from_domain}")
+    stype = stanza.type
+    entry: UserEntry | None = snapshot.users.get(_bare(stanza.from_jid))
     if entry is None:
-        return _refuse(SENDER_UNKNOWN, stanza.type)
+        return _refuse(SENDER_UNKNOWN, stype)
     if not entry.federates:
-        return _refuse(SENDER_SBA if entry.user.sba else SENDER_NO_XMPP, stanza.type)
-    _, to_domain = _split(stanza.to_jid)
-    partner = snapshot.partner_by_domain.get(to_domain)
+        return _refuse(SENDER_SBA if entry.user.sba else SENDER_NO_XMPP, stype)
+    target = _bare(stanza.to_jid)
+    partner = snapshot.partner_by_domain.get(target[target.find("@") + 1 :])
     if partner is None:
-        return _refuse(NOT_A_PARTNER, stanza.type)
-    unsupported = _unsupported(stanza)
-    if unsupported is not None:
-        return _refuse(unsupported, stanza.type)
-    if stanza.kind is _PRESENCE and stanza.has_status and partner.type is not _FEDERATED:
+        return _refuse(NOT_A_PARTNER, stype)
+    if stanza.file_transfer or stanza.jingle or stanza.muc_invite:
+        return _refuse(UNSUPPORTED, stype)
+    kind = stanza.kind
+    if stype == "groupchat" and kind is _MESSAGE:
+        return GROUPCHAT
+    if kind is _PRESENCE and stanza.has_status and partner.type is not _FEDERATED:
         return STRIP_STATUS
     return ALLOW
 
