@@ -333,3 +333,16 @@ def test_site_policy_applies_only_to_users_of_that_site():
     assert SNAP.users["dave@contoso.test"].policy.identity == "site:Branch"
     assert SNAP.users["alice@contoso.test"].policy.identity == "global"
     assert SNAP.users["bob@contoso.test"].policy.identity == "noxmpp"
+
+
+def test_kind_given_as_a_plain_string_decides_like_the_enum():
+    stanza = Stanza(
+        "presence",
+        "subscribe",
+        "stranger@gmail.com",
+        "alice@contoso.test",
+        stream_domains=frozenset({"gmail.com"}),
+    )
+    assert type(decide_inbound(SNAP, stanza)) is StorePending
+    out = Stanza("presence", "", "alice@contoso.test", "x@gmail.com", has_status=True)
+    assert type(decide_outbound(SNAP, out)) is AllowTransformed

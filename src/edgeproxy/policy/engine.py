@@ -220,7 +220,7 @@ def decide_inbound(snapshot: PolicySnapshot, stanza: Stanza) -> Decision:
     kind = stanza.kind
     stype = stanza.type
     if at < 0:
-        return ALLOW_SERVER_IQ if kind is StanzaKind.IQ else _refuse(NOT_TO_SERVER, stype)
+        return ALLOW_SERVER_IQ if kind == StanzaKind.IQ else _refuse(NOT_TO_SERVER, stype)
     # Rule 2: the local user must exist and federate.
     entry = snapshot.users.get(target)
     if entry is None:
@@ -229,7 +229,7 @@ def decide_inbound(snapshot: PolicySnapshot, stanza: Stanza) -> Decision:
         return _refuse(SBA_USER if entry.user.sba else NO_XMPP_ACCESS, stype)
     # Rule 3: partner type (SPEC §4).
     authorized = partner.type is not _NEEDS_AUTH or sender in entry.contacts
-    if kind is _PRESENCE:
+    if kind == _PRESENCE:
         if stype == "subscribe":
             return AUTO_SUBSCRIBED if authorized else STORE_PENDING
         if stype == "probe" and not authorized:
@@ -239,7 +239,7 @@ def decide_inbound(snapshot: PolicySnapshot, stanza: Stanza) -> Decision:
     # Rule 4: unsupported modalities.
     if stanza.file_transfer or stanza.jingle or stanza.muc_invite:
         return _refuse(UNSUPPORTED, stype)
-    if stype == "groupchat" and kind is _MESSAGE:
+    if stype == "groupchat" and kind == _MESSAGE:
         return GROUPCHAT
     return ALLOW
 
@@ -259,9 +259,9 @@ def decide_outbound(snapshot: PolicySnapshot, stanza: Stanza) -> Decision:
     if stanza.file_transfer or stanza.jingle or stanza.muc_invite:
         return _refuse(UNSUPPORTED, stype)
     kind = stanza.kind
-    if stype == "groupchat" and kind is _MESSAGE:
+    if stype == "groupchat" and kind == _MESSAGE:
         return GROUPCHAT
-    if kind is _PRESENCE and stanza.has_status and partner.type is not _FEDERATED:
+    if kind == _PRESENCE and stanza.has_status and partner.type is not _FEDERATED:
         return STRIP_STATUS
     return ALLOW
 
