@@ -1,0 +1,238 @@
+"""Loopback channel frames: the wire format between the edge and the translating gateway.
+
+Theory of operation
+-------------------
+The edge listens on its internal address (SPEC §1, Lync's port 23456); the gateway connects with
+a WebSocket. Each WebSocket *binary* message carries exactly one frame, encoded with MessagePack
+by msgspec. A frame is one member of a tagged union (msgspec ``tag`` on an ``array_like`` Struct:
+the tag is the first array element, so a frame costs one small array, not a map with field names):
+
+``Hello``
+    First frame on every connection, from both sides. Carries the protocol ``version`` (a peer
+    with another major version is refused), the sender's ``role`` and ``session`` (a random id
+    chosen when the process starts: a new session means the peer restarted and lost its state),
+    ``received`` — the highest sequence number the sender has received *in order* from the
+    other side's session ``peer_session`` — and ``window``, the initial flow-control credit.
+``StanzaBatch``
+    Stanzas in order, each an ``Item``: ``Routed`` (one stanza: its raw bytes as received plus the
+    routing view the tokenizer already computed — kind, from, to, type, id — so the far side
+    routes without re-parsing, DESIGN §2) or ``Bounce`` (a stanza that could not be delivered and
+    must be answered to its sender with ``condition``). Every item has a sequence number; the
+    numbers of one session increase by exactly one per item across batches and connections; the
+    receiver checks that as it walks the items (``reliable.Receiver``), not here, so decoding
+    stays a single msgspec call.
+``Ack``
+    Cumulative: every item with ``seq <= up_to`` has been processed by the receiver, the sender
+    may forget it. Unacked items are re-sent after a reconnect; the receiver drops any
+    ``seq <= last processed`` as a duplicate (see ``loopback/reliable.py``).
+``FlowControl``
+    The receiver's current window: the sender keeps at most ``window`` items un-acked in flight
+    (``0`` pauses it). Combined with the sender's bounded queue this is the channel's whole
+    backpressure story.
+
+Decoding is strict: unknown tags, missing or extra fields, wrong types and values outside the
+named limits below raise :class:`FrameError` (a :class:`ProtocolError`: the driver closes the
+connection; the sender re-sends unacked items on the next one, so nothing is lost).
+
+Limits (named, with their origin)
+``MAX_FRAME_BYTES`` = 8 MiB
+    One WebSocket message; checked before decoding. trio-websocket's default ``max_message_size``
+    is 1 MiB; we raise both to this value. A full batch of maximum-size stanzas cannot exceed it
+    because batches are cut by bytes (``MAX_BATCH_BYTES``) as well as by count.
+``MAX_BATCH_ITEMS`` = 1024
+    Items in one batch; also the default window (``DEFAULT_WINDOW``).
+``MAX_BATCH_BYTES`` = 1 MiB
+    Raw stanza bytes the sender packs into one batch (a single larger stanza goes alone).
+``MAX_STANZA_BYTES`` = 262144
+    One stanza's raw bytes: the tokenizer's ``max_stanza_bytes`` (ejabberd's s2s default).
+``MAX_ADDRESS_BYTES`` = 3071
+    A JID is at most three 1023-octet parts plus separators (RFC 7622 §3.1).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Final
+
+import msgspec
+
+from edgeproxy.errors import ProtocolError
+
+PROTOCOL_VERSION: Final = 1
+MAX_FRAME_BYTES: Final = 8 * 1024 * 1024
+MAX_BATCH_ITEMS: Final = 1024
+MAX_BATCH_BYTES: Final = 1024 * 1024
+MAX_STANZA_BYTES: Final = 262144
+MAX_ADDRESS_BYTES: Final = 3071
+DEFAULT_WINDOW: Final = MAX_BATCH_ITEMS
+MAX_WINDOW: Final = 1 << 20
+
+_Seq = Annotated[int, msgspec.Meta(ge=1, le=(1 << 63) - 1)]
+_SeqOrZero = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+_Address = Annotated[str, msgspec.Meta(max_length=MAX_ADDRESS_BYTES)]
+_Short = Annotated[str, msgspec.Meta(max_length=1024)]
+_Raw = Annotated[bytes, msgspec.Meta(min_length=1, max_length=MAX_STANZA_BYTES)]
+_Session = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+_Window = Annotated[int, msgspec.Meta(ge=0, le=MAX_WINDOW)]
+
+
+class FrameError(ProtocolError):
+    """A frame could not be decoded or broke a limit; the connection is closed."""
+
+    condition = "not-well-formed"
+
+
+class Role(enum.StrEnum):
+    EDGE = "edge"
+    GATEWAY = "gateway"
+
+
+class StanzaKind(enum.StrEnum):
+    MESSAGE = "message"
+    PRESENCE = "presence"
+    IQ = "iq"
+
+
+# -- sequenced items --------------------------------------------------------------------------
+
+
+class Routed(
+    msgspec.Struct,
+    frozen=True,
+    array_like=True,
+    forbid_unknown_fields=True,
+    gc=False,
+    tag_field="tag",
+    tag="r",
+):
+    """One stanza with its routing view. ``raw`` is forwarded unchanged when nothing changes it."""
+
+    seq: _Seq
+    kind: StanzaKind
+    from_: _Address
+    to: _Address
+    type: _Short
+    id: _Short
+    raw: _Raw
+
+
+class Bounce(
+    msgspec.Struct,
+    frozen=True,
+    array_like=True,
+    forbid_unknown_fields=True,
+    gc=False,
+    tag_field="tag",
+    tag="b",
+):
+    """A stanza that was not delivered: its sender must get an error with ``condition``.
+
+    ``condition`` is an RFC 6120 §8.3.3 stanza error condition, ``text`` an optional human text.
+    The side that owns the original sender (the edge for XMPP senders) builds the error stanza.
+    """
+
+    seq: _Seq
+    kind: StanzaKind
+    from_: _Address
+    to: _Address
+    type: _Short
+    id: _Short
+    raw: _Raw
+    condition: _Short
+    text: _Short = ""
+
+
+Item = Routed | Bounce
+
+
+# -- frames -----------------------------------------------------------------------------------
+
+
+class Hello(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True, tag="hello"):
+    version: Annotated[int, msgspec.Meta(ge=0, le=65535)]
+    role: Role
+    session: _Session
+    peer_session: Annotated[str, msgspec.Meta(max_length=64)]
+    received: _SeqOrZero
+    window: _Window
+
+
+class StanzaBatch(
+    msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True, gc=False, tag="batch"
+):
+    items: Annotated[
+        tuple[Routed | Bounce, ...], msgspec.Meta(min_length=1, max_length=MAX_BATCH_ITEMS)
+    ]
+
+
+class Ack(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True, tag="ack"):
+    up_to: _SeqOrZero
+
+
+class FlowControl(
+    msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True, tag="flow"
+):
+    window: _Window
+
+
+Frame = Hello | StanzaBatch | Ack | FlowControl
+
+# One encoder and one decoder for the process (msgspec's advice: they cache type information).
+_ENCODER: Final = msgspec.msgpack.Encoder()
+_DECODER: Final = msgspec.msgpack.Decoder(Frame)
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Encode one frame (MessagePack)."""
+    return _ENCODER.encode(frame)
+
+
+def decode_frame(data: bytes | bytearray | memoryview) -> Frame:
+    """Decode one frame strictly; raise :class:`FrameError` on anything malformed."""
+    if len(data) > MAX_FRAME_BYTES:
+        raise FrameError(f"frame of {len(data)} bytes exceeds MAX_FRAME_BYTES={MAX_FRAME_BYTES}")
+    try:
+        frame = _DECODER.decode(data)
+    except msgspec.ValidationError as exc:
+        raise FrameError(f"invalid frame: {exc}", "policy-violation") from None
+    except msgspec.DecodeError as exc:
+        raise FrameError(f"malformed frame: {exc}") from None
+    return frame
+
+
+def batch_items(
+    queue: list[Item], *, max_items: int = MAX_BATCH_ITEMS, max_bytes: int = MAX_BATCH_BYTES
+) -> int:
+    """How many leading items of ``queue`` go into the next batch (at least one if any)."""
+    total = 0
+    count = 0
+    for item in queue[:max_items]:
+        total += len(item.raw)
+        if count and total > max_bytes:
+            break
+        count += 1
+    return count
+
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_ITEMS",
+    "MAX_FRAME_BYTES",
+    "MAX_STANZA_BYTES",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "Bounce",
+    "FlowControl",
+    "Frame",
+    "FrameError",
+    "Hello",
+    "Item",
+    "Role",
+    "Routed",
+    "StanzaBatch",
+    "StanzaKind",
+    "batch_items",
+    "decode_frame",
+    "encode_frame",
+]
