@@ -221,3 +221,31 @@ def test_sigkill_during_writes_leaves_an_intact_store_with_every_committed_chang
         assert len(user.contacts) == 200
     assert [p.domain for p in config.partners] == ["fabrikam.com"]
     assert len(users) <= len(committed) + 1
+
+
+def test_a_new_migration_is_applied_once_on_the_next_open(tmp_path, monkeypatch):
+    from edgeproxy.policy import store as store_module
+
+    Store.open(tmp_path).close()
+    calls = []
+
+    def migration_2(conn):
+        calls.append(1)
+        conn.execute("CREATE TABLE added_later (x INTEGER)")
+
+    monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS, migration_2])
+    with Store.open(tmp_path) as store:
+        assert store.schema_version() == 2
+    with Store.open(tmp_path) as store:
+        assert store.schema_version() == 2
+        _, config = store.read()
+    assert calls == [1]
+    assert config.policies[0].identity == "global"  # earlier data untouched
+
+
+def test_commands_find_the_configuration_through_the_environment(config_path, monkeypatch, capsys):
+    from edgeproxy.cli import main
+
+    monkeypatch.setenv("EDGEPROXY_CONFIG", str(config_path))
+    assert main(["partner", "new", "env.example"]) == 0
+    assert (config_path.parent / "state" / STORE_FILE).exists()
