@@ -10,6 +10,7 @@ Modules, each of one concept:
   effective policy per user precomputed).
 * ``engine``     — pure stream-level and stanza-level decisions over a snapshot.
 * ``store``      — the SQLite store (WAL) with its schema migrations.
+* ``operations`` — validated changes, one write transaction each (used by the commands).
 * ``holder``     — ``SnapshotHolder``: notices committed changes and rebuilds the snapshot.
 * ``transfer``   — ``config export`` / ``config import`` documents.
 * ``commands``   — the admin commands (``partner``, ``gateway``, ``policy``, ``user``).
