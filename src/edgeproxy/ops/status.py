@@ -1,0 +1,205 @@
+"""The status model: what ``edgeproxy status`` shows (SPEC §10, issue 7).
+
+The running server implements ``StatusSource``: one cheap, synchronous ``status()`` call that
+returns an ``EdgeStatus`` snapshot (frozen msgspec Structs). The admin endpoint serves it as JSON
+(``encode_status``; the format is documented in ``docs/status-json.md`` and versioned by its
+``format`` key), the CLI decodes it (``decode_status``) and renders the human table
+(``render_table``).
+
+Compatibility rule for the JSON: keys are only ever added; a key is never renamed, removed or
+given another meaning without bumping ``format`` (``edgeproxy-status/1``).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+from edgeproxy.policy.model import AuthMethod
+
+STATUS_FORMAT = "edgeproxy-status/1"
+
+
+class Role(enum.StrEnum):
+    """What a listener is for."""
+
+    EXTERNAL = "external"  # S2S with partners, TCP 5269
+    INTERNAL = "internal"  # loopback channel to the gateway, TCP 23456
+    ADMIN = "admin"  # this admin endpoint
+
+
+class Direction(enum.StrEnum):
+    """Who opened the stream."""
+
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class StreamState(enum.StrEnum):
+    NEGOTIATING = "negotiating"  # TLS / authentication not finished
+    ESTABLISHED = "established"
+    CLOSING = "closing"
+
+
+class ChannelState(enum.StrEnum):
+    """The loopback channel to the gateway."""
+
+    NOT_CONNECTED = "not-connected"  # listening, no gateway yet
+    CONNECTED = "connected"
+    DRAINING = "draining"  # shutting down, flushing
+    DOWN = "down"  # lost; stanzas for local users are bounced
+
+
+class ServiceState(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"  # graceful shutdown in progress
+
+
+AUTH_LABELS: dict[AuthMethod, str] = {
+    AuthMethod.SASL_OVER_TLS: "SASL EXTERNAL",
+    AuthMethod.TLS_DIALBACK: "TLS dialback",
+    AuthMethod.TCP_DIALBACK: "TCP dialback",
+}
+"""How the table names each authentication method (the Lync vocabulary)."""
+
+
+class ListenerStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    role: Role
+    address: str  # "host:port" as bound, e.g. "0.0.0.0:5269" or "[::1]:23456"
+
+
+class StreamStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    stream_id: str
+    partner: str | None  # the partner's primary domain; None until known
+    direction: Direction
+    remote_address: str  # "ip:port" of the peer
+    state: StreamState = StreamState.ESTABLISHED
+    local_domain: str | None = None
+    remote_domains: tuple[str, ...] = ()  # domains authenticated on this stream
+    auth: AuthMethod | None = None
+    tls_version: str | None = None  # "TLSv1.3"; None on a plain stream
+    age_seconds: float = 0.0
+    stanzas_in: int = 0
+    stanzas_out: int = 0
+
+
+class ChannelStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    state: ChannelState = ChannelState.NOT_CONNECTED
+    peer: str | None = None  # the gateway's "ip:port"
+    since_seconds: float | None = None  # time in this state
+    unacked: int = 0  # frames sent, not yet acknowledged
+
+
+class QueueStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    name: str  # e.g. "outbound:fabrikam.com", "channel", "router"
+    depth: int
+    limit: int | None = None
+
+
+class EdgeStatus(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """One snapshot of the running edge (keyword-only: ``EdgeStatus(version=..., pid=...)``)."""
+
+    format: str = STATUS_FORMAT
+    running: bool = True
+    version: str
+    pid: int
+    state: ServiceState = ServiceState.RUNNING
+    uptime_seconds: float = 0.0
+    domains: tuple[str, ...] = ()
+    listeners: tuple[ListenerStatus, ...] = ()
+    streams: tuple[StreamStatus, ...] = ()
+    channel: ChannelStatus = msgspec.field(default_factory=ChannelStatus)
+    queues: tuple[QueueStatus, ...] = ()
+
+
+@runtime_checkable
+class StatusSource(Protocol):
+    """What the server implements for the admin endpoint: a cheap synchronous snapshot."""
+
+    def status(self) -> EdgeStatus:
+        """The current state; called from the trio thread on every ``/status`` and ``/metrics``."""
+        ...
+
+
+_ENCODER = msgspec.json.Encoder(order="deterministic")
+_DECODER = msgspec.json.Decoder(EdgeStatus)
+
+
+def encode_status(status: EdgeStatus) -> bytes:
+    """The stable JSON form (``docs/status-json.md``): every key present, deterministic order."""
+    return _ENCODER.encode(status)
+
+
+def decode_status(data: bytes | str) -> EdgeStatus:
+    """Parse the JSON form; unknown (newer) keys are ignored. Raises ``msgspec.DecodeError``."""
+    return _DECODER.decode(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# The human table
+# ---------------------------------------------------------------------------------------------
+
+
+def format_age(seconds: float | None) -> str:
+    """``42s``, ``5m03s``, ``2h07m``, ``3d04h``."""
+    if seconds is None:
+        return "-"
+    s = int(max(seconds, 0))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    out = ["  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    out += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return out
+
+
+def auth_label(method: AuthMethod | None) -> str:
+    return AUTH_LABELS[method] if method is not None else "-"
+
+
+def render_table(status: EdgeStatus, *, admin: str | None = None) -> str:
+    """The ``edgeproxy status`` human output."""
+    where = f" (admin {admin})" if admin else ""
+    lines = [
+        f"edgeproxy {status.version}: {status.state.value}{where}, pid {status.pid}, "
+        f"up {format_age(status.uptime_seconds)}",
+        f"domains: {', '.join(status.domains) or '-'}",
+        "",
+        "Listeners",
+    ]
+    lines += _table(["ROLE", "ADDRESS"], [[li.role.value, li.address] for li in status.listeners])
+    established = [s for s in status.streams if s.state is StreamState.ESTABLISHED]
+    partners = sorted({s.partner for s in established if s.partner})
+    lines += ["", f"Streams ({len(established)} established with {len(partners)} partners, "
+              f"{len(status.streams) - len(established)} other)"]
+    ordered = sorted(status.streams, key=lambda s: (s.partner or "~", s.direction.value, s.stream_id))
+    rows = [
+        [
+            s.partner or "?", s.direction.value, s.remote_address, auth_label(s.auth),
+            s.tls_version or "none", format_age(s.age_seconds), str(s.stanzas_in), str(s.stanzas_out),
+            s.state.value, s.stream_id,
+        ]
+        for s in ordered
+    ]
+    lines += _table(["PARTNER", "DIR", "REMOTE", "AUTH", "TLS", "AGE", "IN", "OUT", "STATE", "STREAM"], rows)
+    ch = status.channel
+    peer = f" from {ch.peer}" if ch.peer else ""
+    lines += ["", f"Gateway channel: {ch.state.value}{peer} for {format_age(ch.since_seconds)}, "
+              f"{ch.unacked} unacknowledged"]
+    lines += ["", "Queues"]
+    lines += _table(
+        ["QUEUE", "DEPTH", "LIMIT"],
+        [[q.name, str(q.depth), "-" if q.limit is None else str(q.limit)] for q in status.queues],
+    )
+    return "\n".join(lines) + "\n"
