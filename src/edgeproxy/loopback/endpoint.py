@@ -1,0 +1,334 @@
+"""One side of the loopback channel: a trio driver around ``reliable.Sender``/``Receiver``.
+
+Theory of operation
+-------------------
+A :class:`ChannelEndpoint` lives as long as its process (edge or gateway) and outlives every
+WebSocket connection. ``server.py`` (edge) and ``client.py`` (gateway) obtain connections and hand
+each to :meth:`ChannelEndpoint.run_connection`, which:
+
+1. exchanges ``Hello`` frames (bounded by ``HELLO_TIMEOUT``); a peer with another protocol version
+   or the same role is refused;
+2. lets the sender re-queue what the peer has not processed (``Sender.on_connected``);
+3. runs a send loop (batches within the peer's window, woken by ``submit``/acks) and a receive loop
+   (decode strictly, hand fresh items to ``on_items``, then ack) until either ends.
+
+Backpressure: ``on_items`` is awaited before the next frame is read, so a slow consumer stops
+reading, its window fills, and the far sender stops sending; producers then see ``submit``
+refuse once ``max_queued`` items wait (SPEC §6 rule 5: the caller gets the item back, bounced).
+
+Outage bound: while no connection is up, a watchdog counts time. Once the peer has been away for
+``outage_bound`` seconds, everything still queued is handed to ``on_bounce`` with
+``remote-server-timeout`` (SPEC §6: the stanza's sender gets an error, never silence), and until
+the peer returns, new submissions are bounced at once with ``service-unavailable``. Bounce items
+themselves are never bounced again (RFC 6120 §8.3.1: no error about an error); they are counted in
+``statistics().lost_bounces``.
+
+Cancellation: cancelling ``run_connection`` closes the connection; queued and in-flight items stay
+in the sender for the next connection. The ack after a handled batch is sent in a shielded scope
+(bounded by ``ACK_TIMEOUT``) so that a cancellation between "handled" and "acked" does not cause a
+re-send to a peer that already handled the items.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from edgeproxy.loopback.frames import (
+    DEFAULT_WINDOW,
+    PROTOCOL_VERSION,
+    Ack,
+    Bounce,
+    FlowControl,
+    FrameError,
+    Hello,
+    Item,
+    Role,
+    Routed,
+    StanzaBatch,
+    StanzaKind,
+    decode_frame,
+    encode_frame,
+)
+from edgeproxy.loopback.reliable import DEFAULT_MAX_QUEUED, Receiver, Sender
+
+log = logging.getLogger(__name__)
+
+#: Seconds to wait for the peer's Hello after the WebSocket handshake.
+HELLO_TIMEOUT = 10.0
+#: Seconds an ack may take to leave after its items were handled (shielded from cancellation).
+ACK_TIMEOUT = 2.0
+#: Seconds the peer may stay away before queued stanzas are bounced. Lync's own gateway gives up
+#: on the edge after about 30 s; an S2S peer waits longer, so this bounds the user-visible delay.
+DEFAULT_OUTAGE_BOUND = 30.0
+
+OnItems = Callable[[list[Item]], Awaitable[None]]
+OnBounce = Callable[[list[Routed], str], None]
+
+
+@dataclass
+class ChannelStatistics:
+    connected: bool
+    connections: int
+    queued: int
+    in_flight: int
+    sent_items: int
+    received_items: int
+    duplicates_dropped: int
+    bounced: int
+    lost_bounces: int
+
+
+class ChannelEndpoint:
+    """The long-lived state of one side of the channel (see the module docstring)."""
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        on_items: OnItems,
+        on_bounce: OnBounce,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+        window: int = DEFAULT_WINDOW,
+        outage_bound: float = DEFAULT_OUTAGE_BOUND,
+    ) -> None:
+        self.role = role
+        self.session = secrets.token_hex(8)
+        self.sender = Sender(self.session, max_queued=max_queued)
+        self.receiver = Receiver()
+        self.window = window
+        self.outage_bound = outage_bound
+        self._on_items = on_items
+        self._on_bounce = on_bounce
+        self._wake = trio.Event()
+        self._connected = False
+        self._connection_lock = trio.Lock()
+        self._away_since: float | None = None
+        self._outage_expired = False
+        self._connected_event = trio.Event()
+        self._counts = dict.fromkeys(
+            ("connections", "sent", "received", "duplicates", "bounced", "lost_bounces"), 0
+        )
+
+    # -- producer side ------------------------------------------------------------------------
+
+    def submit(
+        self,
+        kind: StanzaKind,
+        from_: str,
+        to: str,
+        type: str,
+        id: str,
+        raw: bytes,
+        *,
+        bounce: tuple[str, str] | None = None,
+    ) -> bool:
+        """Queue a stanza (or a bounce) for the peer; False if it was bounced instead."""
+        if self._outage_expired:
+            self._bounce_new(kind, from_, to, type, id, raw, bounce)
+            return False
+        item = self.sender.submit(kind, from_, to, type, id, raw, bounce=bounce)
+        if item is None:
+            self._bounce_new(kind, from_, to, type, id, raw, bounce)
+            return False
+        self._wake.set()
+        return True
+
+    def _bounce_new(
+        self,
+        kind: StanzaKind,
+        from_: str,
+        to: str,
+        type: str,
+        id: str,
+        raw: bytes,
+        bounce: tuple[str, str] | None,
+    ) -> None:
+        if bounce is not None:
+            self._counts["lost_bounces"] += 1
+            log.warning("loopback: bounce for %s lost (channel down)", from_)
+            return
+        self._counts["bounced"] += 1
+        self._on_bounce([Routed(1, kind, from_, to, type, id, raw)], "service-unavailable")
+
+    def _bounce_items(self, items: list[Item], condition: str) -> None:
+        routed = [item for item in items if isinstance(item, Routed)]
+        lost = len(items) - len(routed)
+        if lost:
+            self._counts["lost_bounces"] += lost
+            log.warning("loopback: %d bounces lost (peer away)", lost)
+        if routed:
+            self._counts["bounced"] += len(routed)
+            self._on_bounce(routed, condition)
+
+    # -- outage watchdog ----------------------------------------------------------------------
+
+    async def watch_outage(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Bounce queued items once the peer has been away for ``outage_bound`` seconds."""
+        if self._away_since is None and not self._connected:
+            self._away_since = trio.current_time()
+        task_status.started()
+        while True:
+            if self._connected or self._away_since is None:
+                await trio.sleep(self.outage_bound / 4)
+                continue
+            deadline = self._away_since + self.outage_bound
+            now = trio.current_time()
+            if now < deadline:
+                await trio.sleep(min(deadline - now, self.outage_bound / 4))
+                continue
+            if not self._outage_expired:
+                log.warning(
+                    "loopback: peer away for %.1f s, bouncing queued stanzas", self.outage_bound
+                )
+            self._outage_expired = True
+            drained = self.sender.drain()
+            if drained:
+                self._bounce_items(drained, "remote-server-timeout")
+            await trio.sleep(self.outage_bound / 4)
+
+    # -- one connection -----------------------------------------------------------------------
+
+    async def wait_connected(self) -> None:
+        await self._connected_event.wait()
+
+    async def run_connection(self, ws: WebSocketConnection) -> None:
+        """Serve one WebSocket connection until it closes (see the module docstring)."""
+        async with self._connection_lock:
+            try:
+                await self._run_connection(ws)
+            finally:
+                if self._connected:
+                    self._connected = False
+                    self._connected_event = trio.Event()
+                    self.sender.on_disconnected()
+                    self._away_since = trio.current_time()
+                with trio.CancelScope(shield=True), trio.move_on_after(0.5):
+                    await ws.aclose()
+
+    async def _run_connection(self, ws: WebSocketConnection) -> None:
+        send_lock = trio.Lock()
+        hello = Hello(
+            PROTOCOL_VERSION,
+            self.role,
+            self.session,
+            self.receiver.peer_session,
+            self.receiver.processed,
+            self.window,
+        )
+        try:
+            await ws.send_message(encode_frame(hello))
+            with trio.fail_after(HELLO_TIMEOUT):
+                peer = decode_frame(await _get_bytes(ws))
+            if not isinstance(peer, Hello):
+                raise FrameError("first frame is not a Hello", "policy-violation")
+            if peer.version != PROTOCOL_VERSION:
+                raise FrameError(
+                    f"unsupported loopback version {peer.version}", "unsupported-version"
+                )
+            if peer.role == self.role:
+                raise FrameError(f"peer has our own role {peer.role}", "policy-violation")
+        except (ConnectionClosed, FrameError, trio.TooSlowError) as exc:
+            log.warning("loopback: handshake failed: %s", exc)
+            return
+        self.receiver.on_connected(peer)
+        self.sender.on_connected(peer)
+        self._connected = True
+        self._outage_expired = False
+        self._away_since = None
+        self._counts["connections"] += 1
+        self._connected_event.set()
+        self._wake.set()
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def send_loop() -> None:
+                    # A failed send does not end the connection by itself: the receive loop
+                    # goes on reading acks already on the way until the close arrives.
+                    with contextlib.suppress(ConnectionClosed):
+                        await self._send_loop(ws, send_lock)
+
+                async def receive_loop() -> None:
+                    await self._receive_loop(ws, send_lock)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(send_loop)
+                nursery.start_soon(receive_loop)
+        except (ConnectionClosed, FrameError) as exc:
+            log.info("loopback: connection ended: %s", exc)
+
+    async def _send_loop(self, ws: WebSocketConnection, lock: trio.Lock) -> None:
+        while True:
+            batch = self.sender.next_batch()
+            if batch is None:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            async with lock:
+                await ws.send_message(encode_frame(batch))
+            self._counts["sent"] += len(batch.items)
+
+    async def _receive_loop(self, ws: WebSocketConnection, lock: trio.Lock) -> None:
+        while True:
+            try:
+                data = await _get_bytes(ws)
+            except ConnectionClosed:
+                return
+            frame = decode_frame(data)
+            if isinstance(frame, StanzaBatch):
+                fresh = self.receiver.accept(frame)
+                self._counts["duplicates"] += len(frame.items) - len(fresh)
+                if fresh:
+                    await self._on_items(fresh)
+                    self._counts["received"] += len(fresh)
+                self.receiver.mark_processed(frame.items[-1].seq)
+                with trio.CancelScope(shield=True), trio.move_on_after(ACK_TIMEOUT):
+                    async with lock:
+                        await ws.send_message(encode_frame(Ack(self.receiver.processed)))
+            elif isinstance(frame, Ack):
+                if self.sender.on_ack(frame.up_to):
+                    self._wake.set()
+            elif isinstance(frame, FlowControl):
+                self.sender.on_window(frame.window)
+                self._wake.set()
+            else:
+                raise FrameError("Hello in the middle of a connection", "policy-violation")
+
+    def statistics(self) -> ChannelStatistics:
+        c = self._counts
+        return ChannelStatistics(
+            connected=self._connected,
+            connections=c["connections"],
+            queued=self.sender.queued,
+            in_flight=len(self.sender.in_flight),
+            sent_items=c["sent"],
+            received_items=c["received"],
+            duplicates_dropped=c["duplicates"],
+            bounced=c["bounced"],
+            lost_bounces=c["lost_bounces"],
+        )
+
+
+async def _get_bytes(ws: WebSocketConnection) -> bytes:
+    message = await ws.get_message()
+    if isinstance(message, str):
+        raise FrameError("text WebSocket message on the loopback channel", "policy-violation")
+    return message
+
+
+__all__ = [
+    "DEFAULT_OUTAGE_BOUND",
+    "Bounce",
+    "ChannelEndpoint",
+    "ChannelStatistics",
+    "OnBounce",
+    "OnItems",
+]
