@@ -80,6 +80,7 @@ def _registrars() -> list[Registrar]:
         dns_commands.register,
         checks.register,
         register_policy,
+        __import__("edgeproxy.ops.commands", fromlist=["register"]).register,  # status, stop, reload
     ]
 
 

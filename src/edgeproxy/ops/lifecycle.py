@@ -1,0 +1,71 @@
+"""Service lifecycle: what "reload" and "stop" mean to the server, and the signals that ask for them.
+
+The server implements ``Control``. Both the admin endpoint (``POST /reload``, ``POST /stop``) and
+the signal handler (SIGHUP; SIGTERM and SIGINT) call it, so the two ways in behave identically
+(SPEC §10, issue 7 *Lifecycle*):
+
+* ``request_stop()`` begins a graceful shutdown and returns at once: stop accepting, drain the
+  queues, flush the gateway channel, close streams with ``system-shutdown``, all within
+  ``DRAIN_BOUND_SECONDS``; what is still queued then is bounced. A second request may end the drain
+  early. It must be idempotent.
+* ``reload()`` re-reads the configuration, the certificates and the store and applies them without
+  dropping streams that are still allowed (a removed partner's streams close with
+  ``policy-violation``). It returns a ``ReloadOutcome``; a refused reload leaves everything as it
+  was. Implementations serialise concurrent reloads themselves.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Protocol, runtime_checkable
+
+import msgspec
+import trio
+
+DRAIN_BOUND_SECONDS = 30.0
+"""How long a graceful shutdown may drain before the rest is bounced; the systemd unit's
+``TimeoutStopSec`` (45 s) leaves a margin above it."""
+
+
+class ReloadOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What a reload did; served as JSON by ``POST /reload`` and printed by ``edgeproxy reload``."""
+
+    ok: bool
+    message: str = ""
+    partners_added: tuple[str, ...] = ()
+    partners_removed: tuple[str, ...] = ()
+    streams_closed: int = 0
+
+
+@runtime_checkable
+class Control(Protocol):
+    """What the server implements for ``reload`` and ``stop``."""
+
+    async def reload(self) -> ReloadOutcome:
+        """Re-read configuration, certificates and store; never raises for a refused change."""
+        ...
+
+    def request_stop(self) -> None:
+        """Begin the graceful shutdown; returns immediately; idempotent."""
+        ...
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+RELOAD_SIGNALS = (signal.SIGHUP,)
+
+
+async def serve_signals(control: Control, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Turn SIGHUP into ``control.reload()`` and SIGTERM/SIGINT into ``control.request_stop()``.
+
+    Use with ``nursery.start`` (from the main thread, as trio requires for signal handling);
+    runs until cancelled, and cancelling it restores the previous signal handlers. Reloads run one
+    at a time, in the order the signals arrived; an exception from ``reload`` propagates (a bug in
+    the server, not a refused change).
+    """
+    with trio.open_signal_receiver(*STOP_SIGNALS, *RELOAD_SIGNALS) as signals:
+        task_status.started()
+        async for signum in signals:
+            if signum in RELOAD_SIGNALS:
+                await control.reload()
+            else:
+                control.request_stop()
