@@ -89,6 +89,17 @@ cdef extern from *:
     #if defined(__SSE2__)
     #include <emmintrin.h>
     #endif
+    typedef struct {
+        Py_ssize_t name_off;
+        Py_ssize_t name_len;
+        Py_ssize_t colon;      /* offset of ':' inside the name, -1 if none */
+        Py_ssize_t val_off;
+        Py_ssize_t val_len;
+        int amp;               /* value needs decoding (reference or raw TAB/LF/CR) */
+    } ep_attr;
+    static unsigned char ep_name_start[256];
+    static unsigned char ep_name_char[256];
+    static unsigned char ep_ws[256];
     static unsigned char ep_text_plain[256];
     static unsigned char ep_value_plain[256];
     static unsigned char ep_cdata_plain[256];
@@ -120,6 +131,81 @@ cdef extern from *:
     #endif
         while (i < n && plain[p[i]]) i++;
         return i;
+    }
+
+    /* An ASCII name (at most one colon, not first or last) from p[j]; returns its end or -1
+       when it cannot be decided here (data ends, non-ASCII, odd colon use). */
+    static inline Py_ssize_t ep_fast_name(const unsigned char* p, Py_ssize_t j, Py_ssize_t n,
+                                          Py_ssize_t* colon) {
+        *colon = -1;
+        if (j >= n || !ep_name_start[p[j]]) return -1;
+        for (;;) {
+            while (j < n && ep_name_char[p[j]]) j++;
+            if (j >= n) return -1;
+            if (p[j] != ':') return j;
+            if (*colon >= 0) return -1;
+            *colon = j++;
+            if (j >= n || !ep_name_start[p[j]]) return -1;
+        }
+    }
+
+    /* Fast path for a start tag that is complete in the buffer, plain ASCII names, values
+       without character references or non-ASCII bytes: the common case on the wire. Returns
+       the index after '>' (0 = not applicable: the general state machine takes over from
+       the same '<' and reports any error precisely). */
+    static Py_ssize_t ep_fast_stag(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                                   ep_attr* attrs, Py_ssize_t max_attrs, Py_ssize_t max_name,
+                                   Py_ssize_t* nattrs, Py_ssize_t* name_end,
+                                   Py_ssize_t* el_colon, int* empty) {
+        Py_ssize_t j, na = 0, colon;
+        j = ep_fast_name(p, i + 1, n, &colon);
+        if (j < 0 || j - (i + 1) > max_name) return 0;
+        *name_end = j;
+        *el_colon = colon;
+        for (;;) {
+            int ws = 0;
+            unsigned char c, q;
+            ep_attr* a;
+            while (j < n && ep_ws[p[j]]) { j++; ws = 1; }
+            if (j >= n) return 0;
+            c = p[j];
+            if (c == '>') { *empty = 0; *nattrs = na; return j + 1; }
+            if (c == '/') {
+                if (j + 1 < n && p[j + 1] == '>') { *empty = 1; *nattrs = na; return j + 2; }
+                return 0;
+            }
+            if (!ws || na >= max_attrs) return 0;
+            a = &attrs[na];
+            a->name_off = j;
+            j = ep_fast_name(p, j, n, &colon);
+            if (j < 0 || j - a->name_off > max_name) return 0;
+            a->name_len = j - a->name_off;
+            a->colon = colon;
+            while (j < n && ep_ws[p[j]]) j++;
+            if (j >= n || p[j] != '=') return 0;
+            j++;
+            while (j < n && ep_ws[p[j]]) j++;
+            if (j >= n) return 0;
+            q = p[j];
+            if (q != 34 && q != 39) return 0;
+            a->val_off = ++j;
+            a->amp = 0;
+            for (;;) {
+                j = ep_skip(p, j, n, ep_value_plain, 34, 39);
+                if (j >= n) return 0;
+                c = p[j];
+                if (c == q) break;
+                if (c == 34 || c == 39) { j++; continue; }
+                if (c == 9 || c == 10 || c == 13) { j++; a->amp = 1; continue; }
+                if (c == '&' && j + 4 < n && p[j + 1] == 'a' && p[j + 2] == 'm' && p[j + 3] == 'p' && p[j + 4] == ';') {
+                    j += 5; a->amp = 1; continue;
+                }
+                return 0;
+            }
+            a->val_len = j - a->val_off;
+            j++;
+            na++;
+        }
     }
 
     /* Validate a run of multi-byte UTF-8 sequences from p[i] (p[i] >= 0x80), strictly
@@ -158,12 +244,26 @@ cdef extern from *:
         return i;
     }
     """
+    ctypedef struct Attr "ep_attr":
+        Py_ssize_t name_off
+        Py_ssize_t name_len
+        Py_ssize_t colon
+        Py_ssize_t val_off
+        Py_ssize_t val_len
+        int amp
+    unsigned char ep_name_start[256]
+    unsigned char ep_name_char[256]
+    unsigned char ep_ws[256]
     unsigned char ep_text_plain[256]
     unsigned char ep_value_plain[256]
     unsigned char ep_cdata_plain[256]
     Py_ssize_t ep_skip(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
                        const unsigned char* plain, unsigned char x1, unsigned char x2) nogil
     Py_ssize_t ep_utf8_run(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, int* status) nogil
+    Py_ssize_t ep_fast_stag(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                            Attr* attrs, Py_ssize_t max_attrs, Py_ssize_t max_name,
+                            Py_ssize_t* nattrs, Py_ssize_t* name_end,
+                            Py_ssize_t* el_colon, int* empty) nogil
 
 cdef unsigned char TEXT_PLAIN[256]    # text bytes needing no attention
 cdef unsigned char VALUE_PLAIN[256]   # attribute value bytes needing no attention (not quotes)
@@ -213,6 +313,9 @@ cdef void _init_tables():
         ep_text_plain[c] = TEXT_PLAIN[c]
         ep_value_plain[c] = VALUE_PLAIN[c]
         ep_cdata_plain[c] = CDATA_PLAIN[c]
+        ep_name_start[c] = NAME_START[c]
+        ep_name_char[c] = NAME_CHAR[c]
+        ep_ws[c] = IS_WS[c]
 
 
 _init_tables()
@@ -590,14 +693,6 @@ cdef enum State:
     ST_FAILED
 
 
-cdef struct Attr:
-    Py_ssize_t name_off
-    Py_ssize_t name_len
-    Py_ssize_t colon          # offset of ':' inside the name, -1 if none
-    Py_ssize_t val_off
-    Py_ssize_t val_len
-    int amp                   # value contains a reference
-
 
 cdef struct Binding:
     # prefix and namespace name; kind 0 = absolute offsets into working memory,
@@ -887,6 +982,9 @@ cdef class Tokenizer:
         cdef Attr* a
         cdef bint closed
         cdef int status = 0
+        cdef Py_ssize_t nattrs, name_end, el_colon
+        cdef int empty
+        cdef Open* e
         while True:
             if state == ST_CONTENT:
                 if self._depth == 1:
@@ -948,6 +1046,16 @@ cdef class Tokenizer:
                 if c == 47:       # '</'
                     if self._depth == 0:
                         self._err("not-well-formed", "end tag before the stream header", i)
+                    # fast path: '</' + exactly the open element's name + '>'
+                    e = &self._stack[self._depth - 1]
+                    if i + 2 + e.name_len < n and p[i + 2 + e.name_len] == 62 and memcmp(
+                            p + i + 2, (e.name_base if e.name_kind else p) + e.name_off, e.name_len) == 0:
+                        self._tag_start = i
+                        i += 3 + e.name_len
+                        state = self._pop(p, i)
+                        if state == ST_HALTED:
+                            break
+                        continue
                     self._tag_start = i
                     i += 2
                     self._name_start = i
@@ -963,6 +1071,18 @@ cdef class Tokenizer:
                 else:
                     if self._depth >= self.max_depth:
                         self._fail_limit(i, "elements nested deeper than max_depth")
+                    r = ep_fast_stag(p, i, n, self._attrs, self.max_attributes, self.max_name_bytes,
+                                     &nattrs, &name_end, &el_colon, &empty)
+                    if r > 0:
+                        self._tag_start = i
+                        self._nattrs = nattrs
+                        self._el_name_end = name_end
+                        self._el_colon = el_colon
+                        i = r
+                        state = self._start_element(p, i, empty)
+                        if state == ST_HALTED:
+                            break
+                        continue
                     self._tag_start = i
                     i += 1
                     self._name_start = i
@@ -1112,8 +1232,9 @@ cdef class Tokenizer:
             elif state == ST_ETAG_NAME:
                 start = i
                 while i < n and not IS_WS[p[i]] and p[i] != 62:
-                    if p[i] == 60:
-                        self._err("not-well-formed", "'<' in an end tag", i)
+                    c = p[i]
+                    if not (NAME_CHAR[c] or c == 58 or c >= 0x80):
+                        self._err("not-well-formed", "character not allowed in an end tag name", i)
                     i += 1
                 if i >= n:
                     break
