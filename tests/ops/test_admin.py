@@ -129,9 +129,9 @@ async def test_connections_above_the_limit_get_503(admin: Running):
             await s.aclose()
 
 
-async def test_token_file_is_created_private(admin: Running):
+async def test_token_file_is_readable_only_by_owner_and_group(admin: Running):
     mode = stat.S_IMODE(os.stat(admin.endpoint.token_path).st_mode)
-    assert mode == 0o600
+    assert mode == 0o640  # the service account and its (admin) group, nobody else
     assert len(token_of(admin)) >= 32
 
 

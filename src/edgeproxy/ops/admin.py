@@ -5,8 +5,9 @@ A deliberately small HTTP/1.1 server (h11 over trio streams), one request per co
 * reads (``GET /metrics``, ``/healthz``, ``/status``) need no token: viewing status is the lesser
   right of SPEC §10, and the endpoint listens on loopback only by default;
 * writes (``POST /reload``, ``POST /stop``) need ``Authorization: Bearer <token>``, the token in
-  ``[admin] token-file`` (default ``<state-dir>/admin.token``, created 0600 at start), so that only
-  the service account and the admin group — who can read that file — can change anything.
+  ``[admin] token-file`` (default ``<state-dir>/admin.token``, created mode 0640 at start), so
+  that only the service account and its group, the admin group — who can read that file — can
+  change anything.
 
 Bounded: at most ``max_connections`` connections at once (more get ``503``), a request head of
 16 KiB, a body of 64 KiB and ``request_timeout`` seconds per connection. A non-loopback
@@ -82,7 +83,7 @@ def admin_token_path(config: EdgeConfig) -> Path:
 
 
 def ensure_admin_token(path: Path) -> str:
-    """Read the token, creating it (random, mode 0600) when the file does not exist yet."""
+    """Read the token, creating it (random, mode 0640: owner and the admin group) when the file does not exist yet."""
     try:
         return read_admin_token(path)
     except FileNotFoundError:
@@ -90,9 +91,10 @@ def ensure_admin_token(path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     except FileExistsError:  # created concurrently
         return read_admin_token(path)
+    os.fchmod(fd, 0o640)  # whatever the umask
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(token + "\n")
     return token
