@@ -8,7 +8,7 @@ import stat
 
 import pytest
 import trio
-from conftest import FakeEdge, Running, write_ops_config
+from _ops_fakes import FakeEdge, Running, write_ops_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgeproxy.config import load_config

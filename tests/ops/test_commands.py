@@ -9,7 +9,7 @@ import socket
 
 import pytest
 import trio
-from conftest import FakeEdge, Running, write_ops_config
+from _ops_fakes import FakeEdge, Running, write_ops_config
 
 from edgeproxy.cli import main
 from edgeproxy.ops.lifecycle import ReloadOutcome, serve_signals
