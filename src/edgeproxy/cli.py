@@ -72,6 +72,7 @@ def _registrars() -> list[Registrar]:
     from edgeproxy import checks
     from edgeproxy.certs import commands as cert_commands
     from edgeproxy.dns import commands as dns_commands
+    from edgeproxy.ops import commands as ops_commands
     from edgeproxy.policy.commands import register as register_policy
 
     return [
@@ -80,7 +81,7 @@ def _registrars() -> list[Registrar]:
         dns_commands.register,
         checks.register,
         register_policy,
-        __import__("edgeproxy.ops.commands", fromlist=["register"]).register,  # status, stop, reload
+        ops_commands.register,  # status, stop, reload
     ]
 
 
