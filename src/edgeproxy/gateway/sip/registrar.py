@@ -1,0 +1,174 @@
+"""The built-in SIP registrar for our SIP domains (RFC 3261 §10.3), pure and in memory.
+
+Theory of operation
+-------------------
+SPEC §7: the gateway embeds a registrar so that real SIP user agents can register and chat with
+no other server. :meth:`Registrar.handle_register` processes one REGISTER following §10.3:
+
+1. the Request-URI's host must be one of our domains (else 404: we are not this domain's
+   registrar, and we do not proxy REGISTER);
+2. the To header gives the address of record (AoR), which must be in our domains too (404);
+3. ``Contact: *`` with ``Expires: 0`` removes every binding of the AoR (400 if it comes with any
+   other Contact or a non-zero expiry);
+4. each Contact's expiry is its ``expires`` parameter, else the ``Expires`` header, else
+   ``default_expires``; 0 removes that binding; a non-zero value under ``min_expires`` is answered
+   ``423 Interval Too Brief`` with ``Min-Expires`` (step 7); values over ``max_expires`` are
+   lowered to it (a registrar may shorten, never lengthen);
+5. a binding already known with the same Call-ID and a CSeq not lower than this request's is a
+   stale or reordered request: it is left alone (step 7);
+6. the 200 response lists every current binding with its remaining ``expires``.
+
+Bindings expire lazily: ``lookup`` ignores and removes expired ones. ``lookup`` returns the
+contacts to which a request for the AoR goes; an empty list means the caller answers ``480
+Temporarily Unavailable`` (SPEC §7, issue 5).
+
+Limits (named, with their origin)
+``max_bindings_per_aor`` = 10 — contacts one user may register (Kamailio's ``max_contacts`` is
+    unlimited by default; Lync allows 8 endpoints per user). Over it: 403.
+``max_aors`` = 100,000 — users with bindings; over it: 503 (bounded memory).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgeproxy.gateway.sip.message import SipParseError, SipRequest, SipResponse, response_to
+from edgeproxy.gateway.sip.uri import SipUri, parse_name_addr, parse_uri, split_header_list
+
+DEFAULT_EXPIRES = 3600  # RFC 3261 §10.2.1.1 suggests 3600 s when the UA asks for none
+MIN_EXPIRES = 60  # §10.3 step 7 example; Kamailio's default min_expires is 60 too
+MAX_EXPIRES = 86400
+MAX_BINDINGS_PER_AOR = 10
+MAX_AORS = 100_000
+
+
+@dataclass(slots=True)
+class Binding:
+    contact: SipUri
+    expires_at: float
+    call_id: str
+    cseq: int
+    source: tuple[str, int] | None = None  # where the REGISTER came from (NAT/rport use)
+    transport: str = "udp"
+
+    def remaining(self, now: float) -> int:
+        return max(0, int(self.expires_at - now + 0.5))
+
+
+class Registrar:
+    """Bindings of our users' AoRs to contact URIs."""
+
+    def __init__(
+        self,
+        domains: tuple[str, ...] | list[str],
+        *,
+        default_expires: int = DEFAULT_EXPIRES,
+        min_expires: int = MIN_EXPIRES,
+        max_expires: int = MAX_EXPIRES,
+        max_bindings_per_aor: int = MAX_BINDINGS_PER_AOR,
+        max_aors: int = MAX_AORS,
+    ) -> None:
+        self.domains = frozenset(d.lower() for d in domains)
+        self.default_expires = default_expires
+        self.min_expires = min_expires
+        self.max_expires = max_expires
+        self.max_bindings_per_aor = max_bindings_per_aor
+        self.max_aors = max_aors
+        self._bindings: dict[str, list[Binding]] = {}
+
+    def is_local(self, uri: SipUri) -> bool:
+        return uri.host.lower() in self.domains
+
+    def lookup(self, aor: str, now: float) -> list[Binding]:
+        """Current bindings of ``aor`` (``sip:user@domain``), newest first."""
+        bindings = self._bindings.get(aor)
+        if not bindings:
+            return []
+        alive = [b for b in bindings if b.expires_at > now]
+        if len(alive) != len(bindings):
+            if alive:
+                self._bindings[aor] = alive
+            else:
+                del self._bindings[aor]
+        return sorted(alive, key=lambda b: -b.expires_at)
+
+    def handle_register(
+        self,
+        request: SipRequest,
+        now: float,
+        *,
+        source: tuple[str, int] | None = None,
+        transport: str = "udp",
+    ) -> SipResponse:
+        try:
+            return self._register(request, now, source, transport)
+        except SipParseError as exc:
+            response = response_to(request, exc.status, to_tag="reg")
+            response.headers.add("Warning", f'399 edgeproxy "{exc}"')
+            return response
+
+    def _register(
+        self, request: SipRequest, now: float, source: tuple[str, int] | None, transport: str
+    ) -> SipResponse:
+        if not self.is_local(parse_uri(request.uri)):
+            return response_to(request, 404, "Domain Not Served Here", to_tag="reg")
+        aor_uri = parse_name_addr(request.headers.get("To") or "").uri
+        if not self.is_local(aor_uri) or aor_uri.user is None:
+            return response_to(request, 404, to_tag="reg")
+        aor = aor_uri.aor
+        call_id = request.call_id
+        cseq = request.cseq[0]
+        header_expires = request.headers.get("Expires")
+        if header_expires is not None and not header_expires.strip().isdigit():
+            raise SipParseError(f"bad Expires {header_expires!r}")
+        contacts = [c for v in request.headers.get_all("Contact") for c in split_header_list(v)]
+        if any(c.strip() == "*" for c in contacts):
+            if len(contacts) != 1 or (header_expires or "").strip() != "0":
+                raise SipParseError("Contact: * needs Expires: 0 and no other Contact")
+            self._bindings.pop(aor, None)
+            return self._ok(request, aor, now)
+        current = {str(b.contact): b for b in self.lookup(aor, now)}
+        for value in contacts:
+            contact = parse_name_addr(value)
+            raw = contact.params.get("expires")
+            text = raw if raw is not None else header_expires
+            if text is None:
+                expires = self.default_expires
+            elif text.strip().isdigit():
+                expires = int(text)
+            else:
+                raise SipParseError(f"bad expires {text!r}")
+            if 0 < expires < self.min_expires:
+                response = response_to(request, 423, to_tag="reg")
+                response.headers.add("Min-Expires", str(self.min_expires))
+                return response
+            expires = min(expires, self.max_expires)
+            key = str(contact.uri)
+            existing = current.get(key)
+            if existing is not None and existing.call_id == call_id and existing.cseq >= cseq:
+                continue  # stale or reordered REGISTER (§10.3 step 7)
+            if expires == 0:
+                current.pop(key, None)
+                continue
+            current[key] = Binding(contact.uri, now + expires, call_id, cseq, source, transport)
+        if len(current) > self.max_bindings_per_aor:
+            return response_to(request, 403, "Too Many Contacts", to_tag="reg")
+        if current:
+            if aor not in self._bindings and len(self._bindings) >= self.max_aors:
+                return response_to(request, 503, "Registrar Full", to_tag="reg")
+            self._bindings[aor] = list(current.values())
+        else:
+            self._bindings.pop(aor, None)
+        return self._ok(request, aor, now)
+
+    def _ok(self, request: SipRequest, aor: str, now: float) -> SipResponse:
+        response = response_to(request, 200, to_tag="reg")
+        for binding in self.lookup(aor, now):
+            response.headers.add("Contact", f"<{binding.contact}>;expires={binding.remaining(now)}")
+        return response
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "aors": len(self._bindings),
+            "bindings": sum(len(b) for b in self._bindings.values()),
+        }
