@@ -15,10 +15,13 @@ import trio
 from c2s import Client
 from prosody import PASSWORD, free_port, start_prosody
 
+from edgeproxy.certs import selfsigned
+from edgeproxy.certs.pem import certificates_pem, private_key_pem
 from edgeproxy.net.connector import Connector, ConnectorSettings
 from edgeproxy.net.context import EdgeContext
 from edgeproxy.net.delivery import MemoryDelivery
 from edgeproxy.net.edge import EdgeServer
+from edgeproxy.net.tls import client_context, server_context
 from edgeproxy.policy.model import (
     AccessPolicy,
     Configuration,
@@ -36,6 +39,7 @@ from fixtures.dnsmasq import host, srv, start_dnsmasq
 EDGE_ADDR = "127.0.0.10"
 PROSODY_ADDR = "127.0.0.22"
 NOS = Negotiation.NOT_SUPPORTED
+REQ = Negotiation.REQUIRED
 
 
 @dataclass
@@ -45,8 +49,25 @@ class Lab:
     alice: Client
 
 
+def lab_certificates(directory: Path) -> dict[str, tuple[Path, Path, Path]]:
+    """A lab CA and a certificate (DNS-ID) for each domain: {domain: (cert, key, ca)}."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = selfsigned.make_authority("Interop Lab CA")
+    ca_path = directory / "ca.crt"
+    ca_path.write_bytes(certificates_pem([ca.certificate]))
+    out = {}
+    for domain in ("contoso.test", "fabrikam.test"):
+        key = selfsigned.new_ec_key()
+        cert = selfsigned.issue(ca, key.public_key(), [domain])
+        (directory / f"{domain}.crt").write_bytes(certificates_pem([cert]))
+        (directory / f"{domain}.key").write_bytes(private_key_pem(key))
+        out[domain] = (directory / f"{domain}.crt", directory / f"{domain}.key", ca_path)
+    return out
+
+
 @asynccontextmanager
 async def lab(tmp_path: Path, row: Partner, mode: str = "plain") -> AsyncIterator[Lab]:
+    certs = lab_certificates(tmp_path / "certs") if mode != "plain" else None
     edge_port = free_port(EDGE_ADDR)
     p_s2s, p_c2s = free_port(PROSODY_ADDR), free_port(PROSODY_ADDR)
     dns = start_dnsmasq(tmp_path / "dns", [
@@ -56,7 +77,8 @@ async def lab(tmp_path: Path, row: Partner, mode: str = "plain") -> AsyncIterato
         host("fabrikam.test", PROSODY_ADDR),
     ])
     prosody = start_prosody("fabrikam.test", PROSODY_ADDR, (dns.address, dns.port), mode=mode,
-                            c2s_port=p_c2s, s2s_port=p_s2s)
+                            c2s_port=p_c2s, s2s_port=p_s2s,
+                            certs=certs["fabrikam.test"] if certs else None)
     try:
         config = Configuration(
             gateway=GatewaySettings(dialback_secret="interop-dialback-secret"),
@@ -70,6 +92,8 @@ async def lab(tmp_path: Path, row: Partner, mode: str = "plain") -> AsyncIterato
             policy=lambda: snapshot,
             connector=Connector(ConnectorSettings(resolver=(dns.address, dns.port), timeout=10)),
             delivery=delivery,
+            server_ssl=server_context(*certs["contoso.test"]) if certs else None,
+            client_ssl=client_context(*certs["contoso.test"]) if certs else None,
         )
         edge = EdgeServer(ctx)
         async with trio.open_nursery() as nursery:
@@ -85,40 +109,67 @@ async def lab(tmp_path: Path, row: Partner, mode: str = "plain") -> AsyncIterato
         dns.stop()
 
 
-def tcp_dialback_row() -> Partner:
-    return Partner(domain="fabrikam.test", tls=NOS, sasl=NOS, dialback=True, type=PartnerType.FEDERATED)
 
 
-async def test_prosody_message_reaches_local_delivery_over_tcp_dialback(tmp_path: Path) -> None:
+
+async def federate_both_ways(env: Lab) -> None:
+    """Issue 4 acceptance: message in, message out, refusal, presence subscription round trip."""
+    await env.alice.send(
+        "<message to='bob@contoso.test' type='chat' id='p1'><body>from prosody</body></message>"
+    )
+    got = await env.delivery.receive()
+    assert (got.from_jid, got.to_jid) == ("alice@fabrikam.test/interop", "bob@contoso.test")
+    assert b"<body>from prosody</body>" in got.raw
+
+    # A local user's stanza reaches the partner user's client (Prosody verifies our key
+    # by connecting back to contoso.test: our authoritative dialback role).
+    await env.edge.router.send_from_local(Element(
+        "message", NS_SERVER, {"from": "bob@contoso.test/sip", "to": "alice@fabrikam.test", "type": "chat"},
+        [Element("body", NS_SERVER, {}, ["from the edge"])],
+    ))
+    reply = await env.alice.expect("message")
+    assert reply.from_ == "bob@contoso.test/sip"
+    assert b"from the edge" in reply.raw
+
+    # Refusal: a local user that does not exist comes back as service-unavailable.
+    await env.alice.send("<message to='nobody@contoso.test' type='chat' id='p2'><body>?</body></message>")
+    error = await env.alice.expect("message")
+    assert error.type == "error" and error.from_ == "nobody@contoso.test"
+    assert b"service-unavailable" in error.raw
+
+    # Presence subscription round trip: Federated partner → auto-approved.
+    await env.alice.send("<presence to='bob@contoso.test' type='subscribe'/>")
+    while (p := await env.alice.expect("presence")).type != "subscribed":
+        pass
+    assert p.from_ == "bob@contoso.test"
+    sub = await env.delivery.receive()
+    assert sub.kind == "presence" and sub.type == "subscribe"
+
+
+async def test_prosody_federates_over_tcp_dialback_row_17(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level("INFO", logger="edgeproxy")
+    row = Partner(domain="fabrikam.test", tls=NOS, sasl=NOS, dialback=True, type=PartnerType.FEDERATED)
     with trio.fail_after(40):
-        async with lab(tmp_path, tcp_dialback_row()) as env:
-            await env.alice.send(
-                "<message to='bob@contoso.test' type='chat' id='p1'><body>from prosody</body></message>"
-            )
-            got = await env.delivery.receive()
-            assert (got.from_jid, got.to_jid) == ("alice@fabrikam.test/interop", "bob@contoso.test")
-            assert b"<body>from prosody</body>" in got.raw
+        async with lab(tmp_path, row) as env:
+            await federate_both_ways(env)
+    assert "authenticated by tcp-dialback" in caplog.text
 
-            # A local user's stanza reaches the partner user's client (Prosody verifies our key
-            # by connecting back to contoso.test: our authoritative dialback role).
-            await env.edge.router.send_from_local(Element(
-                "message", NS_SERVER, {"from": "bob@contoso.test/sip", "to": "alice@fabrikam.test", "type": "chat"},
-                [Element("body", NS_SERVER, {}, ["from the edge"])],
-            ))
-            reply = await env.alice.expect("message")
-            assert reply.from_ == "bob@contoso.test/sip"
-            assert b"from the edge" in reply.raw
 
-            # Refusal: a local user that does not exist comes back as service-unavailable.
-            await env.alice.send("<message to='nobody@contoso.test' type='chat' id='p2'><body>?</body></message>")
-            error = await env.alice.expect("message")
-            assert error.type == "error" and error.from_ == "nobody@contoso.test"
-            assert b"service-unavailable" in error.raw
+async def test_prosody_federates_over_starttls_and_dialback_row_13(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level("INFO", logger="edgeproxy")
+    row = Partner(domain="fabrikam.test", tls=REQ, sasl=NOS, dialback=True, type=PartnerType.FEDERATED)
+    with trio.fail_after(40):
+        async with lab(tmp_path, row, mode="starttls") as env:
+            await federate_both_ways(env)
+            link = env.edge.router.pool.links[("contoso.test", "fabrikam.test")]
+            assert link.session is not None and link.session.conn.tls_active
+    assert "authenticated by tls-dialback" in caplog.text
 
-            # Presence subscription round trip: Federated partner → auto-approved.
-            await env.alice.send("<presence to='bob@contoso.test' type='subscribe'/>")
-            while (p := await env.alice.expect("presence")).type != "subscribed":
-                pass
-            assert p.from_ == "bob@contoso.test"
-            sub = await env.delivery.receive()
-            assert sub.kind == "presence" and sub.type == "subscribe"
+
+async def test_prosody_federates_over_starttls_and_sasl_external_row_2(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level("INFO", logger="edgeproxy")
+    row = Partner(domain="fabrikam.test", tls=REQ, sasl=REQ, dialback=False, type=PartnerType.FEDERATED)
+    with trio.fail_after(40):
+        async with lab(tmp_path, row, mode="secure") as env:
+            await federate_both_ways(env)
+    assert "authenticated by sasl-over-tls" in caplog.text
