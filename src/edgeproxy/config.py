@@ -56,10 +56,31 @@ class AdminSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rena
     allow_remote: bool = False
 
 
+class GatewaySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
+    """The translating gateway (SPEC §7) and its end of the loopback channel (SPEC §1).
+
+    ``sip-listen``: UDP and TCP on each address. ``next-hop``: empty = the built-in registrar
+    serves ``sip-domains`` (default: the edge's domains); else every request goes to this SIP URI.
+    ``edge-address``: where the gateway connects (default: ``[edge] internal-listen``).
+    ``outage-bound``: seconds the other side may be away before queued stanzas are bounced.
+    ``max-queued``: stanzas waiting for the other side, per direction.
+    ``page-mode-ceiling``: bytes of a SIP MESSAGE (RFC 3428 §8).
+    """
+
+    sip_listen: tuple[HostPort, ...] = ("127.0.0.1:5060",)
+    next_hop: str = ""
+    sip_domains: tuple[str, ...] = ()
+    edge_address: str = ""
+    outage_bound: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    max_queued: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
+    page_mode_ceiling: Annotated[int, msgspec.Meta(ge=200, le=65535)] = 1300
+
+
 class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
     edge: EdgeSection = msgspec.field(default_factory=EdgeSection)
     tls: TlsSection = msgspec.field(default_factory=TlsSection)
     admin: AdminSection = msgspec.field(default_factory=AdminSection)
+    gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
     # Directory that relative paths are resolved against (not a TOML key).
     base_dir: str = msgspec.field(default=".", name="-base-dir")
     # Where the configuration came from, for messages ("<embedded default>" or a path).
