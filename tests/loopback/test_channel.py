@@ -216,3 +216,29 @@ async def test_bounce_items_reach_the_edge_as_bounces() -> None:
             nursery.cancel_scope.cancel()
     item = edge.bounce_items[0]
     assert (item.id, item.condition, item.text) == ("m3", "recipient-unavailable", "480")  # type: ignore[union-attr]
+
+
+async def test_submit_and_wait_returns_when_the_peer_acks() -> None:
+    edge, gateway = Side(Role.EDGE), Side(Role.GATEWAY)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(serve_loopback, edge.endpoint, "127.0.0.1", 0)
+            await nursery.start(run_loopback_client, gateway.endpoint, host, port)
+            outcome = await gateway.endpoint.submit_and_wait(*stanza(5, "alice@contoso.test"))
+            assert outcome is None
+            assert edge.delivered == ["m5"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_submit_and_wait_reports_the_bounce_instead_of_calling_on_bounce(
+    autojump_clock,
+) -> None:
+    gateway = Side(Role.GATEWAY, outage_bound=2.0)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(gateway.endpoint.watch_outage)
+            outcome = await gateway.endpoint.submit_and_wait(*stanza(1, "alice@contoso.test"))
+            assert outcome == "remote-server-timeout"
+            assert await gateway.endpoint.submit_and_wait(*stanza(2)) == "service-unavailable"
+            nursery.cancel_scope.cancel()
+    assert gateway.bounced == []

@@ -85,6 +85,14 @@ class ChannelStatistics:
     lost_bounces: int
 
 
+class _Waiter:
+    __slots__ = ("event", "outcome")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.outcome: str | None = None
+
+
 class ChannelEndpoint:
     """The long-lived state of one side of the channel (see the module docstring)."""
 
@@ -112,6 +120,8 @@ class ChannelEndpoint:
         self._away_since: float | None = None
         self._outage_expired = False
         self._connected_event = trio.Event()
+        # submit_and_wait callers: seq -> [outcome, event]; outcome None = acked by the peer.
+        self._waiters: dict[int, _Waiter] = {}
         self._counts = dict.fromkeys(
             ("connections", "sent", "received", "duplicates", "bounced", "lost_bounces"), 0
         )
@@ -140,6 +150,33 @@ class ChannelEndpoint:
         self._wake.set()
         return True
 
+    async def submit_and_wait(
+        self, kind: StanzaKind, from_: str, to: str, type: str, id: str, raw: bytes
+    ) -> str | None:
+        """Queue a stanza and wait until the peer acks it (None) or it is bounced (the condition).
+
+        For senders that can still be answered directly (a SIP transaction): ``on_bounce`` is
+        not called for these items. Cancellation stops the wait; the item stays queued.
+        """
+        if self._outage_expired:
+            return "service-unavailable"
+        item = self.sender.submit(kind, from_, to, type, id, raw)
+        if item is None:
+            return "service-unavailable"
+        waiter = _Waiter()
+        self._waiters[item.seq] = waiter
+        self._wake.set()
+        try:
+            await waiter.event.wait()
+        finally:
+            self._waiters.pop(item.seq, None)
+        return waiter.outcome
+
+    def _resolve_acked(self, up_to: int) -> None:
+        if self._waiters:
+            for seq in [s for s in self._waiters if s <= up_to]:
+                self._waiters.pop(seq).event.set()
+
     def _bounce_new(
         self,
         kind: StanzaKind,
@@ -158,6 +195,16 @@ class ChannelEndpoint:
         self._on_bounce([Routed(1, kind, from_, to, type, id, raw)], "service-unavailable")
 
     def _bounce_items(self, items: list[Item], condition: str) -> None:
+        if self._waiters:
+            kept = []
+            for item in items:
+                waiter = self._waiters.pop(item.seq, None)
+                if waiter is None:
+                    kept.append(item)
+                else:
+                    waiter.outcome = condition
+                    waiter.event.set()
+            items = kept
         routed = [item for item in items if isinstance(item, Routed)]
         lost = len(items) - len(routed)
         if lost:
@@ -241,6 +288,8 @@ class ChannelEndpoint:
             return
         self.receiver.on_connected(peer)
         self.sender.on_connected(peer)
+        if peer.peer_session == self.session:
+            self._resolve_acked(peer.received)
         self._connected = True
         self._outage_expired = False
         self._away_since = None
@@ -295,6 +344,7 @@ class ChannelEndpoint:
                         await ws.send_message(encode_frame(Ack(self.receiver.processed)))
             elif isinstance(frame, Ack):
                 if self.sender.on_ack(frame.up_to):
+                    self._resolve_acked(frame.up_to)
                     self._wake.set()
             elif isinstance(frame, FlowControl):
                 self.sender.on_window(frame.window)
