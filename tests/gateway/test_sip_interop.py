@@ -8,72 +8,25 @@ UAS) on 127.0.0.2, alice's UA (SIPp UACs: REGISTER for bob as a third party, the
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 from pathlib import Path
 
-import pytest
 import trio
+from _sipp import (
+    ALICE_IP,
+    BOB_IP,
+    GATEWAY_IP,
+    SCENARIOS,
+    SIPP,
+    free_port,
+    require_sipp,
+    run_sipp,
+    sipp_command,
+)
 
 from edgeproxy.gateway.sip.proxy import LocalProxy
 from edgeproxy.gateway.sip.registrar import Registrar
 from edgeproxy.gateway.sip.transport import SipTransport
-
-SIPP = shutil.which("sipp")
-SCENARIOS = Path(__file__).parent / "sipp"
-GATEWAY_IP, BOB_IP, ALICE_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
-
-
-def _require_sipp() -> str:
-    if SIPP is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("sipp (Debian package sip-tester) is required in CI")
-        pytest.skip("sipp not installed (apt-get install sip-tester)")
-    return SIPP
-
-
-def free_port(host: str) -> int:
-    """A port free for UDP and TCP on host."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-            return port
-    raise OSError("no free port")
-
-
-def sipp_command(
-    scenario: str, ip: str, *args: str, remote: str | None = None, tcp: bool = False
-) -> list[str]:
-    sipp = _require_sipp()
-    cmd = [sipp, "-sf", str(SCENARIOS / scenario), "-i", ip, "-p", str(free_port(ip)), "-m", "1"]
-    cmd += ["-nostdin", "-timeout", "15", "-timeout_error", "-default_behaviors", "all,-bye"]
-    if tcp:
-        cmd += ["-t", "t1"]
-    cmd += list(args)
-    if remote:
-        cmd.append(remote)
-    return cmd
-
-
-async def run_sipp(cmd: list[str], log: Path) -> str:
-    result = await trio.run_process(
-        cmd + ["-trace_logs", "-log_file", str(log)],
-        check=False,
-        capture_stdout=True,
-        capture_stderr=True,
-    )
-    text = log.read_text(encoding="utf-8") if log.exists() else ""
-    assert result.returncode == 0, (
-        f"sipp failed ({result.returncode}): {result.stderr.decode()[-800:]}\n{text}"
-    )
-    return text
 
 
 async def start_gateway(nursery: trio.Nursery) -> tuple[SipTransport, Registrar]:
@@ -86,14 +39,14 @@ async def start_gateway(nursery: trio.Nursery) -> tuple[SipTransport, Registrar]
 
 
 async def _register_and_message(tmp_path: Path, *, tcp: bool) -> None:
-    _require_sipp()
+    require_sipp()
     with trio.fail_after(40):
         async with trio.open_nursery() as nursery:
             transport, registrar = await start_gateway(nursery)
             gw = f"{GATEWAY_IP}:{transport.port}"
             bob_port = free_port(BOB_IP)
             uas_cmd = [
-                _require_sipp(), "-sf", str(SCENARIOS / "message_uas.xml"), "-i", BOB_IP,
+                require_sipp(), "-sf", str(SCENARIOS / "message_uas.xml"), "-i", BOB_IP,
                 "-p", str(bob_port), "-m", "1", "-nostdin", "-timeout", "15", "-timeout_error",
                 "-default_behaviors", "all,-bye",
             ]  # fmt: skip
@@ -120,7 +73,7 @@ async def _register_and_message(tmp_path: Path, *, tcp: bool) -> None:
             text = "Grüße from alice ☃"
             msg = sipp_command(
                 "message_uac.xml", ALICE_IP, "-s", "bob",
-                "-key", "from_user", "alice", "-key", "domain", "sip.test", "-key", "text", text,
+                "-key", "from_user", "alice", "-key", "from_domain", "sip.test", "-key", "domain", "sip.test", "-key", "text", text,
                 remote=gw, tcp=tcp,
             )  # fmt: skip
             msg_log = await run_sipp(msg, tmp_path / "msg.log")
@@ -147,13 +100,13 @@ async def test_sipp_registers_and_a_message_reaches_the_registered_ua_over_tcp(
 
 
 async def test_message_to_an_unregistered_user_gets_480(tmp_path: Path) -> None:
-    _require_sipp()
+    require_sipp()
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             transport, _ = await start_gateway(nursery)
             msg = sipp_command(
                 "message_uac.xml", ALICE_IP, "-s", "carol",
-                "-key", "from_user", "alice", "-key", "domain", "sip.test", "-key", "text", "hi",
+                "-key", "from_user", "alice", "-key", "from_domain", "sip.test", "-key", "domain", "sip.test", "-key", "text", "hi",
                 remote=f"{GATEWAY_IP}:{transport.port}",
             )  # fmt: skip
             log = await run_sipp(msg, tmp_path / "msg.log")

@@ -1,0 +1,69 @@
+"""Helpers to run SIPp (Debian package sip-tester) in tests: ports, commands, logs.
+
+With CI=true a missing sipp fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+
+SIPP = shutil.which("sipp")
+SCENARIOS = Path(__file__).parent / "sipp"
+GATEWAY_IP, BOB_IP, ALICE_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
+
+
+def require_sipp() -> str:
+    if SIPP is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("sipp (Debian package sip-tester) is required in CI")
+        pytest.skip("sipp not installed (apt-get install sip-tester)")
+    return SIPP
+
+
+def free_port(host: str) -> int:
+    """A port free for UDP and TCP on host."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    raise OSError("no free port")
+
+
+def sipp_command(
+    scenario: str, ip: str, *args: str, remote: str | None = None, tcp: bool = False
+) -> list[str]:
+    sipp = require_sipp()
+    cmd = [sipp, "-sf", str(SCENARIOS / scenario), "-i", ip, "-p", str(free_port(ip)), "-m", "1"]
+    cmd += ["-nostdin", "-timeout", "15", "-timeout_error", "-default_behaviors", "all,-bye"]
+    if tcp:
+        cmd += ["-t", "t1"]
+    cmd += list(args)
+    if remote:
+        cmd.append(remote)
+    return cmd
+
+
+async def run_sipp(cmd: list[str], log: Path) -> str:
+    result = await trio.run_process(
+        cmd + ["-trace_logs", "-log_file", str(log)],
+        check=False,
+        capture_stdout=True,
+        capture_stderr=True,
+    )
+    text = log.read_text(encoding="utf-8") if log.exists() else ""
+    assert result.returncode == 0, (
+        f"sipp failed ({result.returncode}): {result.stderr.decode()[-800:]}\n{text}"
+    )
+    return text
