@@ -1,0 +1,293 @@
+"""The translating gateway service: loopback channel ⇄ translation ⇄ SIP (SPEC §1, §7).
+
+Theory of operation
+-------------------
+One :class:`GatewayService` owns the gateway's end of the loopback channel
+(:class:`~edgeproxy.loopback.endpoint.ChannelEndpoint`, connected by ``run_loopback_client``)
+and a :class:`~edgeproxy.gateway.sip.transport.SipTransport` whose transaction user is the
+:class:`~edgeproxy.gateway.sip.proxy.LocalProxy` (built-in registrar) with this service as the
+handler for requests addressed outside our SIP domains (the XMPP side).
+
+XMPP → SIP (items from the edge; the edge has already applied the inbound policy, SPEC §6)
+    Each stanza is parsed (the raw bytes carry no stream context: they are re-parsed under a
+    synthetic ``jabber:server`` stream header) and handled in its own task, at most
+    ``MAX_SIP_IN_FLIGHT`` at once (the channel stops reading — and so the edge stops sending —
+    while all are busy). A ``<message/>`` becomes a SIP MESSAGE (``translate.message_to_sip``)
+    sent to the user's registered contact (built-in registrar) or to ``next-hop``; a 2xx is
+    absorbed, a failure becomes an XMPP error message to the sender with the RFC 7247 condition
+    (``recipient-unavailable`` when the user is not registered). The Call-ID and Via branch are
+    derived from the edge's session and the item's sequence number, so a stanza re-sent after a
+    gateway restart is, to the SIP UA, a retransmission of the same transaction (RFC 3261
+    §17.2.3) rather than a second message. ``<iq/>`` requests get ``service-unavailable``;
+    presence to SIP users is not translated yet (logged).
+
+SIP → XMPP (requests to users of XMPP domains)
+    A MESSAGE is translated (``translate.sip_message_to_xmpp``), checked against the outbound
+    policy when a policy snapshot is available (the sender must federate, the target domain must
+    be a partner: SPEC §5, §6), queued on the channel and answered once the edge acks it (200), is
+    bounced (the mapped SIP status), or after ``SIP_ANSWER_WAIT`` s with ``202 Accepted`` (RFC 3428
+    §7: accepted, delivery pending). SUBSCRIBE/PUBLISH/NOTIFY towards XMPP get 501 for now.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Callable
+
+import trio
+
+from edgeproxy.config import EdgeConfig
+from edgeproxy.gateway.sip.message import SipRequest, response_to
+from edgeproxy.gateway.sip.proxy import LocalProxy
+from edgeproxy.gateway.sip.registrar import Registrar
+from edgeproxy.gateway.sip.transport import Destination, ServerContext, SipTransport
+from edgeproxy.gateway.sip.uri import parse_uri
+from edgeproxy.gateway.translate import (
+    PAGE_MODE_CEILING,
+    SipContext,
+    TranslationError,
+    condition_for_sip_status,
+    error_reply,
+    jid_to_sip_uri,
+    message_to_sip,
+    sip_message_to_xmpp,
+    sip_status_for_condition,
+)
+from edgeproxy.loopback.client import run_loopback_client
+from edgeproxy.loopback.endpoint import DEFAULT_OUTAGE_BOUND, ChannelEndpoint
+from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
+from edgeproxy.loopback.reliable import DEFAULT_MAX_QUEUED
+from edgeproxy.loopback.server import split_host_port
+from edgeproxy.policy import engine
+from edgeproxy.policy.snapshot import PolicySnapshot
+from edgeproxy.tokenizer import Element, Stanza, Tokenizer, TokenizerError
+from edgeproxy.xmpp.jid import InvalidJid, parse_jid
+from edgeproxy.xmpp.serialize import serialize
+
+log = logging.getLogger(__name__)
+
+#: SIP transactions the gateway runs at once for stanzas from the edge.
+MAX_SIP_IN_FLIGHT = 512
+#: Seconds a SIP sender waits for the edge's ack before getting 202 (well under Timer F = 32 s).
+SIP_ANSWER_WAIT = 8.0
+_KINDS = frozenset(k.value for k in StanzaKind)
+_STREAM_HEADER = (
+    b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>"
+)
+
+
+def parse_stanza(raw: bytes) -> Element:
+    """Parse one stanza's raw bytes (forwarded without stream context) into an element."""
+    tokenizer = Tokenizer()
+    tokenizer.feed(_STREAM_HEADER)
+    for token in tokenizer.feed(raw):
+        if isinstance(token, Stanza):
+            return token.element()
+    raise TranslationError("item is not one complete stanza", "bad-request")
+
+
+class GatewayService:
+    def __init__(
+        self,
+        *,
+        sip_domains: tuple[str, ...],
+        sip_host: str = "127.0.0.1",
+        sip_port: int = 5060,
+        next_hop: str = "",
+        page_mode_ceiling: int = PAGE_MODE_CEILING,
+        outage_bound: float = DEFAULT_OUTAGE_BOUND,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+        policy: Callable[[], PolicySnapshot] | None = None,
+    ) -> None:
+        self.registrar = Registrar(sip_domains)
+        self.proxy = LocalProxy(self.registrar, on_foreign=self._from_sip)
+        self.sip = SipTransport(sip_host, sip_port, self.proxy)
+        self.proxy.transport = self.sip
+        self.next_hop = parse_uri(next_hop) if next_hop else None
+        self.page_mode_ceiling = page_mode_ceiling
+        self.policy = policy
+        self.channel = ChannelEndpoint(
+            Role.GATEWAY,
+            on_items=self._from_edge,
+            on_bounce=self._channel_bounce,
+            max_queued=max_queued,
+            outage_bound=outage_bound,
+        )
+        self._slots = trio.Semaphore(MAX_SIP_IN_FLIGHT)
+        self._nursery: trio.Nursery | None = None
+
+    async def run(
+        self,
+        edge_host: str,
+        edge_port: int,
+        *,
+        task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve SIP and keep the channel to the edge; ``started`` gets the SIP (host, port)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            sip_address = await nursery.start(self.sip.serve)
+            await nursery.start(run_loopback_client, self.channel, edge_host, edge_port)
+            task_status.started(sip_address)
+
+    # -- XMPP → SIP ----------------------------------------------------------------------------
+
+    async def _from_edge(self, items: list[Item]) -> None:
+        assert self._nursery is not None
+        for item in items:
+            if not isinstance(item, Routed):
+                log.warning("gateway: bounce from the edge for %s ignored", item.from_)
+                continue
+            await self._slots.acquire()
+            self._nursery.start_soon(self._deliver_to_sip, item)
+
+    async def _deliver_to_sip(self, item: Routed) -> None:
+        try:
+            try:
+                element = parse_stanza(item.raw)
+            except (TranslationError, TokenizerError) as exc:
+                log.warning("gateway: unparsable stanza from the edge: %s", exc)
+                return
+            if item.kind == StanzaKind.MESSAGE:
+                await self._message_to_sip(item, element)
+            elif item.kind == StanzaKind.IQ and item.type in ("get", "set"):
+                self._reply_error(element, "service-unavailable")
+            elif item.kind == StanzaKind.PRESENCE:
+                log.info("gateway: presence %r to %s not translated yet", item.type, item.to)
+        finally:
+            self._slots.release()
+
+    def _sip_context(self, item: Routed, transport: str) -> SipContext:
+        seed = f"{self.channel.receiver.peer_session}:{item.seq}".encode()
+        digest = hashlib.blake2b(seed, digest_size=12).hexdigest()
+        return SipContext(
+            call_id=f"{digest}@edgeproxy",
+            from_tag=digest[:10],
+            branch="z9hG4bK" + digest,
+            via_host=self.sip.via_host,
+            transport=transport.upper(),
+        )
+
+    async def _message_to_sip(self, item: Routed, element: Element) -> None:
+        try:
+            aor = jid_to_sip_uri(str(parse_jid(item.to).bare))
+        except (TranslationError, InvalidJid) as exc:
+            self._reply_error(element, "jid-malformed", str(exc))
+            return
+        route = self._destination(aor)
+        if route is None:
+            self._reply_error(element, "recipient-unavailable", "480 Temporarily Unavailable")
+            return
+        dest, request_uri = route
+        try:
+            request = message_to_sip(
+                element,
+                self._sip_context(item, dest.transport),
+                ceiling=self.page_mode_ceiling,
+            )
+        except TranslationError as exc:
+            self._reply_error(element, exc.condition, str(exc))
+            return
+        if request is None:
+            return
+        request.uri = request_uri
+        response = await self.sip.request(request, dest)
+        if response.status >= 300:
+            condition = condition_for_sip_status(response.status)
+            self._reply_error(element, condition, f"{response.status} {response.reason}")
+
+    def _destination(self, aor: str) -> tuple[Destination, str] | None:
+        """Where a request for ``aor`` goes, and its Request-URI (RFC 3261 §16.5, §16.6)."""
+        if self.next_hop is not None:
+            hop = self.next_hop
+            return Destination(hop.host.strip("[]"), hop.port or 5060, hop.transport), aor
+        bindings = self.registrar.lookup(aor, trio.current_time())
+        if not bindings:
+            return None
+        contact = bindings[0].contact
+        dest = Destination(contact.host.strip("[]"), contact.port or 5060, contact.transport)
+        return dest, str(contact)
+
+    def _reply_error(self, original: Element, condition: str, text: str = "") -> None:
+        if original.get("type") == "error":
+            return  # RFC 6120 §8.3.1: never answer an error with an error
+        reply = error_reply(original, condition, text)
+        kind = StanzaKind(original.name) if original.name in _KINDS else StanzaKind.MESSAGE
+        self.channel.submit(
+            kind,
+            reply.get("from") or "",
+            reply.get("to") or "",
+            "error",
+            reply.get("id") or "",
+            serialize(reply),
+        )
+
+    def _channel_bounce(self, items: list[Routed], condition: str) -> None:
+        # Error stanzas queued for the edge while it stays away: nobody left to tell.
+        log.warning("gateway: %d stanzas for the edge dropped (%s)", len(items), condition)
+
+    # -- SIP → XMPP ----------------------------------------------------------------------------
+
+    async def _from_sip(self, request: SipRequest, ctx: ServerContext) -> None:
+        if request.method != "MESSAGE":
+            await ctx.respond(response_to(request, 501, to_tag="gw"))
+            return
+        try:
+            element = sip_message_to_xmpp(request, stanza_id=secrets.token_hex(6))
+        except TranslationError as exc:
+            await ctx.respond(response_to(request, exc.sip_status, to_tag="gw"))
+            return
+        from_jid, to_jid = element.attrs["from"], element.attrs["to"]
+        if self.policy is not None:
+            decision = engine.decide_outbound(
+                self.policy(),
+                engine.Stanza(engine.StanzaKind.MESSAGE, "chat", from_jid, to_jid),
+            )
+            if isinstance(decision, engine.Refuse):
+                status = sip_status_for_condition(decision.condition)
+                await ctx.respond(response_to(request, status, to_tag="gw"))
+                return
+        outcome: str | None = "pending"
+        with trio.move_on_after(SIP_ANSWER_WAIT):
+            outcome = await self.channel.submit_and_wait(
+                StanzaKind.MESSAGE,
+                from_jid,
+                to_jid,
+                "chat",
+                element.attrs["id"],
+                serialize(element),
+            )
+        if outcome is None:
+            await ctx.respond(response_to(request, 200, to_tag="gw"))
+        elif outcome == "pending":
+            await ctx.respond(response_to(request, 202, to_tag="gw"))
+        else:
+            await ctx.respond(response_to(request, sip_status_for_condition(outcome), to_tag="gw"))
+
+
+async def run_gateway(
+    config: EdgeConfig,
+    *,
+    policy: Callable[[], PolicySnapshot] | None = None,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the gateway of ``config`` until cancelled (for ``edgeproxy serve``).
+
+    Only the first ``sip-listen`` address is served for now.
+    """
+    section = config.gateway
+    sip_host, sip_port = split_host_port(section.sip_listen[0])
+    edge_host, edge_port = split_host_port(section.edge_address or config.edge.internal_listen)
+    service = GatewayService(
+        sip_domains=section.sip_domains or config.edge.domains,
+        sip_host=sip_host,
+        sip_port=sip_port,
+        next_hop=section.next_hop,
+        page_mode_ceiling=section.page_mode_ceiling,
+        outage_bound=section.outage_bound,
+        max_queued=section.max_queued,
+        policy=policy,
+    )
+    await service.run(edge_host, edge_port, task_status=task_status)

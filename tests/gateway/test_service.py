@@ -1,0 +1,249 @@
+"""The gateway service end to end: edge endpoint ⇄ loopback channel ⇄ gateway ⇄ real SIPp UAs.
+
+The edge side is a real ChannelEndpoint behind serve_loopback (what the edge process runs); it
+records the stanzas the gateway sends it. SIP users are SIPp instances on 127.0.0.2/.3
+registered at the gateway's built-in registrar.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+from _sipp import ALICE_IP, BOB_IP, SCENARIOS, free_port, require_sipp, run_sipp, sipp_command
+
+from edgeproxy.gateway.service import GatewayService, parse_stanza
+from edgeproxy.loopback.endpoint import ChannelEndpoint
+from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
+from edgeproxy.loopback.server import serve_loopback
+from edgeproxy.tokenizer import Element
+from edgeproxy.xmpp.namespaces import NS_STANZAS
+
+NS = "jabber:server"
+
+
+class Edge:
+    def __init__(self) -> None:
+        self.received: list[Routed] = []
+        self.endpoint = ChannelEndpoint(Role.EDGE, on_items=self.on_items, on_bounce=self.on_bounce)
+        self.bounced: list[tuple[str, str]] = []
+
+    async def on_items(self, items: list[Item]) -> None:
+        self.received.extend(i for i in items if isinstance(i, Routed))
+
+    def on_bounce(self, items: list[Routed], condition: str) -> None:
+        self.bounced.extend((i.id, condition) for i in items)
+
+    def send_message(self, to: str, body: str, *, id: str = "m1") -> None:
+        raw = (
+            f"<message from='romeo@montague.example/orchard' to='{to}' type='chat' id='{id}'>"
+            f"<body>{body}</body></message>"
+        ).encode()
+        self.endpoint.submit(
+            StanzaKind.MESSAGE, "romeo@montague.example/orchard", to, "chat", id, raw
+        )
+
+
+async def start(nursery: trio.Nursery) -> tuple[Edge, GatewayService, str]:
+    edge = Edge()
+    host, port = await nursery.start(serve_loopback, edge.endpoint, "127.0.0.1", 0)
+    service = GatewayService(sip_domains=("contoso.test",), sip_host="127.0.0.1", sip_port=0)
+    sip_host, sip_port = await nursery.start(service.run, host, port)
+    await edge.endpoint.wait_connected()
+    return edge, service, f"{sip_host}:{sip_port}"
+
+
+def error_condition(element: Element) -> str | None:
+    error = element.find("error", NS)
+    if error is None:
+        return None
+    for child in error.elements():
+        if child.namespace == NS_STANZAS and child.name != "text":
+            return child.name
+    return None
+
+
+async def wait_for(predicate, step: float = 0.02) -> None:  # type: ignore[no-untyped-def]
+    while not predicate():
+        await trio.sleep(step)
+
+
+async def test_xmpp_message_reaches_a_registered_sip_ua_with_text_intact(tmp_path: Path) -> None:
+    require_sipp()
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            edge, _, gw = await start(nursery)
+            bob_port = free_port(BOB_IP)
+            uas = [
+                require_sipp(), "-sf", str(SCENARIOS / "message_uas.xml"), "-i", BOB_IP,
+                "-p", str(bob_port), "-m", "1", "-nostdin", "-timeout", "15", "-timeout_error",
+            ]  # fmt: skip
+            got: list[str] = []
+
+            async def bob() -> None:
+                got.append(await run_sipp(uas, tmp_path / "bob.log"))
+
+            nursery.start_soon(bob)
+            await run_sipp(
+                sipp_command(
+                    "register.xml",
+                    ALICE_IP,
+                    "-key",
+                    "user",
+                    "bob",
+                    "-key",
+                    "domain",
+                    "contoso.test",
+                    "-key",
+                    "contact_host",
+                    BOB_IP,
+                    "-key",
+                    "contact_port",
+                    str(bob_port),
+                    "-key",
+                    "expires",
+                    "600",
+                    remote=gw,
+                ),  # fmt: skip
+                tmp_path / "reg.log",
+            )
+            edge.send_message("bob@contoso.test", "Grüße, Bob ☃ &amp; &lt;3")
+            await wait_for(lambda: bool(got))
+            await trio.sleep(0.3)  # a failure reply would arrive now
+            nursery.cancel_scope.cancel()
+    log = got[0]
+    assert f"GOT MESSAGE sip:bob@{BOB_IP}:{bob_port}|" in log
+    assert "|from=sip:romeo@montague.example|to=sip:bob@contoso.test|" in log
+    assert "|ctype=text/plain;charset=UTF-8|" in log
+    assert "|body=Grüße, Bob ☃ & <3|" in log
+    assert edge.received == []  # 200 absorbed: no error back
+
+
+async def test_sip_message_reaches_the_edge_as_a_chat_stanza(tmp_path: Path) -> None:
+    require_sipp()
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            edge, _, gw = await start(nursery)
+            text = "こんにちは Juliet ☃"
+            log = await run_sipp(
+                sipp_command(
+                    "message_uac.xml",
+                    ALICE_IP,
+                    "-s",
+                    "juliet",
+                    "-key",
+                    "from_user",
+                    "alice",
+                    "-key",
+                    "from_domain",
+                    "contoso.test",
+                    "-key",
+                    "domain",
+                    "montague.example",
+                    "-key",
+                    "text",
+                    text,
+                    remote=gw,
+                ),  # fmt: skip
+                tmp_path / "alice.log",
+            )
+            nursery.cancel_scope.cancel()
+    assert "STATUS 200" in log  # answered once the edge acked the stanza
+    [item] = edge.received
+    assert (item.kind, item.from_, item.to, item.type) == (
+        StanzaKind.MESSAGE,
+        "alice@contoso.test",
+        "juliet@montague.example",
+        "chat",
+    )
+    element = parse_stanza(item.raw)
+    assert element.find("body", NS).text.rstrip("\r\n") == text  # type: ignore[union-attr]
+
+
+async def test_xmpp_message_to_an_unregistered_user_bounces_recipient_unavailable() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            edge, _, _ = await start(nursery)
+            edge.send_message("carol@contoso.test", "anyone?", id="c1")
+            await wait_for(lambda: bool(edge.received))
+            nursery.cancel_scope.cancel()
+    [item] = edge.received
+    assert (item.from_, item.to, item.type, item.id) == (
+        "carol@contoso.test",
+        "romeo@montague.example/orchard",
+        "error",
+        "c1",
+    )
+    assert error_condition(parse_stanza(item.raw)) == "recipient-unavailable"
+
+
+async def test_oversized_xmpp_message_is_refused_with_policy_violation(tmp_path: Path) -> None:
+    require_sipp()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            edge, _, gw = await start(nursery)
+            await run_sipp(
+                sipp_command(
+                    "register.xml",
+                    ALICE_IP,
+                    "-key",
+                    "user",
+                    "bob",
+                    "-key",
+                    "domain",
+                    "contoso.test",
+                    "-key",
+                    "contact_host",
+                    BOB_IP,
+                    "-key",
+                    "contact_port",
+                    "5999",
+                    "-key",
+                    "expires",
+                    "600",
+                    remote=gw,
+                ),  # fmt: skip
+                tmp_path / "reg.log",
+            )
+            edge.send_message("bob@contoso.test", "x" * 2000, id="big")
+            await wait_for(lambda: bool(edge.received))
+            nursery.cancel_scope.cancel()
+    [item] = edge.received
+    assert item.id == "big"
+    assert error_condition(parse_stanza(item.raw)) == "policy-violation"
+
+
+async def test_sip_failure_response_becomes_an_xmpp_error(tmp_path: Path) -> None:
+    """bob is registered at a TCP contact where nothing listens: 503 → service-unavailable."""
+    require_sipp()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            edge, service, gw = await start(nursery)
+            await run_sipp(
+                sipp_command(
+                    "register.xml",
+                    ALICE_IP,
+                    "-key",
+                    "user",
+                    "bob",
+                    "-key",
+                    "domain",
+                    "contoso.test",
+                    "-key",
+                    "contact_host",
+                    BOB_IP,
+                    "-key",
+                    "contact_port",
+                    f"{free_port(BOB_IP)};transport=tcp",
+                    "-key",
+                    "expires",
+                    "600",
+                    remote=gw,
+                ),  # fmt: skip
+                tmp_path / "reg.log",
+            )
+            edge.send_message("bob@contoso.test", "hello?", id="x1")
+            await wait_for(lambda: bool(edge.received))
+            nursery.cancel_scope.cancel()
+    [item] = edge.received
+    assert error_condition(parse_stanza(item.raw)) == "service-unavailable"
