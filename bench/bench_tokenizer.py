@@ -336,7 +336,7 @@ def verify(folder: Path) -> None:
         print(f"verify: {fname}: {len(ours)} identical raw stanzas", file=sys.stderr)
 
 
-def table(results: list[dict[str, Any]]) -> str:
+def markdown_table(results: list[dict[str, Any]]) -> str:
     by = {(r["file"], r["parser"]): r for r in results}
     lines = [
         "| file | parser | MB/s | stanzas/s | × pyexpat-split | × pyexpat-tree |",
@@ -388,9 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(path).read_bytes()
         chunks = cut(data)
         # build the table (imports lxml) in both cases so that 'none' has the same start-up
-        table = parsers(max(DEFAULT_MAX_STANZA_BYTES, len(data)))
+        available = parsers(max(DEFAULT_MAX_STANZA_BYTES, len(data)))
         if pname != "none":
-            count = table[pname](chunks)
+            count = available[pname](chunks)
             print(f"{pname}: {count} stanzas, {len(data)} bytes", file=sys.stderr)
         return 0
 
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         f"corpus {folder} (scale {args.scale:g}), {CHUNK}-byte chunks, median of {args.runs} runs"
     )
     print("environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
-    print(table(results))
+    print(markdown_table(results))
     if args.json:
         args.json.write_text(
             json.dumps(
