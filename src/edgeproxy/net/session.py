@@ -51,6 +51,9 @@ from edgeproxy.s2s.events import Authenticated, KeepAlive, SendStanza, ToPeer
 MAX_READ = 65536
 #: A TLS handshake must finish within this (seconds); it is also bounded by establishment.
 TLS_HANDSHAKE_TIMEOUT = 30.0
+#: After our ``</stream:stream>``, how long the peer has to answer with its own (RFC 6120 §4.4)
+#: before the transport is closed anyway (seconds).
+CLOSE_GRACE = 10.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class S2SSession:
         self.ready = trio.Event()  # authenticated / ready for use
         self.closed = trio.Event()
         self.close_reason: str | None = None
+        self._nursery: trio.Nursery | None = None
         now = trio.current_time()
         self._started = now
         self._last_rx = now
@@ -121,6 +125,18 @@ class S2SSession:
             await self.send(CloseStream(condition, text))
         if condition is not None:
             self.close_reason = f"{condition}: {text}" if text else condition
+        if self._nursery is not None:
+            # After a stream error nothing more is read (RFC 6120 §4.9.1.1); after a clean
+            # close the peer gets CLOSE_GRACE seconds to send its own closing tag.
+            if condition is not None:
+                self._nursery.cancel_scope.cancel()
+            else:
+                self._nursery.start_soon(self._abort_after, CLOSE_GRACE)
+
+    async def _abort_after(self, delay: float) -> None:
+        await trio.sleep(delay)
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
 
     # -- running ------------------------------------------------------------------------------
 
@@ -128,6 +144,7 @@ class S2SSession:
         """Run until the stream ends; the transport is closed on return."""
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._timers)
                 try:
                     await self._read_loop()
