@@ -20,11 +20,6 @@ def test_python_dash_m_help_lists_serve():
     assert "serve" in out
 
 
-def test_serve_says_not_yet_and_fails(capsys):
-    assert main(["serve"]) == 1
-    assert "not yet" in capsys.readouterr().err
-
-
 def test_fastxml_is_a_compiled_extension():
     import importlib.machinery
 

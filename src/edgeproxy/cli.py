@@ -36,13 +36,19 @@ Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], No
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import trio
+
+    from edgeproxy.net.serve import serve
+
     config = load_config(args.config)
-    print(
-        "edgeproxy serve: not yet — the S2S listener and the loopback channel are not built yet "
-        f"(configuration {config.source} for {', '.join(config.edge.domains)} loads fine).",
-        file=sys.stderr,
-    )
-    return EXIT_REFUSED
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        trio.run(serve, config)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK
 
 
 def _config_show_default(args: argparse.Namespace) -> int:
