@@ -11,6 +11,8 @@ emit exactly MANIFEST.json's number of top-level elements (checked on every run)
   pyexpat-tree   pyexpat with namespace processing, builds a small tree per stanza
   etree-pull     xml.etree.ElementTree.XMLPullParser, stanza detached at depth 1
   lxml-pull      lxml.etree.XMLPullParser, same handling (skipped if lxml is missing)
+  ours-raw       (diagnostic, only with --only/--once) Tokenizer, stanzas counted, no attribute
+                 touched: separates the scanner from the routing-view strings
 
 Timing: time.perf_counter around the whole feed loop, gc.collect() before each run, median of
 --runs runs; the parsers take turns within each run, so slow drifts in machine load hit them
@@ -88,6 +90,22 @@ def make_ours_routing(max_stanza_bytes: int) -> Parser:
         return n
 
     return ours_routing
+
+
+def make_ours_raw(max_stanza_bytes: int) -> Parser:
+    """Diagnostic (not in the default set): stanzas counted, nothing looked at."""
+
+    def ours_raw(chunks: list[bytes]) -> int:
+        tok = Tokenizer(max_stanza_bytes=max_stanza_bytes)
+        feed = tok.feed
+        n = 0
+        for chunk in chunks:
+            for token in feed(chunk):
+                if type(token) is Stanza:
+                    n += 1
+        return n
+
+    return ours_raw
 
 
 def make_ours_tree(max_stanza_bytes: int) -> Parser:
@@ -233,7 +251,10 @@ def lxml_pull(chunks: list[bytes]) -> int:
     return _pull(etree.XMLPullParser(events=("start", "end"), huge_tree=True), chunks)
 
 
-def parsers(max_stanza_bytes: int) -> dict[str, Parser]:
+DIAGNOSTIC = {"ours-raw": make_ours_raw}
+
+
+def parsers(max_stanza_bytes: int, diagnostic: bool = False) -> dict[str, Parser]:
     table: dict[str, Parser] = {
         "ours-routing": make_ours_routing(max_stanza_bytes),
         "ours-tree": make_ours_tree(max_stanza_bytes),
@@ -247,6 +268,8 @@ def parsers(max_stanza_bytes: int) -> dict[str, Parser]:
         table["lxml-pull"] = lxml_pull
     except ImportError:
         print("lxml missing: lxml-pull skipped", file=sys.stderr)
+    if diagnostic:
+        table.update({name: make(max_stanza_bytes) for name, make in DIAGNOSTIC.items()})
     return table
 
 
@@ -292,7 +315,7 @@ def measure(
         chunks = cut(data)
         expected = manifest[fname]["top_level_elements"]
         limit = max(DEFAULT_MAX_STANZA_BYTES, manifest[fname]["largest_top_level_element_bytes"])
-        table = parsers(limit)
+        table = parsers(limit, diagnostic=True)
         times: dict[str, list[float]] = {p: [] for p in names}
         for _ in range(runs):
             for pname in names:
@@ -388,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(path).read_bytes()
         chunks = cut(data)
         # build the table (imports lxml) in both cases so that 'none' has the same start-up
-        available = parsers(max(DEFAULT_MAX_STANZA_BYTES, len(data)))
+        available = parsers(max(DEFAULT_MAX_STANZA_BYTES, len(data)), diagnostic=True)
         if pname != "none":
             count = available[pname](chunks)
             print(f"{pname}: {count} stanzas, {len(data)} bytes", file=sys.stderr)

@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+export PYTHONHASHSEED=0  # deterministic dict/str hashing: repeatable instruction counts
 PARSER=${1:-ours-routing}
 FILE=${2:-bench/out/corpus-0.05/mixed.xml}
 if [ ! -f "$FILE" ]; then
