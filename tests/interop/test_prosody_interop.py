@@ -47,6 +47,7 @@ class Lab:
     edge: EdgeServer
     delivery: MemoryDelivery
     alice: Client
+    edge_port: int
 
 
 def lab_certificates(directory: Path) -> dict[str, tuple[Path, Path, Path]]:
@@ -66,7 +67,7 @@ def lab_certificates(directory: Path) -> dict[str, tuple[Path, Path, Path]]:
 
 
 @asynccontextmanager
-async def lab(tmp_path: Path, row: Partner, mode: str = "plain") -> AsyncIterator[Lab]:
+async def lab(tmp_path: Path, row: Partner | None, mode: str = "plain") -> AsyncIterator[Lab]:
     certs = lab_certificates(tmp_path / "certs") if mode != "plain" else None
     edge_port = free_port(EDGE_ADDR)
     p_s2s, p_c2s = free_port(PROSODY_ADDR), free_port(PROSODY_ADDR)
@@ -82,7 +83,7 @@ async def lab(tmp_path: Path, row: Partner, mode: str = "plain") -> AsyncIterato
     try:
         config = Configuration(
             gateway=GatewaySettings(dialback_secret="interop-dialback-secret"),
-            partners=(row,),
+            partners=(row,) if row is not None else (),
             policies=(AccessPolicy(identity="global", xmpp=True, federation=True),),
             users=(User(sip="sip:bob@contoso.test"),),
         )
@@ -99,7 +100,7 @@ async def lab(tmp_path: Path, row: Partner, mode: str = "plain") -> AsyncIterato
         async with trio.open_nursery() as nursery:
             await nursery.start(edge.run, [(EDGE_ADDR, edge_port)])
             alice = await Client.login(PROSODY_ADDR, p_c2s, "alice", "fabrikam.test", PASSWORD)
-            yield Lab(edge, delivery, alice)
+            yield Lab(edge, delivery, alice, edge_port)
             nursery.cancel_scope.cancel()
     except BaseException:
         print(prosody.log_text()[-6000:])
