@@ -367,7 +367,7 @@ cdef inline Py_ssize_t _utf8(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
     cdef unsigned char c = p[i]
     cdef unsigned char c1
     cdef Py_ssize_t need
-    cdef unsigned int cp
+    cdef unsigned int cp = 0
     cdef unsigned char lo = 0x80
     cdef unsigned char hi = 0xBF
     if c < 0xC2:
@@ -977,7 +977,7 @@ cdef class Tokenizer:
         cdef State state = self._state
         cdef unsigned char c
         cdef Py_ssize_t r
-        cdef unsigned int cp
+        cdef unsigned int cp = 0
         cdef Py_ssize_t start
         cdef Attr* a
         cdef bint closed
@@ -1330,7 +1330,7 @@ cdef class Tokenizer:
         """Scan name characters from i. Returns the index of the delimiter (>= 0), or
         -(i+1) when the data ends inside the name."""
         cdef unsigned char c
-        cdef unsigned int cp
+        cdef unsigned int cp = 0
         cdef Py_ssize_t r
         while True:
             while i < n and NAME_CHAR[p[i]]:
@@ -1812,7 +1812,7 @@ cdef str _decode(const unsigned char* s, Py_ssize_t n, bint attr):
     cdef unsigned char* out = <unsigned char*>malloc(n + 1)
     cdef Py_ssize_t o = 0
     cdef Py_ssize_t r
-    cdef unsigned int cp
+    cdef unsigned int cp = 0
     cdef unsigned char c
     if out == NULL:
         raise MemoryError()
