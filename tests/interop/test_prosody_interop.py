@@ -50,14 +50,16 @@ class Lab:
     edge_port: int
 
 
-def lab_certificates(directory: Path) -> dict[str, tuple[Path, Path, Path]]:
+def lab_certificates(
+    directory: Path, domains: tuple[str, ...] = ("contoso.test", "fabrikam.test")
+) -> dict[str, tuple[Path, Path, Path]]:
     """A lab CA and a certificate (DNS-ID) for each domain: {domain: (cert, key, ca)}."""
     directory.mkdir(parents=True, exist_ok=True)
     ca = selfsigned.make_authority("Interop Lab CA")
     ca_path = directory / "ca.crt"
     ca_path.write_bytes(certificates_pem([ca.certificate]))
     out = {}
-    for domain in ("contoso.test", "fabrikam.test"):
+    for domain in domains:
         key = selfsigned.new_ec_key()
         cert = selfsigned.issue(ca, key.public_key(), [domain])
         (directory / f"{domain}.crt").write_bytes(certificates_pem([cert]))
@@ -113,19 +115,19 @@ async def lab(tmp_path: Path, row: Partner | None, mode: str = "plain") -> Async
 
 
 
-async def federate_both_ways(env: Lab) -> None:
+async def federate_both_ways(env: Lab, domain: str = "fabrikam.test") -> None:
     """Issue 4 acceptance: message in, message out, refusal, presence subscription round trip."""
     await env.alice.send(
         "<message to='bob@contoso.test' type='chat' id='p1'><body>from prosody</body></message>"
     )
     got = await env.delivery.receive()
-    assert (got.from_jid, got.to_jid) == ("alice@fabrikam.test/interop", "bob@contoso.test")
+    assert (got.from_jid, got.to_jid) == (f"alice@{domain}/interop", "bob@contoso.test")
     assert b"<body>from prosody</body>" in got.raw
 
     # A local user's stanza reaches the partner user's client (Prosody verifies our key
     # by connecting back to contoso.test: our authoritative dialback role).
     await env.edge.router.send_from_local(Element(
-        "message", NS_SERVER, {"from": "bob@contoso.test/sip", "to": "alice@fabrikam.test", "type": "chat"},
+        "message", NS_SERVER, {"from": "bob@contoso.test/sip", "to": f"alice@{domain}", "type": "chat"},
         [Element("body", NS_SERVER, {}, ["from the edge"])],
     ))
     reply = await env.alice.expect("message")
