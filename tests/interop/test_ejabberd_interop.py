@@ -91,3 +91,23 @@ async def test_ejabberd_federates_over_tcp_dialback_row_17(tmp_path: Path, caplo
         async with ejabberd_lab(tmp_path, row) as env:
             await federate_both_ways(env, "litware.test")
     assert "authenticated by tcp-dialback" in caplog.text
+
+
+async def test_ejabberd_federates_over_starttls_and_dialback_row_13(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level("INFO", logger="edgeproxy")
+    row = Partner(domain="litware.test", tls=REQ, sasl=NOS, dialback=True, type=PartnerType.FEDERATED)
+    with trio.fail_after(60):
+        async with ejabberd_lab(tmp_path, row, mode="starttls") as env:
+            await federate_both_ways(env, "litware.test")
+            link = env.edge.router.pool.links[("contoso.test", "litware.test")]
+            assert link.session is not None and link.session.conn.tls_active
+    assert "authenticated by tls-dialback" in caplog.text
+
+
+async def test_ejabberd_federates_over_starttls_and_sasl_external_row_2(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level("INFO", logger="edgeproxy")
+    row = Partner(domain="litware.test", tls=REQ, sasl=REQ, dialback=False, type=PartnerType.FEDERATED)
+    with trio.fail_after(60):
+        async with ejabberd_lab(tmp_path, row, mode="secure") as env:
+            await federate_both_ways(env, "litware.test")
+    assert "authenticated by sasl-over-tls" in caplog.text
