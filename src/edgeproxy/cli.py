@@ -88,6 +88,7 @@ def _registrars() -> list[Registrar]:
         checks.register,
         register_policy,
         ops_commands.register,  # status, stop, reload
+        __import__("edgeproxy.loadtest.commands", fromlist=["register"]).register,  # loadtest
     ]
 
 
