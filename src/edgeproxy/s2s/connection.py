@@ -70,6 +70,7 @@ from edgeproxy.s2s.events import (
     DialbackVerifyResponse,
     Event,
     KeepAlive,
+    PeerCertificateRejected,
     SendStanza,
     StanzaReceived,
     StartTls,
@@ -171,6 +172,7 @@ class S2SConnection:
         self.local_domain = local_domain
         self.remote_domain = remote_domain
         self._cert_check: CertificateCheck | None = None
+        self._cert_reported = False
         #: (local domain, remote domain) pairs authenticated on this stream.
         self.authenticated: set[tuple[str, str]] = set()
         self._remote_domains: set[str] = set()
@@ -414,14 +416,27 @@ class S2SConnection:
             # After SASL, only dialback for further domain pairs remains (XEP-0220 §2.4).
             return StreamOffer(False, False, False, offer.dialback)
         if offer.sasl_external:
-            ok = (
-                self.peer_from is not None
-                and self._cert_check is not None
-                and self._cert_check(self.peer_from) is None
-            )
-            if not ok:
+            problem = self._certificate_problem()
+            if problem is not None:
+                # XEP-0178 §3: EXTERNAL only for a certificate that proves the domain; the stream
+                # goes on (TLS dialback where the row allows it) and the cause is reported once.
                 offer = StreamOffer(offer.starttls, offer.starttls_required, False, offer.dialback)
         return offer
+
+    def _certificate_problem(self) -> str | None:
+        """None if the peer certificate proves the header's ``from``; else the named cause,
+        reported once per stream as :class:`PeerCertificateRejected`."""
+        domain = self.peer_from
+        if domain is None:
+            problem = "no stream 'from': no domain for the certificate to prove"
+        elif self._cert_check is None:
+            problem = "no certificate: the peer presented none"
+        else:
+            problem = self._cert_check(domain)
+        if problem is not None and not self._cert_reported:
+            self._cert_reported = True
+            self._events.append(PeerCertificateRejected(domain or "", problem))
+        return problem
 
     def _on_starttls(self, _token: Stanza) -> None:
         offer = self._offer(self._policy())
@@ -469,8 +484,7 @@ class S2SConnection:
             if not same:
                 self._out += wire.sasl_failure("invalid-authzid")
                 return
-        problem = self._cert_check(domain) if self._cert_check else "no certificate presented"
-        if problem is not None:
+        if self._certificate_problem() is not None:
             self._out += wire.sasl_failure("not-authorized")
             return
         self._out += wire.SASL_SUCCESS

@@ -69,6 +69,17 @@ class AuthenticationFailed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class PeerCertificateRejected(Event):
+    """The peer's TLS certificate does not prove ``domain`` (RFC 6125, XEP-0178 §3), so SASL
+    EXTERNAL is not offered or is refused; ``reason`` names the cause (expired, not yet valid,
+    untrusted issuer, name mismatch, no certificate). The stream goes on: TLS dialback stays
+    possible where the partner's row allows it (SPEC §2.1)."""
+
+    domain: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class DialbackVerifyNeeded(Event):
     """Receiving role, XEP-0220 §2.1.2: the peer claims ``originating`` with ``key``; ask the
     originating domain's authoritative server (``db:verify``) and answer with

@@ -1,0 +1,167 @@
+"""Peer certificates (SPEC §8, XEP-0178, RFC 6125): what the TLS layer lets through, what SASL
+EXTERNAL accepts, and the named cause when it does not."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+import trio
+from _edges import partner, set_partners, start_edge
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from test_edges_loopback import message
+
+from edgeproxy.certs import selfsigned
+from edgeproxy.certs.identity import ID_ON_DNSSRV, ID_ON_XMPPADDR
+from edgeproxy.certs.pem import certificates_pem, private_key_pem
+from edgeproxy.net.tls import (
+    EdgeSSLContext,
+    PeerTrust,
+    certificate_check,
+    client_context,
+    server_context,
+)
+from edgeproxy.policy.model import AuthMethod, Negotiation
+
+REQ, OPT, NOS = Negotiation.REQUIRED, Negotiation.OPTIONAL, Negotiation.NOT_SUPPORTED
+SERVER_ONLY = (ExtendedKeyUsageOID.SERVER_AUTH,)
+NOW = dt.datetime.now(dt.UTC)
+
+
+def der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(Encoding.DER)
+
+
+def leaf(ca: selfsigned.Authority, names: list[str], **kw: object) -> x509.Certificate:
+    return selfsigned.issue(ca, selfsigned.new_ec_key().public_key(), names, **kw)  # type: ignore[arg-type]
+
+
+def other_name_cert(ca: selfsigned.Authority, type_id: x509.ObjectIdentifier, tag: int, text: str) -> x509.Certificate:
+    """A leaf whose only identity is one otherName (SRV-ID: IA5String, XmppAddr: UTF8String)."""
+    value = text.encode()
+    key = selfsigned.new_ec_key()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "peer")]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(hours=1))
+        .not_valid_after(NOW + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.OtherName(type_id, bytes([tag, len(value)]) + value)]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+        .sign(ca.key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+
+
+def test_server_auth_only_certificate_proves_the_domain_without_client_auth_eku() -> None:
+    ca = selfsigned.make_authority("CA")
+    trust = PeerTrust((ca.certificate,), "test")
+    check = certificate_check(der(leaf(ca, ["fabrikam.test"], usages=SERVER_ONLY)), trust)
+    assert check("fabrikam.test") is None
+    assert certificate_check(der(leaf(ca, ["fabrikam.test"], usages=None)), trust)("fabrikam.test") is None
+
+
+def test_wildcard_srv_id_and_xmppaddr_prove_the_domain_per_rfc6125() -> None:
+    ca = selfsigned.make_authority("CA")
+    trust = PeerTrust((ca.certificate,), "test")
+    wildcard = certificate_check(der(leaf(ca, ["*.fabrikam.test"])), trust)
+    assert wildcard("chat.fabrikam.test") is None
+    assert "name mismatch" in (wildcard("a.b.fabrikam.test") or "")
+    assert "name mismatch" in (wildcard("fabrikam.test") or "")
+    srv = certificate_check(der(other_name_cert(ca, ID_ON_DNSSRV, 0x16, "_xmpp-server.fabrikam.test")), trust)
+    assert srv("fabrikam.test") is None
+    assert "name mismatch" in (srv("litware.test") or "")
+    xmpp = certificate_check(der(other_name_cert(ca, ID_ON_XMPPADDR, 0x0C, "fabrikam.test")), trust)
+    assert xmpp("fabrikam.test") is None
+
+
+def test_peer_certificate_failures_name_their_exact_cause() -> None:
+    ca = selfsigned.make_authority("Lab CA")
+    rogue = selfsigned.make_authority("Rogue CA")
+    trust = PeerTrust((ca.certificate,), "test")
+    good = der(leaf(ca, ["fabrikam.test"]))
+    assert "expired on" in (certificate_check(good, trust, NOW + dt.timedelta(days=4000))("fabrikam.test") or "")
+    early = der(leaf(ca, ["fabrikam.test"], not_before=NOW + dt.timedelta(days=2)))
+    assert "not yet valid" in (certificate_check(early, trust)("fabrikam.test") or "")
+    untrusted = certificate_check(der(leaf(rogue, ["fabrikam.test"])), trust)("fabrikam.test") or ""
+    assert untrusted.startswith("untrusted issuer") and "Rogue CA" in untrusted
+    self_signed = certificate_check(der(rogue.certificate), trust)("fabrikam.test") or ""
+    assert "untrusted issuer: self-signed" in self_signed
+    code_signing = der(leaf(ca, ["fabrikam.test"], usages=(ExtendedKeyUsageOID.CODE_SIGNING,)))
+    assert "untrusted issuer" in (certificate_check(code_signing, trust)("fabrikam.test") or "")
+    assert "name mismatch" in (certificate_check(good, trust)("litware.test") or "")
+    assert (certificate_check(None, trust)("fabrikam.test") or "").startswith("no certificate")
+
+
+def edge_ssl(tmp: Path, name: str, cert: x509.Certificate, key: object, trusted: selfsigned.Authority):  # type: ignore[no-untyped-def]
+    (tmp / f"{name}.pem").write_bytes(certificates_pem([cert]))
+    (tmp / f"{name}.key").write_bytes(private_key_pem(key))  # type: ignore[arg-type]
+    (tmp / f"{name}-trust.pem").write_bytes(certificates_pem([trusted.certificate]))
+    args = (tmp / f"{name}.pem", tmp / f"{name}.key", tmp / f"{name}-trust.pem")
+    server, client = server_context(*args), client_context(*args)
+    assert isinstance(server, EdgeSSLContext) and server.verification_deferred and client.verification_deferred
+    return server, client
+
+
+def fabrikam_certificate(kind: str, ca: selfsigned.Authority, rogue: selfsigned.Authority, key: object) -> x509.Certificate:
+    public = key.public_key()  # type: ignore[attr-defined]
+    if kind == "untrusted issuer":
+        return selfsigned.issue(rogue, public, ["fabrikam.test"])
+    if kind == "expired":
+        return selfsigned.issue(ca, public, ["fabrikam.test"], not_before=NOW - dt.timedelta(days=30),
+                                not_after=NOW - dt.timedelta(days=1))
+    if kind == "not yet valid":
+        return selfsigned.issue(ca, public, ["fabrikam.test"], not_before=NOW + dt.timedelta(days=1))
+    if kind == "name mismatch":
+        return selfsigned.issue(ca, public, ["other.test"])
+    return selfsigned.issue(ca, public, ["fabrikam.test"], usages=SERVER_ONLY)
+
+
+async def run_fabrikam_to_contoso(tmp: Path, kind: str, row: dict[str, object], caplog) -> str:  # type: ignore[no-untyped-def]
+    """fabrikam.test (certificate ``kind``) sends a message to contoso.test over STARTTLS;
+    returns the captured log once contoso delivered it."""
+    ca, rogue = selfsigned.make_authority("Lab CA"), selfsigned.make_authority("Rogue CA")
+    c_key, f_key = selfsigned.new_ec_key(), selfsigned.new_ec_key()
+    c_ssl = edge_ssl(tmp, "contoso", selfsigned.issue(ca, c_key.public_key(), ["contoso.test"]), c_key, ca)
+    f_ssl = edge_ssl(tmp, "fabrikam", fabrikam_certificate(kind, ca, rogue, f_key), f_key, ca)
+    caplog.set_level("INFO", logger="edgeproxy.net.listener")
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            contoso = await start_edge(nursery, "contoso.test", ("alice",), "c", *c_ssl)
+            fabrikam = await start_edge(nursery, "fabrikam.test", ("bob",), "f", *f_ssl)
+            set_partners(contoso, ("alice",), "c", partner("fabrikam.test", fabrikam.port, **row))
+            set_partners(fabrikam, ("bob",), "f", partner("contoso.test", contoso.port, **row))
+            await fabrikam.server.router.send_from_local(message("bob@fabrikam.test", "alice@contoso.test"))
+            got = await contoso.delivery.receive()
+            assert (got.from_jid, got.to_jid) == ("bob@fabrikam.test", "alice@contoso.test")
+            link = fabrikam.server.router.pool.links[("fabrikam.test", "contoso.test")]
+            assert link.session is not None and link.session.conn.tls_active
+            nursery.cancel_scope.cancel()
+    return str(caplog.text)
+
+
+async def test_server_auth_only_peer_certificate_authenticates_with_sasl_external(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    log = await run_fabrikam_to_contoso(tmp_path, "serverAuth only", {"tls": REQ, "sasl": REQ, "dialback": False}, caplog)
+    assert f"authenticated by {AuthMethod.SASL_OVER_TLS}" in log
+    assert "certificate rejected" not in log
+
+
+@pytest.mark.parametrize("kind", ["untrusted issuer", "expired", "not yet valid", "name mismatch"])
+async def test_invalid_peer_certificate_keeps_tls_and_falls_back_to_dialback_naming_the_cause(
+    tmp_path: Path, kind: str, caplog  # type: ignore[no-untyped-def]
+) -> None:
+    # Row 7 (TLS Required, SASL Optional, dialback): EXTERNAL is withheld, TLS dialback goes on.
+    log = await run_fabrikam_to_contoso(tmp_path, kind, {"tls": REQ, "sasl": OPT, "dialback": True}, caplog)
+    assert f"authenticated by {AuthMethod.TLS_DIALBACK}" in log
+    assert f"inbound fabrikam.test: no SASL EXTERNAL, peer certificate rejected: {kind}" in log
