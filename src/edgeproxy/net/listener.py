@@ -39,6 +39,7 @@ from edgeproxy.s2s import (
     DialbackVerifyNeeded,
     Event,
     LocalProtocolError,
+    PeerCertificateRejected,
     Role,
     S2SConnection,
     StanzaReceived,
@@ -114,6 +115,8 @@ class InboundHandler:
             await self.router.inbound(session, event)
         elif isinstance(event, DialbackVerifyNeeded):
             nursery.start_soon(self._verify, session, event)
+        elif isinstance(event, PeerCertificateRejected):
+            log.warning("inbound %s: no SASL EXTERNAL, peer certificate rejected: %s", event.domain, event.reason)
         elif isinstance(event, StreamOpened) and event.from_:
             await self._count_partner(session, event.from_, counted)
         elif isinstance(event, Authenticated):

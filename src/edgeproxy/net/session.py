@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import trio
 
-from edgeproxy.net.tls import certificate_check
+from edgeproxy.net.tls import peer_certificate_check
 from edgeproxy.s2s import (
     CloseStream,
     Event,
@@ -200,8 +200,7 @@ class S2SSession:
         with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
             await tls.do_handshake()
         self.stream = tls
-        der = tls.getpeercert(binary_form=True)
-        await self.send_bytes(self.conn.tls_established(certificate_check(der)))
+        await self.send_bytes(self.conn.tls_established(peer_certificate_check(tls)))
 
     async def _timers(self) -> None:
         t = self.timeouts
