@@ -31,6 +31,8 @@ from edgeproxy.net.context import EdgeContext
 from edgeproxy.net.pool import verify_dialback
 from edgeproxy.net.router import Router
 from edgeproxy.net.session import S2SSession
+from edgeproxy.ops.status import Direction
+from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy import engine
 from edgeproxy.policy.model import Partner
 from edgeproxy.s2s import (
@@ -43,6 +45,7 @@ from edgeproxy.s2s import (
     Role,
     S2SConnection,
     StanzaReceived,
+    State,
     StreamOpened,
 )
 
@@ -60,17 +63,21 @@ class ConnectionCounts:
 class InboundHandler:
     """Everything one edge needs to run its inbound streams."""
 
-    def __init__(self, ctx: EdgeContext, router: Router) -> None:
+    def __init__(self, ctx: EdgeContext, router: Router, telemetry: Telemetry | None = None) -> None:
         self.ctx = ctx
         self.router = router
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.counts = ConnectionCounts()
         self.sessions: set[S2SSession] = set()
+        #: Partner (primary domain) of each established inbound session.
+        self.partners: dict[S2SSession, str | None] = {}
 
     async def __call__(self, stream: trio.abc.Stream) -> None:
         snapshot = self.ctx.policy()
         conn = S2SConnection(Role.RECEIVING, policy=self.ctx.policy, secret=self.ctx.secret)
         if self.counts.total >= snapshot.gateway.connection_limit:
             log.warning("inbound connection refused: total limit %d", snapshot.gateway.connection_limit)
+            self.telemetry.limit_reached("connection", snapshot.gateway.connection_limit)
             # Our header and the stream error at once (RFC 6120 §4.9.1.2); nothing is read.
             await _refuse(stream, conn, "resource-constraint", "total connection limit reached")
             return
@@ -88,6 +95,11 @@ class InboundHandler:
                 nursery.cancel_scope.cancel()
         finally:
             self.sessions.discard(session)
+            established = session in self.partners
+            partner = self.partners.pop(session, None)
+            if partner is None:
+                partner = self.telemetry.partner_of(self.ctx.policy, session)
+            self.telemetry.stream_ended(session, Direction.INBOUND, partner, established=established)
             self.counts.total -= 1
             for partner in partner_counted:
                 self.counts.per_partner[partner.domain] -= 1
@@ -102,6 +114,8 @@ class InboundHandler:
             snapshot, partner, self.counts.total - 1, self.counts.per_partner[partner.domain]
         )
         if refused is not None:
+            limit = engine.partner_connection_limit(snapshot, partner)
+            self.telemetry.limit_reached("partner-connection", limit, partner.domain)
             await session.close(refused.condition, refused.rule)
             return
         self.counts.per_partner[partner.domain] += 1
@@ -123,6 +137,10 @@ class InboundHandler:
             log.info("inbound %s -> %s authenticated by %s", event.remote_domain, event.local_domain, event.method)
             if not counted:
                 await self._count_partner(session, event.remote_domain, counted)
+            if session not in self.partners and session.conn.state is not State.CLOSED:
+                partner = self.telemetry.partner_of(self.ctx.policy, session)
+                self.partners[session] = partner
+                self.telemetry.stream_established(session, Direction.INBOUND, partner)
 
     async def _verify(self, session: S2SSession, need: DialbackVerifyNeeded) -> None:
         verdict = await verify_dialback(self.ctx, need)

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from edgeproxy.net.delivery import Delivery, LocalDelivery, bounce, to_bytes
 from edgeproxy.net.pool import OutboundPool
 from edgeproxy.net.session import S2SSession
+from edgeproxy.ops.metrics import Flow, Verdict
+from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy import engine
 from edgeproxy.policy.engine import (
     Allow,
@@ -83,10 +85,19 @@ def engine_view(element: Element, stream_domains: frozenset[str] = frozenset()) 
 
 
 class Router:
-    def __init__(self, policy: PolicySource, delivery: LocalDelivery) -> None:
+    """Routes stanzas (see the module docstring); every verdict and bounce goes to ``telemetry``."""
+
+    def __init__(
+        self, policy: PolicySource, delivery: LocalDelivery, telemetry: Telemetry | None = None
+    ) -> None:
         self._policy = policy
         self.delivery = delivery
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.pool: OutboundPool | None = None
+
+    def _partner(self, domain: str) -> str | None:
+        partner = engine.partner_for_domain(self._policy(), domain)
+        return partner.domain if partner is not None else None
 
     # -- inbound ------------------------------------------------------------------------------
 
@@ -94,7 +105,11 @@ class Router:
         element = event.stanza.element()
         view = engine_view(element, session.conn.remote_domains)
         decision = engine.decide_inbound(self._policy(), view)
+        partner = self._partner(event.from_domain)
         if isinstance(decision, Refuse):
+            self.telemetry.stanza(partner, Flow.IN, element.name, Verdict.REFUSED)
+            self.telemetry.refused(element.name, event.from_domain, event.to_domain,
+                                   decision.condition, decision.rule)
             if decision.stream_level:
                 await session.close(decision.condition, decision.rule)
                 return
@@ -120,12 +135,15 @@ class Router:
             )
         )
         assert isinstance(decision, Allow | AllowTransformed | AutoReply | StorePending)
+        verdict = Verdict.TRANSFORMED if isinstance(decision, AllowTransformed) else Verdict.DELIVERED
+        self.telemetry.stanza(partner, Flow.IN, element.name, verdict)
 
     async def _refuse_inbound(self, element: Element, decision: Refuse) -> None:
         reply = bounce(element, decision.condition) if decision.bounce else None
         if reply is None:
             log.info("refused without reply (%s): %s", decision.rule, element.get("from"))
             return
+        self.telemetry.bounce(decision.condition)
         await self.send_remote(reply)
 
     async def send_remote(self, element: Element) -> None:
@@ -140,22 +158,34 @@ class Router:
     async def send_from_local(self, element: Element) -> None:
         """A stanza from a local user to an XMPP contact (SPEC §6 outbound)."""
         decision = engine.decide_outbound(self._policy(), engine_view(element))
+        partner = self._partner(_domain(element.get("to") or ""))
         if isinstance(decision, Refuse):
-            await self.bounce_local(element, decision.condition)
+            self.telemetry.stanza(partner, Flow.OUT, element.name, Verdict.REFUSED)
+            await self.bounce_local(element, decision.condition, counted=True)
             return
         if isinstance(decision, AllowTransformed) and decision.strip_status:
             element = Element(
                 element.name, element.namespace, dict(element.attrs),
                 [c for c in element.children if not (isinstance(c, Element) and c.name == "status")],
             )
+        # Counted as delivered when written to the partner's stream (net.edge), or as bounced.
         await self.send_remote(element)
 
-    async def bounce_local(self, element: Element, condition: str) -> None:
-        """An error for a local sender (undeliverable outbound stanza) goes to local delivery."""
+    async def bounce_local(self, element: Element, condition: str, *, counted: bool = False) -> None:
+        """An error for a local sender (undeliverable outbound stanza) goes to local delivery.
+
+        ``counted``: the stanza's verdict is already in the metrics (refused by policy); else it
+        is counted as ``bounced`` here (the pool's queue could not deliver it).
+        """
+        if not counted:
+            partner = self._partner(_domain(element.get("to") or ""))
+            verdict = Verdict.DROPPED if element.get("type") == "error" else Verdict.BOUNCED
+            self.telemetry.stanza(partner, Flow.OUT, element.name, verdict)
         reply = bounce(element, condition)
         if reply is None:
             log.info("undeliverable error stanza from %s dropped after logging", element.get("from"))
             return
+        self.telemetry.bounce(condition)
         await self.delivery.deliver(
             Delivery(
                 raw=to_bytes(reply),

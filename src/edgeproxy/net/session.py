@@ -21,7 +21,12 @@ A second task enforces the gateway timers (SPEC §3, values from the store):
   cleanly (``</stream:stream>``, no error).
 
 Writes are serialised by a lock (several tasks may send on one stream). Cancellation: cancelling
-``run`` aborts the stream without a closing handshake; ``close`` does the polite thing.
+``run`` aborts the stream without a closing handshake; ``close`` does the polite thing and
+``shutdown`` closes with ``<system-shutdown/>`` (graceful stop, SPEC §10).
+
+For operations (``edgeproxy status``, metrics) the session keeps what it saw: the remote address,
+the first authentication method, the TLS version or handshake failure, stanza counts both ways and
+the stream-error condition sent or received.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from dataclasses import dataclass
 import trio
 
 from edgeproxy.net.tls import peer_certificate_check
+from edgeproxy.policy.model import AuthMethod
 from edgeproxy.s2s import (
     CloseStream,
     Event,
@@ -45,7 +51,7 @@ from edgeproxy.s2s import (
     StreamClosed,
     StreamReady,
 )
-from edgeproxy.s2s.events import Authenticated, KeepAlive, SendStanza, ToPeer
+from edgeproxy.s2s.events import Authenticated, KeepAlive, SendStanza, StreamErrorReceived, ToPeer
 
 #: Largest read from the socket at once (bytes). 64 KiB: one TLS record is at most 16 KiB.
 MAX_READ = 65536
@@ -66,6 +72,7 @@ class Timeouts:
 
 
 OnEvent = Callable[["S2SSession", Event], Awaitable[None]]
+OnStanzaSent = Callable[[SendStanza], None]
 
 
 class S2SSession:
@@ -97,6 +104,17 @@ class S2SSession:
         self._last_rx = now
         self._last_tx = now
         self._last_stanza = now
+        self.started_at = now
+        self.remote_address = _peer_address(stream)
+        self.auth_method: AuthMethod | None = None
+        self.tls_version: str | None = None
+        self.tls_failure: str | None = None
+        self.stanzas_in = 0
+        self.stanzas_out = 0
+        self.error_sent: str | None = None
+        self.error_received: str | None = None
+        #: Called after each stanza is written (the edge counts outbound deliveries with it).
+        self.on_stanza_sent: OnStanzaSent | None = None
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -115,7 +133,10 @@ class S2SSession:
         data = self.conn.send(event)
         if isinstance(event, SendStanza):
             self._last_stanza = trio.current_time()
+            self.stanzas_out += 1
         await self.send_bytes(data)
+        if isinstance(event, SendStanza) and self.on_stanza_sent is not None:
+            self.on_stanza_sent(event)
 
     async def close(self, condition: str | None = None, text: str | None = None) -> None:
         """Close politely (stream error first if ``condition``); the reader ends the session."""
@@ -125,6 +146,7 @@ class S2SSession:
             await self.send(CloseStream(condition, text))
         if condition is not None:
             self.close_reason = f"{condition}: {text}" if text else condition
+            self.error_sent = self.error_sent or condition
         if self._nursery is not None:
             # After a stream error nothing more is read (RFC 6120 §4.9.1.1); after a clean
             # close the peer gets CLOSE_GRACE seconds to send its own closing tag.
@@ -132,6 +154,10 @@ class S2SSession:
                 self._nursery.cancel_scope.cancel()
             else:
                 self._nursery.start_soon(self._abort_after, CLOSE_GRACE)
+
+    async def shutdown(self, text: str = "the server is shutting down") -> None:
+        """Graceful stop: stream error ``system-shutdown`` (RFC 6120 §4.9.3.22), then end."""
+        await self.close("system-shutdown", text)
 
     async def _abort_after(self, delay: float) -> None:
         await trio.sleep(delay)
@@ -175,13 +201,20 @@ class S2SSession:
                 continue
             if isinstance(event, StanzaReceived):
                 self._last_stanza = trio.current_time()
-            elif isinstance(event, StreamReady) or (
+                self.stanzas_in += 1
+            elif isinstance(event, StreamErrorReceived):
+                self.error_received = event.condition
+            if isinstance(event, Authenticated) and self.auth_method is None:
+                self.auth_method = event.method
+            if isinstance(event, StreamReady) or (
                 isinstance(event, Authenticated) and self.conn.role is Role.RECEIVING
             ):
                 self.ready.set()
             await self._on_event(self, event)
             await self.flush()
             if isinstance(event, StreamClosed):
+                if event.error:
+                    self.error_sent = self.error_sent or event.error
                 if event.error and not self.close_reason:
                     self.close_reason = f"{event.error}: {event.reason}"
                 elif not self.close_reason:
@@ -197,9 +230,14 @@ class S2SSession:
         tls = trio.SSLStream(
             self.stream, self._ssl_context, server_side=server_side, server_hostname=None
         )
-        with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
-            await tls.do_handshake()
+        try:
+            with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
+                await tls.do_handshake()
+        except (ssl.SSLError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            self.tls_failure = _tls_failure(exc)
+            raise
         self.stream = tls
+        self.tls_version = tls.version()
         await self.send_bytes(self.conn.tls_established(peer_certificate_check(tls)))
 
     async def _timers(self) -> None:
@@ -230,3 +268,22 @@ class S2SSession:
                     return
                 if now >= self._last_tx + t.keepalive:
                     await self.send(KeepAlive())
+
+
+def _peer_address(stream: trio.abc.Stream) -> str:
+    """``ip:port`` of the peer of a socket stream (``?`` for other streams, e.g. in tests)."""
+    sock = getattr(stream, "socket", None)
+    try:
+        host, port = sock.getpeername()[:2]  # type: ignore[union-attr]
+    except (AttributeError, OSError, TypeError, ValueError):
+        return "?"
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _tls_failure(exc: BaseException) -> str:
+    """A short reason for a failed handshake (the OpenSSL reason where there is one)."""
+    if isinstance(exc, trio.TooSlowError):
+        return "timeout"
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
+    reason = getattr(cause, "reason", None)
+    return str(reason or type(cause).__name__).lower()

@@ -128,6 +128,9 @@ _DEFINITIONS: tuple[EventClass, ...] = (
     EventClass("EP2005", "peer-certificate-invalid", _W, "A partner's certificate is untrusted or not valid for its domain; SASL EXTERNAL is not offered.",
                "certificate of {peer} not valid for {domain}: {reason}",
                "The partner's certificate must name its XMPP domain (DNS-ID, SRV-ID or XmppAddr) and chain to a CA in the trust bundle."),
+    EventClass("EP2006", "tls-unavailable", _W, "No edge certificate is configured: the edge runs without STARTTLS, so only TCP dialback works.",
+               "no certificate at {path}: STARTTLS and SASL EXTERNAL are unavailable, partners can only use TCP dialback",
+               "Create or import a certificate (`edgeproxy cert request` / `edgeproxy cert import`, `edgeproxy cert self-signed` for a lab) at the [tls] paths, then `edgeproxy reload`."),
     EventClass("EP3001", "partner-refused", _W, "A stream from or to a domain that is not a partner was refused (there is no default partner).",
                "{direction} stream with {domain} refused: not a partner",
                "Add the domain as a partner or as an additional domain of one (`edgeproxy partner new`), then it applies without restart."),
@@ -225,6 +228,7 @@ CERTIFICATE_EXPIRED = CATALOGUE["EP2002"]
 CERTIFICATE_LOAD_FAILED = CATALOGUE["EP2003"]
 TLS_HANDSHAKE_FAILED = CATALOGUE["EP2004"]
 PEER_CERTIFICATE_INVALID = CATALOGUE["EP2005"]
+TLS_UNAVAILABLE = CATALOGUE["EP2006"]
 PARTNER_REFUSED = CATALOGUE["EP3001"]
 AUTHENTICATION_FAILED = CATALOGUE["EP3002"]
 SPOOFED_FROM = CATALOGUE["EP3003"]

@@ -46,6 +46,7 @@ class StreamState(enum.StrEnum):
 class ChannelState(enum.StrEnum):
     """The loopback channel to the gateway."""
 
+    NOT_CONFIGURED = "not-configured"  # this edge does not serve the channel (yet)
     NOT_CONNECTED = "not-connected"  # listening, no gateway yet
     CONNECTED = "connected"
     DRAINING = "draining"  # shutting down, flushing

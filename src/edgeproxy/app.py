@@ -1,0 +1,427 @@
+"""The composition root: one edge process in one nursery, with graceful shutdown.
+
+Theory of operation
+-------------------
+``EdgeApp.run`` builds, in this order: the policy ``SnapshotHolder`` (the store under
+``[edge] state-dir``, polled every ``poll_interval`` seconds), the TLS contexts from ``[tls]`` (no
+certificate: the edge still starts, plain TCP dialback only, event ``EP2006``), the S2S
+``EdgeServer`` on ``[edge] listen``, the signal handler (``serve_signals``) and the admin endpoint
+(``serve_admin``: ``/metrics``, ``/healthz``, ``/status``, ``/reload``, ``/stop``). It implements
+``StatusSource`` (``status()``) and ``Control`` (``reload()``, ``request_stop()``) for both.
+
+Reload (SIGHUP, ``edgeproxy reload``, and the store poll): re-read the configuration file, the
+certificates and the store; a partner removed from the store has its streams closed with
+``policy-violation``; every other stream stays up (same stream id). Settings that need a new
+socket or domain (``[edge] listen``, ``domains``) apply at the next start and say so.
+
+Stop (SIGTERM/SIGINT, ``edgeproxy stop``): stop accepting, drain the outbound queues, close every
+stream with ``<system-shutdown/>``, bounce what is left, and return — all within ``drain_bound``
+seconds (``lifecycle.DRAIN_BOUND_SECONDS``). A second stop request ends the drain at once.
+
+Accepted inbound stanzas go to an in-memory local delivery (``MemoryDelivery``) consumed here:
+the loopback channel to the gateway is not wired into this process yet, so the status shows the
+channel as ``not-configured`` and no internal (23456) listener.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sqlite3
+import ssl
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import dns.exception
+import trio
+from cryptography import x509
+
+from edgeproxy import __version__
+from edgeproxy.config import EdgeConfig, load_config
+from edgeproxy.dns.records import split_host_port
+from edgeproxy.dns.resolver import parse_resolver
+from edgeproxy.dns.srv import SrvRecord
+from edgeproxy.errors import ConfigError
+from edgeproxy.net.connector import ConnectFailed, Connector, ConnectorSettings
+from edgeproxy.net.context import EdgeContext
+from edgeproxy.net.delivery import MEMORY_DELIVERY_BOUND, Delivery, MemoryDelivery
+from edgeproxy.net.edge import EdgeServer
+from edgeproxy.net.pool import LINK_QUEUE_BOUND
+from edgeproxy.net.session import S2SSession
+from edgeproxy.net.tls import client_context, server_context
+from edgeproxy.ops import events
+from edgeproxy.ops.admin import AdminEndpoint, join_host_port, serve_admin
+from edgeproxy.ops.events import EventLog
+from edgeproxy.ops.lifecycle import DRAIN_BOUND_SECONDS, ReloadOutcome, serve_signals
+from edgeproxy.ops.metrics import Metrics, Outcome
+from edgeproxy.ops.status import (
+    ChannelState,
+    ChannelStatus,
+    Direction,
+    EdgeStatus,
+    ListenerStatus,
+    QueueStatus,
+    Role,
+    ServiceState,
+    StreamState,
+    StreamStatus,
+)
+from edgeproxy.ops.telemetry import Telemetry
+from edgeproxy.policy.holder import POLL_INTERVAL, SnapshotHolder
+from edgeproxy.policy.snapshot import PolicySnapshot
+from edgeproxy.s2s import State
+
+log = logging.getLogger("edgeproxy.app")
+
+#: A certificate expiring within this many days is reported (EP2001) at start and on reload.
+CERTIFICATE_WARNING_DAYS = 30
+
+
+class ObservedConnector(Connector):
+    """The connector with DNS lookups and connection failures reported to telemetry."""
+
+    def __init__(self, settings: ConnectorSettings, telemetry: Telemetry) -> None:
+        super().__init__(settings)
+        self._telemetry = telemetry
+
+    async def _timed(self, rtype: str, name: str, lookup: Callable[[], object]) -> object:
+        started = time.monotonic()
+        try:
+            result = await lookup()  # type: ignore[misc]
+        except (dns.exception.DNSException, OSError) as exc:
+            outcome = "timeout" if isinstance(exc, dns.exception.Timeout) else "error"
+            self._telemetry.metrics.dns_lookup(rtype, outcome, time.monotonic() - started)
+            self._telemetry.emit(events.DNS_FAILED, rtype=rtype, name=name, outcome=f"{outcome}: {exc}")
+            raise
+        self._telemetry.metrics.dns_lookup(rtype, "ok" if result else "nodata", time.monotonic() - started)
+        return result
+
+    async def srv_records(self, domain: str) -> list[SrvRecord] | None:
+        parent = super().srv_records
+        return await self._timed("SRV", domain, lambda: parent(domain))  # type: ignore[return-value]
+
+    async def addresses(self, host: str) -> list[str]:
+        parent = super().addresses
+        return await self._timed("A", host, lambda: parent(host))  # type: ignore[return-value]
+
+    async def connect(self, domain: str, proxy_fqdn: str | None = None) -> trio.SocketStream:
+        try:
+            return await super().connect(domain, proxy_fqdn)
+        except ConnectFailed as exc:
+            self._telemetry.emit(events.CONNECT_FAILED, domain=domain, error=str(exc),
+                                 targets=proxy_fqdn or "SRV")
+            raise
+
+
+def _partner_domains(snapshot: PolicySnapshot) -> set[str]:
+    return {p.domain for p in snapshot.partners}
+
+
+class EdgeApp:
+    """One running edge; implements ``StatusSource`` and ``Control`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        *,
+        event_log: EventLog | None = None,
+        metrics: Metrics | None = None,
+        drain_bound: float = DRAIN_BOUND_SECONDS,
+        poll_interval: float = POLL_INTERVAL,
+        admin: bool = True,
+        signals: bool = True,
+        on_delivery: Callable[[Delivery], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.event_log = event_log
+        self.telemetry = Telemetry(self.metrics, event_log)
+        self.drain_bound = drain_bound
+        self.poll_interval = poll_interval
+        self._serve_admin = admin
+        self._serve_signals = signals
+        self._on_delivery = on_delivery
+        self.delivery = MemoryDelivery()
+        self.state = ServiceState.STARTING
+        self.admin_endpoint: AdminEndpoint | None = None
+        self.edge: EdgeServer | None = None
+        self.holder: SnapshotHolder | None = None
+        self.local_deliveries = 0
+        self._started_at = time.monotonic()
+        self._stop = trio.Event()
+        self._drain_scope: trio.CancelScope | None = None
+        self._reload_lock = trio.Lock()
+        self._listener_addresses: list[str] = []
+
+    # -- TLS --------------------------------------------------------------------------------
+
+    def _tls_contexts(self, config: EdgeConfig) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+        """Contexts from ``[tls]``; (None, None) with a warning when there is no certificate.
+        Raises ``ssl.SSLError``/``OSError``/``ValueError`` for files that exist but do not load."""
+        cert, key = config.path(config.tls.certificate), config.path(config.tls.key)
+        trust = config.path(config.tls.trust) if config.tls.trust else None
+        if not (cert.exists() and key.exists()):
+            self.telemetry.emit(events.TLS_UNAVAILABLE, path=str(cert))
+            return None, None
+        contexts = server_context(cert, key, trust), client_context(cert, key, trust)
+        self._check_expiry(cert)
+        return contexts
+
+    def _check_expiry(self, path: Path) -> None:
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, ValueError):
+            return
+        now = dt.datetime.now(dt.UTC)
+        subject = cert.subject.rfc4514_string()
+        not_after = cert.not_valid_after_utc
+        if not_after < now:
+            self.telemetry.emit(events.CERTIFICATE_EXPIRED, subject=subject, not_after=f"{not_after:%Y-%m-%d}")
+        elif not_after - now < dt.timedelta(days=CERTIFICATE_WARNING_DAYS):
+            self.telemetry.emit(events.CERTIFICATE_EXPIRING, subject=subject, days=(not_after - now).days,
+                                not_after=f"{not_after:%Y-%m-%d}")
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[EdgeApp] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until stopped (``request_stop``, a stop signal or ``POST /stop``); then drain.
+
+        ``nursery.start``-compatible: reports the app once every listener is bound. Raises
+        ``OSError`` when a listener cannot bind (event ``EP1001``).
+        """
+        config = self.config
+        try:
+            self.holder = holder = SnapshotHolder.open(config.state_dir, config.edge.domains)
+        except (sqlite3.Error, OSError) as exc:
+            self.telemetry.emit(events.STORE_UNAVAILABLE, path=str(config.state_dir), error=exc)
+            raise
+        if self.event_log is not None:
+            self.event_log.log_message_bodies = holder.snapshot.gateway.log_message_bodies
+        try:
+            server_ssl, client_ssl = self._tls_contexts(config)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            self.telemetry.emit(events.CERTIFICATE_LOAD_FAILED, what="certificate and key",
+                                path=str(config.path(config.tls.certificate)), error=exc)
+            server_ssl = client_ssl = None
+        resolver = os.environ.get("EDGEPROXY_DNS_RESOLVER")
+        ctx = EdgeContext(
+            policy=lambda: holder.snapshot,
+            connector=ObservedConnector(
+                ConnectorSettings(resolver=parse_resolver(resolver) if resolver else None), self.telemetry
+            ),
+            delivery=self.delivery,
+            server_ssl=server_ssl,
+            client_ssl=client_ssl,
+        )
+        self.edge = edge = EdgeServer(ctx, self.telemetry)
+        listen = [split_host_port(hp) for hp in config.edge.listen]
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._consume_deliveries)
+                try:
+                    listeners = await nursery.start(edge.run, [(h or None, p) for h, p in listen])
+                except OSError as exc:
+                    self.telemetry.emit(events.BIND_FAILED, role="external",
+                                        address=", ".join(config.edge.listen), error=exc)
+                    raise
+                self._listener_addresses = [
+                    join_host_port(*listener.socket.getsockname()[:2]) for listener in listeners
+                ]
+                if self._serve_signals:
+                    await nursery.start(serve_signals, _CountingControl(self))
+                if self._serve_admin:
+                    self.admin_endpoint = await nursery.start(
+                        partial(serve_admin, config, self, self.metrics, self, event_log=self.event_log)
+                    )
+                nursery.start_soon(self._poll)
+                self.state = ServiceState.RUNNING
+                self.telemetry.emit(events.STARTED, domains=", ".join(config.edge.domains),
+                                    listeners=", ".join(self._listener_addresses))
+                task_status.started(self)
+                await self._stop.wait()
+                await self._shutdown()
+                nursery.cancel_scope.cancel()
+        finally:
+            holder.close()
+
+    async def _consume_deliveries(self) -> None:
+        """Take accepted stanzas off the local delivery (the gateway channel will replace this)."""
+        while True:
+            item = await self.delivery.receive()
+            self.local_deliveries += 1
+            if self._on_delivery is not None:
+                self._on_delivery(item)
+            log.debug("local delivery (no gateway channel): %s %s -> %s", item.kind, item.from_jid, item.to_jid)
+
+    async def _poll(self) -> None:
+        assert self.holder is not None
+        while True:
+            await trio.sleep(self.poll_interval)
+            async with self._reload_lock:
+                old = self.holder.snapshot
+                try:
+                    changed = await trio.to_thread.run_sync(self.holder.reload_if_changed)
+                except sqlite3.Error as exc:
+                    self.telemetry.emit(events.STORE_UNAVAILABLE, path=str(self.config.state_dir), error=exc)
+                    continue
+                if changed:
+                    await self._apply(old, self.holder.snapshot, "store changed")
+
+    # -- Control ----------------------------------------------------------------------------
+
+    async def reload(self) -> ReloadOutcome:
+        """Re-read configuration, certificates and store; never raises for a refused change."""
+        assert self.holder is not None and self.edge is not None
+        async with self._reload_lock:
+            old = self.holder.snapshot
+            notes: list[str] = []
+            try:
+                fresh = self.config
+                if self.config.source != "<embedded default>":
+                    fresh = load_config(self.config.source)
+                contexts = self._tls_contexts(fresh)
+                await trio.to_thread.run_sync(self.holder.reload_if_changed)
+            except (ConfigError, ssl.SSLError, OSError, ValueError, sqlite3.Error) as exc:
+                self.telemetry.emit(events.RELOAD_FAILED, error=exc)
+                return ReloadOutcome(ok=False, message=f"reload refused: {exc}")
+            if (fresh.edge.listen, fresh.edge.domains) != (self.config.edge.listen, self.config.edge.domains):
+                notes.append("[edge] listen and domains apply at the next start")
+            self.config = fresh
+            self.edge.ctx.server_ssl, self.edge.ctx.client_ssl = contexts
+            return await self._apply(old, self.holder.snapshot, "; ".join(notes) or "reloaded")
+
+    async def _apply(self, old: PolicySnapshot, new: PolicySnapshot, message: str) -> ReloadOutcome:
+        """Apply a new snapshot: close the streams of partners that are gone (policy-violation)."""
+        assert self.edge is not None
+        if self.event_log is not None:
+            self.event_log.log_message_bodies = new.gateway.log_message_bodies
+        added = tuple(sorted(_partner_domains(new) - _partner_domains(old)))
+        removed = tuple(sorted(_partner_domains(old) - _partner_domains(new)))
+        doomed = [
+            session for session, _direction in self.edge.sessions()
+            if session.ready.is_set() and self.telemetry.partner_of(lambda: new, session) is None
+        ]
+        async with trio.open_nursery() as nursery:
+            for session in doomed:
+                nursery.start_soon(session.close, "policy-violation", "no longer a federation partner")
+        self.telemetry.emit(events.CONFIG_RELOADED, added=list(added) or "none",
+                            removed=list(removed) or "none", closed=len(doomed))
+        return ReloadOutcome(ok=True, message=message, partners_added=added, partners_removed=removed,
+                             streams_closed=len(doomed))
+
+    def request_stop(self) -> None:
+        """Begin the graceful shutdown; a second request ends the drain at once."""
+        if self._stop.is_set():
+            if self._drain_scope is not None:
+                self._drain_scope.cancel()
+            return
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        assert self.edge is not None
+        edge = self.edge
+        self.state = ServiceState.DRAINING
+        started = trio.current_time()
+        deadline = started + self.drain_bound
+        close_grace = min(2.0, self.drain_bound / 4)
+        self.telemetry.emit(events.SHUTDOWN_STARTED, reason="stop requested", bound_seconds=self.drain_bound)
+        delivered, bounced = self.telemetry.delivered, self.telemetry.bounced
+        edge.stop_accepting()
+        with trio.CancelScope() as self._drain_scope:
+            drained = await edge.drain(deadline - close_grace)
+        streams = len(edge.sessions())
+        with trio.move_on_at(deadline):
+            await edge.close_streams(max(0.1, deadline - trio.current_time() - 0.1))
+        # Let the consumer take what the drain and the bounces delivered locally.
+        with trio.move_on_at(deadline):
+            while self.delivery.statistics().current_buffer_used:
+                await trio.sleep(0.01)
+        delivered = self.telemetry.delivered - delivered
+        bounced = self.telemetry.bounced - bounced
+        if drained:
+            self.telemetry.emit(events.SHUTDOWN_COMPLETE, delivered=delivered, bounced=bounced)
+        else:
+            self.telemetry.emit(events.SHUTDOWN_TIMEOUT, bound_seconds=self.drain_bound, bounced=bounced,
+                                streams=streams)
+
+    # -- StatusSource -----------------------------------------------------------------------
+
+    def status(self) -> EdgeStatus:
+        """A synchronous snapshot of the running edge."""
+        listeners = [ListenerStatus(Role.EXTERNAL, a) for a in self._listener_addresses]
+        if self.admin_endpoint is not None:
+            listeners.append(ListenerStatus(Role.ADMIN, self.admin_endpoint.address))
+        streams: list[StreamStatus] = []
+        queues: list[QueueStatus] = []
+        if self.edge is not None and self.edge.router.pool is not None:
+            now = trio.current_time()
+            policy = self.edge.ctx.policy
+            for session, direction in self.edge.sessions():
+                streams.append(self._stream_status(session, direction, policy, now))
+            for link in self.edge.pool.observed_links():
+                if not link.done.is_set():
+                    queues.append(QueueStatus(f"outbound:{link.local}>{link.remote}", link.queue_depth(),
+                                              LINK_QUEUE_BOUND))
+        queues.append(QueueStatus("local-delivery", self.delivery.statistics().current_buffer_used,
+                                  MEMORY_DELIVERY_BOUND))
+        return EdgeStatus(
+            version=__version__,
+            pid=os.getpid(),
+            state=self.state,
+            uptime_seconds=round(time.monotonic() - self._started_at, 3),
+            domains=tuple(self.config.edge.domains),
+            listeners=tuple(listeners),
+            streams=tuple(streams),
+            channel=ChannelStatus(ChannelState.NOT_CONFIGURED),
+            queues=tuple(queues),
+        )
+
+    def _stream_status(
+        self, session: S2SSession, direction: Direction, policy: Callable[[], PolicySnapshot], now: float
+    ) -> StreamStatus:
+        conn = session.conn
+        if conn.state in (State.CLOSING, State.CLOSED):
+            state = StreamState.CLOSING
+        elif session.ready.is_set():
+            state = StreamState.ESTABLISHED
+        else:
+            state = StreamState.NEGOTIATING
+        remote = sorted(conn.remote_domains) if direction is Direction.INBOUND else [conn.remote_domain or ""]
+        return StreamStatus(
+            stream_id=conn.stream_id or "",
+            partner=self.telemetry.partner_of(policy, session),
+            direction=direction,
+            remote_address=session.remote_address,
+            state=state,
+            local_domain=conn.local_domain,
+            remote_domains=tuple(d for d in remote if d),
+            auth=session.auth_method,
+            tls_version=session.tls_version,
+            age_seconds=round(now - session.started_at, 3),
+            stanzas_in=session.stanzas_in,
+            stanzas_out=session.stanzas_out,
+        )
+
+
+class _CountingControl:
+    """What the signal handler calls: the app, with signal-driven reloads counted in the metrics
+    (the admin endpoint counts its own)."""
+
+    def __init__(self, app: EdgeApp) -> None:
+        self._app = app
+
+    async def reload(self) -> ReloadOutcome:
+        outcome = await self._app.reload()
+        self._app.metrics.reload(Outcome.OK if outcome.ok else Outcome.FAILED)
+        return outcome
+
+    def request_stop(self) -> None:
+        self._app.request_stop()
+
+
+async def run_app(config: EdgeConfig, *, event_log: EventLog | None = None) -> None:
+    """``edgeproxy serve``: run one edge until stopped (the event log is the caller's)."""
+    await EdgeApp(config, event_log=event_log).run()
