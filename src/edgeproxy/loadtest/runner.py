@@ -110,9 +110,9 @@ class LoadTest:
                 async with trio.open_nursery() as closing:
                     for stream in self.streams:
                         closing.start_soon(stream.aclose)
-            if sink is not None:
-                await sink.aclose()
             nursery.cancel_scope.cancel()
+        if sink is not None:
+            await sink.aclose()
         if self._progress is not None:
             self._progress.write("\n")
         return self._result(wall_start, setup_total, send_start, send_end, samples)

@@ -90,7 +90,10 @@ class C2SSink:
             self.ledger.scan_delivered(stanza.raw, trio.current_time())
         tail = b""
         while True:
-            data = await self._stream.receive_some(MAX_READ)
+            try:
+                data = await self._stream.receive_some(MAX_READ)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
             if not data:
                 return
             self.bytes_read += len(data)
