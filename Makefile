@@ -31,6 +31,7 @@ lint: build
 bench: build
 	$(PY) bench/bench_tokenizer.py
 	$(PY) bench/bench_policy.py
+	$(PY) bench/bench_s2s.py
 
 clean:
 	rm -rf build src/edgeproxy/_fastxml.c src/edgeproxy/_fastxml*.so
