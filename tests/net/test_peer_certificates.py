@@ -128,31 +128,33 @@ def fabrikam_certificate(kind: str, ca: selfsigned.Authority, rogue: selfsigned.
     return selfsigned.issue(ca, public, ["fabrikam.test"], usages=SERVER_ONLY)
 
 
-async def run_fabrikam_to_contoso(tmp: Path, kind: str, row: dict[str, object], caplog) -> str:  # type: ignore[no-untyped-def]
-    """fabrikam.test (certificate ``kind``) sends a message to contoso.test over STARTTLS;
-    returns the captured log once contoso delivered it."""
+async def run_pair(tmp: Path, kind: str, row: dict[str, object], caplog, *, to_contoso: bool = True) -> str:  # type: ignore[no-untyped-def]
+    """fabrikam.test holds a certificate of ``kind``; a message crosses over STARTTLS from
+    fabrikam to contoso (``to_contoso``) or back. Returns the log once it was delivered."""
     ca, rogue = selfsigned.make_authority("Lab CA"), selfsigned.make_authority("Rogue CA")
     c_key, f_key = selfsigned.new_ec_key(), selfsigned.new_ec_key()
     c_ssl = edge_ssl(tmp, "contoso", selfsigned.issue(ca, c_key.public_key(), ["contoso.test"]), c_key, ca)
     f_ssl = edge_ssl(tmp, "fabrikam", fabrikam_certificate(kind, ca, rogue, f_key), f_key, ca)
-    caplog.set_level("INFO", logger="edgeproxy.net.listener")
+    caplog.set_level("INFO", logger="edgeproxy.net")
     with trio.fail_after(15):
         async with trio.open_nursery() as nursery:
             contoso = await start_edge(nursery, "contoso.test", ("alice",), "c", *c_ssl)
             fabrikam = await start_edge(nursery, "fabrikam.test", ("bob",), "f", *f_ssl)
             set_partners(contoso, ("alice",), "c", partner("fabrikam.test", fabrikam.port, **row))
             set_partners(fabrikam, ("bob",), "f", partner("contoso.test", contoso.port, **row))
-            await fabrikam.server.router.send_from_local(message("bob@fabrikam.test", "alice@contoso.test"))
-            got = await contoso.delivery.receive()
-            assert (got.from_jid, got.to_jid) == ("bob@fabrikam.test", "alice@contoso.test")
-            link = fabrikam.server.router.pool.links[("fabrikam.test", "contoso.test")]
+            sender, receiver = (fabrikam, contoso) if to_contoso else (contoso, fabrikam)
+            frm, to = ("bob@fabrikam.test", "alice@contoso.test")[:: 1 if to_contoso else -1]
+            await sender.server.router.send_from_local(message(frm, to))
+            got = await receiver.delivery.receive()
+            assert (got.from_jid, got.to_jid) == (frm, to)
+            link = sender.server.router.pool.links[(sender.domain, receiver.domain)]
             assert link.session is not None and link.session.conn.tls_active
             nursery.cancel_scope.cancel()
     return str(caplog.text)
 
 
 async def test_server_auth_only_peer_certificate_authenticates_with_sasl_external(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
-    log = await run_fabrikam_to_contoso(tmp_path, "serverAuth only", {"tls": REQ, "sasl": REQ, "dialback": False}, caplog)
+    log = await run_pair(tmp_path, "serverAuth only", {"tls": REQ, "sasl": REQ, "dialback": False}, caplog)
     assert f"authenticated by {AuthMethod.SASL_OVER_TLS}" in log
     assert "certificate rejected" not in log
 
@@ -162,6 +164,39 @@ async def test_invalid_peer_certificate_keeps_tls_and_falls_back_to_dialback_nam
     tmp_path: Path, kind: str, caplog  # type: ignore[no-untyped-def]
 ) -> None:
     # Row 7 (TLS Required, SASL Optional, dialback): EXTERNAL is withheld, TLS dialback goes on.
-    log = await run_fabrikam_to_contoso(tmp_path, kind, {"tls": REQ, "sasl": OPT, "dialback": True}, caplog)
+    log = await run_pair(tmp_path, kind, {"tls": REQ, "sasl": OPT, "dialback": True}, caplog)
     assert f"authenticated by {AuthMethod.TLS_DIALBACK}" in log
     assert f"inbound fabrikam.test: no SASL EXTERNAL, peer certificate rejected: {kind}" in log
+
+
+async def test_outbound_stream_does_not_offer_our_identity_over_external_to_an_untrusted_peer(
+    tmp_path: Path, caplog  # type: ignore[no-untyped-def]
+) -> None:
+    # contoso -> fabrikam (untrusted certificate), row 7: TLS dialback instead of EXTERNAL.
+    log = await run_pair(tmp_path, "untrusted issuer", {"tls": REQ, "sasl": OPT, "dialback": True}, caplog,
+                         to_contoso=False)
+    assert "outbound contoso.test -> fabrikam.test: no SASL EXTERNAL, peer certificate rejected: untrusted issuer" in log
+    assert f"authenticated by {AuthMethod.TLS_DIALBACK}" in log
+
+
+async def test_sasl_only_row_gives_up_on_an_untrusted_peer_and_bounces_naming_the_cause(
+    tmp_path: Path, caplog  # type: ignore[no-untyped-def]
+) -> None:
+    ca, rogue = selfsigned.make_authority("Lab CA"), selfsigned.make_authority("Rogue CA")
+    c_key, f_key = selfsigned.new_ec_key(), selfsigned.new_ec_key()
+    c_ssl = edge_ssl(tmp_path, "contoso", selfsigned.issue(ca, c_key.public_key(), ["contoso.test"]), c_key, ca)
+    f_ssl = edge_ssl(tmp_path, "fabrikam", selfsigned.issue(rogue, f_key.public_key(), ["fabrikam.test"]), f_key, ca)
+    caplog.set_level("INFO", logger="edgeproxy.net")
+    row = {"tls": REQ, "sasl": REQ, "dialback": False}  # row 2
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            contoso = await start_edge(nursery, "contoso.test", ("alice",), "c", *c_ssl)
+            fabrikam = await start_edge(nursery, "fabrikam.test", ("bob",), "f", *f_ssl)
+            set_partners(contoso, ("alice",), "c", partner("fabrikam.test", fabrikam.port, **row))
+            set_partners(fabrikam, ("bob",), "f", partner("contoso.test", contoso.port, **row))
+            await contoso.server.router.send_from_local(message("alice@contoso.test", "bob@fabrikam.test"))
+            back = await contoso.delivery.receive()
+            assert back.type == "error" and back.to_jid == "alice@contoso.test"
+            assert fabrikam.delivery.statistics().current_buffer_used == 0
+            nursery.cancel_scope.cancel()
+    assert "SASL EXTERNAL not attempted: untrusted issuer" in caplog.text

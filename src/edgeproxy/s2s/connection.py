@@ -676,9 +676,21 @@ class S2SConnection:
             self._events.append(StreamReady(authenticated=False))
             return
         if self.tls_active and AuthMethod.SASL_OVER_TLS in self._methods and external:
-            self._out += wire.sasl_auth_external(None)
-            self.state = State.AWAIT_SASL_RESULT
-            return
+            # XEP-0178 §3 / RFC 6125: authenticate ourselves with EXTERNAL only to a peer whose
+            # certificate proves the partner domain. Otherwise TLS dialback where the row allows
+            # it (TLS then only encrypts; trust rests on dialback, XEP-0220), else give up.
+            assert self.remote_domain is not None
+            problem = self._cert_check(self.remote_domain) if self._cert_check else (
+                "no certificate: the peer presented none"
+            )
+            if problem is None:
+                self._out += wire.sasl_auth_external(None)
+                self.state = State.AWAIT_SASL_RESULT
+                return
+            self._events.append(PeerCertificateRejected(self.remote_domain, problem))
+            if AuthMethod.TLS_DIALBACK not in self._methods:
+                self._give_up(f"peer certificate rejected, SASL EXTERNAL not attempted: {problem}")
+                return
         self._try_dialback(dialback)
 
     def _try_dialback(self, offered: bool) -> None:

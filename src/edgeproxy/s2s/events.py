@@ -73,7 +73,8 @@ class PeerCertificateRejected(Event):
     """The peer's TLS certificate does not prove ``domain`` (RFC 6125, XEP-0178 §3), so SASL
     EXTERNAL is not offered or is refused; ``reason`` names the cause (expired, not yet valid,
     untrusted issuer, name mismatch, no certificate). The stream goes on: TLS dialback stays
-    possible where the partner's row allows it (SPEC §2.1)."""
+    possible where the partner's row allows it (SPEC §2.1). Receiving role: the peer is not
+    offered EXTERNAL; initiating role: we do not attempt EXTERNAL towards that peer."""
 
     domain: str
     reason: str
