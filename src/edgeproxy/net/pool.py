@@ -33,6 +33,7 @@ from edgeproxy.s2s import (
     DialbackVerifyResponse,
     Event,
     LocalProtocolError,
+    PeerCertificateRejected,
     Role,
     S2SConnection,
     SendStanza,
@@ -121,6 +122,9 @@ class OutboundLink:
         async def on_event(session: S2SSession, event: Event) -> None:
             if isinstance(event, AuthenticationFailed):
                 failures.append(event.reason)
+            elif isinstance(event, PeerCertificateRejected):
+                log.warning("outbound %s -> %s: no SASL EXTERNAL, peer certificate rejected: %s",
+                            self.local, event.domain, event.reason)
 
         session = S2SSession(
             stream, conn, ssl_context=self.ctx.client_ssl, timeouts=timeouts,
