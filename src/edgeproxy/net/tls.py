@@ -34,6 +34,11 @@ The verdict is then ours (:func:`certificate_check`, per stream, cached), with
    :class:`edgeproxy.certs.identity.PresentedIdentities` (DNS-ID with left-most-label wildcard,
    SRV-ID ``_xmpp-server.domain``, XmppAddr) → "name mismatch: …".
 
+The receiving core offers SASL EXTERNAL only when ``check(domain)`` is None; the initiating
+core attempts EXTERNAL only towards a peer whose certificate proves the partner domain (else
+TLS dialback where the row allows it, else it gives up naming the cause). Either way the cause
+is reported as :class:`~edgeproxy.s2s.PeerCertificateRejected` and logged by the driver.
+
 Host-name checking is off in OpenSSL for the same reason: the identity the certificate must
 prove is the *partner domain*, not the host we connected to.
 
