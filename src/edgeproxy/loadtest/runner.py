@@ -31,6 +31,7 @@ from edgeproxy.loadtest.procstats import ProcSample, try_sample
 from edgeproxy.loadtest.scenario import Scenario, SinkKind
 from edgeproxy.loadtest.sink import C2SSink, DeliveryProbe
 from edgeproxy.loadtest.stanzas import build_stanza, mix_cycle
+from edgeproxy.s2s import LocalProtocolError
 
 #: Open loop: stanzas written to one stream in one ``send_all``.
 OPEN_LOOP_BATCH = 32
@@ -60,6 +61,8 @@ class LoadTest:
         self._progress = progress
         self._phase = "starting"
         self._sent_done = False
+        #: Stanzas never written because their stream had ended (not counted as sent).
+        self.unsent = 0
 
     def delivery_probe(self) -> DeliveryProbe:
         """A local-delivery stand-in for an in-process edgeproxy, reporting to this run."""
@@ -80,7 +83,7 @@ class LoadTest:
         async with trio.open_nursery() as nursery:
             await self.start_listener(nursery)
             sink = None
-            if s.sink.kind is SinkKind.C2S:
+            if s.sink.kind is not SinkKind.NONE:
                 sink = C2SSink(s.sink, s.target.domain, self.ledger)
                 await sink.login()
                 nursery.start_soon(sink.run)
@@ -157,7 +160,12 @@ class LoadTest:
                         await self._flush(stream, batch)
                     await trio.sleep_until(due)
                 raw = build_stanza(n, cycle[n % len(cycle)], f"u{n % users}@{stream.local}/lt")
-                batch.append(stream.frame(raw))
+                try:
+                    batch.append(stream.frame(raw))
+                except LocalProtocolError as exc:  # the target closed this stream
+                    stream.errors.append(f"stream ended before stanza lt{n}: {exc}")
+                    self.unsent += len(numbers[numbers.index(n):])
+                    break
                 self.ledger.sent(f"lt{n}", trio.current_time())
                 if len(batch) >= OPEN_LOOP_BATCH or traffic.rate > 0:
                     await self._flush(stream, batch)
@@ -230,6 +238,7 @@ class LoadTest:
                 "inbound_errors": self.listener.errors[:50],
             },
             **summary,
+            "unsent": self.unsent,
             "send_seconds": send_end - send_start,
             "stanzas_per_s": settled / relay_seconds if settled else 0.0,
             "timeline": [

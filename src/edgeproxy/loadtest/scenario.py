@@ -90,7 +90,8 @@ class Traffic(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="k
 
 class SinkKind(enum.StrEnum):
     NONE = "none"
-    C2S = "c2s"
+    C2S = "c2s"  # log in over c2s (SASL PLAIN), then read raw bytes
+    RAW = "raw"  # connect and read raw bytes (a target that writes delivered stanzas to a socket)
 
 
 class Sink(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):

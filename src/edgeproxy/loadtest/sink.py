@@ -17,7 +17,7 @@ from typing import Protocol
 import trio
 
 from edgeproxy.loadtest.accounting import Ledger
-from edgeproxy.loadtest.scenario import Sink
+from edgeproxy.loadtest.scenario import Sink, SinkKind
 from edgeproxy.tokenizer import Stanza, Tokenizer
 
 NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
@@ -63,6 +63,8 @@ class C2SSink:
     async def login(self) -> None:
         with trio.fail_after(LOGIN_TIMEOUT):
             self._stream = await trio.open_tcp_stream(self.config.host, self.config.port)
+            if self.config.kind is SinkKind.RAW:
+                return
             await self._header()
             await self._expect("features")
             creds = f"\0{self.config.user}\0{self.config.password}".encode()
