@@ -26,6 +26,7 @@ from edgeproxy.net.tls import (
     server_context,
 )
 from edgeproxy.policy.model import AuthMethod, Negotiation
+from edgeproxy.s2s import Authenticated
 
 REQ, OPT, NOS = Negotiation.REQUIRED, Negotiation.OPTIONAL, Negotiation.NOT_SUPPORTED
 SERVER_ONLY = (ExtendedKeyUsageOID.SERVER_AUTH,)
@@ -200,3 +201,29 @@ async def test_sasl_only_row_gives_up_on_an_untrusted_peer_and_bounces_naming_th
             assert fabrikam.delivery.statistics().current_buffer_used == 0
             nursery.cancel_scope.cancel()
     assert "SASL EXTERNAL not attempted: untrusted issuer" in caplog.text
+
+
+async def test_peer_without_certificate_gets_tls_and_dialback_but_no_external(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    from _scripted_peer import open_scripted_stream
+
+    ca = selfsigned.make_authority("Lab CA")
+    c_key, f_key = selfsigned.new_ec_key(), selfsigned.new_ec_key()
+    c_ssl = edge_ssl(tmp_path, "contoso", selfsigned.issue(ca, c_key.public_key(), ["contoso.test"]), c_key, ca)
+    f_ssl = edge_ssl(tmp_path, "fabrikam", selfsigned.issue(ca, f_key.public_key(), ["fabrikam.test"]), f_key, ca)
+    caplog.set_level("INFO", logger="edgeproxy.net")
+    row = {"tls": REQ, "sasl": OPT, "dialback": True}  # row 7
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            contoso = await start_edge(nursery, "contoso.test", ("alice",), "c", *c_ssl)
+            fabrikam = await start_edge(nursery, "fabrikam.test", ("bob",), "f", *f_ssl)  # authoritative
+            set_partners(contoso, ("alice",), "c", partner("fabrikam.test", fabrikam.port, **row))
+            set_partners(fabrikam, ("bob",), "f", partner("contoso.test", contoso.port, **row))
+            # The scripted peer's TLS client presents no certificate at all.
+            peer = await open_scripted_stream("127.0.0.1", contoso.port, local="fabrikam.test",
+                                              remote="contoso.test", policy=fabrikam.holder[0], secret="f")
+            assert peer.conn.tls_active and b"<starttls" in peer.raw
+            assert b"EXTERNAL" not in peer.raw  # never offered, before or after TLS
+            methods = [e.method for e in peer.events if isinstance(e, Authenticated)]
+            assert methods == [AuthMethod.TLS_DIALBACK]
+            nursery.cancel_scope.cancel()
+    assert "inbound fabrikam.test: no SASL EXTERNAL, peer certificate rejected: no certificate" in caplog.text
