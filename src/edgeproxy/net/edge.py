@@ -31,6 +31,7 @@ from edgeproxy.net.listener import InboundHandler, serve_s2s
 from edgeproxy.net.pool import Bounce, OutboundLink, OutboundPool, wait_any
 from edgeproxy.net.router import Router
 from edgeproxy.net.session import S2SSession
+from edgeproxy.ops import events
 from edgeproxy.ops.metrics import Flow, Verdict
 from edgeproxy.ops.status import Direction
 from edgeproxy.ops.telemetry import Telemetry
@@ -58,7 +59,15 @@ class ObservedLink(OutboundLink):
         self._telemetry = telemetry
         self._session: S2SSession | None = None
         self.session_started = trio.Event()
-        super().__init__(ctx, local, remote, bounce)
+        self.bounced = 0
+        self.bounce_condition: str | None = None
+
+        async def counted_bounce(element: Element, condition: str) -> None:
+            self.bounced += 1
+            self.bounce_condition = condition
+            await bounce(element, condition)
+
+        super().__init__(ctx, local, remote, counted_bounce)
         partner = telemetry.partner_of_domain(ctx.policy, remote)
         self.partner = partner
 
@@ -89,17 +98,23 @@ class ObservedLink(OutboundLink):
         await self._bounce_all(condition)
 
     async def watch(self) -> None:
-        """Report the stream's establishment and end to telemetry (runs beside ``run``)."""
+        """Report the stream's establishment and end, failures and bounces (runs beside ``run``)."""
         await wait_any(self.session_started, self.done)
         session = self._session
-        if session is None:
-            return
-        await wait_any(session.ready, session.closed)
-        established = session.ready.is_set()
-        if established:
-            self._telemetry.stream_established(session, Direction.OUTBOUND, self.partner)
-        await session.closed.wait()
-        self._telemetry.stream_ended(session, Direction.OUTBOUND, self.partner, established=established)
+        if session is not None:
+            await wait_any(session.ready, session.closed)
+            established = session.ready.is_set()
+            if established:
+                self._telemetry.stream_established(session, Direction.OUTBOUND, self.partner)
+            await session.closed.wait()
+            self._telemetry.stream_ended(session, Direction.OUTBOUND, self.partner, established=established)
+            if not established and self.failure and session.error_received is None:
+                self._telemetry.authentication_failed(self.remote, Direction.OUTBOUND, "partner row",
+                                                      self.failure)
+        await self.done.wait()
+        if self.bounced:
+            self._telemetry.emit(events.OUTBOUND_BOUNCED, count=self.bounced, domain=self.remote,
+                                 condition=self.bounce_condition)
 
 
 class ObservedPool(OutboundPool):

@@ -104,6 +104,9 @@ class Telemetry:
             self.emit(events.NEGOTIATION_TIMEOUT, peer=peer, timeout_seconds=session.timeouts.establishment,
                       state=session.conn.state.value)
             self.metrics.stream_refused(direction, "negotiation-timeout")
+        elif partner is not None and session.error_sent == "not-authorized":
+            self.authentication_failed(remote_domain_of(session) or partner, direction,
+                                       "partner row", session.close_reason or "not-authorized")
         elif partner is None and session.error_sent in ("policy-violation", "not-authorized"):
             domain = remote_domain_of(session) or "?"
             self.metrics.stream_refused(direction, "not-partner")
