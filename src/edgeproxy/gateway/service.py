@@ -18,8 +18,13 @@ XMPP → SIP (items from the edge; the edge has already applied the inbound poli
     (``recipient-unavailable`` when the user is not registered). The Call-ID and Via branch are
     derived from the edge's session and the item's sequence number, so a stanza re-sent after a
     gateway restart is, to the SIP UA, a retransmission of the same transaction (RFC 3261
-    §17.2.3) rather than a second message. ``<iq/>`` requests get ``service-unavailable``;
-    presence to SIP users is not translated yet (logged).
+    §17.2.3) rather than a second message. The channel runs with ``ack_on_complete``: an item is
+    acked to the edge only when its outcome is final — the SIP transaction completed (2xx, or
+    a failure whose XMPP error reply the edge has acked) — as a cumulative ack over the
+    completed prefix. A gateway killed in between is replaced by one that gets the item again
+    and re-sends the same transaction: delivered once. What remains at-least-once: an error
+    reply the edge took just before the crash is sent again by the successor.
+    ``<iq/>`` requests get ``service-unavailable``.
 
 SIP → XMPP (requests to users of XMPP domains)
     A MESSAGE is translated (``translate.sip_message_to_xmpp``), checked against the outbound
@@ -114,6 +119,7 @@ class GatewayService:
             on_bounce=self._channel_bounce,
             max_queued=max_queued,
             outage_bound=outage_bound,
+            ack_on_complete=True,
         )
         self._slots = trio.Semaphore(MAX_SIP_IN_FLIGHT)
         self._nursery: trio.Nursery | None = None
@@ -139,25 +145,32 @@ class GatewayService:
         for item in items:
             if not isinstance(item, Routed):
                 log.warning("gateway: bounce from the edge for %s ignored", item.from_)
+                self.channel.complete(item.seq)
                 continue
             await self._slots.acquire()
             self._nursery.start_soon(self._deliver_to_sip, item)
 
     async def _deliver_to_sip(self, item: Routed) -> None:
+        # The item is completed (and so acked to the edge) only when its outcome is final: the
+        # SIP transaction completed, or the error reply reached the edge. A cancellation (the
+        # gateway stopping) leaves it unacked, and the edge re-sends it to our successor.
         try:
             try:
                 element = parse_stanza(item.raw)
             except (TranslationError, TokenizerError) as exc:
                 log.warning("gateway: unparsable stanza from the edge: %s", exc)
-                return
-            if item.kind == StanzaKind.MESSAGE:
-                await self._message_to_sip(item, element)
-            elif item.kind == StanzaKind.IQ and item.type in ("get", "set"):
-                self._reply_error(element, "service-unavailable")
-            elif item.kind == StanzaKind.PRESENCE:
-                log.info("gateway: presence %r to %s not translated yet", item.type, item.to)
+            else:
+                if item.kind == StanzaKind.MESSAGE:
+                    await self._message_to_sip(item, element)
+                elif item.kind == StanzaKind.IQ and item.type in ("get", "set"):
+                    await self._reply_error(element, "service-unavailable")
+                elif item.kind == StanzaKind.PRESENCE:
+                    log.info("gateway: presence %r to %s not translated yet", item.type, item.to)
+        except Exception:
+            log.exception("gateway: handling %s %s failed", item.kind, item.id)
         finally:
             self._slots.release()
+        self.channel.complete(item.seq)
 
     def _sip_context(self, item: Routed, transport: str) -> SipContext:
         seed = f"{self.channel.receiver.peer_session}:{item.seq}".encode()
@@ -174,11 +187,11 @@ class GatewayService:
         try:
             aor = jid_to_sip_uri(str(parse_jid(item.to).bare))
         except (TranslationError, InvalidJid) as exc:
-            self._reply_error(element, "jid-malformed", str(exc))
+            await self._reply_error(element, "jid-malformed", str(exc))
             return
         route = self._destination(aor)
         if route is None:
-            self._reply_error(element, "recipient-unavailable", "480 Temporarily Unavailable")
+            await self._reply_error(element, "recipient-unavailable", "480 Temporarily Unavailable")
             return
         dest, request_uri = route
         try:
@@ -188,7 +201,7 @@ class GatewayService:
                 ceiling=self.page_mode_ceiling,
             )
         except TranslationError as exc:
-            self._reply_error(element, exc.condition, str(exc))
+            await self._reply_error(element, exc.condition, str(exc))
             return
         if request is None:
             return
@@ -196,7 +209,7 @@ class GatewayService:
         response = await self.sip.request(request, dest)
         if response.status >= 300:
             condition = condition_for_sip_status(response.status)
-            self._reply_error(element, condition, f"{response.status} {response.reason}")
+            await self._reply_error(element, condition, f"{response.status} {response.reason}")
 
     def _destination(self, aor: str) -> tuple[Destination, str] | None:
         """Where a request for ``aor`` goes, and its Request-URI (RFC 3261 §16.5, §16.6)."""
@@ -210,12 +223,15 @@ class GatewayService:
         dest = Destination(contact.host.strip("[]"), contact.port or 5060, contact.transport)
         return dest, str(contact)
 
-    def _reply_error(self, original: Element, condition: str, text: str = "") -> None:
+    async def _reply_error(self, original: Element, condition: str, text: str = "") -> None:
         if original.get("type") == "error":
             return  # RFC 6120 §8.3.1: never answer an error with an error
         reply = error_reply(original, condition, text)
         kind = StanzaKind(original.name) if original.name in _KINDS else StanzaKind.MESSAGE
-        self.channel.submit(
+        # Waits for the edge's ack, so that the original is acked only after its error reply is
+        # safe at the edge (a crash in between re-sends the original: the error may then be sent
+        # twice, never lost).
+        outcome = await self.channel.submit_and_wait(
             kind,
             reply.get("from") or "",
             reply.get("to") or "",
@@ -223,6 +239,8 @@ class GatewayService:
             reply.get("id") or "",
             serialize(reply),
         )
+        if outcome is not None:
+            log.warning("gateway: error reply to %s lost (%s)", reply.get("to"), outcome)
 
     def _channel_bounce(self, items: list[Routed], condition: str) -> None:
         # Error stanzas queued for the edge while it stays away: nobody left to tell.

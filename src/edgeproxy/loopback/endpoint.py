@@ -23,6 +23,13 @@ the peer returns, new submissions are bounced at once with ``service-unavailable
 themselves are never bounced again (RFC 6120 §8.3.1: no error about an error); they are counted in
 ``statistics().lost_bounces``.
 
+Ack on completion (``ack_on_complete=True``, the gateway): ``on_items`` only starts the handling;
+the owner calls :meth:`ChannelEndpoint.complete` for each item once its outcome is final (the SIP
+transaction completed, or the stanza was bounced), in any order. The ack loop then acks the
+contiguous completed prefix. Items still being handled when the connection drops stay handed:
+their re-sent copies are dropped as duplicates and acked when they complete. If the process dies
+instead, they were never acked, so the sender re-sends them to its successor.
+
 Cancellation: cancelling ``run_connection`` closes the connection; queued and in-flight items stay
 in the sender for the next connection. The ack after a handled batch is sent in a shielded scope
 (bounded by ``ACK_TIMEOUT``) so that a cancellation between "handled" and "acked" does not cause a
@@ -105,8 +112,11 @@ class ChannelEndpoint:
         max_queued: int = DEFAULT_MAX_QUEUED,
         window: int = DEFAULT_WINDOW,
         outage_bound: float = DEFAULT_OUTAGE_BOUND,
+        ack_on_complete: bool = False,
     ) -> None:
         self.role = role
+        self.ack_on_complete = ack_on_complete
+        self._ack_wake = trio.Event()
         self.session = secrets.token_hex(8)
         self.sender = Sender(self.session, max_queued=max_queued)
         self.receiver = Receiver()
@@ -171,6 +181,11 @@ class ChannelEndpoint:
         finally:
             self._waiters.pop(item.seq, None)
         return waiter.outcome
+
+    def complete(self, seq: int) -> None:
+        """With ``ack_on_complete``: the item ``seq`` from the peer has its final outcome."""
+        if self.receiver.complete(seq):
+            self._ack_wake.set()
 
     def _resolve_acked(self, up_to: int) -> None:
         if self._waiters:
@@ -257,6 +272,7 @@ class ChannelEndpoint:
                     self._connected = False
                     self._connected_event = trio.Event()
                     self.sender.on_disconnected()
+                    self.receiver.on_disconnected(handling_survives=self.ack_on_complete)
                     self._away_since = trio.current_time()
                 with trio.CancelScope(shield=True), trio.move_on_after(0.5):
                     await ws.aclose()
@@ -311,6 +327,8 @@ class ChannelEndpoint:
 
                 nursery.start_soon(send_loop)
                 nursery.start_soon(receive_loop)
+                if self.ack_on_complete:
+                    nursery.start_soon(self._ack_loop, ws, send_lock)
         except (ConnectionClosed, FrameError) as exc:
             log.info("loopback: connection ended: %s", exc)
 
@@ -338,6 +356,8 @@ class ChannelEndpoint:
                 if fresh:
                     await self._on_items(fresh)
                     self._counts["received"] += len(fresh)
+                if self.ack_on_complete:
+                    continue  # the ack loop acks what completes
                 self.receiver.mark_processed(frame.items[-1].seq)
                 with trio.CancelScope(shield=True), trio.move_on_after(ACK_TIMEOUT):
                     async with lock:
@@ -351,6 +371,22 @@ class ChannelEndpoint:
                 self._wake.set()
             else:
                 raise FrameError("Hello in the middle of a connection", "policy-violation")
+
+    async def _ack_loop(self, ws: WebSocketConnection, lock: trio.Lock) -> None:
+        """Ack the completed prefix whenever it grows (``ack_on_complete``)."""
+        acked = self.receiver.processed  # the Hello reported it
+        while True:
+            up_to = self.receiver.processed
+            if up_to == acked:
+                await self._ack_wake.wait()
+                self._ack_wake = trio.Event()
+                continue
+            try:
+                async with lock:
+                    await ws.send_message(encode_frame(Ack(up_to)))
+            except ConnectionClosed:
+                return
+            acked = up_to
 
     def statistics(self) -> ChannelStatistics:
         c = self._counts

@@ -28,9 +28,13 @@ Receiver
 
 Guarantee: while both processes live, every item is handled exactly once, however often the
 connection breaks. If the *receiving process* dies after handling items and before its ack
-left, those items are re-sent to its successor (at-least-once for that window); if the peer
-stays away past the driver's bound, the sender's queue is drained and every item is bounced to
-its sender (``drain``).
+left, those items are re-sent to its successor (at-least-once for that window). A receiver
+whose handling has an outcome of its own (the gateway's SIP transaction) acks on completion
+(``complete``): then "handled" means "the outcome is final", and the re-sent copy must be
+recognisable downstream as a retransmission (the gateway derives the SIP Call-ID and branch from
+the sender's session and the sequence number, RFC 3261 §17.2.3). If the peer stays away past the
+driver's bound, the sender's queue is drained and every item is bounced to its sender
+(``drain``).
 """
 
 from __future__ import annotations
@@ -113,12 +117,20 @@ class Sender:
         return StanzaBatch(items=tuple(out))
 
     def on_ack(self, up_to: int) -> int:
-        """Forget in-flight items up to ``up_to``; return how many were freed."""
-        if self.in_flight and up_to >= self.in_flight[-1].seq + 1:
+        """Forget items up to ``up_to``; return how many were freed.
+
+        Usually they are in flight. A peer that acks on completion (``ack_on_complete``) may
+        ack items of a previous connection that went back to ``unsent`` and have not been
+        re-sent yet: those are freed too. An ack beyond anything ever submitted is an error.
+        """
+        if up_to >= self.next_seq:
             raise FrameError(f"ack {up_to} for items never sent", "policy-violation")
         freed = 0
         while self.in_flight and self.in_flight[0].seq <= up_to:
             self.in_flight.popleft()
+            freed += 1
+        while not self.in_flight and self.unsent and self.unsent[0].seq <= up_to:
+            self.unsent.popleft()
             freed += 1
         return freed
 
@@ -145,26 +157,42 @@ class Sender:
 
 
 class Receiver:
-    """Inbound half: duplicate suppression and the cumulative ack value."""
+    """Inbound half: duplicate suppression and the cumulative ack value.
+
+    ``handed`` is the last sequence number given to the handler, ``processed`` the end of the
+    prefix the handler has finished (what acks report). They differ only while items are being
+    handled — for long with ``ack_on_complete`` (each item completes on its own, in any order,
+    ``complete``; the ack covers the contiguous completed prefix).
+    """
 
     def __init__(self) -> None:
         self.peer_session = ""
         self.processed = 0
+        self.handed = 0
+        self._done: set[int] = set()
         self._base_unknown = True
 
     def on_connected(self, peer: Hello) -> None:
         if peer.session != self.peer_session:
             self.peer_session = peer.session
             self.processed = 0
+            self.handed = 0
+            self._done.clear()
             self._base_unknown = True
+
+    def on_disconnected(self, *, handling_survives: bool) -> None:
+        """A connection ended. Unless handling goes on without it, unfinished items are
+        forgotten so that their re-sent copies are accepted again."""
+        if not handling_survives:
+            self.handed = self.processed
 
     def accept(self, batch: StanzaBatch) -> list[Item]:
         """The items of ``batch`` not handled yet, in order (duplicates dropped)."""
         items = batch.items
         if self._base_unknown:
-            self.processed = items[0].seq - 1
+            self.processed = self.handed = items[0].seq - 1
             self._base_unknown = False
-        expected = self.processed + 1
+        expected = max(self.processed, self.handed) + 1
         fresh: list[Item] = []
         for item in items:
             seq = item.seq
@@ -176,11 +204,27 @@ class Receiver:
                 )
             fresh.append(item)
             expected += 1
+        if fresh:
+            self.handed = fresh[-1].seq
         return fresh
 
     def mark_processed(self, seq: int) -> None:
         if seq > self.processed:
             self.processed = seq
+        if seq > self.handed:
+            self.handed = seq
+
+    def complete(self, seq: int) -> bool:
+        """One handed item is finished; True if the completed prefix (``processed``) grew."""
+        if seq <= self.processed:
+            return False
+        self._done.add(seq)
+        advanced = False
+        while self.processed + 1 in self._done:
+            self._done.remove(self.processed + 1)
+            self.processed += 1
+            advanced = True
+        return advanced
 
 
 def initial_window() -> int:
