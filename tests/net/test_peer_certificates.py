@@ -105,8 +105,9 @@ def test_peer_certificate_failures_name_their_exact_cause() -> None:
     assert (certificate_check(None, trust)("fabrikam.test") or "").startswith("no certificate")
 
 
-def edge_ssl(tmp: Path, name: str, cert: x509.Certificate, key: object, trusted: selfsigned.Authority):  # type: ignore[no-untyped-def]
-    (tmp / f"{name}.pem").write_bytes(certificates_pem([cert]))
+def edge_ssl(tmp: Path, name: str, cert: x509.Certificate, key: object, trusted: selfsigned.Authority,  # type: ignore[no-untyped-def]
+             chain: tuple[x509.Certificate, ...] = ()):
+    (tmp / f"{name}.pem").write_bytes(certificates_pem([cert, *chain]))
     (tmp / f"{name}.key").write_bytes(private_key_pem(key))  # type: ignore[arg-type]
     (tmp / f"{name}-trust.pem").write_bytes(certificates_pem([trusted.certificate]))
     args = (tmp / f"{name}.pem", tmp / f"{name}.key", tmp / f"{name}-trust.pem")
@@ -227,3 +228,32 @@ async def test_peer_without_certificate_gets_tls_and_dialback_but_no_external(tm
             assert methods == [AuthMethod.TLS_DIALBACK]
             nursery.cancel_scope.cancel()
     assert "inbound fabrikam.test: no SASL EXTERNAL, peer certificate rejected: no certificate" in caplog.text
+
+
+async def test_intermediate_sent_by_the_peer_completes_the_chain_to_a_root_only_trust_store(
+    tmp_path: Path, caplog  # type: ignore[no-untyped-def]
+) -> None:
+    root = selfsigned.make_authority("Lab Root")
+    intermediate = selfsigned.make_authority("Lab Issuing CA", issuer=root)
+    c_key, f_key = selfsigned.new_ec_key(), selfsigned.new_ec_key()
+    c_ssl = edge_ssl(tmp_path, "contoso", selfsigned.issue(root, c_key.public_key(), ["contoso.test"]), c_key, root)
+    f_leaf = selfsigned.issue(intermediate, f_key.public_key(), ["fabrikam.test"], usages=SERVER_ONLY)
+    f_ssl = edge_ssl(tmp_path, "fabrikam", f_leaf, f_key, root, chain=(intermediate.certificate,))
+    # Without the intermediate the leaf does not chain to the root-only store:
+    trust = PeerTrust((root.certificate,), "test")
+    assert "untrusted issuer" in (certificate_check(der(f_leaf), trust)("fabrikam.test") or "")
+    assert certificate_check(der(f_leaf), trust, intermediates=[der(intermediate.certificate)])("fabrikam.test") is None
+    caplog.set_level("INFO", logger="edgeproxy.net")
+    row = {"tls": REQ, "sasl": REQ, "dialback": False}  # row 2: EXTERNAL or nothing
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            contoso = await start_edge(nursery, "contoso.test", ("alice",), "c", *c_ssl)
+            fabrikam = await start_edge(nursery, "fabrikam.test", ("bob",), "f", *f_ssl)
+            set_partners(contoso, ("alice",), "c", partner("fabrikam.test", fabrikam.port, **row))
+            set_partners(fabrikam, ("bob",), "f", partner("contoso.test", contoso.port, **row))
+            await fabrikam.server.router.send_from_local(message("bob@fabrikam.test", "alice@contoso.test"))
+            got = await contoso.delivery.receive()
+            assert got.from_jid == "bob@fabrikam.test"
+            nursery.cancel_scope.cancel()
+    assert f"authenticated by {AuthMethod.SASL_OVER_TLS}" in caplog.text
+    assert "certificate rejected" not in caplog.text

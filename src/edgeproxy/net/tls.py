@@ -42,10 +42,11 @@ is reported as :class:`~edgeproxy.s2s.PeerCertificateRejected` and logged by the
 Host-name checking is off in OpenSSL for the same reason: the identity the certificate must
 prove is the *partner domain*, not the host we connected to.
 
-**Limitation (Python 3.11):** ``SSLObject`` gives only the peer's leaf certificate
-(``get_unverified_chain`` arrives in Python 3.13 and is used when present). On 3.11 the leaf
-must therefore be issued directly by a certificate in ``[tls] trust``: put the partner's
-intermediate CA there next to the roots (every certificate in the trust file is an anchor).
+Intermediates: the peer's chain as sent comes from ``SSLObject.get_unverified_chain`` on Python
+≥ 3.13; on 3.11 ``SSLObject`` gives only the leaf, so :func:`_peer_chain` calls OpenSSL's
+``SSL_get_peer_cert_chain`` the same ctypes way (checked against the context). If that is not
+possible the chain is the leaf alone, and a partner's intermediate CA must then be in
+``[tls] trust`` (every certificate in the trust file is an anchor).
 """
 
 from __future__ import annotations
@@ -111,24 +112,48 @@ class EdgeSSLContext(ssl.SSLContext):
     verification_deferred: bool
 
 
-def _ssl_ctx_pointer(ctx: ssl.SSLContext) -> int | None:
-    """The ``SSL_CTX *`` of ``ctx`` (CPython ``PySSLContext.ctx``), or None if not verifiable."""
+@functools.cache
+def _libssl() -> ctypes.CDLL | None:
+    """The OpenSSL functions CPython's ``_ssl`` is linked with (dlsym searches its dependencies)."""
     try:
         import _ssl
 
         lib = ctypes.CDLL(_ssl.__file__)
-        get_mode, get_options = lib.SSL_CTX_get_verify_mode, lib.SSL_CTX_get_options
-    except (AttributeError, OSError):
+        signatures: dict[str, tuple[Any, list[Any]]] = {
+            "SSL_CTX_get_verify_mode": (ctypes.c_int, [ctypes.c_void_p]),
+            "SSL_CTX_get_options": (ctypes.c_uint64, [ctypes.c_void_p]),
+            "SSL_CTX_set_verify": (None, [ctypes.c_void_p, ctypes.c_int, _VERIFY_CALLBACK]),
+            "SSL_get_SSL_CTX": (ctypes.c_void_p, [ctypes.c_void_p]),
+            "SSL_get_peer_cert_chain": (ctypes.c_void_p, [ctypes.c_void_p]),
+            "OPENSSL_sk_num": (ctypes.c_int, [ctypes.c_void_p]),
+            "OPENSSL_sk_value": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int]),
+            "i2d_X509": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p]),
+        }
+        for name, (restype, argtypes) in signatures.items():
+            function = getattr(lib, name)
+            function.restype, function.argtypes = restype, argtypes
+    except (AttributeError, OSError, ImportError):
         return None
-    get_mode.restype, get_mode.argtypes = ctypes.c_int, [ctypes.c_void_p]
-    get_options.restype, get_options.argtypes = ctypes.c_uint64, [ctypes.c_void_p]
-    pointer = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    return lib
+
+
+def _field(obj: object, index: int) -> int | None:
+    """The ``index``-th pointer field after the object header of a CPython object."""
+    return ctypes.c_void_p.from_address(id(obj) + object.__basicsize__ + index * ctypes.sizeof(ctypes.c_void_p)).value
+
+
+def _ssl_ctx_pointer(ctx: ssl.SSLContext) -> int | None:
+    """The ``SSL_CTX *`` of ``ctx`` (CPython ``PySSLContext.ctx``), or None if not verifiable."""
+    lib = _libssl()
+    if lib is None:
+        return None
+    pointer = _field(ctx, 0)
     if not pointer:
         return None
     # Read back two fields through the pointer: if they are not what Python reports, the
     # object layout is not the one we expect and we must not write through it.
     expected_mode = {ssl.CERT_NONE: 0, ssl.CERT_OPTIONAL: 1, ssl.CERT_REQUIRED: 3}[ctx.verify_mode]
-    if get_mode(pointer) != expected_mode or get_options(pointer) != int(ctx.options):
+    if lib.SSL_CTX_get_verify_mode(pointer) != expected_mode or lib.SSL_CTX_get_options(pointer) != int(ctx.options):
         return None
     return pointer
 
@@ -136,14 +161,44 @@ def _ssl_ctx_pointer(ctx: ssl.SSLContext) -> int | None:
 def _defer_verification(ctx: ssl.SSLContext) -> bool:
     """Request the peer certificate but accept any (see the module docstring); True if done."""
     pointer = _ssl_ctx_pointer(ctx)
-    if pointer is None:
+    lib = _libssl()
+    if pointer is None or lib is None:
         return False
-    import _ssl
-
-    set_verify = ctypes.CDLL(_ssl.__file__).SSL_CTX_set_verify
-    set_verify.restype, set_verify.argtypes = None, [ctypes.c_void_p, ctypes.c_int, _VERIFY_CALLBACK]
-    set_verify(pointer, _SSL_VERIFY_PEER, _ACCEPT_ANY)
+    lib.SSL_CTX_set_verify(pointer, _SSL_VERIFY_PEER, _ACCEPT_ANY)
     return ctx.verify_mode is ssl.CERT_OPTIONAL
+
+
+def _peer_chain(tls: Any) -> list[bytes]:
+    """DER of every certificate the peer sent (``SSL_get_peer_cert_chain``), or [] if unknown.
+
+    Python 3.13 has ``SSLObject.get_unverified_chain``; on 3.11 the ``SSL *`` is read from the
+    ``_ssl._SSLSocket`` (``PySSLSocket``: header, socket weakref, ``SSL *ssl``, ``ctx``) and
+    accepted only if it belongs to the stream's context (``SSL_get_SSL_CTX`` and the ``ctx``
+    field both match), so a different object layout yields [] rather than a wrong read.
+    """
+    ssl_object = getattr(tls, "_ssl_object", None)
+    unverified = getattr(ssl_object, "get_unverified_chain", None)
+    if unverified is not None:
+        return [c for c in unverified() or [] if isinstance(c, bytes)]
+    lib, inner = _libssl(), getattr(ssl_object, "_sslobj", None)
+    ctx_pointer = _ssl_ctx_pointer(tls.context) if lib is not None else None
+    if lib is None or inner is None or ctx_pointer is None:
+        return []
+    ssl_pointer, context_field = _field(inner, 1), _field(inner, 2)
+    if not ssl_pointer or context_field != id(tls.context) or lib.SSL_get_SSL_CTX(ssl_pointer) != ctx_pointer:
+        return []
+    stack = lib.SSL_get_peer_cert_chain(ssl_pointer)
+    chain: list[bytes] = []
+    for n in range(lib.OPENSSL_sk_num(stack) if stack else 0):
+        x509_pointer = lib.OPENSSL_sk_value(stack, n)
+        size = lib.i2d_X509(x509_pointer, None)
+        if size <= 0:
+            return []
+        buffer = ctypes.create_string_buffer(size)
+        cursor = ctypes.c_void_p(ctypes.addressof(buffer))
+        lib.i2d_X509(x509_pointer, ctypes.byref(cursor))
+        chain.append(buffer.raw)
+    return chain
 
 
 def _context(server_side: bool, cert: Path, key: Path, trust: Path | None) -> EdgeSSLContext:
@@ -239,15 +294,12 @@ def certificate_check(
 
 
 def peer_certificate_check(tls: Any) -> CertificateCheck:
-    """The check for the peer of a finished handshake on a :class:`trio.SSLStream`."""
+    """The check for the peer of a finished handshake on a :class:`trio.SSLStream`: its leaf,
+    the intermediates it sent (whatever else it sent, minus the leaf) and the context's trust."""
     der: bytes | None = tls.getpeercert(binary_form=True)
-    context = tls.context
-    trust = getattr(context, "peer_trust", None) or _system_trust()
-    chain: list[bytes] = []
-    unverified = getattr(getattr(tls, "_ssl_object", None), "get_unverified_chain", None)
-    if unverified is not None:  # Python >= 3.13: DER of what the peer sent, leaf first
-        chain = [c for c in unverified() or [] if isinstance(c, bytes)][1:]
-    return certificate_check(der, trust, intermediates=chain)
+    trust = getattr(tls.context, "peer_trust", None) or _system_trust()
+    intermediates = [c for c in _peer_chain(tls) if c != der]
+    return certificate_check(der, trust, intermediates=intermediates)
 
 
 @functools.cache
