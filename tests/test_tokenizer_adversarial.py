@@ -5,7 +5,6 @@ file-specific notes (parsed values, restart, chunk-split UTF-8)."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +132,6 @@ OFFENDING: dict[str, tuple[bytes, int]] = {
 # byte-at-a-time costs at most 262,144 feed() calls: measured 0.08 s for text-1mb-stanza.xml,
 # so every file, big ones included, is fed one byte at a time (no 7-byte fallback needed). A
 # tokenizer that re-scanned its buffer on every call would take minutes and blow the budget.
-ONE_BYTE_BUDGET_S = 20.0
 
 CHUNKINGS = ["whole", "4k", "1b"]
 
@@ -181,11 +179,7 @@ def test_every_reject_file_has_an_offending_marker_and_every_either_file_a_polic
 def test_adversarial_file_gets_expected_verdict_and_stanza_count(name: str, chunking: str) -> None:
     exp = EXPECTED[name]
     data = _data(name)
-    started = time.monotonic()
     run = feed_all(_chunks(data, chunking))
-    elapsed = time.monotonic() - started
-    if chunking == "1b":
-        assert elapsed < ONE_BYTE_BUDGET_S, f"byte-at-a-time took {elapsed:.1f}s"
 
     # The stream header is emitted at most once, and first.
     assert len(run.opens) <= 1
@@ -278,15 +272,16 @@ def test_either_file_is_accepted_in_linear_time_when_limits_allow_it(name: str) 
         require_corpus(ADVERSARIAL / "expected.json")
         pytest.skip(f"{name} not in this corpus")
     data = _data(name)
-    # 64-byte chunks: ~16,000 feed() calls on a 1 MB stanza. A tokenizer that re-scans the
-    # buffered stanza on each call does ~8 GB of work here and blows the budget.
-    started = time.monotonic()
+    # 64-byte chunks: ~16,000 feed() calls on a 1 MB stanza. A tokenizer that re-scanned the
+    # buffered stanza on each call would look at ~8 GB here; ours may re-read only the atomic
+    # unit cut by each chunk boundary (a reference, a UTF-8 sequence, '<' lookahead: < 64 bytes).
     run = feed_all(chunked(data, 64), **RAISED_LIMITS)
-    elapsed = time.monotonic() - started
     assert run.error is None, f"{run.error.condition}: {run.error}"
     assert len(run.stanzas) == exp["stanzas"]
     assert len(run.closes) == 1
-    assert elapsed < 5.0, f"{name}: {elapsed:.2f}s for {len(data)} bytes in 64-byte chunks"
+    feeds = -(-len(data) // 64)
+    assert run.tokenizer.bytes_fed == len(data)
+    assert run.tokenizer.scanned_bytes <= len(data) + 64 * feeds, "re-scans buffered bytes"
     assert run.stanzas[0].raw in data
 
 

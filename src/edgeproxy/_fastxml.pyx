@@ -734,6 +734,7 @@ cdef class Tokenizer:
     cdef Py_ssize_t _depth
     cdef Py_ssize_t _bytes_fed
     cdef Py_ssize_t _ws_bytes
+    cdef Py_ssize_t _scanned
     # current tag
     cdef Py_ssize_t _tag_start
     cdef Py_ssize_t _name_start
@@ -805,6 +806,7 @@ cdef class Tokenizer:
         self._depth = 0
         self._bytes_fed = 0
         self._ws_bytes = 0
+        self._scanned = 0
         self._nattrs = 0
         self._name_colon = -1
         self._el_colon = -1
@@ -847,6 +849,13 @@ cdef class Tokenizer:
         return self._bytes_fed
 
     @property
+    def scanned_bytes(self):
+        """Bytes the scanner has looked at since the (re)start: equal to ``bytes_fed`` up to
+        the small atomic units re-read after a chunk boundary (linear work, whatever the
+        chunking; a diagnostic for tests)."""
+        return self._scanned
+
+    @property
     def buffered_bytes(self):
         return len(self._buf)
 
@@ -886,6 +895,7 @@ cdef class Tokenizer:
             self._buf += chunk
             p = <const unsigned char*><char*>self._buf
             n = len(self._buf)
+        self._scanned += n - self._pos
         try:
             self._scan(p, n)
         except TokenizerError as exc:
