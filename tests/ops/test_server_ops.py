@@ -372,3 +372,22 @@ def test_sigterm_stops_the_serve_process_within_the_bound_and_every_event_line_i
     assert ids[0] == "EP2006"  # no certificate: a clear warning, and the edge still runs
     assert {"EP1000", "EP3005", "EP1003"} <= set(ids)
     assert "EP1004" in ids or "EP1005" in ids
+
+
+async def test_edgeproxy_stop_closes_every_stream_with_system_shutdown_and_returns(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with running_lab(tmp_path, drain_bound=3.0) as (lab, _nursery):
+            fab, north = lab.peers["fabrikam.test"], lab.peers["northwind.test"]
+            await fab.send(message("bob@fabrikam.test", "alice@contoso.test"))
+            await north.send(message("bob@northwind.test", "alice@contoso.test"))
+            await wait_for(lambda: len(lab.deliveries) == 2)
+            done = await lab.cli("stop")
+            assert done.returncode == 0, done.stderr.decode()
+            assert b"stopped" in done.stdout
+            assert lab.done.is_set()  # type: ignore[attr-defined]
+            await wait_for(lambda: fab.stream_errors_received("system-shutdown") == 1)
+            await wait_for(lambda: north.stream_errors_received("system-shutdown") == 1)
+            assert (lab.metrics.value("edgeproxy_stream_errors_total", side="sent",
+                                      condition="system-shutdown") or 0) == 2
+            refused = await lab.cli("status", "--json")
+            assert refused.returncode == 1 and json.loads(refused.stdout)["running"] is False

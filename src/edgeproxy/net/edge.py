@@ -23,6 +23,7 @@ Cancelling ``run`` aborts every stream without the closing handshake.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import trio
 
@@ -171,15 +172,17 @@ class EdgeServer:
             self.router.pool = ObservedPool(self.ctx, nursery, self.router.bounce_local, self.telemetry)
             listeners: list[trio.SocketListener] = []
             for host, port in listen:
-                listeners.extend(await nursery.start(self._serve, host, port))
+                listeners.extend(await nursery.start(self._serve, host, port, nursery))
             self.listeners = listeners
             task_status.started(listeners)
 
     async def _serve(
-        self, host: str | None, port: int, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
+        self, host: str | None, port: int, streams: trio.Nursery,
+        *, task_status: trio.TaskStatus[list[trio.SocketListener]],
     ) -> None:
+        """Accept inside ``_accepting`` (``stop_accepting`` cancels it); streams run in ``streams``."""
         with self._accepting:
-            await serve_s2s(self.inbound, host, port, task_status=task_status)
+            await serve_s2s(self.inbound, host, port, handler_nursery=streams, task_status=task_status)
 
     # -- graceful stop ----------------------------------------------------------------------
 
@@ -218,7 +221,7 @@ class EdgeServer:
         with trio.move_on_after(grace):
             async with trio.open_nursery() as nursery:
                 for session, _direction in self.sessions():
-                    nursery.start_soon(session.shutdown)
+                    nursery.start_soon(partial(session.shutdown, grace=grace))
             for session, _direction in self.sessions():
                 await session.closed.wait()
         for link in self.pool.observed_links():

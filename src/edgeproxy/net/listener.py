@@ -168,9 +168,14 @@ async def serve_s2s(
     host: str | None,
     port: int,
     *,
+    handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on ``host:port`` (port 0: any free port) and serve inbound S2S streams forever."""
+    """Listen on ``host:port`` (port 0: any free port) and serve inbound S2S streams forever.
+
+    With ``handler_nursery`` the streams run there, so that cancelling this task only stops
+    accepting (graceful shutdown) instead of aborting every inbound stream.
+    """
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners)
-    await trio.serve_listeners(handler, listeners)
+    await trio.serve_listeners(handler, listeners, handler_nursery=handler_nursery)

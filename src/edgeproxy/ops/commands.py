@@ -178,7 +178,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
     while time.monotonic() < deadline:
         try:
             client.request("GET", "/healthz")
-        except (NotRunning, OSError):
+        except (NotRunning, OSError, http.client.HTTPException):
+            # An answer cut off by the process exiting counts as stopped too.
             print("edgeproxy stopped")
             return EXIT_OK
         time.sleep(0.1)
