@@ -115,6 +115,7 @@ class S2SSession:
         self.error_received: str | None = None
         #: Called after each stanza is written (the edge counts outbound deliveries with it).
         self.on_stanza_sent: OnStanzaSent | None = None
+        self._linger = False
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -126,7 +127,14 @@ class S2SSession:
         self._last_tx = trio.current_time()
 
     async def flush(self) -> None:
-        await self.send_bytes(self.conn.data_to_send())
+        data = self.conn.data_to_send()
+        if self.conn.state is State.CLOSED:
+            # The stream is over (e.g. the peer sent a stream error and went away): our closing
+            # tag may find the socket gone, and the events that say why must still be handled.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.send_bytes(data)
+            return
+        await self.send_bytes(data)
 
     async def send(self, event: ToPeer) -> None:
         """Send a driver action through the core (raises LocalProtocolError if not allowed)."""
@@ -155,9 +163,25 @@ class S2SSession:
             else:
                 self._nursery.start_soon(self._abort_after, CLOSE_GRACE)
 
-    async def shutdown(self, text: str = "the server is shutting down") -> None:
-        """Graceful stop: stream error ``system-shutdown`` (RFC 6120 §4.9.3.22), then end."""
-        await self.close("system-shutdown", text)
+    async def shutdown(self, text: str = "the server is shutting down", grace: float = 2.0) -> None:
+        """Graceful stop: stream error ``system-shutdown`` (RFC 6120 §4.9.3.22), then linger.
+
+        Nothing the peer sends afterwards is processed (§4.9.1.1), but it is read and discarded
+        until the peer closes or ``grace`` seconds pass: closing a socket with unread data makes
+        the kernel send a reset, which can destroy the error before the peer has read it.
+        """
+        if self.conn.state is State.CLOSED:
+            return
+        self._linger = True
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.send(CloseStream("system-shutdown", text))
+        self.close_reason = f"system-shutdown: {text}"
+        self.error_sent = self.error_sent or "system-shutdown"
+        if self._nursery is not None:
+            try:
+                self._nursery.start_soon(self._abort_after, grace)
+            except RuntimeError:  # the session is already ending
+                return
 
     async def _abort_after(self, delay: float) -> None:
         await trio.sleep(delay)
@@ -186,8 +210,12 @@ class S2SSession:
                 await self.stream.aclose()
 
     async def _read_loop(self) -> None:
-        while self.conn.state is not State.CLOSED:
+        while self.conn.state is not State.CLOSED or self._linger:
             data = await self.stream.receive_some(MAX_READ)
+            if self._linger and self.conn.state is State.CLOSED:
+                if not data:
+                    return
+                continue  # after shutdown(): discard until the peer closes
             self._last_rx = trio.current_time()
             self.conn.receive_data(data)
             await self.flush()
