@@ -31,7 +31,9 @@ SIP → XMPP (requests to users of XMPP domains)
     policy when a policy snapshot is available (the sender must federate, the target domain must
     be a partner: SPEC §5, §6), queued on the channel and answered once the edge acks it (200), is
     bounced (the mapped SIP status), or after ``SIP_ANSWER_WAIT`` s with ``202 Accepted`` (RFC 3428
-    §7: accepted, delivery pending). SUBSCRIBE/PUBLISH/NOTIFY towards XMPP get 501 for now.
+    §7: accepted, delivery pending). A SUBSCRIBE (Event: presence) to an XMPP contact goes to
+    the presence agent (``presence.py``), as do PUBLISH requests of our users and presence
+    stanzas from the edge; other methods towards XMPP get 501.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from collections.abc import Callable
 import trio
 
 from edgeproxy.config import EdgeConfig
+from edgeproxy.gateway.presence import PresenceAgent
 from edgeproxy.gateway.sip.message import SipRequest, response_to
 from edgeproxy.gateway.sip.proxy import LocalProxy
 from edgeproxy.gateway.sip.registrar import Registrar
@@ -105,11 +108,23 @@ class GatewayService:
         outage_bound: float = DEFAULT_OUTAGE_BOUND,
         max_queued: int = DEFAULT_MAX_QUEUED,
         policy: Callable[[], PolicySnapshot] | None = None,
+        on_pending: Callable[[str, str], None] | None = None,
+        on_contact_added: Callable[[str, str], None] | None = None,
     ) -> None:
         self.registrar = Registrar(sip_domains)
         self.proxy = LocalProxy(self.registrar, on_foreign=self._from_sip)
         self.sip = SipTransport(sip_host, sip_port, self.proxy)
         self.proxy.transport = self.sip
+        self.presence = PresenceAgent(
+            self.sip,
+            self.registrar,
+            self._presence_to_edge,
+            policy=policy,
+            check_registration=not next_hop,
+            on_pending=on_pending,
+            on_contact_added=on_contact_added,
+        )
+        self.proxy.on_publish = self.presence.handle_publish
         self.next_hop = parse_uri(next_hop) if next_hop else None
         self.page_mode_ceiling = page_mode_ceiling
         self.policy = policy
@@ -136,6 +151,7 @@ class GatewayService:
             self._nursery = nursery
             sip_address = await nursery.start(self.sip.serve)
             await nursery.start(run_loopback_client, self.channel, edge_host, edge_port)
+            nursery.start_soon(self.presence.run_refresh)
             task_status.started(sip_address)
 
     # -- XMPP → SIP ----------------------------------------------------------------------------
@@ -165,7 +181,7 @@ class GatewayService:
                 elif item.kind == StanzaKind.IQ and item.type in ("get", "set"):
                     await self._reply_error(element, "service-unavailable")
                 elif item.kind == StanzaKind.PRESENCE:
-                    log.info("gateway: presence %r to %s not translated yet", item.type, item.to)
+                    await self.presence.from_xmpp(element)
         except Exception:
             log.exception("gateway: handling %s %s failed", item.kind, item.id)
         finally:
@@ -248,7 +264,21 @@ class GatewayService:
 
     # -- SIP → XMPP ----------------------------------------------------------------------------
 
+    def _presence_to_edge(self, element: Element) -> None:
+        """Presence the agent sends to an XMPP contact (queued; bounced if the edge is away)."""
+        self.channel.submit(
+            StanzaKind.PRESENCE,
+            element.get("from") or "",
+            element.get("to") or "",
+            element.get("type") or "",
+            element.get("id") or "",
+            serialize(element),
+        )
+
     async def _from_sip(self, request: SipRequest, ctx: ServerContext) -> None:
+        if request.method == "SUBSCRIBE":
+            await self.presence.handle_subscribe(request, ctx)
+            return
         if request.method != "MESSAGE":
             await ctx.respond(response_to(request, 501, to_tag="gw"))
             return

@@ -8,7 +8,8 @@ when the gateway runs its built-in registrar (SPEC §7, the embedded default):
 * ``REGISTER`` → :class:`~edgeproxy.gateway.sip.registrar.Registrar` (RFC 3261 §10.3);
 * ``OPTIONS`` → 200 (capability ping, §11);
 * a request whose Request-URI is in one of our SIP domains → forwarded, as a minimal stateful
-  proxy (§16), to the user's most recent binding: Request-URI replaced by the contact (§16.5),
+  proxy (§16) — except ``PUBLISH``, which goes to ``on_publish`` (the gateway's presence agent,
+  RFC 3903: we are the event state compositor of our users) when set — to the user's most recent binding: Request-URI replaced by the contact (§16.5),
   ``Max-Forwards`` decremented (483 at zero, §16.3 step 3), our Via pushed with a fresh branch
   (§16.6 step 8), the final response relayed with our Via removed (§16.7 step 3). No binding →
   ``480 Temporarily Unavailable`` (issue 5). Only the first binding is tried (no forking);
@@ -33,9 +34,16 @@ SESSION_METHODS = frozenset({"INVITE", "BYE", "CANCEL", "PRACK", "UPDATE", "REFE
 
 
 class LocalProxy:
-    def __init__(self, registrar: Registrar, *, on_foreign: Handler | None = None) -> None:
+    def __init__(
+        self,
+        registrar: Registrar,
+        *,
+        on_foreign: Handler | None = None,
+        on_publish: Handler | None = None,
+    ) -> None:
         self.registrar = registrar
         self.on_foreign = on_foreign
+        self.on_publish = on_publish
         self.transport: SipTransport | None = None  # set by the owner after creating the transport
 
     async def __call__(self, request: SipRequest, ctx: ServerContext) -> None:
@@ -57,6 +65,10 @@ class LocalProxy:
             await ctx.respond(response_to(request, 200, to_tag="px"))
         elif method in SESSION_METHODS:
             await ctx.respond(response_to(request, 501, to_tag="px"))
+        elif (
+            method == "PUBLISH" and self.on_publish is not None and self.registrar.is_local(target)
+        ):
+            await self.on_publish(request, ctx)
         elif self.registrar.is_local(target):
             await self.forward(request, ctx, target.aor)
         elif self.on_foreign is not None:

@@ -1,0 +1,495 @@
+"""The gateway's presence agent: local SIP users' presence ⇄ XMPP contacts (SPEC §4, §7).
+
+Theory of operation
+-------------------
+The gateway is the presence agent (RFC 3856 §3) for the users of our SIP domains and the
+presence gateway of RFC 8048 towards XMPP. State lives in this process (a restart loses it: SIP
+UAs re-PUBLISH and re-SUBSCRIBE on their refresh, XMPP contacts re-probe):
+
+Local presence (RFC 3903)
+    ``PUBLISH`` (``Event: presence``) from a user for their own AOR stores the PIDF document as
+    :class:`~edgeproxy.gateway.translate.PresenceInfo` under an entity tag (``SIP-ETag``, §4.1);
+    a refresh (``SIP-If-Match``, no body) extends it, ``Expires: 0`` removes it, an unknown
+    entity tag gets 412 (§6 step 4). With the built-in registrar the publisher must be
+    registered (403 otherwise). Every change is sent to the user's approved XMPP subscribers.
+
+XMPP contacts subscribing to local users (RFC 8048 §4, RFC 6121 §3)
+    The edge has applied the inbound policy already; the agent asks the policy engine again
+    (``decide_inbound``, with the contacts the user added through SIP since the snapshot was
+    built) for what to do with a ``subscribe``: ``AutoReply`` (Federated, PublicVerified, or an
+    authorized PublicUnverified contact) → ``subscribed`` plus the user's current presence;
+    ``StorePending`` → kept pending (and reported through ``on_pending`` to the store) until
+    the user adds the contact. ``probe`` and ``subscribed`` are answered with the current
+    presence when the engine allows it. The presence a contact gets passes ``decide_outbound``:
+    ``AllowTransformed`` removes the status note (SPEC §4: status only to Federated).
+
+Local users subscribing to XMPP contacts (RFC 6665, RFC 8048 §5)
+    A ``SUBSCRIBE`` (``Event: presence``) to a URI of an XMPP domain is "the user adds the
+    contact": it approves a pending request from that contact (SPEC §4; ``on_contact_added``
+    lets the store learn it) and sends an XMPP ``subscribe``. The gateway is the notifier of
+    that subscription dialog: 200 with the granted ``Expires`` (at most the subscription
+    refresh interval), an immediate NOTIFY (§4.2.1.2; ``pending`` until the contact answers),
+    and a NOTIFY with PIDF for every presence of the contact. ``Expires: 0`` ends it (NOTIFY
+    ``terminated``, XMPP ``unsubscribe``).
+
+Refresh (SPEC §7, subscription refresh interval)
+    ``refresh(now)`` — called by ``run_refresh`` every ``EXPIRY_TICK``, or by tests with their
+    own clock — ends the SIP subscriptions and publications whose expiry passed (NOTIFY
+    ``terminated;reason=timeout``, RFC 6665 §4.2.2) and probes the contacts of the live
+    ones once per subscription refresh interval (the gateway settings'), so the XMPP side's
+    view is refreshed at that interval. Granted expiries are capped at the interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+import trio
+
+from edgeproxy.gateway.sip.message import Headers, SipRequest, SipResponse, response_to
+from edgeproxy.gateway.sip.registrar import Registrar
+from edgeproxy.gateway.sip.transport import Destination, ServerContext, SipTransport
+from edgeproxy.gateway.sip.uri import parse_name_addr, parse_uri
+from edgeproxy.gateway.translate import (
+    DEFAULT_SUBSCRIPTION_EXPIRES,
+    PresenceInfo,
+    TranslationError,
+    jid_to_sip_uri,
+    parse_pidf,
+    presence_element,
+    presence_info,
+    presence_to_pidf,
+    sip_uri_to_jid,
+)
+from edgeproxy.policy import engine
+from edgeproxy.policy.snapshot import PolicySnapshot
+from edgeproxy.tokenizer import Element
+from edgeproxy.xmpp.jid import InvalidJid, parse_jid
+
+log = logging.getLogger(__name__)
+
+PIDF_TYPE = "application/pidf+xml"
+#: Default PUBLISH / SUBSCRIBE expiry when the request has none (RFC 3856 §6.4: 3600 s).
+DEFAULT_EXPIRES = 3600
+#: Smallest expiry we accept (RFC 6665 §4.2.1.1 423 Interval Too Brief).
+MIN_EXPIRES = 60
+#: Bounds: publications, subscribers per user, SIP watchers (named limits, DESIGN principle 4).
+MAX_PUBLICATIONS = 100_000
+MAX_WATCHERS = 100_000
+MAX_PENDING = 100_000
+#: Seconds between expiry sweeps (the smallest expiry we grant).
+EXPIRY_TICK = 60.0
+OFFLINE = PresenceInfo(False, None, None, 18500)
+
+SendXmpp = Callable[[Element], None]
+Policy = Callable[[], PolicySnapshot]
+
+
+@dataclass
+class Publication:
+    info: PresenceInfo
+    etag: str
+    expires_at: float
+
+
+@dataclass
+class Watcher:
+    """A local user's SIP subscription to an XMPP contact; we are the notifier (RFC 6665)."""
+
+    local_jid: str  # bare
+    contact_jid: str  # bare
+    call_id: str
+    remote_uri: str  # the subscriber (From of the SUBSCRIBE)
+    remote_tag: str
+    local_tag: str
+    target: str  # the subscriber's Contact: Request-URI of our NOTIFYs
+    dest: Destination
+    expires_at: float
+    cseq: int = 0
+    state: str = "pending"
+    last: PresenceInfo | None = None
+
+
+@dataclass
+class PresenceAgent:
+    sip: SipTransport
+    registrar: Registrar
+    send_xmpp: SendXmpp
+    policy: Policy | None = None
+    check_registration: bool = True
+    on_pending: Callable[[str, str], None] | None = None
+    on_contact_added: Callable[[str, str], None] | None = None
+    publications: dict[str, Publication] = field(default_factory=dict)  # bare JID → state
+    subscribers: dict[str, set[str]] = field(default_factory=dict)  # local → contacts
+    pending: set[tuple[str, str]] = field(default_factory=set)  # (local, contact)
+    added: set[tuple[str, str]] = field(default_factory=set)  # contacts added through SIP
+    watchers: dict[tuple[str, str], Watcher] = field(default_factory=dict)
+    contact_presence: dict[str, PresenceInfo] = field(default_factory=dict)
+    _last_probe: float | None = None  # the first refresh sets the baseline
+
+    # -- policy -------------------------------------------------------------------------------
+
+    def refresh_interval(self) -> int:
+        if self.policy is None:
+            return DEFAULT_SUBSCRIPTION_EXPIRES
+        return self.policy().gateway.subscription_refresh_interval
+
+    def _snapshot(self, local: str) -> PolicySnapshot | None:
+        """The current snapshot, with the contacts ``local`` added through SIP since."""
+        if self.policy is None:
+            return None
+        snapshot = self.policy()
+        extra = {c for (u, c) in self.added if u == local}
+        entry = snapshot.users.get(local)
+        if not extra or entry is None or extra <= entry.contacts:
+            return snapshot
+        users = dict(snapshot.users)
+        users[local] = msgspec.structs.replace(entry, contacts=entry.contacts | extra)
+        return msgspec.structs.replace(snapshot, users=users)
+
+    def _decide_inbound(self, ptype: str, contact: str, local: str) -> engine.Decision:
+        snapshot = self._snapshot(local)
+        if snapshot is None:  # no policy (tests, bare gateway): the edge decided already
+            return engine.AUTO_SUBSCRIBED if ptype == "subscribe" else engine.ALLOW
+        domain = contact.rpartition("@")[2]
+        view = engine.Stanza(
+            engine.StanzaKind.PRESENCE, ptype, contact, local, stream_domains=frozenset({domain})
+        )
+        return engine.decide_inbound(snapshot, view)
+
+    # -- XMPP → SIP ---------------------------------------------------------------------------
+
+    async def from_xmpp(self, presence: Element) -> None:
+        """A presence stanza from an XMPP contact to a local user (the edge's policy applied)."""
+        try:
+            contact = str(parse_jid(presence.get("from") or "").bare)
+            local = str(parse_jid(presence.get("to") or "").bare)
+        except InvalidJid as exc:
+            log.info("presence: bad address: %s", exc)
+            return
+        ptype = presence.get("type") or ""
+        if ptype == "subscribe":
+            decision = self._decide_inbound("subscribe", contact, local)
+            if isinstance(decision, engine.AutoReply) and decision.reply == "subscribed":
+                self._approve(local, contact)
+            elif isinstance(decision, engine.StorePending):
+                if len(self.pending) < MAX_PENDING:
+                    self.pending.add((local, contact))
+                if self.on_pending is not None:
+                    self.on_pending(local, contact)
+            else:
+                log.info("presence: subscribe %s → %s refused (%s)", contact, local, decision.rule)
+        elif ptype in ("probe", "subscribed"):
+            if ptype == "subscribed":
+                await self._contact_approved(local, contact)
+            decision = self._decide_inbound("probe", contact, local)
+            if isinstance(decision, engine.AutoReply):  # unauthorized probe: "unsubscribed"
+                self._send(
+                    Element(
+                        "presence",
+                        "jabber:server",
+                        {"from": local, "to": contact, "type": decision.reply},
+                    )
+                )
+            else:
+                self._send_presence(local, contact)
+        elif ptype == "unsubscribe":
+            self.subscribers.get(local, set()).discard(contact)
+            self.pending.discard((local, contact))
+        elif ptype == "unsubscribed":
+            watcher = self.watchers.pop((local, contact), None)
+            if watcher is not None:
+                await self._notify(watcher, terminated="rejected")
+        elif ptype in ("", "unavailable"):
+            info = presence_info(presence)
+            self.contact_presence[contact] = info
+            watcher = self.watchers.get((local, contact))
+            if watcher is not None:
+                watcher.state = "active"
+                watcher.last = info
+                await self._notify(watcher)
+        # type='error': nothing to translate (RFC 6120 §8.3.1)
+
+    def _approve(self, local: str, contact: str) -> None:
+        """RFC 6121 §3.1.5: approve, then send the user's current presence."""
+        self.pending.discard((local, contact))
+        self.subscribers.setdefault(local, set()).add(contact)
+        self._send(
+            Element(
+                "presence", "jabber:server", {"from": local, "to": contact, "type": "subscribed"}
+            )
+        )
+        self._send_presence(local, contact)
+
+    async def _contact_approved(self, local: str, contact: str) -> None:
+        watcher = self.watchers.get((local, contact))
+        if watcher is not None and watcher.state == "pending":
+            watcher.state = "active"
+            watcher.last = self.contact_presence.get(contact, OFFLINE)
+            await self._notify(watcher)
+
+    def _send_presence(self, local: str, contact: str) -> None:
+        publication = self.publications.get(local)
+        info = publication.info if publication is not None else OFFLINE
+        include_status = True
+        snapshot = self._snapshot(local)
+        if snapshot is not None:
+            decision = engine.decide_outbound(
+                snapshot,
+                engine.Stanza(
+                    engine.StanzaKind.PRESENCE,
+                    "" if info.available else "unavailable",
+                    local,
+                    contact,
+                    has_status=bool(info.note),
+                ),
+            )
+            if isinstance(decision, engine.Refuse):
+                log.info("presence: %s → %s refused (%s)", local, contact, decision.rule)
+                return
+            include_status = not isinstance(decision, engine.AllowTransformed)
+        self._send(presence_element(local, contact, info, include_status=include_status))
+
+    def _send(self, element: Element) -> None:
+        self.send_xmpp(element)
+
+    # -- SIP: PUBLISH (RFC 3903) ------------------------------------------------------------
+
+    async def handle_publish(self, request: SipRequest, ctx: ServerContext) -> None:
+        if (request.headers.get("Event") or "").split(";")[0].strip().lower() != "presence":
+            await ctx.respond(response_to(request, 489, to_tag="pa"))
+            return
+        try:
+            target = parse_uri(request.uri)
+            publisher = parse_name_addr(request.headers.get("From") or "").uri
+            local = sip_uri_to_jid(target.aor)
+        except (ValueError, TranslationError):
+            await ctx.respond(response_to(request, 400, to_tag="pa"))
+            return
+        now = trio.current_time()
+        if publisher.aor != target.aor or (
+            self.check_registration and not self.registrar.lookup(target.aor, now)
+        ):
+            await ctx.respond(response_to(request, 403, to_tag="pa"))
+            return
+        expires = _expires(request, DEFAULT_EXPIRES)
+        if 0 < expires < MIN_EXPIRES:
+            response = response_to(request, 423, to_tag="pa")
+            response.headers.add("Min-Expires", str(MIN_EXPIRES))
+            await ctx.respond(response)
+            return
+        expires = min(expires, self.refresh_interval())
+        if_match = request.headers.get("SIP-If-Match")
+        current = self.publications.get(local)
+        if if_match is not None and (current is None or current.etag != if_match.strip()):
+            await ctx.respond(response_to(request, 412, to_tag="pa"))
+            return
+        if expires == 0:
+            self.publications.pop(local, None)
+            await ctx.respond(_with(response_to(request, 200, to_tag="pa"), Expires="0"))
+            self._broadcast(local)
+            return
+        if request.body:
+            try:
+                info = parse_pidf(request.body)
+            except TranslationError as exc:
+                await ctx.respond(response_to(request, exc.sip_status, to_tag="pa"))
+                return
+        elif current is not None:
+            info = current.info  # refresh (RFC 3903 §4.4)
+        else:
+            await ctx.respond(response_to(request, 400, "PUBLISH Without Body", to_tag="pa"))
+            return
+        if current is None and len(self.publications) >= MAX_PUBLICATIONS:
+            await ctx.respond(response_to(request, 503, to_tag="pa"))
+            return
+        etag = secrets.token_hex(8)
+        changed = current is None or current.info != info
+        self.publications[local] = Publication(info, etag, now + expires)
+        response = _with(response_to(request, 200, to_tag="pa"), Expires=str(expires))
+        response.headers.add("SIP-ETag", etag)
+        await ctx.respond(response)
+        if changed:
+            self._broadcast(local)
+
+    def _broadcast(self, local: str) -> None:
+        for contact in sorted(self.subscribers.get(local, ())):
+            self._send_presence(local, contact)
+
+    # -- SIP: SUBSCRIBE to an XMPP contact (RFC 6665 notifier) -------------------------------
+
+    async def handle_subscribe(self, request: SipRequest, ctx: ServerContext) -> None:
+        if (request.headers.get("Event") or "").split(";")[0].strip().lower() != "presence":
+            await ctx.respond(response_to(request, 489, to_tag="pa"))
+            return
+        try:
+            from_ = parse_name_addr(request.headers.get("From") or "")
+            subscriber = from_.uri
+            local = sip_uri_to_jid(subscriber.aor)
+            contact = str(parse_jid(sip_uri_to_jid(parse_uri(request.uri).aor)).bare)
+            contact_header = request.headers.get("Contact")
+            target = parse_name_addr(contact_header).uri if contact_header else parse_uri("")
+        except (ValueError, TranslationError, InvalidJid):
+            await ctx.respond(response_to(request, 400, to_tag="pa"))
+            return
+        if not self.registrar.is_local(subscriber):
+            await ctx.respond(response_to(request, 403, to_tag="pa"))
+            return
+        expires = _expires(request, DEFAULT_EXPIRES)
+        if 0 < expires < MIN_EXPIRES:
+            response = response_to(request, 423, to_tag="pa")
+            response.headers.add("Min-Expires", str(MIN_EXPIRES))
+            await ctx.respond(response)
+            return
+        expires = min(expires, self.refresh_interval())
+        key = (local, contact)
+        watcher = self.watchers.get(key)
+        to_tag = parse_name_addr(request.headers.get("To") or "").tag
+        if watcher is not None and to_tag and to_tag != watcher.local_tag:
+            watcher = None  # a new dialog replaces the old one
+        now = trio.current_time()
+        if watcher is None:
+            if expires and len(self.watchers) >= MAX_WATCHERS:
+                await ctx.respond(response_to(request, 503, to_tag="pa"))
+                return
+            watcher = Watcher(
+                local_jid=local,
+                contact_jid=contact,
+                call_id=request.call_id,
+                remote_uri=str(from_.uri),
+                remote_tag=from_.tag or "",
+                local_tag=to_tag or secrets.token_hex(5),
+                target=str(target),
+                dest=Destination(target.host.strip("[]"), target.port or 5060, target.transport),
+                expires_at=now + expires,
+                cseq=0,
+            )
+        watcher.expires_at = now + expires
+        response = response_to(request, 200, to_tag=watcher.local_tag)
+        response.headers.add("Expires", str(expires))
+        response.headers.add("Contact", f"<sip:{self.sip.via_host}>")
+        await ctx.respond(response)
+        if expires == 0:
+            self.watchers.pop(key, None)
+            await self._notify(watcher, terminated="timeout")
+            self._send(
+                Element(
+                    "presence",
+                    "jabber:server",
+                    {"from": local, "to": contact, "type": "unsubscribe"},
+                )
+            )
+            return
+        new = key not in self.watchers
+        self.watchers[key] = watcher
+        if contact in self.contact_presence:
+            watcher.state = "active"
+            watcher.last = self.contact_presence[contact]
+        await self._notify(watcher)
+        if new:
+            self.contact_added(local, contact)
+            self._send(
+                Element(
+                    "presence", "jabber:server", {"from": local, "to": contact, "type": "subscribe"}
+                )
+            )
+
+    def contact_added(self, local: str, contact: str) -> None:
+        """The local user added ``contact``: approve its pending request (SPEC §4)."""
+        self.added.add((local, contact))
+        if self.on_contact_added is not None:
+            self.on_contact_added(local, contact)
+        if (local, contact) in self.pending:
+            self._approve(local, contact)
+
+    async def _notify(self, watcher: Watcher, *, terminated: str | None = None) -> None:
+        """One in-dialog NOTIFY (RFC 6665 §4.2.2, RFC 3856 §6.6) with the contact's PIDF."""
+        watcher.cseq += 1
+        now = trio.current_time()
+        headers = Headers()
+        headers.add(
+            "Via",
+            f"SIP/2.0/{watcher.dest.transport.upper()} {self.sip.via_host}"
+            f";branch={self.sip.new_branch()};rport",
+        )
+        headers.add("Max-Forwards", "70")
+        headers.add("From", f"<{jid_to_sip_uri(watcher.contact_jid)}>;tag={watcher.local_tag}")
+        headers.add("To", f"<{watcher.remote_uri}>;tag={watcher.remote_tag}")
+        headers.add("Call-ID", watcher.call_id)
+        headers.add("CSeq", f"{watcher.cseq} NOTIFY")
+        headers.add("Contact", f"<sip:{self.sip.via_host}>")
+        headers.add("Event", "presence")
+        if terminated is not None:
+            state = f"terminated;reason={terminated}"
+        else:
+            remaining = max(int(watcher.expires_at - now), 0)
+            state = f"{watcher.state};expires={remaining}"
+        headers.add("Subscription-State", state)
+        body = b""
+        if watcher.last is not None and terminated is None:
+            headers.add("Content-Type", PIDF_TYPE)
+            body = presence_to_pidf(
+                jid_to_sip_uri(watcher.contact_jid), watcher.last, include_note=True
+            )
+        request = SipRequest("NOTIFY", watcher.target, headers, body)
+        response = await self.sip.request(request, watcher.dest)
+        if response.status in (481, 408) or response.status >= 500:
+            # RFC 6665 §4.2.2: the subscriber is gone; end the subscription.
+            self.watchers.pop((watcher.local_jid, watcher.contact_jid), None)
+
+    # -- refresh ------------------------------------------------------------------------------
+
+    async def expire(self, now: float) -> None:
+        """End the publications and SIP subscriptions whose expiry passed."""
+        for local, publication in list(self.publications.items()):
+            if publication.expires_at <= now:
+                del self.publications[local]
+                self._broadcast(local)
+        for key, watcher in list(self.watchers.items()):
+            if watcher.expires_at <= now:
+                del self.watchers[key]
+                await self._notify(watcher, terminated="timeout")
+
+    def probe_contacts(self) -> int:
+        """Probe every contact a local user watches (RFC 6121 §4.3); return how many."""
+        for local, contact in sorted(self.watchers):
+            self._send(
+                Element(
+                    "presence", "jabber:server", {"from": local, "to": contact, "type": "probe"}
+                )
+            )
+        return len(self.watchers)
+
+    async def refresh(self, now: float) -> None:
+        """One refresh tick at ``now`` (the caller's clock): expire, then probe if it is due."""
+        await self.expire(now)
+        if self._last_probe is None:
+            self._last_probe = now
+        elif now - self._last_probe >= self.refresh_interval():
+            self._last_probe = now
+            self.probe_contacts()
+
+    async def run_refresh(self, clock: Callable[[], float] = trio.current_time) -> None:
+        """Refresh every ``EXPIRY_TICK`` s; probes go out once per refresh interval, counted
+        from the first tick."""
+        while True:
+            await trio.sleep(EXPIRY_TICK)
+            await self.refresh(clock())
+
+
+def _expires(request: SipRequest, default: int) -> int:
+    value = (request.headers.get("Expires") or "").strip()
+    return int(value) if value.isdigit() else default
+
+
+def _with(response: SipResponse, **headers: str) -> SipResponse:
+    for name, value in headers.items():
+        response.headers.add(name, value)
+    return response
+
+
+__all__ = ["PresenceAgent", "Publication", "Watcher"]

@@ -1,0 +1,260 @@
+"""Presence through the gateway service with real SIPp user agents (SPEC §4, §7; RFC 3903,
+RFC 3856, RFC 6665, RFC 8048).
+
+The edge is a real ChannelEndpoint behind serve_loopback that records what the gateway sends;
+the policy is a real snapshot: montague.example is Federated, gmail.test PublicUnverified, and
+alice@contoso.test has authorized nurse@gmail.test. SIPp plays alice on 127.0.0.3.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+from _sipp import ALICE_IP, run_sipp, sipp_command
+
+from edgeproxy.gateway.service import GatewayService, parse_stanza
+from edgeproxy.loopback.endpoint import ChannelEndpoint
+from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
+from edgeproxy.loopback.server import serve_loopback
+from edgeproxy.policy.model import (
+    AccessPolicy,
+    Configuration,
+    GatewaySettings,
+    Partner,
+    PartnerType,
+    User,
+)
+from edgeproxy.policy.snapshot import PolicySnapshot, build_snapshot
+from edgeproxy.tokenizer import Element
+
+NS = "jabber:server"
+REFRESH = 120  # the gateway settings' subscription refresh interval in these tests
+
+
+def snapshot() -> PolicySnapshot:
+    config = Configuration(
+        gateway=GatewaySettings(dialback_secret="s", subscription_refresh_interval=REFRESH),
+        partners=(
+            Partner(domain="montague.example", type=PartnerType.FEDERATED),
+            Partner(domain="gmail.test", type=PartnerType.PUBLIC_UNVERIFIED),
+        ),
+        policies=(AccessPolicy(identity="global", xmpp=True, federation=True, public_cloud=True),),
+        users=(User(sip="sip:alice@contoso.test", contacts=("nurse@gmail.test",)),),
+    )
+    return build_snapshot(config, ["contoso.test"])
+
+
+class Edge:
+    def __init__(self) -> None:
+        self.received: list[Element] = []
+        self.endpoint = ChannelEndpoint(Role.EDGE, on_items=self.on_items, on_bounce=self.bounce)
+
+    async def on_items(self, items: list[Item]) -> None:
+        self.received.extend(parse_stanza(i.raw) for i in items if isinstance(i, Routed))
+
+    def bounce(self, items: list[Routed], condition: str) -> None:
+        raise AssertionError(f"bounced: {condition}")
+
+    def presence(self, from_: str, to: str, type: str = "", children: str = "") -> None:
+        attr = f" type='{type}'" if type else ""
+        raw = f"<presence from='{from_}' to='{to}'{attr}>{children}</presence>".encode()
+        self.endpoint.submit(StanzaKind.PRESENCE, from_, to, type, "", raw)
+
+    def to(self, jid: str) -> list[Element]:
+        return [e for e in self.received if e.get("to") == jid]
+
+
+def show_and_status(element: Element) -> tuple[str | None, str | None]:
+    show, status = element.find("show", NS), element.find("status", NS)
+    return (show.text if show is not None else None, status.text if status is not None else None)
+
+
+async def start(nursery: trio.Nursery) -> tuple[Edge, GatewayService, str]:
+    edge = Edge()
+    host, port = await nursery.start(serve_loopback, edge.endpoint, "127.0.0.1", 0)
+    holder = snapshot()
+    service = GatewayService(
+        sip_domains=("contoso.test",), sip_host="127.0.0.1", sip_port=0, policy=lambda: holder
+    )
+    sip_host, sip_port = await nursery.start(service.run, host, port)
+    await edge.endpoint.wait_connected()
+    return edge, service, f"{sip_host}:{sip_port}"
+
+
+async def wait_for(predicate, step: float = 0.02) -> None:  # type: ignore[no-untyped-def]
+    while not predicate():
+        await trio.sleep(step)
+
+
+async def register_alice(gw: str, tmp_path: Path) -> None:
+    await run_sipp(
+        sipp_command(
+            "register.xml",
+            ALICE_IP,
+            "-key",
+            "user",
+            "alice",
+            "-key",
+            "domain",
+            "contoso.test",
+            "-key",
+            "contact_host",
+            ALICE_IP,
+            "-key",
+            "contact_port",
+            "5999",
+            "-key",
+            "expires",
+            "600",
+            remote=gw,
+        ),  # fmt: skip
+        tmp_path / "reg.log",
+    )
+
+
+async def publish(gw: str, log: Path, basic: str, activity: str, note: str) -> str:
+    return await run_sipp(
+        sipp_command(
+            "publish.xml",
+            ALICE_IP,
+            "-key",
+            "user",
+            "alice",
+            "-key",
+            "domain",
+            "contoso.test",
+            "-key",
+            "basic",
+            basic,
+            "-key",
+            "activity",
+            activity,
+            "-key",
+            "note",
+            note,
+            remote=gw,
+        ),  # fmt: skip
+        log,
+    )
+
+
+async def test_published_presence_reaches_subscribers_with_status_only_for_federated(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            edge, service, gw = await start(nursery)
+            await register_alice(gw, tmp_path)
+            edge.presence("romeo@montague.example/orchard", "alice@contoso.test", "subscribe")
+            edge.presence("nurse@gmail.test/home", "alice@contoso.test", "subscribe")
+            edge.presence("juliet@gmail.test/balcony", "alice@contoso.test", "subscribe")
+            # Federated and authorized PublicUnverified: subscribed + current presence (offline).
+            await wait_for(lambda: len(edge.to("romeo@montague.example")) >= 2)
+            await wait_for(lambda: len(edge.to("nurse@gmail.test")) >= 2)
+            assert [e.get("type") for e in edge.to("romeo@montague.example")] == [
+                "subscribed",
+                "unavailable",
+            ]
+            assert [e.get("type") for e in edge.to("nurse@gmail.test")] == [
+                "subscribed",
+                "unavailable",
+            ]
+            log = await publish(gw, tmp_path / "pub.log", "open", "busy", "In a meeting ☕")
+            assert "PUBLISHED etag=" in log and "expires=120" in log  # capped at the interval
+            await wait_for(lambda: len(edge.to("romeo@montague.example")) >= 3)
+            await wait_for(lambda: len(edge.to("nurse@gmail.test")) >= 3)
+            romeo, nurse = edge.to("romeo@montague.example")[2], edge.to("nurse@gmail.test")[2]
+            assert romeo.get("type") is None and romeo.get("from") == "alice@contoso.test"
+            assert show_and_status(romeo) == ("dnd", "In a meeting ☕")  # 6500 Busy → dnd
+            assert show_and_status(nurse) == ("dnd", None)  # status never to public partners
+            # SPEC §7 Away (RPID away → 15500 → xa) and a probe answered with it.
+            await publish(gw, tmp_path / "pub2.log", "open", "away", "back soon")
+            await wait_for(lambda: len(edge.to("romeo@montague.example")) >= 4)
+            assert show_and_status(edge.to("romeo@montague.example")[3]) == ("xa", "back soon")
+            edge.presence("nurse@gmail.test/home", "alice@contoso.test", "probe")
+            await wait_for(lambda: len(edge.to("nurse@gmail.test")) >= 5)
+            assert show_and_status(edge.to("nurse@gmail.test")[4]) == ("xa", None)
+            # The stranger from a PublicUnverified partner got nothing: its request is pending.
+            await trio.sleep(0.2)
+            assert edge.to("juliet@gmail.test") == []
+            assert ("alice@contoso.test", "juliet@gmail.test") in service.presence.pending
+            nursery.cancel_scope.cancel()
+
+
+async def test_publish_from_an_unregistered_user_is_forbidden(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            _, service, gw = await start(nursery)
+            cmd = sipp_command(
+                "publish.xml", ALICE_IP,
+                "-key", "user", "alice", "-key", "domain", "contoso.test",
+                "-key", "basic", "open", "-key", "activity", "busy", "-key", "note", "x",
+                remote=gw,
+            )  # fmt: skip
+            result = await trio.run_process(cmd, check=False, capture_stdout=True)
+            assert result.returncode != 0  # 403 instead of the expected 200
+            assert service.presence.publications == {}
+            nursery.cancel_scope.cancel()
+
+
+async def test_sip_subscribe_adds_the_contact_approves_pending_and_gets_notifies(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            edge, service, gw = await start(nursery)
+            agent = service.presence
+            await register_alice(gw, tmp_path)
+            await publish(gw, tmp_path / "pub.log", "open", "unknown", "at my desk")
+            edge.presence("juliet@gmail.test/balcony", "alice@contoso.test", "subscribe")
+            await wait_for(lambda: bool(agent.pending))
+            logs: list[str] = []
+
+            async def alice() -> None:
+                cmd = sipp_command(
+                    "subscribe_uac.xml", ALICE_IP,
+                    "-key", "user", "alice", "-key", "domain", "contoso.test",
+                    "-key", "contact", "juliet", "-key", "cdomain", "gmail.test",
+                    "-key", "expires", "3600",
+                    remote=gw,
+                )  # fmt: skip
+                logs.append(await run_sipp(cmd, tmp_path / "sub.log"))
+
+            nursery.start_soon(alice)
+            await wait_for(lambda: bool(agent.watchers))
+            start_time = trio.current_time()
+            # "The user adds the contact": the pending request is approved, with presence
+            # (Available, no status for a public partner), and our subscribe goes out.
+            await wait_for(lambda: len(edge.to("juliet@gmail.test")) >= 3)
+            juliet = edge.to("juliet@gmail.test")
+            assert [e.get("type") for e in juliet] == ["subscribed", None, "subscribe"]
+            assert show_and_status(juliet[1]) == (None, None)
+            assert agent.pending == set()
+            # The contact's presence becomes a NOTIFY with PIDF (SPEC §7: away → RPID away).
+            edge.presence(
+                "juliet@gmail.test/balcony", "alice@contoso.test", "",
+                "<show>away</show><status>on the balcony</status>",
+            )  # fmt: skip
+            watcher = next(iter(agent.watchers.values()))
+            await wait_for(lambda: watcher.cseq >= 2)
+            # Refresh by the gateway settings' interval, on an injected clock: a probe to the
+            # contact at one interval; past the granted expiry, NOTIFY terminated (timeout).
+            await agent.refresh(start_time - 1)  # the baseline (the loop's first tick is later)
+            before = len(edge.to("juliet@gmail.test"))
+            await agent.refresh(start_time + REFRESH - 2)
+            await trio.sleep(0.2)
+            types = [e.get("type") for e in edge.to("juliet@gmail.test")[before:]]
+            assert "probe" not in types  # not due yet
+            await agent.refresh(start_time + REFRESH - 1)  # one interval after the baseline
+            await wait_for(lambda: "probe" in [e.get("type") for e in edge.to("juliet@gmail.test")])
+            await agent.refresh(start_time + 2 * REFRESH + 1)
+            await wait_for(lambda: bool(logs))
+            assert agent.watchers == {}
+            nursery.cancel_scope.cancel()
+    log = logs[0]
+    assert "SUBSCRIBED expires=120" in log  # granted at most the refresh interval
+    assert "NOTIFY1 state=pending;expires=" in log
+    assert "NOTIFY2 state=active;expires=" in log
+    assert "|<basic>open|" in log and ":away|" in log and "|<note>on the balcony|" in log
+    assert "NOTIFY3 state=terminated;reason=timeout|" in log
