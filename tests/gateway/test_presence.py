@@ -258,3 +258,22 @@ async def test_sip_subscribe_adds_the_contact_approves_pending_and_gets_notifies
     assert "NOTIFY2 state=active;expires=" in log
     assert "|<basic>open|" in log and ":away|" in log and "|<note>on the balcony|" in log
     assert "NOTIFY3 state=terminated;reason=timeout|" in log
+
+
+async def test_sip_subscribe_to_a_domain_that_is_not_a_partner_is_refused(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            edge, service, gw = await start(nursery)
+            cmd = sipp_command(
+                "subscribe_uac.xml", ALICE_IP,
+                "-key", "user", "alice", "-key", "domain", "contoso.test",
+                "-key", "contact", "eve", "-key", "cdomain", "stranger.example",
+                "-key", "expires", "3600",
+                remote=gw,
+            )  # fmt: skip
+            result = await trio.run_process(cmd, check=False, capture_stderr=True)
+            assert b"received 'SIP/2.0 404" in result.stderr  # remote-server-not-found → 404
+            assert service.presence.watchers == {}
+            await trio.sleep(0.1)
+            assert edge.received == []  # no subscribe went out
+            nursery.cancel_scope.cancel()

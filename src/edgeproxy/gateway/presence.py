@@ -63,6 +63,7 @@ from edgeproxy.gateway.translate import (
     presence_element,
     presence_info,
     presence_to_pidf,
+    sip_status_for_condition,
     sip_uri_to_jid,
 )
 from edgeproxy.policy import engine
@@ -339,6 +340,16 @@ class PresenceAgent:
         if not self.registrar.is_local(subscriber):
             await ctx.respond(response_to(request, 403, to_tag="pa"))
             return
+        if self.policy is not None:
+            # SPEC §6 outbound: the user must federate, the contact's domain be a partner.
+            decision = engine.decide_outbound(
+                self.policy(),
+                engine.Stanza(engine.StanzaKind.PRESENCE, "subscribe", local, contact),
+            )
+            if isinstance(decision, engine.Refuse):
+                status = sip_status_for_condition(decision.condition)
+                await ctx.respond(response_to(request, status, to_tag="pa"))
+                return
         expires = _expires(request, DEFAULT_EXPIRES)
         if 0 < expires < MIN_EXPIRES:
             response = response_to(request, 423, to_tag="pa")
