@@ -209,6 +209,7 @@ async def test_metrics_count_a_known_traffic_pattern(tmp_path: Path) -> None:
             assert value("edgeproxy_tls_handshakes_total", direction="inbound") >= 1
             assert value("edgeproxy_gateway_channel_state", edgeproxy_gateway_channel_state="not-configured") == 1
             assert value("edgeproxy_events_total", id="EP3005", severity="info") == 3
+            assert value("edgeproxy_stanza_latency_seconds_count", flow="in") == 5
 
 
 def sample_now(lab: Lab, name: str, **labels: str) -> float:

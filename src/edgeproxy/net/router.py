@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import trio
+
 from edgeproxy.net.delivery import Delivery, LocalDelivery, bounce, to_bytes
 from edgeproxy.net.pool import OutboundPool
 from edgeproxy.net.session import S2SSession
@@ -102,6 +104,7 @@ class Router:
     # -- inbound ------------------------------------------------------------------------------
 
     async def inbound(self, session: S2SSession, event: StanzaReceived) -> None:
+        started = trio.current_time()
         element = event.stanza.element()
         view = engine_view(element, session.conn.remote_domains)
         decision = engine.decide_inbound(self._policy(), view)
@@ -137,6 +140,7 @@ class Router:
         assert isinstance(decision, Allow | AllowTransformed | AutoReply | StorePending)
         verdict = Verdict.TRANSFORMED if isinstance(decision, AllowTransformed) else Verdict.DELIVERED
         self.telemetry.stanza(partner, Flow.IN, element.name, verdict)
+        self.telemetry.metrics.stanza_latency(Flow.IN, trio.current_time() - started)
 
     async def _refuse_inbound(self, element: Element, decision: Refuse) -> None:
         reply = bounce(element, decision.condition) if decision.bounce else None
