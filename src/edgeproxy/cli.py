@@ -78,6 +78,7 @@ def _registrars() -> list[Registrar]:
     from edgeproxy import checks
     from edgeproxy.certs import commands as cert_commands
     from edgeproxy.dns import commands as dns_commands
+    from edgeproxy.loadtest import commands as loadtest_commands
     from edgeproxy.ops import commands as ops_commands
     from edgeproxy.policy.commands import register as register_policy
 
@@ -88,7 +89,7 @@ def _registrars() -> list[Registrar]:
         checks.register,
         register_policy,
         ops_commands.register,  # status, stop, reload
-        __import__("edgeproxy.loadtest.commands", fromlist=["register"]).register,  # loadtest
+        loadtest_commands.register,
     ]
 
 
