@@ -142,10 +142,13 @@ async def _kill_restart_stream(*, same_process: bool) -> tuple[Side, Counter[str
                         )
                         await wait_until(lambda: edge.endpoint.statistics().queued == 0)
                     else:
+                        # Kill with items in flight (sent, not acked yet): mid-stream for sure.
                         await wait_until(
                             lambda k=kill_at, g=gateway: (
                                 sum(delivered.values()) + len(g.delivered) >= k
-                            )
+                                and edge.endpoint.statistics().in_flight > 0
+                            ),
+                            step=0,
                         )
                     gateway_process.cancel_scope.cancel()  # kill: every task dies where it is
                 if kill_at is None:
@@ -167,7 +170,9 @@ async def test_gateway_connection_killed_mid_stream_delivers_every_stanza_exactl
     assert max(delivered.values()) == 1, "a stanza was delivered twice"
     stats = edge.endpoint.statistics()
     assert stats.connections == 3
-    assert stats.sent_items > total, "nothing was re-sent: the kills did not hit mid-stream"
+    # The kills hit mid-stream (items sent and not acked yet). Whether they are then re-sent
+    # depends on whether the gateway had read them: its ack leaves in a shielded scope.
+    assert stats.sent_items >= total
 
 
 async def test_gateway_process_restarted_mid_stream_loses_nothing() -> None:
