@@ -18,9 +18,18 @@ Stop (SIGTERM/SIGINT, ``edgeproxy stop``): stop accepting, drain the outbound qu
 stream with ``<system-shutdown/>``, bounce what is left, and return — all within ``drain_bound``
 seconds (``lifecycle.DRAIN_BOUND_SECONDS``). A second stop request ends the drain at once.
 
-Accepted inbound stanzas go to an in-memory local delivery (``MemoryDelivery``) consumed here:
-the loopback channel to the gateway is not wired into this process yet, so the status shows the
-channel as ``not-configured`` and no internal (23456) listener.
+Local delivery: with the loopback channel (the default), ``[edge] internal-listen`` is served by
+``ChannelDelivery`` (``net/channel_delivery.py``; role ``internal`` in the status, Lync's 23456):
+accepted inbound stanzas go to the gateway over the channel, stanzas from the gateway go out
+through the S2S pool (policy ``decide_outbound``), and stanzas the channel cannot carry are
+bounced to their XMPP senders (SPEC §6 rule 5). The status shows the channel state; stop flushes
+the channel within the drain bound and bounces what is left. Without the channel
+(``channel=False``, or an ``on_delivery`` callback, which the tests use) accepted stanzas go to an
+in-memory ``MemoryDelivery`` consumed here, and the channel shows as ``not-configured``.
+
+``run_app`` is ``edgeproxy serve``: role ``both`` (the default) runs this edge and the gateway
+(``gateway.service.run_gateway``) in one process, the channel still crossing loopback; ``edge``
+and ``gateway`` run one side each.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from functools import partial
 from pathlib import Path
 
 import dns.exception
+import msgspec
 import trio
 from cryptography import x509
 
@@ -45,9 +55,10 @@ from edgeproxy.dns.records import split_host_port
 from edgeproxy.dns.resolver import parse_resolver
 from edgeproxy.dns.srv import SrvRecord
 from edgeproxy.errors import ConfigError
+from edgeproxy.net.channel_delivery import ChannelDelivery
 from edgeproxy.net.connector import ConnectFailed, Connector, ConnectorSettings
 from edgeproxy.net.context import EdgeContext
-from edgeproxy.net.delivery import MEMORY_DELIVERY_BOUND, Delivery, MemoryDelivery
+from edgeproxy.net.delivery import MEMORY_DELIVERY_BOUND, Delivery, LocalDelivery, MemoryDelivery
 from edgeproxy.net.edge import EdgeServer
 from edgeproxy.net.pool import LINK_QUEUE_BOUND
 from edgeproxy.net.session import S2SSession
@@ -134,7 +145,10 @@ class EdgeApp:
         admin: bool = True,
         signals: bool = True,
         on_delivery: Callable[[Delivery], None] | None = None,
+        channel: bool | None = None,
     ) -> None:
+        """``channel``: serve the loopback channel on ``[edge] internal-listen`` (default: yes,
+        unless ``on_delivery`` is given, which takes accepted stanzas in-process instead)."""
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         self.event_log = event_log
@@ -145,6 +159,15 @@ class EdgeApp:
         self._serve_signals = signals
         self._on_delivery = on_delivery
         self.delivery = MemoryDelivery()
+        use_channel = on_delivery is None if channel is None else channel
+        self.channel: ChannelDelivery | None = (
+            ChannelDelivery(self.telemetry, outage_bound=config.gateway.outage_bound,
+                            max_queued=config.gateway.max_queued)
+            if use_channel else None
+        )
+        self.internal_address: str | None = None
+        self._channel_since = time.monotonic()
+        self._channel_state = ChannelState.NOT_CONNECTED
         self.state = ServiceState.STARTING
         self.admin_endpoint: AdminEndpoint | None = None
         self.edge: EdgeServer | None = None
@@ -152,6 +175,8 @@ class EdgeApp:
         self.local_deliveries = 0
         self._started_at = time.monotonic()
         self._stop = trio.Event()
+        #: Set once ``run`` has finished its graceful shutdown.
+        self.stopped = trio.Event()
         self._drain_scope: trio.CancelScope | None = None
         self._reload_lock = trio.Lock()
         self._listener_addresses: list[str] = []
@@ -212,15 +237,18 @@ class EdgeApp:
             connector=ObservedConnector(
                 ConnectorSettings(resolver=parse_resolver(resolver) if resolver else None), self.telemetry
             ),
-            delivery=self.delivery,
+            delivery=self._local_delivery(),
             server_ssl=server_ssl,
             client_ssl=client_ssl,
         )
         self.edge = edge = EdgeServer(ctx, self.telemetry)
+        if self.channel is not None:
+            self.channel.router = edge.router
         listen = [split_host_port(hp) for hp in config.edge.listen]
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._consume_deliveries)
+                if self.channel is None:
+                    nursery.start_soon(self._consume_deliveries)
                 try:
                     listeners = await nursery.start(edge.run, [(h or None, p) for h, p in listen])
                 except OSError as exc:
@@ -230,6 +258,15 @@ class EdgeApp:
                 self._listener_addresses = [
                     join_host_port(*listener.socket.getsockname()[:2]) for listener in listeners
                 ]
+                if self.channel is not None:
+                    internal_host, internal_port = split_host_port(config.edge.internal_listen)
+                    try:
+                        bound = await nursery.start(self.channel.run, internal_host, internal_port)
+                    except OSError as exc:
+                        self.telemetry.emit(events.BIND_FAILED, role="internal",
+                                            address=config.edge.internal_listen, error=exc)
+                        raise
+                    self.internal_address = join_host_port(*bound)
                 if self._serve_signals:
                     await nursery.start(serve_signals, _CountingControl(self))
                 if self._serve_admin:
@@ -244,11 +281,15 @@ class EdgeApp:
                 await self._stop.wait()
                 await self._shutdown()
                 nursery.cancel_scope.cancel()
+            self.stopped.set()
         finally:
             holder.close()
 
+    def _local_delivery(self) -> LocalDelivery:
+        return self.channel if self.channel is not None else self.delivery
+
     async def _consume_deliveries(self) -> None:
-        """Take accepted stanzas off the local delivery (the gateway channel will replace this)."""
+        """Take accepted stanzas off the in-memory local delivery (no channel configured)."""
         while True:
             item = await self.delivery.receive()
             self.local_deliveries += 1
@@ -332,6 +373,13 @@ class EdgeApp:
         edge.stop_accepting()
         with trio.CancelScope() as self._drain_scope:
             drained = await edge.drain(deadline - close_grace)
+        if self.channel is not None:
+            # Flush the channel to the gateway; bounce what it could not take, over the streams
+            # that are still open.
+            with trio.move_on_at(deadline - close_grace):
+                await self.channel.flush()
+            with trio.move_on_at(deadline - close_grace / 2):
+                await self.channel.bounce_queued()
         streams = len(edge.sessions())
         with trio.move_on_at(deadline):
             await edge.close_streams(max(0.1, deadline - trio.current_time() - 0.1))
@@ -365,8 +413,12 @@ class EdgeApp:
                 if not link.done.is_set():
                     queues.append(QueueStatus(f"outbound:{link.local}>{link.remote}", link.queue_depth(),
                                               LINK_QUEUE_BOUND))
-        queues.append(QueueStatus("local-delivery", self.delivery.statistics().current_buffer_used,
-                                  MEMORY_DELIVERY_BOUND))
+        if self.channel is not None:
+            listeners.insert(len(self._listener_addresses), ListenerStatus(Role.INTERNAL, self.internal_address or ""))
+            queues.append(QueueStatus("channel", self.channel.statistics().queued, self.channel.max_queued))
+        else:
+            queues.append(QueueStatus("local-delivery", self.delivery.statistics().current_buffer_used,
+                                      MEMORY_DELIVERY_BOUND))
         return EdgeStatus(
             version=__version__,
             pid=os.getpid(),
@@ -375,9 +427,26 @@ class EdgeApp:
             domains=tuple(self.config.edge.domains),
             listeners=tuple(listeners),
             streams=tuple(streams),
-            channel=ChannelStatus(ChannelState.NOT_CONFIGURED),
+            channel=self._channel_status(),
             queues=tuple(queues),
         )
+
+    def _channel_status(self) -> ChannelStatus:
+        if self.channel is None:
+            return ChannelStatus(ChannelState.NOT_CONFIGURED)
+        stats = self.channel.statistics()
+        if self.state is ServiceState.DRAINING:
+            state = ChannelState.DRAINING
+        elif stats.connected:
+            state = ChannelState.CONNECTED
+        elif stats.connections:
+            state = ChannelState.DOWN
+        else:
+            state = ChannelState.NOT_CONNECTED
+        if state is not self._channel_state:
+            self._channel_state, self._channel_since = state, time.monotonic()
+        return ChannelStatus(state, since_seconds=round(time.monotonic() - self._channel_since, 3),
+                             unacked=stats.in_flight)
 
     def _stream_status(
         self, session: S2SSession, direction: Direction, policy: Callable[[], PolicySnapshot], now: float
@@ -422,6 +491,44 @@ class _CountingControl:
         self._app.request_stop()
 
 
-async def run_app(config: EdgeConfig, *, event_log: EventLog | None = None) -> None:
-    """``edgeproxy serve``: run one edge until stopped (the event log is the caller's)."""
-    await EdgeApp(config, event_log=event_log).run()
+#: What ``edgeproxy serve --role`` accepts.
+ROLES = ("both", "edge", "gateway")
+
+
+async def run_app(
+    config: EdgeConfig,
+    *,
+    role: str = "both",
+    event_log: EventLog | None = None,
+    metrics: Metrics | None = None,
+    task_status: trio.TaskStatus[EdgeApp | None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """``edgeproxy serve``: run the edge, the gateway or both until stopped.
+
+    ``both``: the edge first, then the gateway connected to the edge's bound internal address
+    (port 0 works), with the edge's policy snapshot; when the edge has stopped (its graceful
+    shutdown flushed the channel), the gateway is cancelled. ``gateway``: only the gateway,
+    until cancelled. ``task_status`` gets the ``EdgeApp`` (None for ``gateway``).
+    """
+    from edgeproxy.gateway.service import run_gateway  # the gateway is only imported if used
+
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}, expected one of {', '.join(ROLES)}")
+    if role == "gateway":
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_gateway, config)
+            task_status.started(None)
+        return
+    app = EdgeApp(config, event_log=event_log, metrics=metrics, channel=True)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(app.run)
+        if role == "both":
+            assert app.holder is not None and app.internal_address is not None
+            holder = app.holder
+            gateway_config = msgspec.structs.replace(
+                config, gateway=msgspec.structs.replace(config.gateway, edge_address=app.internal_address)
+            )
+            await nursery.start(partial(run_gateway, gateway_config, policy=lambda: holder.snapshot))
+        task_status.started(app)
+        await app.stopped.wait()
+        nursery.cancel_scope.cancel()

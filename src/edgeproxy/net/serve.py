@@ -1,4 +1,6 @@
-"""``edgeproxy serve``: run the edge (``edgeproxy.app.EdgeApp``) in the foreground.
+"""``edgeproxy serve [--role both|edge|gateway]``: run the edge (``edgeproxy.app.EdgeApp``), the
+gateway, or both (the default; the loopback channel still crosses loopback) in the foreground
+(``edgeproxy.app.run_app``).
 
 The event log goes to stderr: JSON lines, or readable lines on a terminal
 (``EDGEPROXY_LOG_FORMAT=json|text`` overrides). Standard ``logging`` records of WARNING and above
@@ -13,7 +15,7 @@ import logging
 import os
 import sys
 
-from edgeproxy.app import EdgeApp
+from edgeproxy.app import run_app
 from edgeproxy.config import EdgeConfig
 from edgeproxy.ops.events import EventLog, EventLogHandler, OutputFormat
 from edgeproxy.ops.metrics import Metrics
@@ -24,7 +26,7 @@ def _output_format() -> OutputFormat:
     return value if value in ("json", "text") else "auto"  # type: ignore[return-value]
 
 
-async def serve(config: EdgeConfig) -> None:
+async def serve(config: EdgeConfig, role: str = "both") -> None:
     """Run until SIGTERM/SIGINT or ``edgeproxy stop``; returns after the graceful shutdown."""
     metrics = Metrics()
     event_log = EventLog(sys.stderr, output=_output_format(), on_emit=metrics.event_logged)
@@ -34,7 +36,7 @@ async def serve(config: EdgeConfig) -> None:
     bridge = EventLogHandler(event_log)
     root.addHandler(bridge)
     try:
-        await EdgeApp(config, event_log=event_log, metrics=metrics).run()
+        await run_app(config, role=role, event_log=event_log, metrics=metrics)
     finally:
         root.removeHandler(bridge)
         event_log.close()

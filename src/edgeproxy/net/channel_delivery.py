@@ -1,0 +1,210 @@
+"""Local delivery over the loopback channel: the edge's side of edge ⇄ gateway (SPEC §1, §6).
+
+Theory of operation
+-------------------
+:class:`ChannelDelivery` is the ``LocalDelivery`` of an edge that serves ``[edge]
+internal-listen`` (Lync's internal port 23456). It owns the edge's
+:class:`~edgeproxy.loopback.endpoint.ChannelEndpoint` for the life of the process and
+:meth:`ChannelDelivery.run` serves the gateway's WebSocket connections (``serve_loopback``).
+
+Edge → gateway
+    ``deliver`` (called by the router for inbound stanzas that passed the policy, and for error
+    replies to local senders) submits the stanza's raw bytes as a ``Routed`` item. A stanza the
+    policy transformed (``strip_status``) is re-serialized without its ``<status/>``. When the
+    channel's queue is full, or the gateway has been away longer than the outage bound, the
+    endpoint hands the item back (``on_bounce``) and the XMPP sender gets an error.
+Gateway → edge
+    A ``Routed`` item is a stanza from a local (SIP) user to an XMPP contact: it goes through the
+    router's outbound path (policy ``decide_outbound``, then the S2S pool). A ``Bounce`` item is
+    a stanza the gateway could not deliver: its sender gets an error stanza with the item's
+    condition, over the pool.
+Bounces (SPEC §6 rule 5)
+    ``on_bounce`` is synchronous (the endpoint calls it from its watchdog and from ``submit``);
+    the items go on an internal queue and a task turns each into an RFC 6120 §8.3 error stanza
+    (``service-unavailable`` when refused at once, ``remote-server-timeout`` after the outage
+    bound) sent to the original sender through the pool. Errors are never answered with errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import ssl
+from functools import partial
+
+import trio
+
+from edgeproxy.loopback.endpoint import DEFAULT_OUTAGE_BOUND, ChannelEndpoint, ChannelStatistics
+from edgeproxy.loopback.frames import Bounce, Item, Role, Routed, StanzaKind
+from edgeproxy.loopback.reliable import DEFAULT_MAX_QUEUED
+from edgeproxy.loopback.server import serve_loopback
+from edgeproxy.net.delivery import Delivery, bounce
+from edgeproxy.net.router import Router
+from edgeproxy.ops import events
+from edgeproxy.ops.telemetry import Telemetry
+from edgeproxy.tokenizer import Element, Stanza, Tokenizer, TokenizerError
+from edgeproxy.xmpp.namespaces import NS_SERVER
+from edgeproxy.xmpp.serialize import serialize
+
+log = logging.getLogger("edgeproxy.net.channel_delivery")
+
+#: Seconds between looks at the channel's connection state (events EP5001/EP5002).
+STATE_POLL_INTERVAL = 0.1
+_STREAM_HEADER = (
+    b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>"
+)
+
+
+def parse_raw(raw: bytes) -> Element:
+    """One stanza's raw bytes (forwarded without stream context) as an element.
+
+    Raises ``TokenizerError`` or ``ValueError`` when ``raw`` is not one complete stanza.
+    """
+    tokenizer = Tokenizer()
+    tokenizer.feed(_STREAM_HEADER)
+    for token in tokenizer.feed(raw):
+        if isinstance(token, Stanza):
+            return token.element()
+    raise ValueError("not one complete stanza")
+
+
+def _without_status(raw: bytes) -> bytes:
+    element = parse_raw(raw)
+    kept = [c for c in element.children if not (isinstance(c, Element) and c.name == "status")]
+    stripped = Element(element.name, element.namespace, dict(element.attrs), kept)
+    return serialize(stripped, parent_namespace=NS_SERVER)
+
+
+class ChannelDelivery:
+    """``LocalDelivery`` over the loopback channel (see the module docstring)."""
+
+    def __init__(
+        self,
+        telemetry: Telemetry | None = None,
+        *,
+        outage_bound: float = DEFAULT_OUTAGE_BOUND,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+    ) -> None:
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
+        self.max_queued = max_queued
+        self.router: Router | None = None
+        self.endpoint = ChannelEndpoint(
+            Role.EDGE,
+            on_items=self._from_gateway,
+            on_bounce=self._on_bounce,
+            max_queued=max_queued,
+            outage_bound=outage_bound,
+        )
+        self._bounces_in, self._bounces_out = trio.open_memory_channel[tuple[Routed, str]](math.inf)
+        self.address: str | None = None
+        self.bounced = 0
+        self.from_gateway = 0
+
+    # -- edge → gateway -----------------------------------------------------------------------
+
+    async def deliver(self, item: Delivery) -> None:
+        """Queue an accepted stanza for the gateway (bounced to its sender if it cannot go)."""
+        raw = item.raw
+        if item.strip_status:
+            try:
+                raw = _without_status(raw)
+            except (TokenizerError, ValueError) as exc:
+                log.warning("channel: cannot strip the status of a stanza from %s: %s", item.from_jid, exc)
+        kind = StanzaKind(item.kind) if item.kind in StanzaKind.__members__.values() else StanzaKind.MESSAGE
+        self.endpoint.submit(kind, item.from_jid, item.to_jid, item.type or "", "", raw)
+
+    def _on_bounce(self, items: list[Routed], condition: str) -> None:
+        for item in items:
+            self._bounces_in.send_nowait((item, condition))
+
+    async def _send_bounces(self) -> None:
+        async for item, condition in self._bounces_out:
+            await self._answer(item.raw, condition, "")
+
+    async def _answer(self, raw: bytes, condition: str, text: str) -> None:
+        """An error stanza for the sender of ``raw`` over the S2S pool (never for an error)."""
+        assert self.router is not None
+        try:
+            element = parse_raw(raw)
+        except (TokenizerError, ValueError) as exc:
+            log.warning("channel: cannot bounce an unparsable stanza: %s", exc)
+            return
+        reply = bounce(element, condition, text or None)
+        if reply is None:
+            log.info("channel: undeliverable error stanza from %s dropped after logging", element.get("from"))
+            return
+        self.bounced += 1
+        self.telemetry.bounce(condition)
+        try:
+            await self.router.send_remote(reply)
+        except Exception:  # the pool refuses while stopping; the bounce is logged, not lost silently
+            log.exception("channel: bounce to %s could not be sent", reply.get("to"))
+
+    # -- gateway → edge -----------------------------------------------------------------------
+
+    async def _from_gateway(self, items: list[Item]) -> None:
+        assert self.router is not None
+        for item in items:
+            self.from_gateway += 1
+            if isinstance(item, Bounce):
+                await self._answer(item.raw, item.condition, item.text)
+                continue
+            try:
+                element = parse_raw(item.raw)
+            except (TokenizerError, ValueError) as exc:
+                log.warning("channel: unparsable stanza from the gateway: %s", exc)
+                continue
+            await self.router.send_from_local(element)
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve the internal listener until cancelled; ``task_status`` gets the bound address.
+
+        Raises ``OSError`` when the internal address cannot be bound.
+        """
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._send_bounces)
+            bound = await nursery.start(partial(serve_loopback, self.endpoint, host, port, ssl_context=ssl_context))
+            nursery.start_soon(self._watch_state)
+            task_status.started(bound)
+
+    async def _watch_state(self) -> None:
+        connected = False
+        while True:
+            now = self.endpoint.statistics().connected
+            if now and not connected:
+                self.telemetry.emit(events.CHANNEL_CONNECTED, peer="gateway")
+            elif connected and not now:
+                self.telemetry.emit(events.CHANNEL_LOST, peer="gateway", reason="connection closed")
+            connected = now
+            await trio.sleep(STATE_POLL_INTERVAL)
+
+    async def flush(self) -> bool:
+        """Wait until the gateway has acked everything queued; True when flushed.
+
+        Cancel (``move_on_at``) to bound it; with no gateway connected it returns False at once.
+        """
+        while self.endpoint.sender.queued:
+            if not self.endpoint.statistics().connected:
+                return False
+            await trio.sleep(0.01)
+        return True
+
+    async def bounce_queued(self, condition: str = "service-unavailable") -> int:
+        """Bounce whatever is still queued for the gateway (at stop, after the flush bound)."""
+        left = [item for item in self.endpoint.sender.drain() if isinstance(item, Routed)]
+        for item in left:
+            await self._answer(item.raw, condition, "")
+        return len(left)
+
+    def statistics(self) -> ChannelStatistics:
+        return self.endpoint.statistics()
+
