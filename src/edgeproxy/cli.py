@@ -45,7 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        trio.run(serve, config)
+        trio.run(serve, config, args.role)
     except KeyboardInterrupt:
         return EXIT_OK
     return EXIT_OK
@@ -64,6 +64,10 @@ def _config_check(args: argparse.Namespace) -> int:
 
 def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser("serve", parents=[config_option_parent()], help="run the edge (S2S listener, loopback channel)")
+    serve.add_argument(
+        "--role", choices=("both", "edge", "gateway"), default="both",
+        help="both (default): edge and gateway in one process; edge or gateway: one side only",
+    )
     serve.set_defaults(handler=_serve)
     config = sub.add_parser("config", help="the configuration file")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
