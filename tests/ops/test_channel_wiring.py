@@ -1,0 +1,165 @@
+"""The loopback channel in the running server: ``EdgeApp`` in-process on 127.0.0.1 (port 0 for the
+external, internal and admin listeners), a scripted S2S partner (fabrikam.test, a real edge on
+real sockets) and the gateway side played by the real ``loopback.client`` with its own
+``ChannelEndpoint``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import trio
+from _lab import (
+    TCP_DIALBACK_ROW,
+    Peer,
+    configuration,
+    message,
+    partner,
+    start_peer,
+    write_config,
+    write_store,
+)
+
+from edgeproxy.app import EdgeApp
+from edgeproxy.config import load_config
+from edgeproxy.loopback.client import run_loopback_client
+from edgeproxy.loopback.endpoint import ChannelEndpoint
+from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
+from edgeproxy.net.delivery import Delivery, to_bytes
+from edgeproxy.ops.commands import AdminClient
+from edgeproxy.ops.status import decode_status
+from edgeproxy.xmpp.namespaces import NS_STANZAS
+
+OUTAGE_BOUND = 0.5
+
+
+@dataclass
+class ChannelLab:
+    app: EdgeApp
+    peer: Peer
+    nursery: trio.Nursery
+    from_edge: list[Routed] = field(default_factory=list)
+
+    def internal(self) -> tuple[str, int]:
+        assert self.app.internal_address is not None
+        host, _, port = self.app.internal_address.rpartition(":")
+        return host, int(port)
+
+    async def connect_gateway(self) -> ChannelEndpoint:
+        """The gateway side: a real client endpoint connected to the edge's internal listener."""
+
+        async def on_items(items: list[Item]) -> None:
+            self.from_edge.extend(i for i in items if isinstance(i, Routed))
+
+        endpoint = ChannelEndpoint(Role.GATEWAY, on_items=on_items, on_bounce=lambda items, c: None)
+        await self.nursery.start(run_loopback_client, endpoint, *self.internal())
+        with trio.fail_after(5):
+            await endpoint.wait_connected()
+        return endpoint
+
+
+@asynccontextmanager
+async def channel_lab(tmp: Path) -> AsyncIterator[ChannelLab]:
+    config_path = write_config(tmp)  # external and admin listeners on 127.0.0.1 port 0
+    text = config_path.read_text().replace(
+        'state-dir = "state"\n', 'state-dir = "state"\ninternal-listen = "127.0.0.1:0"\n'
+    )
+    config_path.write_text(text + f"[gateway]\noutage-bound = {OUTAGE_BOUND}\n")
+    async with trio.open_nursery() as nursery:
+        peer = await start_peer(nursery, "fabrikam.test")
+        write_store(tmp / "state", configuration(
+            "contoso.test", ("alice",), "contoso-secret", partner("fabrikam.test", peer.port, TCP_DIALBACK_ROW),
+        ))
+        app = EdgeApp(load_config(config_path), poll_interval=3600, signals=False)
+        await nursery.start(app.run)
+        external = app.status().listeners[0].address
+        peer.federate_with("contoso.test", int(external.rpartition(":")[2]), TCP_DIALBACK_ROW, ("bob",))
+        try:
+            yield ChannelLab(app, peer, nursery)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def wait_for(predicate, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+def _errors(received: list[Delivery]) -> list[Delivery]:
+    return [d for d in received if d.type == "error"]
+
+
+async def test_status_shows_external_and_internal_listeners_and_the_channel_state(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with channel_lab(tmp_path) as lab:
+            admin = lab.app.admin_endpoint
+            assert admin is not None
+            config = msgspec.structs.replace(
+                lab.app.config, admin=msgspec.structs.replace(lab.app.config.admin, listen=admin.address)
+            )
+            client = AdminClient(config, timeout=5)
+
+            async def status():  # type: ignore[no-untyped-def]
+                reply = await trio.to_thread.run_sync(client.request, "GET", "/status")
+                assert reply.status == 200
+                return decode_status(reply.body)
+
+            before = await status()
+            roles = {listener.role.value: listener.address for listener in before.listeners}
+            assert roles["external"].startswith("127.0.0.1:") and not roles["external"].endswith(":0")
+            assert roles["internal"] == lab.app.internal_address
+            assert roles["internal"].startswith("127.0.0.1:") and not roles["internal"].endswith(":0")
+            assert before.channel.state.value == "not-connected"
+
+            await lab.connect_gateway()
+            after = await status()
+            assert after.channel.state.value == "connected"
+
+
+async def test_a_stanza_from_an_s2s_peer_reaches_the_gateway_over_the_channel(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with channel_lab(tmp_path) as lab:
+            await lab.connect_gateway()
+            await lab.peer.send(message("bob@fabrikam.test", "alice@contoso.test", body="grüß dich", id="in1"))
+            await wait_for(lambda: len(lab.from_edge) == 1)
+            item = lab.from_edge[0]
+            assert (item.kind, item.from_, item.to) == (StanzaKind.MESSAGE, "bob@fabrikam.test", "alice@contoso.test")
+            assert "grüß dich".encode() in item.raw and b"in1" in item.raw
+
+
+async def test_a_stanza_from_the_gateway_reaches_the_s2s_peer(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with channel_lab(tmp_path) as lab:
+            gateway = await lab.connect_gateway()
+            stanza = message("alice@contoso.test", "bob@fabrikam.test", body="hi from SIP", id="out1")
+            assert gateway.submit(StanzaKind.MESSAGE, "alice@contoso.test", "bob@fabrikam.test", "chat", "out1",
+                                  to_bytes(stanza))
+            got: list[Delivery] = []
+            await wait_for(lambda: bool(got.extend(lab.peer.received()) or got))
+            assert [(d.from_jid, d.to_jid, d.kind) for d in got] == [
+                ("alice@contoso.test", "bob@fabrikam.test", "message")
+            ]
+            assert b"hi from SIP" in got[0].raw
+
+
+async def test_without_a_gateway_past_the_outage_bound_the_peer_gets_an_error_stanza(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with channel_lab(tmp_path) as lab:
+            await lab.peer.send(message("bob@fabrikam.test", "alice@contoso.test", id="lost1"))
+            got: list[Delivery] = []
+            await wait_for(lambda: bool(got.extend(lab.peer.received()) or _errors(got)))
+            first = _errors(got)
+            assert len(first) == 1 and (first[0].from_jid, first[0].to_jid) == ("alice@contoso.test", "bob@fabrikam.test")
+            assert b"remote-server-timeout" in first[0].raw and NS_STANZAS.encode() in first[0].raw
+            assert b"lost1" in first[0].raw
+
+            # Still no gateway: the next stanza is refused at once.
+            await lab.peer.send(message("bob@fabrikam.test", "alice@contoso.test", id="lost2"))
+            await wait_for(lambda: bool(got.extend(lab.peer.received()) or len(_errors(got)) == 2), timeout=OUTAGE_BOUND * 4)
+            second = _errors(got)[1]
+            assert b"service-unavailable" in second.raw and b"lost2" in second.raw
+            assert lab.app.status().channel.state.value == "not-connected"
