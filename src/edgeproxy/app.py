@@ -501,6 +501,7 @@ async def run_app(
     role: str = "both",
     event_log: EventLog | None = None,
     metrics: Metrics | None = None,
+    signals: bool = True,
     task_status: trio.TaskStatus[EdgeApp | None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """``edgeproxy serve``: run the edge, the gateway or both until stopped.
@@ -508,7 +509,8 @@ async def run_app(
     ``both``: the edge first, then the gateway connected to the edge's bound internal address
     (port 0 works), with the edge's policy snapshot; when the edge has stopped (its graceful
     shutdown flushed the channel), the gateway is cancelled. ``gateway``: only the gateway,
-    until cancelled. ``task_status`` gets the ``EdgeApp`` (None for ``gateway``).
+    until cancelled. ``task_status`` gets the ``EdgeApp`` (None for ``gateway``); ``signals``:
+    the edge handles SIGTERM/SIGINT/SIGHUP (off for in-process tests).
     """
     from edgeproxy.gateway.service import run_gateway  # the gateway is only imported if used
 
@@ -519,7 +521,7 @@ async def run_app(
             await nursery.start(run_gateway, config)
             task_status.started(None)
         return
-    app = EdgeApp(config, event_log=event_log, metrics=metrics, channel=True)
+    app = EdgeApp(config, event_log=event_log, metrics=metrics, channel=True, signals=signals)
     async with trio.open_nursery() as nursery:
         await nursery.start(app.run)
         if role == "both":

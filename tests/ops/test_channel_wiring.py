@@ -1,16 +1,21 @@
 """The loopback channel in the running server: ``EdgeApp`` in-process on 127.0.0.1 (port 0 for the
 external, internal and admin listeners), a scripted S2S partner (fabrikam.test, a real edge on
 real sockets) and the gateway side played by the real ``loopback.client`` with its own
-``ChannelEndpoint``."""
+``ChannelEndpoint``; the last tests run ``run_app(role="both")`` (edge and the real gateway in one
+process, the channel on loopback), with a SIPp UAC as the SIP user."""
 
 from __future__ import annotations
 
+import shutil
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import msgspec
+import pytest
 import trio
 from _lab import (
     TCP_DIALBACK_ROW,
@@ -23,7 +28,7 @@ from _lab import (
     write_store,
 )
 
-from edgeproxy.app import EdgeApp
+from edgeproxy.app import EdgeApp, run_app
 from edgeproxy.config import load_config
 from edgeproxy.loopback.client import run_loopback_client
 from edgeproxy.loopback.endpoint import ChannelEndpoint
@@ -163,3 +168,87 @@ async def test_without_a_gateway_past_the_outage_bound_the_peer_gets_an_error_st
             second = _errors(got)[1]
             assert b"service-unavailable" in second.raw and b"lost2" in second.raw
             assert lab.app.status().channel.state.value == "not-connected"
+
+
+# -- edge and the real gateway in one process (edgeproxy serve --role both) --------------------
+
+SIPP = shutil.which("sipp")
+ALICE_IP = "127.0.0.3"
+
+
+def _free_udp_tcp_port(host: str) -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    raise OSError("no free port")
+
+
+@asynccontextmanager
+async def both_roles(tmp: Path) -> AsyncIterator[tuple[EdgeApp, Peer, str]]:
+    """``run_app(role="both")`` for contoso.test with fabrikam.test as a scripted partner; yields
+    the app, the peer and the gateway's SIP address."""
+    sip = f"127.0.0.1:{_free_udp_tcp_port('127.0.0.1')}"
+    config_path = write_config(tmp)
+    text = config_path.read_text().replace(
+        'state-dir = "state"\n', 'state-dir = "state"\ninternal-listen = "127.0.0.1:0"\n'
+    )
+    config_path.write_text(text + f'[gateway]\nsip-listen = ["{sip}"]\n')
+    async with trio.open_nursery() as nursery:
+        peer = await start_peer(nursery, "fabrikam.test")
+        write_store(tmp / "state", configuration(
+            "contoso.test", ("alice",), "contoso-secret", partner("fabrikam.test", peer.port, TCP_DIALBACK_ROW),
+        ))
+        app = await nursery.start(partial(run_app, load_config(config_path), role="both", signals=False))
+        assert app is not None
+        external = app.status().listeners[0].address
+        peer.federate_with("contoso.test", int(external.rpartition(":")[2]), TCP_DIALBACK_ROW, ("bob",))
+        try:
+            yield app, peer, sip
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def test_both_roles_a_peer_message_to_an_unregistered_sip_user_comes_back_as_recipient_unavailable(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(20):
+        async with both_roles(tmp_path) as (app, peer, _sip):
+            await wait_for(lambda: app.status().channel.state.value == "connected")
+            await peer.send(message("bob@fabrikam.test", "alice@contoso.test", id="u1"))
+            got: list[Delivery] = []
+            await wait_for(lambda: bool(got.extend(peer.received()) or _errors(got)))
+            [error] = _errors(got)
+            assert (error.from_jid, error.to_jid) == ("alice@contoso.test", "bob@fabrikam.test")
+            assert b"recipient-unavailable" in error.raw and b"u1" in error.raw
+
+
+async def test_both_roles_a_sip_message_reaches_the_s2s_peer(tmp_path: Path) -> None:
+    if SIPP is None:
+        pytest.skip("sipp not installed (apt-get install sip-tester)")
+    scenario = Path(__file__).resolve().parents[1] / "gateway" / "sipp" / "message_uac.xml"
+    with trio.fail_after(25):
+        async with both_roles(tmp_path) as (app, peer, sip):
+            await wait_for(lambda: app.status().channel.state.value == "connected")
+            text = "Grüße aus SIP ☃"
+            done = await trio.run_process(
+                [SIPP, "-sf", str(scenario), "-i", ALICE_IP, "-p", str(_free_udp_tcp_port(ALICE_IP)),
+                 "-m", "1", "-nostdin", "-timeout", "15", "-timeout_error", "-default_behaviors", "all,-bye",
+                 "-s", "bob", "-key", "from_user", "alice", "-key", "from_domain", "contoso.test",
+                 "-key", "domain", "fabrikam.test", "-key", "text", text, sip],
+                check=False, capture_stdout=True, capture_stderr=True,
+            )
+            assert done.returncode == 0, done.stderr.decode()[-800:]
+            got: list[Delivery] = []
+            await wait_for(lambda: bool(got.extend(peer.received()) or got))
+            [item] = got
+            assert (item.from_jid.partition("/")[0], item.to_jid, item.kind) == (
+                "alice@contoso.test", "bob@fabrikam.test", "message"
+            )
+            assert text.encode() in item.raw
