@@ -295,6 +295,11 @@ async def test_sigterm_during_a_message_stream_delivers_or_bounces_every_stanza_
     silent.close()
 
 
+# Hang guards only (not speed checks): a subprocess start-up and dialback on a loaded shared
+# machine can take many seconds.
+HANG_GUARD_SECONDS = 60
+
+
 def test_sigterm_stops_the_serve_process_within_the_bound_and_every_event_line_is_documented_json(
     tmp_path: Path,
 ) -> None:
@@ -327,7 +332,7 @@ def test_sigterm_stops_the_serve_process_within_the_bound_and_every_event_line_i
                     return sample(reply.body.decode(), "edgeproxy_stanzas_total", partner="northwind.test",
                                   verdict="delivered")
 
-                with trio.fail_after(20):
+                with trio.fail_after(HANG_GUARD_SECONDS):
                     while await trio.to_thread.run_sync(delivered) < 0:
                         await trio.sleep(0.1)
 
@@ -340,7 +345,7 @@ def test_sigterm_stops_the_serve_process_within_the_bound_and_every_event_line_i
                         await trio.sleep(0.01)
 
                 nursery.start_soon(stream_messages)
-                with trio.fail_after(20):
+                with trio.fail_after(HANG_GUARD_SECONDS):
                     while await trio.to_thread.run_sync(delivered) < 5:
                         await trio.sleep(0.05)
                 t0 = time.monotonic()
@@ -349,7 +354,7 @@ def test_sigterm_stops_the_serve_process_within_the_bound_and_every_event_line_i
                     await proc.wait()
                 stats["exit_seconds"] = time.monotonic() - t0
                 stats["returncode"] = proc.returncode
-                with trio.fail_after(5):
+                with trio.fail_after(15):
                     while north.stream_errors_received("system-shutdown") < 1:
                         await trio.sleep(0.02)
                 nursery.cancel_scope.cancel()

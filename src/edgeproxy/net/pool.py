@@ -90,10 +90,12 @@ class OutboundLink:
             await self._bounce(element, condition)
 
     async def run(self) -> None:
+        # except*: the errors come wrapped in ExceptionGroups from the nurseries below; a lost
+        # stream must end this link only, never the edge (one peer can never crash the server).
         try:
             await self._run()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError) as exc:
-            self.failure = f"stream lost: {exc!r}"
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError) as group:
+            self.failure = f"stream lost: {group.exceptions[0]!r}"
             log.warning("outbound %s -> %s: %s", self.local, self.remote, self.failure)
             await self._bounce_all("remote-server-timeout")
         finally:
@@ -132,6 +134,7 @@ class OutboundLink:
         )
         self.session = session
         failed_with: str | None = None
+        unsent: list[Element] = []  # taken from the queue but not written: bounced below
         async with trio.open_nursery() as nursery:
             nursery.start_soon(session.run)
             await session.send_bytes(conn.initiate())
@@ -152,11 +155,20 @@ class OutboundLink:
                         sender.cancel_scope.cancel()
 
                     sender.start_soon(stop_when_closed)
-                    async for raw, _element in self._recv:
-                        await session.send(SendStanza(raw, self.local, self.remote))
+                    async for raw, element in self._recv:
+                        try:
+                            await session.send(SendStanza(raw, self.local, self.remote))
+                        except (LocalProtocolError, trio.BrokenResourceError,
+                                trio.ClosedResourceError) as exc:
+                            # the stream closed under us (peer error, shutdown): bounce, end link
+                            self.failure = f"stream lost: {exc!r}"
+                            unsent.append(element)
+                            break
                     sender.cancel_scope.cancel()
                 await session.close()
         # Outside the (possibly cancelled) nursery: bouncing must not be cancelled.
+        for element in unsent:
+            await self._bounce(element, "remote-server-timeout")
         await self._bounce_all(failed_with or "remote-server-timeout")
 
 
