@@ -370,16 +370,22 @@ class EdgeApp:
         close_grace = min(2.0, self.drain_bound / 4)
         self.telemetry.emit(events.SHUTDOWN_STARTED, reason="stop requested", bound_seconds=self.drain_bound)
         delivered, bounced = self.telemetry.delivered, self.telemetry.bounced
+        channel = self.channel
+        if channel is not None and not channel.statistics().connected:
+            # No gateway to flush to: bounce what the channel holds while the pool may still
+            # open the links the bounces need.
+            with trio.move_on_at(deadline - close_grace):
+                await channel.bounce_queued()
         edge.stop_accepting()
         with trio.CancelScope() as self._drain_scope:
+            if channel is not None:
+                # Flush the channel to the gateway (its replies still go out), then bounce what
+                # it did not take in time, before the outbound queues drain.
+                with trio.move_on_at(deadline - close_grace):
+                    await channel.flush()
+                with trio.move_on_at(deadline - close_grace):
+                    await channel.bounce_queued()
             drained = await edge.drain(deadline - close_grace)
-        if self.channel is not None:
-            # Flush the channel to the gateway; bounce what it could not take, over the streams
-            # that are still open.
-            with trio.move_on_at(deadline - close_grace):
-                await self.channel.flush()
-            with trio.move_on_at(deadline - close_grace / 2):
-                await self.channel.bounce_queued()
         streams = len(edge.sessions())
         with trio.move_on_at(deadline):
             await edge.close_streams(max(0.1, deadline - trio.current_time() - 0.1))
