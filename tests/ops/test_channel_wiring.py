@@ -29,6 +29,7 @@ from _lab import (
 )
 
 from edgeproxy.app import EdgeApp, run_app
+from edgeproxy.cli import build_parser
 from edgeproxy.config import load_config
 from edgeproxy.loopback.client import run_loopback_client
 from edgeproxy.loopback.endpoint import ChannelEndpoint
@@ -293,3 +294,11 @@ async def test_both_roles_a_sip_message_reaches_the_s2s_peer(tmp_path: Path) -> 
                 "alice@contoso.test", "bob@fabrikam.test", "message"
             )
             assert text.encode() in item.raw
+
+
+def test_serve_takes_a_role_both_by_default() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["serve"]).role == "both"
+    assert parser.parse_args(["serve", "--role", "gateway"]).role == "gateway"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--role", "sip"])
