@@ -140,7 +140,10 @@ async def start_peer(nursery: trio.Nursery, domain: str, certs: Certs | None = N
     return Peer(domain, server, delivery, bound_port(listeners), holder, telemetry)
 
 
-def write_config(directory: Path, *, admin_port: int = 0, listen_port: int = 0, certs: Certs | None = None) -> Path:
+def write_config(
+    directory: Path, *, admin_port: int = 0, listen_port: int = 0, certs: Certs | None = None,
+    private_channel_ports: bool = False,
+) -> Path:
     """An edgeproxy.toml for contoso.test on 127.0.0.1 (state in ``directory/state``)."""
     tls = ""
     if certs is not None:
@@ -155,4 +158,11 @@ def write_config(directory: Path, *, admin_port: int = 0, listen_port: int = 0, 
         f"{tls}"
         f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
     )
+    if private_channel_ports:
+        # a `serve` process runs edge and gateway: not on the fixed defaults (23456 for the
+        # channel, 5060 for SIP), so nothing else on this host can clash with it
+        text = path.read_text().replace(
+            'state-dir = "state"\n',
+            f'state-dir = "state"\ninternal-listen = "127.0.0.1:{free_port()}"\n', 1)
+        path.write_text(text + f'[gateway]\nsip-listen = ["127.0.0.1:{free_port()}"]\n')
     return path

@@ -305,7 +305,8 @@ def test_sigterm_stops_the_serve_process_within_the_bound_and_every_event_line_i
 ) -> None:
     """``edgeproxy serve`` as a process, no certificate (TCP dialback only, with a warning)."""
     admin_port, edge_port = free_port(), free_port()
-    config_path = write_config(tmp_path, admin_port=admin_port, listen_port=edge_port)
+    config_path = write_config(tmp_path, admin_port=admin_port, listen_port=edge_port,
+                               private_channel_ports=True)
     secret_body = "TOP-SECRET-BODY-7f3a"
     stats: dict[str, float] = {}
 

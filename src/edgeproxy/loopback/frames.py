@@ -195,7 +195,8 @@ def decode_frame(data: bytes | bytearray | memoryview) -> Frame:
         frame = _DECODER.decode(data)
     except msgspec.ValidationError as exc:
         raise FrameError(f"invalid frame: {exc}", "policy-violation") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec reports invalid UTF-8 in a str field (e.g. a union tag) as UnicodeDecodeError
         raise FrameError(f"malformed frame: {exc}") from None
     return frame
 
