@@ -20,6 +20,10 @@ def test_serve_listens_and_refuses_a_stranger_with_a_stream_error(tmp_path: Path
     config = tmp_path / "edgeproxy.toml"
     config.write_text(
         f'[edge]\ndomains = ["contoso.test"]\nlisten = ["127.0.0.1:{port}"]\nstate-dir = "state"\n'
+        # private ports for everything else serve opens (never the fixed defaults)
+        f'internal-listen = "127.0.0.1:{free_port()}"\n'
+        f'[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[gateway]\nsip-listen = ["127.0.0.1:{free_port()}"]\n'
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgeproxy", "serve", "--config", str(config)],
