@@ -20,6 +20,7 @@ from edgeproxy.tokenizer import (
     Tokenizer,
     TokenizerError,
 )
+from fixtures.tools import in_ci
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +46,7 @@ def require_corpus(path: Path) -> None:
     if path.exists():
         return
     reason = f"shared corpus not found at {path} (set EDGEPROXY_CORPUS_DIR)"
-    if os.environ.get("CI") == "true":
+    if in_ci():
         pytest.fail(reason)
     pytest.skip(reason)
 

@@ -5,25 +5,20 @@ With CI=true a missing sipp fails the test instead of skipping it.
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 from pathlib import Path
 
-import pytest
 import trio
 
-SIPP = shutil.which("sipp")
+from fixtures.tools import require_tool
+
 SCENARIOS = Path(__file__).parent / "sipp"
 GATEWAY_IP, BOB_IP, ALICE_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
 
 
 def require_sipp() -> str:
-    if SIPP is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("sipp (Debian package sip-tester) is required in CI")
-        pytest.skip("sipp not installed (apt-get install sip-tester)")
-    return SIPP
+    """Path of sipp; in CI a missing sipp fails the test (fixtures.tools.require_tool)."""
+    return require_tool("sipp", "sip-tester")
 
 
 def free_port(host: str) -> int:

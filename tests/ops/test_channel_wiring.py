@@ -6,8 +6,6 @@ process, the channel on loopback), with a SIPp UAC as the SIP user."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,6 +37,7 @@ from edgeproxy.net.delivery import Delivery, to_bytes
 from edgeproxy.ops.commands import AdminClient
 from edgeproxy.ops.status import decode_status
 from edgeproxy.xmpp.namespaces import NS_STANZAS
+from fixtures.tools import require_tool
 
 OUTAGE_BOUND = 0.5
 
@@ -215,7 +214,6 @@ async def test_stop_without_a_gateway_bounces_what_the_channel_still_holds(tmp_p
 
 # -- edge and the real gateway in one process (edgeproxy serve --role both) --------------------
 
-SIPP = shutil.which("sipp")
 ALICE_IP = "127.0.0.3"
 
 
@@ -273,17 +271,14 @@ async def test_both_roles_a_peer_message_to_an_unregistered_sip_user_comes_back_
 
 
 async def test_both_roles_a_sip_message_reaches_the_s2s_peer(tmp_path: Path) -> None:
-    if SIPP is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("sipp (Debian package sip-tester) is required in CI")
-        pytest.skip("sipp not installed (apt-get install sip-tester)")
+    sipp = require_tool("sipp", "sip-tester")
     scenario = Path(__file__).resolve().parents[1] / "gateway" / "sipp" / "message_uac.xml"
     with trio.fail_after(25):
         async with both_roles(tmp_path) as (app, peer, sip):
             await wait_for(lambda: app.status().channel.state.value == "connected")
             text = "Grüße aus SIP ☃"
             done = await trio.run_process(
-                [SIPP, "-sf", str(scenario), "-i", ALICE_IP, "-p", str(_free_udp_tcp_port(ALICE_IP)),
+                [sipp, "-sf", str(scenario), "-i", ALICE_IP, "-p", str(_free_udp_tcp_port(ALICE_IP)),
                  "-m", "1", "-nostdin", "-timeout", "15", "-timeout_error", "-default_behaviors", "all,-bye",
                  "-s", "bob", "-key", "from_user", "alice", "-key", "from_domain", "contoso.test",
                  "-key", "domain", "fabrikam.test", "-key", "text", text, sip],
