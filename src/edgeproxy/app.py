@@ -298,18 +298,28 @@ class EdgeApp:
             log.debug("local delivery (no gateway channel): %s %s -> %s", item.kind, item.from_jid, item.to_jid)
 
     async def _poll(self) -> None:
-        assert self.holder is not None
         while True:
             await trio.sleep(self.poll_interval)
-            async with self._reload_lock:
-                old = self.holder.snapshot
-                try:
-                    changed = await trio.to_thread.run_sync(self.holder.reload_if_changed)
-                except sqlite3.Error as exc:
-                    self.telemetry.emit(events.STORE_UNAVAILABLE, path=str(self.config.state_dir), error=exc)
-                    continue
-                if changed:
-                    await self._apply(old, self.holder.snapshot, "store changed")
+            await self.refresh_policy()
+
+    async def refresh_policy(self) -> None:
+        """Apply the store now if another connection changed it (one step of the store poll).
+
+        The gateway's contact hooks call it after each write (role ``both``), so that a contact
+        a user added is authorized at once rather than at the next poll. Does nothing once the
+        stop has begun (the holder closes with the edge).
+        """
+        if self.holder is None or self._stop.is_set():
+            return
+        async with self._reload_lock:
+            old = self.holder.snapshot
+            try:
+                changed = await trio.to_thread.run_sync(self.holder.reload_if_changed)
+            except sqlite3.Error as exc:
+                self.telemetry.emit(events.STORE_UNAVAILABLE, path=str(self.config.state_dir), error=exc)
+                return
+            if changed:
+                await self._apply(old, self.holder.snapshot, "store changed")
 
     # -- Control ----------------------------------------------------------------------------
 
@@ -513,9 +523,10 @@ async def run_app(
     """``edgeproxy serve``: run the edge, the gateway or both until stopped.
 
     ``both``: the edge first, then the gateway connected to the edge's bound internal address
-    (port 0 works), with the edge's policy snapshot; when the edge has stopped (its graceful
-    shutdown flushed the channel), the gateway is cancelled. ``gateway``: only the gateway,
-    until cancelled. ``task_status`` gets the ``EdgeApp`` (None for ``gateway``); ``signals``:
+    (port 0 works), with the edge's policy snapshot; the contacts the gateway's hooks store
+    (SPEC §4) are applied to the edge at once (``EdgeApp.refresh_policy``); when the edge has
+    stopped (its graceful shutdown flushed the channel), the gateway is cancelled. ``gateway``:
+    only the gateway, following the store itself, until cancelled. ``task_status`` gets the ``EdgeApp`` (None for ``gateway``); ``signals``:
     the edge handles SIGTERM/SIGINT/SIGHUP (off for in-process tests).
     """
     from edgeproxy.gateway.service import run_gateway  # the gateway is only imported if used
@@ -523,8 +534,11 @@ async def run_app(
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}, expected one of {', '.join(ROLES)}")
     if role == "gateway":
+        # A process of its own: the gateway follows the store itself, and the edge's store poll
+        # picks up the contacts its hooks write.
+        telemetry = Telemetry(metrics, event_log)
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_gateway, config)
+            await nursery.start(partial(run_gateway, config, telemetry=telemetry))
             task_status.started(None)
         return
     app = EdgeApp(config, event_log=event_log, metrics=metrics, channel=True, signals=signals)
@@ -536,7 +550,10 @@ async def run_app(
             gateway_config = msgspec.structs.replace(
                 config, gateway=msgspec.structs.replace(config.gateway, edge_address=app.internal_address)
             )
-            await nursery.start(partial(run_gateway, gateway_config, policy=lambda: holder.snapshot))
+            await nursery.start(partial(
+                run_gateway, gateway_config, policy=lambda: holder.snapshot,
+                on_stored=app.refresh_policy, telemetry=app.telemetry,
+            ))
         task_status.started(app)
         await app.stopped.wait()
         nursery.cancel_scope.cancel()

@@ -41,11 +41,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from edgeproxy.config import EdgeConfig
+from edgeproxy.gateway.directory import ContactRecorder, follow_store
 from edgeproxy.gateway.presence import PresenceAgent
 from edgeproxy.gateway.sip.message import SipRequest, response_to
 from edgeproxy.gateway.sip.proxy import LocalProxy
@@ -68,7 +70,10 @@ from edgeproxy.loopback.endpoint import DEFAULT_OUTAGE_BOUND, ChannelEndpoint
 from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
 from edgeproxy.loopback.reliable import DEFAULT_MAX_QUEUED
 from edgeproxy.loopback.server import split_host_port
+from edgeproxy.ops import events
+from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy import engine
+from edgeproxy.policy.holder import SnapshotHolder
 from edgeproxy.policy.snapshot import PolicySnapshot
 from edgeproxy.tokenizer import Element, Stanza, Tokenizer, TokenizerError
 from edgeproxy.xmpp.jid import InvalidJid, parse_jid
@@ -319,15 +324,39 @@ async def run_gateway(
     config: EdgeConfig,
     *,
     policy: Callable[[], PolicySnapshot] | None = None,
+    on_stored: Callable[[], Awaitable[None]] | None = None,
+    telemetry: Telemetry | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the gateway of ``config`` until cancelled (for ``edgeproxy serve``).
 
+    The presence agent's contact hooks are written to the store under ``[edge] state-dir``
+    (``directory.ContactRecorder``; ``on_stored`` is awaited after each committed change —
+    role ``both`` passes the edge's ``refresh_policy``). ``policy``: the edge's snapshot (role
+    ``both``); without it (role ``gateway``) the gateway follows the same store through a
+    ``SnapshotHolder`` of its own, and a store that cannot be opened stops it (event
+    ``EP8005``): without the policy it could not keep a PublicUnverified request pending.
     Only the first ``sip-listen`` address is served for now.
     """
+    telemetry = telemetry if telemetry is not None else Telemetry()
     section = config.gateway
     sip_host, sip_port = split_host_port(section.sip_listen[0])
     edge_host, edge_port = split_host_port(section.edge_address or config.edge.internal_listen)
+    holder: SnapshotHolder | None = None
+    if policy is None:
+        try:
+            holder = SnapshotHolder.open(config.state_dir, config.edge.domains)
+        except (sqlite3.Error, OSError) as exc:
+            telemetry.emit(events.STORE_UNAVAILABLE, path=str(config.state_dir), error=exc)
+            raise
+        own = holder
+
+        def policy() -> PolicySnapshot:
+            return own.snapshot
+
+    recorder = ContactRecorder(
+        config.state_dir, config.edge.domains, policy=policy, on_stored=on_stored, telemetry=telemetry
+    )
     service = GatewayService(
         sip_domains=section.sip_domains or config.edge.domains,
         sip_host=sip_host,
@@ -337,5 +366,15 @@ async def run_gateway(
         outage_bound=section.outage_bound,
         max_queued=section.max_queued,
         policy=policy,
+        on_pending=recorder.on_pending,
+        on_contact_added=recorder.on_contact_added,
     )
-    await service.run(edge_host, edge_port, task_status=task_status)
+    try:
+        async with trio.open_nursery() as nursery:
+            if holder is not None:
+                nursery.start_soon(follow_store, holder, config.state_dir, telemetry)
+            await nursery.start(recorder.run)
+            await service.run(edge_host, edge_port, task_status=task_status)
+    finally:
+        if holder is not None:
+            holder.close()

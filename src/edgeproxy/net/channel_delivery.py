@@ -12,7 +12,9 @@ Edge → gateway
     replies to local senders) submits the stanza's raw bytes as a ``Routed`` item. A stanza the
     policy transformed (``strip_status``) is re-serialized without its ``<status/>``. When the
     channel's queue is full, or the gateway has been away longer than the outage bound, the
-    endpoint hands the item back (``on_bounce``) and the XMPP sender gets an error.
+    endpoint hands the item back (``on_bounce``) and the XMPP sender gets an error. An
+    auto-approved ``subscribe`` is delivered unanswered: the gateway's presence agent answers
+    it (``answers_subscriptions``), so the partner gets one ``subscribed``, not two.
 Gateway → edge
     A ``Routed`` item is a stanza from a local (SIP) user to an XMPP contact: it goes through the
     router's outbound path (policy ``decide_outbound``, then the S2S pool). A ``Bounce`` item is
@@ -77,6 +79,10 @@ def _without_status(raw: bytes) -> bytes:
 
 class ChannelDelivery:
     """``LocalDelivery`` over the loopback channel (see the module docstring)."""
+
+    #: The gateway's presence agent answers an auto-approved ``subscribe`` (``subscribed``
+    #: plus the user's presence, RFC 6121 §3.1.5): the router does not answer it too.
+    answers_subscriptions = True
 
     def __init__(
         self,

@@ -46,11 +46,29 @@ class Delivery:
 
 
 class LocalDelivery(Protocol):
+    """Where the router hands accepted stanzas.
+
+    A sink may also declare ``answers_subscriptions = True``: the local side it feeds (the
+    gateway's presence agent) answers an auto-approved ``subscribe`` itself, with ``subscribed``
+    and the user's current presence, so the router must not answer it too (one ``subscribed``,
+    not two). Sinks without the attribute (``MemoryDelivery``, the load generator's) are answered
+    by the router. See :func:`answers_subscriptions`.
+    """
+
     async def deliver(self, item: Delivery) -> None: ...
 
 
+def answers_subscriptions(delivery: object) -> bool:
+    """Does ``delivery``'s local side answer auto-approved subscription requests itself?"""
+    return bool(getattr(delivery, "answers_subscriptions", False))
+
+
 class MemoryDelivery:
-    """A bounded in-process queue of deliveries (``receive()`` to take them)."""
+    """A bounded in-process queue of deliveries (``receive()`` to take them).
+
+    Nothing behind it answers subscriptions: the router does (``answers_subscriptions``)."""
+
+    answers_subscriptions = False
 
     def __init__(self, bound: int = MEMORY_DELIVERY_BOUND) -> None:
         self._send, self._receive = trio.open_memory_channel[Delivery](bound)

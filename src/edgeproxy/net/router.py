@@ -12,7 +12,12 @@ user and partner-type rules. Its decisions map to actions here:
 * ``Refuse(stream_level)`` → stream error and close;
 * ``Refuse(bounce)`` → an error stanza to the sender, over the outbound pool (S2S streams are
   one-way: replies travel on our own stream to the partner, RFC 6120 §10 / XEP-0220 §1);
-* ``AutoReply`` → a presence reply to the sender (and delivery if ``deliver``);
+* ``AutoReply`` → a presence reply to the sender (and delivery if ``deliver``). One component
+  answers: when the local side answers auto-approved subscriptions itself (the gateway's
+  presence agent behind ``ChannelDelivery``: ``subscribed`` plus the user's presence), a
+  delivered ``AutoReply`` is only delivered; the router answers when nothing behind the
+  delivery does (``MemoryDelivery``) and always when the stanza is not delivered (an
+  unauthorized probe gets ``unsubscribed`` from here);
 * ``StorePending`` → delivery flagged as a pending subscription (the gateway stores it).
 
 The engine needs a few flags from inside the stanza (status note, file transfer, Jingle, MUC
@@ -27,7 +32,13 @@ from collections.abc import Callable
 
 import trio
 
-from edgeproxy.net.delivery import Delivery, LocalDelivery, bounce, to_bytes
+from edgeproxy.net.delivery import (
+    Delivery,
+    LocalDelivery,
+    answers_subscriptions,
+    bounce,
+    to_bytes,
+)
 from edgeproxy.net.pool import OutboundPool
 from edgeproxy.net.session import S2SSession
 from edgeproxy.ops.metrics import Flow, Verdict
@@ -118,7 +129,9 @@ class Router:
                 return
             await self._refuse_inbound(element, decision)
             return
-        if isinstance(decision, AutoReply):
+        if isinstance(decision, AutoReply) and not (
+            decision.deliver and answers_subscriptions(self.delivery)
+        ):
             reply = Element(
                 "presence", NS_SERVER,
                 {"from": _bare(view.to_jid), "to": _bare(view.from_jid), "type": decision.reply},

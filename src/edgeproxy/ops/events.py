@@ -203,6 +203,9 @@ _DEFINITIONS: tuple[EventClass, ...] = (
     EventClass("EP8005", "store-unavailable", _E, "The configuration store could not be read; the previous snapshot stays in force.",
                "store {path} unavailable: {error}",
                "Check the state dir's permissions and free space; `edgeproxy partner get` reads the same store."),
+    EventClass("EP8006", "contact-not-stored", _W, "The gateway could not record a contact change in the store: a PublicUnverified contact's pending subscription request, or a contact a SIP user added by subscribing to it (SPEC §4).",
+               "{change} {contact} for {user} not stored: {error}",
+               "The user must exist in the store (`edgeproxy user get`); check the state dir's permissions and free space. Until it is stored the edge keeps refusing the contact's messages: `edgeproxy user contact add USER JID` records it by hand."),
     EventClass("EP9001", "event-log-overflow", _W, "The event log buffer was full and events were dropped (callers never wait on the log).",
                "{dropped} events dropped: the log output is too slow",
                "The log sink (journal, file, pipe) is slow or blocked; check disk space and the journal rate limit."),
@@ -253,6 +256,7 @@ RELOAD_FAILED = CATALOGUE["EP8002"]
 ADMIN_DENIED = CATALOGUE["EP8003"]
 ADMIN_LISTEN_REFUSED = CATALOGUE["EP8004"]
 STORE_UNAVAILABLE = CATALOGUE["EP8005"]
+CONTACT_NOT_STORED = CATALOGUE["EP8006"]
 EVENT_LOG_OVERFLOW = CATALOGUE["EP9001"]
 LOG_RECORD = CATALOGUE["EP9002"]
 
