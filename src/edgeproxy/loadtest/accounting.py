@@ -39,6 +39,8 @@ class Ledger:
     unknown_ids: int = 0
     latencies: list[float] = field(default_factory=list)
     timeline: dict[int, list[int]] = field(default_factory=dict)  # second -> [sent, done]
+    #: second (of settling) -> latencies (seconds) of the stanzas settled in that second.
+    latency_by_second: dict[int, list[float]] = field(default_factory=dict)
     start: float = 0.0
 
     def sent(self, stanza_id: str, now: float) -> None:
@@ -56,9 +58,22 @@ class Ledger:
                 self.unknown_ids += 1
             return False
         self.outstanding.discard(stanza_id)
-        self.latencies.append(now - self.sent_at[stanza_id])
+        latency = now - self.sent_at[stanza_id]
+        self.latencies.append(latency)
+        self.latency_by_second.setdefault(int(now - self.start), []).append(latency)
         self._tick(now, 1)
         return True
+
+    def timeline_rows(self) -> list[dict[str, object]]:
+        """Per second of the run: sent, settled, and p50/p99 latency (ms) of what settled."""
+        last = max(self.timeline) if self.timeline else 0
+        rows: list[dict[str, object]] = []
+        for sec in range(last + 1):
+            sent, done = self.timeline.get(sec, [0, 0])
+            ms = [v * 1000 for v in self.latency_by_second.get(sec, ())]
+            rows.append({"second": sec, "sent": sent, "done": done,
+                         "p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99)})
+        return rows
 
     def saw_delivered(self, stanza_id: str, now: float) -> None:
         if self._settle(stanza_id, now):

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 import sys
 import time
@@ -24,9 +25,11 @@ from edgeproxy.loadtest.partner import (
     OutboundStream,
     PartnerListener,
     StreamSetupError,
+    listener_snapshot,
     open_stream,
     partner_snapshot,
 )
+from edgeproxy.loadtest.partner_tls import PartnerTls
 from edgeproxy.loadtest.procstats import ProcSample, try_sample
 from edgeproxy.loadtest.scenario import Scenario, SinkKind
 from edgeproxy.loadtest.sink import C2SSink, DeliveryProbe
@@ -36,6 +39,8 @@ from edgeproxy.s2s import LocalProtocolError
 #: Open loop: stanzas written to one stream in one ``send_all``.
 OPEN_LOOP_BATCH = 32
 PROGRESS_INTERVAL = 0.5
+#: Width of the progress bar (characters) on a terminal.
+PROGRESS_BAR = 24
 DRAIN_POLL = 0.01
 CONNECT_CONCURRENCY = 64
 
@@ -54,7 +59,10 @@ class LoadTest:
         self.pid = pid
         self.ledger = Ledger()
         self.snapshot = partner_snapshot(scenario)
-        self.listener = PartnerListener(scenario, lambda: self.snapshot, self.ledger)
+        self.listener_policy = listener_snapshot(scenario)
+        #: Certificates of the simulated domains (None in plain mode).
+        self.tls = PartnerTls.for_scenario(scenario)
+        self.listener = PartnerListener(scenario, lambda: self.listener_policy, self.ledger, self.tls)
         self.streams: list[OutboundStream] = []
         self.setup_errors: list[str] = []
         self.listen_port: int | None = None
@@ -130,7 +138,7 @@ class LoadTest:
             await trio.sleep_until(start + i / p.connect_rate)
             async with limiter:
                 try:
-                    stream = await open_stream(self.scenario, lambda: self.snapshot, local)
+                    stream = await open_stream(self.scenario, lambda: self.snapshot, local, self.tls)
                 except (OSError, StreamSetupError, trio.TooSlowError) as exc:
                     self.setup_errors.append(f"{local}: {exc!r}")
                     return
@@ -193,8 +201,10 @@ class LoadTest:
         while True:
             led = self.ledger
             done = led.delivered + led.bounced
+            filled = PROGRESS_BAR * done // total if total else 0
+            bar = "#" * filled + "." * (PROGRESS_BAR - filled)
             self._progress.write(
-                f"\r[{self._phase:<10}] streams {len(self.streams)} "
+                f"\r[{bar}] {self._phase:<10} streams {len(self.streams)} "
                 f"sent {led.sent_count}/{total} delivered {led.delivered} "
                 f"bounced {led.bounced} outstanding {len(led.outstanding)} ({done})   "
             )
@@ -212,8 +222,6 @@ class LoadTest:
         s = self.scenario
         summary = self.ledger.summary()
         settled = self.ledger.delivered + self.ledger.bounced
-        timeline = self.ledger.timeline
-        last_second = max(timeline) if timeline else 0
         setups = [st.setup_seconds * 1000 for st in self.streams]
         relay_seconds = max(send_end - send_start, 1e-9)
         if self.ledger.latencies:
@@ -223,6 +231,7 @@ class LoadTest:
             "target": {"domain": s.target.domain, "host": s.target.host, "port": s.target.port},
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall_start)),
             "streams": {
+                "security": str(s.partners.security),
                 "wanted": len(s.partners.domain_names()) * s.partners.streams_per_domain,
                 "ready": len(self.streams),
                 "setup_errors": self.setup_errors[:50],
@@ -232,22 +241,39 @@ class LoadTest:
                     "p99": percentile(setups, 99),
                     "max": max(setups) if setups else None,
                 },
+                **_setup_phases(self.streams),
                 "errors": [e for st in self.streams for e in st.errors][:50],
                 "inbound_accepted": self.listener.accepted,
                 "dialback_verifications": self.listener.verifications,
+                "db_verify_answers": dict(self.listener.verify_answers),
+                "inbound_tls_versions": dict(self.listener.tls_versions),
+                "inbound_auth_methods": dict(self.listener.auth_methods),
+                "inbound_certificate_notes": self.listener.certificate_notes,
                 "inbound_errors": self.listener.errors[:50],
             },
             **summary,
             "unsent": self.unsent,
             "send_seconds": send_end - send_start,
             "stanzas_per_s": settled / relay_seconds if settled else 0.0,
-            "timeline": [
-                {"second": sec, "sent": timeline.get(sec, [0, 0])[0], "done": timeline.get(sec, [0, 0])[1]}
-                for sec in range(last_second + 1)
-            ],
+            "timeline": self.ledger.timeline_rows(),
         }
         result["target_process"] = _process_figures(self.pid, samples, settled, len(self.streams))
         return result
+
+
+def _setup_phases(streams: list[OutboundStream]) -> dict[str, object]:
+    """How the ready streams were set up: security, TLS versions, methods, phase times (ms)."""
+
+    def spread(values: list[float]) -> dict[str, float | None]:
+        return {"p50": percentile(values, 50), "p99": percentile(values, 99), "max": max(values, default=None)}
+
+    handshakes = [st.tls_seconds * 1000 for st in streams if st.tls_seconds is not None]
+    return {
+        "tls_versions": dict(collections.Counter(st.tls_version or "none" for st in streams)),
+        "auth_methods": dict(collections.Counter(st.auth_method or "?" for st in streams)),
+        "tcp_connect_ms": spread([st.connect_seconds * 1000 for st in streams]),
+        "tls_handshake_ms": spread(handshakes) if handshakes else None,
+    }
 
 
 def _process_figures(
