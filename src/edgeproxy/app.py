@@ -526,7 +526,8 @@ async def run_app(
     (port 0 works), with the edge's policy snapshot; the contacts the gateway's hooks store
     (SPEC §4) are applied to the edge at once (``EdgeApp.refresh_policy``); when the edge has
     stopped (its graceful shutdown flushed the channel), the gateway is cancelled. ``gateway``:
-    only the gateway, following the store itself, until cancelled. ``task_status`` gets the ``EdgeApp`` (None for ``gateway``); ``signals``:
+    only the gateway, following the store itself, until cancelled. ``task_status`` gets the
+    ``EdgeApp`` (None for ``gateway``); ``signals``:
     the edge handles SIGTERM/SIGINT/SIGHUP (off for in-process tests).
     """
     from edgeproxy.gateway.service import run_gateway  # the gateway is only imported if used

@@ -36,7 +36,10 @@ from _lab import (
 
 from edgeproxy.app import EdgeApp, run_app
 from edgeproxy.config import load_config
+from edgeproxy.gateway.directory import ContactRecorder
 from edgeproxy.net.delivery import Delivery
+from edgeproxy.ops.telemetry import Telemetry
+from edgeproxy.policy.holder import SnapshotHolder
 from edgeproxy.policy.model import PartnerType, User
 from edgeproxy.policy.store import Store
 from edgeproxy.tokenizer import Element
@@ -153,9 +156,9 @@ async def contact_lab(tmp: Path, partner_type: PartnerType, *, split: bool = Fal
 
 
 def sipp_command(scenario: str, ip: str, *keys: tuple[str, str], log: Path, remote: str | None = None,
-                 timeout: int = 15) -> list[str]:
+                 timeout: int = 15, port: int | None = None) -> list[str]:
     cmd = [require_tool("sipp", "sip-tester"), "-sf", str(SCENARIOS / scenario), "-i", ip,
-           "-p", str(free_port(ip)), "-m", "1", "-nostdin", "-timeout", str(timeout), "-timeout_error",
+           "-p", str(port or free_port(ip)), "-m", "1", "-nostdin", "-timeout", str(timeout), "-timeout_error",
            "-default_behaviors", "all,-bye", "-trace_logs", "-log_file", str(log)]
     for name, value in keys:
         cmd += ["-key", name, value]
@@ -210,15 +213,18 @@ async def test_a_public_unverified_stranger_is_refused_until_the_sip_user_subscr
             peer, inbox = lab.peer, lab.inbox
             uas_port = free_port(UAS_IP)
             uas_log = tmp_path / "uas.log"
-            uas_cmd = sipp_command("message_uas.xml", UAS_IP, log=uas_log, timeout=50)
-            uas_cmd[uas_cmd.index("-p") + 1] = str(uas_port)
-            uas = Background(lab.nursery, uas_cmd, uas_log)
+            # Alice's UA, which takes exactly one MESSAGE (it must be the authorized one).
+            uas = Background(lab.nursery, sipp_command(
+                "message_uas.xml", UAS_IP, log=uas_log, timeout=50, port=uas_port,
+            ), uas_log)
 
             # (a) The stranger's message is refused: an error to the sender, nothing stored.
             await peer.send(message(BOB, ALICE, body="hello stranger", id="a1"))
             error = await inbox.wait(lambda d: d.type == "error")
             assert (error.kind, error.from_jid, error.to_jid) == ("message", ALICE, BOB)
             assert b"service-unavailable" in error.raw and b"a1" in error.raw
+            user = await trio.to_thread.run_sync(stored_user, lab.state_dir)
+            assert (user.contacts, user.pending) == ((), ())
 
             # (b) Its subscribe is kept pending: the store records the request, no "subscribed".
             await peer.send(presence(BOB, ALICE, "subscribe"))
@@ -255,6 +261,7 @@ async def test_a_public_unverified_stranger_is_refused_until_the_sip_user_subscr
             await peer.send(message(BOB, ALICE, body="now we are friends", id="c1"))
             got = await uas.result(timeout=40)
             assert "from=sip:bob@fabrikam.test" in got and "now we are friends" in got
+            assert "hello stranger" not in got
             assert [d for d in inbox.poll() if d.type == "error" and b"c1" in d.raw] == []
 
             # Alice's subscription: fabrikam's edge approves her subscribe by itself (bob is on a
@@ -264,3 +271,145 @@ async def test_a_public_unverified_stranger_is_refused_until_the_sip_user_subscr
             notifies = await watcher.result(timeout=40)
             assert "NOTIFY1 state=pending" in notifies and "NOTIFY2 state=active" in notifies
             assert "NOTIFY3 state=terminated;reason=rejected" in notifies
+
+
+# -- one "subscribed", not two ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["role-both", "roles-edge-and-gateway"])
+async def test_a_federated_subscribe_is_answered_by_exactly_one_subscribed(tmp_path: Path, split: bool) -> None:
+    with trio.fail_after(30):
+        async with contact_lab(tmp_path, PartnerType.FEDERATED, split=split) as lab:
+            await lab.peer.send(presence(BOB, ALICE, "subscribe"))
+            # The presence agent approves, then sends alice's current presence (offline) on the
+            # same channel and stream: once that has arrived, every "subscribed" has too.
+            await lab.inbox.wait(lambda d: d.kind == "presence" and d.type == "unavailable")
+            assert [(d.from_jid, d.to_jid) for d in lab.inbox.presences("subscribed")] == [(ALICE, BOB)]
+            # Federated needs no authorization: nothing was written to the store.
+            user = await trio.to_thread.run_sync(stored_user, lab.state_dir)
+            assert (user.contacts, user.pending) == ((), ())
+
+
+async def test_without_a_gateway_channel_the_router_answers_the_subscribe_itself(tmp_path: Path) -> None:
+    """An in-memory delivery (tests, the load generator) has nothing behind it that answers."""
+    delivered: list[Delivery] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            peer = await start_peer(nursery, "fabrikam.test")
+            write_store(tmp_path / "state", configuration(
+                "contoso.test", ("alice",), "contoso-secret", partner("fabrikam.test", peer.port, TCP_DIALBACK_ROW),
+            ))
+            app = EdgeApp(load_config(write_config(tmp_path)), signals=False, admin=False,
+                          on_delivery=delivered.append)
+            await nursery.start(app.run)
+            external = app.status().listeners[0].address
+            peer.federate_with("contoso.test", int(external.rpartition(":")[2]), TCP_DIALBACK_ROW, ("bob",))
+            inbox = Inbox(peer)
+            await peer.send(presence(BOB, ALICE, "subscribe"))
+            await wait_for(lambda: delivered)
+            assert [(d.kind, d.type, d.from_jid) for d in delivered] == [("presence", "subscribe", BOB)]
+            await inbox.wait(lambda d: d.type == "subscribed")
+            # A refusal on the same stream is the barrier: no second "subscribed" before it.
+            await peer.send(message(BOB, "nobody@contoso.test", id="barrier"))
+            await inbox.wait(lambda d: d.type == "error")
+            assert len(inbox.presences("subscribed")) == 1
+            nursery.cancel_scope.cancel()
+
+
+# -- the recorder on its own: idempotent, and a failure is an event, never fatal ----------------
+
+
+class RecordedTelemetry(Telemetry):
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, dict[str, object]]] = []
+
+    def emit(self, event, /, **fields: object) -> None:  # type: ignore[no-untyped-def]
+        self.events.append((event.id, fields))
+
+
+def alice_store(state_dir: Path) -> None:
+    write_store(state_dir, configuration(
+        "contoso.test", ("alice",), "contoso-secret", partner("fabrikam.test", 5269, TCP_DIALBACK_ROW),
+    ))
+
+
+async def test_the_recorder_stores_pending_then_contact_and_skips_what_the_store_already_shows(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    alice_store(state)
+    holder = SnapshotHolder.open(state, ["contoso.test"])
+
+    async def refresh() -> None:
+        await trio.to_thread.run_sync(holder.reload_if_changed)
+
+    telemetry = RecordedTelemetry()
+    recorder = ContactRecorder(state, ["contoso.test"], policy=lambda: holder.snapshot,
+                               on_stored=refresh, telemetry=telemetry)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(recorder.run)
+            recorder.on_pending(ALICE, BOB)
+            await wait_for(lambda: recorder.stored == 1)
+            assert stored_user(state).pending == (BOB,)
+            recorder.on_pending(ALICE, BOB)  # already in the (refreshed) snapshot: not written
+            recorder.on_contact_added(ALICE, BOB)
+            await wait_for(lambda: recorder.stored == 2)
+            user = stored_user(state)
+            assert (user.contacts, user.pending) == ((BOB,), ())
+            generation = holder.snapshot.generation
+            recorder.on_contact_added(ALICE, BOB)  # idempotent: already a contact
+            recorder.on_pending(ALICE, BOB)  # a contact's request is never pending again
+            await trio.sleep(0.2)  # nothing queued: the skip is synchronous (not a timing assertion)
+            assert recorder.stored == 2 and holder.snapshot.generation == generation
+            assert telemetry.events == []
+            nursery.cancel_scope.cancel()
+    holder.close()
+
+
+async def test_a_change_that_cannot_be_stored_is_an_event_and_the_recorder_goes_on(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    alice_store(state)
+    telemetry = RecordedTelemetry()
+    recorder = ContactRecorder(state, ["contoso.test"], telemetry=telemetry)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(recorder.run)
+            recorder.on_contact_added("nobody@contoso.test", BOB)  # no such user in the store
+            recorder.on_contact_added(ALICE, BOB)
+            await wait_for(lambda: recorder.stored + recorder.failed == 2)
+            assert (recorder.stored, recorder.failed) == (1, 1)
+            [(event_id, fields)] = telemetry.events
+            assert event_id == "EP8006"
+            assert (fields["change"], fields["contact"], fields["user"]) == (
+                "contact", BOB, "sip:nobody@contoso.test"
+            )
+            assert "no user" in str(fields["error"])
+            assert stored_user(state).contacts == (BOB,)
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_unusable_state_dir_is_an_event_per_change_not_a_crash(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "state"
+    not_a_dir.write_text("a file where the state directory should be")
+    telemetry = RecordedTelemetry()
+    recorder = ContactRecorder(not_a_dir, ["contoso.test"], telemetry=telemetry)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(recorder.run)
+            recorder.on_pending(ALICE, BOB)
+            recorder.on_contact_added(ALICE, BOB)
+            await wait_for(lambda: recorder.failed == 2)
+            assert [e for e, _ in telemetry.events] == ["EP8006", "EP8006"]
+            nursery.cancel_scope.cancel()
+
+
+def test_a_full_queue_reports_the_change_instead_of_blocking(tmp_path: Path) -> None:
+    telemetry = RecordedTelemetry()
+    recorder = ContactRecorder(tmp_path / "state", ["contoso.test"], telemetry=telemetry, max_queued=1)
+    recorder.on_pending(ALICE, BOB)  # queued (no writer task running)
+    recorder.on_contact_added(ALICE, BOB)  # does not fit: reported, never blocks the caller
+    assert recorder.failed == 1
+    [(event_id, fields)] = telemetry.events
+    assert event_id == "EP8006" and "1 changes already wait" in str(fields["error"])

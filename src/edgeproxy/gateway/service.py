@@ -349,11 +349,7 @@ async def run_gateway(
         except (sqlite3.Error, OSError) as exc:
             telemetry.emit(events.STORE_UNAVAILABLE, path=str(config.state_dir), error=exc)
             raise
-        own = holder
-
-        def policy() -> PolicySnapshot:
-            return own.snapshot
-
+        policy = _current_snapshot(holder)
     recorder = ContactRecorder(
         config.state_dir, config.edge.domains, policy=policy, on_stored=on_stored, telemetry=telemetry
     )
@@ -378,3 +374,7 @@ async def run_gateway(
     finally:
         if holder is not None:
             holder.close()
+
+
+def _current_snapshot(holder: SnapshotHolder) -> Callable[[], PolicySnapshot]:
+    return lambda: holder.snapshot
