@@ -5,6 +5,20 @@ authenticate, where their authoritative listener answers ``db:verify``), what th
 weighted mix of stanza kinds, how many, how fast, for how long at most), and how delivery is
 observed (a raw c2s sink logged in on the target, or nothing: only echoes and bounces).
 Every phase is bounded in count and time: a run always stops by itself.
+
+Security modes (``partners.security``) and the files they need:
+
+* ``plain`` — TCP dialback (SPEC §2.1 row 17); no files.
+* ``starttls-dialback`` — STARTTLS (RFC 6120 §5) then dialback (XEP-0220), row 13. The partner
+  listener answers STARTTLS too (the target's verification stream may require it). Certificate
+  and key are optional: without them the run makes a throw-away private CA and one certificate
+  naming every simulated domain (good enough for dialback: the target need not trust it).
+* ``starttls-sasl`` — STARTTLS then SASL EXTERNAL (XEP-0178), row 2: ``certificate``, ``key``
+  (a client certificate proving each simulated domain; ``{domain}`` in the path selects one file
+  per domain) and ``trust`` (the CA file that must vouch for the target's certificate) are
+  required, and a scenario without them is refused when it is decoded.
+
+Relative paths are resolved against the scenario file's directory (or ``base``).
 """
 
 from __future__ import annotations
@@ -25,6 +39,12 @@ class Security(enum.StrEnum):
     """How the simulated streams authenticate (SPEC §2.1 rows)."""
 
     PLAIN = "plain"  # dialback over TCP (row 17)
+    STARTTLS_DIALBACK = "starttls-dialback"  # STARTTLS, then dialback over TLS (row 13)
+    STARTTLS_SASL = "starttls-sasl"  # STARTTLS, then SASL EXTERNAL with certificates (row 2)
+
+    @property
+    def tls(self) -> bool:
+        return self is not Security.PLAIN
 
 
 class StanzaKind(enum.StrEnum):
@@ -59,6 +79,13 @@ class Partners(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="
     connect_rate: Annotated[float, msgspec.Meta(gt=0)] = 200.0
     connect_timeout: Seconds = 30.0
     users_per_domain: Positive = 10
+    #: PEM certificate (chain) of the simulated domains; ``{domain}`` for one file per domain.
+    certificate: str | None = None
+    #: PEM private key matching ``certificate`` (``{domain}`` likewise).
+    key: str | None = None
+    #: PEM CA certificates the target's certificate must chain to (and a connecting-back
+    #: target's client certificate, for SASL EXTERNAL offered by the listener).
+    trust: str | None = None
 
     def domain_names(self) -> tuple[str, ...]:
         if self.domains:
@@ -116,16 +143,64 @@ class Scenario(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="
     sink: Sink = Sink()
 
 
-def parse_scenario(text: str | bytes) -> Scenario:
-    """Decode a TOML scenario; raises :class:`msgspec.ValidationError` on unknown keys or bad values."""
+def parse_scenario(text: str | bytes, base: str | Path | None = None) -> Scenario:
+    """Decode a TOML scenario; raises :class:`msgspec.ValidationError` on unknown keys, bad
+    values, or certificate files a security mode needs that are missing or unreadable.
+    Relative file paths are resolved against ``base`` (default: the working directory)."""
     scenario = msgspec.toml.decode(text, type=Scenario)
     if not scenario.traffic.mix:
         raise msgspec.ValidationError("traffic.mix needs at least one entry")
-    return scenario
+    return _with_tls_files(scenario, Path(base) if base is not None else Path.cwd())
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    return parse_scenario(Path(path).read_bytes())
+    path = Path(path)
+    return parse_scenario(path.read_bytes(), base=path.parent)
+
+
+def domain_file(template: str, domain: str) -> Path:
+    """The file for ``domain`` (``{domain}`` in the template is replaced by the domain name)."""
+    return Path(template.replace("{domain}", domain))
+
+
+def _with_tls_files(scenario: Scenario, base: Path) -> Scenario:
+    """Check the certificate fields against the security mode; make their paths absolute."""
+    p = scenario.partners
+    given = {name: getattr(p, name) for name in ("certificate", "key", "trust")}
+    if p.security is Security.STARTTLS_SASL:
+        missing = [f"partners.{name}" for name, value in given.items() if not value]
+        if missing:
+            raise msgspec.ValidationError(
+                f"partners.security = 'starttls-sasl' needs {', '.join(missing)}: SASL EXTERNAL "
+                "(XEP-0178) authenticates each simulated domain with a client certificate "
+                "(partners.certificate, partners.key; '{domain}' in a path selects one file per "
+                "domain) and checks the target's certificate against partners.trust (a CA file)"
+            )
+    elif p.security is Security.PLAIN:
+        extra = [f"partners.{name}" for name, value in given.items() if value]
+        if extra:
+            raise msgspec.ValidationError(
+                f"partners.security = 'plain' uses no certificates: remove {', '.join(extra)} "
+                "or choose 'starttls-dialback' / 'starttls-sasl'"
+            )
+        return scenario
+    if bool(p.certificate) != bool(p.key):
+        raise msgspec.ValidationError("partners.certificate and partners.key go together")
+    resolved = {
+        name: str(base / value) if value and not Path(value).is_absolute() else value
+        for name, value in given.items()
+    }
+    for name in ("certificate", "key"):
+        template = resolved[name]
+        if template is None:
+            continue
+        for domain in p.domain_names():
+            path = domain_file(template, domain)
+            if not path.is_file():
+                raise msgspec.ValidationError(f"partners.{name}: {path} (for {domain}) is not a readable file")
+    if resolved["trust"] is not None and not Path(resolved["trust"]).is_file():
+        raise msgspec.ValidationError(f"partners.trust: {resolved['trust']} is not a readable file")
+    return msgspec.structs.replace(scenario, partners=msgspec.structs.replace(p, **resolved))
 
 
 def with_target(scenario: Scenario, host: str, port: int) -> Scenario:
