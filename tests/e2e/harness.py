@@ -71,6 +71,8 @@ SIP_DOMAIN = "contoso.test"  # edgeproxy's domain: SIP users and their JIDs
 XMPP_DOMAIN = "fabrikam.test"  # Prosody's domain
 #: SIPp scenarios of these tests; the gateway tests' scenarios are in ``GATEWAY_SCENARIOS``.
 SCENARIOS = Path(__file__).resolve().parent / "sipp"
+#: Seconds a SIPp run may last at most (SIPp's -timeout; the gateway tests use 15).
+SIPP_TIMEOUT = 60
 #: Hang guard for the lab's start (Prosody registers its users with prosodyctl first).
 START_TIMEOUT = 60
 
@@ -128,6 +130,9 @@ class E2ELab:
                                remote=self.sip_address, tcp=tcp)
         if port is not None:
             command[command.index("-p") + 1] = str(port)
+        # SIPp's -timeout bounds its whole run: a watcher or UAS lives as long as the test's
+        # exchange, on a machine that may be busy (a hang guard, not a speed requirement).
+        command[command.index("-timeout") + 1] = str(SIPP_TIMEOUT)
         return command
 
     async def register(self, user: str, contact_port: int, *, expires: int = 600) -> str:
