@@ -12,6 +12,7 @@ wanted method, from the harness' stream records and the target's own log. Addres
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -203,7 +204,8 @@ async def run_against_edge(tmp_path: Path, security: str, row: Partner, scenario
     try:
         text = scenario_text("contoso.test", (EDGE_ADDR, edge_port), sim_port, 270, security,
                              pki if scenario_pki else None, mix("contoso.test", headline=False) + carol)
-        test = LoadTest(parse_scenario(text))
+        progress = io.StringIO()
+        test = LoadTest(parse_scenario(text), progress=progress)
         config = Configuration(
             gateway=GatewaySettings(dialback_secret="edge-secret"),
             partners=(row,),
@@ -224,6 +226,7 @@ async def run_against_edge(tmp_path: Path, security: str, row: Partner, scenario
             await nursery.start(EdgeServer(ctx).run, [(EDGE_ADDR, edge_port)])
             result = await test.run()
             nursery.cancel_scope.cancel()
+        result["progress_text"] = progress.getvalue()
         return result
     finally:
         dns.stop()
@@ -251,6 +254,9 @@ async def test_starttls_dialback_against_edgeproxy_row_13(tmp_path: Path, caplog
     assert streams["inbound_auth_methods"] == {"tls-dialback": 2}, streams
     assert "inbound sim1.test -> contoso.test authenticated by tls-dialback" in caplog.text
     assert "authenticated by tcp-dialback" not in caplog.text
+    # The progress line (a terminal gets it on stderr): its last state, lost stanzas unfilled.
+    last = result["progress_text"].rsplit("\r", 1)[-1]
+    assert last.startswith("[" + "#" * 21 + "...] done") and "outstanding 30" in last, last
 
 
 async def test_starttls_sasl_against_edgeproxy_row_2(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

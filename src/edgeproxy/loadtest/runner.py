@@ -1,12 +1,17 @@
 """One load-test run, phase by phase, each bounded in time:
 
 1. start the partner listener (``db:verify`` answers, replies) and, if configured, log the sink in;
-2. open N × M streams, paced at ``connect_rate`` per second (stream set-up time per stream);
+2. open N × M streams, paced at ``connect_rate`` per second, in the scenario's security mode
+   (plain dialback, STARTTLS + dialback, STARTTLS + SASL EXTERNAL); each stream's set-up time,
+   split into TCP connect and TLS handshake, its TLS version and method go into the result;
 3. sample the target's CPU/RSS (idle streams; optionally after ``idle`` seconds);
 4. send ``stanzas`` over the ready streams, paced at ``rate`` (0: as fast as they take them),
    stopping after ``duration`` seconds at the latest;
 5. wait up to ``drain`` seconds for outstanding stanzas; what is left is *lost*, and listed;
 6. sample again, close the streams, return the result (a JSON-ready dict).
+
+With ``progress`` (the CLI passes stderr only when it is a terminal) a one-line (carriage-return) progress
+bar of settled stanzas is redrawn every ``PROGRESS_INTERVAL`` seconds; no dependency.
 """
 
 from __future__ import annotations
@@ -125,6 +130,8 @@ class LoadTest:
         if sink is not None:
             await sink.aclose()
         if self._progress is not None:
+            self._phase = "done"
+            self._draw_progress()
             self._progress.write("\n")
         return self._result(wall_start, setup_total, send_start, send_end, samples)
 
@@ -195,20 +202,25 @@ class LoadTest:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             stream.errors.append(f"send: {exc!r}")
 
-    async def _report_progress(self) -> None:
+    def _draw_progress(self) -> None:
+        """Redraw the progress line: a bar of settled (delivered + bounced) out of all stanzas
+        (lost ones never fill it), the phase and the counts."""
         assert self._progress is not None
         total = self.scenario.traffic.stanzas
+        led = self.ledger
+        done = led.delivered + led.bounced
+        filled = min(PROGRESS_BAR, PROGRESS_BAR * done // total) if total else 0
+        bar = "#" * filled + "." * (PROGRESS_BAR - filled)
+        self._progress.write(
+            f"\r[{bar}] {self._phase:<10} streams {len(self.streams)} "
+            f"sent {led.sent_count}/{total} delivered {led.delivered} "
+            f"bounced {led.bounced} outstanding {len(led.outstanding)}   "
+        )
+        self._progress.flush()
+
+    async def _report_progress(self) -> None:
         while True:
-            led = self.ledger
-            done = led.delivered + led.bounced
-            filled = PROGRESS_BAR * done // total if total else 0
-            bar = "#" * filled + "." * (PROGRESS_BAR - filled)
-            self._progress.write(
-                f"\r[{bar}] {self._phase:<10} streams {len(self.streams)} "
-                f"sent {led.sent_count}/{total} delivered {led.delivered} "
-                f"bounced {led.bounced} outstanding {len(led.outstanding)} ({done})   "
-            )
-            self._progress.flush()
+            self._draw_progress()
             await trio.sleep(PROGRESS_INTERVAL)
 
     def _result(

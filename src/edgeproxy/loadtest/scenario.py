@@ -18,7 +18,14 @@ Security modes (``partners.security``) and the files they need:
   per domain) and ``trust`` (the CA file that must vouch for the target's certificate) are
   required, and a scenario without them is refused when it is decoded.
 
-Relative paths are resolved against the scenario file's directory (or ``base``).
+Relative paths are resolved against the scenario file's directory (or ``base``), e.g.::
+
+    [partners]
+    domains = ["sim1.test", "sim2.test"]
+    security = "starttls-sasl"
+    certificate = "certs/{domain}.crt"
+    key = "certs/{domain}.key"
+    trust = "certs/ca.crt"
 """
 
 from __future__ import annotations
