@@ -332,7 +332,8 @@ class PartnerListener:
                     await stream.send_all(bytes(out))
                 if not data:
                     break
-        except (trio.BrokenResourceError, trio.ClosedResourceError, StreamSetupError) as exc:
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, StreamSetupError) as exc:
+            # One inbound stream's failure (reset, failed or slow handshake) never ends the run.
             self._note(self.errors, f"inbound transport: {exc!r}")
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
