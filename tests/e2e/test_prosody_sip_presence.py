@@ -3,7 +3,8 @@ real Prosody (carol@fabrikam.test) and a SIP user (alice@contoso.test, SIPp UAs)
 
 SIP → XMPP: carol subscribes to alice; alice's UA PUBLISHes PIDF documents; carol's client sees
 ``<show/>`` per the SPEC §7 availability mapping and ``<status/>`` only when fabrikam.test is a
-Federated partner (PublicUnverified: absent; carol is one of alice's authorized contacts there).
+Federated partner (PublicUnverified: absent; carol is one of alice's authorized contacts there);
+the same for the answer to Prosody's probe when carol signs in again.
 
 XMPP → SIP: alice's UA SUBSCRIBEs to carol (a watcher); carol approves; every presence carol
 sends becomes a NOTIFY with PIDF whose basic status, RPID activity and note follow SPEC §7; the
@@ -87,6 +88,20 @@ async def test_sip_published_presence_reaches_the_prosody_subscriber(
                 )
                 expected = (availability, show, note if federated else None)
                 assert seen == expected, (basic, activity, presence.raw)
+            # carol signs in again (a new session replaces the old one): Prosody probes alice
+            # and the gateway answers with her current presence, by the same rules.
+            note = "Zurück — am Telefon"
+            await lab.sipp(
+                "publish.xml", "publish-last.log",
+                "-key", "user", "alice", "-key", "domain", "contoso.test",
+                "-key", "basic", "open", "-key", "activity", "on-the-phone", "-key", "note", note,
+            )  # fmt: skip
+            await expect_stanza(carol, lambda s: _from_alice(s) and s.type is None)
+            carol_again = await lab.login("carol")
+            presence = await expect_stanza(carol_again, _from_alice)
+            assert presence.type is None, presence.raw
+            assert child_text(presence, "show") == "dnd"
+            assert child_text(presence, "status") == (note if federated else None)
 
 
 _NOTIFY = re.compile(r"^NOTIFY state=([^|]*)\|([^|]*)\|([^|]*)\|([^|]*)\|$")
