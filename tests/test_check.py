@@ -10,6 +10,7 @@ from edgeproxy.checks import run_checks
 from edgeproxy.cli import main
 from edgeproxy.config import CONFIG_ENV_VAR, load_config
 from edgeproxy.dns.partners import PartnerInfo, PartnerList
+from edgeproxy.errors import ConfigError
 from fixtures import dnsmasq as dnsmasq_fixtures
 from fixtures.configs import write_config
 from fixtures.dnsmasq import host, srv
@@ -169,9 +170,8 @@ def test_partner_claiming_our_domain_or_routing_to_us_fails(tmp_path):
     assert "partner litware.test has our own FQDN access.contoso.test as proxy FQDN (a loop)" in line
 
 
-def test_internal_listen_off_loopback_warns_about_mutual_tls(tmp_path):
+def test_internal_listen_off_loopback_without_mutual_tls_is_refused(tmp_path):
+    # config.check_rules: refused at load (nothing starts; `edgeproxy check` shows it as FAIL config)
     internal = _free("0.0.0.0")
-    config = load_config(write_config(tmp_path, listen=[_free()], internal_listen=internal))
-    lines = [f.line() for f in run_checks(config, lookup=None, partners=PartnerList())]
-    assert f"WARN config: edge.internal-listen {internal} is not a loopback address" in _line(lines, "WARN config")
-    assert _line(lines, ".* dns:") == "WARN dns: not checked (--no-dns) (hint: edgeproxy dns check)"
+    with pytest.raises(ConfigError, match=rf"edge.internal-listen {internal} is not a loopback address: set \[edge\] internal-tls"):
+        load_config(write_config(tmp_path, listen=[_free()], internal_listen=internal))

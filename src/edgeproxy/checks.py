@@ -95,7 +95,7 @@ def check_config(config: EdgeConfig) -> list[Finding]:
         loopback = ipaddress.ip_address(internal[1]).is_loopback
     except ValueError:
         loopback = internal[1] == "localhost"
-    if not loopback:
+    if not loopback and not config.edge.internal_tls:  # (refused at load since config.check_rules)
         findings.append(
             warn(
                 "config",

@@ -15,6 +15,7 @@ file, or against the current directory for the embedded default. Dynamic configu
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from importlib import resources
@@ -31,11 +32,27 @@ HostPort = Annotated[str, msgspec.Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^:\s\[\]]
 
 
 class EdgeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
+    """The edge: XMPP domains, listeners, state.
+
+    ``internal-listen``: the loopback channel to the gateway (SPEC §1, Lync's 23456); it must be a
+    loopback address unless ``internal-tls`` is true. ``internal-tls``: mutual TLS on the channel
+    — the edge presents ``internal-certificate``/``internal-key`` (default: ``[tls]``) and accepts
+    only a gateway whose client certificate chains to ``internal-trust`` (default: ``[tls]
+    trust``); the gateway presents ``[gateway] channel-certificate``/``channel-key`` and checks
+    that the edge's certificate chains to the same anchors and names the host it connects to.
+    A gateway on another host sets the same ``[edge] internal-*`` keys in its own file.
+    """
+
     domains: tuple[str, ...] = ("contoso.test",)
     external_fqdn: str = "access.contoso.test"
     listen: tuple[HostPort, ...] = ("0.0.0.0:5269",)
     internal_listen: HostPort = "127.0.0.1:23456"
     state_dir: str = "var"
+    #: Mutual TLS on the loopback channel (SPEC §1): required off loopback (see ``check_rules``).
+    internal_tls: bool = False
+    internal_certificate: str | None = None
+    internal_key: str | None = None
+    internal_trust: str | None = None
 
 
 class TlsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
@@ -65,6 +82,12 @@ class GatewaySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, re
     ``outage-bound``: seconds the other side may be away before queued stanzas are bounced.
     ``max-queued``: stanzas waiting for the other side, per direction.
     ``page-mode-ceiling``: bytes of a SIP MESSAGE (RFC 3428 §8).
+    ``sip-tls-listen``: SIP over TLS (RFC 3261 §26.2), one address per ``sip-listen`` address;
+    absent = each ``sip-listen`` address at port + 1 (5060 → 5061, the SIP convention) when the
+    ``[tls]`` certificate and key exist; ``[]`` = no TLS. Outgoing TLS verifies the peer against
+    ``[tls] trust``.
+    ``channel-certificate``/``channel-key``: the gateway's client certificate on the loopback
+    channel with ``[edge] internal-tls`` (default: the ``[tls]`` certificate and key).
     """
 
     sip_listen: tuple[HostPort, ...] = ("127.0.0.1:5060",)
@@ -74,6 +97,9 @@ class GatewaySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, re
     outage_bound: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
     max_queued: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
     page_mode_ceiling: Annotated[int, msgspec.Meta(ge=200, le=65535)] = 1300
+    sip_tls_listen: tuple[HostPort, ...] | None = None
+    channel_certificate: str | None = None
+    channel_key: str | None = None
 
 
 class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
@@ -119,7 +145,89 @@ def parse_config(text: str, *, source: str, base_dir: str) -> EdgeConfig:
         raise ConfigError(f"{source}: {exc}") from None
     if not config.edge.domains:
         raise ConfigError(f"{source}: edge.domains must list at least one domain")
+    problem = check_rules(config)
+    if problem is not None:
+        raise ConfigError(f"{source}: {problem}")
     return config
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``; a wildcard or any other name is not."""
+    host = host.strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def check_rules(config: EdgeConfig) -> str | None:
+    """The first combination of keys that is refused, as a message naming the rule; else None.
+
+    1. A loopback channel off loopback needs mutual TLS: ``[edge] internal-listen`` (and ``[gateway]
+       edge-address``) on a non-loopback address requires ``internal-tls = true`` — without it
+       anyone who reaches the port could inject stanzas as any local user.
+    2. ``internal-tls`` needs private trust anchors (``internal-trust`` or ``[tls] trust``): with the
+       system store any host holding a public certificate could act as the gateway.
+    3. A certificate key comes with its certificate (``internal-certificate``/``internal-key``,
+       ``channel-certificate``/``channel-key``), and these and ``internal-trust`` are refused
+       without ``internal-tls`` (they would silently do nothing).
+    4. ``sip-tls-listen``, when given and not empty, has one address per ``sip-listen`` address and
+       none equal to a ``sip-listen`` address (TCP already listens there); when absent, each
+       ``sip-listen`` port + 1 must be a valid port.
+    """
+    edge, gateway, tls = config.edge, config.gateway, config.tls
+    if gateway.edge_address:
+        host, _, port = gateway.edge_address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            return f"gateway.edge-address {gateway.edge_address!r} is not host:port"
+    if not edge.internal_tls:
+        for key, value in (("edge.internal-listen", edge.internal_listen), ("gateway.edge-address", gateway.edge_address)):
+            if value and not is_loopback_host(_host_port(value)[0]):
+                return (
+                    f"{key} {value} is not a loopback address: set [edge] internal-tls = true (mutual TLS),"
+                    " or anyone who reaches the port could send stanzas as any local user"
+                )
+        for key, value in (
+            ("edge.internal-certificate", edge.internal_certificate),
+            ("edge.internal-key", edge.internal_key),
+            ("edge.internal-trust", edge.internal_trust),
+            ("gateway.channel-certificate", gateway.channel_certificate),
+            ("gateway.channel-key", gateway.channel_key),
+        ):
+            if value:
+                return f"{key} is set but [edge] internal-tls is false: it would have no effect"
+    elif not (edge.internal_trust or tls.trust):
+        return (
+            "edge.internal-tls needs trust anchors in edge.internal-trust (or tls.trust): with the"
+            " system store any host with a public certificate could act as the gateway"
+        )
+    for cert_key, cert, key_key, key in (
+        ("edge.internal-certificate", edge.internal_certificate, "edge.internal-key", edge.internal_key),
+        ("gateway.channel-certificate", gateway.channel_certificate, "gateway.channel-key", gateway.channel_key),
+    ):
+        if bool(cert) != bool(key):
+            return f"{cert_key} and {key_key} go together: set both or neither"
+    if gateway.sip_tls_listen is None:
+        for value in gateway.sip_listen:
+            if _host_port(value)[1] == 65535:
+                return f"gateway.sip-listen {value}: port + 1 for SIP over TLS is not a port; set gateway.sip-tls-listen"
+    elif gateway.sip_tls_listen:
+        if len(gateway.sip_tls_listen) != len(gateway.sip_listen):
+            return (
+                f"gateway.sip-tls-listen has {len(gateway.sip_tls_listen)} addresses for"
+                f" {len(gateway.sip_listen)} in gateway.sip-listen: give one per sip-listen address, or []"
+            )
+        plain = {_host_port(v) for v in gateway.sip_listen}
+        for value in gateway.sip_tls_listen:
+            host_port = _host_port(value)
+            if host_port in plain and host_port[1] != 0:
+                return f"gateway.sip-tls-listen {value} is also in gateway.sip-listen: TCP already listens there"
+    return None
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> EdgeConfig:

@@ -4,32 +4,51 @@ Theory of operation
 -------------------
 The edge owns one :class:`~edgeproxy.loopback.endpoint.ChannelEndpoint` for its whole life and
 serves WebSocket connections on the internal address (SPEC §1 and §10: Lync's port 23456,
-127.0.0.1 by default; mutual TLS when the gateway runs on another host — pass an
-``ssl.SSLContext`` with ``verify_mode = CERT_REQUIRED`` and the gateway's CA). At most one gateway
-connection is active: a new one *replaces* the old (the old connection is cancelled first, and its
-un-acked items are re-sent on the new one), because a gateway that reconnects after a network
-hiccup must not wait for the dead connection's timeout.
+127.0.0.1 by default). At most one gateway connection is active: a new one *replaces* the old
+(the old connection is cancelled first, and its un-acked items are re-sent on the new one),
+because a gateway that reconnects after a network hiccup must not wait for the dead
+connection's timeout.
+
+Mutual TLS (``[edge] internal-tls``, a gateway on another host): with an ``ssl_context``
+(``loopback.tls.edge_channel_context``: client certificate required) each TCP connection first
+completes a TLS handshake of its own — done here, not inside trio-websocket, so that a refused
+handshake (no client certificate, an unknown CA, a plain-text client) is *seen*: it is reported
+to ``on_refused(peer, reason)`` (the edge emits ``EP5003`` channel-refused) and the connection
+closed at once. Reports of the same peer host and reason are repeated at most once per
+``REFUSAL_REPORT_INTERVAL`` (a gateway retrying with back-off must not flood the event log),
+with the number held back.
 
 ``serve_loopback`` is a ``nursery.start``-able task: ``task_status.started`` gets the bound
 ``(host, port)`` (useful with port 0 in tests). It also runs the endpoint's outage watchdog, which
 bounces stanzas queued for a gateway that stays away (SPEC §6 rule 5).
+
+Bounded: ``MAX_CONNECTIONS`` connections at once (handshaking or open); more are closed on accept.
 """
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 
 import trio
-from trio_websocket import WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, wrap_server_stream
 
 from edgeproxy.loopback.endpoint import ChannelEndpoint
-from edgeproxy.loopback.frames import MAX_FRAME_BYTES
+from edgeproxy.loopback.frames import MAX_FRAME_BYTES, FrameError
 
 #: WebSocket messages queued inside trio-websocket per connection. The channel's own window is
 #: the real flow control; this only decouples the socket reader from frame handling.
 WS_MESSAGE_QUEUE = 4
-#: Seconds for the WebSocket opening and closing handshakes on a loopback link.
+#: Seconds for the TLS handshake, and for the WebSocket opening and closing handshakes.
 WS_HANDSHAKE_TIMEOUT = 10.0
+#: Connections the internal listener holds at once: one gateway, its replacement, and a few
+#: strays; unauthenticated connections beyond it are closed on accept (bounded memory).
+MAX_CONNECTIONS = 16
+#: Seconds before a refusal of the same peer host for the same reason is reported again.
+REFUSAL_REPORT_INTERVAL = 60.0
+
+RefusalReport = Callable[[str, str], None]
+_CONNECTION_ENDS = (ConnectionClosed, FrameError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -38,42 +57,106 @@ def split_host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def tls_failure(exc: BaseException) -> str:
+    """Why a TLS handshake failed, in OpenSSL's words (trio wraps the ``ssl.SSLError``)."""
+    if isinstance(exc, trio.TooSlowError):
+        return "TLS handshake timed out"
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ssl.SSLError):
+        return getattr(cause, "verify_message", None) or cause.reason or str(cause)
+    return str(cause or exc) or type(exc).__name__
+
+
+class _RefusalLimiter:
+    """Pass on the first refusal per (peer host, reason) in each ``REFUSAL_REPORT_INTERVAL``."""
+
+    MAX_KEYS = 256  # distinct (host, reason) pairs remembered; older ones are forgotten
+
+    def __init__(self, report: RefusalReport | None) -> None:
+        self._report = report
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def __call__(self, host: str, port: int, reason: str) -> None:
+        if self._report is None:
+            return
+        now = trio.current_time()
+        key = (host, reason)
+        last = self._last.get(key)
+        if last is not None and now - last[0] < REFUSAL_REPORT_INTERVAL:
+            self._last[key] = (last[0], last[1] + 1)
+            return
+        held = f" ({last[1]} more since the last report)" if last is not None and last[1] else ""
+        if len(self._last) >= self.MAX_KEYS:
+            self._last.pop(next(iter(self._last)))
+        self._last[key] = (now, 0)
+        self._report(f"{host}:{port}", reason + held)
+
+
 async def serve_loopback(
     endpoint: ChannelEndpoint,
     host: str,
     port: int,
     *,
     ssl_context: ssl.SSLContext | None = None,
+    on_refused: RefusalReport | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept gateway connections forever; cancel to stop."""
     current: list[trio.CancelScope] = []
+    slots = trio.Semaphore(MAX_CONNECTIONS)
+    refused = _RefusalLimiter(on_refused)
 
-    async def handler(request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        for scope in current:
-            scope.cancel()  # a new gateway connection replaces the previous one
-        with trio.CancelScope() as scope:
-            current.append(scope)
+    async def handle(stream: trio.SocketStream) -> None:
+        peer_host, peer_port = stream.socket.getpeername()[:2]
+        if slots.value == 0:
+            refused(peer_host, peer_port, f"{MAX_CONNECTIONS} connections already open")
+            await trio.aclose_forcefully(stream)
+            return
+        async with slots:
+            transport: trio.abc.Stream = stream
+            if ssl_context is not None:
+                tls = trio.SSLStream(stream, ssl_context, server_side=True)
+                try:
+                    with trio.fail_after(WS_HANDSHAKE_TIMEOUT):
+                        await tls.do_handshake()
+                except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+                    refused(peer_host, peer_port, f"TLS handshake failed: {tls_failure(exc)}")
+                    await trio.aclose_forcefully(stream)
+                    return
+                transport = tls
             try:
-                await endpoint.run_connection(ws)
+                await _serve_connection(transport)
+            except BaseExceptionGroup as group:  # a connection ending must not end the listener
+                if group.split(_CONNECTION_ENDS)[1] is not None:
+                    raise
             finally:
-                current.remove(scope)
+                await trio.aclose_forcefully(transport)
+
+    async def _serve_connection(transport: trio.abc.Stream) -> None:
+        async with trio.open_nursery() as nursery:
+            ws = None
+            with trio.move_on_after(WS_HANDSHAKE_TIMEOUT):
+                try:
+                    request = await wrap_server_stream(
+                        nursery, transport, message_queue_size=WS_MESSAGE_QUEUE, max_message_size=MAX_FRAME_BYTES
+                    )
+                    ws = await request.accept()
+                except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                    ws = None  # the peer went away during the opening handshake
+            if ws is not None:
+                for scope in current:
+                    scope.cancel()  # a new gateway connection replaces the previous one
+                with trio.CancelScope() as scope:
+                    current.append(scope)
+                    try:
+                        await endpoint.run_connection(ws)
+                    finally:
+                        current.remove(scope)
+            nursery.cancel_scope.cancel()  # the connection's reader task
 
     async with trio.open_nursery() as nursery:
         await nursery.start(endpoint.watch_outage)
-        server = await nursery.start(
-            lambda task_status: serve_websocket(
-                handler,
-                host,
-                port,
-                ssl_context,
-                message_queue_size=WS_MESSAGE_QUEUE,
-                max_message_size=MAX_FRAME_BYTES,
-                connect_timeout=WS_HANDSHAKE_TIMEOUT,
-                disconnect_timeout=WS_HANDSHAKE_TIMEOUT,
-                task_status=task_status,
-            )
-        )
-        bound = server.listeners[0]  # trio_websocket.Endpoint(address, port, is_ssl)
-        task_status.started((str(bound.address), bound.port))
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        nursery.start_soon(trio.serve_listeners, handle, listeners)
+        bound = listeners[0].socket.getsockname()
+        task_status.started((str(bound[0]), bound[1]))

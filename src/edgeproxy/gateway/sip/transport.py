@@ -1,4 +1,4 @@
-"""SIP over UDP and TCP with trio: listeners, connections, transaction tables (RFC 3261 §17, §18).
+"""SIP over UDP, TCP and TLS with trio: listeners, connections, transaction tables (RFC 3261 §17, §18).
 
 Theory of operation
 -------------------
@@ -18,6 +18,16 @@ address and port of the datagram, or the same TCP connection). Outgoing requests
 destination reuse or open a connection (§18.1.1). A single timer task runs every transaction's
 timers (retransmissions over UDP, Timer F timeouts, cleanup) from ``trio.current_time()``.
 
+TLS (RFC 3261 §26.2, RFC 5630 §3): with a :class:`SipTls` the transport also listens TLS on
+its own address (``[gateway] sip-tls-listen``, by default the UDP/TCP port + 1, 5060 → 5061).
+TLS connections live in their own table; they are reliable like TCP (no retransmissions). An
+outgoing TLS connection verifies the peer's certificate against ``[tls] trust`` and the host it
+connects to (RFC 5922 §7.2, as an IP address or DNS name); a failed handshake is a transport
+error (503 locally). :meth:`SipTransport.route` picks the destination of a registered contact:
+the connection the UA registered on while it is open (RFC 5626 §5.3 flow reuse — a UA behind
+NAT or without a TLS listener can only be reached that way), else its Contact (``sips:`` or
+``;transport=tls``: TLS, default port 5061).
+
 Bounded: the transaction tables (``MAX_TRANSACTIONS``, new requests beyond it get 503),
 TCP connections (``MAX_TCP_CONNECTIONS``), the stream parser's limits per connection, and the
 handler tasks (``MAX_CONCURRENT_REQUESTS``, a semaphore; over it: 503 Service Unavailable with
@@ -28,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -52,6 +63,7 @@ from edgeproxy.gateway.sip.transaction import (
     client_key,
     server_key,
 )
+from edgeproxy.gateway.sip.uri import SipUri
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +75,12 @@ MAX_CONCURRENT_REQUESTS = 1024
 UDP_RECV_BYTES = 65535
 #: Timer task granularity, seconds (T1/5).
 TIMER_TICK = 0.1
+#: Seconds for a TLS handshake, either direction (Timer F's 32 s would let a stalled peer hold
+#: a connection slot for as long as a whole transaction).
+TLS_HANDSHAKE_TIMEOUT = 10.0
+#: Default ports (RFC 3261 §19.1.2): 5060 for UDP and TCP, 5061 for TLS and sips:.
+SIP_PORT, SIPS_PORT = 5060, 5061
+_RELIABLE = frozenset(("tcp", "tls"))
 
 Address = tuple[str, int]
 
@@ -71,7 +89,26 @@ Address = tuple[str, int]
 class Destination:
     host: str
     port: int
-    transport: str = "udp"  # "udp" | "tcp"
+    transport: str = "udp"  # "udp" | "tcp" | "tls"
+
+
+@dataclass(frozen=True, slots=True)
+class SipTls:
+    """SIP over TLS: where to listen, the context UAs connect to, the context we connect with."""
+
+    host: str
+    port: int
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+
+def destination_for(uri: SipUri) -> Destination:
+    """Where a request for ``uri`` goes without DNS (RFC 3263 §4 with a numeric or given host):
+    ``sips:`` or ``;transport=tls`` → TLS (port 5061 by default), else the ``transport``
+    parameter (UDP by default, port 5060)."""
+    transport = "tls" if uri.scheme == "sips" else uri.transport
+    default = SIPS_PORT if transport == "tls" else SIP_PORT
+    return Destination(uri.host.strip("[]"), uri.port or default, transport)
 
 
 class ServerContext:
@@ -97,9 +134,12 @@ Handler = Callable[[SipRequest, ServerContext], Awaitable[None]]
 
 
 class _TcpConnection:
-    def __init__(self, stream: trio.SocketStream, peer: Address) -> None:
+    def __init__(
+        self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream], peer: Address, transport: str = "tcp"
+    ) -> None:
         self.stream = stream
         self.peer = peer
+        self.transport = transport
         self.lock = trio.Lock()
 
     async def send(self, data: bytes) -> None:
@@ -108,14 +148,18 @@ class _TcpConnection:
 
 
 class SipTransport:
-    """UDP + TCP on one address, with transaction tables (see the module docstring)."""
+    """UDP + TCP (+ TLS) on one address, with transaction tables (see the module docstring)."""
 
-    def __init__(self, host: str, port: int, handler: Handler) -> None:
+    def __init__(self, host: str, port: int, handler: Handler, *, tls: SipTls | None = None) -> None:
         self.host = host
         self.port = port
         self.handler = handler
+        self.tls = tls
+        #: The bound TLS port (``tls.port`` until ``serve`` binds it; port 0 picks one).
+        self.tls_port = tls.port if tls is not None else None
         self._udp: trio.socket.SocketType | None = None
         self._tcp: dict[Address, _TcpConnection] = {}
+        self._tls: dict[Address, _TcpConnection] = {}
         self._server_txs: dict[tuple[str, ...], ServerTransaction] = {}
         self._client_txs: dict[
             tuple[str, str], tuple[ClientTransaction, Destination, trio.Event]
@@ -137,6 +181,10 @@ class SipTransport:
             nursery.start_soon(self._udp_loop)
             nursery.start_soon(self._timer_loop)
             nursery.start_soon(trio.serve_listeners, self._tcp_handler, listeners)
+            if self.tls is not None:
+                tls_listeners = await trio.open_tcp_listeners(self.tls.port, host=self.tls.host)
+                self.tls_port = tls_listeners[0].socket.getsockname()[1]
+                nursery.start_soon(trio.serve_listeners, self._tls_handler, tls_listeners)
             task_status.started((self.host, self.port))
 
     async def _bind(self) -> tuple[trio.socket.SocketType, list[trio.SocketListener]]:
@@ -159,12 +207,34 @@ class SipTransport:
     def via_host(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def via_for(self, transport: str) -> str:
+        """Our sent-by for a request over ``transport`` (§18.1.1): the TLS address for TLS."""
+        if transport == "tls" and self.tls is not None:
+            return f"{self.tls.host}:{self.tls_port}"
+        return self.via_host
+
+    def contact_for(self, transport: str) -> str:
+        """Our Contact URI for a dialog over ``transport`` (§8.1.1.8: reachable the same way)."""
+        if transport == "tls" and self.tls is not None:
+            return f"sip:{self.via_for('tls')};transport=tls"
+        return f"sip:{self.via_host}" + (";transport=tcp" if transport == "tcp" else "")
+
+    def route(self, contact: SipUri, source: Address | None = None, source_transport: str = "udp") -> Destination:
+        """Where a request to a registered ``contact`` goes: the TCP/TLS connection the UA
+        registered on (``source``) while it is open, else the contact (``destination_for``)."""
+        if source is not None and source_transport in _RELIABLE:
+            table = self._tls if source_transport == "tls" else self._tcp
+            if source in table:
+                return Destination(source[0], source[1], source_transport)
+        return destination_for(contact)
+
     # -- sending -----------------------------------------------------------------------------
 
     async def send_to(self, message: SipRequest | SipResponse, dest: Destination) -> None:
         data = serialize(message)
-        if dest.transport == "tcp":
-            conn = self._tcp.get((dest.host, dest.port))
+        if dest.transport in _RELIABLE:
+            table = self._tls if dest.transport == "tls" else self._tcp
+            conn = table.get((dest.host, dest.port))
             if conn is None:
                 conn = await self._connect(dest)
             await conn.send(data)
@@ -173,14 +243,33 @@ class SipTransport:
             await self._udp.sendto(data, (dest.host, dest.port))
 
     async def _connect(self, dest: Destination) -> _TcpConnection:
-        if len(self._tcp) >= MAX_TCP_CONNECTIONS:
+        if len(self._tcp) + len(self._tls) >= MAX_TCP_CONNECTIONS:
             raise OSError("too many TCP connections")
-        stream = await trio.open_tcp_stream(dest.host, dest.port)
-        conn = _TcpConnection(stream, (dest.host, dest.port))
-        self._tcp[conn.peer] = conn
+        if dest.transport == "tls":
+            conn = await self._connect_tls(dest)
+            self._tls[conn.peer] = conn
+        else:
+            conn = _TcpConnection(await trio.open_tcp_stream(dest.host, dest.port), (dest.host, dest.port))
+            self._tcp[conn.peer] = conn
         assert self._nursery is not None
         self._nursery.start_soon(self._tcp_reader, conn)
         return conn
+
+    async def _connect_tls(self, dest: Destination) -> _TcpConnection:
+        """A verified TLS connection to ``dest`` (OSError naming the cause if it cannot be had)."""
+        if self.tls is None:
+            raise OSError("SIP over TLS is not configured (no [tls] certificate)")
+        stream = await trio.open_tcp_stream(dest.host, dest.port)
+        tls = trio.SSLStream(stream, self.tls.client, server_hostname=dest.host)
+        try:
+            with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
+                await tls.do_handshake()
+        except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+            await trio.aclose_forcefully(tls)
+            reason = tls_failure(exc)
+            log.warning("sip: TLS handshake with %s:%d failed: %s", dest.host, dest.port, reason)
+            raise OSError(f"TLS handshake with {dest.host}:{dest.port} failed: {reason}") from None
+        return _TcpConnection(tls, (dest.host, dest.port), "tls")
 
     def new_branch(self) -> str:
         return "z9hG4bK" + secrets.token_hex(8)
@@ -192,7 +281,7 @@ class SipTransport:
         Cancellation abandons the transaction.
         """
         now = trio.current_time()
-        tx = ClientTransaction(request, reliable=dest.transport == "tcp", now=now)
+        tx = ClientTransaction(request, reliable=dest.transport in _RELIABLE, now=now)
         if len(self._client_txs) >= MAX_TRANSACTIONS:
             return response_to(request, 503, "Too Many Transactions")
         done = trio.Event()
@@ -238,20 +327,39 @@ class SipTransport:
         self._tcp[conn.peer] = conn
         await self._tcp_reader(conn)
 
+    async def _tls_handler(self, stream: trio.SocketStream) -> None:
+        peer = stream.socket.getpeername()
+        if len(self._tcp) + len(self._tls) >= MAX_TCP_CONNECTIONS:
+            await stream.aclose()
+            return
+        assert self.tls is not None
+        tls = trio.SSLStream(stream, self.tls.server, server_side=True)
+        try:
+            with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
+                await tls.do_handshake()
+        except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+            log.info("sip: TLS handshake from %s:%d failed: %s", peer[0], peer[1], tls_failure(exc))
+            await trio.aclose_forcefully(tls)
+            return
+        conn = _TcpConnection(tls, (peer[0], peer[1]), "tls")
+        self._tls[conn.peer] = conn
+        await self._tcp_reader(conn)
+
     async def _tcp_reader(self, conn: _TcpConnection) -> None:
         parser = SipParser()
-        source = Destination(conn.peer[0], conn.peer[1], "tcp")
+        source = Destination(conn.peer[0], conn.peer[1], conn.transport)
         try:
             async for chunk in conn.stream:
                 parser.feed(chunk)
                 while (message := parser.next_message()) is not None:
                     await self._dispatch(message, source)
         except (SipParseError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.info("sip: TCP connection %s ends: %s", conn.peer, exc)
+            log.info("sip: %s connection %s ends: %s", conn.transport.upper(), conn.peer, exc)
         finally:
-            if self._tcp.get(conn.peer) is conn:
-                del self._tcp[conn.peer]
-            await conn.stream.aclose()
+            table = self._tls if conn.transport == "tls" else self._tcp
+            if table.get(conn.peer) is conn:
+                del table[conn.peer]
+            await trio.aclose_forcefully(conn.stream)
 
     async def _dispatch(self, message: SipRequest | SipResponse, source: Destination) -> None:
         if isinstance(message, SipResponse):
@@ -278,7 +386,7 @@ class SipTransport:
             busy.headers.add("Retry-After", "5")
             await self.send_to(busy, source)
             return
-        tx = ServerTransaction(message, reliable=source.transport == "tcp", now=trio.current_time())
+        tx = ServerTransaction(message, reliable=source.transport in _RELIABLE, now=trio.current_time())
         self._server_txs[key] = tx
         assert self._nursery is not None
         self._nursery.start_soon(self._run_handler, message, ServerContext(self, tx, source))
@@ -326,4 +434,15 @@ class SipTransport:
             "server_transactions": len(self._server_txs),
             "client_transactions": len(self._client_txs),
             "tcp_connections": len(self._tcp),
+            "tls_connections": len(self._tls),
         }
+
+
+def tls_failure(exc: BaseException) -> str:
+    """The reason of a failed TLS handshake, as OpenSSL says it (``trio`` wraps it)."""
+    if isinstance(exc, trio.TooSlowError):
+        return "handshake timed out"
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ssl.SSLError):
+        return getattr(cause, "verify_message", None) or cause.reason or str(cause)
+    return str(cause or exc) or type(exc).__name__
