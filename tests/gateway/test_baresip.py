@@ -1,0 +1,98 @@
+"""baresip, a real softphone, as a second independent SIP UA against edgeproxy's gateway (issue 5).
+
+``run_app(role="both")`` runs the edge for contoso.test and the real gateway (built-in registrar)
+in-process; fabrikam.test is a scripted S2S partner (a real edge on real sockets, ``tests/ops/
+_lab.py``); baresip (``tests/fixtures/baresip.py``) registers ``sip:alice@contoso.test`` at the
+gateway, over UDP and over TCP, and messages travel both ways with from/to and a non-ASCII body
+intact. Addresses: the gateway's SIP listener on 127.0.0.41, baresip on 127.0.0.40.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ops"))
+from _lab import (  # noqa: E402 - the ops lab helpers live next to the ops tests
+    TCP_DIALBACK_ROW,
+    Peer,
+    configuration,
+    message,
+    partner,
+    start_peer,
+    write_config,
+    write_store,
+)
+
+from edgeproxy.app import EdgeApp, run_app  # noqa: E402
+from edgeproxy.config import load_config  # noqa: E402
+from edgeproxy.net.delivery import Delivery  # noqa: E402
+from fixtures.baresip import free_sip_port, start_baresip  # noqa: E402
+
+GATEWAY_IP, ALICE_IP = "127.0.0.41", "127.0.0.40"
+ALICE, ROMEO = "alice@contoso.test", "romeo@fabrikam.test"
+TEXT = "héllo ☃ 日本語"
+
+
+@asynccontextmanager
+async def gateway(tmp: Path) -> AsyncIterator[tuple[EdgeApp, Peer, tuple[str, int]]]:
+    """Edge + gateway for contoso.test (alice is a user), fabrikam.test as a federated partner."""
+    sip_port = free_sip_port(GATEWAY_IP)
+    config_path = write_config(tmp)
+    text = config_path.read_text().replace(
+        'state-dir = "state"\n', 'state-dir = "state"\ninternal-listen = "127.0.0.1:0"\n'
+    )
+    config_path.write_text(text + f'[gateway]\nsip-listen = ["{GATEWAY_IP}:{sip_port}"]\n')
+    async with trio.open_nursery() as nursery:
+        peer = await start_peer(nursery, "fabrikam.test")
+        write_store(tmp / "state", configuration(
+            "contoso.test", ("alice",), "contoso-secret", partner("fabrikam.test", peer.port, TCP_DIALBACK_ROW),
+        ))
+        app = await nursery.start(partial(run_app, load_config(config_path), role="both", signals=False))
+        assert app is not None
+        external = app.status().listeners[0].address
+        peer.federate_with("contoso.test", int(external.rpartition(":")[2]), TCP_DIALBACK_ROW, ("romeo",))
+        try:
+            yield app, peer, (GATEWAY_IP, sip_port)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def wait_for(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.05)
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_baresip_and_an_xmpp_partner_exchange_messages_both_ways(tmp_path: Path, transport: str) -> None:
+    with trio.fail_after(90):
+        async with gateway(tmp_path) as (app, peer, registrar):
+            await wait_for(lambda: app.status().channel.state.value == "connected")
+            async with start_baresip(tmp_path / "baresip", aor=f"sip:{ALICE}", registrar=registrar,
+                                     ip=ALICE_IP, transport=transport, contacts=(f"sip:{ROMEO}",)) as alice:
+                await alice.wait_registered()
+
+                # XMPP → SIP: romeo's message reaches baresip, From mapped to romeo's SIP URI.
+                await peer.send(message(ROMEO, ALICE, body=f"{TEXT} (xmpp→sip)", id="x1"))
+                got = await alice.wait_message()
+                assert (got.peer, got.text) == (f"sip:{ROMEO}", f"{TEXT} (xmpp→sip)")
+                assert not [d for d in peer.received() if d.type == "error"]
+
+                # SIP → XMPP: baresip's MESSAGE reaches the partner as alice → romeo.
+                await alice.send_message(f"sip:{ROMEO}", f"{TEXT} (sip→xmpp)")
+                received: list[Delivery] = []
+                await wait_for(lambda: bool(received.extend(peer.received()) or received))
+                [item] = received
+                assert (item.kind, item.type) == ("message", "chat")
+                assert (item.from_jid.partition("/")[0], item.to_jid) == (ALICE, ROMEO)
+                assert f"<body>{TEXT} (sip→xmpp)</body>".encode() in item.raw, item.raw
+                # the gateway answered baresip's MESSAGE 200 once the edge had taken it
+                await alice.wait_until(lambda: alice.final_responses("MESSAGE"))
+                assert alice.final_responses("MESSAGE") == [200]
