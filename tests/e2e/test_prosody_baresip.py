@@ -1,0 +1,57 @@
+"""Issue 5 acceptance with baresip as a second, independent SIP UA: a user on a real Prosody
+(carol@fabrikam.test) and baresip softphones registered at edgeproxy's built-in registrar
+(alice@contoso.test over UDP, bob@contoso.test over TCP) exchange messages both ways, with
+from/to, body and non-ASCII text intact (SPEC §7, RFC 7572).
+
+Path: Prosody c2s → Prosody s2s (dialback) → edge → loopback channel → gateway → SIP MESSAGE to
+the registered baresip Contact; and back: baresip MESSAGE → gateway → channel → edge → S2S →
+Prosody → carol. baresip (``tests/fixtures/baresip.py``) runs on 127.0.0.42 and 127.0.0.43.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+from harness import XMPP_DOMAIN, child_text, e2e_lab, expect_stanza
+
+from fixtures.baresip import start_baresip
+
+XMPP_TEXT = "Grüße aus Fabrikam — ☃ 日本語 𝄞 <&> \"quoted\""
+SIP_TEXT = "Antwort aus baresip: ça va? Ωμέγα ☕ 😀 & <ok>"
+UAS = {"alice": ("127.0.0.42", "udp"), "bob": ("127.0.0.43", "tcp")}
+
+
+def xml_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+async def test_prosody_user_and_baresip_exchange_messages_both_ways(tmp_path: Path) -> None:
+    carol_uri = f"sip:carol@{XMPP_DOMAIN}"
+    with trio.fail_after(120):
+        async with e2e_lab(tmp_path, sip_users=("alice", "bob"), xmpp_users=("carol",)) as lab:
+            carol = await lab.login("carol")
+            for user, (ip, transport) in UAS.items():
+                async with start_baresip(
+                    tmp_path / f"baresip-{user}", aor=f"sip:{user}@contoso.test", ip=ip,
+                    registrar=(lab.sip_host, lab.sip_port), transport=transport, contacts=(carol_uri,),
+                ) as ua:
+                    await ua.wait_registered()
+
+                    # XMPP → SIP: carol's message reaches baresip from carol's SIP URI.
+                    text = f"{XMPP_TEXT} → {user}"
+                    await carol.send(f"<message to='{user}@contoso.test' type='chat' id='c-{user}'>"
+                                     f"<body>{xml_escape(text)}</body></message>")
+                    got = await ua.wait_message()
+                    assert (got.peer, got.text) == (carol_uri, text), (transport, got)
+
+                    # SIP → XMPP: baresip's MESSAGE reaches carol as user@contoso.test.
+                    text = f"{SIP_TEXT} ← {user}"
+                    await ua.send_message(carol_uri, text)
+                    message = await expect_stanza(carol, lambda s: s.name == "message")
+                    assert message.type == "chat", message.raw
+                    assert (message.from_ or "").partition("/")[0] == f"{user}@contoso.test"
+                    assert message.to in ("carol@fabrikam.test", "carol@fabrikam.test/interop")
+                    assert child_text(message, "body") == text, message.raw
+                    await ua.wait_until(lambda ua=ua: ua.final_responses("MESSAGE"))
+                    assert ua.final_responses("MESSAGE") == [200]  # the edge took it
