@@ -55,6 +55,7 @@ from edgeproxy.dns.records import split_host_port
 from edgeproxy.dns.resolver import parse_resolver
 from edgeproxy.dns.srv import SrvRecord
 from edgeproxy.errors import ConfigError
+from edgeproxy.loopback.tls import edge_channel_context
 from edgeproxy.net.channel_delivery import ChannelDelivery
 from edgeproxy.net.connector import ConnectFailed, Connector, ConnectorSettings
 from edgeproxy.net.context import EdgeContext
@@ -165,6 +166,9 @@ class EdgeApp:
                             max_queued=config.gateway.max_queued)
             if use_channel else None
         )
+        #: Mutual TLS on the internal listener ([edge] internal-tls); a file that does not load
+        #: is a ConfigError here, before anything listens.
+        self._channel_ssl = edge_channel_context(config) if use_channel else None
         self.internal_address: str | None = None
         self._channel_since = time.monotonic()
         self._channel_state = ChannelState.NOT_CONNECTED
@@ -261,7 +265,8 @@ class EdgeApp:
                 if self.channel is not None:
                     internal_host, internal_port = split_host_port(config.edge.internal_listen)
                     try:
-                        bound = await nursery.start(self.channel.run, internal_host, internal_port)
+                        bound = await nursery.start(partial(
+                            self.channel.run, internal_host, internal_port, ssl_context=self._channel_ssl))
                     except OSError as exc:
                         self.telemetry.emit(events.BIND_FAILED, role="internal",
                                             address=config.edge.internal_listen, error=exc)
@@ -531,15 +536,18 @@ async def run_app(
     the edge handles SIGTERM/SIGINT/SIGHUP (off for in-process tests).
     """
     from edgeproxy.gateway.service import run_gateway  # the gateway is only imported if used
+    from edgeproxy.gateway.tls import gateway_tls
 
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}, expected one of {', '.join(ROLES)}")
+    # The gateway's TLS files are loaded before anything starts: a ConfigError refuses the start.
+    tls = gateway_tls(config) if role in ("both", "gateway") else None
     if role == "gateway":
         # A process of its own: the gateway follows the store itself, and the edge's store poll
         # picks up the contacts its hooks write.
         telemetry = Telemetry(metrics, event_log)
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(run_gateway, config, telemetry=telemetry))
+            await nursery.start(partial(run_gateway, config, telemetry=telemetry, tls=tls))
             task_status.started(None)
         return
     app = EdgeApp(config, event_log=event_log, metrics=metrics, channel=True, signals=signals)
@@ -553,7 +561,7 @@ async def run_app(
             )
             await nursery.start(partial(
                 run_gateway, gateway_config, policy=lambda: holder.snapshot,
-                on_stored=app.refresh_policy, telemetry=app.telemetry,
+                on_stored=app.refresh_policy, telemetry=app.telemetry, tls=tls,
             ))
         task_status.started(app)
         await app.stopped.wait()

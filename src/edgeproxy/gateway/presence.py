@@ -52,7 +52,12 @@ import trio
 
 from edgeproxy.gateway.sip.message import Headers, SipRequest, SipResponse, response_to
 from edgeproxy.gateway.sip.registrar import Registrar
-from edgeproxy.gateway.sip.transport import Destination, ServerContext, SipTransport
+from edgeproxy.gateway.sip.transport import (
+    Destination,
+    ServerContext,
+    SipTransport,
+    destination_for,
+)
 from edgeproxy.gateway.sip.uri import parse_name_addr, parse_uri
 from edgeproxy.gateway.translate import (
     DEFAULT_SUBSCRIPTION_EXPIRES,
@@ -375,14 +380,14 @@ class PresenceAgent:
                 remote_tag=from_.tag or "",
                 local_tag=to_tag or secrets.token_hex(5),
                 target=str(target),
-                dest=Destination(target.host.strip("[]"), target.port or 5060, target.transport),
+                dest=destination_for(target),
                 expires_at=now + expires,
                 cseq=0,
             )
         watcher.expires_at = now + expires
         response = response_to(request, 200, to_tag=watcher.local_tag)
         response.headers.add("Expires", str(expires))
-        response.headers.add("Contact", f"<sip:{self.sip.via_host}>")
+        response.headers.add("Contact", f"<{self.sip.contact_for(ctx.source.transport)}>")
         await ctx.respond(response)
         if expires == 0:
             self.watchers.pop(key, None)
@@ -424,7 +429,7 @@ class PresenceAgent:
         headers = Headers()
         headers.add(
             "Via",
-            f"SIP/2.0/{watcher.dest.transport.upper()} {self.sip.via_host}"
+            f"SIP/2.0/{watcher.dest.transport.upper()} {self.sip.via_for(watcher.dest.transport)}"
             f";branch={self.sip.new_branch()};rport",
         )
         headers.add("Max-Forwards", "70")
@@ -432,7 +437,7 @@ class PresenceAgent:
         headers.add("To", f"<{watcher.remote_uri}>;tag={watcher.remote_tag}")
         headers.add("Call-ID", watcher.call_id)
         headers.add("CSeq", f"{watcher.cseq} NOTIFY")
-        headers.add("Contact", f"<sip:{self.sip.via_host}>")
+        headers.add("Contact", f"<{self.sip.contact_for(watcher.dest.transport)}>")
         headers.add("Event", "presence")
         if terminated is not None:
             state = f"terminated;reason={terminated}"

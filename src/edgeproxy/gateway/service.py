@@ -42,7 +42,9 @@ import hashlib
 import logging
 import secrets
 import sqlite3
+import ssl
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import trio
 
@@ -52,8 +54,15 @@ from edgeproxy.gateway.presence import PresenceAgent
 from edgeproxy.gateway.sip.message import SipRequest, response_to
 from edgeproxy.gateway.sip.proxy import LocalProxy
 from edgeproxy.gateway.sip.registrar import Registrar
-from edgeproxy.gateway.sip.transport import Destination, ServerContext, SipTransport
+from edgeproxy.gateway.sip.transport import (
+    Destination,
+    ServerContext,
+    SipTls,
+    SipTransport,
+    destination_for,
+)
 from edgeproxy.gateway.sip.uri import parse_uri
+from edgeproxy.gateway.tls import GatewayTls, gateway_tls
 from edgeproxy.gateway.translate import (
     PAGE_MODE_CEILING,
     SipContext,
@@ -115,10 +124,13 @@ class GatewayService:
         policy: Callable[[], PolicySnapshot] | None = None,
         on_pending: Callable[[str, str], None] | None = None,
         on_contact_added: Callable[[str, str], None] | None = None,
+        sip_tls: SipTls | None = None,
+        channel_ssl: ssl.SSLContext | None = None,
     ) -> None:
         self.registrar = Registrar(sip_domains)
         self.proxy = LocalProxy(self.registrar, on_foreign=self._from_sip)
-        self.sip = SipTransport(sip_host, sip_port, self.proxy)
+        self.sip = SipTransport(sip_host, sip_port, self.proxy, tls=sip_tls)
+        self.channel_ssl = channel_ssl
         self.proxy.transport = self.sip
         self.presence = PresenceAgent(
             self.sip,
@@ -155,7 +167,9 @@ class GatewayService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             sip_address = await nursery.start(self.sip.serve)
-            await nursery.start(run_loopback_client, self.channel, edge_host, edge_port)
+            await nursery.start(
+                partial(run_loopback_client, self.channel, edge_host, edge_port, ssl_context=self.channel_ssl)
+            )
             nursery.start_soon(self.presence.run_refresh)
             task_status.started(sip_address)
 
@@ -200,7 +214,7 @@ class GatewayService:
             call_id=f"{digest}@edgeproxy",
             from_tag=digest[:10],
             branch="z9hG4bK" + digest,
-            via_host=self.sip.via_host,
+            via_host=self.sip.via_for(transport),
             transport=transport.upper(),
         )
 
@@ -236,13 +250,12 @@ class GatewayService:
         """Where a request for ``aor`` goes, and its Request-URI (RFC 3261 §16.5, §16.6)."""
         if self.next_hop is not None:
             hop = self.next_hop
-            return Destination(hop.host.strip("[]"), hop.port or 5060, hop.transport), aor
+            return destination_for(hop), aor
         bindings = self.registrar.lookup(aor, trio.current_time())
         if not bindings:
             return None
-        contact = bindings[0].contact
-        dest = Destination(contact.host.strip("[]"), contact.port or 5060, contact.transport)
-        return dest, str(contact)
+        binding = bindings[0]
+        return self.sip.route(binding.contact, binding.source, binding.transport), str(binding.contact)
 
     async def _reply_error(self, original: Element, condition: str, text: str = "") -> None:
         if original.get("type") == "error":
@@ -326,9 +339,13 @@ async def run_gateway(
     policy: Callable[[], PolicySnapshot] | None = None,
     on_stored: Callable[[], Awaitable[None]] | None = None,
     telemetry: Telemetry | None = None,
+    tls: GatewayTls | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the gateway of ``config`` until cancelled (for ``edgeproxy serve``).
+
+    ``tls``: SIP over TLS and the channel's mutual TLS (``gateway.tls.gateway_tls``, built here
+    when not given; ``run_app`` builds it first so that a bad file refuses the start).
 
     The presence agent's contact hooks are written to the store under ``[edge] state-dir``
     (``directory.ContactRecorder``; ``on_stored`` is awaited after each committed change —
@@ -341,6 +358,7 @@ async def run_gateway(
     telemetry = telemetry if telemetry is not None else Telemetry()
     section = config.gateway
     sip_host, sip_port = split_host_port(section.sip_listen[0])
+    tls = tls if tls is not None else gateway_tls(config)
     edge_host, edge_port = split_host_port(section.edge_address or config.edge.internal_listen)
     holder: SnapshotHolder | None = None
     if policy is None:
@@ -364,6 +382,8 @@ async def run_gateway(
         policy=policy,
         on_pending=recorder.on_pending,
         on_contact_added=recorder.on_contact_added,
+        sip_tls=tls.sip,
+        channel_ssl=tls.channel,
     )
     try:
         async with trio.open_nursery() as nursery:

@@ -178,9 +178,15 @@ class ChannelDelivery:
         """
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._send_bounces)
-            bound = await nursery.start(partial(serve_loopback, self.endpoint, host, port, ssl_context=ssl_context))
+            bound = await nursery.start(
+                partial(serve_loopback, self.endpoint, host, port, ssl_context=ssl_context, on_refused=self._refused)
+            )
             nursery.start_soon(self._watch_state)
             task_status.started(bound)
+
+    def _refused(self, peer: str, reason: str) -> None:
+        """A connection to the internal listener failed mutual TLS (EP5003)."""
+        self.telemetry.emit(events.CHANNEL_REFUSED, peer=peer, reason=reason)
 
     async def _watch_state(self) -> None:
         connected = False

@@ -26,7 +26,7 @@ import trio
 
 from edgeproxy.gateway.sip.message import SipParseError, SipRequest, response_to
 from edgeproxy.gateway.sip.registrar import Registrar
-from edgeproxy.gateway.sip.transport import Destination, ServerContext, SipTransport
+from edgeproxy.gateway.sip.transport import ServerContext, SipTransport
 from edgeproxy.gateway.sip.uri import parse_uri
 
 Handler = Callable[[SipRequest, ServerContext], Awaitable[None]]
@@ -90,12 +90,12 @@ class LocalProxy:
             await ctx.respond(response_to(request, 483, to_tag="px"))
             return
         contact = bindings[0].contact
-        dest = Destination(contact.host.strip("[]"), contact.port or 5060, contact.transport)
+        dest = self.transport.route(contact, bindings[0].source, bindings[0].transport)
         headers = request.headers.copy()
         headers.set("Max-Forwards", str(int(max_forwards) - 1))
         headers.prepend(
             "Via",
-            f"SIP/2.0/{dest.transport.upper()} {self.transport.via_host}"
+            f"SIP/2.0/{dest.transport.upper()} {self.transport.via_for(dest.transport)}"
             f";branch={self.transport.new_branch()};rport",
         )
         forwarded = SipRequest(request.method, str(contact), headers, request.body)

@@ -217,16 +217,19 @@ class SipTransport:
         """Our Contact URI for a dialog over ``transport`` (§8.1.1.8: reachable the same way)."""
         if transport == "tls" and self.tls is not None:
             return f"sip:{self.via_for('tls')};transport=tls"
-        return f"sip:{self.via_host}" + (";transport=tcp" if transport == "tcp" else "")
+        return f"sip:{self.via_host}"
 
     def route(self, contact: SipUri, source: Address | None = None, source_transport: str = "udp") -> Destination:
-        """Where a request to a registered ``contact`` goes: the TCP/TLS connection the UA
-        registered on (``source``) while it is open, else the contact (``destination_for``)."""
-        if source is not None and source_transport in _RELIABLE:
+        """Where a request to a registered ``contact`` goes (RFC 5626 §5.3, simplified): the
+        TCP/TLS connection the REGISTER came on (``source``) while it is open, when the UA
+        registered itself over it — contact on the connection's host, same transport; else the
+        contact (``destination_for``: a third-party registration names another host)."""
+        dest = destination_for(contact)
+        if source is not None and source_transport in _RELIABLE and dest.transport == source_transport:
             table = self._tls if source_transport == "tls" else self._tcp
-            if source in table:
+            if source in table and dest.host == source[0]:
                 return Destination(source[0], source[1], source_transport)
-        return destination_for(contact)
+        return dest
 
     # -- sending -----------------------------------------------------------------------------
 
