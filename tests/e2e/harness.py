@@ -230,10 +230,12 @@ async def e2e_lab(
             try:
                 yield lab
             finally:
+                # Cancel the tasks the test started in lab.nursery first (a task still reading a
+                # client would otherwise see ClosedResourceError), then close the clients.
+                nursery.cancel_scope.cancel()
                 for client in lab.clients:
                     with trio.CancelScope(shield=True), trio.move_on_after(1):
                         await client.aclose()
-                nursery.cancel_scope.cancel()
     except BaseException:
         if prosody is not None:
             print("---- prosody.log (tail) ----\n" + prosody.log_text()[-8000:])
