@@ -2,31 +2,54 @@
 
 Usage (root, from the repository: it starts the servers with the interop fixtures' helpers)::
 
-    .venv/bin/python bench/compare.py [--stanzas N] [--idle-streams N] [--write-results]
+    .venv/bin/python bench/compare.py [--stanzas N] [--idle-sizes 1000,5000,10000] [--tls]
+        [--servers edgeproxy,prosody,ejabberd] [--profile-edge] [--write-results]
 
-For each server it runs two phases with ``edgeproxy.loadtest``:
+For each server, with ``edgeproxy.loadtest`` and one fresh server process per measurement (so
+that memory freed by an earlier phase cannot be reused by a later one and hide its growth):
 
-1. **relay** — ``bench/scenarios/compare.toml``: simulated partner domains send chat messages
-   over TCP-dialback S2S streams to ``bob@<target>``; delivery is seen on the target's side by a
-   raw reader (Prosody/ejabberd: a c2s sink logged in as bob; edgeproxy, which has no c2s: its
-   local delivery writes each stanza's bytes to a socket the sink reads). CPU seconds of the
-   target (from /proc) per 1,000 relayed stanzas, stanzas/s, p50/p99 latency.
-2. **idle** — ``--idle-streams`` S2S streams opened and held idle; RSS growth per stream.
+1. **relay at the maximum rate** — ``bench/scenarios/compare.toml``: simulated partner domains
+   send chat messages over TCP-dialback S2S streams to ``bob@<target>`` open loop (as fast as
+   the streams take them); delivery is seen on the target's side by a raw reader
+   (Prosody/ejabberd: a c2s sink logged in as bob; edgeproxy, which has no c2s: its local
+   delivery writes each stanza's bytes to a socket the sink reads). CPU seconds of the target
+   (from /proc) per 1,000 relayed stanzas, stanzas/s, p50/p99 latency.
+2. **relay at half of that rate** (same process, right after 1): paced at half the stanzas/s
+   measured in 1, for ``HALF_RATE_SECONDS``; p50/p99 latency is the "added latency" figure.
+3. **idle streams** at each of ``--idle-sizes``: that many S2S streams (``--per-domain`` streams
+   for each of size/per-domain simulated domains, the same set for every server) opened and held
+   idle; RSS growth per stream. With ``--tls`` the same again over STARTTLS + dialback (rows 13:
+   edgeproxy's partner row requires TLS; Prosody mode starttls; ejabberd s2s_use_starttls
+   required).
 
 The edgeproxy target runs in a subprocess of this script (``--edge-target``), so its CPU and RSS
-are its own. Results go to ``bench/out/compare-*.json`` and, with ``--write-results``, a table
-into ``bench/RESULTS.md`` under "## Load test comparison".
+are its own. ejabberd is started as user ``ejabberd`` directly (an ``ejabberdctl`` wrapper first
+on PATH) instead of through ``su``: ``su`` runs pam_limits, which resets the open-file limit to
+1,024 (this container has no CAP_SYS_RESOURCE, so ``prlimit`` on the running node cannot raise
+it), and the Erlang VM sizes its port table from the limit at start-up.
+
+Results go to ``bench/out/compare-*.json``, PNG plots (matplotlib, the optional extra ``plot``)
+to ``bench/plots/``, and, with ``--write-results``, a table into ``bench/RESULTS.md`` under
+"## Load test comparison" (earlier figures of that section are kept under "Earlier runs").
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import functools
 import json
+import os
+import pstats
 import resource
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -36,25 +59,37 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "interop")]
 
 from edgeproxy.loadtest import LoadTest, load_scenario  # noqa: E402
-from edgeproxy.loadtest.scenario import Scenario, Sink, SinkKind  # noqa: E402
+from edgeproxy.loadtest.report import write_plot  # noqa: E402
+from edgeproxy.loadtest.scenario import Scenario, Security, Sink, SinkKind  # noqa: E402
 
-SIM_ADDR = "127.0.0.31"
-EDGE_ADDR, PROSODY_ADDR, EJABBERD_ADDR = "127.0.0.10", "127.0.0.22", "127.0.0.23"
+# 127.0.0.90-99 are this benchmark's (the machine is shared with other test runs).
+EDGE_ADDR, PROSODY_ADDR, EJABBERD_ADDR = "127.0.0.90", "127.0.0.91", "127.0.0.92"
+SIM_ADDR, DNS_ADDR = "127.0.0.93", "127.0.0.94"
 SCENARIO = ROOT / "bench" / "scenarios" / "compare.toml"
 OUT = ROOT / "bench" / "out"
+PLOTS = ROOT / "bench" / "plots"
 RESULTS = ROOT / "bench" / "RESULTS.md"
 HEADING = "## Load test comparison"
 RUN_DATE = "2026-11-22"
+#: How long the half-rate run sends (stanzas = rate × this, at most HALF_RATE_MAX_STANZAS).
+HALF_RATE_SECONDS = 10
+HALF_RATE_MAX_STANZAS = 100_000
+#: Idle-stream set-up pace: ejabberd's listen backlog is 5, so all servers get the same 150/s.
+IDLE_CONNECT_RATE = 150
+IDLE_HOLD_SECONDS = 5.0
+EDGE_DOMAIN, PROSODY_DOMAIN, EJABBERD_DOMAIN = "contoso.test", "fabrikam.test", "litware.test"
 
 
 # -- the edgeproxy target (subprocess) ---------------------------------------------------------
 
 
-async def edge_target(listen: int, sink_port: int, resolver: str, sims: list[str]) -> None:
+async def edge_target(listen: int, sink_port: int, resolver: str, sims: list[str],
+                      pki: Path | None) -> None:
     """An edge for contoso.test whose local delivery writes stanza bytes to the sink socket."""
     from edgeproxy.net.connector import Connector, ConnectorSettings
     from edgeproxy.net.context import EdgeContext
     from edgeproxy.net.edge import EdgeServer
+    from edgeproxy.net.tls import client_context, server_context
     from edgeproxy.policy.model import (
         AccessPolicy,
         Configuration,
@@ -83,29 +118,56 @@ async def edge_target(listen: int, sink_port: int, resolver: str, sims: list[str
             self.connected.set()
             await trio.sleep_forever()
 
-    nos = Negotiation.NOT_SUPPORTED
-    row = Partner(domain=sims[0], additional_domains=tuple(sims[1:]), tls=nos, sasl=nos,
+    nos, req = Negotiation.NOT_SUPPORTED, Negotiation.REQUIRED
+    row = Partner(domain=sims[0], additional_domains=tuple(sims[1:]),
+                  tls=req if pki else nos, sasl=nos,
                   dialback=True, type=PartnerType.FEDERATED, connection_limit=100_000)
     config = Configuration(
         gateway=GatewaySettings(dialback_secret="bench-secret", connection_limit=100_000,
                                 partner_connection_limit=100_000),
         partners=(row,),
         policies=(AccessPolicy(identity="global", xmpp=True, federation=True),),
-        users=(User(sip="sip:bob@contoso.test"),),
+        users=(User(sip=f"sip:bob@{EDGE_DOMAIN}"),),
     )
-    snapshot = build_snapshot(config, ["contoso.test"])
+    snapshot = build_snapshot(config, [EDGE_DOMAIN])
     host, port = resolver.rsplit(":", 1)
     delivery = SocketDelivery()
+    tls: dict[str, object] = {}
+    if pki is not None:
+        files = (pki / f"{EDGE_DOMAIN}.crt", pki / f"{EDGE_DOMAIN}.key", pki / "ca.crt")
+        tls = {"server_ssl": server_context(*files), "client_ssl": client_context(*files)}
     ctx = EdgeContext(policy=lambda: snapshot,
                       connector=Connector(ConnectorSettings(resolver=(host, int(port)), timeout=10)),
-                      delivery=delivery)
+                      delivery=delivery, **tls)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         await nursery.start(EdgeServer(ctx).run, [(EDGE_ADDR, listen)])
         await nursery.start(functools.partial(trio.serve_tcp, delivery.accept, sink_port, host=EDGE_ADDR))
         print("ready", flush=True)
 
 
-# -- the comparison ----------------------------------------------------------------------------
+def edge_target_main(args: list[str], profile: str | None) -> int:
+    raise_nofile()
+    listen, sink, resolver, sims_file, pki = args
+    sims = Path(sims_file).read_text().split()
+    run = functools.partial(trio.run, edge_target, int(listen), int(sink), resolver, sims,
+                            Path(pki) if pki != "-" else None)
+    if profile is None:
+        run()
+        return 0
+    profiler = cProfile.Profile()
+
+    def dump(signum: int, frame: object) -> None:
+        profiler.disable()
+        profiler.dump_stats(profile)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, dump)
+    profiler.enable()
+    run()
+    return 0
+
+
+# -- servers -----------------------------------------------------------------------------------
 
 
 def raise_nofile(pid: int | None = None) -> None:
@@ -113,31 +175,187 @@ def raise_nofile(pid: int | None = None) -> None:
     if pid is None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     else:
-        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={hard}:{hard}"], check=False)
+        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={hard}:{hard}"], check=False,
+                       capture_output=True)
 
 
-def aimed(base: Scenario, domain: str, host: str, port: int, sink: Sink, sim_port: int,
-          **traffic: object) -> Scenario:
-    mix = tuple(msgspec.structs.replace(m, to=m.to.replace("replaced.test", domain))
+def nofile_of(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return "/".join(line.split()[3:5])
+    return "?"
+
+
+@dataclass
+class Running:
+    """One started server under test."""
+
+    name: str
+    domain: str
+    host: str
+    port: int
+    pid: int
+    sink: Sink
+    stop: Callable[[], None]
+
+
+@dataclass
+class Lab:
+    """What every start needs: DNS, the simulated domains, the certificates."""
+
+    dns: tuple[str, int]
+    sims: list[str]
+    work: Path
+    pki: Path
+    sim_port: int
+
+
+def make_pki(directory: Path, domains: tuple[str, ...]) -> Path:
+    """A private CA (``ca.crt``) and ``DOMAIN.crt``/``DOMAIN.key`` for each target domain."""
+    from edgeproxy.certs import selfsigned
+    from edgeproxy.certs.pem import certificates_pem, private_key_pem
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = selfsigned.make_authority("edgeproxy compare.py CA")
+    (directory / "ca.crt").write_bytes(certificates_pem([ca.certificate]))
+    for domain in domains:
+        key = selfsigned.new_ec_key()
+        cert = selfsigned.issue(ca, key.public_key(), [domain])
+        (directory / f"{domain}.crt").write_bytes(certificates_pem([cert]))
+        (directory / f"{domain}.key").write_bytes(private_key_pem(key))
+    for path in [directory, *directory.iterdir()]:
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)  # Prosody/ejabberd copy them as others
+    return directory
+
+
+def certs_of(lab: Lab, domain: str) -> tuple[Path, Path, Path]:
+    return lab.pki / f"{domain}.crt", lab.pki / f"{domain}.key", lab.pki / "ca.crt"
+
+
+def start_edge(lab: Lab, tls: bool, profile: str | None = None) -> Running:
+    from prosody import free_port
+
+    port, sink_port = free_port(EDGE_ADDR), free_port(EDGE_ADDR)
+    sims_file = lab.work / "sims.txt"
+    sims_file.write_text("\n".join(lab.sims))
+    cmd = [sys.executable, __file__, "--edge-target", str(port), str(sink_port),
+           f"{lab.dns[0]}:{lab.dns[1]}", str(sims_file), str(lab.pki) if tls else "-"]
+    if profile:
+        cmd += ["--profile-to", profile]
+    edge = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                            stderr=open(lab.work / "edge.log", "ab"))  # noqa: SIM115
+    assert edge.stdout is not None and edge.stdout.readline().strip() == b"ready"
+
+    def stop() -> None:
+        if edge.poll() is None:
+            edge.terminate()
+            edge.wait(timeout=30)
+
+    return Running("edgeproxy", EDGE_DOMAIN, EDGE_ADDR, port, edge.pid,
+                   Sink(kind=SinkKind.RAW, host=EDGE_ADDR, port=sink_port), stop)
+
+
+def start_prosody_target(lab: Lab, tls: bool) -> Running:
+    from prosody import PASSWORD, free_port, start_prosody
+
+    s2s, c2s = free_port(PROSODY_ADDR), free_port(PROSODY_ADDR)
+    server = start_prosody(PROSODY_DOMAIN, PROSODY_ADDR, lab.dns, c2s_port=c2s, s2s_port=s2s,
+                           mode="starttls" if tls else "plain",
+                           certs=certs_of(lab, PROSODY_DOMAIN) if tls else None)
+    return Running("Prosody 0.12", PROSODY_DOMAIN, PROSODY_ADDR, s2s, server.process.pid,
+                   Sink(kind=SinkKind.C2S, host=PROSODY_ADDR, port=c2s, password=PASSWORD),
+                   server.stop)
+
+
+@contextmanager
+def ejabberdctl_as_ejabberd(work: Path) -> Iterator[None]:
+    """Put an ``ejabberdctl`` first on PATH that runs the real one as user ejabberd (no ``su``,
+    so no pam_limits: the node inherits our raised open-file limit)."""
+    import pwd
+    import shutil
+
+    real = shutil.which("ejabberdctl") or shutil.which("ejabberdctl", path="/usr/sbin:/sbin")
+    assert real, "ejabberdctl not found"
+    home = pwd.getpwnam("ejabberd").pw_dir
+    wrapper_dir = work / "ejabberdctl-wrapper"
+    wrapper_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = wrapper_dir / "ejabberdctl"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"export HOME={home}\n"
+        'cd "$HOME"\n'
+        f'exec setpriv --reuid=ejabberd --regid=ejabberd --init-groups -- {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    old = os.environ["PATH"]
+    os.environ["PATH"] = f"{wrapper_dir}:{old}"
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = old
+
+
+def start_ejabberd_target(lab: Lab, tls: bool) -> Running:
+    from ejabberd import start_ejabberd
+    from prosody import PASSWORD, free_port
+
+    s2s, c2s = free_port(EJABBERD_ADDR), free_port(EJABBERD_ADDR)
+    with ejabberdctl_as_ejabberd(lab.work):
+        server = start_ejabberd(
+            EJABBERD_DOMAIN, EJABBERD_ADDR, lab.dns,
+            {EJABBERD_DOMAIN: EJABBERD_ADDR, **{s: SIM_ADDR for s in lab.sims}},
+            users=("alice", "bob"), c2s_port=c2s, s2s_port=s2s,
+            mode="starttls" if tls else "plain",
+            certs=certs_of(lab, EJABBERD_DOMAIN) if tls else None)
+    pid = int((server.run_dir / "ejabberd.pid").read_text().strip())
+    return Running("ejabberd 23.01", EJABBERD_DOMAIN, EJABBERD_ADDR, s2s, pid,
+                   Sink(kind=SinkKind.C2S, host=EJABBERD_ADDR, port=c2s, password=PASSWORD),
+                   server.stop)
+
+
+STARTERS: dict[str, Callable[[Lab, bool], Running]] = {
+    "edgeproxy": start_edge, "prosody": start_prosody_target, "ejabberd": start_ejabberd_target,
+}
+
+
+@contextmanager
+def started(key: str, lab: Lab, tls: bool = False) -> Iterator[Running]:
+    server = STARTERS[key](lab, tls)
+    try:
+        print(f"   {server.name} pid {server.pid}, open files {nofile_of(server.pid)}", file=sys.stderr)
+        time.sleep(1.0)  # let it settle before the first sample
+        yield server
+    finally:
+        server.stop()
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+
+
+def aimed(base: Scenario, server: Running, sim_port: int, **traffic: object) -> Scenario:
+    mix = tuple(msgspec.structs.replace(m, to=m.to.replace("replaced.test", server.domain))
                 for m in base.traffic.mix)
     return msgspec.structs.replace(
         base,
-        target=msgspec.structs.replace(base.target, domain=domain, host=host, port=port),
-        partners=msgspec.structs.replace(base.partners, listen_port=sim_port),
+        target=msgspec.structs.replace(base.target, domain=server.domain, host=server.host,
+                                       port=server.port),
+        partners=msgspec.structs.replace(base.partners, listen_port=sim_port,
+                                         listen_host=SIM_ADDR),
         traffic=msgspec.structs.replace(base.traffic, mix=mix, **traffic),
-        sink=sink,
+        sink=server.sink,
     )
 
 
-def idle_variant(s: Scenario, streams: int) -> Scenario:
-    per = 100
-    count = max(1, streams // per)
+def idle_variant(s: Scenario, streams: int, per_domain: int, tls: bool) -> Scenario:
+    count = max(1, streams // per_domain)
     return msgspec.structs.replace(
         s,
-        name=f"{s.name}-idle-{streams}",
-        partners=msgspec.structs.replace(s.partners, count=count, streams_per_domain=per,
-                                         domains=(), connect_rate=150, connect_timeout=60),
-        traffic=msgspec.structs.replace(s.traffic, stanzas=count, idle=3.0, drain=5),
+        name=f"{s.name}-idle-{streams}{'-tls' if tls else ''}",
+        partners=msgspec.structs.replace(
+            s.partners, count=count, streams_per_domain=per_domain, domains=(),
+            connect_rate=IDLE_CONNECT_RATE, connect_timeout=60,
+            security=Security.STARTTLS_DIALBACK if tls else Security.PLAIN),
+        traffic=msgspec.structs.replace(s.traffic, stanzas=count, idle=IDLE_HOLD_SECONDS, drain=10),
     )
 
 
@@ -145,19 +363,38 @@ def run_one(s: Scenario, pid: int | None) -> dict[str, object]:
     return trio.run(LoadTest(s, pid=pid, progress=sys.stderr if sys.stderr.isatty() else None).run)
 
 
-def row_of(name: str, relay: dict, idle: dict | None) -> dict[str, object]:  # type: ignore[type-arg]
-    proc = relay.get("target_process") or {}
-    iproc = (idle or {}).get("target_process") or {}
+def relay_row(name: str, full: dict, half: dict | None) -> dict[str, object]:  # type: ignore[type-arg]
+    proc = full.get("target_process") or {}
     return {
         "server": name,
-        "sent": relay["sent"], "delivered": relay["delivered"], "bounced": relay["bounced"],
-        "lost": relay["lost"],
+        "sent": full["sent"], "delivered": full["delivered"], "bounced": full["bounced"],
+        "lost": full["lost"],
         "cpu_s_per_1000": proc.get("cpu_s_per_1000"),
-        "stanzas_per_s": relay["stanzas_per_s"],
-        "p50_ms": relay["latency_ms"]["p50"], "p99_ms": relay["latency_ms"]["p99"],
-        "idle_streams": (idle or {}).get("streams", {}).get("ready"),
-        "rss_kib_per_idle_stream": iproc.get("rss_kib_per_stream"),
-        "setup_p50_ms": relay["streams"]["setup_ms"]["p50"],
+        "stanzas_per_s": full["stanzas_per_s"],
+        "p50_ms": full["latency_ms"]["p50"], "p99_ms": full["latency_ms"]["p99"],
+        "half_rate": (half or {}).get("rate"),
+        "half_achieved": (half or {}).get("stanzas_per_s"),
+        "half_sent_lost": f"{half['sent']} / {half['lost']}" if half else None,
+        "half_p50_ms": (half or {}).get("latency_ms", {}).get("p50"),
+        "half_p99_ms": (half or {}).get("latency_ms", {}).get("p99"),
+        "half_cpu_s_per_1000": ((half or {}).get("target_process") or {}).get("cpu_s_per_1000"),
+    }
+
+
+def idle_row(name: str, size: int, tls: bool, idle: dict) -> dict[str, object]:  # type: ignore[type-arg]
+    proc = idle.get("target_process") or {}
+    samples = proc.get("samples") or {}
+    start = (samples.get("start") or {}).get("rss_kib")
+    held = (samples.get("streams_idle") or {}).get("rss_kib")
+    return {
+        "server": name, "streams": size, "tls": tls,
+        "ready": idle["streams"]["ready"],
+        "setup_errors": len(idle["streams"]["setup_errors"]),
+        "rss_start_mib": start / 1024 if start else None,
+        "rss_idle_mib": held / 1024 if held else None,
+        "kib_per_stream": proc.get("rss_kib_per_stream"),
+        "setup_p50_ms": idle["streams"]["setup_ms"]["p50"],
+        "check": f"{idle['delivered']}/{idle['sent']}",
     }
 
 
@@ -165,123 +402,199 @@ def fmt(v: object, spec: str = ".2f") -> str:
     return "–" if v is None else format(v, spec) if isinstance(v, float) else str(v)
 
 
-def table(rows: list[dict[str, object]]) -> str:
+def relay_table(rows: list[dict[str, object]]) -> str:
     lines = [
-        "| server | sent / delivered / bounced / lost | CPU s per 1,000 | stanzas/s | p50 ms | p99 ms "
-        "| idle streams | RSS KiB per idle stream | stream set-up p50 ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| server | max rate: sent / delivered / bounced / lost | CPU s per 1,000 | stanzas/s "
+        "| p50 ms | p99 ms | half rate /s (asked / achieved) | half: sent / lost | half: p50 ms | half: p99 ms "
+        "| half: CPU s per 1,000 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['server']} | {r['sent']} / {r['delivered']} / {r['bounced']} / {r['lost']} "
             f"| {fmt(r['cpu_s_per_1000'], '.3f')} | {fmt(r['stanzas_per_s'], '.0f')} "
-            f"| {fmt(r['p50_ms'], '.1f')} | {fmt(r['p99_ms'], '.1f')} | {fmt(r['idle_streams'])} "
-            f"| {fmt(r['rss_kib_per_idle_stream'], '.1f')} | {fmt(r['setup_p50_ms'], '.1f')} |"
+            f"| {fmt(r['p50_ms'], '.1f')} | {fmt(r['p99_ms'], '.1f')} "
+            f"| {fmt(r['half_rate'], '.0f')} / {fmt(r['half_achieved'], '.0f')} "
+            f"| {fmt(r['half_sent_lost'])} "
+            f"| {fmt(r['half_p50_ms'], '.2f')} | {fmt(r['half_p99_ms'], '.2f')} "
+            f"| {fmt(r['half_cpu_s_per_1000'], '.3f')} |"
         )
     return "\n".join(lines)
 
 
+def idle_table(rows: list[dict[str, object]]) -> str:
+    lines = [
+        "| server | streams | TLS | held (of wanted) | set-up errors | RSS before MiB "
+        "| RSS held MiB | RSS KiB per idle stream | set-up p50 ms | stanza check delivered/sent |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['server']} | {r['streams']} | {'STARTTLS' if r['tls'] else 'plain'} "
+            f"| {r['ready']} | {r['setup_errors']} | {fmt(r['rss_start_mib'], '.1f')} "
+            f"| {fmt(r['rss_idle_mib'], '.1f')} | {fmt(r['kib_per_stream'], '.1f')} "
+            f"| {fmt(r['setup_p50_ms'], '.1f')} | {r['check']} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_idle(rows: list[dict[str, object]], path: Path) -> str:
+    """RSS per idle stream against the number of streams, one line per server and security."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        return "idle plot skipped: matplotlib is not installed (pip install 'edgeproxy[plot]')"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=80)
+    for (server, tls) in dict.fromkeys((r["server"], r["tls"]) for r in rows):
+        pts = [(r["streams"], r["kib_per_stream"]) for r in rows
+               if r["server"] == server and r["tls"] == tls and r["kib_per_stream"] is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", linestyle="--" if tls else "-",
+                    label=f"{server} ({'STARTTLS' if tls else 'plain'})")
+    ax.axhline(40, color="grey", linewidth=0.8)
+    ax.axhline(80, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("idle S2S streams held")
+    ax.set_ylabel("RSS KiB per stream")
+    ax.set_title("RSS per idle stream (targets: 40 KiB plain, 80 KiB TLS)", fontsize="medium")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return f"plot written to {path}"
+
+
+def slug(name: str) -> str:
+    return name.split()[0].lower()
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def profile_edge(lab: Lab, base: Scenario, stanzas: int) -> str:
+    """One more open-loop relay against a fresh edge under cProfile: where its CPU goes."""
+    out = OUT / "edge-relay.pstats"
+    server = start_edge(lab, False, profile=str(out))
+    try:
+        time.sleep(1.0)
+        run_one(aimed(base, server, lab.sim_port, stanzas=stanzas), server.pid)
+    finally:
+        server.stop()
+    text = OUT / "edge-relay-profile.txt"
+    with text.open("w") as f:
+        stats = pstats.Stats(str(out), stream=f)
+        stats.sort_stats("tottime").print_stats(30)
+        stats.sort_stats("cumulative").print_stats(40)
+    return str(text)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--stanzas", type=int, default=4000)
-    parser.add_argument("--idle-streams", type=int, default=1000)
+    parser.add_argument("--stanzas", type=int, default=20000, help="stanzas of the max-rate run")
+    parser.add_argument("--idle-sizes", default="1000,5000,10000")
+    parser.add_argument("--per-domain", type=int, default=100,
+                        help="idle streams per simulated domain")
+    parser.add_argument("--tls", action="store_true", help="idle streams over STARTTLS too")
+    parser.add_argument("--servers", default="edgeproxy,prosody,ejabberd")
+    parser.add_argument("--no-relay", action="store_true")
+    parser.add_argument("--profile-edge", action="store_true")
     parser.add_argument("--write-results", action="store_true")
-    parser.add_argument("--edge-target", nargs=4, metavar=("LISTEN", "SINK", "RESOLVER", "SIMS"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--edge-target", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--profile-to", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.edge_target:
-        raise_nofile()
-        listen, sink, resolver, sims = args.edge_target
-        trio.run(edge_target, int(listen), int(sink), resolver, sims.split(","))
-        return 0
+        return edge_target_main(args.edge_target, args.profile_to)
 
-    from ejabberd import start_ejabberd
-    from prosody import PASSWORD, free_port, start_prosody
+    from prosody import free_port
 
     from fixtures.dnsmasq import host, srv, start_dnsmasq
 
     raise_nofile()
+    load_start = uptime()
+    keys = args.servers.split(",")
+    sizes = [int(n) for n in args.idle_sizes.split(",") if n]
     base = load_scenario(SCENARIO)
-    sims = sorted({d for n in (base.partners.count, max(1, args.idle_streams // 100))
+    sims = sorted({d for n in (base.partners.count, *(max(1, s // args.per_domain) for s in sizes))
                    for d in msgspec.structs.replace(base.partners, count=n).domain_names()})
     sim_port = free_port(SIM_ADDR)
-    edge_port, edge_sink = free_port(EDGE_ADDR), free_port(EDGE_ADDR)
-    p_s2s, p_c2s = free_port(PROSODY_ADDR), free_port(PROSODY_ADDR)
-    e_s2s, e_c2s = free_port(EJABBERD_ADDR), free_port(EJABBERD_ADDR)
-    records = [
-        srv("_xmpp-server._tcp.contoso.test", "contoso.test", edge_port), host("contoso.test", EDGE_ADDR),
-        srv("_xmpp-server._tcp.fabrikam.test", "fabrikam.test", p_s2s), host("fabrikam.test", PROSODY_ADDR),
-        srv("_xmpp-server._tcp.litware.test", "litware.test", e_s2s), host("litware.test", EJABBERD_ADDR),
-    ]
+    work = Path(tempfile.mkdtemp(prefix="compare-", dir=OUT if OUT.exists() else None))
+    records = [host(d, a) for d, a in ((EDGE_DOMAIN, EDGE_ADDR), (PROSODY_DOMAIN, PROSODY_ADDR),
+                                       (EJABBERD_DOMAIN, EJABBERD_ADDR))]
     for sim in sims:
         records += [srv(f"_xmpp-server._tcp.{sim}", sim, sim_port), host(sim, SIM_ADDR)]
-    work = OUT / "compare-run"
-    work.mkdir(parents=True, exist_ok=True)
-    dns = start_dnsmasq(work / "dns", records)
-    servers: list[object] = []
-    edge = None
-    results: dict[str, dict[str, object]] = {}
+    dns = start_dnsmasq(work / "dns", records, address=DNS_ADDR)
+    lab = Lab((dns.address, dns.port), sims, work, make_pki(work / "pki", (
+        EDGE_DOMAIN, PROSODY_DOMAIN, EJABBERD_DOMAIN)), sim_port)
+    results: dict[str, object] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                  "load_at_start": load_start}
+    relay_rows: list[dict[str, object]] = []
+    idle_rows: list[dict[str, object]] = []
+    PLOTS.mkdir(parents=True, exist_ok=True)
     try:
-        edge = subprocess.Popen(
-            [sys.executable, __file__, "--edge-target", str(edge_port), str(edge_sink),
-             f"{dns.address}:{dns.port}", ",".join(sims)],
-            stdout=subprocess.PIPE, stderr=open(work / "edge.log", "wb"),  # noqa: SIM115
-        )
-        assert edge.stdout is not None and edge.stdout.readline().strip() == b"ready"
-        prosody = start_prosody("fabrikam.test", PROSODY_ADDR, (dns.address, dns.port),
-                                c2s_port=p_c2s, s2s_port=p_s2s)
-        servers.append(prosody)
-        raise_nofile(prosody.process.pid)
-        ejabberd = start_ejabberd("litware.test", EJABBERD_ADDR, (dns.address, dns.port),
-                                  {"litware.test": EJABBERD_ADDR, **{s: SIM_ADDR for s in sims}},
-                                  users=("alice", "bob"), c2s_port=e_c2s, s2s_port=e_s2s)
-        servers.append(ejabberd)
-        e_pid = int((ejabberd.run_dir / "ejabberd.pid").read_text().strip())
-        raise_nofile(e_pid)
-        targets = [
-            ("edgeproxy", "contoso.test", EDGE_ADDR, edge_port, edge.pid,
-             Sink(kind=SinkKind.RAW, host=EDGE_ADDR, port=edge_sink)),
-            ("Prosody 0.12", "fabrikam.test", PROSODY_ADDR, p_s2s, prosody.process.pid,
-             Sink(kind=SinkKind.C2S, host=PROSODY_ADDR, port=p_c2s, password=PASSWORD)),
-            ("ejabberd 23.01", "litware.test", EJABBERD_ADDR, e_s2s, e_pid,
-             Sink(kind=SinkKind.C2S, host=EJABBERD_ADDR, port=e_c2s, password=PASSWORD)),
-        ]
-        rows = []
-        for name, domain, address, port, pid, sink in targets:
-            relay_s = aimed(base, domain, address, port, sink, sim_port, stanzas=args.stanzas)
-            print(f"== {name}: relay", file=sys.stderr)
-            relay = run_one(relay_s, pid)
-            idle = None
-            if args.idle_streams:
-                print(f"== {name}: {args.idle_streams} idle streams", file=sys.stderr)
-                idle = run_one(idle_variant(relay_s, args.idle_streams), pid)
-            results[name] = {"relay": relay, "idle": idle}
-            rows.append(row_of(name, relay, idle))
-            print(table(rows[-1:]), file=sys.stderr)
+        for key in keys:
+            if not args.no_relay:
+                print(f"== {key}: relay", file=sys.stderr)
+                with started(key, lab) as server:
+                    full = run_one(aimed(base, server, sim_port, stanzas=args.stanzas), server.pid)
+                    rate = max(1.0, float(full["stanzas_per_s"]) / 2)  # type: ignore[arg-type]
+                    n = int(min(HALF_RATE_MAX_STANZAS, rate * HALF_RATE_SECONDS))
+                    half = run_one(aimed(base, server, sim_port, stanzas=n, rate=rate,
+                                         duration=HALF_RATE_SECONDS * 3), server.pid)
+                    half["rate"] = rate
+                results[f"{key}-relay-max"], results[f"{key}-relay-half"] = full, half
+                relay_rows.append(relay_row(server.name, full, half))
+                print(relay_table(relay_rows[-1:]), file=sys.stderr)
+                for tag, res in (("max", full), ("half", half)):
+                    print(write_plot(res, PLOTS / f"{key}-relay-{tag}.png",
+                                     title=f"{server.name}: relay at {tag} rate ({RUN_DATE})"),
+                          file=sys.stderr)
+            for tls in (False, True) if args.tls else (False,):
+                for size in sizes:
+                    print(f"== {key}: {size} idle streams{' (TLS)' if tls else ''}", file=sys.stderr)
+                    with started(key, lab, tls) as server:
+                        idle = run_one(idle_variant(aimed(base, server, sim_port), size,
+                                                    args.per_domain, tls), server.pid)
+                    results[f"{key}-idle-{size}{'-tls' if tls else ''}"] = idle
+                    idle_rows.append(idle_row(server.name, size, tls, idle))
+                    print(idle_table(idle_rows[-1:]), file=sys.stderr)
+        if args.profile_edge:
+            results["edge_profile"] = profile_edge(lab, base, args.stanzas)
     finally:
-        for server in servers:
-            server.stop()  # type: ignore[attr-defined]
-        if edge is not None and edge.poll() is None:
-            edge.terminate()
-            edge.wait(timeout=10)
         dns.stop()
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    (OUT / f"compare-{stamp}.json").write_text(json.dumps(results, indent=2, default=str))
-    text = table(rows)
+        results["load_at_end"] = uptime()
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / f"compare-{stamp}.json").write_text(json.dumps(
+            {**results, "relay_rows": relay_rows, "idle_rows": idle_rows}, indent=2, default=str))
+    if idle_rows:
+        print(plot_idle(idle_rows, PLOTS / "idle-rss.png"), file=sys.stderr)
+    text = relay_table(relay_rows) + "\n\n" + idle_table(idle_rows)
     print(text)
+    print(f"load: start {load_start}\n      end   {results['load_at_end']}")
     if args.write_results:
-        write_results(text, " ".join([".venv/bin/python", "bench/compare.py", *sys.argv[1:]]))
+        write_results(text, " ".join([".venv/bin/python", "bench/compare.py", *sys.argv[1:]]),
+                      load_start, str(results["load_at_end"]))
     return 0
 
 
-def write_results(text: str, command: str) -> None:
+def write_results(text: str, command: str, load_start: str, load_end: str) -> None:
     body = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
     section = (
-        f"{HEADING}\n\nRun {RUN_DATE}, command: `{command}` (as root, from the repository).\n\n{text}\n"
+        f"{HEADING}\n\nRun {RUN_DATE}, command: `{command}` (as root, from the repository). "
+        f"Load (`uptime`) at start: `{load_start}`; at end: `{load_end}`.\n\n{text}\n"
     )
     if HEADING in body:
         before, _, after = body.partition(HEADING)
         nxt = after.find("\n## ")
+        earlier = after[: nxt if nxt >= 0 else len(after)].strip("\n")
+        section += "\n### Earlier runs (kept for comparison)\n\n" + earlier.replace(
+            "\n### Earlier runs (kept for comparison)\n", "\n") + "\n"
         body = before + section + (after[nxt:] if nxt >= 0 else "")
     else:
         body = body.rstrip("\n") + "\n\n" + section
