@@ -61,3 +61,20 @@ async def test_prosody_user_and_sip_ua_exchange_messages_both_ways(tmp_path: Pat
             assert message.to in ("carol@fabrikam.test", "carol@fabrikam.test/interop")
             # SIPp ends the body it sends with CRLF; the gateway carries it (XML makes it LF)
             assert (child_text(message, "body") or "").rstrip("\r\n") == SIP_TEXT
+
+
+async def test_a_message_to_an_unregistered_sip_user_comes_back_to_prosody_as_an_error(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(90):
+        async with e2e_lab(tmp_path) as lab:
+            carol = await lab.login("carol")
+            # bob is a user of the directory but no UA of his is registered: the gateway's
+            # 480 becomes recipient-unavailable (RFC 7247), from bob's address, same id.
+            await carol.send(
+                "<message to='bob@contoso.test' type='chat' id='c2'><body>Bist du da?</body></message>"
+            )
+            error = await expect_stanza(carol, lambda s: s.name == "message")
+            assert error.type == "error" and error.id == "c2", error.raw
+            assert (error.from_ or "").partition("/")[0] == "bob@contoso.test"
+            assert b"recipient-unavailable" in error.raw
