@@ -43,6 +43,7 @@ import os
 import pstats
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -374,11 +375,26 @@ def relay_row(name: str, full: dict, half: dict | None) -> dict[str, object]:  #
         "p50_ms": full["latency_ms"]["p50"], "p99_ms": full["latency_ms"]["p99"],
         "half_rate": (half or {}).get("rate"),
         "half_achieved": (half or {}).get("stanzas_per_s"),
-        "half_sent_lost": f"{half['sent']} / {half['lost']}" if half else None,
+        "half_sent": (half or {}).get("sent"), "half_lost": (half or {}).get("lost"),
         "half_p50_ms": (half or {}).get("latency_ms", {}).get("p50"),
         "half_p99_ms": (half or {}).get("latency_ms", {}).get("p99"),
         "half_cpu_s_per_1000": ((half or {}).get("target_process") or {}).get("cpu_s_per_1000"),
     }
+
+
+def median_row(rows: list[dict[str, object]]) -> dict[str, object]:
+    """Per figure, the median over repeated runs; "spread" keeps min–max of the key ones."""
+    out: dict[str, object] = dict(rows[0])
+    for key, value in rows[0].items():
+        values = [r[key] for r in rows]
+        if isinstance(value, int | float) and not isinstance(value, bool) and None not in values:
+            out[key] = statistics.median(values)  # type: ignore[type-var]
+            out[f"{key}_range"] = (min(values), max(values))  # type: ignore[type-var]
+    for key in ("sent", "delivered", "bounced", "lost", "half_sent", "half_lost"):
+        if None not in (values := [r[key] for r in rows]):
+            out[key] = sum(values)  # type: ignore[arg-type]
+    out["runs"] = len(rows)
+    return out
 
 
 def idle_row(name: str, size: int, tls: bool, idle: dict) -> dict[str, object]:  # type: ignore[type-arg]
@@ -404,22 +420,35 @@ def fmt(v: object, spec: str = ".2f") -> str:
 
 def relay_table(rows: list[dict[str, object]]) -> str:
     lines = [
-        "| server | max rate: sent / delivered / bounced / lost | CPU s per 1,000 | stanzas/s "
-        "| p50 ms | p99 ms | half rate /s (asked / achieved) | half: sent / lost | half: p50 ms | half: p99 ms "
+        "| server | runs | max rate: sent / delivered / bounced / lost (all runs) | CPU s per 1,000 "
+        "(min–max) | stanzas per CPU-second | stanzas/s "
+        "| p50 ms | p99 ms | half rate /s (asked / achieved) | half: sent / lost (all runs) | half: p50 ms | half: p99 ms "
         "| half: CPU s per 1,000 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        cpu = r["cpu_s_per_1000"]
         lines.append(
-            f"| {r['server']} | {r['sent']} / {r['delivered']} / {r['bounced']} / {r['lost']} "
-            f"| {fmt(r['cpu_s_per_1000'], '.3f')} | {fmt(r['stanzas_per_s'], '.0f')} "
+            f"| {r['server']} | {r.get('runs', 1)} "
+            f"| {r['sent']} / {r['delivered']} / {r['bounced']} / {r['lost']} "
+            f"| {fmt(cpu, '.3f')} ({span(r, 'cpu_s_per_1000', '.3f')}) "
+            f"| {fmt(1000 / cpu if isinstance(cpu, float) and cpu > 0 else None, '.0f')} "
+            f"| {fmt(r['stanzas_per_s'], '.0f')} "
             f"| {fmt(r['p50_ms'], '.1f')} | {fmt(r['p99_ms'], '.1f')} "
             f"| {fmt(r['half_rate'], '.0f')} / {fmt(r['half_achieved'], '.0f')} "
-            f"| {fmt(r['half_sent_lost'])} "
-            f"| {fmt(r['half_p50_ms'], '.2f')} | {fmt(r['half_p99_ms'], '.2f')} "
+            f"| {fmt(r['half_sent'])} / {fmt(r['half_lost'])} "
+            f"| {fmt(r['half_p50_ms'], '.2f')} "
+            f"| {fmt(r['half_p99_ms'], '.2f')} ({span(r, 'half_p99_ms', '.1f')}) "
             f"| {fmt(r['half_cpu_s_per_1000'], '.3f')} |"
         )
     return "\n".join(lines)
+
+
+def span(row: dict[str, object], key: str, spec: str) -> str:
+    low_high = row.get(f"{key}_range")
+    if not isinstance(low_high, tuple):
+        return "–"
+    return f"{format(low_high[0], spec)}–{format(low_high[1], spec)}"
 
 
 def idle_table(rows: list[dict[str, object]]) -> str:
@@ -503,6 +532,8 @@ def main() -> int:
     parser.add_argument("--tls", action="store_true", help="idle streams over STARTTLS too")
     parser.add_argument("--servers", default="edgeproxy,prosody,ejabberd")
     parser.add_argument("--no-relay", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="relay runs at each rate (figures are their medians)")
     parser.add_argument("--profile-edge", action="store_true")
     parser.add_argument("--write-results", action="store_true")
     parser.add_argument("--edge-target", nargs=5, help=argparse.SUPPRESS)
@@ -541,19 +572,26 @@ def main() -> int:
             if not args.no_relay:
                 print(f"== {key}: relay", file=sys.stderr)
                 with started(key, lab) as server:
-                    full = run_one(aimed(base, server, sim_port, stanzas=args.stanzas), server.pid)
-                    rate = max(1.0, float(full["stanzas_per_s"]) / 2)  # type: ignore[arg-type]
+                    fulls = [run_one(aimed(base, server, sim_port, stanzas=args.stanzas), server.pid)
+                             for _ in range(args.repeat)]
+                    max_rate = statistics.median(float(r["stanzas_per_s"]) for r in fulls)  # type: ignore[arg-type]
+                    rate = max(1.0, max_rate / 2)
                     n = int(min(HALF_RATE_MAX_STANZAS, rate * HALF_RATE_SECONDS))
-                    half = run_one(aimed(base, server, sim_port, stanzas=n, rate=rate,
-                                         duration=HALF_RATE_SECONDS * 3), server.pid)
+                    halfs = [run_one(aimed(base, server, sim_port, stanzas=n, rate=rate,
+                                           duration=HALF_RATE_SECONDS * 3), server.pid)
+                             for _ in range(args.repeat)]
+                for half in halfs:
                     half["rate"] = rate
-                results[f"{key}-relay-max"], results[f"{key}-relay-half"] = full, half
-                relay_rows.append(relay_row(server.name, full, half))
+                results[f"{key}-relay-max"], results[f"{key}-relay-half"] = fulls, halfs
+                relay_rows.append(median_row([relay_row(server.name, f, h)
+                                              for f, h in zip(fulls, halfs, strict=True)]))
                 print(relay_table(relay_rows[-1:]), file=sys.stderr)
-                for tag, res in (("max", full), ("half", half)):
-                    print(write_plot(res, PLOTS / f"{key}-relay-{tag}.png",
-                                     title=f"{server.name}: relay at {tag} rate ({RUN_DATE})"),
-                          file=sys.stderr)
+                for tag, runs in (("max", fulls), ("half", halfs)):
+                    for i, res in enumerate(runs, 1):
+                        print(write_plot(res, PLOTS / f"{key}-relay-{tag}-{i}.png",
+                                         title=f"{server.name}: relay at {tag} rate, run {i} "
+                                               f"of {len(runs)} ({RUN_DATE})"),
+                              file=sys.stderr)
             for tls in (False, True) if args.tls else (False,):
                 for size in sizes:
                     print(f"== {key}: {size} idle streams{' (TLS)' if tls else ''}", file=sys.stderr)
