@@ -24,8 +24,9 @@ TLS connections live in their own table; they are reliable like TCP (no retransm
 outgoing TLS connection verifies the peer's certificate against ``[tls] trust`` and the host it
 connects to (RFC 5922 §7.2, as an IP address or DNS name); a failed handshake is a transport
 error (503 locally). :meth:`SipTransport.route` picks the destination of a registered contact:
-the connection the UA registered on while it is open (RFC 5626 §5.3 flow reuse — a UA behind
-NAT or without a TLS listener can only be reached that way), else its Contact (``sips:`` or
+for a TLS contact registered over TLS (or an RFC 5626 ``;ob`` contact over TCP) the connection
+the UA registered on while it is open (§5.3 flow reuse — a UA behind NAT or without a TLS
+server of its own can only be reached that way), else its Contact (``sips:`` or
 ``;transport=tls``: TLS, default port 5061).
 
 Bounded: the transaction tables (``MAX_TRANSACTIONS``, new requests beyond it get 503),
@@ -220,14 +221,17 @@ class SipTransport:
         return f"sip:{self.via_host}"
 
     def route(self, contact: SipUri, source: Address | None = None, source_transport: str = "udp") -> Destination:
-        """Where a request to a registered ``contact`` goes (RFC 5626 §5.3, simplified): the
-        TCP/TLS connection the REGISTER came on (``source``) while it is open, when the UA
-        registered itself over it — contact on the connection's host, same transport; else the
-        contact (``destination_for``: a third-party registration names another host)."""
+        """Where a request to a registered ``contact`` goes: the connection the REGISTER came on
+        (``source``), while it is open, for a TLS contact registered over TLS or a contact with
+        RFC 5626's ``;ob`` registered over the same transport (§5.3: user agents rarely run a
+        TLS server of their own, and one behind NAT is reachable no other way); else the contact
+        itself (``destination_for`` — a third-party registration over TCP names another UA)."""
         dest = destination_for(contact)
-        if source is not None and source_transport in _RELIABLE and dest.transport == source_transport:
+        if source is None or dest.transport != source_transport or source_transport not in _RELIABLE:
+            return dest
+        if source_transport == "tls" or contact.param("ob") is not None:
             table = self._tls if source_transport == "tls" else self._tcp
-            if source in table and dest.host == source[0]:
+            if source in table:
                 return Destination(source[0], source[1], source_transport)
         return dest
 

@@ -1,0 +1,265 @@
+"""SIP over TLS at the gateway with a real UA: baresip (Debian baresip-core) on 127.0.0.102/.103.
+
+The gateway's TLS comes from the configuration (``gateway.tls.gateway_tls``: ``[tls]`` certificate
+and key, ``sip-tls-listen`` absent → the sip-listen port + 1, here port 0 → any), with
+certificates from a private CA (trustme) naming the hosts' IP addresses. The edge side is a real
+``ChannelEndpoint`` behind ``serve_loopback`` that records what the gateway sends it. baresip runs
+with its SIP trace on (``-s``): what it received and answered is read from its output.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import trio
+import trustme
+from _sipp import require_sipp, run_sipp, sipp_command
+
+from edgeproxy.config import parse_config
+from edgeproxy.gateway.service import GatewayService
+from edgeproxy.gateway.tls import gateway_tls
+from edgeproxy.loopback.endpoint import ChannelEndpoint
+from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
+from edgeproxy.loopback.server import serve_loopback
+from fixtures.tools import require_tool
+
+GATEWAY_IP, ALICE_IP, BOB_IP, SIPP_IP = "127.0.0.101", "127.0.0.102", "127.0.0.103", "127.0.0.104"
+
+
+@dataclass
+class Pki:
+    directory: Path
+    ca: trustme.CA = field(default_factory=trustme.CA)
+    rogue: trustme.CA = field(default_factory=trustme.CA)
+
+    def write_leaf(self, name: str, host: str, *, ca: trustme.CA | None = None) -> tuple[Path, Path]:
+        leaf = (ca or self.ca).issue_cert(host)
+        cert, key = self.directory / f"{name}.pem", self.directory / f"{name}.key"
+        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        key.write_bytes(leaf.private_key_pem.bytes())
+        return cert, key
+
+    def write_ca(self) -> Path:
+        path = self.directory / "ca.pem"
+        path.write_bytes(self.ca.cert_pem.bytes())
+        return path
+
+
+class Edge:
+    """The edge's end of the channel, recording what the gateway sends."""
+
+    def __init__(self) -> None:
+        self.received: list[Routed] = []
+        self.endpoint = ChannelEndpoint(Role.EDGE, on_items=self.on_items, on_bounce=lambda items, c: None)
+
+    async def on_items(self, items: list[Item]) -> None:
+        self.received.extend(i for i in items if isinstance(i, Routed))
+
+    def send_message(self, to: str, body: str, *, id: str = "m1") -> None:
+        raw = f"<message from='romeo@montague.example/orchard' to='{to}' type='chat' id='{id}'><body>{body}</body></message>"
+        self.endpoint.submit(StanzaKind.MESSAGE, "romeo@montague.example/orchard", to, "chat", id, raw.encode())
+
+
+def free_sip_port(host: str) -> int:
+    """A port free for UDP and TCP on ``host`` with port + 1 free for TCP (baresip's TLS)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = udp.getsockname()[1]
+            if port >= 65535:
+                continue
+            try:
+                with socket.socket() as tcp, socket.socket() as tls:
+                    tcp.bind((host, port))
+                    tls.bind((host, port + 1))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free port pair")
+
+
+class Baresip:
+    """One baresip process: SIP on ``host:port`` (TLS on port + 1), ctrl_tcp for commands."""
+
+    def __init__(self, directory: Path, host: str, account: str, *, certificate: Path | None, ca: Path,
+                 contacts: str = "") -> None:
+        self.directory, self.host = directory, host
+        self.port = free_sip_port(host)
+        self.ctrl_port = free_sip_port(host)
+        directory.mkdir()
+        (directory / "accounts").write_text(account + "\n")
+        (directory / "contacts").write_text(contacts)
+        certificate_line = f"sip_certificate\t{certificate}\n" if certificate else ""
+        (directory / "config").write_text(
+            f"poll_method\tepoll\nnet_interface\t{host}\nsip_listen\t{host}:{self.port}\n"
+            f"sip_cafile\t{ca}\n{certificate_line}"
+            "audio_player\taufile,/dev/null\naudio_source\tausine,440\n"
+            "module_path\t/usr/lib/baresip/modules\nmodule\tg711.so\nmodule\taufile.so\nmodule\tausine.so\n"
+            "module_tmp\taccount.so\nmodule_app\tcontact.so\nmodule_app\tmenu.so\n"
+            f"module_app\tctrl_tcp.so\nctrl_tcp_listen\t{host}:{self.ctrl_port}\n"
+        )
+        self.output = directory / "baresip.out"
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        baresip = require_tool("baresip", "baresip-core")
+        with self.output.open("wb") as out:
+            await trio.run_process([baresip, "-f", str(self.directory), "-s"], stdout=out, stderr=out,
+                                   check=False, deliver_cancel=_kill, task_status=task_status)
+
+    def trace(self) -> str:
+        return self.output.read_text(errors="replace") if self.output.exists() else ""
+
+    def command(self, command: str, params: str = "") -> dict[str, object]:
+        """One ctrl_tcp command (netstring-framed JSON), blocking; run in a thread."""
+        with socket.create_connection((self.host, self.ctrl_port), timeout=10) as sock:
+            data = json.dumps({"command": command, "params": params, "token": "t"}).encode()
+            sock.sendall(b"%d:%s," % (len(data), data))
+            buffer = b""
+            while True:
+                chunk = sock.recv(65536)
+                assert chunk, "baresip closed the control connection"
+                buffer += chunk
+                length, _, rest = buffer.partition(b":")
+                if length.isdigit() and len(rest) > int(length):
+                    reply = json.loads(rest[: int(length)])
+                    if reply.get("response"):
+                        return reply  # type: ignore[no-any-return]
+                    buffer = rest[int(length) + 1:]
+
+
+async def _kill(process: trio.Process) -> None:
+    process.kill()  # our own child, by PID; SIGTERM would make it unregister at a gateway going away
+
+
+async def wait_for(predicate: Callable[[], object], timeout: float = 20) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.05)
+
+
+async def start_gateway(nursery: trio.Nursery, tmp_path: Path, pki: Pki) -> tuple[Edge, GatewayService]:
+    pki.write_leaf("gateway", GATEWAY_IP)
+    pki.write_ca()
+    config = parse_config(
+        f'[tls]\ncertificate = "gateway.pem"\nkey = "gateway.key"\ntrust = "ca.pem"\n'
+        f'[gateway]\nsip-listen = ["{GATEWAY_IP}:0"]\n',
+        source="test.toml", base_dir=str(tmp_path),
+    )
+    tls = gateway_tls(config)
+    assert tls.sip is not None and tls.sip.port == 0  # derived: sip-listen port + 1, 0 stays "any"
+    edge = Edge()
+    host, port = await nursery.start(serve_loopback, edge.endpoint, GATEWAY_IP, 0)
+    service = GatewayService(sip_domains=("contoso.test",), sip_host=GATEWAY_IP, sip_port=0, sip_tls=tls.sip)
+    await nursery.start(service.run, host, port)
+    await edge.endpoint.wait_connected()
+    return edge, service
+
+
+async def register_third_party(service: GatewayService, tmp_path: Path, user: str, contact: str) -> None:
+    """A SIPp REGISTER over UDP binding ``user`` to a contact on another host (third party)."""
+    host, _, port_and_params = contact.partition(":")
+    cmd = sipp_command(
+        "register.xml", SIPP_IP,
+        "-key", "user", user, "-key", "domain", "contoso.test",
+        "-key", "contact_host", host, "-key", "contact_port", port_and_params, "-key", "expires", "600",
+        remote=f"{GATEWAY_IP}:{service.sip.port}",
+    )  # fmt: skip
+    assert "REGISTERED expires=600" in await run_sipp(cmd, tmp_path / f"register-{user}.log")
+
+
+async def test_baresip_registers_over_tls_and_messages_flow_both_ways_on_that_connection(tmp_path: Path) -> None:
+    require_tool("baresip", "baresip-core")
+    pki = Pki(tmp_path)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            edge, service = await start_gateway(nursery, tmp_path, pki)
+            # No certificate of its own: baresip has no TLS server, so it is reachable only over
+            # the connection it registered on.
+            alice = Baresip(
+                tmp_path / "alice", ALICE_IP,
+                f'<sip:alice@contoso.test>;outbound="sip:{GATEWAY_IP}:{service.sip.tls_port};transport=tls"'
+                ";regint=600;answermode=manual",
+                certificate=None, ca=pki.write_ca(), contacts='"Romeo" <sip:romeo@montague.example>\n',
+            )  # fmt: skip
+            await nursery.start(alice.run)
+            await wait_for(lambda: service.registrar.lookup("sip:alice@contoso.test", trio.current_time()))
+            [binding] = service.registrar.lookup("sip:alice@contoso.test", trio.current_time())
+            assert binding.transport == "tls" and binding.contact.transport == "tls"
+            assert service.sip.statistics()["tls_connections"] == 1
+
+            edge.send_message("alice@contoso.test", "Grüße over TLS ☃")
+            await wait_for(lambda: "SIP/2.0 200 OK" in alice.trace().partition("Grüße over TLS ☃")[2])
+            trace = alice.trace()
+            before, _, _ = trace.partition("Grüße over TLS ☃")
+            header = before.rpartition("MESSAGE sip:")[2]
+            assert f"Via: SIP/2.0/TLS {GATEWAY_IP}:{service.sip.tls_port};" in header
+            assert service.sip.statistics()["tls_connections"] == 1  # the registration's, reused
+
+            reply = await trio.to_thread.run_sync(alice.command, "message", "hi Romeo, TLS here")
+            assert reply.get("ok"), reply
+            await wait_for(lambda: any(b"hi Romeo, TLS here" in r.raw for r in edge.received))
+            [routed] = [r for r in edge.received if r.kind == StanzaKind.MESSAGE and r.type == "chat"]
+            assert (routed.from_, routed.to) == ("alice@contoso.test", "romeo@montague.example")
+            await wait_for(lambda: "To: <sip:romeo@montague.example>;tag=gw" in alice.trace())  # our 200
+            assert [r for r in edge.received if r.type == "error"] == []
+            nursery.cancel_scope.cancel()
+
+
+async def _message_to_tls_contact(tmp_path: Path, *, trusted: bool) -> tuple[Edge, Baresip, GatewayService]:
+    require_tool("baresip", "baresip-core")
+    require_sipp()
+    pki = Pki(tmp_path)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            edge, service = await start_gateway(nursery, tmp_path, pki)
+            cert, key = pki.write_leaf("bob", BOB_IP, ca=None if trusted else pki.rogue)
+            bundle = tmp_path / "bob-bundle.pem"  # baresip's sip_certificate: key and chain in one file
+            bundle.write_bytes(key.read_bytes() + cert.read_bytes())
+            bob = Baresip(tmp_path / "bob", BOB_IP, "<sip:bob@contoso.test>;regint=0;answermode=manual",
+                          certificate=bundle, ca=pki.write_ca())
+            await nursery.start(bob.run)
+            tls_port = bob.port + 1
+            with trio.fail_after(10):
+                while True:  # baresip's TLS listener is up
+                    try:
+                        await (await trio.open_tcp_stream(BOB_IP, tls_port)).aclose()
+                        break
+                    except OSError:
+                        await trio.sleep(0.05)
+            await register_third_party(service, tmp_path, "bob", f"{BOB_IP}:{tls_port};transport=tls")
+            edge.send_message("bob@contoso.test", "hello Bob over TLS")
+            if trusted:
+                await wait_for(lambda: "hello Bob over TLS" in bob.trace() and f"TLS {BOB_IP}:{tls_port} -> " in
+                               bob.trace().split("hello Bob over TLS", 1)[1])
+                await trio.sleep(0.3)  # an error reply would reach the edge now
+            else:
+                await wait_for(lambda: edge.received)
+            nursery.cancel_scope.cancel()
+    return edge, bob, service
+
+
+async def test_a_message_to_a_tls_contact_goes_over_a_connection_verified_against_the_trust(tmp_path: Path) -> None:
+    edge, bob, _ = await _message_to_tls_contact(tmp_path, trusted=True)
+    trace = bob.trace()
+    assert f"MESSAGE sip:bob@{BOB_IP}:{bob.port + 1};transport=tls SIP/2.0" in trace
+    assert "SIP/2.0 200 OK" in trace.split("hello Bob over TLS", 1)[1]
+    assert edge.received == []  # 200: nothing back to the XMPP sender
+
+
+async def test_a_tls_contact_whose_certificate_is_from_an_unknown_ca_does_not_get_the_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    edge, bob, _ = await _message_to_tls_contact(tmp_path, trusted=False)
+    assert "MESSAGE sip:" not in bob.trace()
+    [error] = edge.received
+    assert error.type == "error" and error.to == "romeo@montague.example/orchard"
+    assert b"<service-unavailable " in error.raw and b"503 Destination Unreachable" in error.raw
+    assert any(
+        f"TLS handshake with {BOB_IP}:{bob.port + 1} failed" in r.getMessage() and "issuer" in r.getMessage()
+        for r in caplog.records
+    )
