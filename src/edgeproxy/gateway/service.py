@@ -71,6 +71,7 @@ from edgeproxy.gateway.translate import (
     error_reply,
     jid_to_sip_uri,
     message_to_sip,
+    parse_jid_memo,
     sip_message_to_xmpp,
     sip_status_for_condition,
 )
@@ -85,7 +86,7 @@ from edgeproxy.policy import engine
 from edgeproxy.policy.holder import SnapshotHolder
 from edgeproxy.policy.snapshot import PolicySnapshot
 from edgeproxy.tokenizer import Element, Stanza, Tokenizer, TokenizerError
-from edgeproxy.xmpp.jid import InvalidJid, parse_jid
+from edgeproxy.xmpp.jid import InvalidJid
 from edgeproxy.xmpp.serialize import serialize
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,10 @@ class GatewayService:
                 log.warning("gateway: bounce from the edge for %s ignored", item.from_)
                 self.channel.complete(item.seq)
                 continue
-            await self._slots.acquire()
+            try:
+                self._slots.acquire_nowait()  # no checkpoint per item while slots are free
+            except trio.WouldBlock:
+                await self._slots.acquire()
             self._nursery.start_soon(self._deliver_to_sip, item)
 
     async def _deliver_to_sip(self, item: Routed) -> None:
@@ -220,7 +224,7 @@ class GatewayService:
 
     async def _message_to_sip(self, item: Routed, element: Element) -> None:
         try:
-            aor = jid_to_sip_uri(str(parse_jid(item.to).bare))
+            aor = jid_to_sip_uri(str(parse_jid_memo(item.to).bare))
         except (TranslationError, InvalidJid) as exc:
             await self._reply_error(element, "jid-malformed", str(exc))
             return

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 from urllib.parse import quote, unquote
 
@@ -137,8 +138,13 @@ def xep0106_unescape(text: str) -> str:
     return "".join(out)
 
 
+@lru_cache(maxsize=4096)
 def jid_to_sip_uri(jid: str) -> str:
-    """``local@domain[/resource]`` → ``sip:local@domain[;gr=resource]`` (RFC 7247 §5.2)."""
+    """``local@domain[/resource]`` → ``sip:local@domain[;gr=resource]`` (RFC 7247 §5.2).
+
+    Pure, and called several times per message with the same few addresses: memoized (a
+    bounded LRU; an invalid JID raises each time, exceptions are not cached).
+    """
     try:
         parsed = parse_jid(jid)
     except InvalidJid as exc:
@@ -150,6 +156,20 @@ def jid_to_sip_uri(jid: str) -> str:
     if parsed.resource is not None:
         uri += ";gr=" + quote(parsed.resource, safe=PARAM_SAFE)
     return uri
+
+
+#: ``parse_jid`` memoized (``Jid`` is frozen; an invalid JID raises each time).
+parse_jid_memo: Final = lru_cache(maxsize=4096)(parse_jid)
+
+
+@lru_cache(maxsize=4096)
+def bare_sip_uri(jid: str) -> str:
+    """The AoR of a JID's bare form: ``jid_to_sip_uri`` of ``parse_jid(jid).bare`` (memoized)."""
+    try:
+        bare = str(parse_jid(jid).bare)
+    except InvalidJid as exc:
+        raise TranslationError(f"invalid JID {jid!r}: {exc}", "jid-malformed") from None
+    return jid_to_sip_uri(bare)
 
 
 def sip_uri_to_jid(uri: str) -> str:
@@ -342,18 +362,15 @@ def message_to_sip(
     if chosen is None:
         return None
     text, lang = chosen
-    from_uri = jid_to_sip_uri(message.get("from") or "")
-    to_jid = parse_jid(message.get("to") or "")
-    to_uri = jid_to_sip_uri(str(to_jid))
+    from_text, to_text = message.get("from") or "", message.get("to") or ""
+    from_uri = jid_to_sip_uri(from_text)
+    to_uri = jid_to_sip_uri(str(parse_jid_memo(to_text)))  # InvalidJid for a bad 'to', as before
     request_uri = to_uri
     headers = Headers()
     headers.add("Via", f"SIP/2.0/{ctx.transport} {ctx.via_host};branch={ctx.branch};rport")
     headers.add("Max-Forwards", "70")
-    headers.add(
-        "From",
-        f"<{jid_to_sip_uri(str(parse_jid(message.get('from') or '').bare))}>;tag={ctx.from_tag}",
-    )
-    headers.add("To", f"<{jid_to_sip_uri(str(to_jid.bare))}>")
+    headers.add("From", f"<{bare_sip_uri(from_text)}>;tag={ctx.from_tag}")
+    headers.add("To", f"<{bare_sip_uri(to_text)}>")
     headers.add("Call-ID", ctx.call_id)
     headers.add("CSeq", f"{ctx.cseq} MESSAGE")
     if from_uri.find(";gr=") >= 0:

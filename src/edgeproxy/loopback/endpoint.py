@@ -71,6 +71,10 @@ log = logging.getLogger(__name__)
 HELLO_TIMEOUT = 10.0
 #: Seconds an ack may take to leave after its items were handled (shielded from cancellation).
 ACK_TIMEOUT = 2.0
+#: With ``ack_on_complete``: after an ack, seconds before the next one, so that the items that
+#: complete meanwhile share it (at 5,000 items/s, ~10 per ack instead of one). Far below any
+#: timeout; the window (1,024 items) is never the limit at one ack per 2 ms.
+ACK_COALESCE = 0.002
 #: Seconds the peer may stay away before queued stanzas are bounced. Lync's own gateway gives up
 #: on the edge after about 30 s; an S2S peer waits longer, so this bounds the user-visible delay.
 DEFAULT_OUTAGE_BOUND = 30.0
@@ -387,6 +391,7 @@ class ChannelEndpoint:
             except ConnectionClosed:
                 return
             acked = up_to
+            await trio.sleep(ACK_COALESCE)
 
     def statistics(self) -> ChannelStatistics:
         c = self._counts

@@ -102,10 +102,35 @@ class SipParseError(ValueError):
         self.status = status
 
 
+#: Header names seen so far → their canonical key (``canonical`` runs dozens of times per
+#: message; real traffic uses a few dozen distinct spellings). Bounded: cleared when full.
+_CANONICAL: dict[str, str] = {}
+_CANONICAL_MAX: Final = 4096
+#: Header names already checked against the token rule (same bound).
+_VALID_NAMES: set[str] = set()
+
+
 def canonical(name: str) -> str:
     """The lookup key of a header name: lower case, compact forms expanded."""
-    key = name.lower()
-    return COMPACT_FORMS.get(key, key)
+    key = _CANONICAL.get(name)
+    if key is None:
+        lowered = name.lower()
+        key = COMPACT_FORMS.get(lowered, lowered)
+        if len(_CANONICAL) >= _CANONICAL_MAX:
+            _CANONICAL.clear()
+        _CANONICAL[name] = key
+    return key
+
+
+def _valid_name(name: str) -> bool:
+    if name in _VALID_NAMES:
+        return True
+    if not name or not set(name) <= _TOKEN_CHARS:
+        return False
+    if len(_VALID_NAMES) >= _CANONICAL_MAX:
+        _VALID_NAMES.clear()
+    _VALID_NAMES.add(name)
+    return True
 
 
 @dataclass(slots=True)
@@ -117,7 +142,7 @@ class Headers:
     def get(self, name: str, default: str | None = None) -> str | None:
         key = canonical(name)
         for n, v in self.items:
-            if canonical(n) == key:
+            if (_CANONICAL.get(n) or canonical(n)) == key:
                 return v
         return default
 
@@ -246,7 +271,7 @@ def _parse_head(head: bytes, max_headers: int) -> tuple[SipMessage, int | None]:
             continue
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
-        if not colon or not name or not set(name) <= _TOKEN_CHARS:
+        if not colon or not _valid_name(name):
             raise SipParseError(f"malformed header line {line[:40]!r}")
         if len(headers.items) >= max_headers:
             raise SipParseError(f"more than {max_headers} header fields", 513)

@@ -142,10 +142,18 @@ class _TcpConnection:
         self.peer = peer
         self.transport = transport
         self.lock = trio.Lock()
+        self._pending: list[bytes] = []
 
     async def send(self, data: bytes) -> None:
+        """Write ``data``; messages queued while another write is under way go out together
+        (one ``send_all`` for all of them, not one system call per message)."""
+        self._pending.append(data)
         async with self.lock:
-            await self.stream.send_all(data)
+            if not self._pending:
+                return  # the writer before us took our bytes with its own
+            chunk = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+            self._pending.clear()
+            await self.stream.send_all(chunk)
 
 
 class SipTransport:

@@ -145,6 +145,12 @@ def parse_name_addr(text: str) -> NameAddr:
 
 def split_header_list(value: str) -> list[str]:
     """Split a comma-separated header value, honouring quotes and <...> (§7.3.1)."""
+    if '"' not in value and "<" not in value and ">" not in value:
+        # nothing to honour (the usual Via, CSeq…): str.split, same result as the scan below
+        parts = [part.strip() for part in value.split(",")]
+        if not parts[-1]:
+            parts.pop()
+        return parts
     out: list[str] = []
     depth = 0
     quoted = False
