@@ -12,12 +12,10 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import trio
-import trustme
 from _sipp import require_sipp, run_sipp, sipp_command
 
 from edgeproxy.config import parse_config
@@ -26,28 +24,10 @@ from edgeproxy.gateway.tls import gateway_tls
 from edgeproxy.loopback.endpoint import ChannelEndpoint
 from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
 from edgeproxy.loopback.server import serve_loopback
+from fixtures.private_ca import PrivateCa
 from fixtures.tools import require_tool
 
 GATEWAY_IP, ALICE_IP, BOB_IP, SIPP_IP = "127.0.0.101", "127.0.0.102", "127.0.0.103", "127.0.0.104"
-
-
-@dataclass
-class Pki:
-    directory: Path
-    ca: trustme.CA = field(default_factory=trustme.CA)
-    rogue: trustme.CA = field(default_factory=trustme.CA)
-
-    def write_leaf(self, name: str, host: str, *, ca: trustme.CA | None = None) -> tuple[Path, Path]:
-        leaf = (ca or self.ca).issue_cert(host)
-        cert, key = self.directory / f"{name}.pem", self.directory / f"{name}.key"
-        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-        key.write_bytes(leaf.private_key_pem.bytes())
-        return cert, key
-
-    def write_ca(self) -> Path:
-        path = self.directory / "ca.pem"
-        path.write_bytes(self.ca.cert_pem.bytes())
-        return path
 
 
 class Edge:
@@ -142,7 +122,7 @@ async def wait_for(predicate: Callable[[], object], timeout: float = 20) -> None
             await trio.sleep(0.05)
 
 
-async def start_gateway(nursery: trio.Nursery, tmp_path: Path, pki: Pki) -> tuple[Edge, GatewayService]:
+async def start_gateway(nursery: trio.Nursery, tmp_path: Path, pki: PrivateCa) -> tuple[Edge, GatewayService]:
     pki.write_leaf("gateway", GATEWAY_IP)
     pki.write_ca()
     config = parse_config(
@@ -174,7 +154,7 @@ async def register_third_party(service: GatewayService, tmp_path: Path, user: st
 
 async def test_baresip_registers_over_tls_and_messages_flow_both_ways_on_that_connection(tmp_path: Path) -> None:
     require_tool("baresip", "baresip-core")
-    pki = Pki(tmp_path)
+    pki = PrivateCa(tmp_path)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             edge, service = await start_gateway(nursery, tmp_path, pki)
@@ -213,11 +193,11 @@ async def test_baresip_registers_over_tls_and_messages_flow_both_ways_on_that_co
 async def _message_to_tls_contact(tmp_path: Path, *, trusted: bool) -> tuple[Edge, Baresip, GatewayService]:
     require_tool("baresip", "baresip-core")
     require_sipp()
-    pki = Pki(tmp_path)
+    pki = PrivateCa(tmp_path)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             edge, service = await start_gateway(nursery, tmp_path, pki)
-            cert, key = pki.write_leaf("bob", BOB_IP, ca=None if trusted else pki.rogue)
+            cert, key = pki.write_leaf("bob", BOB_IP, rogue=not trusted)
             bundle = tmp_path / "bob-bundle.pem"  # baresip's sip_certificate: key and chain in one file
             bundle.write_bytes(key.read_bytes() + cert.read_bytes())
             bob = Baresip(tmp_path / "bob", BOB_IP, "<sip:bob@contoso.test>;regint=0;answermode=manual",

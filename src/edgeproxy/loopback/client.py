@@ -32,7 +32,12 @@ from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 from edgeproxy.loopback.endpoint import ChannelEndpoint
 from edgeproxy.loopback.frames import MAX_FRAME_BYTES, FrameError
-from edgeproxy.loopback.server import WS_HANDSHAKE_TIMEOUT, WS_MESSAGE_QUEUE, tls_failure
+from edgeproxy.loopback.server import (
+    WS_HANDSHAKE_TIMEOUT,
+    WS_MESSAGE_QUEUE,
+    send_pending_alert,
+    tls_failure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +112,7 @@ async def _connect(
                 with trio.fail_after(WS_HANDSHAKE_TIMEOUT):
                     await tls.do_handshake()
             except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+                await send_pending_alert(tls)
                 raise ChannelTlsError(tls_failure(exc)) from None
             watched = _Watched(tls)
         try:

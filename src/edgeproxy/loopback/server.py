@@ -27,6 +27,7 @@ Bounded: ``MAX_CONNECTIONS`` connections at once (handshaking or open); more are
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Callable
 
@@ -63,8 +64,25 @@ def tls_failure(exc: BaseException) -> str:
         return "TLS handshake timed out"
     cause = exc.__cause__ or exc.__context__
     if isinstance(cause, ssl.SSLError):
-        return getattr(cause, "verify_message", None) or cause.reason or str(cause)
+        verify = getattr(cause, "verify_message", None)
+        if verify:
+            return f"certificate verify failed: {verify}"
+        if cause.reason:  # "TLSV1_ALERT_UNKNOWN_CA" -> "tlsv1 alert unknown ca"
+            return cause.reason.lower().replace("_", " ")
+        return str(cause)
     return str(cause or exc) or type(exc).__name__
+
+
+async def send_pending_alert(tls: trio.SSLStream[trio.SocketStream]) -> None:
+    """Best effort: send the alert OpenSSL wrote when the handshake failed, so that the peer
+    learns why (``unknown ca``, ``certificate required``) instead of seeing the connection drop.
+    trio's ``SSLStream`` leaves it in its outgoing buffer (a private attribute, checked here)."""
+    outgoing = getattr(tls, "_outgoing", None)
+    if not isinstance(outgoing, ssl.MemoryBIO) or not outgoing.pending:
+        return
+    with trio.move_on_after(1.0):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await tls.transport_stream.send_all(outgoing.read())
 
 
 class _RefusalLimiter:
@@ -121,6 +139,7 @@ async def serve_loopback(
                         await tls.do_handshake()
                 except (trio.BrokenResourceError, trio.TooSlowError) as exc:
                     refused(peer_host, peer_port, f"TLS handshake failed: {tls_failure(exc)}")
+                    await send_pending_alert(tls)
                     await trio.aclose_forcefully(stream)
                     return
                 transport = tls
