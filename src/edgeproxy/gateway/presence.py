@@ -23,6 +23,13 @@ XMPP contacts subscribing to local users (RFC 8048 §4, RFC 6121 §3)
     presence when the engine allows it. The presence a contact gets passes ``decide_outbound``:
     ``AllowTransformed`` removes the status note (SPEC §4: status only to Federated).
 
+Next hop (issue 5, ``presence_watch.py``)
+    With ``[gateway] next-hop`` our users PUBLISH at the next hop instead: ``watch`` is then
+    set, and the presence XMPP subscribers get comes from the gateway's own subscription to the
+    user there (one per user, opened with the first approved subscriber, ended with the last;
+    ``watch_presence`` gets each NOTIFY's state, ``remote`` keeps it). A probe for a user
+    nobody subscribes to is answered through a fetch. The same ``decide_outbound`` applies.
+
 Local users subscribing to XMPP contacts (RFC 6665, RFC 8048 §5)
     A ``SUBSCRIBE`` (``Event: presence``) to a URI of an XMPP domain is "the user adds the
     contact": it approves a pending request from that contact (SPEC §4; ``on_contact_added``
@@ -30,7 +37,9 @@ Local users subscribing to XMPP contacts (RFC 6665, RFC 8048 §5)
     that subscription dialog: 200 with the granted ``Expires`` (at most the subscription
     refresh interval), an immediate NOTIFY (§4.2.1.2; ``pending`` until the contact answers),
     and a NOTIFY with PIDF for every presence of the contact. ``Expires: 0`` ends it (NOTIFY
-    ``terminated``, XMPP ``unsubscribe``).
+    ``terminated``, XMPP ``unsubscribe``). NOTIFYs follow the route set the SUBSCRIBE's
+    Record-Route gave (a proxy such as Kamailio in between; RFC 3261 §12.1.1, loose routing),
+    and the 200 copies the Record-Route.
 
 Refresh (SPEC §7, subscription refresh interval)
     ``refresh(now)`` — called by ``run_refresh`` every ``EXPIRY_TICK``, or by tests with their
@@ -50,6 +59,12 @@ from dataclasses import dataclass, field
 import msgspec
 import trio
 
+from edgeproxy.gateway.presence_watch import (
+    PresenceEvent,
+    PresenceWatcher,
+    record_routes,
+    route_request,
+)
 from edgeproxy.gateway.sip.message import Headers, SipRequest, SipResponse, response_to
 from edgeproxy.gateway.sip.registrar import Registrar
 from edgeproxy.gateway.sip.transport import (
@@ -118,6 +133,7 @@ class Watcher:
     cseq: int = 0
     state: str = "pending"
     last: PresenceInfo | None = None
+    route_set: tuple[str, ...] = ()  # Record-Route of the SUBSCRIBE, in order (RFC 3261 §12.1.1)
 
 
 @dataclass
@@ -135,6 +151,10 @@ class PresenceAgent:
     added: set[tuple[str, str]] = field(default_factory=set)  # contacts added through SIP
     watchers: dict[tuple[str, str], Watcher] = field(default_factory=dict)
     contact_presence: dict[str, PresenceInfo] = field(default_factory=dict)
+    # Next hop (issue 5): users PUBLISH there; we watch them (presence_watch).
+    watch: PresenceWatcher | None = None
+    remote: dict[str, PresenceInfo] = field(default_factory=dict)  # local → last NOTIFY
+    probers: dict[str, set[str]] = field(default_factory=dict)  # local → waiting on a fetch
     _last_probe: float | None = None  # the first refresh sets the baseline
 
     # -- policy -------------------------------------------------------------------------------
@@ -206,6 +226,9 @@ class PresenceAgent:
         elif ptype == "unsubscribe":
             self.subscribers.get(local, set()).discard(contact)
             self.pending.discard((local, contact))
+            if self.watch is not None and not self.subscribers.get(local):
+                self.remote.pop(local, None)  # last subscriber gone: un-SUBSCRIBE
+                self.watch.release(local)
         elif ptype == "unsubscribed":
             watcher = self.watchers.pop((local, contact), None)
             if watcher is not None:
@@ -224,6 +247,8 @@ class PresenceAgent:
         """RFC 6121 §3.1.5: approve, then send the user's current presence."""
         self.pending.discard((local, contact))
         self.subscribers.setdefault(local, set()).add(contact)
+        if self.watch is not None:
+            self.watch.want(local)  # one SIP subscription at the next hop, shared (idempotent)
         self._send(
             Element(
                 "presence", "jabber:server", {"from": local, "to": contact, "type": "subscribed"}
@@ -238,9 +263,11 @@ class PresenceAgent:
             watcher.last = self.contact_presence.get(contact, OFFLINE)
             await self._notify(watcher)
 
-    def _send_presence(self, local: str, contact: str) -> None:
-        publication = self.publications.get(local)
-        info = publication.info if publication is not None else OFFLINE
+    def _send_presence(self, local: str, contact: str, info: PresenceInfo | None = None) -> None:
+        if info is None:
+            info = self._current(local, contact)
+            if info is None:
+                return  # asked from the next hop: its NOTIFY answers (watch_presence)
         include_status = True
         snapshot = self._snapshot(local)
         if snapshot is not None:
@@ -259,6 +286,34 @@ class PresenceAgent:
                 return
             include_status = not isinstance(decision, engine.AllowTransformed)
         self._send(presence_element(local, contact, info, include_status=include_status))
+
+    def _current(self, local: str, contact: str) -> PresenceInfo | None:
+        """``local``'s presence: their publication here, or (next hop) the last NOTIFY of our
+        subscription there; None while it is being asked (subscribe, or fetch for a probe)."""
+        if self.watch is None:
+            publication = self.publications.get(local)
+            return publication.info if publication is not None else OFFLINE
+        info = self.remote.get(local)
+        if info is None:
+            if contact in self.subscribers.get(local, ()):
+                self.watch.want(local)
+            else:
+                if len(self.probers) < MAX_PENDING:
+                    self.probers.setdefault(local, set()).add(contact)
+                self.watch.fetch(local)
+        return info
+
+    def watch_presence(self, event: PresenceEvent) -> None:
+        """A local user's presence from the next hop's NOTIFY (presence_watch): kept while
+        they have subscribers and sent to them when it changed; a fetch answers the probers."""
+        local = event.local
+        if not event.fetch and self.subscribers.get(local):
+            changed = self.remote.get(local) != event.info
+            self.remote[local] = event.info
+            if changed:
+                self._broadcast(local)
+        for contact in sorted(self.probers.pop(local, ())):
+            self._send_presence(local, contact, event.info)
 
     def _send(self, element: Element) -> None:
         self.send_xmpp(element)
@@ -383,11 +438,14 @@ class PresenceAgent:
                 dest=destination_for(target),
                 expires_at=now + expires,
                 cseq=0,
+                route_set=tuple(record_routes(request)),
             )
         watcher.expires_at = now + expires
         response = response_to(request, 200, to_tag=watcher.local_tag)
         response.headers.add("Expires", str(expires))
         response.headers.add("Contact", f"<{self.sip.contact_for(ctx.source.transport)}>")
+        for value in request.headers.get_all("Record-Route"):  # RFC 3261 §12.1.1
+            response.headers.add("Record-Route", value)
         await ctx.respond(response)
         if expires == 0:
             self.watchers.pop(key, None)
@@ -426,18 +484,24 @@ class PresenceAgent:
         """One in-dialog NOTIFY (RFC 6665 §4.2.2, RFC 3856 §6.6) with the contact's PIDF."""
         watcher.cseq += 1
         now = trio.current_time()
+        # In-dialog: through the route set a proxy recorded (Kamailio as next hop), loose
+        # routing (RFC 3261 §12.2.1.1, §16.12); none: straight to the subscriber's Contact.
+        uri, routes, hop = route_request(watcher.target, watcher.route_set)
+        dest = destination_for(hop) if watcher.route_set else watcher.dest
         headers = Headers()
         headers.add(
             "Via",
-            f"SIP/2.0/{watcher.dest.transport.upper()} {self.sip.via_for(watcher.dest.transport)}"
+            f"SIP/2.0/{dest.transport.upper()} {self.sip.via_for(dest.transport)}"
             f";branch={self.sip.new_branch()};rport",
         )
+        for route in routes:
+            headers.add("Route", route)
         headers.add("Max-Forwards", "70")
         headers.add("From", f"<{jid_to_sip_uri(watcher.contact_jid)}>;tag={watcher.local_tag}")
         headers.add("To", f"<{watcher.remote_uri}>;tag={watcher.remote_tag}")
         headers.add("Call-ID", watcher.call_id)
         headers.add("CSeq", f"{watcher.cseq} NOTIFY")
-        headers.add("Contact", f"<{self.sip.contact_for(watcher.dest.transport)}>")
+        headers.add("Contact", f"<{self.sip.contact_for(dest.transport)}>")
         headers.add("Event", "presence")
         if terminated is not None:
             state = f"terminated;reason={terminated}"
@@ -451,8 +515,8 @@ class PresenceAgent:
             body = presence_to_pidf(
                 jid_to_sip_uri(watcher.contact_jid), watcher.last, include_note=True
             )
-        request = SipRequest("NOTIFY", watcher.target, headers, body)
-        response = await self.sip.request(request, watcher.dest)
+        request = SipRequest("NOTIFY", uri, headers, body)
+        response = await self.sip.request(request, dest)
         if response.status in (481, 408) or response.status >= 500:
             # RFC 6665 §4.2.2: the subscriber is gone; end the subscription.
             self.watchers.pop((watcher.local_jid, watcher.contact_jid), None)

@@ -33,7 +33,8 @@ SIP → XMPP (requests to users of XMPP domains)
     bounced (the mapped SIP status), or after ``SIP_ANSWER_WAIT`` s with ``202 Accepted`` (RFC 3428
     §7: accepted, delivery pending). A SUBSCRIBE (Event: presence) to an XMPP contact goes to
     the presence agent (``presence.py``), as do PUBLISH requests of our users and presence
-    stanzas from the edge; other methods towards XMPP get 501.
+    stanzas from the edge; with a ``next-hop``, NOTIFYs for the gateway's own subscriptions
+    there go to the presence watcher (``presence_watch.py``); other methods towards XMPP get 501.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import trio
 from edgeproxy.config import EdgeConfig
 from edgeproxy.gateway.directory import ContactRecorder, follow_store
 from edgeproxy.gateway.presence import PresenceAgent
+from edgeproxy.gateway.presence_watch import PresenceWatcher
 from edgeproxy.gateway.sip.message import SipRequest, response_to
 from edgeproxy.gateway.sip.proxy import LocalProxy
 from edgeproxy.gateway.sip.registrar import Registrar
@@ -144,6 +146,13 @@ class GatewayService:
         )
         self.proxy.on_publish = self.presence.handle_publish
         self.next_hop = parse_uri(next_hop) if next_hop else None
+        if self.next_hop is not None:  # users PUBLISH there: watch them (presence_watch.py)
+            self.presence.watch = PresenceWatcher(
+                self.sip,
+                self.next_hop,
+                self.presence.watch_presence,
+                interval=self.presence.refresh_interval,
+            )
         self.page_mode_ceiling = page_mode_ceiling
         self.policy = policy
         self.channel = ChannelEndpoint(
@@ -168,6 +177,8 @@ class GatewayService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             sip_address = await nursery.start(self.sip.serve)
+            if self.presence.watch is not None:
+                await nursery.start(self.presence.watch.run)
             await nursery.start(
                 partial(run_loopback_client, self.channel, edge_host, edge_port, ssl_context=self.channel_ssl)
             )
@@ -300,6 +311,9 @@ class GatewayService:
     async def _from_sip(self, request: SipRequest, ctx: ServerContext) -> None:
         if request.method == "SUBSCRIBE":
             await self.presence.handle_subscribe(request, ctx)
+            return
+        if request.method == "NOTIFY" and self.presence.watch is not None:
+            await self.presence.watch.handle_notify(request, ctx)  # our subscriptions
             return
         if request.method != "MESSAGE":
             await ctx.respond(response_to(request, 501, to_tag="gw"))

@@ -1,0 +1,582 @@
+"""The gateway as a presence watcher at the SIP next hop (RFC 6665, RFC 3856; issue 5).
+
+Theory of operation
+-------------------
+With ``[gateway] next-hop`` set, our SIP users register and PUBLISH at the next hop (an existing
+SIP server such as Kamailio with its presence server), not at the gateway. To give a local
+user's approved XMPP subscribers that user's presence, the gateway subscribes to it there, as a
+watcher (the RFC 8048 §4 gateway role; SPEC §7 "the gateway owns and refreshes SIP
+subscriptions"):
+
+One subscription per local user
+    :meth:`WatchTable.want` opens it when the user gets their first XMPP subscriber; every
+    other subscriber shares it. :meth:`WatchTable.release` (last subscriber gone) sends the
+    un-SUBSCRIBE (``Expires: 0``). The initial SUBSCRIBE (``Event: presence``,
+    ``Accept: application/pidf+xml``) goes to the next hop with the user's AOR as Request-URI;
+    its From is the gateway's watcher identity (``WATCHER_USER`` at our SIP address: the
+    presence server must authorize it, e.g. Kamailio's ``presence_xml force_active``).
+
+Dialog (RFC 3261 §12, RFC 6665 §4.1.2.4)
+    The 2xx gives the remote tag, the remote target (Contact) and the route set (Record-Route,
+    reversed); a NOTIFY arriving before the 2xx establishes the dialog itself (route set from its
+    Record-Route, in order). In-dialog requests follow the route set (:func:`route_request`:
+    loose routing, §12.2.1.1, with the strict-router fallback).
+
+NOTIFY (RFC 6665 §4.1.3, RFC 3856 §6.7)
+    Matched by Call-ID and our tag (else 481), always answered 200. A PIDF body becomes a
+    :class:`PresenceEvent`; an ``active`` NOTIFY without body means the user published nothing
+    (offline); ``pending`` without body says nothing. ``Subscription-State: terminated`` ends
+    the dialog: ``deactivated``/``timeout`` (and no reason) → resubscribe at once, or after the
+    back-off when the previous attempt also failed; ``probation``/``giveup`` → after
+    ``retry-after`` or the back-off; ``rejected``/``noresource``/``invariant`` → dropped (the
+    subscribers get "offline"; a new subscriber tries again).
+
+Refresh and back-off
+    A subscription is refreshed ``REFRESH_MARGIN`` s before the granted expiry (at least at
+    half of it); the requested expiry is the subscription refresh interval (SPEC §3), so the
+    next hop's view is refreshed at least that often. A failed SUBSCRIBE (other than 423, which
+    is retried with ``Min-Expires``) is retried after ``RETRY_BASE`` · 2^n s, at most
+    ``RETRY_MAX`` (or the response's ``Retry-After``); subscribers learn "offline" while
+    nothing is known. 481 to a refresh: the dialog is gone, a new one is opened at once.
+
+Fetch (RFC 6665 §4.4.3)
+    A probe for a user with no subscription is answered through a fetch: SUBSCRIBE with
+    ``Expires: 0``, whose single NOTIFY carries the current state (``PresenceEvent.fetch``).
+
+:class:`WatchTable` is the sans-IO core (time injected; it returns requests to send and events);
+:class:`PresenceWatcher` is the thin trio driver on the gateway's ``SipTransport``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from edgeproxy.gateway.sip.message import (
+    Headers,
+    SipParseError,
+    SipRequest,
+    SipResponse,
+    response_to,
+)
+from edgeproxy.gateway.sip.transport import ServerContext, SipTransport, destination_for
+from edgeproxy.gateway.sip.uri import SipUri, parse_name_addr, parse_uri, split_header_list
+from edgeproxy.gateway.translate import (
+    DEFAULT_SUBSCRIPTION_EXPIRES,
+    PresenceInfo,
+    TranslationError,
+    jid_to_sip_uri,
+    parse_pidf,
+)
+
+log = logging.getLogger(__name__)
+
+PIDF_TYPE = "application/pidf+xml"
+#: The user part of the gateway's watcher identity (From of its SUBSCRIBEs).
+WATCHER_USER = "presence-gateway"
+#: Refresh this long before the granted expiry: more than Timer F (64·T1 = 32 s, RFC 3261
+#: §17.1.2.2), so that a refresh that times out still leaves time for a new SUBSCRIBE.
+REFRESH_MARGIN = 60
+#: Back-off after a failed SUBSCRIBE: RETRY_BASE · 2^(failures-1) s, capped at RETRY_MAX.
+RETRY_BASE = 5.0
+RETRY_MAX = 900.0
+#: Largest Min-Expires (423) we follow: RFC 3856 §6.4's default hour.
+MAX_MIN_EXPIRES = 3600
+#: How long a fetch or an un-SUBSCRIBE waits for its final NOTIFY: Timer F (64·T1, RFC 3261
+#: §17.1.2.2), the time the notifier's NOTIFY transaction may take.
+FINAL_NOTIFY_WAIT = 32.0
+#: Bounds (DESIGN principle 4): users watched at once, fetches in flight.
+MAX_SUBSCRIPTIONS = 100_000
+MAX_FETCHES = 1_000
+#: RFC 6665 §4.1.3: reasons after which re-subscribing is pointless.
+FINAL_REASONS = frozenset({"rejected", "noresource", "invariant"})
+OFFLINE = PresenceInfo(False, None, None, 18500)
+
+
+class Phase(enum.Enum):
+    SUBSCRIBING = "subscribing"  # initial SUBSCRIBE sent, no dialog yet
+    ACTIVE = "active"  # dialog established
+    WAITING = "waiting"  # no dialog; a new SUBSCRIBE goes out at ``due``
+    ENDING = "ending"  # un-SUBSCRIBE sent (or to be sent once the dialog exists)
+    DROPPED = "dropped"  # terminated for good (rejected, noresource, invariant)
+
+
+@dataclass
+class Subscription:
+    local: str  # the local user's bare JID
+    aor: str  # the presentity's SIP AOR
+    call_id: str
+    local_tag: str
+    fetch: bool = False
+    phase: Phase = Phase.SUBSCRIBING
+    cseq: int = 0
+    remote_tag: str | None = None
+    remote_target: str | None = None
+    route_set: tuple[str, ...] = ()
+    due: float | None = None  # when the driver must refresh / retry
+    expires_at: float | None = None
+    failures: int = 0
+    unsubscribed: bool = False  # the un-SUBSCRIBE went out
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A SUBSCRIBE to send (without Via: the driver adds it); ``hop`` None → the next hop."""
+
+    sub: Subscription
+    request: SipRequest
+    hop: SipUri | None
+    expires: int
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEvent:
+    local: str
+    info: PresenceInfo
+    fetch: bool = False
+
+
+@dataclass
+class NotifyResult:
+    status: int
+    events: list[PresenceEvent] = field(default_factory=list)
+    outgoing: list[Outgoing] = field(default_factory=list)
+
+
+def route_request(target: str, route_set: tuple[str, ...]) -> tuple[str, list[str], SipUri]:
+    """Request-URI, Route header values and the URI to send to, for an in-dialog request
+    (RFC 3261 §12.2.1.1): loose routing when the first route has ``lr``, else the strict
+    router gets the remote target as the last Route."""
+    if not route_set:
+        return target, [], parse_uri(target)
+    first = parse_name_addr(route_set[0]).uri
+    if first.param("lr") is not None:
+        return target, list(route_set), first
+    return str(first), [*route_set[1:], f"<{target}>"], first
+
+
+def record_routes(message: SipRequest | SipResponse) -> list[str]:
+    """Every Record-Route entry of a message, top first."""
+    return [
+        entry
+        for value in message.headers.get_all("Record-Route")
+        for entry in split_header_list(value)
+    ]
+
+
+def retry_after(value: str | None, default: float) -> float:
+    text = (value or "").split(";")[0].split("(")[0].strip()
+    return float(text) if text.isdigit() else default
+
+
+class WatchTable:
+    """The sans-IO core: subscriptions by local user (see the module docstring)."""
+
+    def __init__(
+        self,
+        watcher_uri: str,
+        contact: str,
+        interval: Callable[[], int] = lambda: DEFAULT_SUBSCRIPTION_EXPIRES,
+    ) -> None:
+        self.watcher_uri = watcher_uri
+        self.contact = contact
+        self.interval = interval
+        self.subs: dict[str, Subscription] = {}  # local user → their shared subscription
+        self.dialogs: dict[str, Subscription] = {}  # Call-ID → subscription (incl. fetches)
+
+    # -- the agent's side ----------------------------------------------------------------------
+
+    def want(self, local: str, now: float) -> list[Outgoing]:
+        """``local`` has XMPP subscribers: make sure a subscription exists (idempotent)."""
+        sub = self.subs.get(local)
+        if sub is not None and sub.phase is not Phase.DROPPED:
+            return []
+        if sub is None and len(self.subs) >= MAX_SUBSCRIPTIONS:
+            log.warning("presence watch: %d subscriptions, %s not watched", len(self.subs), local)
+            return []
+        if sub is not None:
+            self.dialogs.pop(sub.call_id, None)
+        sub = self._new(local)
+        self.subs[local] = sub
+        return [self._initial(sub)]
+
+    def release(self, local: str, now: float) -> list[Outgoing]:
+        """``local``'s last subscriber is gone: un-SUBSCRIBE (RFC 6665 §4.1.2.3)."""
+        sub = self.subs.pop(local, None)
+        if sub is None:
+            return []
+        if sub.phase is Phase.ACTIVE:
+            sub.phase = Phase.ENDING
+            return self._end(sub, now)
+        if sub.phase is Phase.SUBSCRIBING:
+            sub.phase = Phase.ENDING  # un-SUBSCRIBE once the 2xx (or a NOTIFY) makes the dialog
+            return []
+        self.dialogs.pop(sub.call_id, None)
+        return []
+
+    def fetch(self, local: str, now: float) -> list[Outgoing]:
+        """One-time state of ``local`` (a probe with no subscription): SUBSCRIBE Expires 0."""
+        if any(s.fetch and s.local == local for s in self.dialogs.values()):
+            return []  # one in flight already answers every prober
+        if sum(s.fetch for s in self.dialogs.values()) >= MAX_FETCHES:
+            return []
+        sub = self._new(local, fetch=True)
+        return [self._initial(sub, expires=0)]
+
+    def known(self, local: str) -> bool:
+        sub = self.subs.get(local)
+        return sub is not None and sub.phase is not Phase.DROPPED
+
+    # -- SIP results ---------------------------------------------------------------------------
+
+    def on_response(
+        self, out: Outgoing, response: SipResponse, now: float
+    ) -> tuple[list[PresenceEvent], list[Outgoing]]:
+        sub = out.sub
+        if self.dialogs.get(sub.call_id) is not sub:
+            return [], []  # ended meanwhile
+        status = response.status
+        if status < 200:
+            return [], []
+        if status < 300:
+            was_active = sub.phase is Phase.ACTIVE
+            if sub.remote_tag is None:
+                to = parse_name_addr(response.headers.get("To") or "")
+                contact = response.headers.get("Contact")
+                sub.remote_tag = to.tag or ""
+                sub.route_set = tuple(reversed(record_routes(response)))
+                if contact:
+                    sub.remote_target = str(parse_name_addr(contact).uri)
+            if sub.fetch or out.expires == 0:
+                # The final NOTIFY carries the state (fetch) or ends the dialog; without one,
+                # the entry is dropped after FINAL_NOTIFY_WAIT.
+                sub.due = now + FINAL_NOTIFY_WAIT
+                return [], []
+            if sub.phase is Phase.ENDING:  # released while the SUBSCRIBE was in flight
+                return [], self._end(sub, now)
+            granted = retry_after(response.headers.get("Expires"), out.expires)
+            self._granted(sub, int(granted), now)
+            if was_active:
+                sub.failures = 0  # a refresh went through
+            sub.phase = Phase.ACTIVE
+            return [], []
+        if status == 423 and out.expires and sub.phase is not Phase.ENDING:
+            minimum = retry_after(response.headers.get("Min-Expires"), 0)
+            if 0 < minimum <= MAX_MIN_EXPIRES:
+                if sub.remote_tag is None:
+                    return [], [self._initial(sub, expires=int(minimum))]
+                return [], [self._in_dialog(sub, int(minimum))]
+        # Failed: the dialog (if any) is gone for us; retry later (fetches and endings stop).
+        log.info("presence watch: SUBSCRIBE %s → %s %s", sub.aor, status, response.reason)
+        if sub.fetch or sub.phase is Phase.ENDING:
+            self.dialogs.pop(sub.call_id, None)
+            return ([PresenceEvent(sub.local, OFFLINE, True)] if sub.fetch else []), []
+        in_dialog = sub.remote_tag is not None
+        self._restart_later(sub, now, immediately=in_dialog and status == 481, response=response)
+        return ([PresenceEvent(sub.local, OFFLINE)] if not in_dialog else []), []
+
+    def on_notify(self, request: SipRequest, now: float) -> NotifyResult:
+        try:
+            to = parse_name_addr(request.headers.get("To") or "")
+            from_ = parse_name_addr(request.headers.get("From") or "")
+        except SipParseError:
+            return NotifyResult(400)
+        sub = self.dialogs.get(request.call_id)
+        if sub is None or to.tag != sub.local_tag:
+            return NotifyResult(481)
+        if sub.remote_tag is None:  # NOTIFY before the 2xx (RFC 6665 §4.1.2.4)
+            sub.remote_tag = from_.tag or ""
+            sub.route_set = tuple(record_routes(request))
+        elif from_.tag != sub.remote_tag:
+            return NotifyResult(481)  # another dialog (a fork): not ours
+        contact = request.headers.get("Contact")
+        if contact:
+            with contextlib.suppress(SipParseError):  # target refresh (RFC 6665 §4.1.2.4)
+                sub.remote_target = str(parse_name_addr(contact).uri)
+        state, params = _subscription_state(request.headers.get("Subscription-State") or "")
+        result = NotifyResult(200)
+        info = _body_info(request, state)
+        if info is not None and sub.phase is not Phase.ENDING:
+            result.events.append(PresenceEvent(sub.local, info, sub.fetch))
+        if state != "terminated":
+            if sub.phase is Phase.SUBSCRIBING and not sub.fetch:
+                sub.phase = Phase.ACTIVE
+                if params.get("expires", "").isdigit():
+                    self._granted(sub, int(params["expires"]), now)
+            elif sub.phase is Phase.ENDING:
+                result.outgoing.extend(self._end(sub, now))  # released before the dialog
+            elif params.get("expires", "").isdigit() and sub.phase is Phase.ACTIVE:
+                expires = int(params["expires"])
+                if sub.expires_at is None or now + expires < sub.expires_at:
+                    self._granted(sub, expires, now)  # the notifier shortened it
+            return result
+        # terminated (RFC 6665 §4.1.3)
+        if sub.fetch or sub.phase is Phase.ENDING or self.subs.get(sub.local) is not sub:
+            if sub.fetch and info is None:
+                result.events.append(PresenceEvent(sub.local, OFFLINE, True))
+            self.dialogs.pop(sub.call_id, None)
+            return result
+        reason = params.get("reason", "")
+        if reason in FINAL_REASONS:
+            self.dialogs.pop(sub.call_id, None)
+            sub.phase, sub.due = Phase.DROPPED, None
+            result.events.append(PresenceEvent(sub.local, OFFLINE))
+            return result
+        wait: float | None = None
+        if reason in ("probation", "giveup"):
+            wait = retry_after(params.get("retry-after"), self._backoff(sub.failures + 1))
+        self._restart_later(sub, now, immediately=sub.failures == 0 and wait is None, wait=wait)
+        return result
+
+    def due(self, now: float) -> tuple[list[PresenceEvent], list[Outgoing]]:
+        """Refreshes and retries due at ``now``; fetches and endings whose NOTIFY never came
+        are dropped (a fetch then answers "offline")."""
+        events: list[PresenceEvent] = []
+        out: list[Outgoing] = []
+        for sub in list(self.dialogs.values()):
+            if sub.due is None or sub.due > now:
+                continue
+            sub.due = None
+            if sub.fetch or sub.phase is Phase.ENDING:
+                del self.dialogs[sub.call_id]
+                if sub.fetch:
+                    events.append(PresenceEvent(sub.local, OFFLINE, True))
+            elif sub.phase is Phase.ACTIVE:
+                out.append(self._in_dialog(sub, self.interval()))
+            elif sub.phase is Phase.WAITING:
+                del self.dialogs[sub.call_id]
+                if self.subs.get(sub.local) is sub:
+                    fresh = self._new(sub.local)
+                    fresh.failures = sub.failures
+                    self.subs[sub.local] = fresh
+                    out.append(self._initial(fresh))
+        return events, out
+
+    def next_due(self) -> float | None:
+        dues = [s.due for s in self.dialogs.values() if s.due is not None]
+        return min(dues) if dues else None
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _new(self, local: str, *, fetch: bool = False) -> Subscription:
+        sub = Subscription(
+            local=local,
+            aor=jid_to_sip_uri(local),
+            call_id=f"{secrets.token_hex(10)}@edgeproxy-watch",
+            local_tag=secrets.token_hex(5),
+            fetch=fetch,
+        )
+        self.dialogs[sub.call_id] = sub
+        return sub
+
+    def _end(self, sub: Subscription, now: float) -> list[Outgoing]:
+        """The un-SUBSCRIBE of a released subscription, once (RFC 6665 §4.1.2.3)."""
+        if sub.unsubscribed or sub.remote_tag is None:
+            return []
+        sub.unsubscribed = True
+        sub.due = now + FINAL_NOTIFY_WAIT
+        return [self._in_dialog(sub, 0)]
+
+    def _granted(self, sub: Subscription, granted: int, now: float) -> None:
+        granted = max(granted, 1)
+        sub.expires_at = now + granted
+        sub.due = now + max(granted - REFRESH_MARGIN, granted / 2)
+
+    def _backoff(self, failures: int) -> float:
+        return min(RETRY_BASE * 2 ** max(failures - 1, 0), RETRY_MAX)
+
+    def _restart_later(
+        self,
+        sub: Subscription,
+        now: float,
+        *,
+        immediately: bool,
+        wait: float | None = None,
+        response: SipResponse | None = None,
+    ) -> None:
+        sub.failures += 1
+        if wait is None:
+            wait = 0.0 if immediately else self._backoff(sub.failures)
+            if response is not None and not immediately:
+                wait = retry_after(response.headers.get("Retry-After"), wait)
+        sub.phase, sub.due, sub.expires_at = Phase.WAITING, now + min(wait, RETRY_MAX), None
+
+    def _headers(self, sub: Subscription, expires: int, to: str) -> Headers:
+        sub.cseq += 1
+        headers = Headers()
+        headers.add("Max-Forwards", "70")
+        headers.add("From", f"<{self.watcher_uri}>;tag={sub.local_tag}")
+        headers.add("To", to)
+        headers.add("Call-ID", sub.call_id)
+        headers.add("CSeq", f"{sub.cseq} SUBSCRIBE")
+        headers.add("Contact", f"<{self.contact}>")
+        headers.add("Event", "presence")
+        headers.add("Accept", PIDF_TYPE)
+        headers.add("Expires", str(expires))
+        return headers
+
+    def _initial(self, sub: Subscription, *, expires: int | None = None) -> Outgoing:
+        expires = self.interval() if expires is None else expires
+        headers = self._headers(sub, expires, f"<{sub.aor}>")
+        return Outgoing(sub, SipRequest("SUBSCRIBE", sub.aor, headers), None, expires)
+
+    def _in_dialog(self, sub: Subscription, expires: int) -> Outgoing:
+        uri, routes, hop = route_request(sub.remote_target or sub.aor, sub.route_set)
+        headers = self._headers(sub, expires, f"<{sub.aor}>;tag={sub.remote_tag}")
+        for route in routes:
+            headers.add("Route", route)
+        # Without a remote target (no Contact in the 2xx) the next hop gets it, as the first time.
+        next_hop = hop if (sub.remote_target or sub.route_set) else None
+        return Outgoing(sub, SipRequest("SUBSCRIBE", uri, headers), next_hop, expires)
+
+
+def _subscription_state(value: str) -> tuple[str, dict[str, str]]:
+    state, *raw = value.split(";")
+    params: dict[str, str] = {}
+    for item in raw:
+        key, _, val = item.partition("=")
+        params[key.strip().lower()] = val.strip()
+    return state.strip().lower(), params
+
+
+def _body_info(request: SipRequest, state: str) -> PresenceInfo | None:
+    """The presence a NOTIFY carries; None when it says nothing."""
+    ctype = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if request.body.strip():
+        if ctype != PIDF_TYPE:
+            log.info("presence watch: NOTIFY body of type %r ignored", ctype)
+            return None
+        try:
+            return parse_pidf(request.body)
+        except TranslationError as exc:
+            log.info("presence watch: bad PIDF in NOTIFY: %s", exc)
+            return None
+    # RFC 3856 §6.6.2 / Kamailio: an active NOTIFY with no document: nothing published.
+    return OFFLINE if state == "active" else None
+
+
+Deliver = Callable[[PresenceEvent], None]
+
+
+class PresenceWatcher:
+    """The trio driver: sends the table's SUBSCRIBEs, answers NOTIFYs, runs the refresh timer."""
+
+    def __init__(
+        self,
+        sip: SipTransport,
+        next_hop: SipUri,
+        deliver: Deliver,
+        *,
+        interval: Callable[[], int] = lambda: DEFAULT_SUBSCRIPTION_EXPIRES,
+    ) -> None:
+        self.sip = sip
+        self.next_hop = next_hop
+        self.deliver = deliver
+        self.interval = interval
+        self.table: WatchTable | None = None
+        self._nursery: trio.Nursery | None = None
+        self._wake = trio.Event()
+        self._early: list[tuple[str, str]] = []  # calls before run() started
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled (start after the SIP transport, whose address we need)."""
+        contact = self.sip.contact_for(destination_for(self.next_hop).transport)
+        self.table = WatchTable(
+            f"sip:{WATCHER_USER}@{self.sip.host}",
+            contact.replace("sip:", f"sip:{WATCHER_USER}@", 1),
+            self.interval,
+        )
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            for what, local in self._early:
+                getattr(self, what)(local)
+            self._early.clear()
+            while True:
+                deadline = self.table.next_due()
+                with trio.move_on_at(deadline if deadline is not None else float("inf")):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                events, outgoing = self.table.due(trio.current_time())
+                self._dispatch(events)
+                self._send(outgoing)
+
+    # -- the agent's calls (synchronous) -------------------------------------------------------
+
+    def want(self, local: str) -> None:
+        if self.table is None:
+            self._early.append(("want", local))
+            return
+        self._send(self.table.want(local, trio.current_time()))
+
+    def release(self, local: str) -> None:
+        if self.table is None:
+            self._early = [(w, u) for (w, u) in self._early if u != local]
+            return
+        self._send(self.table.release(local, trio.current_time()))
+
+    def fetch(self, local: str) -> None:
+        if self.table is None:
+            self._early.append(("fetch", local))
+            return
+        self._send(self.table.fetch(local, trio.current_time()))
+
+    async def handle_notify(self, request: SipRequest, ctx: ServerContext) -> None:
+        if (
+            self.table is None
+            or (request.headers.get("Event") or "").split(";")[0].strip().lower() != "presence"
+        ):
+            await ctx.respond(response_to(request, 489 if self.table else 481, to_tag="pw"))
+            return
+        result = self.table.on_notify(request, trio.current_time())
+        await ctx.respond(response_to(request, result.status))
+        self._dispatch(result.events)
+        self._send(result.outgoing)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _dispatch(self, events: list[PresenceEvent]) -> None:
+        for event in events:
+            try:
+                self.deliver(event)
+            except Exception:
+                log.exception("presence watch: delivering %s failed", event.local)
+        self._wake.set()  # dues may have changed
+
+    def _send(self, outgoing: list[Outgoing]) -> None:
+        if outgoing:
+            assert self._nursery is not None
+            for out in outgoing:
+                self._nursery.start_soon(self._transact, out)
+        self._wake.set()
+
+    async def _transact(self, out: Outgoing) -> None:
+        hop = out.hop or self.next_hop
+        dest = destination_for(hop)
+        out.request.headers.prepend(
+            "Via",
+            f"SIP/2.0/{dest.transport.upper()} {self.sip.via_for(dest.transport)}"
+            f";branch={self.sip.new_branch()};rport",
+        )
+        response = await self.sip.request(out.request, dest)
+        assert self.table is not None
+        events, more = self.table.on_response(out, response, trio.current_time())
+        self._dispatch(events)
+        self._send(more)
+
+
+__all__ = [
+    "Outgoing",
+    "PresenceEvent",
+    "PresenceWatcher",
+    "Subscription",
+    "WatchTable",
+    "record_routes",
+    "route_request",
+]
