@@ -81,3 +81,9 @@ def test_write_plot_without_matplotlib_says_so(tmp_path: Path, monkeypatch: pyte
     out = tmp_path / "run.png"
     assert report.write_plot({"timeline": []}, out).startswith("plot skipped")
     assert not out.exists()
+
+
+def test_settle_span_runs_from_first_send_to_last_settling() -> None:
+    summary = _ledger().summary()
+    assert summary["settle_span_s"] == pytest.approx(102.475 - 100.0)
+    assert Ledger().summary()["settle_span_s"] is None

@@ -42,8 +42,13 @@ class Ledger:
     #: second (of settling) -> latencies (seconds) of the stanzas settled in that second.
     latency_by_second: dict[int, list[float]] = field(default_factory=dict)
     start: float = 0.0
+    #: First send and last settling (harness clock): the span the relay really took.
+    first_sent: float | None = None
+    last_settled: float | None = None
 
     def sent(self, stanza_id: str, now: float) -> None:
+        if self.first_sent is None:
+            self.first_sent = now
         self.sent_at[stanza_id] = now
         self.outstanding.add(stanza_id)
         self._tick(now, 0)
@@ -59,6 +64,7 @@ class Ledger:
             return False
         self.outstanding.discard(stanza_id)
         latency = now - self.sent_at[stanza_id]
+        self.last_settled = now
         self.latencies.append(latency)
         self.latency_by_second.setdefault(int(now - self.start), []).append(latency)
         self._tick(now, 1)
@@ -105,6 +111,10 @@ class Ledger:
             "lost": lost,
             "lost_ids": sorted(self.outstanding, key=lambda s: int(s[2:]))[:MAX_LISTED_LOST],
             "unknown_ids_seen": self.unknown_ids,
+            # first stanza sent -> last one settled; settled / this = the rate end to end
+            "settle_span_s": (self.last_settled - self.first_sent
+                              if self.last_settled is not None and self.first_sent is not None
+                              else None),
             "latency_ms": {
                 "p50": percentile(ms, 50),
                 "p90": percentile(ms, 90),
