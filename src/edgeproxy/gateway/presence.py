@@ -391,7 +391,12 @@ class PresenceAgent:
             from_ = parse_name_addr(request.headers.get("From") or "")
             subscriber = from_.uri
             local = sip_uri_to_jid(subscriber.aor)
-            contact = str(parse_jid(sip_uri_to_jid(parse_uri(request.uri).aor)).bare)
+            # A refresh or un-SUBSCRIBE inside the dialog (To tag) is sent to our Contact
+            # (RFC 6665 §4.1.2.1: the remote target, e.g. sip:<gateway ip>:<port>): the contact
+            # is then the dialog's remote URI, the To URI (RFC 3261 §12.2.1.1).
+            to_header = parse_name_addr(request.headers.get("To") or "")
+            resource = to_header.uri if to_header.tag else parse_uri(request.uri)
+            contact = str(parse_jid(sip_uri_to_jid(resource.aor)).bare)
             contact_header = request.headers.get("Contact")
             target = parse_name_addr(contact_header).uri if contact_header else parse_uri("")
         except (ValueError, TranslationError, InvalidJid):

@@ -518,6 +518,11 @@ def presence_info(presence: Element) -> PresenceInfo:
 def presence_to_pidf(entity: str, info: PresenceInfo, *, include_note: bool) -> bytes:
     """A PIDF document (RFC 3863) with an RPID activity (RFC 4480) for the show value."""
     ET.register_namespace("", NS_PIDF)
+    # The prefixes of RFC 4480's examples (``dm:``, ``rpid:``), and empty elements written
+    # ``<rpid:busy/>``: namespace-aware readers do not care, but UAs that match the text do
+    # (baresip 1.0.0 looks for ``<rpid:busy/>``, ``<rpid:away/>``, ``<rpid:on-the-phone/>``).
+    ET.register_namespace("dm", NS_DM)
+    ET.register_namespace("rpid", NS_RPID)
     root = ET.Element(f"{{{NS_PIDF}}}presence", {"entity": entity})
     tuple_el = ET.SubElement(root, f"{{{NS_PIDF}}}tuple", {"id": "xmpp"})
     status = ET.SubElement(tuple_el, f"{{{NS_PIDF}}}status")
@@ -529,7 +534,8 @@ def presence_to_pidf(entity: str, info: PresenceInfo, *, include_note: bool) -> 
         ET.SubElement(activities, f"{{{NS_RPID}}}{activity}")
     if include_note and info.note:
         ET.SubElement(root, f"{{{NS_PIDF}}}note").text = info.note
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    # " />" only ever ends an empty element (">" in text and attributes is escaped)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True).replace(b" />", b"/>")
 
 
 def parse_pidf(body: bytes) -> PresenceInfo:
