@@ -4,7 +4,9 @@
 in-process; fabrikam.test is a scripted S2S partner (a real edge on real sockets, ``tests/ops/
 _lab.py``); baresip (``tests/fixtures/baresip.py``) registers ``sip:alice@contoso.test`` at the
 gateway, over UDP and over TCP, and messages travel both ways with from/to and a non-ASCII body
-intact. Addresses: the gateway's SIP listener on 127.0.0.41, baresip on 127.0.0.40.
+intact; presence travels both ways too (baresip's PUBLISH to romeo, romeo's presence as NOTIFYs
+in baresip's contact list, baresip's in-dialog un-SUBSCRIBE). Addresses: the gateway's SIP
+listener on 127.0.0.41, baresip on 127.0.0.40.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from _lab import (  # noqa: E402 - the ops lab helpers live next to the ops test
 from edgeproxy.app import EdgeApp, run_app  # noqa: E402
 from edgeproxy.config import load_config  # noqa: E402
 from edgeproxy.net.delivery import Delivery  # noqa: E402
+from edgeproxy.tokenizer import Element  # noqa: E402
+from edgeproxy.xmpp.namespaces import NS_SERVER  # noqa: E402
 from fixtures.baresip import free_sip_port, start_baresip  # noqa: E402
 
 GATEWAY_IP, ALICE_IP = "127.0.0.41", "127.0.0.40"
@@ -96,3 +100,58 @@ async def test_baresip_and_an_xmpp_partner_exchange_messages_both_ways(tmp_path:
                 # the gateway answered baresip's MESSAGE 200 once the edge had taken it
                 await alice.wait_until(lambda: alice.final_responses("MESSAGE"))
                 assert alice.final_responses("MESSAGE") == [200]
+
+
+def presence(frm: str, to: str, type: str = "", show: str = "", status: str = "") -> Element:
+    attrs = {"from": frm, "to": to} | ({"type": type} if type else {})
+    children = [Element(name, NS_SERVER, {}, [text]) for name, text in (("show", show), ("status", status)) if text]
+    return Element("presence", NS_SERVER, attrs, children)  # type: ignore[arg-type]
+
+
+class Received:
+    """Everything the partner peer got, accumulated (``Peer.received`` drains its queue)."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.items: list[Delivery] = []
+
+    def presence(self, type: str | None, after: int = 0) -> list[Delivery]:
+        self.items.extend(self.peer.received())
+        return [d for d in self.items[after:] if d.kind == "presence" and (d.type or None) == type
+                and d.from_jid.partition("/")[0] == ALICE and d.to_jid.partition("/")[0] == ROMEO]
+
+
+async def test_baresip_and_an_xmpp_partner_see_each_others_presence(tmp_path: Path) -> None:
+    romeo_uri = f"sip:{ROMEO}"
+    with trio.fail_after(90):
+        async with gateway(tmp_path) as (app, peer, registrar):
+            await wait_for(lambda: app.status().channel.state.value == "connected")
+            got = Received(peer)
+            # romeo subscribes to alice (a Federated partner: approved), alice has no presence yet
+            await peer.send(presence(ROMEO, ALICE, "subscribe"))
+            await wait_for(lambda: got.presence("subscribed") and got.presence("unavailable"))
+            async with start_baresip(tmp_path / "baresip", aor=f"sip:{ALICE}", registrar=registrar,
+                                     ip=ALICE_IP, watch=(romeo_uri,), publish=True) as alice:
+                await alice.wait_registered()
+                # SIP → XMPP: baresip PUBLISHes open; romeo gets alice's available presence.
+                await wait_for(lambda: got.presence(None))
+                # XMPP → SIP: baresip SUBSCRIBEs to romeo → XMPP subscribe; romeo approves and
+                # his presence shows in baresip's contact list (NOTIFY/PIDF).
+                await wait_for(lambda: got.presence("subscribe"))
+                await peer.send(presence(ROMEO, ALICE, "subscribed"))
+                await peer.send(presence(ROMEO, ALICE, show="dnd", status="Beschäftigt ☕"))
+                await alice.wait_contact_status(romeo_uri, "Busy")
+                await peer.send(presence(ROMEO, ALICE))
+                await alice.wait_contact_status(romeo_uri, "Online")
+                await peer.send(presence(ROMEO, ALICE, "unavailable"))
+                await alice.wait_contact_status(romeo_uri, "Offline")
+                # baresip goes offline (PUBLISH closed): romeo sees alice unavailable.
+                seen = len(got.items)
+                await alice.set_presence(False)
+                await wait_for(lambda: got.presence("unavailable", after=seen))
+                # baresip stops: its un-SUBSCRIBE, sent inside the dialog to the gateway's
+                # Contact, is answered 200 and becomes an XMPP unsubscribe to romeo.
+                seen = len(got.items)
+                await alice.stop()
+                assert alice.final_responses("SUBSCRIBE")[-1] == 200, alice.log_tail()
+                await wait_for(lambda: got.presence("unsubscribe", after=seen))
