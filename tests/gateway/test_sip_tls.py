@@ -20,6 +20,8 @@ from _sipp import require_sipp, run_sipp, sipp_command
 
 from edgeproxy.config import parse_config
 from edgeproxy.gateway.service import GatewayService
+from edgeproxy.gateway.sip.transport import Destination, destination_for
+from edgeproxy.gateway.sip.uri import parse_uri
 from edgeproxy.gateway.tls import gateway_tls
 from edgeproxy.loopback.endpoint import ChannelEndpoint
 from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
@@ -122,19 +124,22 @@ async def wait_for(predicate: Callable[[], object], timeout: float = 20) -> None
             await trio.sleep(0.05)
 
 
-async def start_gateway(nursery: trio.Nursery, tmp_path: Path, pki: PrivateCa) -> tuple[Edge, GatewayService]:
+async def start_gateway(
+    nursery: trio.Nursery, tmp_path: Path, pki: PrivateCa, next_hop: str = ""
+) -> tuple[Edge, GatewayService]:
     pki.write_leaf("gateway", GATEWAY_IP)
     pki.write_ca()
     config = parse_config(
         f'[tls]\ncertificate = "gateway.pem"\nkey = "gateway.key"\ntrust = "ca.pem"\n'
-        f'[gateway]\nsip-listen = ["{GATEWAY_IP}:0"]\n',
+        f'[gateway]\nsip-listen = ["{GATEWAY_IP}:0"]\nnext-hop = "{next_hop}"\n',
         source="test.toml", base_dir=str(tmp_path),
     )
     tls = gateway_tls(config)
     assert tls.sip is not None and tls.sip.port == 0  # derived: sip-listen port + 1, 0 stays "any"
     edge = Edge()
     host, port = await nursery.start(serve_loopback, edge.endpoint, GATEWAY_IP, 0)
-    service = GatewayService(sip_domains=("contoso.test",), sip_host=GATEWAY_IP, sip_port=0, sip_tls=tls.sip)
+    service = GatewayService(sip_domains=("contoso.test",), sip_host=GATEWAY_IP, sip_port=0,
+                             next_hop=config.gateway.next_hop, sip_tls=tls.sip)
     await nursery.start(service.run, host, port)
     await edge.endpoint.wait_connected()
     return edge, service
@@ -190,20 +195,24 @@ async def test_baresip_registers_over_tls_and_messages_flow_both_ways_on_that_co
             nursery.cancel_scope.cancel()
 
 
-async def _message_to_tls_contact(tmp_path: Path, *, trusted: bool) -> tuple[Edge, Baresip, GatewayService]:
+async def _message_to_tls_contact(
+    tmp_path: Path, *, trusted: bool, next_hop: bool = False
+) -> tuple[Edge, Baresip, GatewayService]:
+    """bob is a baresip with a TLS server (certificate from our CA, or from an unknown one),
+    reached as a third-party registered ``;transport=tls`` contact, or as the TLS next hop."""
     require_tool("baresip", "baresip-core")
-    require_sipp()
     pki = PrivateCa(tmp_path)
+    cert, key = pki.write_leaf("bob", BOB_IP, rogue=not trusted)
+    bundle = tmp_path / "bob-bundle.pem"  # baresip's sip_certificate: key and chain in one file
+    bundle.write_bytes(key.read_bytes() + cert.read_bytes())
+    bob = Baresip(tmp_path / "bob", BOB_IP, "<sip:bob@contoso.test>;regint=0;answermode=manual",
+                  certificate=bundle, ca=pki.write_ca())
+    tls_port = bob.port + 1
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            edge, service = await start_gateway(nursery, tmp_path, pki)
-            cert, key = pki.write_leaf("bob", BOB_IP, rogue=not trusted)
-            bundle = tmp_path / "bob-bundle.pem"  # baresip's sip_certificate: key and chain in one file
-            bundle.write_bytes(key.read_bytes() + cert.read_bytes())
-            bob = Baresip(tmp_path / "bob", BOB_IP, "<sip:bob@contoso.test>;regint=0;answermode=manual",
-                          certificate=bundle, ca=pki.write_ca())
+            hop = f"sip:{BOB_IP}:{tls_port};transport=tls" if next_hop else ""
+            edge, service = await start_gateway(nursery, tmp_path, pki, next_hop=hop)
             await nursery.start(bob.run)
-            tls_port = bob.port + 1
             with trio.fail_after(10):
                 while True:  # baresip's TLS listener is up
                     try:
@@ -211,7 +220,9 @@ async def _message_to_tls_contact(tmp_path: Path, *, trusted: bool) -> tuple[Edg
                         break
                     except OSError:
                         await trio.sleep(0.05)
-            await register_third_party(service, tmp_path, "bob", f"{BOB_IP}:{tls_port};transport=tls")
+            if not next_hop:
+                require_sipp()
+                await register_third_party(service, tmp_path, "bob", f"{BOB_IP}:{tls_port};transport=tls")
             edge.send_message("bob@contoso.test", "hello Bob over TLS")
             if trusted:
                 await wait_for(lambda: "hello Bob over TLS" in bob.trace() and f"TLS {BOB_IP}:{tls_port} -> " in
@@ -229,6 +240,22 @@ async def test_a_message_to_a_tls_contact_goes_over_a_connection_verified_agains
     assert f"MESSAGE sip:bob@{BOB_IP}:{bob.port + 1};transport=tls SIP/2.0" in trace
     assert "SIP/2.0 200 OK" in trace.split("hello Bob over TLS", 1)[1]
     assert edge.received == []  # 200: nothing back to the XMPP sender
+
+
+async def test_the_next_hop_with_transport_tls_is_reached_over_verified_tls(tmp_path: Path) -> None:
+    edge, bob, _ = await _message_to_tls_contact(tmp_path, trusted=True, next_hop=True)
+    trace = bob.trace()
+    assert "MESSAGE sip:bob@contoso.test SIP/2.0" in trace  # the AoR: the next hop routes it
+    assert "SIP/2.0 200 OK" in trace.split("hello Bob over TLS", 1)[1]
+    assert edge.received == []
+
+
+def test_tls_destinations_default_to_port_5061() -> None:
+    assert destination_for(parse_uri("sips:proxy.contoso.test")) == Destination("proxy.contoso.test", 5061, "tls")
+    assert destination_for(parse_uri("sip:192.0.2.1;transport=TLS")) == Destination("192.0.2.1", 5061, "tls")
+    assert destination_for(parse_uri("sip:bob@[::1]:5071;transport=tls")) == Destination("::1", 5071, "tls")
+    assert destination_for(parse_uri("sip:192.0.2.1;transport=tcp")) == Destination("192.0.2.1", 5060, "tcp")
+    assert destination_for(parse_uri("sip:192.0.2.1")) == Destination("192.0.2.1", 5060, "udp")
 
 
 async def test_a_tls_contact_whose_certificate_is_from_an_unknown_ca_does_not_get_the_message(
