@@ -22,7 +22,9 @@ Local delivery: with the loopback channel (the default), ``[edge] internal-liste
 ``ChannelDelivery`` (``net/channel_delivery.py``; role ``internal`` in the status, Lync's 23456):
 accepted inbound stanzas go to the gateway over the channel, stanzas from the gateway go out
 through the S2S pool (policy ``decide_outbound``), and stanzas the channel cannot carry are
-bounced to their XMPP senders (SPEC §6 rule 5). The status shows the channel state; stop flushes
+bounced to their XMPP senders (SPEC §6 rule 5). With ``[edge] internal-tls`` the internal listener
+requires mutual TLS (``loopback/tls.py``; its files load in ``__init__``, so a bad one refuses the
+start) and a refused handshake is event ``EP5003``. The status shows the channel state; stop flushes
 the channel within the drain bound and bounces what is left. Without the channel
 (``channel=False``, or an ``on_delivery`` callback, which the tests use) accepted stanzas go to an
 in-memory ``MemoryDelivery`` consumed here, and the channel shows as ``not-configured``.
@@ -126,6 +128,11 @@ class ObservedConnector(Connector):
             self._telemetry.emit(events.CONNECT_FAILED, domain=domain, error=str(exc),
                                  targets=proxy_fqdn or "SRV")
             raise
+
+
+def _channel_tls_keys(config: EdgeConfig) -> tuple[object, ...]:
+    edge = config.edge
+    return (edge.internal_listen, edge.internal_tls, edge.internal_certificate, edge.internal_key, edge.internal_trust)
 
 
 def _partner_domains(snapshot: PolicySnapshot) -> set[str]:
@@ -345,6 +352,8 @@ class EdgeApp:
                 return ReloadOutcome(ok=False, message=f"reload refused: {exc}")
             if (fresh.edge.listen, fresh.edge.domains) != (self.config.edge.listen, self.config.edge.domains):
                 notes.append("[edge] listen and domains apply at the next start")
+            if _channel_tls_keys(fresh) != _channel_tls_keys(self.config):
+                notes.append("the loopback channel's TLS settings apply at the next start")
             self.config = fresh
             self.edge.ctx.server_ssl, self.edge.ctx.client_ssl = contexts
             return await self._apply(old, self.holder.snapshot, "; ".join(notes) or "reloaded")
