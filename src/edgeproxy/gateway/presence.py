@@ -134,6 +134,7 @@ class Watcher:
     state: str = "pending"
     last: PresenceInfo | None = None
     route_set: tuple[str, ...] = ()  # Record-Route of the SUBSCRIBE, in order (RFC 3261 §12.1.1)
+    lock: trio.Lock = field(default_factory=trio.Lock, repr=False, compare=False)
 
 
 @dataclass
@@ -486,7 +487,15 @@ class PresenceAgent:
             self._approve(local, contact)
 
     async def _notify(self, watcher: Watcher, *, terminated: str | None = None) -> None:
-        """One in-dialog NOTIFY (RFC 6665 §4.2.2, RFC 3856 §6.6) with the contact's PIDF."""
+        """One in-dialog NOTIFY (RFC 6665 §4.2.2, RFC 3856 §6.6) with the contact's PIDF.
+
+        One NOTIFY transaction at a time per subscription: otherwise a later NOTIFY may
+        overtake an earlier one (UDP retransmissions, a proxy's parallel workers) and the
+        subscriber sees the states out of order."""
+        async with watcher.lock:
+            await self._notify_now(watcher, terminated)
+
+    async def _notify_now(self, watcher: Watcher, terminated: str | None) -> None:
         watcher.cseq += 1
         now = trio.current_time()
         # In-dialog: through the route set a proxy recorded (Kamailio as next hop), loose

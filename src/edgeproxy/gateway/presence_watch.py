@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import heapq
 import logging
 import secrets
 from collections.abc import Callable
@@ -189,6 +190,9 @@ class WatchTable:
         self.interval = interval
         self.subs: dict[str, Subscription] = {}  # local user → their shared subscription
         self.dialogs: dict[str, Subscription] = {}  # Call-ID → subscription (incl. fetches)
+        self.fetches: dict[str, Subscription] = {}  # local user → their fetch in flight
+        self._timers: list[tuple[float, int, str]] = []  # heap of (due, seq, Call-ID)
+        self._seq = 0
 
     # -- the agent's side ----------------------------------------------------------------------
 
@@ -201,7 +205,7 @@ class WatchTable:
             log.warning("presence watch: %d subscriptions, %s not watched", len(self.subs), local)
             return []
         if sub is not None:
-            self.dialogs.pop(sub.call_id, None)
+            self._forget(sub)
         sub = self._new(local)
         self.subs[local] = sub
         return [self._initial(sub)]
@@ -217,16 +221,17 @@ class WatchTable:
         if sub.phase is Phase.SUBSCRIBING:
             sub.phase = Phase.ENDING  # un-SUBSCRIBE once the 2xx (or a NOTIFY) makes the dialog
             return []
-        self.dialogs.pop(sub.call_id, None)
+        self._forget(sub)
         return []
 
     def fetch(self, local: str, now: float) -> list[Outgoing]:
         """One-time state of ``local`` (a probe with no subscription): SUBSCRIBE Expires 0."""
-        if any(s.fetch and s.local == local for s in self.dialogs.values()):
+        if local in self.fetches:
             return []  # one in flight already answers every prober
-        if sum(s.fetch for s in self.dialogs.values()) >= MAX_FETCHES:
+        if len(self.fetches) >= MAX_FETCHES:
             return []
         sub = self._new(local, fetch=True)
+        self.fetches[local] = sub
         return [self._initial(sub, expires=0)]
 
     def known(self, local: str) -> bool:
@@ -256,11 +261,12 @@ class WatchTable:
             if sub.fetch or out.expires == 0:
                 # The final NOTIFY carries the state (fetch) or ends the dialog; without one,
                 # the entry is dropped after FINAL_NOTIFY_WAIT.
-                sub.due = now + FINAL_NOTIFY_WAIT
+                self._schedule(sub, now + FINAL_NOTIFY_WAIT)
                 return [], []
             if sub.phase is Phase.ENDING:  # released while the SUBSCRIBE was in flight
                 return [], self._end(sub, now)
-            granted = retry_after(response.headers.get("Expires"), out.expires)
+            # A notifier may shorten the expiry, never lengthen it (RFC 6665 §4.2.1.1).
+            granted = min(retry_after(response.headers.get("Expires"), out.expires), out.expires)
             self._granted(sub, int(granted), now)
             if was_active:
                 sub.failures = 0  # a refresh went through
@@ -275,7 +281,7 @@ class WatchTable:
         # Failed: the dialog (if any) is gone for us; retry later (fetches and endings stop).
         log.info("presence watch: SUBSCRIBE %s → %s %s", sub.aor, status, response.reason)
         if sub.fetch or sub.phase is Phase.ENDING:
-            self.dialogs.pop(sub.call_id, None)
+            self._forget(sub)
             return ([PresenceEvent(sub.local, OFFLINE, True)] if sub.fetch else []), []
         in_dialog = sub.remote_tag is not None
         self._restart_later(sub, now, immediately=in_dialog and status == 481, response=response)
@@ -320,12 +326,13 @@ class WatchTable:
         if sub.fetch or sub.phase is Phase.ENDING or self.subs.get(sub.local) is not sub:
             if sub.fetch and info is None:
                 result.events.append(PresenceEvent(sub.local, OFFLINE, True))
-            self.dialogs.pop(sub.call_id, None)
+            self._forget(sub)
             return result
         reason = params.get("reason", "")
         if reason in FINAL_REASONS:
-            self.dialogs.pop(sub.call_id, None)
-            sub.phase, sub.due = Phase.DROPPED, None
+            self._forget(sub)
+            sub.phase = Phase.DROPPED
+            self._schedule(sub, None)
             result.events.append(PresenceEvent(sub.local, OFFLINE))
             return result
         wait: float | None = None
@@ -339,18 +346,20 @@ class WatchTable:
         are dropped (a fetch then answers "offline")."""
         events: list[PresenceEvent] = []
         out: list[Outgoing] = []
-        for sub in list(self.dialogs.values()):
-            if sub.due is None or sub.due > now:
-                continue
+        while self._timers and self._timers[0][0] <= now:
+            when, _, call_id = heapq.heappop(self._timers)
+            sub = self.dialogs.get(call_id)
+            if sub is None or sub.due != when:
+                continue  # stale entry: rescheduled or forgotten since
             sub.due = None
             if sub.fetch or sub.phase is Phase.ENDING:
-                del self.dialogs[sub.call_id]
+                self._forget(sub)
                 if sub.fetch:
                     events.append(PresenceEvent(sub.local, OFFLINE, True))
             elif sub.phase is Phase.ACTIVE:
                 out.append(self._in_dialog(sub, self.interval()))
             elif sub.phase is Phase.WAITING:
-                del self.dialogs[sub.call_id]
+                self._forget(sub)
                 if self.subs.get(sub.local) is sub:
                     fresh = self._new(sub.local)
                     fresh.failures = sub.failures
@@ -359,8 +368,13 @@ class WatchTable:
         return events, out
 
     def next_due(self) -> float | None:
-        dues = [s.due for s in self.dialogs.values() if s.due is not None]
-        return min(dues) if dues else None
+        while self._timers:
+            when, _, call_id = self._timers[0]
+            sub = self.dialogs.get(call_id)
+            if sub is not None and sub.due == when:
+                return when
+            heapq.heappop(self._timers)  # stale
+        return None
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -380,13 +394,25 @@ class WatchTable:
         if sub.unsubscribed or sub.remote_tag is None:
             return []
         sub.unsubscribed = True
-        sub.due = now + FINAL_NOTIFY_WAIT
+        self._schedule(sub, now + FINAL_NOTIFY_WAIT)
         return [self._in_dialog(sub, 0)]
+
+    def _schedule(self, sub: Subscription, when: float | None) -> None:
+        """Set ``sub.due``; the heap keeps old entries, skipped when they no longer match."""
+        sub.due = when
+        if when is not None:
+            self._seq += 1
+            heapq.heappush(self._timers, (when, self._seq, sub.call_id))
+
+    def _forget(self, sub: Subscription) -> None:
+        self.dialogs.pop(sub.call_id, None)
+        if self.fetches.get(sub.local) is sub:
+            del self.fetches[sub.local]
 
     def _granted(self, sub: Subscription, granted: int, now: float) -> None:
         granted = max(granted, 1)
         sub.expires_at = now + granted
-        sub.due = now + max(granted - REFRESH_MARGIN, granted / 2)
+        self._schedule(sub, now + max(granted - REFRESH_MARGIN, granted / 2))
 
     def _backoff(self, failures: int) -> float:
         return min(RETRY_BASE * 2 ** max(failures - 1, 0), RETRY_MAX)
@@ -405,7 +431,8 @@ class WatchTable:
             wait = 0.0 if immediately else self._backoff(sub.failures)
             if response is not None and not immediately:
                 wait = retry_after(response.headers.get("Retry-After"), wait)
-        sub.phase, sub.due, sub.expires_at = Phase.WAITING, now + min(wait, RETRY_MAX), None
+        sub.phase, sub.expires_at = Phase.WAITING, None
+        self._schedule(sub, now + min(wait, RETRY_MAX))
 
     def _headers(self, sub: Subscription, expires: int, to: str) -> Headers:
         sub.cseq += 1
