@@ -32,12 +32,8 @@ from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 from edgeproxy.loopback.endpoint import ChannelEndpoint
 from edgeproxy.loopback.frames import MAX_FRAME_BYTES, FrameError
-from edgeproxy.loopback.server import (
-    WS_HANDSHAKE_TIMEOUT,
-    WS_MESSAGE_QUEUE,
-    send_pending_alert,
-    tls_failure,
-)
+from edgeproxy.loopback.server import WS_HANDSHAKE_TIMEOUT, WS_MESSAGE_QUEUE
+from edgeproxy.net.handshake import send_pending_alert, tls_failure
 
 log = logging.getLogger(__name__)
 

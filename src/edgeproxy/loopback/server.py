@@ -27,7 +27,6 @@ Bounded: ``MAX_CONNECTIONS`` connections at once (handshaking or open); more are
 
 from __future__ import annotations
 
-import contextlib
 import ssl
 from collections.abc import Callable
 
@@ -36,6 +35,7 @@ from trio_websocket import ConnectionClosed, wrap_server_stream
 
 from edgeproxy.loopback.endpoint import ChannelEndpoint
 from edgeproxy.loopback.frames import MAX_FRAME_BYTES, FrameError
+from edgeproxy.net.handshake import send_pending_alert, tls_failure
 
 #: WebSocket messages queued inside trio-websocket per connection. The channel's own window is
 #: the real flow control; this only decouples the socket reader from frame handling.
@@ -56,33 +56,6 @@ def split_host_port(value: str) -> tuple[str, int]:
     """``"127.0.0.1:23456"`` / ``"[::1]:23456"`` -> (host, port)."""
     host, _, port = value.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-def tls_failure(exc: BaseException) -> str:
-    """Why a TLS handshake failed, in OpenSSL's words (trio wraps the ``ssl.SSLError``)."""
-    if isinstance(exc, trio.TooSlowError):
-        return "TLS handshake timed out"
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(cause, ssl.SSLError):
-        verify = getattr(cause, "verify_message", None)
-        if verify:
-            return f"certificate verify failed: {verify}"
-        if cause.reason:  # "TLSV1_ALERT_UNKNOWN_CA" -> "tlsv1 alert unknown ca"
-            return cause.reason.lower().replace("_", " ")
-        return str(cause)
-    return str(cause or exc) or type(exc).__name__
-
-
-async def send_pending_alert(tls: trio.SSLStream[trio.SocketStream]) -> None:
-    """Best effort: send the alert OpenSSL wrote when the handshake failed, so that the peer
-    learns why (``unknown ca``, ``certificate required``) instead of seeing the connection drop.
-    trio's ``SSLStream`` leaves it in its outgoing buffer (a private attribute, checked here)."""
-    outgoing = getattr(tls, "_outgoing", None)
-    if not isinstance(outgoing, ssl.MemoryBIO) or not outgoing.pending:
-        return
-    with trio.move_on_after(1.0):
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await tls.transport_stream.send_all(outgoing.read())
 
 
 class _RefusalLimiter:

@@ -65,6 +65,7 @@ from edgeproxy.gateway.sip.transaction import (
     server_key,
 )
 from edgeproxy.gateway.sip.uri import SipUri
+from edgeproxy.net.handshake import send_pending_alert, tls_failure
 
 log = logging.getLogger(__name__)
 
@@ -141,19 +142,26 @@ class _TcpConnection:
         self.stream = stream
         self.peer = peer
         self.transport = transport
-        self.lock = trio.Lock()
         self._pending: list[bytes] = []
+        self._writing = False
 
     async def send(self, data: bytes) -> None:
         """Write ``data``; messages queued while another write is under way go out together
         (one ``send_all`` for all of them, not one system call per message)."""
         self._pending.append(data)
-        async with self.lock:
-            if not self._pending:
-                return  # the writer before us took our bytes with its own
-            chunk = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
-            self._pending.clear()
-            await self.stream.send_all(chunk)
+        if self._writing:
+            return  # the task writing now takes our bytes with its next write
+        self._writing = True
+        try:
+            # One scheduling round for the other tasks of this round (e.g. a batch of stanzas
+            # from the channel) to add their messages: one write for all of them.
+            await trio.lowlevel.checkpoint()
+            while self._pending:
+                chunk = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+                self._pending.clear()
+                await self.stream.send_all(chunk)
+        finally:
+            self._writing = False
 
 
 class SipTransport:
@@ -169,6 +177,7 @@ class SipTransport:
         self._udp: trio.socket.SocketType | None = None
         self._tcp: dict[Address, _TcpConnection] = {}
         self._tls: dict[Address, _TcpConnection] = {}
+        self._connecting: dict[tuple[str, int, str], trio.Event] = {}
         self._server_txs: dict[tuple[str, ...], ServerTransaction] = {}
         self._client_txs: dict[
             tuple[str, str], tuple[ClientTransaction, Destination, trio.Event]
@@ -251,11 +260,29 @@ class SipTransport:
             table = self._tls if dest.transport == "tls" else self._tcp
             conn = table.get((dest.host, dest.port))
             if conn is None:
-                conn = await self._connect(dest)
+                conn = await self._connect_once(dest)
             await conn.send(data)
         else:
             assert self._udp is not None
             await self._udp.sendto(data, (dest.host, dest.port))
+
+    async def _connect_once(self, dest: Destination) -> _TcpConnection:
+        """The connection to ``dest``: opened by the first task that needs it; the tasks that
+        need it meanwhile wait for that attempt instead of opening one each (a burst of
+        requests to a new destination would otherwise open a connection per request)."""
+        key = (dest.host, dest.port, dest.transport)
+        while (attempt := self._connecting.get(key)) is not None:
+            await attempt.wait()
+            table = self._tls if dest.transport == "tls" else self._tcp
+            conn = table.get((dest.host, dest.port))
+            if conn is not None:
+                return conn
+        attempt = self._connecting[key] = trio.Event()
+        try:
+            return await self._connect(dest)
+        finally:
+            del self._connecting[key]
+            attempt.set()
 
     async def _connect(self, dest: Destination) -> _TcpConnection:
         if len(self._tcp) + len(self._tls) >= MAX_TCP_CONNECTIONS:
@@ -274,12 +301,17 @@ class SipTransport:
         """A verified TLS connection to ``dest`` (OSError naming the cause if it cannot be had)."""
         if self.tls is None:
             raise OSError("SIP over TLS is not configured (no [tls] certificate)")
-        stream = await trio.open_tcp_stream(dest.host, dest.port)
+        try:
+            with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
+                stream = await trio.open_tcp_stream(dest.host, dest.port)
+        except trio.TooSlowError:
+            raise OSError(f"TCP connection to {dest.host}:{dest.port} timed out") from None
         tls = trio.SSLStream(stream, self.tls.client, server_hostname=dest.host)
         try:
             with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
                 await tls.do_handshake()
         except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+            await send_pending_alert(tls)
             await trio.aclose_forcefully(tls)
             reason = tls_failure(exc)
             log.warning("sip: TLS handshake with %s:%d failed: %s", dest.host, dest.port, reason)
@@ -354,6 +386,7 @@ class SipTransport:
                 await tls.do_handshake()
         except (trio.BrokenResourceError, trio.TooSlowError) as exc:
             log.info("sip: TLS handshake from %s:%d failed: %s", peer[0], peer[1], tls_failure(exc))
+            await send_pending_alert(tls)
             await trio.aclose_forcefully(tls)
             return
         conn = _TcpConnection(tls, (peer[0], peer[1]), "tls")
@@ -452,12 +485,3 @@ class SipTransport:
             "tls_connections": len(self._tls),
         }
 
-
-def tls_failure(exc: BaseException) -> str:
-    """The reason of a failed TLS handshake, as OpenSSL says it (``trio`` wraps it)."""
-    if isinstance(exc, trio.TooSlowError):
-        return "handshake timed out"
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(cause, ssl.SSLError):
-        return getattr(cause, "verify_message", None) or cause.reason or str(cause)
-    return str(cause or exc) or type(exc).__name__
