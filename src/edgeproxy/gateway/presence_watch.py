@@ -163,12 +163,17 @@ def route_request(target: str, route_set: tuple[str, ...]) -> tuple[str, list[st
 
 
 def record_routes(message: SipRequest | SipResponse) -> list[str]:
-    """Every Record-Route entry of a message, top first."""
-    return [
-        entry
-        for value in message.headers.get_all("Record-Route")
-        for entry in split_header_list(value)
-    ]
+    """Every Record-Route entry of a message, top first (unparsable ones left out)."""
+    entries: list[str] = []
+    for value in message.headers.get_all("Record-Route"):
+        for entry in split_header_list(value):
+            try:
+                parse_name_addr(entry)
+            except SipParseError:
+                log.info("presence: unparsable Record-Route %r ignored", entry[:80])
+                continue
+            entries.append(entry)
+    return entries
 
 
 def retry_after(value: str | None, default: float) -> float:
@@ -233,10 +238,6 @@ class WatchTable:
         sub = self._new(local, fetch=True)
         self.fetches[local] = sub
         return [self._initial(sub, expires=0)]
-
-    def known(self, local: str) -> bool:
-        sub = self.subs.get(local)
-        return sub is not None and sub.phase is not Phase.DROPPED
 
     # -- SIP results ---------------------------------------------------------------------------
 
