@@ -150,6 +150,7 @@ class InboundHandler:
         except (LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
             return
         await session.flush()
+        await session.handle_pending_events()  # Authenticated: ready now, not at the peer's next byte
 
 
 async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:

@@ -95,6 +95,9 @@ class S2SSession:
         self._on_event = on_event
         self._expect_peer_traffic = expect_peer_traffic
         self._send_lock = trio.Lock()
+        #: Events are handled in order by one task at a time (the reader, or a driver action's
+        #: task through :meth:`handle_pending_events`).
+        self._event_lock = trio.Lock()
         self.ready = trio.Event()  # authenticated / ready for use
         self.closed = trio.Event()
         self.close_reason: str | None = None
@@ -223,8 +226,18 @@ class S2SSession:
                 return
         await self._drain_events()
 
+    async def handle_pending_events(self) -> None:
+        """Handle the events a driver action queued in the core (e.g. ``Authenticated`` after
+        :meth:`send` of a dialback verdict): the reader only looks after the peer's next bytes,
+        and an authenticated peer may stay quiet (the establishment timer would then close it)."""
+        await self._drain_events()
+
     async def _drain_events(self) -> bool:
         """Handle queued events; True when the stream is over."""
+        async with self._event_lock:
+            return await self._drain_events_in_order()
+
+    async def _drain_events_in_order(self) -> bool:
         while (event := self.conn.next_event()) is not None:
             if isinstance(event, StartTls):
                 await self._start_tls(event.server_side)
