@@ -5,8 +5,9 @@ in-process; fabrikam.test is a scripted S2S partner (a real edge on real sockets
 _lab.py``); baresip (``tests/fixtures/baresip.py``) registers ``sip:alice@contoso.test`` at the
 gateway, over UDP and over TCP, and messages travel both ways with from/to and a non-ASCII body
 intact; presence travels both ways too (baresip's PUBLISH to romeo, romeo's presence as NOTIFYs
-in baresip's contact list, baresip's in-dialog un-SUBSCRIBE). Addresses: the gateway's SIP
-listener on 127.0.0.41, baresip on 127.0.0.40.
+in baresip's contact list, baresip's in-dialog un-SUBSCRIBE); and two baresips of our domain
+talk through the registrar's proxy. Addresses: the gateway's SIP listener on 127.0.0.41,
+baresip on 127.0.0.40 (alice) and 127.0.0.44 (bob).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from edgeproxy.tokenizer import Element  # noqa: E402
 from edgeproxy.xmpp.namespaces import NS_SERVER  # noqa: E402
 from fixtures.baresip import free_sip_port, start_baresip  # noqa: E402
 
-GATEWAY_IP, ALICE_IP = "127.0.0.41", "127.0.0.40"
+GATEWAY_IP, ALICE_IP, BOB_IP = "127.0.0.41", "127.0.0.40", "127.0.0.44"
 ALICE, ROMEO = "alice@contoso.test", "romeo@fabrikam.test"
 TEXT = "héllo ☃ 日本語"
 
@@ -56,7 +57,7 @@ async def gateway(tmp: Path) -> AsyncIterator[tuple[EdgeApp, Peer, tuple[str, in
     async with trio.open_nursery() as nursery:
         peer = await start_peer(nursery, "fabrikam.test")
         write_store(tmp / "state", configuration(
-            "contoso.test", ("alice",), "contoso-secret", partner("fabrikam.test", peer.port, TCP_DIALBACK_ROW),
+            "contoso.test", ("alice", "bob"), "contoso-secret", partner("fabrikam.test", peer.port, TCP_DIALBACK_ROW),
         ))
         app = await nursery.start(partial(run_app, load_config(config_path), role="both", signals=False))
         assert app is not None
@@ -163,3 +164,27 @@ async def test_baresip_and_an_xmpp_partner_see_each_others_presence(tmp_path: Pa
                 await alice.stop()
                 assert alice.final_responses("SUBSCRIBE")[-1] == 200, alice.log_tail()
                 await wait_for(lambda: got.presence("unsubscribe", after=seen))
+
+
+async def test_two_baresips_of_our_domain_talk_through_the_registrar(tmp_path: Path) -> None:
+    """alice (UDP) → the gateway's proxy → bob's registered Contact (TCP), and back."""
+    alice_uri, bob_uri = f"sip:{ALICE}", "sip:bob@contoso.test"
+    with trio.fail_after(90):
+        async with gateway(tmp_path) as (app, peer, registrar):
+            async with start_baresip(tmp_path / "alice", aor=alice_uri, registrar=registrar, ip=ALICE_IP,
+                                     contacts=(bob_uri,)) as alice, \
+                    start_baresip(tmp_path / "bob", aor=bob_uri, registrar=registrar, ip=BOB_IP,
+                                  transport="tcp", contacts=(alice_uri,)) as bob:
+                await alice.wait_registered()
+                await bob.wait_registered()
+                await alice.send_message(bob_uri, f"{TEXT} (alice→bob)")
+                got = await bob.wait_message()
+                assert (got.peer, got.text) == (alice_uri, f"{TEXT} (alice→bob)")
+                await bob.send_message(alice_uri, f"{TEXT} (bob→alice)")
+                got = await alice.wait_message()
+                assert (got.peer, got.text) == (bob_uri, f"{TEXT} (bob→alice)")
+                # each sender got bob's / alice's own 200, relayed by the proxy
+                await alice.wait_until(lambda: alice.final_responses("MESSAGE"))
+                await bob.wait_until(lambda: bob.final_responses("MESSAGE"))
+                assert alice.final_responses("MESSAGE") == bob.final_responses("MESSAGE") == [200]
+            assert peer.received() == []  # nothing went to the XMPP side
