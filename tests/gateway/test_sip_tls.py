@@ -192,6 +192,18 @@ async def test_baresip_registers_over_tls_and_messages_flow_both_ways_on_that_co
             assert (routed.from_, routed.to) == ("alice@contoso.test", "romeo@montague.example")
             await wait_for(lambda: "To: <sip:romeo@montague.example>;tag=gw" in alice.trace())  # our 200
             assert [r for r in edge.received if r.type == "error"] == []
+
+            # A SIP user over UDP -> the built-in proxy -> alice over her TLS connection.
+            require_sipp()
+            carol = sipp_command(
+                "message_uac.xml", SIPP_IP, "-s", "alice", "-key", "from_user", "carol",
+                "-key", "from_domain", "contoso.test", "-key", "domain", "contoso.test", "-key", "text", "from carol",
+                remote=f"{GATEWAY_IP}:{service.sip.port}",
+            )  # fmt: skip
+            assert "STATUS 200" in await run_sipp(carol, tmp_path / "carol.log")
+            header = alice.trace().partition("from carol")[0].rpartition("MESSAGE sip:")[2]
+            assert f"Via: SIP/2.0/TLS {GATEWAY_IP}:{service.sip.tls_port};" in header
+            assert service.sip.statistics()["tls_connections"] == 1
             nursery.cancel_scope.cancel()
 
 
