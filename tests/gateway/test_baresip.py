@@ -47,7 +47,7 @@ TEXT = "héllo ☃ 日本語"
 
 @asynccontextmanager
 async def gateway(tmp: Path) -> AsyncIterator[tuple[EdgeApp, Peer, tuple[str, int]]]:
-    """Edge + gateway for contoso.test (alice is a user), fabrikam.test as a federated partner."""
+    """Edge + gateway for contoso.test (users alice and bob), fabrikam.test a federated partner."""
     sip_port = free_sip_port(GATEWAY_IP)
     config_path = write_config(tmp)
     text = config_path.read_text().replace(
