@@ -234,6 +234,28 @@ async def test_serve_both_runs_the_channel_over_mutual_tls_and_reports_a_refused
     assert refused["event"] == "channel-refused" and "TLS handshake failed" in str(refused["reason"])
 
 
+async def test_edge_and_gateway_as_separate_roles_with_their_own_files(tmp_path: Path) -> None:
+    """``serve --role edge`` and ``serve --role gateway`` (a gateway on another host: its own file,
+    state and client certificate, ``edge-address`` pointing at the edge) over mutual TLS."""
+    write_pki(tmp_path)
+    edge_cfg = config(tmp_path)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            app: EdgeApp = await nursery.start(partial(run_app, edge_cfg, role="edge", signals=False))
+            gateway_cfg = parse_config(
+                '[edge]\ndomains = ["contoso.test"]\nstate-dir = "gateway-state"\ninternal-tls = true\n'
+                'internal-trust = "ca.pem"\n[tls]\ncertificate = "none.pem"\nkey = "none.key"\n'
+                f'[gateway]\nedge-address = "{app.internal_address}"\nsip-listen = ["{EDGE_IP}:0"]\n'
+                'channel-certificate = "gateway.pem"\nchannel-key = "gateway.key"\n',
+                source="gateway.toml", base_dir=str(tmp_path),
+            )
+            await nursery.start(partial(run_app, gateway_cfg, role="gateway", signals=False))
+            await wait_for(lambda: app.status().channel.state is ChannelState.CONNECTED)
+            app.request_stop()
+            await app.stopped.wait()
+            nursery.cancel_scope.cancel()
+
+
 def _port_is_free(host: str, port: int) -> bool:
     with socket.socket() as s:
         try:
