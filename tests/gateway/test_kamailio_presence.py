@@ -101,9 +101,12 @@ def _options_answered(port: int) -> bool:
 
 
 @asynccontextmanager
-async def running_kamailio(run_dir: Path, gateway_port: int) -> AsyncIterator[int]:
+async def running_kamailio(
+    run_dir: Path, gateway_port: int, presence_max_expires: int = 3600
+) -> AsyncIterator[int]:
     """Kamailio with its presence server on 127.0.0.60 until the block ends (stopped by the
-    process group of the process we started)."""
+    process group of the process we started); it grants subscriptions at most
+    ``presence_max_expires`` s."""
     kamailio = require_kamailio()
     dbtext = run_dir / "dbtext"
     dbtext.mkdir()
@@ -118,6 +121,7 @@ async def running_kamailio(run_dir: Path, gateway_port: int) -> AsyncIterator[in
         "GW_DOMAIN": "fabrikam.test",
         "GW_URI": f"sip:{GW_IP}:{gateway_port}",
         "RUN_DIR": str(run_dir),
+        "PRESENCE_MAX_EXPIRES": str(presence_max_expires),
     }.items():
         config = config.replace(f"@{key}@", value)
     cfg = run_dir / "kamailio.cfg"
@@ -177,13 +181,15 @@ async def wait_for(predicate, step: float = 0.02) -> None:  # type: ignore[no-un
 
 
 @asynccontextmanager
-async def lab(tmp_path: Path) -> AsyncIterator[tuple[Edge, GatewayService, str]]:
+async def lab(
+    tmp_path: Path, presence_max_expires: int = 3600
+) -> AsyncIterator[tuple[Edge, GatewayService, str]]:
     """Kamailio, the gateway (next hop → Kamailio) and a recording edge; yields the edge, the
     service and Kamailio's host:port."""
     require_sipp()
     require_kamailio()
     gateway_port = free_port(GW_IP)
-    async with running_kamailio(tmp_path, gateway_port) as kamailio_port:
+    async with running_kamailio(tmp_path, gateway_port, presence_max_expires) as kamailio_port:
         kam = f"{KAM_IP}:{kamailio_port}"
         async with trio.open_nursery() as nursery:
             edge = Edge()
@@ -280,6 +286,36 @@ async def test_xmpp_subscribers_get_the_presence_published_at_kamailio(tmp_path:
         f"sip:{kam} presence server (Expires 0)",  # un-SUBSCRIBE
         "sip:alice@contoso.test presence server (Expires 0)",  # the fetch
     ]
+
+
+async def test_the_watch_timer_refreshes_a_subscription_kamailio_shortened(tmp_path: Path) -> None:
+    """Kamailio grants 4 s (its max_expires) of the 600 asked: the driver's own timer refreshes
+    in the dialog at half of that, and the subscription stays up."""
+    with trio.fail_after(60):
+        async with lab(tmp_path, presence_max_expires=4) as (edge, service, kam):
+            watch = service.presence.watch
+            assert watch is not None and watch.table is not None
+            await publish(kam, tmp_path / "pub.log", "open", "busy", "on a call")
+            edge.presence("romeo@fabrikam.test/orchard", "alice@contoso.test", "subscribe")
+            await wait_for(lambda: len(edge.to("romeo@fabrikam.test")) >= 2)
+            sub = watch.table.subs["alice@contoso.test"]
+            await wait_for(lambda: sub.expires_at is not None)
+            assert sub.expires_at is not None and sub.due is not None
+            assert sub.expires_at - sub.due == 2  # refresh at half of the 4 s granted
+            await wait_for(lambda: sub.cseq >= 3)  # two refreshes sent by the timer
+            await wait_for(lambda: sub.due is not None)  # ... and the second one answered
+            assert watch.table.subs["alice@contoso.test"] is sub
+            assert sub.phase is Phase.ACTIVE and sub.failures == 0
+            # romeo got subscribed + the published presence; the refreshes repeat it, so
+            # nothing new is sent — except "unavailable" once alice's publication, which
+            # Kamailio's max_expires caps at 4 s too, has expired (a NOTIFY without body).
+            romeo = edge.to("romeo@fabrikam.test")
+            assert [e.get("type") for e in romeo[:2]] == ["subscribed", None]
+            assert show_and_status(romeo[1]) == ("dnd", "on a call")
+            assert [e.get("type") for e in romeo[2:]] in ([], ["unavailable"])
+    log = (tmp_path / "kamailio.log").read_text(errors="replace")
+    refreshes = f"SUBSCRIBE sip:presence-gateway@127.0.0.61 -> sip:{kam} presence server"
+    assert log.count(refreshes) >= 2
 
 
 async def test_sip_watcher_via_kamailio_gets_notifies_through_the_route_set(
