@@ -578,10 +578,13 @@ class PresenceWatcher:
         self._wake.set()  # dues may have changed
 
     def _send(self, outgoing: list[Outgoing]) -> None:
-        if outgoing:
-            assert self._nursery is not None
-            for out in outgoing:
+        for out in outgoing:
+            try:
+                assert self._nursery is not None
                 self._nursery.start_soon(self._transact, out)
+            except RuntimeError:  # the gateway is stopping: nothing more goes out
+                log.info("presence watch: stopped, SUBSCRIBE for %s not sent", out.sub.local)
+                return
         self._wake.set()
 
     async def _transact(self, out: Outgoing) -> None:
