@@ -26,11 +26,14 @@ import socket
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import trio
 from _sipp import free_port, require_sipp, run_sipp, sipp_command
 
+from edgeproxy.app import run_app
+from edgeproxy.config import load_config
 from edgeproxy.gateway.presence_watch import (
     OFFLINE,
     REFRESH_MARGIN,
@@ -44,21 +47,29 @@ from edgeproxy.gateway.sip.message import Headers, SipRequest, SipResponse, resp
 from edgeproxy.loopback.endpoint import ChannelEndpoint
 from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
 from edgeproxy.loopback.server import serve_loopback
+from edgeproxy.net.connector import Connector, ConnectorSettings
+from edgeproxy.net.context import EdgeContext
+from edgeproxy.net.delivery import MemoryDelivery
+from edgeproxy.net.edge import EdgeServer, bound_port
+from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy.model import (
     AccessPolicy,
     Configuration,
     GatewaySettings,
+    Negotiation,
     Partner,
     PartnerType,
     User,
 )
 from edgeproxy.policy.snapshot import PolicySnapshot, build_snapshot
+from edgeproxy.policy.store import Store
 from edgeproxy.tokenizer import Element
 from fixtures.tools import require_tool
 
 TEMPLATE = Path(__file__).parent / "kamailio" / "kamailio-presence.cfg.tmpl"
 DBTEXT = Path("/usr/share/kamailio/dbtext/kamailio")  # table definitions shipped by kamailio
 KAM_IP, GW_IP, ALICE_IP, BOB_IP = "127.0.0.60", "127.0.0.61", "127.0.0.62", "127.0.0.63"
+EDGE_IP, PARTNER_IP = "127.0.0.64", "127.0.0.65"  # the whole-server test's S2S listeners
 NS = "jabber:server"
 REFRESH = 600  # the gateway settings' subscription refresh interval in these tests
 
@@ -368,6 +379,107 @@ async def test_sip_watcher_via_kamailio_gets_notifies_through_the_route_set(
     assert "NOTIFY2 state=active;expires=" in log
     assert "|<basic>open|" in log and ":busy|" in log and "|<note>in the orchard|" in log
     assert "NOTIFY3 state=terminated;reason=rejected|" in log
+
+
+# -- the whole server: run_app with next-hop, a real S2S partner ------------------------------
+
+
+async def start_partner(nursery: trio.Nursery) -> tuple[EdgeServer, MemoryDelivery, list, int]:  # type: ignore[type-arg]
+    """fabrikam.test: a real edge (in-process, real sockets on 127.0.0.65) whose user romeo's
+    stanzas we send through its router; what it receives lands in a MemoryDelivery."""
+    holder = [
+        build_snapshot(
+            Configuration(gateway=GatewaySettings(dialback_secret="f")), ["fabrikam.test"]
+        )
+    ]
+    delivery = MemoryDelivery()
+    ctx = EdgeContext(
+        policy=lambda: holder[0],
+        connector=Connector(ConnectorSettings(attempt_delay=0.05, timeout=5)),
+        delivery=delivery,
+    )
+    server = EdgeServer(ctx, Telemetry())
+    listeners = await nursery.start(server.run, [(PARTNER_IP, 0)])
+    return server, delivery, holder, bound_port(listeners)
+
+
+def s2s_partner(domain: str, host: str, port: int) -> Partner:
+    return Partner(
+        domain=domain, type=PartnerType.FEDERATED, proxy_fqdn=f"{host}:{port}",
+        tls=Negotiation.NOT_SUPPORTED, sasl=Negotiation.NOT_SUPPORTED, dialback=True,
+    )  # fmt: skip
+
+
+async def test_the_whole_server_with_kamailio_as_next_hop_carries_presence_to_a_partner(
+    tmp_path: Path,
+) -> None:
+    """``edgeproxy serve`` (run_app, role both) with ``[gateway] next-hop`` = Kamailio: a
+    fabrikam.test user subscribes over S2S and gets the presence alice PUBLISHed at Kamailio."""
+    require_sipp()
+    gateway_port = free_port(GW_IP)
+    received: list[Element] = []
+    with trio.fail_after(60):
+        async with running_kamailio(tmp_path, gateway_port) as kamailio_port:
+            kam = f"{KAM_IP}:{kamailio_port}"
+            async with trio.open_nursery() as nursery:
+                server, delivery, holder, partner_port = await start_partner(nursery)
+                with Store.open(tmp_path / "state") as store, store.write() as tx:
+                    tx.replace_all(
+                        Configuration(
+                            gateway=GatewaySettings(dialback_secret="c"),
+                            partners=(s2s_partner("fabrikam.test", PARTNER_IP, partner_port),),
+                            policies=(AccessPolicy(identity="global", xmpp=True, federation=True),),
+                            users=(User(sip="sip:alice@contoso.test"),),
+                        )
+                    )
+                config_path = tmp_path / "edgeproxy.toml"
+                config_path.write_text(
+                    '[edge]\ndomains = ["contoso.test"]\n'
+                    f'listen = ["{EDGE_IP}:0"]\nstate-dir = "state"\n'
+                    f'internal-listen = "{GW_IP}:0"\n'
+                    '[tls]\ncertificate = "no/edge.pem"\nkey = "no/edge.key"\n'
+                    f'[admin]\nlisten = "{EDGE_IP}:0"\n'
+                    f'[gateway]\nsip-listen = ["{GW_IP}:{gateway_port}"]\n'
+                    f'next-hop = "sip:{kam}"\n'
+                )
+                app = await nursery.start(
+                    partial(run_app, load_config(config_path), role="both", signals=False)
+                )
+                assert app is not None
+                edge_port = int(app.status().listeners[0].address.rpartition(":")[2])
+                holder[0] = build_snapshot(
+                    Configuration(
+                        gateway=GatewaySettings(dialback_secret="f"),
+                        partners=(s2s_partner("contoso.test", EDGE_IP, edge_port),),
+                        policies=(AccessPolicy(identity="global", xmpp=True, federation=True),),
+                        users=(User(sip="sip:romeo@fabrikam.test"),),
+                    ),
+                    ["fabrikam.test"],
+                )
+                await publish(kam, tmp_path / "pub.log", "open", "away", "gone fishing")
+
+                def poll() -> list[Element]:
+                    while True:
+                        try:
+                            item = delivery._receive.receive_nowait()  # noqa: SLF001 - test peek
+                        except trio.WouldBlock:
+                            return received
+                        received.append(parse_stanza(item.raw))
+
+                subscribe = Element(
+                    "presence", NS, {"from": "romeo@fabrikam.test", "to": "alice@contoso.test",
+                                     "type": "subscribe"},
+                )  # fmt: skip
+                await server.router.send_from_local(subscribe)
+                await wait_for(lambda: len([e for e in poll() if e.name == "presence"]) >= 2)
+                nursery.cancel_scope.cancel()
+    subscribed, current = [e for e in received if e.name == "presence"][:2]
+    assert (subscribed.get("from"), subscribed.get("type")) == ("alice@contoso.test", "subscribed")
+    assert current.get("type") is None and current.get("from") == "alice@contoso.test"
+    # RPID away → 15500 → xa (SPEC §7); the note is kept for a Federated partner (SPEC §4).
+    assert show_and_status(current) == ("xa", "gone fishing")
+    log = (tmp_path / "kamailio.log").read_text(errors="replace")
+    assert "SUBSCRIBE sip:presence-gateway@127.0.0.61 -> sip:alice@contoso.test" in log
 
 
 # -- the sans-IO core --------------------------------------------------------------------------
