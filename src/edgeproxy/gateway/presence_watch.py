@@ -22,7 +22,7 @@ Dialog (RFC 3261 §12, RFC 6665 §4.1.2.4)
     Record-Route, in order). In-dialog requests follow the route set (:func:`route_request`:
     loose routing, §12.2.1.1, with the strict-router fallback).
 
-NOTIFY (RFC 6665 §4.1.3, RFC 3856 §6.7)
+NOTIFY (RFC 6665 §4.1.3)
     Matched by Call-ID and our tag (else 481), always answered 200. A PIDF body becomes a
     :class:`PresenceEvent`; an ``active`` NOTIFY without body means the user published nothing
     (offline); ``pending`` without body says nothing. ``Subscription-State: terminated`` ends
@@ -32,12 +32,14 @@ NOTIFY (RFC 6665 §4.1.3, RFC 3856 §6.7)
     subscribers get "offline"; a new subscriber tries again).
 
 Refresh and back-off
-    A subscription is refreshed ``REFRESH_MARGIN`` s before the granted expiry (at least at
-    half of it); the requested expiry is the subscription refresh interval (SPEC §3), so the
+    A subscription is refreshed ``REFRESH_MARGIN`` s before the granted expiry, or at half of
+    it when that is later (a short grant); the requested expiry is the subscription refresh interval (SPEC §3), so the
     next hop's view is refreshed at least that often. A failed SUBSCRIBE (other than 423, which
     is retried with ``Min-Expires``) is retried after ``RETRY_BASE`` · 2^n s, at most
     ``RETRY_MAX`` (or the response's ``Retry-After``); subscribers learn "offline" while
-    nothing is known. 481 to a refresh: the dialog is gone, a new one is opened at once.
+    nothing is known. 481 to a refresh: the dialog is gone, a new one is opened at once. A
+    refresh that succeeds resets the back-off. Due times live in a heap (stale entries are
+    skipped when they surface), so a tick costs O(log n) per due subscription.
 
 Fetch (RFC 6665 §4.4.3)
     A probe for a user with no subscription is answered through a fetch: SUBSCRIBE with
