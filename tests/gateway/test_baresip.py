@@ -3,8 +3,9 @@
 ``run_app(role="both")`` runs the edge for contoso.test and the real gateway (built-in registrar)
 in-process; fabrikam.test is a scripted S2S partner (a real edge on real sockets, ``tests/ops/
 _lab.py``); baresip (``tests/fixtures/baresip.py``) registers ``sip:alice@contoso.test`` at the
-gateway, over UDP and over TCP, and messages travel both ways with from/to and a non-ASCII body
-intact; presence travels both ways too (baresip's PUBLISH to romeo, romeo's presence as NOTIFYs
+gateway, over UDP, TCP and TLS (the gateway's ``[tls]`` certificate, SIP over TLS on the SIP
+port + 1, requests to alice over her registration connection), and messages travel both ways
+with from/to and a non-ASCII body intact; presence travels both ways too (baresip's PUBLISH to romeo, romeo's presence as NOTIFYs
 in baresip's contact list, baresip's in-dialog un-SUBSCRIBE); and two baresips of our domain
 talk through the registrar's proxy. Addresses: the gateway's SIP listener on 127.0.0.41,
 baresip on 127.0.0.40 (alice) and 127.0.0.44 (bob).
@@ -24,6 +25,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ops"))
 from _lab import (  # noqa: E402 - the ops lab helpers live next to the ops tests
     TCP_DIALBACK_ROW,
+    Certs,
     Peer,
     configuration,
     message,
@@ -46,10 +48,11 @@ TEXT = "héllo ☃ 日本語"
 
 
 @asynccontextmanager
-async def gateway(tmp: Path) -> AsyncIterator[tuple[EdgeApp, Peer, tuple[str, int]]]:
-    """Edge + gateway for contoso.test (users alice and bob), fabrikam.test a federated partner."""
+async def gateway(tmp: Path, certs: Certs | None = None) -> AsyncIterator[tuple[EdgeApp, Peer, tuple[str, int]]]:
+    """Edge + gateway for contoso.test (users alice and bob), fabrikam.test a federated partner;
+    with ``certs`` the gateway has a certificate and serves SIP over TLS on the SIP port + 1."""
     sip_port = free_sip_port(GATEWAY_IP)
-    config_path = write_config(tmp)
+    config_path = write_config(tmp, certs=certs)
     text = config_path.read_text().replace(
         'state-dir = "state"\n', 'state-dir = "state"\ninternal-listen = "127.0.0.1:0"\n'
     )
@@ -75,13 +78,16 @@ async def wait_for(predicate, timeout: float = 30) -> None:  # type: ignore[no-u
             await trio.sleep(0.05)
 
 
-@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
 async def test_baresip_and_an_xmpp_partner_exchange_messages_both_ways(tmp_path: Path, transport: str) -> None:
+    certs = Certs(tmp_path) if transport == "tls" else None
     with trio.fail_after(90):
-        async with gateway(tmp_path) as (app, peer, registrar):
+        async with gateway(tmp_path, certs) as (app, peer, (host, port)):
             await wait_for(lambda: app.status().channel.state.value == "connected")
+            registrar = (host, port + 1) if certs else (host, port)  # TLS: sip-listen port + 1
             async with start_baresip(tmp_path / "baresip", aor=f"sip:{ALICE}", registrar=registrar,
-                                     ip=ALICE_IP, transport=transport, contacts=(f"sip:{ROMEO}",)) as alice:
+                                     ip=ALICE_IP, transport=transport, contacts=(f"sip:{ROMEO}",),
+                                     cafile=certs.files("contoso.test")[2] if certs else None) as alice:
                 await alice.wait_registered()
 
                 # XMPP → SIP: romeo's message reaches baresip, From mapped to romeo's SIP URI.
