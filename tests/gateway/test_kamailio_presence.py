@@ -381,6 +381,47 @@ async def test_sip_watcher_via_kamailio_gets_notifies_through_the_route_set(
     assert "NOTIFY3 state=terminated;reason=rejected|" in log
 
 
+async def test_sip_watcher_ends_its_subscription_through_kamailio(tmp_path: Path) -> None:
+    """bob's un-SUBSCRIBE goes through the route set to the gateway's Contact (Kamailio relays
+    it by loose_route): the gateway answers, NOTIFYs "terminated" and unsubscribes on XMPP."""
+    logs: list[str] = []
+    with trio.fail_after(60):
+        async with lab(tmp_path) as (edge, service, kam):
+            agent = service.presence
+
+            async def bob() -> None:
+                cmd = sipp_command(
+                    "subscribe_unsubscribe_via_proxy_uac.xml", BOB_IP,
+                    "-key", "user", "bob", "-key", "domain", "contoso.test",
+                    "-key", "contact", "romeo", "-key", "cdomain", "fabrikam.test",
+                    "-key", "expires", "3600",
+                    remote=kam,
+                )  # fmt: skip
+                logs.append(await run_sipp(cmd, tmp_path / "bob.log"))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(bob)
+                await wait_for(lambda: bool(edge.to("romeo@fabrikam.test")))
+                # SPEC §7: away → 15500 Away → RPID away.
+                edge.presence(
+                    "romeo@fabrikam.test/orchard", "bob@contoso.test", "", "<show>away</show>"
+                )
+                await wait_for(lambda: bool(logs))
+            await wait_for(lambda: len(edge.to("romeo@fabrikam.test")) >= 2)
+            assert agent.watchers == {}
+    [log] = logs
+    kam_via = f"SIP/2.0/UDP {KAM_IP}:{kam.rsplit(':', 1)[1]};branch="
+    assert "NOTIFY2 state=active;expires=" in log and "|<basic>open|" in log and ":away|" in log
+    assert "UNSUBSCRIBED expires=0|" in log
+    final = log.split("NOTIFY3 state=", 1)[1].split("\n", 1)[0]
+    assert final.startswith("terminated;reason=timeout|") and f"|via={kam_via}" in final
+    types = [(e.get("from"), e.get("type")) for e in edge.to("romeo@fabrikam.test")]
+    assert types == [("bob@contoso.test", "subscribe"), ("bob@contoso.test", "unsubscribe")]
+    kamailio = (tmp_path / "kamailio.log").read_text(errors="replace")
+    relayed = [line for line in kamailio.splitlines() if "SUBSCRIBE in dialog" in line]
+    assert len(relayed) == 1 and f"-> sip:{GW_IP}:" in relayed[0]  # by loose_route
+
+
 # -- the whole server: run_app with next-hop, a real S2S partner ------------------------------
 
 
