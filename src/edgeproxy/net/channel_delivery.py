@@ -57,6 +57,11 @@ _STREAM_HEADER = (
 )
 
 
+def _domain(jid: str | None) -> str:
+    """The domain of a JID as the router keys the pool's links (``net.router._domain``)."""
+    return (jid or "").partition("/")[0].rpartition("@")[2].lower()
+
+
 def parse_raw(raw: bytes) -> Element:
     """One stanza's raw bytes (forwarded without stream context) as an element.
 
@@ -160,6 +165,10 @@ class ChannelDelivery:
             except (TokenizerError, ValueError) as exc:
                 log.warning("channel: unparsable stanza from the gateway: %s", exc)
                 continue
+            if self.router.pool is not None:
+                # backpressure, not bounces: the channel stops reading while the partner's
+                # outbound queue is full (the gateway's SIP senders then wait for their answer)
+                await self.router.pool.wait_for_room(_domain(element.get("from")), _domain(element.get("to")))
             await self.router.send_from_local(element)
 
     # -- running ------------------------------------------------------------------------------

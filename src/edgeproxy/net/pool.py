@@ -46,6 +46,12 @@ log = logging.getLogger("edgeproxy.net.pool")
 
 #: Stanzas queued per domain pair while its stream connects (DESIGN principle 4).
 LINK_QUEUE_BOUND = 256
+#: Longest a sender that can be held back (``OutboundPool.wait_for_room``) waits for room in a
+#: link's queue before sending anyway (and so being bounced): a partner that stops reading
+#: must not hold the gateway channel for long.
+ROOM_WAIT = 5.0
+#: Poll interval of that wait, seconds (the queue drains at the stream's write speed).
+ROOM_POLL = 0.001
 
 Bounce = Callable[[Element, str], Awaitable[None]]
 
@@ -72,6 +78,9 @@ class OutboundLink:
         self.session: S2SSession | None = None
         self.failure: str | None = None
         self.done = trio.Event()
+
+    def full(self) -> bool:
+        return self._send.statistics().current_buffer_used >= LINK_QUEUE_BOUND
 
     def offer(self, raw: bytes, element: Element) -> bool:
         try:
@@ -180,6 +189,17 @@ class OutboundPool:
         self._nursery = nursery
         self._bounce = bounce
         self.links: dict[tuple[str, str], OutboundLink] = {}
+
+    async def wait_for_room(self, local: str, remote: str) -> None:
+        """Backpressure for a sender that can be held back (the gateway channel): wait, at most
+        ``ROOM_WAIT`` s, while the running link for (local, remote) has a full queue — a burst
+        from the gateway would otherwise be bounced (``send``) although the stream is up."""
+        link = self.links.get((local, remote))
+        if link is None or not link.full():
+            return
+        with trio.move_on_after(ROOM_WAIT):
+            while link.full() and not link.done.is_set():
+                await trio.sleep(ROOM_POLL)
 
     async def send(self, local: str, remote: str, raw: bytes, element: Element) -> None:
         link = self.links.get((local, remote))
