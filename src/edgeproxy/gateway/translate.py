@@ -172,8 +172,10 @@ def bare_sip_uri(jid: str) -> str:
     return jid_to_sip_uri(bare)
 
 
+@lru_cache(maxsize=4096)
 def sip_uri_to_jid(uri: str) -> str:
-    """``sip:user@domain[;gr=x]`` → ``user@domain[/x]`` (RFC 7247 §5.3), prepared."""
+    """``sip:user@domain[;gr=x]`` → ``user@domain[/x]`` (RFC 7247 §5.3), prepared (memoized:
+    pure, and a SIP user's few addresses come back with every MESSAGE)."""
     try:
         parsed = parse_uri(uri)
         local = xep0106_escape(unquote_user(parsed.user)) if parsed.user else None
