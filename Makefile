@@ -32,6 +32,7 @@ bench: build
 	$(PY) bench/bench_tokenizer.py
 	$(PY) bench/bench_policy.py
 	$(PY) bench/bench_s2s.py
+	$(PY) bench/bench_gateway.py
 
 clean:
 	rm -rf build src/edgeproxy/_fastxml.c src/edgeproxy/_fastxml*.so
