@@ -52,6 +52,8 @@ LINK_QUEUE_BOUND = 256
 ROOM_WAIT = 5.0
 #: Poll interval of that wait, seconds (the queue drains at the stream's write speed).
 ROOM_POLL = 0.001
+#: Queued stanzas a link writes with one ``send_all`` at most (the whole queue, in practice).
+WRITE_BATCH = LINK_QUEUE_BOUND
 
 Bounce = Callable[[Element, str], Awaitable[None]]
 
@@ -165,13 +167,20 @@ class OutboundLink:
 
                     sender.start_soon(stop_when_closed)
                     async for raw, element in self._recv:
+                        # everything queued meanwhile goes out in the same write
+                        batch = [(raw, element)]
+                        while len(batch) < WRITE_BATCH:
+                            try:
+                                batch.append(self._recv.receive_nowait())
+                            except (trio.WouldBlock, trio.EndOfChannel):
+                                break
                         try:
-                            await session.send(SendStanza(raw, self.local, self.remote))
+                            await session.send_stanzas([SendStanza(r, self.local, self.remote) for r, _ in batch])
                         except (LocalProtocolError, trio.BrokenResourceError,
                                 trio.ClosedResourceError) as exc:
                             # the stream closed under us (peer error, shutdown): bounce, end link
                             self.failure = f"stream lost: {exc!r}"
-                            unsent.append(element)
+                            unsent.extend(e for _, e in batch)
                             break
                     sender.cancel_scope.cancel()
                 await session.close()

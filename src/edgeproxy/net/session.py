@@ -139,6 +139,18 @@ class S2SSession:
             return
         await self.send_bytes(data)
 
+    async def send_stanzas(self, events: list[SendStanza]) -> None:
+        """Several stanzas through the core, written at once (one system call, not one per
+        stanza: an outbound link drains its queue this way). Raises like :meth:`send`; then
+        none of ``events`` counts as sent."""
+        data = b"".join([self.conn.send(event) for event in events])
+        self._last_stanza = trio.current_time()
+        self.stanzas_out += len(events)
+        await self.send_bytes(data)
+        if self.on_stanza_sent is not None:
+            for event in events:
+                self.on_stanza_sent(event)
+
     async def send(self, event: ToPeer) -> None:
         """Send a driver action through the core (raises LocalProtocolError if not allowed)."""
         data = self.conn.send(event)
