@@ -260,6 +260,7 @@ def _parse_head(head: bytes, max_headers: int) -> tuple[SipMessage, int | None]:
     lines = text.split("\r\n")
     start = lines[0]
     headers = Headers()
+    first: dict[str, int] = {}  # canonical name -> index of its first field
     for line in lines[1:]:
         if not line:
             continue
@@ -275,6 +276,7 @@ def _parse_head(head: bytes, max_headers: int) -> tuple[SipMessage, int | None]:
             raise SipParseError(f"malformed header line {line[:40]!r}")
         if len(headers.items) >= max_headers:
             raise SipParseError(f"more than {max_headers} header fields", 513)
+        first.setdefault(canonical(name), len(headers.items))
         headers.add(name, value.strip())
     message: SipMessage
     if start.startswith(SIP_VERSION + " "):
@@ -293,12 +295,13 @@ def _parse_head(head: bytes, max_headers: int) -> tuple[SipMessage, int | None]:
             raise SipParseError(f"bad request line {start[:60]!r}")
         message = SipRequest(method, uri, headers)
     for required in ("via", "from", "to", "call-id", "cseq"):
-        if required not in headers:
+        if required not in first:
             raise SipParseError(f"missing mandatory header {required}")
-    cseq_method = parse_cseq(headers.get("cseq") or "")[1]
+    cseq_method = parse_cseq(headers.items[first["cseq"]][1])[1]
     if isinstance(message, SipRequest) and cseq_method != message.method:
         raise SipParseError("CSeq method differs from the request method")
-    length_text = headers.get("content-length")
+    length_at = first.get("content-length")
+    length_text = headers.items[length_at][1] if length_at is not None else None
     length: int | None = None
     if length_text is not None:
         if not length_text.isdigit():
