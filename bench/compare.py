@@ -3,7 +3,11 @@
 Usage (root, from the repository: it starts the servers with the interop fixtures' helpers)::
 
     .venv/bin/python bench/compare.py [--stanzas N] [--idle-sizes 1000,5000,10000] [--tls]
-        [--servers edgeproxy,prosody,ejabberd] [--profile-edge] [--write-results]
+        [--servers edgeproxy,prosody,ejabberd] [--per-domain 100] [--repeat 3]
+        [--half-rate R] [--plots DIR] [--no-relay] [--profile-edge] [--write-results]
+
+(``EDGEPROXY_BENCH_GC=off`` in the environment disables the edge's cyclic GC: a diagnostic for
+latency spikes. ``--profile-edge`` adds one relay run under cProfile: bench/out/edge-relay*.)
 
 For each server, with ``edgeproxy.loadtest`` and one fresh server process per measurement (so
 that memory freed by an earlier phase cannot be reused by a later one and hide its growth):
@@ -148,6 +152,10 @@ async def edge_target(listen: int, sink_port: int, resolver: str, sims: list[str
 
 def edge_target_main(args: list[str], profile: str | None) -> int:
     raise_nofile()
+    if os.environ.get("EDGEPROXY_BENCH_GC") == "off":  # diagnostic: are latency spikes GC pauses?
+        import gc
+
+        gc.disable()
     listen, sink, resolver, sims_file, pki = args
     sims = Path(sims_file).read_text().split()
     run = functools.partial(trio.run, edge_target, int(listen), int(sink), resolver, sims,
@@ -545,6 +553,10 @@ def main() -> int:
                         help="relay runs at each rate (figures are their medians)")
     parser.add_argument("--profile-edge", action="store_true")
     parser.add_argument("--write-results", action="store_true")
+    parser.add_argument("--half-rate", type=float, default=0.0,
+                        help="pace the second relay phase at this rate instead of half the max")
+    parser.add_argument("--plots", type=Path, default=PLOTS,
+                        help="where run 1's PNGs go (default bench/plots, the recorded run's)")
     parser.add_argument("--edge-target", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--profile-to", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -575,7 +587,8 @@ def main() -> int:
                                   "load_at_start": load_start}
     relay_rows: list[dict[str, object]] = []
     idle_rows: list[dict[str, object]] = []
-    PLOTS.mkdir(parents=True, exist_ok=True)
+    plots: Path = args.plots
+    plots.mkdir(parents=True, exist_ok=True)
     try:
         for key in keys:
             if not args.no_relay:
@@ -584,7 +597,7 @@ def main() -> int:
                     fulls = [run_one(aimed(base, server, sim_port, stanzas=args.stanzas), server.pid)
                              for _ in range(args.repeat)]
                     max_rate = statistics.median(end_to_end_rate(r) for r in fulls)
-                    rate = max(1.0, max_rate / 2)
+                    rate = args.half_rate or max(1.0, max_rate / 2)
                     n = int(min(HALF_RATE_MAX_STANZAS, rate * HALF_RATE_SECONDS))
                     halfs = [run_one(aimed(base, server, sim_port, stanzas=n, rate=rate,
                                            duration=HALF_RATE_SECONDS * 3), server.pid)
@@ -597,7 +610,10 @@ def main() -> int:
                 print(relay_table(relay_rows[-1:]), file=sys.stderr)
                 for tag, runs in (("max", fulls), ("half", halfs)):
                     for i, res in enumerate(runs, 1):
-                        print(write_plot(res, PLOTS / f"{key}-relay-{tag}-{i}.png",
+                        # Run 1's plots are the record (bench/plots, in git); the rest: bench/out.
+                        where = plots if i == 1 else OUT / "plots"
+                        where.mkdir(parents=True, exist_ok=True)
+                        print(write_plot(res, where / f"{key}-relay-{tag}-{i}.png",
                                          title=f"{server.name}: relay at {tag} rate, run {i} "
                                                f"of {len(runs)} ({RUN_DATE})"),
                               file=sys.stderr)
@@ -620,7 +636,7 @@ def main() -> int:
         (OUT / f"compare-{stamp}.json").write_text(json.dumps(
             {**results, "relay_rows": relay_rows, "idle_rows": idle_rows}, indent=2, default=str))
     if idle_rows:
-        print(plot_idle(idle_rows, PLOTS / "idle-rss.png"), file=sys.stderr)
+        print(plot_idle(idle_rows, plots / "idle-rss.png"), file=sys.stderr)
     text = relay_table(relay_rows) + "\n\n" + idle_table(idle_rows)
     print(text)
     print(f"load: start {load_start}\n      end   {results['load_at_end']}")
