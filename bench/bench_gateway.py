@@ -93,6 +93,11 @@ REGISTER = ROOT / "tests" / "gateway" / "sipp" / "register.xml"
 SECRET = "bench-gateway-dialback-secret"
 BATCH = 50
 #: SIPp's "-l": MESSAGEs outstanding at once (the gateway refuses beyond 1,024 handler tasks).
+#: SIPp's socket buffers ("-buff_size", default 65,535). With the default, SIPp 3.6.1's UAS
+#: meets TCP congestion under the gateway's coalesced bursts and silently loses 200 responses
+#: (its "TCP errors (send/recv/cong)" counter; the call still counts as successful), so the
+#: gateway's transactions wait for Timer F (32 s). The kernel caps it at net.core.[rw]mem_max.
+SIPP_BUFFER = 4 * 1024 * 1024
 #: Seconds without arrivals, once the UAC is done, after which a SIP→XMPP round ends short.
 QUIET = 2.0
 UAC_WINDOW = int(os.environ.get("UAC_WINDOW", "200"))
@@ -369,7 +374,8 @@ async def xmpp_to_sip(session: Session, messages: int, timeout: float) -> Round:
     with out.open("wb") as sink:
         uas = subprocess.Popen(
             [sipp(), "-sf", str(SIPP_DIR / "gw_uas.xml"), "-t", "t1", "-i", UAS_IP, "-p", str(session.uas_port),
-             "-m", str(messages), "-nostdin", "-timeout", str(int(timeout)), "-default_behaviors", "all,-bye"],
+             "-m", str(messages), "-nostdin", "-timeout", str(int(timeout)), "-default_behaviors", "all,-bye",
+             "-buff_size", str(SIPP_BUFFER)],
             stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
         )
         try:
@@ -386,8 +392,9 @@ async def xmpp_to_sip(session: Session, messages: int, timeout: float) -> Round:
                 uas.kill()
                 uas.wait()
     delivered = sipp_successes(out.read_text(errors="replace"))
-    if delivered != messages:
-        print(f"  ! UAS answered {delivered} of {messages}; its output: {out}", flush=True)
+    if delivered != messages or listener.error_stanzas != errors0:
+        print(f"  ! UAS answered {delivered} of {messages}, {listener.error_stanzas - errors0} error replies; "
+              f"its output: {out}", flush=True)
         (out.parent / f"uas-{time.monotonic_ns()}.out").write_bytes(out.read_bytes())
     return Round(messages / (t1 - t0), (cpu1 - cpu0) / messages * 1000, delivered, listener.error_stanzas - errors0)
 
@@ -398,6 +405,7 @@ async def sip_to_xmpp(session: Session, messages: int, rate: int, timeout: float
     errors0 = listener.error_stanzas
     cmd = [sipp(), "-sf", str(SIPP_DIR / "gw_uac.xml"), "-t", "t1", "-i", UAC_IP, "-p", str(free_port(UAC_IP)),
            "-m", str(messages), "-r", str(rate), "-rp", "1000", "-l", str(UAC_WINDOW), "-nostdin",
+           "-buff_size", str(SIPP_BUFFER),
            "-timeout", str(int(timeout)), "-default_behaviors", "all,-bye", "-s", "romeo",
            "-key", "from_user", "alice", "-key", "from_domain", "contoso.test", "-key", "domain", "fabrikam.test",
            f"{EDGE_IP}:{server.sip_port}"]
