@@ -238,6 +238,13 @@ async def test_sip_subscribe_adds_the_contact_approves_pending_and_gets_notifies
             )  # fmt: skip
             watcher = next(iter(agent.watchers.values()))
             await wait_for(lambda: watcher.cseq >= 2)
+            # The same presence again (a contact's server re-broadcasting, or a NOTIFY that
+            # waited behind another and finds the state unchanged) is no news: no NOTIFY.
+            await agent.from_xmpp(parse_stanza(
+                b"<presence from='juliet@gmail.test/balcony' to='alice@contoso.test'>"
+                b"<show>away</show><status>on the balcony</status></presence>"
+            ))  # fmt: skip
+            assert watcher.cseq == 2
             # Refresh by the gateway settings' interval, on an injected clock: a probe to the
             # contact at one interval; past the granted expiry, NOTIFY terminated (timeout).
             await agent.refresh(start_time - 1)  # the baseline (the loop's first tick is later)

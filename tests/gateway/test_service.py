@@ -247,3 +247,41 @@ async def test_sip_failure_response_becomes_an_xmpp_error(tmp_path: Path) -> Non
             nursery.cancel_scope.cancel()
     [item] = edge.received
     assert error_condition(parse_stanza(item.raw)) == "service-unavailable"
+
+
+async def test_messages_from_one_sender_reach_the_sip_ua_in_the_order_sent(tmp_path: Path) -> None:
+    """RFC 6120 §10.1: stanzas are processed in order; a burst from one sender to one recipient
+    arrives at the SIP UA in the order the edge sent it (trio starts tasks in no fixed order)."""
+    count = 40
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            edge, _, gw = await start(nursery)
+            bob_port = free_port(BOB_IP)
+            uas = [
+                require_sipp(), "-sf", str(SCENARIOS / "message_uas.xml"), "-i", BOB_IP,
+                "-p", str(bob_port), "-m", str(count), "-nostdin", "-timeout", "30",
+                "-timeout_error",
+            ]  # fmt: skip
+            got: list[str] = []
+
+            async def bob() -> None:
+                got.append(await run_sipp(uas, tmp_path / "bob.log"))
+
+            nursery.start_soon(bob)
+            await run_sipp(
+                sipp_command(
+                    "register.xml", ALICE_IP,
+                    "-key", "user", "bob", "-key", "domain", "contoso.test",
+                    "-key", "contact_host", BOB_IP, "-key", "contact_port", str(bob_port),
+                    "-key", "expires", "600",
+                    remote=gw,
+                ),  # fmt: skip
+                tmp_path / "reg.log",
+            )
+            for n in range(count):
+                edge.send_message("bob@contoso.test", f"line {n}", id=f"m{n}")
+            await wait_for(lambda: bool(got))
+            nursery.cancel_scope.cancel()
+    bodies = [line.split("|body=")[1].split("|")[0] for line in got[0].splitlines() if "|body=" in line]
+    assert bodies == [f"line {n}" for n in range(count)]
+    assert edge.received == []

@@ -134,6 +134,8 @@ class Watcher:
     state: str = "pending"
     last: PresenceInfo | None = None
     route_set: tuple[str, ...] = ()  # Record-Route of the SUBSCRIBE, in order (RFC 3261 §12.1.1)
+    # (state, last) of the latest NOTIFY sent: a change that is no change is not sent again
+    notified: tuple[str, PresenceInfo | None] | None = None
     lock: trio.Lock = field(default_factory=trio.Lock, repr=False, compare=False)
 
 
@@ -241,7 +243,7 @@ class PresenceAgent:
             if watcher is not None:
                 watcher.state = "active"
                 watcher.last = info
-                await self._notify(watcher)
+                await self._notify(watcher, changed_only=True)
         # type='error': nothing to translate (RFC 6120 §8.3.1)
 
     def _approve(self, local: str, contact: str) -> None:
@@ -262,7 +264,7 @@ class PresenceAgent:
         if watcher is not None and watcher.state == "pending":
             watcher.state = "active"
             watcher.last = self.contact_presence.get(contact, OFFLINE)
-            await self._notify(watcher)
+            await self._notify(watcher, changed_only=True)
 
     def _send_presence(self, local: str, contact: str, info: PresenceInfo | None = None) -> None:
         if info is None:
@@ -486,13 +488,24 @@ class PresenceAgent:
         if (local, contact) in self.pending:
             self._approve(local, contact)
 
-    async def _notify(self, watcher: Watcher, *, terminated: str | None = None) -> None:
+    async def _notify(
+        self, watcher: Watcher, *, terminated: str | None = None, changed_only: bool = False
+    ) -> None:
         """One in-dialog NOTIFY (RFC 6665 §4.2.2, RFC 3856 §6.6) with the contact's PIDF.
 
         One NOTIFY transaction at a time per subscription: otherwise a later NOTIFY may
         overtake an earlier one (UDP retransmissions, a proxy's parallel workers) and the
-        subscriber sees the states out of order."""
+        subscriber sees the states out of order. A NOTIFY sent because the contact's presence
+        changed (``changed_only``) carries the state current when its turn comes, so one that
+        waited behind another may find nothing left to say: it is not sent (RFC 6665 §4.2.2
+        leaves the notifier free to coalesce state changes). A (re-)SUBSCRIBE always gets
+        its NOTIFY (§4.2.1.2)."""
         async with watcher.lock:
+            if changed_only and terminated is None and watcher.notified == (
+                watcher.state,
+                watcher.last,
+            ):
+                return
             await self._notify_now(watcher, terminated)
 
     async def _notify_now(self, watcher: Watcher, terminated: str | None) -> None:
@@ -530,6 +543,7 @@ class PresenceAgent:
                 jid_to_sip_uri(watcher.contact_jid), watcher.last, include_note=True
             )
         request = SipRequest("NOTIFY", uri, headers, body)
+        watcher.notified = (watcher.state, watcher.last)
         response = await self.sip.request(request, dest)
         if response.status in (481, 408) or response.status >= 500:
             # RFC 6665 §4.2.2: the subscriber is gone; end the subscription.

@@ -12,7 +12,8 @@ XMPP → SIP (items from the edge; the edge has already applied the inbound poli
     Each stanza is parsed (the raw bytes carry no stream context: they are re-parsed under a
     synthetic ``jabber:server`` stream header) and handled in its own task, at most
     ``MAX_SIP_IN_FLIGHT`` at once (the channel stops reading — and so the edge stops sending —
-    while all are busy). A ``<message/>`` becomes a SIP MESSAGE (``translate.message_to_sip``)
+    while all are busy); stanzas from one sender to one recipient keep their order (a lane:
+    each waits until the one ahead has been sent on). A ``<message/>`` becomes a SIP MESSAGE (``translate.message_to_sip``)
     sent to the user's registered contact (built-in registrar) or to ``next-hop``; a 2xx is
     absorbed, a failure becomes an XMPP error message to the sender with the RFC 7247 condition
     (``recipient-unavailable`` when the user is not registered). The Call-ID and Via branch are
@@ -164,6 +165,8 @@ class GatewayService:
             ack_on_complete=True,
         )
         self._slots = trio.Semaphore(MAX_SIP_IN_FLIGHT)
+        # (sender bare JID, recipient bare JID) → the turn of the lane's latest stanza
+        self._lanes: dict[tuple[str, str], trio.Event] = {}
         self._nursery: trio.Nursery | None = None
 
     async def run(
@@ -198,20 +201,35 @@ class GatewayService:
                 self._slots.acquire_nowait()  # no checkpoint per item while slots are free
             except trio.WouldBlock:
                 await self._slots.acquire()
-            self._nursery.start_soon(self._deliver_to_sip, item)
+            lane = (item.from_.partition("/")[0], item.to.partition("/")[0])
+            ahead = self._lanes.get(lane)
+            turn = self._lanes[lane] = trio.Event()
+            self._nursery.start_soon(self._deliver_to_sip, item, lane, ahead, turn)
 
-    async def _deliver_to_sip(self, item: Routed) -> None:
+    async def _deliver_to_sip(
+        self,
+        item: Routed,
+        lane: tuple[str, str],
+        ahead: trio.Event | None,
+        turn: trio.Event,
+    ) -> None:
         # The item is completed (and so acked to the edge) only when its outcome is final: the
         # SIP transaction completed, or the error reply reached the edge. A cancellation (the
         # gateway stopping) leaves it unacked, and the edge re-sends it to our successor.
+        # Stanzas of one lane (sender → recipient) are handled in the order the edge sent them
+        # (RFC 6120 §10.1; trio starts tasks in no particular order): each waits for the one
+        # ahead to be sent on (a MESSAGE written, not answered) or handled (presence, whose
+        # NOTIFYs must follow the contact's changes in order).
         try:
+            if ahead is not None:
+                await ahead.wait()
             try:
                 element = parse_stanza(item.raw)
             except (TranslationError, TokenizerError) as exc:
                 log.warning("gateway: unparsable stanza from the edge: %s", exc)
             else:
                 if item.kind == StanzaKind.MESSAGE:
-                    await self._message_to_sip(item, element)
+                    await self._message_to_sip(item, element, on_sent=turn.set)
                 elif item.kind == StanzaKind.IQ and item.type in ("get", "set"):
                     await self._reply_error(element, "service-unavailable")
                 elif item.kind == StanzaKind.PRESENCE:
@@ -219,6 +237,9 @@ class GatewayService:
         except Exception:
             log.exception("gateway: handling %s %s failed", item.kind, item.id)
         finally:
+            turn.set()
+            if self._lanes.get(lane) is turn:
+                del self._lanes[lane]
             self._slots.release()
         self.channel.complete(item.seq)
 
@@ -233,7 +254,9 @@ class GatewayService:
             transport=transport.upper(),
         )
 
-    async def _message_to_sip(self, item: Routed, element: Element) -> None:
+    async def _message_to_sip(
+        self, item: Routed, element: Element, *, on_sent: Callable[[], None] | None = None
+    ) -> None:
         try:
             aor = jid_to_sip_uri(str(parse_jid_memo(item.to).bare))
         except (TranslationError, InvalidJid) as exc:
@@ -256,7 +279,7 @@ class GatewayService:
         if request is None:
             return
         request.uri = request_uri
-        response = await self.sip.request(request, dest)
+        response = await self.sip.request(request, dest, on_sent=on_sent)
         if response.status >= 300:
             condition = condition_for_sip_status(response.status)
             await self._reply_error(element, condition, f"{response.status} {response.reason}")

@@ -321,11 +321,19 @@ class SipTransport:
     def new_branch(self) -> str:
         return "z9hG4bK" + secrets.token_hex(8)
 
-    async def request(self, request: SipRequest, dest: Destination) -> SipResponse:
+    async def request(
+        self,
+        request: SipRequest,
+        dest: Destination,
+        *,
+        on_sent: Callable[[], None] | None = None,
+    ) -> SipResponse:
         """Send a request in a client transaction; return the final response.
 
         A timeout (Timer F) or a transport error returns a locally made 408 / 503 (§8.1.3.1).
-        Cancellation abandons the transaction.
+        Cancellation abandons the transaction. ``on_sent`` is called once the request's first
+        transmission is written (or has failed): callers that keep requests in order wait for
+        that, not for the response.
         """
         now = trio.current_time()
         tx = ClientTransaction(request, reliable=dest.transport in _RELIABLE, now=now)
@@ -339,6 +347,9 @@ class SipTransport:
             except OSError as exc:
                 log.info("sip: cannot send to %s: %s", dest, exc)
                 return response_to(request, 503, "Destination Unreachable")
+            finally:
+                if on_sent is not None:
+                    on_sent()
             await done.wait()
             result = self._results.pop(tx.key, None)
             return result if result is not None else response_to(request, 408)
