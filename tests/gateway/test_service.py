@@ -285,3 +285,38 @@ async def test_messages_from_one_sender_reach_the_sip_ua_in_the_order_sent(tmp_p
     bodies = [line.split("|body=")[1].split("|")[0] for line in got[0].splitlines() if "|body=" in line]
     assert bodies == [f"line {n}" for n in range(count)]
     assert edge.received == []
+
+
+def _sip_message(n: int, host: str, port: int) -> bytes:
+    body = f"line {n}".encode()
+    return (
+        f"MESSAGE sip:juliet@montague.example SIP/2.0\r\n"
+        f"Via: SIP/2.0/TCP {host}:{port};branch=z9hG4bKorder{n}\r\n"
+        f"From: <sip:alice@contoso.test>;tag=order{n}\r\n"
+        f"To: <sip:juliet@montague.example>\r\n"
+        f"Call-ID: order-{n}@{host}\r\n"
+        f"CSeq: 1 MESSAGE\r\n"
+        f"Max-Forwards: 70\r\n"
+        f"Content-Type: text/plain;charset=UTF-8\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def test_sip_messages_read_together_reach_the_edge_in_the_order_sent() -> None:
+    """Several MESSAGEs from one sender arriving in one TCP read (a busy connection) are queued
+    for the XMPP side in the order they were written, not the order their tasks happen to run."""
+    count = 40
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            edge, _, gw = await start(nursery)
+            host, port = gw.rsplit(":", 1)
+            stream = await trio.open_tcp_stream(host, int(port))
+            local = stream.socket.getsockname()
+            await stream.send_all(b"".join(_sip_message(n, local[0], local[1]) for n in range(count)))
+            received = b""
+            while received.count(b"SIP/2.0 200") < count:
+                received += await stream.receive_some(65536)
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+    bodies = [parse_stanza(item.raw).find("body", NS).text for item in edge.received]  # type: ignore[union-attr]
+    assert bodies == [f"line {n}" for n in range(count)]

@@ -357,6 +357,9 @@ class GatewayService:
                 await ctx.respond(response_to(request, status, to_tag="gw"))
                 return
         outcome: str | None = "pending"
+        # The lane's next request may go: it runs only after our next checkpoint, and
+        # submit_and_wait queues this stanza before its first one.
+        ctx.sent_on()
         with trio.move_on_after(SIP_ANSWER_WAIT):
             outcome = await self.channel.submit_and_wait(
                 StanzaKind.MESSAGE,

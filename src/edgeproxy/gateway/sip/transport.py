@@ -113,15 +113,34 @@ def destination_for(uri: SipUri) -> Destination:
     return Destination(uri.host.strip("[]"), uri.port or default, transport)
 
 
+def _untagged(header: str | None) -> str:
+    """A From/To value without its tag: the same party on every request of a conversation."""
+    return (header or "").split(";tag=", 1)[0]
+
+
 class ServerContext:
     """What the transaction user gets with a request: where it came from, and ``respond``."""
 
     def __init__(
-        self, transport: SipTransport, tx: ServerTransaction, reply_to: Destination
+        self,
+        transport: SipTransport,
+        tx: ServerTransaction,
+        reply_to: Destination,
+        ahead: trio.Event | None = None,
+        turn: trio.Event | None = None,
     ) -> None:
         self._transport = transport
         self._tx = tx
         self.source = reply_to
+        #: the request of the same lane that arrived before this one (see ``sent_on``)
+        self.ahead = ahead
+        self.turn = turn if turn is not None else trio.Event()
+
+    def sent_on(self) -> None:
+        """The request has been passed on (queued for the XMPP side, written to the next
+        hop): the next request of its lane may go. Otherwise it goes when this one's handler
+        returns."""
+        self.turn.set()
 
     @property
     def responded(self) -> bool:
@@ -179,6 +198,8 @@ class SipTransport:
         self._tls: dict[Address, _TcpConnection] = {}
         self._connecting: dict[tuple[str, int, str], trio.Event] = {}
         self._server_txs: dict[tuple[str, ...], ServerTransaction] = {}
+        # (From, To) without tags → the turn of the lane's latest request (_dispatch)
+        self._lanes: dict[tuple[str, str], trio.Event] = {}
         self._client_txs: dict[
             tuple[str, str], tuple[ClientTransaction, Destination, trio.Event]
         ] = {}
@@ -448,16 +469,31 @@ class SipTransport:
         tx = ServerTransaction(message, reliable=source.transport in _RELIABLE, now=trio.current_time())
         self._server_txs[key] = tx
         assert self._nursery is not None
-        self._nursery.start_soon(self._run_handler, message, ServerContext(self, tx, source))
+        # Requests of one lane (From → To, tags aside) are handed on in the order they arrived
+        # (RFC 3428 §7 leaves MESSAGE ordering to the UAs, but a chat read in another order
+        # than typed is a bug to its users; trio starts tasks in no particular order).
+        lane = (_untagged(message.headers.get("From")), _untagged(message.headers.get("To")))
+        ahead = self._lanes.get(lane)
+        turn = self._lanes[lane] = trio.Event()
+        ctx = ServerContext(self, tx, source, ahead, turn)
+        self._nursery.start_soon(self._run_handler, message, ctx, lane)
 
-    async def _run_handler(self, request: SipRequest, ctx: ServerContext) -> None:
+    async def _run_handler(
+        self, request: SipRequest, ctx: ServerContext, lane: tuple[str, str]
+    ) -> None:
         async with self._slots:
             try:
+                if ctx.ahead is not None:
+                    await ctx.ahead.wait()
                 await self.handler(request, ctx)
             except Exception:
                 log.exception("sip: handler failed for %s", request.method)
                 if not ctx.responded:
                     await ctx.respond(response_to(request, 500, to_tag="err"))
+            finally:
+                ctx.turn.set()
+                if self._lanes.get(lane) is ctx.turn:
+                    del self._lanes[lane]
             if not ctx.responded:
                 await ctx.respond(response_to(request, 500, "No Response", to_tag="err"))
 
