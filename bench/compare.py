@@ -40,6 +40,7 @@ to ``bench/plots/``, and, with ``--write-results``, a table into ``bench/RESULTS
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import functools
 import json
@@ -106,22 +107,60 @@ async def edge_target(listen: int, sink_port: int, resolver: str, sims: list[str
     )
     from edgeproxy.policy.snapshot import build_snapshot
 
+    # EDGEPROXY_BENCH_SINK=per-stanza: one locked send_all per stanza (the earlier sink).
+    PER_STANZA_SINK = os.environ.get("EDGEPROXY_BENCH_SINK") == "per-stanza"
+
     class SocketDelivery:
+        """Local delivery to the sink socket, shaped like the product's ChannelDelivery (which
+        queues for the gateway without waiting) and like Prosody's c2s writes (buffered, sent
+        when the event loop comes round): ``deliver`` appends the stanza's bytes and returns at
+        once; one writer sends everything queued in one write. Bounded: past SINK_BUFFER bytes
+        ``deliver`` waits for the writer (the edge stops reading, TCP pushes back)."""
+
+        SINK_BUFFER = 4 * 1024 * 1024
+
         def __init__(self) -> None:
-            self.stream: trio.SocketStream | None = None
             self.connected = trio.Event()
+            self.stream: trio.SocketStream | None = None
             self.lock = trio.Lock()
+            self._pending: list[bytes] = []
+            self._bytes = 0
+            self._wake = trio.Event()
+            self._room = trio.Event()
 
         async def deliver(self, item) -> None:  # type: ignore[no-untyped-def]
-            await self.connected.wait()
-            assert self.stream is not None
-            async with self.lock:
-                await self.stream.send_all(item.raw)
+            if PER_STANZA_SINK:  # the sink of the 2026-11-22 runs, for side-by-side figures
+                await self.connected.wait()
+                assert self.stream is not None
+                async with self.lock:
+                    await self.stream.send_all(item.raw)
+                return
+            while self._bytes >= self.SINK_BUFFER:
+                if self._room.is_set():
+                    self._room = trio.Event()
+                await self._room.wait()
+            self._pending.append(item.raw)
+            self._bytes += len(item.raw)
+            self._wake.set()
 
         async def accept(self, stream: trio.SocketStream) -> None:
+            # Each run's sink connects anew: the latest connection is the writer, an earlier
+            # one's writer stops (a sink gone at the end of its run is no error of the edge).
             self.stream = stream
             self.connected.set()
-            await trio.sleep_forever()
+            self._wake.set()  # an earlier writer wakes, sees it is not the latest and stops
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                while True:
+                    await self._wake.wait()
+                    if self.stream is not stream:
+                        return
+                    self._wake = trio.Event()
+                    while self._pending and self.stream is stream:
+                        chunk = b"".join(self._pending)
+                        self._pending.clear()
+                        self._bytes = 0
+                        self._room.set()
+                        await stream.send_all(chunk)
 
     nos, req = Negotiation.NOT_SUPPORTED, Negotiation.REQUIRED
     row = Partner(domain=sims[0], additional_domains=tuple(sims[1:]),
