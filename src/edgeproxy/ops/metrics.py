@@ -15,6 +15,7 @@ conditions, TLS versions, DNS outcomes).
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client import Enum as EnumMetric
@@ -78,6 +79,10 @@ DNS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 1
 
 def _auth(auth: AuthMethod | None) -> str:
     return auth.value if auth is not None else "none"
+
+
+#: Labelled metric children kept for the hot path (the rest are looked up per call).
+MAX_CACHED_CHILDREN = 4096
 
 
 def _partner(partner: str | None) -> str:
@@ -147,6 +152,11 @@ class Metrics:
             "edgeproxy_stanza_latency_seconds", "Time from a stanza's arrival to its forwarding",
             ["flow"], buckets=STANZA_LATENCY_BUCKETS, registry=r,
         )
+        # Labelled children of the per-stanza metrics, looked up once (``labels()`` costs about
+        # as much as the rest of a stanza's policy decision). Bounded: partners × flows × kinds ×
+        # verdicts, partners being the partner list's domains.
+        self._stanza_children: dict[tuple[str, Flow, StanzaKind, Verdict], Any] = {}
+        self._latency_children: dict[Flow, Any] = {}
         self._establish = Histogram(
             "edgeproxy_stream_establishment_seconds", "Time from TCP connect to an authenticated stream",
             ["direction", "auth"], buckets=ESTABLISH_BUCKETS, registry=r,
@@ -188,14 +198,23 @@ class Metrics:
 
     def stanza(self, partner: str | None, flow: Flow, kind: StanzaKind, verdict: Verdict) -> None:
         """One stanza and what became of it."""
-        self._stanzas.labels(_partner(partner), flow.value, kind.value, verdict.value).inc()
+        key = (partner or UNKNOWN, flow, kind, verdict)
+        child = self._stanza_children.get(key)
+        if child is None:
+            child = self._stanzas.labels(key[0], flow.value, kind.value, verdict.value)
+            if len(self._stanza_children) < MAX_CACHED_CHILDREN:
+                self._stanza_children[key] = child
+        child.inc()
 
     def bounce(self, condition: str) -> None:
         """An error stanza generated with this condition (``remote-server-not-found``, …)."""
         self._bounces.labels(condition).inc()
 
     def stanza_latency(self, flow: Flow, seconds: float) -> None:
-        self._latency.labels(flow.value).observe(seconds)
+        child = self._latency_children.get(flow)
+        if child is None:
+            child = self._latency_children[flow] = self._latency.labels(flow.value)
+        child.observe(seconds)
 
     # -- TLS and DNS ------------------------------------------------------------------------
 
