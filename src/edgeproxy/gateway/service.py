@@ -46,6 +46,7 @@ import secrets
 import sqlite3
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 
 import trio
@@ -54,11 +55,12 @@ from edgeproxy.config import EdgeConfig
 from edgeproxy.gateway.directory import ContactRecorder, follow_store
 from edgeproxy.gateway.presence import PresenceAgent
 from edgeproxy.gateway.presence_watch import PresenceWatcher
-from edgeproxy.gateway.sip.message import SipRequest, response_to
+from edgeproxy.gateway.sip.message import SipParseError, SipRequest, response_to
 from edgeproxy.gateway.sip.proxy import LocalProxy
 from edgeproxy.gateway.sip.registrar import Registrar
 from edgeproxy.gateway.sip.transport import (
     Destination,
+    PendingRequest,
     ServerContext,
     SipTls,
     SipTransport,
@@ -79,7 +81,7 @@ from edgeproxy.gateway.translate import (
     sip_status_for_condition,
 )
 from edgeproxy.loopback.client import run_loopback_client
-from edgeproxy.loopback.endpoint import DEFAULT_OUTAGE_BOUND, ChannelEndpoint
+from edgeproxy.loopback.endpoint import DEFAULT_OUTAGE_BOUND, Answerable, ChannelEndpoint
 from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
 from edgeproxy.loopback.reliable import DEFAULT_MAX_QUEUED
 from edgeproxy.loopback.server import split_host_port
@@ -114,6 +116,16 @@ def parse_stanza(raw: bytes) -> Element:
     raise TranslationError("item is not one complete stanza", "bad-request")
 
 
+@dataclass(slots=True)
+class _Begun:
+    """What became of a stanza from the edge when its handling began: a SIP transaction under
+    way, an error to reply, or nothing more to do."""
+
+    element: Element | None
+    pending: PendingRequest | None = None
+    error: tuple[str, str] | None = None  # (condition, text) of the error reply
+
+
 class GatewayService:
     def __init__(
         self,
@@ -136,6 +148,7 @@ class GatewayService:
         self.sip = SipTransport(sip_host, sip_port, self.proxy, tls=sip_tls)
         self.channel_ssl = channel_ssl
         self.proxy.transport = self.sip
+        self.sip.take_now = self._take_now
         self.presence = PresenceAgent(
             self.sip,
             self.registrar,
@@ -191,6 +204,12 @@ class GatewayService:
     # -- XMPP → SIP ----------------------------------------------------------------------------
 
     async def _from_edge(self, items: list[Item]) -> None:
+        # Stanzas are handled in the order the edge sent them (RFC 6120 §10.1): a MESSAGE's
+        # translation and the start of its SIP transaction happen here, in order, without a
+        # checkpoint (the transport's writer sends them in that order, several per write); only
+        # the wait for the response is a task of its own (trio starts tasks in no particular
+        # order). Presence of one sender to one recipient is handled in order too (a lane:
+        # each waits for the one ahead, so a contact's NOTIFYs follow its changes).
         assert self._nursery is not None
         for item in items:
             if not isinstance(item, Routed):
@@ -201,39 +220,64 @@ class GatewayService:
                 self._slots.acquire_nowait()  # no checkpoint per item while slots are free
             except trio.WouldBlock:
                 await self._slots.acquire()
-            lane = (item.from_.partition("/")[0], item.to.partition("/")[0])
-            ahead = self._lanes.get(lane)
-            turn = self._lanes[lane] = trio.Event()
-            self._nursery.start_soon(self._deliver_to_sip, item, lane, ahead, turn)
+            if item.kind == StanzaKind.PRESENCE:
+                lane = (item.from_.partition("/")[0], item.to.partition("/")[0])
+                ahead = self._lanes.get(lane)
+                turn = self._lanes[lane] = trio.Event()
+                self._nursery.start_soon(self._presence_to_sip, item, lane, ahead, turn)
+            else:
+                self._nursery.start_soon(self._finish_to_sip, item, self._begin_to_sip(item))
 
-    async def _deliver_to_sip(
+    def _begin_to_sip(self, item: Routed) -> _Begun:
+        """Parse and translate ``item`` and begin its SIP transaction (no checkpoint)."""
+        try:
+            element = parse_stanza(item.raw)
+        except (TranslationError, TokenizerError) as exc:
+            log.warning("gateway: unparsable stanza from the edge: %s", exc)
+            return _Begun(None)
+        try:
+            if item.kind == StanzaKind.MESSAGE:
+                return self._begin_message(item, element)
+        except Exception:
+            log.exception("gateway: handling %s %s failed", item.kind, item.id)
+            return _Begun(element, error=("internal-server-error", ""))
+        if item.kind == StanzaKind.IQ and item.type in ("get", "set"):
+            return _Begun(element, error=("service-unavailable", ""))
+        return _Begun(element)
+
+    async def _finish_to_sip(self, item: Routed, begun: _Begun) -> None:
+        # The item is completed (and so acked to the edge) only when its outcome is final: the
+        # SIP transaction completed, or the error reply reached the edge. A cancellation (the
+        # gateway stopping) leaves it unacked, and the edge re-sends it to our successor.
+        try:
+            if begun.pending is not None:
+                assert begun.element is not None
+                response = await self.sip.finish(begun.pending)
+                if response.status >= 300:
+                    condition = condition_for_sip_status(response.status)
+                    text = f"{response.status} {response.reason}"
+                    await self._reply_error(begun.element, condition, text)
+            elif begun.error is not None and begun.element is not None:
+                await self._reply_error(begun.element, *begun.error)
+        except Exception:
+            log.exception("gateway: handling %s %s failed", item.kind, item.id)
+        finally:
+            self._slots.release()
+        self.channel.complete(item.seq)
+
+    async def _presence_to_sip(
         self,
         item: Routed,
         lane: tuple[str, str],
         ahead: trio.Event | None,
         turn: trio.Event,
     ) -> None:
-        # The item is completed (and so acked to the edge) only when its outcome is final: the
-        # SIP transaction completed, or the error reply reached the edge. A cancellation (the
-        # gateway stopping) leaves it unacked, and the edge re-sends it to our successor.
-        # Stanzas of one lane (sender → recipient) are handled in the order the edge sent them
-        # (RFC 6120 §10.1; trio starts tasks in no particular order): each waits for the one
-        # ahead to be sent on (a MESSAGE written, not answered) or handled (presence, whose
-        # NOTIFYs must follow the contact's changes in order).
         try:
             if ahead is not None:
                 await ahead.wait()
-            try:
-                element = parse_stanza(item.raw)
-            except (TranslationError, TokenizerError) as exc:
-                log.warning("gateway: unparsable stanza from the edge: %s", exc)
-            else:
-                if item.kind == StanzaKind.MESSAGE:
-                    await self._message_to_sip(item, element, on_sent=turn.set)
-                elif item.kind == StanzaKind.IQ and item.type in ("get", "set"):
-                    await self._reply_error(element, "service-unavailable")
-                elif item.kind == StanzaKind.PRESENCE:
-                    await self.presence.from_xmpp(element)
+            await self.presence.from_xmpp(parse_stanza(item.raw))
+        except (TranslationError, TokenizerError) as exc:
+            log.warning("gateway: unparsable stanza from the edge: %s", exc)
         except Exception:
             log.exception("gateway: handling %s %s failed", item.kind, item.id)
         finally:
@@ -254,18 +298,14 @@ class GatewayService:
             transport=transport.upper(),
         )
 
-    async def _message_to_sip(
-        self, item: Routed, element: Element, *, on_sent: Callable[[], None] | None = None
-    ) -> None:
+    def _begin_message(self, item: Routed, element: Element) -> _Begun:
         try:
             aor = jid_to_sip_uri(str(parse_jid_memo(item.to).bare))
         except (TranslationError, InvalidJid) as exc:
-            await self._reply_error(element, "jid-malformed", str(exc))
-            return
+            return _Begun(element, error=("jid-malformed", str(exc)))
         route = self._destination(aor)
         if route is None:
-            await self._reply_error(element, "recipient-unavailable", "480 Temporarily Unavailable")
-            return
+            return _Begun(element, error=("recipient-unavailable", "480 Temporarily Unavailable"))
         dest, request_uri = route
         try:
             request = message_to_sip(
@@ -274,15 +314,11 @@ class GatewayService:
                 ceiling=self.page_mode_ceiling,
             )
         except TranslationError as exc:
-            await self._reply_error(element, exc.condition, str(exc))
-            return
+            return _Begun(element, error=(exc.condition, str(exc)))
         if request is None:
-            return
+            return _Begun(element)
         request.uri = request_uri
-        response = await self.sip.request(request, dest, on_sent=on_sent)
-        if response.status >= 300:
-            condition = condition_for_sip_status(response.status)
-            await self._reply_error(element, condition, f"{response.status} {response.reason}")
+        return _Begun(element, pending=self.sip.begin_request(request, dest))
 
     def _destination(self, aor: str) -> tuple[Destination, str] | None:
         """Where a request for ``aor`` goes, and its Request-URI (RFC 3261 §16.5, §16.6)."""
@@ -341,11 +377,34 @@ class GatewayService:
         if request.method != "MESSAGE":
             await ctx.respond(response_to(request, 501, to_tag="gw"))
             return
+        await self._message_from_sip(request, ctx)()
+
+    def _take_now(
+        self, request: SipRequest, ctx: ServerContext
+    ) -> Callable[[], Awaitable[None]] | None:
+        """The transport's ``take_now``: a MESSAGE for the XMPP side is queued for the edge at
+        once, in the order the transport read it (several may come in one TCP read); what is
+        left (waiting for the edge, answering) is returned to run as a task."""
+        if request.method != "MESSAGE":
+            return None
+        try:
+            target = parse_uri(request.uri)
+        except SipParseError:
+            return None
+        if self.registrar.is_local(target):
+            return None  # for the built-in registrar's proxy
+        return self._message_from_sip(request, ctx)
+
+    def _message_from_sip(
+        self, request: SipRequest, ctx: ServerContext
+    ) -> Callable[[], Awaitable[None]]:
+        """Translate, check and queue a SIP MESSAGE for the edge now (no checkpoint); returns
+        the answer to await: refused at once, or 200 / 202 / the mapped status by the edge's
+        outcome."""
         try:
             element = sip_message_to_xmpp(request, stanza_id=secrets.token_hex(6))
         except TranslationError as exc:
-            await ctx.respond(response_to(request, exc.sip_status, to_tag="gw"))
-            return
+            return partial(ctx.respond, response_to(request, exc.sip_status, to_tag="gw"))
         from_jid, to_jid = element.attrs["from"], element.attrs["to"]
         if self.policy is not None:
             decision = engine.decide_outbound(
@@ -354,21 +413,18 @@ class GatewayService:
             )
             if isinstance(decision, engine.Refuse):
                 status = sip_status_for_condition(decision.condition)
-                await ctx.respond(response_to(request, status, to_tag="gw"))
-                return
+                return partial(ctx.respond, response_to(request, status, to_tag="gw"))
+        queued = self.channel.submit_answerable(
+            StanzaKind.MESSAGE, from_jid, to_jid, "chat", element.attrs["id"], serialize(element)
+        )
+        return partial(self._answer_message, request, ctx, queued)
+
+    async def _answer_message(
+        self, request: SipRequest, ctx: ServerContext, queued: Answerable
+    ) -> None:
         outcome: str | None = "pending"
-        # The lane's next request may go: it runs only after our next checkpoint, and
-        # submit_and_wait queues this stanza before its first one.
-        ctx.sent_on()
         with trio.move_on_after(SIP_ANSWER_WAIT):
-            outcome = await self.channel.submit_and_wait(
-                StanzaKind.MESSAGE,
-                from_jid,
-                to_jid,
-                "chat",
-                element.attrs["id"],
-                serialize(element),
-            )
+            outcome = await self.channel.outcome(queued)
         if outcome is None:
             await ctx.respond(response_to(request, 200, to_tag="gw"))
         elif outcome == "pending":

@@ -104,6 +104,14 @@ class _Waiter:
         self.outcome: str | None = None
 
 
+@dataclass(slots=True)
+class Answerable:
+    """A stanza queued by :meth:`ChannelEndpoint.submit_answerable` (seq None: refused)."""
+
+    seq: int | None
+    waiter: _Waiter
+
+
 class ChannelEndpoint:
     """The long-lived state of one side of the channel (see the module docstring)."""
 
@@ -172,19 +180,34 @@ class ChannelEndpoint:
         For senders that can still be answered directly (a SIP transaction): ``on_bounce`` is
         not called for these items. Cancellation stops the wait; the item stays queued.
         """
+        return await self.outcome(self.submit_answerable(kind, from_, to, type, id, raw))
+
+    def submit_answerable(
+        self, kind: StanzaKind, from_: str, to: str, type: str, id: str, raw: bytes
+    ) -> Answerable:
+        """Queue a stanza now (no checkpoint: callers keep their order) for :meth:`outcome`."""
+        waiter = _Waiter()
         if self._outage_expired:
-            return "service-unavailable"
+            waiter.outcome = "service-unavailable"
+            waiter.event.set()
+            return Answerable(None, waiter)
         item = self.sender.submit(kind, from_, to, type, id, raw)
         if item is None:
-            return "service-unavailable"
-        waiter = _Waiter()
+            waiter.outcome = "service-unavailable"
+            waiter.event.set()
+            return Answerable(None, waiter)
         self._waiters[item.seq] = waiter
         self._wake.set()
+        return Answerable(item.seq, waiter)
+
+    async def outcome(self, answerable: Answerable) -> str | None:
+        """Wait until the peer acks a stanza (None) or it is bounced (the condition)."""
         try:
-            await waiter.event.wait()
+            await answerable.waiter.event.wait()
         finally:
-            self._waiters.pop(item.seq, None)
-        return waiter.outcome
+            if answerable.seq is not None:
+                self._waiters.pop(answerable.seq, None)
+        return answerable.waiter.outcome
 
     def complete(self, seq: int) -> None:
         """With ``ack_on_complete``: the item ``seq`` from the peer has its final outcome."""

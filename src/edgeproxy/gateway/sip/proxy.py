@@ -99,6 +99,6 @@ class LocalProxy:
             f";branch={self.transport.new_branch()};rport",
         )
         forwarded = SipRequest(request.method, str(contact), headers, request.body)
-        response = await self.transport.request(forwarded, dest, on_sent=ctx.sent_on)
+        response = await self.transport.request(forwarded, dest)
         response.headers.remove_first("Via")
         await ctx.respond(response)

@@ -113,34 +113,15 @@ def destination_for(uri: SipUri) -> Destination:
     return Destination(uri.host.strip("[]"), uri.port or default, transport)
 
 
-def _untagged(header: str | None) -> str:
-    """A From/To value without its tag: the same party on every request of a conversation."""
-    return (header or "").split(";tag=", 1)[0]
-
-
 class ServerContext:
     """What the transaction user gets with a request: where it came from, and ``respond``."""
 
     def __init__(
-        self,
-        transport: SipTransport,
-        tx: ServerTransaction,
-        reply_to: Destination,
-        ahead: trio.Event | None = None,
-        turn: trio.Event | None = None,
+        self, transport: SipTransport, tx: ServerTransaction, reply_to: Destination
     ) -> None:
         self._transport = transport
         self._tx = tx
         self.source = reply_to
-        #: the request of the same lane that arrived before this one (see ``sent_on``)
-        self.ahead = ahead
-        self.turn = turn if turn is not None else trio.Event()
-
-    def sent_on(self) -> None:
-        """The request has been passed on (queued for the XMPP side, written to the next
-        hop): the next request of its lane may go. Otherwise it goes when this one's handler
-        returns."""
-        self.turn.set()
 
     @property
     def responded(self) -> bool:
@@ -152,6 +133,17 @@ class ServerContext:
 
 
 Handler = Callable[[SipRequest, ServerContext], Awaitable[None]]
+TxKey = tuple[str, str]
+TakeNow = Callable[[SipRequest, "ServerContext"], Callable[[], Awaitable[None]] | None]
+
+
+@dataclass
+class PendingRequest:
+    """A client transaction begun by :meth:`SipTransport.begin_request`."""
+
+    tx: ClientTransaction
+    done: trio.Event
+    refused: SipResponse | None = None  # answered locally at once (the table is full)
 
 
 class _TcpConnection:
@@ -190,6 +182,8 @@ class SipTransport:
         self.host = host
         self.port = port
         self.handler = handler
+        #: Optional: takes a request at once, in arrival order (see ``_dispatch``).
+        self.take_now: TakeNow | None = None
         self.tls = tls
         #: The bound TLS port (``tls.port`` until ``serve`` binds it; port 0 picks one).
         self.tls_port = tls.port if tls is not None else None
@@ -198,11 +192,11 @@ class SipTransport:
         self._tls: dict[Address, _TcpConnection] = {}
         self._connecting: dict[tuple[str, int, str], trio.Event] = {}
         self._server_txs: dict[tuple[str, ...], ServerTransaction] = {}
-        # (From, To) without tags → the turn of the lane's latest request (_dispatch)
-        self._lanes: dict[tuple[str, str], trio.Event] = {}
         self._client_txs: dict[
             tuple[str, str], tuple[ClientTransaction, Destination, trio.Event]
         ] = {}
+        # first transmissions waiting for their destination's writer, in the order begun
+        self._outboxes: dict[tuple[str, int, str], list[tuple[bytes, TxKey]]] = {}
         self._results: dict[tuple[str, str], SipResponse | None] = {}
         self._slots = trio.Semaphore(MAX_CONCURRENT_REQUESTS)
         self._nursery: trio.Nursery | None = None
@@ -342,42 +336,81 @@ class SipTransport:
     def new_branch(self) -> str:
         return "z9hG4bK" + secrets.token_hex(8)
 
-    async def request(
-        self,
-        request: SipRequest,
-        dest: Destination,
-        *,
-        on_sent: Callable[[], None] | None = None,
-    ) -> SipResponse:
-        """Send a request in a client transaction; return the final response.
-
-        A timeout (Timer F) or a transport error returns a locally made 408 / 503 (§8.1.3.1).
-        Cancellation abandons the transaction. ``on_sent`` is called once the request's first
-        transmission is written (or has failed): callers that keep requests in order wait for
-        that, not for the response.
-        """
-        now = trio.current_time()
-        tx = ClientTransaction(request, reliable=dest.transport in _RELIABLE, now=now)
-        if len(self._client_txs) >= MAX_TRANSACTIONS:
-            return response_to(request, 503, "Too Many Transactions")
+    def begin_request(self, request: SipRequest, dest: Destination) -> PendingRequest:
+        """Start a client transaction now, without waiting: its first transmission is queued
+        for ``dest`` behind every request begun before it. One writer per destination writes
+        them in that order, all that is queued in one write (TCP/TLS), so a caller that begins
+        requests in order (the gateway's stanzas of one sender) has them sent in order.
+        ``await finish(pending)`` gets the final response."""
+        tx = ClientTransaction(request, reliable=dest.transport in _RELIABLE, now=trio.current_time())
         done = trio.Event()
+        if len(self._client_txs) >= MAX_TRANSACTIONS:
+            return PendingRequest(tx, done, response_to(request, 503, "Too Many Transactions"))
         self._client_txs[tx.key] = (tx, dest, done)
+        where = (dest.host, dest.port, dest.transport)
+        outbox = self._outboxes.get(where)
+        if outbox is None:
+            outbox = self._outboxes[where] = []
+            assert self._nursery is not None
+            self._nursery.start_soon(self._write_outbox, dest, outbox)
+        outbox.append((serialize(request), tx.key))
+        return PendingRequest(tx, done)
+
+    async def finish(self, pending: PendingRequest) -> SipResponse:
+        """The final response of a begun request: a timeout (Timer F) or a transport error
+        gives a locally made 408 / 503 (§8.1.3.1). Cancellation abandons the transaction."""
+        if pending.refused is not None:
+            return pending.refused
+        tx = pending.tx
         try:
-            try:
-                await self.send_to(request, dest)
-            except OSError as exc:
-                log.info("sip: cannot send to %s: %s", dest, exc)
-                return response_to(request, 503, "Destination Unreachable")
-            finally:
-                if on_sent is not None:
-                    on_sent()
-            await done.wait()
+            await pending.done.wait()
             result = self._results.pop(tx.key, None)
-            return result if result is not None else response_to(request, 408)
+            return result if result is not None else response_to(tx.request, 408)
         finally:
             self._results.pop(tx.key, None)
             if tx.state is State.TERMINATED:
                 self._client_txs.pop(tx.key, None)
+
+    async def request(self, request: SipRequest, dest: Destination) -> SipResponse:
+        """Send a request in a client transaction; return the final response."""
+        return await self.finish(self.begin_request(request, dest))
+
+    async def _write_outbox(self, dest: Destination, outbox: list[tuple[bytes, TxKey]]) -> None:
+        """The writer of ``dest``'s queued first transmissions, until the queue is empty."""
+        try:
+            while outbox:
+                batch = outbox[:]
+                outbox.clear()
+                try:
+                    if dest.transport in _RELIABLE:
+                        table = self._tls if dest.transport == "tls" else self._tcp
+                        conn = table.get((dest.host, dest.port))
+                        if conn is None:
+                            conn = await self._connect_once(dest)
+                        await conn.send(b"".join([data for data, _ in batch]))
+                    else:
+                        assert self._udp is not None
+                        for data, _ in batch:
+                            await self._udp.sendto(data, (dest.host, dest.port))
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    log.info("sip: cannot send to %s: %s", dest, exc)
+                    for _, key in batch:
+                        self._fail_transaction(key, "Destination Unreachable")
+        finally:
+            # No checkpoint between the last look at the queue and this: a request begun
+            # from now on finds no writer and starts one.
+            where = (dest.host, dest.port, dest.transport)
+            if self._outboxes.get(where) is outbox:
+                del self._outboxes[where]
+
+    def _fail_transaction(self, key: TxKey, reason: str) -> None:
+        entry = self._client_txs.get(key)
+        if entry is None:
+            return
+        tx, _, done = entry
+        tx.on_transport_error()
+        self._results[key] = response_to(tx.request, 503, reason)
+        done.set()
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -469,31 +502,35 @@ class SipTransport:
         tx = ServerTransaction(message, reliable=source.transport in _RELIABLE, now=trio.current_time())
         self._server_txs[key] = tx
         assert self._nursery is not None
-        # Requests of one lane (From → To, tags aside) are handed on in the order they arrived
-        # (RFC 3428 §7 leaves MESSAGE ordering to the UAs, but a chat read in another order
-        # than typed is a bug to its users; trio starts tasks in no particular order).
-        lane = (_untagged(message.headers.get("From")), _untagged(message.headers.get("To")))
-        ahead = self._lanes.get(lane)
-        turn = self._lanes[lane] = trio.Event()
-        ctx = ServerContext(self, tx, source, ahead, turn)
-        self._nursery.start_soon(self._run_handler, message, ctx, lane)
+        ctx = ServerContext(self, tx, source)
+        # The owner may take a request now, in the order requests were read (a MESSAGE queued
+        # for the XMPP side: trio starts tasks in no particular order); it returns what is
+        # left to do (wait, answer), which runs as the handler would.
+        rest = self.take_now(message, ctx) if self.take_now is not None else None
+        if rest is not None:
+            self._nursery.start_soon(self._run_rest, message, ctx, rest)
+            return
+        self._nursery.start_soon(self._run_handler, message, ctx)
 
-    async def _run_handler(
-        self, request: SipRequest, ctx: ServerContext, lane: tuple[str, str]
+    async def _run_rest(
+        self, request: SipRequest, ctx: ServerContext, rest: Callable[[], Awaitable[None]]
     ) -> None:
         async with self._slots:
             try:
-                if ctx.ahead is not None:
-                    await ctx.ahead.wait()
+                await rest()
+            except Exception:
+                log.exception("sip: handler failed for %s", request.method)
+            if not ctx.responded:
+                await ctx.respond(response_to(request, 500, "No Response", to_tag="err"))
+
+    async def _run_handler(self, request: SipRequest, ctx: ServerContext) -> None:
+        async with self._slots:
+            try:
                 await self.handler(request, ctx)
             except Exception:
                 log.exception("sip: handler failed for %s", request.method)
                 if not ctx.responded:
                     await ctx.respond(response_to(request, 500, to_tag="err"))
-            finally:
-                ctx.turn.set()
-                if self._lanes.get(lane) is ctx.turn:
-                    del self._lanes[lane]
             if not ctx.responded:
                 await ctx.respond(response_to(request, 500, "No Response", to_tag="err"))
 
