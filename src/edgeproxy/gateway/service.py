@@ -10,11 +10,13 @@ handler for requests addressed outside our SIP domains (the XMPP side).
 
 XMPP → SIP (items from the edge; the edge has already applied the inbound policy, SPEC §6)
     Each stanza is parsed (the raw bytes carry no stream context: they are re-parsed under a
-    synthetic ``jabber:server`` stream header) and handled in its own task, at most
-    ``MAX_SIP_IN_FLIGHT`` at once (the channel stops reading — and so the edge stops sending —
-    while all are busy); stanzas from one sender to one recipient keep their order (a lane:
-    each waits until the one ahead has been sent on). A ``<message/>`` becomes a SIP MESSAGE (``translate.message_to_sip``)
-    sent to the user's registered contact (built-in registrar) or to ``next-hop``; a 2xx is
+    synthetic ``jabber:server`` stream header), at most ``MAX_SIP_IN_FLIGHT`` at once (the
+    channel stops reading — and so the edge stops sending — while all are busy). Order is kept
+    (RFC 6120 §10.1): a ``<message/>`` is translated (``translate.message_to_sip``) and its SIP
+    transaction begun in the channel's batch loop, in order, and the transport writes first
+    transmissions per destination in the order begun; only the wait for the response is a task
+    of its own. Presence of one sender to one recipient is handled in order (a lane). The
+    MESSAGE goes to the user's registered contact (built-in registrar) or to ``next-hop``; a 2xx is
     absorbed, a failure becomes an XMPP error message to the sender with the RFC 7247 condition
     (``recipient-unavailable`` when the user is not registered). The Call-ID and Via branch are
     derived from the edge's session and the item's sequence number, so a stanza re-sent after a
@@ -28,8 +30,9 @@ XMPP → SIP (items from the edge; the edge has already applied the inbound poli
     ``<iq/>`` requests get ``service-unavailable``.
 
 SIP → XMPP (requests to users of XMPP domains)
-    A MESSAGE is translated (``translate.sip_message_to_xmpp``), checked against the outbound
-    policy when a policy snapshot is available (the sender must federate, the target domain must
+    A MESSAGE is taken by the transport's ``take_now`` hook as it is read (in order),
+    translated (``translate.sip_message_to_xmpp``), checked against the outbound policy when a
+    policy snapshot is available (the sender must federate, the target domain must
     be a partner: SPEC §5, §6), queued on the channel and answered once the edge acks it (200), is
     bounced (the mapped SIP status), or after ``SIP_ANSWER_WAIT`` s with ``202 Accepted`` (RFC 3428
     §7: accepted, delivery pending). A SUBSCRIBE (Event: presence) to an XMPP contact goes to

@@ -11,7 +11,14 @@ sans-IO core (``message.py``) and matched against the transaction tables (``tran
   the request goes to the *transaction user* (``handler``) with a :class:`ServerContext` whose
   ``respond`` sends through the transaction;
 * a response is matched to its client transaction (``client_key``) and, if final, wakes the
-  task waiting in :meth:`SipTransport.request`; unmatched responses are dropped (§18.1.2).
+  task waiting in :meth:`SipTransport.finish`; unmatched responses are dropped (§18.1.2).
+
+Order: :meth:`SipTransport.begin_request` starts a client transaction without a checkpoint and
+queues its first transmission for the destination; one writer task per destination sends the
+queue in order, all of it in one write over TCP/TLS (a transport error answers each queued
+transaction 503). A caller that begins requests in order has them sent in order (trio starts
+tasks in no particular order, so "one task per request" would not). The same on the way in:
+``take_now`` (the owner's hook) sees each new request as it is read, before any task starts.
 
 Responses go back where the request came from (§18.2.2 with ``rport``, RFC 3581: the source
 address and port of the datagram, or the same TCP connection). Outgoing requests to a TCP
