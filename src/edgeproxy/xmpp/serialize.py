@@ -57,12 +57,27 @@ def _check_chars(value: str, what: str) -> None:
         )
 
 
+#: Names already found to be NCNames (a stanza uses a handful, again and again); bounded.
+_KNOWN_NCNAMES: Final[set[str]] = set()
+_MAX_KNOWN_NCNAMES: Final = 4096
+#: Anything in text or an attribute value that needs escaping or cannot be represented: a
+#: value without a match is written as it is (one scan instead of a check and the replaces).
+_TEXT_SPECIAL: Final = re.compile(f"[&<>\r]|{_FORBIDDEN_CHAR.pattern}")
+_ATTR_SPECIAL: Final = re.compile(f"[&<\"\t\n\r]|{_FORBIDDEN_CHAR.pattern}")
+
+
 def _check_ncname(name: str, what: str) -> None:
+    if name in _KNOWN_NCNAMES:
+        return
     if _NCNAME.fullmatch(name) is None:
         raise ValueError(f"{what} {name!r} is not an XML NCName")
+    if len(_KNOWN_NCNAMES) < _MAX_KNOWN_NCNAMES:
+        _KNOWN_NCNAMES.add(name)
 
 
 def _escape_text(text: str) -> str:
+    if _TEXT_SPECIAL.search(text) is None:
+        return text
     _check_chars(text, "text")
     return (
         text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
@@ -70,6 +85,8 @@ def _escape_text(text: str) -> str:
 
 
 def _escape_attr(value: str, what: str = "attribute value") -> str:
+    if _ATTR_SPECIAL.search(value) is None:
+        return value
     _check_chars(value, what)
     return (
         value.replace("&", "&amp;")
