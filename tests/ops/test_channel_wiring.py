@@ -155,6 +155,30 @@ async def test_a_stanza_from_the_gateway_reaches_the_s2s_peer(tmp_path: Path) ->
             assert b"hi from SIP" in got[0].raw
 
 
+async def test_the_gateways_bytes_go_to_the_peer_as_they_are_unless_they_hold_more_than_one_stanza(
+    tmp_path: Path,
+) -> None:
+    """A stanza the policy does not change is forwarded with the gateway's bytes (no second
+    serialization); bytes that are more than the one stanza are not: the stanza is re-written."""
+    exact = (b"<message from='alice@contoso.test' to='bob@fabrikam.test' type='chat' id='raw1'>"
+             b"<body>as the gateway wrote it</body></message>")
+    smuggled = (b"<message from='alice@contoso.test' to='bob@fabrikam.test' type='chat' id='raw2'>"
+                b"<body>first</body></message><message to='bob@fabrikam.test' id='raw3'/>")
+    with trio.fail_after(20):
+        async with channel_lab(tmp_path) as lab:
+            gateway = await lab.connect_gateway()
+            for id, raw in (("raw1", exact), ("raw2", smuggled)):
+                assert gateway.submit(StanzaKind.MESSAGE, "alice@contoso.test", "bob@fabrikam.test",
+                                      "chat", id, raw)
+            got: list[Delivery] = []
+            await wait_for(lambda: bool(got.extend(lab.peer.received()) or len(got) >= 2))
+            await trio.sleep(0.3)  # a third stanza would arrive now
+            got.extend(lab.peer.received())
+    assert got[0].raw == exact
+    assert len(got) == 2 and b"id='raw3'" not in got[1].raw and b'id="raw3"' not in got[1].raw
+    assert b'id="raw2"' in got[1].raw  # re-serialized by the edge
+
+
 async def test_without_a_gateway_past_the_outage_bound_the_peer_gets_an_error_stanza(tmp_path: Path) -> None:
     with trio.fail_after(20):
         async with channel_lab(tmp_path) as lab:

@@ -67,11 +67,17 @@ def parse_raw(raw: bytes) -> Element:
 
     Raises ``TokenizerError`` or ``ValueError`` when ``raw`` is not one complete stanza.
     """
+    return parse_exact(raw)[0]
+
+
+def parse_exact(raw: bytes) -> tuple[Element, bool]:
+    """Like :func:`parse_raw`; also says whether ``raw`` is that stanza and nothing else (then
+    the bytes, checked by the tokenizer, may be forwarded as they are)."""
     tokenizer = Tokenizer()
     tokenizer.feed(_STREAM_HEADER)
     for token in tokenizer.feed(raw):
         if isinstance(token, Stanza):
-            return token.element()
+            return token.element(), token.raw == raw
     raise ValueError("not one complete stanza")
 
 
@@ -161,7 +167,7 @@ class ChannelDelivery:
                 await self._answer(item.raw, item.condition, item.text)
                 continue
             try:
-                element = parse_raw(item.raw)
+                element, whole = parse_exact(item.raw)
             except (TokenizerError, ValueError) as exc:
                 log.warning("channel: unparsable stanza from the gateway: %s", exc)
                 continue
@@ -169,7 +175,9 @@ class ChannelDelivery:
                 # backpressure, not bounces: the channel stops reading while the partner's
                 # outbound queue is full (the gateway's SIP senders then wait for their answer)
                 await self.router.pool.wait_for_room(_domain(element.get("from")), _domain(element.get("to")))
-            await self.router.send_from_local(element)
+            # The gateway's bytes go out as they are unless the policy changes the stanza
+            # (no second serialization of what the gateway just serialized).
+            await self.router.send_from_local(element, raw=item.raw if whole else None)
 
     # -- running ------------------------------------------------------------------------------
 

@@ -163,30 +163,34 @@ class Router:
         self.telemetry.bounce(decision.condition)
         await self.send_remote(reply)
 
-    async def send_remote(self, element: Element) -> None:
-        """Send an edge-generated stanza (replies, errors) to a partner through the pool."""
+    async def send_remote(self, element: Element, raw: bytes | None = None) -> None:
+        """Send a stanza to a partner through the pool: ``raw`` when the caller has the
+        element's bytes already (checked, one stanza), else the element serialized."""
         assert self.pool is not None
         local = _domain(element.get("from") or "")
         remote = _domain(element.get("to") or "")
-        await self.pool.send(local, remote, to_bytes(element), element)
+        await self.pool.send(local, remote, raw if raw is not None else to_bytes(element), element)
 
     # -- outbound -----------------------------------------------------------------------------
 
-    async def send_from_local(self, element: Element) -> None:
-        """A stanza from a local user to an XMPP contact (SPEC §6 outbound)."""
+    async def send_from_local(self, element: Element, *, raw: bytes | None = None) -> None:
+        """A stanza from a local user to an XMPP contact (SPEC §6 outbound); ``raw``: its bytes
+        as received, sent unchanged unless the policy transforms the stanza."""
         decision = engine.decide_outbound(self._policy(), engine_view(element))
         partner = self._partner(_domain(element.get("to") or ""))
         if isinstance(decision, Refuse):
             self.telemetry.stanza(partner, Flow.OUT, element.name, Verdict.REFUSED)
             await self.bounce_local(element, decision.condition, counted=True)
             return
-        if isinstance(decision, AllowTransformed) and decision.strip_status:
-            element = Element(
-                element.name, element.namespace, dict(element.attrs),
-                [c for c in element.children if not (isinstance(c, Element) and c.name == "status")],
-            )
+        if isinstance(decision, AllowTransformed):
+            raw = None  # changed by the policy: sent as serialized here
+            if decision.strip_status:
+                element = Element(
+                    element.name, element.namespace, dict(element.attrs),
+                    [c for c in element.children if not (isinstance(c, Element) and c.name == "status")],
+                )
         # Counted as delivered when written to the partner's stream (net.edge), or as bounced.
-        await self.send_remote(element)
+        await self.send_remote(element, raw)
 
     async def bounce_local(self, element: Element, condition: str, *, counted: bool = False) -> None:
         """An error for a local sender (undeliverable outbound stanza) goes to local delivery.
