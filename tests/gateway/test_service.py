@@ -68,45 +68,41 @@ async def wait_for(predicate, step: float = 0.02) -> None:  # type: ignore[no-un
         await trio.sleep(step)
 
 
+async def bob_uas_registered(
+    nursery: trio.Nursery, gw: str, tmp_path: Path, messages: int = 1
+) -> tuple[int, list[str]]:
+    """A SIPp UAS for bob taking ``messages`` MESSAGEs, registered at the gateway's registrar;
+    its log lands in the returned list when it is done."""
+    bob_port = free_port(BOB_IP)
+    uas = [
+        require_sipp(), "-sf", str(SCENARIOS / "message_uas.xml"), "-i", BOB_IP,
+        "-p", str(bob_port), "-m", str(messages), "-nostdin", "-timeout", "30", "-timeout_error",
+    ]  # fmt: skip
+    got: list[str] = []
+
+    async def bob() -> None:
+        got.append(await run_sipp(uas, tmp_path / "bob.log"))
+
+    nursery.start_soon(bob)
+    await run_sipp(
+        sipp_command(
+            "register.xml", ALICE_IP,
+            "-key", "user", "bob", "-key", "domain", "contoso.test",
+            "-key", "contact_host", BOB_IP, "-key", "contact_port", str(bob_port),
+            "-key", "expires", "600",
+            remote=gw,
+        ),  # fmt: skip
+        tmp_path / "reg.log",
+    )
+    return bob_port, got
+
+
 async def test_xmpp_message_reaches_a_registered_sip_ua_with_text_intact(tmp_path: Path) -> None:
     require_sipp()
     with trio.fail_after(40):
         async with trio.open_nursery() as nursery:
             edge, _, gw = await start(nursery)
-            bob_port = free_port(BOB_IP)
-            uas = [
-                require_sipp(), "-sf", str(SCENARIOS / "message_uas.xml"), "-i", BOB_IP,
-                "-p", str(bob_port), "-m", "1", "-nostdin", "-timeout", "15", "-timeout_error",
-            ]  # fmt: skip
-            got: list[str] = []
-
-            async def bob() -> None:
-                got.append(await run_sipp(uas, tmp_path / "bob.log"))
-
-            nursery.start_soon(bob)
-            await run_sipp(
-                sipp_command(
-                    "register.xml",
-                    ALICE_IP,
-                    "-key",
-                    "user",
-                    "bob",
-                    "-key",
-                    "domain",
-                    "contoso.test",
-                    "-key",
-                    "contact_host",
-                    BOB_IP,
-                    "-key",
-                    "contact_port",
-                    str(bob_port),
-                    "-key",
-                    "expires",
-                    "600",
-                    remote=gw,
-                ),  # fmt: skip
-                tmp_path / "reg.log",
-            )
+            bob_port, got = await bob_uas_registered(nursery, gw, tmp_path)
             edge.send_message("bob@contoso.test", "Grüße, Bob ☃ &amp; &lt;3")
             await wait_for(lambda: bool(got))
             await trio.sleep(0.3)  # a failure reply would arrive now
@@ -256,28 +252,7 @@ async def test_messages_from_one_sender_reach_the_sip_ua_in_the_order_sent(tmp_p
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             edge, _, gw = await start(nursery)
-            bob_port = free_port(BOB_IP)
-            uas = [
-                require_sipp(), "-sf", str(SCENARIOS / "message_uas.xml"), "-i", BOB_IP,
-                "-p", str(bob_port), "-m", str(count), "-nostdin", "-timeout", "30",
-                "-timeout_error",
-            ]  # fmt: skip
-            got: list[str] = []
-
-            async def bob() -> None:
-                got.append(await run_sipp(uas, tmp_path / "bob.log"))
-
-            nursery.start_soon(bob)
-            await run_sipp(
-                sipp_command(
-                    "register.xml", ALICE_IP,
-                    "-key", "user", "bob", "-key", "domain", "contoso.test",
-                    "-key", "contact_host", BOB_IP, "-key", "contact_port", str(bob_port),
-                    "-key", "expires", "600",
-                    remote=gw,
-                ),  # fmt: skip
-                tmp_path / "reg.log",
-            )
+            _, got = await bob_uas_registered(nursery, gw, tmp_path, count)
             for n in range(count):
                 edge.send_message("bob@contoso.test", f"line {n}", id=f"m{n}")
             await wait_for(lambda: bool(got))
