@@ -202,7 +202,8 @@ class SipTransport:
         self._client_txs: dict[
             tuple[str, str], tuple[ClientTransaction, Destination, trio.Event]
         ] = {}
-        # first transmissions waiting for their destination's writer, in the order begun
+        # first transmissions waiting for their destination's writer, in the order begun;
+        # bounded by MAX_TRANSACTIONS (each entry is a transaction of _client_txs)
         self._outboxes: dict[tuple[str, int, str], list[tuple[bytes, TxKey]]] = {}
         self._results: dict[tuple[str, str], SipResponse | None] = {}
         self._slots = trio.Semaphore(MAX_CONCURRENT_REQUESTS)
