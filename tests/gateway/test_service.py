@@ -44,10 +44,14 @@ class Edge:
         )
 
 
-async def start(nursery: trio.Nursery) -> tuple[Edge, GatewayService, str]:
-    edge = Edge()
+async def start(
+    nursery: trio.Nursery, edge: Edge | None = None, **options: float
+) -> tuple[Edge, GatewayService, str]:
+    edge = edge if edge is not None else Edge()
     host, port = await nursery.start(serve_loopback, edge.endpoint, "127.0.0.1", 0)
-    service = GatewayService(sip_domains=("contoso.test",), sip_host="127.0.0.1", sip_port=0)
+    service = GatewayService(
+        sip_domains=("contoso.test",), sip_host="127.0.0.1", sip_port=0, **options  # type: ignore[arg-type]
+    )
     sip_host, sip_port = await nursery.start(service.run, host, port)
     await edge.endpoint.wait_connected()
     return edge, service, f"{sip_host}:{sip_port}"
@@ -295,3 +299,33 @@ async def test_sip_messages_read_together_reach_the_edge_in_the_order_sent() -> 
             nursery.cancel_scope.cancel()
     bodies = [parse_stanza(item.raw).find("body", NS).text for item in edge.received]  # type: ignore[union-attr]
     assert bodies == [f"line {n}" for n in range(count)]
+
+
+class StuckEdge(Edge):
+    """An edge that takes stanzas from the channel but never finishes with them (no ack)."""
+
+    async def on_items(self, items: list[Item]) -> None:
+        self.received.extend(i for i in items if isinstance(i, Routed))
+        await trio.sleep_forever()
+
+
+async def test_a_sip_message_the_edge_does_not_take_in_time_is_answered_202_accepted(
+    tmp_path: Path,
+) -> None:
+    """RFC 3428 §7: the stanza is queued for the XMPP side but the edge has not acked it
+    within the answer wait: the SIP sender gets 202 Accepted (delivery pending), not a timeout."""
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            edge, _, gw = await start(nursery, StuckEdge(), answer_wait=0.5)
+            log = await run_sipp(
+                sipp_command(
+                    "message_uac.xml", ALICE_IP, "-s", "juliet",
+                    "-key", "from_user", "alice", "-key", "from_domain", "contoso.test",
+                    "-key", "domain", "montague.example", "-key", "text", "still there?",
+                    remote=gw,
+                ),  # fmt: skip
+                tmp_path / "alice.log",
+            )
+            nursery.cancel_scope.cancel()
+    assert "STATUS 202" in log
+    assert [item.to for item in edge.received] == ["juliet@montague.example"]

@@ -9,6 +9,7 @@ user part is kept as received in ``SipUri.user``; ``unquote_user`` decodes it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from urllib.parse import quote, unquote_to_bytes
 
 from edgeproxy.gateway.sip.message import SipParseError
@@ -67,6 +68,7 @@ def unquote_user(text: str) -> str:
         raise SipParseError(f"user part {text!r} is not UTF-8 after percent-decoding") from None
 
 
+@lru_cache(maxsize=4096)  # SipUri is immutable; a conversation's URIs repeat on every request
 def parse_uri(text: str) -> SipUri:
     text = text.strip()
     scheme, colon, rest = text.partition(":")
