@@ -48,7 +48,6 @@ import logging
 import secrets
 import sqlite3
 import ssl
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -150,12 +149,6 @@ class GatewayService:
     ) -> None:
         self.registrar = Registrar(sip_domains)
         self.answer_wait = answer_wait
-        # SIP MESSAGEs waiting for the edge, oldest first: (answer-by time, the queued stanza).
-        # One task answers "202 Accepted" past the time, instead of a timer per message;
-        # entries already answered are dropped from the front as new ones come (at most one
-        # per SIP transaction waiting: bounded by the transport's MAX_TRANSACTIONS).
-        self._answer_by: deque[tuple[float, Answerable]] = deque()
-        self._answer_wake = trio.Event()
         self.proxy = LocalProxy(self.registrar, on_foreign=self._from_sip)
         self.sip = SipTransport(sip_host, sip_port, self.proxy, tls=sip_tls)
         self.channel_ssl = channel_ssl
@@ -211,7 +204,6 @@ class GatewayService:
                 partial(run_loopback_client, self.channel, edge_host, edge_port, ssl_context=self.channel_ssl)
             )
             nursery.start_soon(self.presence.run_refresh)
-            nursery.start_soon(self._accept_late_answers)
             task_status.started(sip_address)
 
     # -- XMPP → SIP ----------------------------------------------------------------------------
@@ -435,36 +427,16 @@ class GatewayService:
     async def _answer_message(
         self, request: SipRequest, ctx: ServerContext, queued: Answerable
     ) -> None:
-        answer_by = self._answer_by
-        while answer_by and answer_by[0][1].answered:
-            answer_by.popleft()
-        answer_by.append((trio.current_time() + self.answer_wait, queued))
-        self._answer_wake.set()
-        # None: acked; a condition: bounced; "pending": still queued at the answer-by time.
-        outcome = await self.channel.outcome(queued)
+        # None: acked; a condition: bounced; "pending": still queued after answer_wait.
+        outcome: str | None = "pending"
+        with trio.move_on_after(self.answer_wait):
+            outcome = await self.channel.outcome(queued)
         if outcome is None:
             await ctx.respond(response_to(request, 200, to_tag="gw"))
         elif outcome == "pending":
             await ctx.respond(response_to(request, 202, to_tag="gw"))
         else:
             await ctx.respond(response_to(request, sip_status_for_condition(outcome), to_tag="gw"))
-
-    async def _accept_late_answers(self) -> None:
-        """Answer ``202 Accepted`` (RFC 3428 §7: accepted, delivery pending) to the SIP senders
-        whose stanza the edge has not acked within ``answer_wait``."""
-        answer_by = self._answer_by
-        while True:
-            if not answer_by:
-                self._answer_wake = trio.Event()
-                await self._answer_wake.wait()
-                continue
-            due, queued = answer_by[0]
-            now = trio.current_time()
-            if due > now:
-                await trio.sleep(due - now)  # later entries are due later still
-                continue
-            answer_by.popleft()
-            self.channel.stop_waiting(queued, "pending")
 
 
 async def run_gateway(

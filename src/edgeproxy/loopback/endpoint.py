@@ -111,11 +111,6 @@ class Answerable:
     seq: int | None
     waiter: _Waiter
 
-    @property
-    def answered(self) -> bool:
-        """Acked, bounced or given up on: :meth:`ChannelEndpoint.outcome` returns at once."""
-        return self.waiter.event.is_set()
-
 
 class ChannelEndpoint:
     """The long-lived state of one side of the channel (see the module docstring)."""
@@ -204,12 +199,6 @@ class ChannelEndpoint:
         self._waiters[item.seq] = waiter
         self._wake.set()
         return Answerable(item.seq, waiter)
-
-    def stop_waiting(self, answerable: Answerable, outcome: str) -> None:
-        """End :meth:`outcome`'s wait now with ``outcome`` unless the stanza was answered."""
-        if not answerable.waiter.event.is_set():
-            answerable.waiter.outcome = outcome
-            answerable.waiter.event.set()
 
     async def outcome(self, answerable: Answerable) -> str | None:
         """Wait until the peer acks a stanza (None) or it is bounced (the condition)."""
