@@ -176,3 +176,28 @@ async def test_prosody_federates_over_starttls_and_sasl_external_row_2(tmp_path:
         async with lab(tmp_path, row, mode="secure") as env:
             await federate_both_ways(env)
     assert "authenticated by sasl-over-tls" in caplog.text
+
+
+async def test_prosody_users_ping_and_discover_our_domain_answered_by_the_edge(tmp_path: Path) -> None:
+    """XEP-0199 §4.2 / XEP-0030: an iq to contoso.test itself is answered by the edge (result from
+    our domain), not handed to local delivery; what it does not offer is service-unavailable."""
+    row = Partner(domain="fabrikam.test", tls=NOS, sasl=NOS, dialback=True, type=PartnerType.FEDERATED)
+    with trio.fail_after(40):
+        async with lab(tmp_path, row) as env:
+            await env.alice.send("<iq type='get' to='contoso.test' id='ping1'><ping xmlns='urn:xmpp:ping'/></iq>")
+            pong = await env.alice.expect("iq")
+            assert (pong.type, pong.id, pong.from_) == ("result", "ping1", "contoso.test")
+
+            await env.alice.send("<iq type='get' to='contoso.test' id='disco1'>"
+                                 "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+            info = await env.alice.expect("iq")
+            assert (info.type, info.id) == ("result", "disco1")
+            assert b"category='server'" in info.raw or b'category="server"' in info.raw
+            assert b"urn:xmpp:ping" in info.raw
+
+            await env.alice.send("<iq type='get' to='contoso.test' id='ver1'>"
+                                 "<query xmlns='jabber:iq:version'/></iq>")
+            error = await env.alice.expect("iq")
+            assert (error.type, error.id) == ("error", "ver1")
+            assert b"service-unavailable" in error.raw
+            assert env.delivery.statistics().current_buffer_used == 0  # nothing was delivered

@@ -18,7 +18,9 @@ user and partner-type rules. Its decisions map to actions here:
   delivered ``AutoReply`` is only delivered; the router answers when nothing behind the
   delivery does (``MemoryDelivery``) and always when the stanza is not delivered (an
   unauthorized probe gets ``unsubscribed`` from here);
-* ``StorePending`` → delivery flagged as a pending subscription (the gateway stores it).
+* ``StorePending`` → delivery flagged as a pending subscription (the gateway stores it);
+* ``ALLOW_SERVER_IQ`` (an iq to one of our domains itself) → answered by the edge
+  (:mod:`edgeproxy.net.server_iq`: ping, service discovery), not delivered.
 
 The engine needs a few flags from inside the stanza (status note, file transfer, Jingle, MUC
 invitation); they are read from the parsed element — an optimisation to the tokenizer's raw view
@@ -40,6 +42,7 @@ from edgeproxy.net.delivery import (
     to_bytes,
 )
 from edgeproxy.net.pool import OutboundPool
+from edgeproxy.net.server_iq import server_iq_reply
 from edgeproxy.net.session import S2SSession
 from edgeproxy.ops.metrics import Flow, Verdict
 from edgeproxy.ops.telemetry import Telemetry
@@ -128,6 +131,12 @@ class Router:
                 await session.close(decision.condition, decision.rule)
                 return
             await self._refuse_inbound(element, decision)
+            return
+        if decision is engine.ALLOW_SERVER_IQ:  # addressed to our domain: answered here
+            reply = server_iq_reply(element)
+            if reply is not None:
+                await self.send_remote(reply)
+            self.telemetry.stanza(partner, Flow.IN, element.name, Verdict.DELIVERED)
             return
         if isinstance(decision, AutoReply) and not (
             decision.deliver and answers_subscriptions(self.delivery)
