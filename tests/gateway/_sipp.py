@@ -62,3 +62,32 @@ async def run_sipp(cmd: list[str], log: Path) -> str:
         f"sipp failed ({result.returncode}): {result.stderr.decode()[-800:]}\n{text}"
     )
     return text
+
+
+async def bob_uas_registered(
+    nursery: trio.Nursery, registrar: str, tmp_path: Path, messages: int = 1
+) -> tuple[int, list[str]]:
+    """A SIPp UAS for bob taking ``messages`` MESSAGEs, registered at ``registrar`` (host:port:
+    the gateway's built-in registrar, or Kamailio); its log lands in the returned list."""
+    bob_port = free_port(BOB_IP)
+    uas = [
+        require_sipp(), "-sf", str(SCENARIOS / "message_uas.xml"), "-i", BOB_IP,
+        "-p", str(bob_port), "-m", str(messages), "-nostdin", "-timeout", "30", "-timeout_error",
+    ]  # fmt: skip
+    got: list[str] = []
+
+    async def bob() -> None:
+        got.append(await run_sipp(uas, tmp_path / "bob.log"))
+
+    nursery.start_soon(bob)
+    await run_sipp(
+        sipp_command(
+            "register.xml", ALICE_IP,
+            "-key", "user", "bob", "-key", "domain", "contoso.test",
+            "-key", "contact_host", BOB_IP, "-key", "contact_port", str(bob_port),
+            "-key", "expires", "600",
+            remote=registrar,
+        ),  # fmt: skip
+        tmp_path / "reg.log",
+    )
+    return bob_port, got

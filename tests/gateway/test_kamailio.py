@@ -22,7 +22,7 @@ from _sipp import (
     ALICE_IP,
     BOB_IP,
     GATEWAY_IP,
-    SCENARIOS,
+    bob_uas_registered,
     free_port,
     require_sipp,
     run_sipp,
@@ -134,41 +134,7 @@ async def test_im_both_ways_with_kamailio_as_the_next_hop(tmp_path: Path) -> Non
                 await nursery.start(service.run, host, port)
                 await edge.endpoint.wait_connected()
                 # Bob registers at Kamailio; an XMPP message reaches him through it.
-                bob_port = free_port(BOB_IP)
-                uas = [
-                    require_sipp(), "-sf", str(SCENARIOS / "message_uas.xml"), "-i", BOB_IP,
-                    "-p", str(bob_port), "-m", "1", "-nostdin", "-timeout", "15",
-                    "-timeout_error",
-                ]  # fmt: skip
-                got: list[str] = []
-
-                async def bob() -> None:
-                    got.append(await run_sipp(uas, tmp_path / "bob.log"))
-
-                nursery.start_soon(bob)
-                await run_sipp(
-                    sipp_command(
-                        "register.xml",
-                        ALICE_IP,
-                        "-key",
-                        "user",
-                        "bob",
-                        "-key",
-                        "domain",
-                        "contoso.test",
-                        "-key",
-                        "contact_host",
-                        BOB_IP,
-                        "-key",
-                        "contact_port",
-                        str(bob_port),
-                        "-key",
-                        "expires",
-                        "600",
-                        remote=kam,
-                    ),  # fmt: skip
-                    tmp_path / "reg.log",
-                )
+                bob_port, got = await bob_uas_registered(nursery, kam, tmp_path)
                 raw = (
                     "<message from='romeo@montague.example/orchard' to='bob@contoso.test' "
                     "type='chat' id='k1'><body>Grüße über Kamailio ☃</body></message>"

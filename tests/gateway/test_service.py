@@ -10,7 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from _sipp import ALICE_IP, BOB_IP, SCENARIOS, free_port, require_sipp, run_sipp, sipp_command
+from _sipp import (
+    ALICE_IP,
+    BOB_IP,
+    bob_uas_registered,
+    free_port,
+    require_sipp,
+    run_sipp,
+    sipp_command,
+)
 
 from edgeproxy.gateway.service import GatewayService, parse_stanza
 from edgeproxy.loopback.endpoint import ChannelEndpoint
@@ -70,35 +78,6 @@ def error_condition(element: Element) -> str | None:
 async def wait_for(predicate, step: float = 0.02) -> None:  # type: ignore[no-untyped-def]
     while not predicate():
         await trio.sleep(step)
-
-
-async def bob_uas_registered(
-    nursery: trio.Nursery, gw: str, tmp_path: Path, messages: int = 1
-) -> tuple[int, list[str]]:
-    """A SIPp UAS for bob taking ``messages`` MESSAGEs, registered at the gateway's registrar;
-    its log lands in the returned list when it is done."""
-    bob_port = free_port(BOB_IP)
-    uas = [
-        require_sipp(), "-sf", str(SCENARIOS / "message_uas.xml"), "-i", BOB_IP,
-        "-p", str(bob_port), "-m", str(messages), "-nostdin", "-timeout", "30", "-timeout_error",
-    ]  # fmt: skip
-    got: list[str] = []
-
-    async def bob() -> None:
-        got.append(await run_sipp(uas, tmp_path / "bob.log"))
-
-    nursery.start_soon(bob)
-    await run_sipp(
-        sipp_command(
-            "register.xml", ALICE_IP,
-            "-key", "user", "bob", "-key", "domain", "contoso.test",
-            "-key", "contact_host", BOB_IP, "-key", "contact_port", str(bob_port),
-            "-key", "expires", "600",
-            remote=gw,
-        ),  # fmt: skip
-        tmp_path / "reg.log",
-    )
-    return bob_port, got
 
 
 async def test_xmpp_message_reaches_a_registered_sip_ua_with_text_intact(tmp_path: Path) -> None:
