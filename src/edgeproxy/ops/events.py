@@ -113,6 +113,9 @@ _DEFINITIONS: tuple[EventClass, ...] = (
     EventClass("EP1006", "internal-error", _E, "An unexpected exception in one task; the task was restarted or its stream closed.",
                "internal error in {task}: {error}",
                "A bug: file an issue with this line and the lines before it."),
+    EventClass("EP1007", "input-failed", _W, "Handling one input (a connection, datagram, channel frame or item, admin request or DNS answer) raised an exception nobody expected: that input alone got its protocol's error and was closed; the server went on (the failure boundary, docs/design.md).",
+               "{surface} from {peer} failed: {error}; answered with {answer}",
+               "Usually a malformed input from the peer named here; if it recurs with well-formed input it is a bug: file an issue with this line. `edgeproxy_input_failures_total` counts these per surface."),
     EventClass("EP2001", "certificate-expiring", _W, "The edge certificate expires soon.",
                "certificate {subject} expires in {days} days ({not_after})",
                "Request a new one (`edgeproxy cert request`), import it (`edgeproxy cert import`), then `edgeproxy reload`."),
@@ -131,6 +134,9 @@ _DEFINITIONS: tuple[EventClass, ...] = (
     EventClass("EP2006", "tls-unavailable", _W, "No edge certificate is configured: the edge runs without STARTTLS, so only TCP dialback works.",
                "no certificate at {path}: STARTTLS and SASL EXTERNAL are unavailable, partners can only use TCP dialback",
                "Create or import a certificate (`edgeproxy cert request` / `edgeproxy cert import`, `edgeproxy cert self-signed` for a lab) at the [tls] paths, then `edgeproxy reload`."),
+    EventClass("EP2007", "bad-certificate", _W, "A peer presented a certificate that cannot be parsed (malformed DER, repeated extension…); it is treated as no valid certificate.",
+               "certificate of {peer} ({direction}) cannot be parsed: {reason}",
+               "The partner's certificate is malformed: it must re-issue it. Until then only dialback (where its row allows it) can authenticate the partner."),
     EventClass("EP3001", "partner-refused", _W, "A stream from or to a domain that is not a partner was refused (there is no default partner).",
                "{direction} stream with {domain} refused: not a partner",
                "Add the domain as a partner or as an additional domain of one (`edgeproxy partner new`), then it applies without restart."),
@@ -179,6 +185,9 @@ _DEFINITIONS: tuple[EventClass, ...] = (
     EventClass("EP6002", "stanza-too-large", _W, "A peer sent a stanza above the size limit; the stream was closed with policy-violation.",
                "{peer} sent a stanza of more than {limit} bytes",
                "Usually a misbehaving peer; the limit protects memory."),
+    EventClass("EP6003", "write-timeout", _W, "A peer did not read what we sent within the write timeout; its stream was closed.",
+               "{peer} did not read for {seconds} s ({direction}); stream closed",
+               "A peer that stops reading holds memory and a connection slot; [limits] write-timeout sets the bound. If a legitimate partner hits it, its link is congested."),
     EventClass("EP7001", "stream-error-sent", _W, "We closed a stream with a stream error.",
                "sent stream error {condition} to {peer}: {text}",
                "The condition names the rule: see SPEC §6 for invalid-from, host-unknown, policy-violation."),
@@ -226,12 +235,14 @@ SHUTDOWN_STARTED = CATALOGUE["EP1003"]
 SHUTDOWN_COMPLETE = CATALOGUE["EP1004"]
 SHUTDOWN_TIMEOUT = CATALOGUE["EP1005"]
 INTERNAL_ERROR = CATALOGUE["EP1006"]
+INPUT_FAILED = CATALOGUE["EP1007"]
 CERTIFICATE_EXPIRING = CATALOGUE["EP2001"]
 CERTIFICATE_EXPIRED = CATALOGUE["EP2002"]
 CERTIFICATE_LOAD_FAILED = CATALOGUE["EP2003"]
 TLS_HANDSHAKE_FAILED = CATALOGUE["EP2004"]
 PEER_CERTIFICATE_INVALID = CATALOGUE["EP2005"]
 TLS_UNAVAILABLE = CATALOGUE["EP2006"]
+BAD_CERTIFICATE = CATALOGUE["EP2007"]
 PARTNER_REFUSED = CATALOGUE["EP3001"]
 AUTHENTICATION_FAILED = CATALOGUE["EP3002"]
 SPOOFED_FROM = CATALOGUE["EP3003"]
@@ -248,6 +259,7 @@ CHANNEL_LOST = CATALOGUE["EP5002"]
 CHANNEL_REFUSED = CATALOGUE["EP5003"]
 LIMIT_REACHED = CATALOGUE["EP6001"]
 STANZA_TOO_LARGE = CATALOGUE["EP6002"]
+WRITE_TIMEOUT = CATALOGUE["EP6003"]
 STREAM_ERROR_SENT = CATALOGUE["EP7001"]
 STREAM_ERROR_RECEIVED = CATALOGUE["EP7002"]
 STANZA_REFUSED = CATALOGUE["EP7003"]

@@ -164,6 +164,10 @@ class Metrics:
         self._limits = Counter(
             "edgeproxy_limit_reached", "Times a named limit was reached", ["limit"], registry=r,
         )
+        self._input_failures = Counter(
+            "edgeproxy_input_failures", "Inputs whose handler raised; each was answered with its"
+            " protocol's error and closed (the failure boundary)", ["surface"], registry=r,
+        )
         self._events = Counter(
             "edgeproxy_events", "Event log lines by id and severity", ["id", "severity"], registry=r,
         )
@@ -242,6 +246,9 @@ class Metrics:
 
     def limit_reached(self, limit: str) -> None:
         self._limits.labels(limit).inc()
+
+    def input_failed(self, surface: str) -> None:
+        self._input_failures.labels(surface).inc()
 
     def event_logged(self, event: EventClass) -> None:
         """Count one event-log line; pass as ``EventLog(on_emit=metrics.event_logged)``."""

@@ -133,6 +133,11 @@ class Telemetry:
         self.emit(events.STANZA_REFUSED, kind=kind, from_domain=from_domain, to_domain=to_domain,
                   condition=condition, rule=rule)
 
+    # -- the failure boundary (ops.boundary) -------------------------------------------------
+
+    def emit_input_failed(self, surface: str, peer: str, error: str, answer: str) -> None:
+        self.emit(events.INPUT_FAILED, surface=surface, peer=peer, error=error, answer=answer)
+
     # -- limits -----------------------------------------------------------------------------
 
     def limit_reached(self, limit: str, value: int, partner: str | None = None) -> None:
