@@ -251,6 +251,7 @@ class EdgeApp:
             delivery=self._local_delivery(),
             server_ssl=server_ssl,
             client_ssl=client_ssl,
+            limits=config.limits,
         )
         self.edge = edge = EdgeServer(ctx, self.telemetry)
         if self.channel is not None:
@@ -356,6 +357,7 @@ class EdgeApp:
                 notes.append("the loopback channel's TLS settings apply at the next start")
             self.config = fresh
             self.edge.ctx.server_ssl, self.edge.ctx.client_ssl = contexts
+            self.edge.ctx.limits = fresh.limits
             return await self._apply(old, self.holder.snapshot, "; ".join(notes) or "reloaded")
 
     async def _apply(self, old: PolicySnapshot, new: PolicySnapshot, message: str) -> ReloadOutcome:

@@ -102,11 +102,50 @@ class GatewaySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, re
     channel_key: str | None = None
 
 
+class LimitsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
+    """Limits that hold *before* a peer has authenticated (issue 13; ``docs/limits.md``).
+
+    Where the defaults come from:
+
+    * ``preauth-per-ip`` 20: unauthenticated S2S connections open from one source address. A
+      partner's pool opens a handful of streams; 20 is SPEC §3's per-partner limit, so one
+      address can never hold more unauthenticated slots than a whole partner may hold
+      authenticated ones (ejabberd and Prosody have no such cap by default; nginx's
+      ``limit_conn`` idiom).
+    * ``preauth-total`` 500: unauthenticated connections in total: half of SPEC §3's connection
+      limit (1000), so that a flood of strangers leaves room for authenticated partners.
+    * ``dialback-per-stream`` 8: distinct dialback verifications pending on one stream; a
+      repeated ``db:result`` for a pair already pending starts none (XEP-0220 §2.4: one stream may
+      carry several domain pairs; eight is more than any real multiplexing server uses).
+    * ``dialback-per-ip`` 32: pending verifications caused by all streams from one address.
+    * ``write-timeout`` 30 s: longest one write to a peer may block (a peer that does not read
+      is closed on schedule instead of holding its slot and memory forever).
+    * ``preauth-rate`` 16384 B/s (burst ``preauth-burst`` 65536 B): bytes read per second from a
+      stream before it has authenticated — negotiation needs a few KiB (Prosody's ``s2sin`` limit
+      is 30 kb/s in its example configuration, ejabberd's ``fast`` s2s shaper 50,000 B/s).
+    * ``inbound-rate`` 8 MiB/s (burst ``inbound-burst`` 8 MiB) per authenticated inbound stream:
+      a shaper like ejabberd's, well above what one partner stream carries in practice
+      (`bench/RESULTS.md`: ~45,000 stanzas/s of ~200 B on one CPU), so that a runaway partner is
+      slowed, not cut off. ``0`` turns a rate limit off.
+    """
+
+    preauth_per_ip: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 20
+    preauth_total: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 500
+    dialback_per_stream: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 8
+    dialback_per_ip: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 32
+    write_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    preauth_rate: Annotated[int, msgspec.Meta(ge=0)] = 16384
+    preauth_burst: Annotated[int, msgspec.Meta(ge=1024)] = 65536
+    inbound_rate: Annotated[int, msgspec.Meta(ge=0)] = 8 * 1024 * 1024
+    inbound_burst: Annotated[int, msgspec.Meta(ge=1024)] = 8 * 1024 * 1024
+
+
 class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
     edge: EdgeSection = msgspec.field(default_factory=EdgeSection)
     tls: TlsSection = msgspec.field(default_factory=TlsSection)
     admin: AdminSection = msgspec.field(default_factory=AdminSection)
     gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
+    limits: LimitsSection = msgspec.field(default_factory=LimitsSection)
     # Directory that relative paths are resolved against (not a TOML key).
     base_dir: str = msgspec.field(default=".", name="-base-dir")
     # Where the configuration came from, for messages ("<embedded default>" or a path).

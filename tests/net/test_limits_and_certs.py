@@ -5,6 +5,8 @@ from __future__ import annotations
 import trio
 from _edges import partner, set_partners, start_edge
 
+from edgeproxy.s2s import wire
+
 HEADER = (
     b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
     b" xmlns:db='jabber:server:dialback' from='fabrikam.test' to='contoso.test' version='1.0'>"
@@ -21,20 +23,58 @@ async def read_all(stream: trio.SocketStream, marker: bytes) -> bytes:
     return data
 
 
-async def test_partner_connection_limit_refuses_the_extra_stream_with_resource_constraint() -> None:
+async def open_claiming_fabrikam(port: int) -> tuple[trio.SocketStream, str]:
+    """A raw stream whose header claims fabrikam.test; returns it and our stream id."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(HEADER)
+    features = await read_all(stream, b"</stream:features>")
+    assert b"<stream:features>" in features
+    stream_id = features.split(b" id='", 1)[1].split(b"'", 1)[0].decode()
+    return stream, stream_id
+
+
+async def dialback(stream: trio.SocketStream, stream_id: str, secret: str) -> bytes:
+    """Authenticate fabrikam.test -> contoso.test with a correct key (XEP-0185); the edge checks
+    it against the real fabrikam edge (authoritative, same secret)."""
+    key = wire.dialback_key(secret, "contoso.test", "fabrikam.test", stream_id)
+    await stream.send_all(wire.db_result_request(from_="fabrikam.test", to="contoso.test", key=key))
+    return await read_all(stream, b"<db:result")
+
+
+async def test_partner_connection_limit_refuses_the_extra_authenticated_stream_with_resource_constraint() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             contoso = await start_edge(nursery, "contoso.test", ("bob",), "s")
-            set_partners(contoso, ("bob",), "s", partner("fabrikam.test", 1, connection_limit=1))
-            first = await trio.open_tcp_stream("127.0.0.1", contoso.port)
-            await first.send_all(HEADER)
-            assert b"<stream:features>" in await read_all(first, b"</stream:features>")
-            second = await trio.open_tcp_stream("127.0.0.1", contoso.port)
-            await second.send_all(HEADER)
+            fabrikam = await start_edge(nursery, "fabrikam.test", ("alice",), "fab-secret")
+            set_partners(fabrikam, ("alice",), "fab-secret", partner("contoso.test", contoso.port))
+            set_partners(contoso, ("bob",), "s", partner("fabrikam.test", fabrikam.port, connection_limit=1))
+            first, first_id = await open_claiming_fabrikam(contoso.port)
+            assert b"type='valid'" in await dialback(first, first_id, "fab-secret")
+            second, second_id = await open_claiming_fabrikam(contoso.port)
+            await second.send_all(wire.db_result_request(
+                from_="fabrikam.test", to="contoso.test",
+                key=wire.dialback_key("fab-secret", "contoso.test", "fabrikam.test", second_id)))
             data = await read_all(second, b"</stream:stream>")
             assert b"<resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in data
             await first.aclose()
             await second.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_streams_that_only_claim_a_partner_take_none_of_its_slots() -> None:
+    """Issue 13: idle sockets whose header says from='fabrikam.test' used to fill fabrikam's
+    connection slots and lock the real partner out; a slot is taken only once authenticated."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            contoso = await start_edge(nursery, "contoso.test", ("bob",), "s")
+            fabrikam = await start_edge(nursery, "fabrikam.test", ("alice",), "fab-secret")
+            set_partners(fabrikam, ("alice",), "fab-secret", partner("contoso.test", contoso.port))
+            set_partners(contoso, ("bob",), "s", partner("fabrikam.test", fabrikam.port, connection_limit=2))
+            squatters = [await open_claiming_fabrikam(contoso.port) for _ in range(5)]
+            real, real_id = await open_claiming_fabrikam(contoso.port)
+            assert b"type='valid'" in await dialback(real, real_id, "fab-secret")
+            for stream, _ in [*squatters, (real, real_id)]:
+                await stream.aclose()
             nursery.cancel_scope.cancel()
 
 

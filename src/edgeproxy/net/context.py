@@ -6,6 +6,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from edgeproxy.config import LimitsSection
 from edgeproxy.net.connector import Connector
 from edgeproxy.net.delivery import LocalDelivery
 from edgeproxy.net.session import Timeouts
@@ -20,6 +21,8 @@ class EdgeContext:
     delivery: LocalDelivery
     server_ssl: ssl.SSLContext | None = None
     client_ssl: ssl.SSLContext | None = None
+    #: ``[limits]``: what holds before a peer authenticates (docs/limits.md).
+    limits: LimitsSection = LimitsSection()
 
     @property
     def secret(self) -> str:

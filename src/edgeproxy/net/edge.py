@@ -68,7 +68,7 @@ class ObservedLink(OutboundLink):
             self.bounce_condition = condition
             await bounce(element, condition)
 
-        super().__init__(ctx, local, remote, counted_bounce)
+        super().__init__(ctx, local, remote, counted_bounce, telemetry)
         partner = telemetry.partner_of_domain(ctx.policy, remote)
         self.partner = partner
 

@@ -7,15 +7,31 @@ Theory of operation
 tests may bind port 0) and runs one :func:`handle_inbound` task per connection with
 :func:`trio.serve_listeners` (which also rides out EMFILE by backing off).
 
-Limits (SPEC §3): the total limit is checked at accept — a connection beyond it gets stream
-error ``resource-constraint`` without further work; the per-partner limit (the partner's own,
-else the gateway's) is checked as soon as the partner is known (header ``from``, or the first
-authenticated domain for peers that omit it).
+Limits (SPEC §3 and ``[limits]``, ``docs/limits.md``), all checked before authentication:
+
+* at accept, the total limit, then the *unauthenticated* connections from the peer's address
+  (``preauth-per-ip``) and in total (``preauth-total``): a connection beyond one gets our header
+  and stream error ``resource-constraint`` at once, nothing is read. A stream stops counting as
+  unauthenticated at its first authenticated domain pair.
+* the per-partner limit (the partner's own, else the gateway's) is counted only once the partner
+  has *authenticated* — a ``from`` that a stream merely claims takes no partner slot (issue 13:
+  20 idle sockets claiming a partner locked the real partner out).
+* writes time out (``write-timeout``) and reads are shaped (``preauth-rate``, then
+  ``inbound-rate``): see ``S2SSession``.
 
 Dialback (XEP-0220): ``DialbackVerifyNeeded`` starts a verification task
-(:func:`~edgeproxy.net.pool.verify_dialback`) whose verdict goes back on the stream; pending
-verifications per stream are bounded by the core (``MAX_PENDING_DIALBACK``). ``db:verify``
-requests (we are authoritative) are answered by the core itself with the shared secret.
+(:func:`~edgeproxy.net.pool.verify_dialback`) whose verdict goes back on the stream. The core
+deduplicates a repeated request for a pair already pending (no second connection) and bounds
+the distinct pending pairs per stream (``dialback-per-stream``); here the verifications pending
+for all streams from one address are bounded too (``dialback-per-ip``; beyond it the stream is
+closed with ``resource-constraint``). ``db:verify`` requests (we are authoritative) are answered
+by the core itself with the shared secret.
+
+Failure boundary (``docs/design.md``): an unexpected exception while handling one connection
+ends that connection only — the session answers ``internal-server-error`` and the failure is
+reported (EP1007, ``edgeproxy_input_failures_total{surface="s2s-inbound"}``); a verification
+task that fails gives an invalid verdict (``remote-connection-failed``) and is reported as
+surface ``dialback-verify``.
 """
 
 from __future__ import annotations
@@ -30,7 +46,9 @@ import trio
 from edgeproxy.net.context import EdgeContext
 from edgeproxy.net.pool import verify_dialback
 from edgeproxy.net.router import Router
-from edgeproxy.net.session import S2SSession
+from edgeproxy.net.session import S2SSession, Shaper
+from edgeproxy.ops import events
+from edgeproxy.ops.boundary import Surface, contain, report
 from edgeproxy.ops.status import Direction
 from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy import engine
@@ -38,6 +56,7 @@ from edgeproxy.policy.model import Partner
 from edgeproxy.s2s import (
     Authenticated,
     CloseStream,
+    DialbackVerdict,
     DialbackVerifyNeeded,
     Event,
     LocalProtocolError,
@@ -54,10 +73,41 @@ log = logging.getLogger("edgeproxy.net.listener")
 
 @dataclass
 class ConnectionCounts:
-    """Open inbound streams, in total and per partner (primary domain)."""
+    """Open inbound streams: in total, per partner (primary domain, authenticated streams only),
+    and those not yet authenticated, in total and per source address."""
 
     total: int = 0
     per_partner: Counter[str] = field(default_factory=Counter)
+    preauth: int = 0
+    preauth_per_ip: Counter[str] = field(default_factory=Counter)
+    #: Dialback verifications running for streams from each source address.
+    dialback_per_ip: Counter[str] = field(default_factory=Counter)
+
+
+def peer_ip(stream: trio.abc.Stream) -> str:
+    """The source address of a socket stream (``?`` for other streams, e.g. in tests)."""
+    sock = getattr(stream, "socket", None)
+    try:
+        return str(sock.getpeername()[0])  # type: ignore[union-attr]
+    except (AttributeError, OSError, TypeError, ValueError, IndexError):
+        return "?"
+
+
+class _Preauth:
+    """One connection's unauthenticated slot; ``release`` is idempotent."""
+
+    def __init__(self, counts: ConnectionCounts, ip: str) -> None:
+        self._counts, self.ip, self.held = counts, ip, True
+        counts.preauth += 1
+        counts.preauth_per_ip[ip] += 1
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._counts.preauth -= 1
+            self._counts.preauth_per_ip[self.ip] -= 1
+            if self._counts.preauth_per_ip[self.ip] <= 0:
+                del self._counts.preauth_per_ip[self.ip]
 
 
 class InboundHandler:
@@ -73,37 +123,73 @@ class InboundHandler:
         self.partners: dict[S2SSession, str | None] = {}
 
     async def __call__(self, stream: trio.abc.Stream) -> None:
-        snapshot = self.ctx.policy()
-        conn = S2SConnection(Role.RECEIVING, policy=self.ctx.policy, secret=self.ctx.secret)
+        ip = peer_ip(stream)
+        await contain(Surface.S2S_INBOUND, ip, self.telemetry, lambda: self._handle(stream, ip),
+                      answer=lambda _exc: _abort(stream), answer_name="connection closed")
+
+    def _admission_refusal(self, ip: str) -> tuple[str, int, str] | None:
+        """(limit name, value, text) of the first limit a new connection from ``ip`` breaks."""
+        snapshot, limits = self.ctx.policy(), self.ctx.limits
         if self.counts.total >= snapshot.gateway.connection_limit:
-            log.warning("inbound connection refused: total limit %d", snapshot.gateway.connection_limit)
-            self.telemetry.limit_reached("connection", snapshot.gateway.connection_limit)
+            return "connection", snapshot.gateway.connection_limit, "total connection limit reached"
+        if self.counts.preauth_per_ip[ip] >= limits.preauth_per_ip:
+            return "preauth-per-ip", limits.preauth_per_ip, "too many unauthenticated connections from your address"
+        if self.counts.preauth >= limits.preauth_total:
+            return "preauth-total", limits.preauth_total, "too many unauthenticated connections"
+        return None
+
+    async def _handle(self, stream: trio.abc.Stream, ip: str) -> None:
+        limits = self.ctx.limits
+        conn = S2SConnection(Role.RECEIVING, policy=self.ctx.policy, secret=self.ctx.secret,
+                             max_pending_dialback=limits.dialback_per_stream)
+        refusal = self._admission_refusal(ip)
+        if refusal is not None:
+            name, value, text = refusal
+            log.warning("inbound connection from %s refused: %s", ip, text)
+            self.telemetry.limit_reached(name, value)
             # Our header and the stream error at once (RFC 6120 §4.9.1.2); nothing is read.
-            await _refuse(stream, conn, "resource-constraint", "total connection limit reached")
+            with trio.move_on_after(limits.write_timeout):
+                await _refuse(stream, conn, "resource-constraint", text)
             return
         self.counts.total += 1
+        preauth = _Preauth(self.counts, ip)
         partner_counted: list[Partner] = []
+        session: S2SSession | None = None
         try:
             async with trio.open_nursery() as nursery:
                 session = S2SSession(
                     stream, conn, ssl_context=self.ctx.server_ssl,
                     timeouts=self.ctx.timeouts(None),
-                    on_event=lambda s, e: self._on_event(s, e, nursery, partner_counted),
+                    on_event=lambda s, e: self._on_event(s, e, nursery, partner_counted, preauth),
+                    write_timeout=limits.write_timeout,
+                    shaper=Shaper((limits.preauth_rate, limits.preauth_burst),
+                                  (limits.inbound_rate, limits.inbound_burst)),
                 )
                 self.sessions.add(session)
                 await session.run()
                 nursery.cancel_scope.cancel()
         finally:
-            self.sessions.discard(session)
-            established = session in self.partners
-            partner = self.partners.pop(session, None)
-            if partner is None:
-                partner = self.telemetry.partner_of(self.ctx.policy, session)
-            self.telemetry.stream_ended(session, Direction.INBOUND, partner, established=established)
+            preauth.release()
             self.counts.total -= 1
             for partner in partner_counted:
                 self.counts.per_partner[partner.domain] -= 1
-            log.info("inbound stream from %s ended: %s", conn.peer_from, session.close_reason)
+            if session is not None:
+                self._ended(session, conn)
+
+    def _ended(self, session: S2SSession, conn: S2SConnection) -> None:
+        self.sessions.discard(session)
+        established = session in self.partners
+        partner = self.partners.pop(session, None)
+        if partner is None:
+            partner = self.telemetry.partner_of(self.ctx.policy, session)
+        if session.write_timed_out:
+            self.telemetry.emit(events.WRITE_TIMEOUT, peer=session.remote_address,
+                                seconds=session.write_timeout, direction=Direction.INBOUND)
+        if session.failure is not None:
+            report(self.telemetry, Surface.S2S_INBOUND, session.remote_address, session.failure,
+                   "stream error internal-server-error")
+        self.telemetry.stream_ended(session, Direction.INBOUND, partner, established=established)
+        log.info("inbound stream from %s ended: %s", conn.peer_from, session.close_reason)
 
     async def _count_partner(self, session: S2SSession, domain: str, counted: list[Partner]) -> None:
         snapshot = self.ctx.policy()
@@ -123,18 +209,32 @@ class InboundHandler:
         session.timeouts = self.ctx.timeouts(partner)
 
     async def _on_event(
-        self, session: S2SSession, event: Event, nursery: trio.Nursery, counted: list[Partner]
+        self, session: S2SSession, event: Event, nursery: trio.Nursery, counted: list[Partner],
+        preauth: _Preauth,
     ) -> None:
         if isinstance(event, StanzaReceived):
             await self.router.inbound(session, event)
         elif isinstance(event, DialbackVerifyNeeded):
-            nursery.start_soon(self._verify, session, event)
+            limit = self.ctx.limits.dialback_per_ip
+            if self.counts.dialback_per_ip[preauth.ip] >= limit:
+                self.telemetry.limit_reached("dialback-per-ip", limit)
+                await session.close("resource-constraint", "too many pending dialback verifications from your address")
+                return
+            self.counts.dialback_per_ip[preauth.ip] += 1
+            nursery.start_soon(self._verify, session, event, preauth.ip)
         elif isinstance(event, PeerCertificateRejected):
             log.warning("inbound %s: no SASL EXTERNAL, peer certificate rejected: %s", event.domain, event.reason)
-        elif isinstance(event, StreamOpened) and event.from_:
-            await self._count_partner(session, event.from_, counted)
+            self.telemetry.peer_certificate_rejected(session.remote_address, Direction.INBOUND,
+                                                     event.domain, event.reason)
+        elif isinstance(event, StreamOpened) and event.from_ and session.timeouts.keepalive is not None:
+            # The claimed partner's own timers (keep-alive off) apply at once; its *slot* is
+            # taken only once it has authenticated (below).
+            partner = engine.partner_for_domain(self.ctx.policy(), event.from_)
+            if partner is not None and not partner.keepalive:
+                session.timeouts = self.ctx.timeouts(partner)
         elif isinstance(event, Authenticated):
             log.info("inbound %s -> %s authenticated by %s", event.remote_domain, event.local_domain, event.method)
+            preauth.release()
             if not counted:
                 await self._count_partner(session, event.remote_domain, counted)
             if session not in self.partners and session.conn.state is not State.CLOSED:
@@ -142,8 +242,21 @@ class InboundHandler:
                 self.partners[session] = partner
                 self.telemetry.stream_established(session, Direction.INBOUND, partner)
 
-    async def _verify(self, session: S2SSession, need: DialbackVerifyNeeded) -> None:
-        verdict = await verify_dialback(self.ctx, need)
+    async def _verify(self, session: S2SSession, need: DialbackVerifyNeeded, ip: str) -> None:
+        verdicts: list[DialbackVerdict] = []
+
+        async def ask() -> None:
+            verdicts.append(await verify_dialback(self.ctx, need, self.telemetry))
+
+        try:
+            ok = await contain(Surface.DIALBACK_VERIFY, need.originating, self.telemetry, ask,
+                               answer_name="invalid verdict (remote-connection-failed)")
+        finally:
+            self.counts.dialback_per_ip[ip] -= 1
+            if self.counts.dialback_per_ip[ip] <= 0:
+                del self.counts.dialback_per_ip[ip]
+        verdict = verdicts[0] if ok and verdicts else DialbackVerdict(
+            need.originating, need.receiving, False, "remote-connection-failed")
         log.info("dialback %s -> %s: %s", need.originating, need.receiving, verdict)
         try:
             await session.send(verdict)
@@ -151,6 +264,11 @@ class InboundHandler:
             return
         await session.flush()
         await session.handle_pending_events()  # Authenticated: ready now, not at the peer's next byte
+
+
+async def _abort(stream: trio.abc.Stream) -> None:
+    with trio.move_on_after(1):
+        await stream.aclose()
 
 
 async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:

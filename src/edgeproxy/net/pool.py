@@ -13,6 +13,12 @@ bounced to its (local) sender with ``remote-server-not-found`` (no route, refuse
 
 ``verify_dialback`` is the receiving server's half of XEP-0220 §2.2: a verification-only stream
 to the originating domain's authoritative server carrying one ``db:verify``.
+
+Failure boundary (``docs/design.md``): an unexpected exception on an outbound stream (the core,
+the partner's certificate, a callback) ends that link only; what it still holds is bounced with
+``internal-server-error`` and the failure is reported (EP1007, surface ``s2s-outbound``). A
+verification stream that fails the same way gives an invalid verdict (surface
+``dialback-verify``). Writes on both time out after ``[limits] write-timeout``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ import trio
 from edgeproxy.net.connector import ConnectFailed
 from edgeproxy.net.context import EdgeContext
 from edgeproxy.net.session import S2SSession
+from edgeproxy.ops import events
+from edgeproxy.ops.boundary import Surface, report
+from edgeproxy.ops.status import Direction
+from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy import engine
 from edgeproxy.s2s import (
     AuthenticationFailed,
@@ -73,8 +83,11 @@ async def wait_any(*events: trio.Event) -> None:
 class OutboundLink:
     """The stream from ``local`` to ``remote`` and its bounded queue."""
 
-    def __init__(self, ctx: EdgeContext, local: str, remote: str, bounce: Bounce) -> None:
+    def __init__(
+        self, ctx: EdgeContext, local: str, remote: str, bounce: Bounce, telemetry: Telemetry | None = None
+    ) -> None:
         self.ctx, self.local, self.remote = ctx, local, remote
+        self.telemetry = telemetry
         self._bounce = bounce
         self._send, self._recv = trio.open_memory_channel[tuple[bytes, Element]](LINK_QUEUE_BOUND)
         self.session: S2SSession | None = None
@@ -103,14 +116,33 @@ class OutboundLink:
     async def run(self) -> None:
         # except*: the errors come wrapped in ExceptionGroups from the nurseries below; a lost
         # stream must end this link only, never the edge (one peer can never crash the server).
+        failed: BaseException | None = None
         try:
             await self._run()
         except* (trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError) as group:
             self.failure = f"stream lost: {group.exceptions[0]!r}"
             log.warning("outbound %s -> %s: %s", self.local, self.remote, self.failure)
             await self._bounce_all("remote-server-timeout")
+        except* Exception as group:
+            failed = group
         finally:
-            self.done.set()
+            session = self.session
+            if session is not None and session.failure is not None:
+                report(self.telemetry, Surface.S2S_OUTBOUND, session.remote_address, session.failure,
+                       "stream error internal-server-error")
+            if session is not None and session.write_timed_out and self.telemetry is not None:
+                self.telemetry.emit(events.WRITE_TIMEOUT, peer=session.remote_address,
+                                    seconds=session.write_timeout, direction=Direction.OUTBOUND)
+            if failed is None:
+                self.done.set()
+        if failed is not None:
+            # The failure boundary: this link ends, its stanzas are answered, the edge goes on.
+            self.failure = f"internal error: {failed!r}"
+            report(self.telemetry, Surface.S2S_OUTBOUND, self.remote, failed, "queued stanzas bounced")
+            try:
+                await self._bounce_all("internal-server-error")
+            finally:
+                self.done.set()
 
     async def _run(self) -> None:
         snapshot = self.ctx.policy()
@@ -138,10 +170,13 @@ class OutboundLink:
             elif isinstance(event, PeerCertificateRejected):
                 log.warning("outbound %s -> %s: no SASL EXTERNAL, peer certificate rejected: %s",
                             self.local, event.domain, event.reason)
+                if self.telemetry is not None:
+                    self.telemetry.peer_certificate_rejected(session.remote_address, Direction.OUTBOUND,
+                                                             event.domain, event.reason)
 
         session = S2SSession(
             stream, conn, ssl_context=self.ctx.client_ssl, timeouts=timeouts,
-            on_event=on_event, expect_peer_traffic=False,
+            on_event=on_event, expect_peer_traffic=False, write_timeout=self.ctx.limits.write_timeout,
         )
         self.session = session
         failed_with: str | None = None
@@ -222,7 +257,9 @@ class OutboundPool:
             await self._bounce(element, "remote-server-timeout")
 
 
-async def verify_dialback(ctx: EdgeContext, need: DialbackVerifyNeeded) -> DialbackVerdict:
+async def verify_dialback(
+    ctx: EdgeContext, need: DialbackVerifyNeeded, telemetry: Telemetry | None = None
+) -> DialbackVerdict:
     """Ask the originating domain's authoritative server about a key (XEP-0220 §2.2)."""
 
     def verdict(valid: bool, error: str | None = None) -> DialbackVerdict:
@@ -255,7 +292,7 @@ async def verify_dialback(ctx: EdgeContext, need: DialbackVerifyNeeded) -> Dialb
 
     session = S2SSession(
         stream, conn, ssl_context=ctx.client_ssl, timeouts=timeouts, on_event=on_event,
-        expect_peer_traffic=False,
+        expect_peer_traffic=False, write_timeout=ctx.limits.write_timeout,
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(session.run)
@@ -263,6 +300,9 @@ async def verify_dialback(ctx: EdgeContext, need: DialbackVerifyNeeded) -> Dialb
         with trio.move_on_after(timeouts.establishment):
             await wait_any(answered, session.closed)
         nursery.cancel_scope.cancel()
+    if session.failure is not None:
+        report(telemetry, Surface.DIALBACK_VERIFY, session.remote_address, session.failure,
+               "invalid verdict (remote-connection-failed)")
     if not answer:
         log.warning("dialback verify for %s: %s", need.originating, session.close_reason)
         return verdict(False, "remote-server-timeout")

@@ -20,6 +20,18 @@ A second task enforces the gateway timers (SPEC §3, values from the store):
 * **inactivity** — no stanza in either direction for ``inactivity`` seconds closes the stream
   cleanly (``</stream:stream>``, no error).
 
+Limits (issue 13, ``[limits]``, ``docs/limits.md``): every write — waiting for the send lock
+included — must finish within ``write_timeout`` seconds, else the stream is aborted (event
+``EP6003``; a peer that does not read cannot hold the session, its slot or the establishment
+timer's ``close()`` forever). With a ``shaper`` (inbound streams) the reader waits after each
+read until the byte rate is back under the limit — ``preauth-rate`` until the stream is
+authenticated, ``inbound-rate`` after.
+
+Failure boundary (``docs/design.md``): any exception other than a transport error while
+handling this stream's input (the core, an event callback, the policy) ends this stream only:
+the peer gets stream error ``internal-server-error``, ``failure`` keeps the exception and the
+owner reports it (``ops.boundary.report``, EP1007).
+
 Writes are serialised by a lock (several tasks may send on one stream). Cancellation: cancelling
 ``run`` aborts the stream without a closing handshake; ``close`` does the polite thing and
 ``shutdown`` closes with ``<system-shutdown/>`` (graceful stop, SPEC §10).
@@ -38,7 +50,9 @@ from dataclasses import dataclass
 
 import trio
 
+from edgeproxy.net.shaper import TokenBucket
 from edgeproxy.net.tls import peer_certificate_check
+from edgeproxy.ops.boundary import describe
 from edgeproxy.policy.model import AuthMethod
 from edgeproxy.s2s import (
     CloseStream,
@@ -50,6 +64,7 @@ from edgeproxy.s2s import (
     State,
     StreamClosed,
     StreamReady,
+    wire,
 )
 from edgeproxy.s2s.events import Authenticated, KeepAlive, SendStanza, StreamErrorReceived, ToPeer
 
@@ -60,6 +75,10 @@ TLS_HANDSHAKE_TIMEOUT = 30.0
 #: After our ``</stream:stream>``, how long the peer has to answer with its own (RFC 6120 §4.4)
 #: before the transport is closed anyway (seconds).
 CLOSE_GRACE = 10.0
+#: Default of ``[limits] write-timeout`` (seconds one write may block).
+WRITE_TIMEOUT = 30.0
+#: How long the stream error that answers an internal failure may take to write (seconds).
+FAILURE_ANSWER_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +88,14 @@ class Timeouts:
     establishment: float = 60.0
     inactivity: float = 600.0
     keepalive: float | None = 300.0
+
+
+@dataclass(frozen=True)
+class Shaper:
+    """Byte rates (bytes/s, burst bytes) for an inbound stream; 0 = no limit (``[limits]``)."""
+
+    preauth: tuple[int, int] = (16384, 65536)
+    authenticated: tuple[int, int] = (8 * 1024 * 1024, 8 * 1024 * 1024)
 
 
 OnEvent = Callable[["S2SSession", Event], Awaitable[None]]
@@ -87,6 +114,8 @@ class S2SSession:
         timeouts: Timeouts,
         on_event: OnEvent,
         expect_peer_traffic: bool = True,
+        write_timeout: float = WRITE_TIMEOUT,
+        shaper: Shaper | None = None,
     ) -> None:
         self.stream: trio.abc.Stream = stream
         self.conn = conn
@@ -119,15 +148,35 @@ class S2SSession:
         #: Called after each stanza is written (the edge counts outbound deliveries with it).
         self.on_stanza_sent: OnStanzaSent | None = None
         self._linger = False
+        self.write_timeout = write_timeout
+        #: Set when a write did not finish within ``write_timeout`` (the stream was aborted).
+        self.write_timed_out = False
+        self._shaper = shaper
+        self._bucket = TokenBucket(*shaper.preauth, now) if shaper is not None else None
+        #: The exception that ended this stream at the failure boundary (None: it did not).
+        self.failure: BaseException | None = None
 
     # -- writing ------------------------------------------------------------------------------
 
     async def send_bytes(self, data: bytes) -> None:
+        """Write ``data`` (serialised with other writers) within ``write_timeout``; a write that
+        does not finish aborts the stream and raises ``trio.BrokenResourceError``."""
         if not data:
             return
-        async with self._send_lock:
-            await self.stream.send_all(data)
+        with trio.move_on_after(self.write_timeout) as scope:
+            async with self._send_lock:
+                await self.stream.send_all(data)
+        if scope.cancelled_caught:
+            self._write_timeout()
+            raise trio.BrokenResourceError(f"write timeout: the peer did not read for {self.write_timeout:g} s")
         self._last_tx = trio.current_time()
+
+    def _write_timeout(self) -> None:
+        if not self.write_timed_out:
+            self.write_timed_out = True
+            self.close_reason = self.close_reason or f"write timeout ({self.write_timeout:g} s)"
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     async def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -219,14 +268,50 @@ class S2SSession:
             # except*: trio nurseries wrap even their body's exception in an ExceptionGroup, and
             # a plain except would let one peer's reset or bad TLS handshake end the whole edge.
             self.close_reason = self.close_reason or f"transport error: {group.exceptions[0]!r}"
+        except* Exception as group:
+            # The failure boundary (module docstring): this stream ends, nothing else does.
+            self.failure = group
+            self.close_reason = f"internal error: {describe(group)}"
+            await self._answer_failure()
         finally:
             self.closed.set()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.stream.aclose()
 
+    async def _answer_failure(self) -> None:
+        """Stream error ``internal-server-error`` after an internal failure, best effort."""
+        if self.conn.state is State.CLOSED and not self._linger:
+            return
+        try:
+            data = self.conn.send(CloseStream("internal-server-error", None))
+        except Exception:  # noqa: BLE001 - the core itself may be what failed
+            data = wire.stream_error("internal-server-error") + wire.CLOSE
+        self.error_sent = self.error_sent or "internal-server-error"
+        with trio.move_on_after(FAILURE_ANSWER_TIMEOUT):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, trio.BusyResourceError):
+                await self.stream.send_all(data)
+
+    async def _shape(self, n: int) -> None:
+        """Wait until reading ``n`` more bytes keeps the stream under its byte rate."""
+        bucket, shaper = self._bucket, self._shaper
+        if bucket is None or shaper is None:
+            return
+        if self.ready.is_set() and not self._shaped_authenticated:
+            self._shaped_authenticated = True
+            bucket.set_rate(*shaper.authenticated)
+        delay = bucket.delay_after(n, trio.current_time())
+        if delay > 0:
+            self.shaped_seconds += delay
+            await trio.sleep(delay)
+
+    _shaped_authenticated = False
+    #: Seconds the reader waited for the byte rate (for tests and status).
+    shaped_seconds = 0.0
+
     async def _read_loop(self) -> None:
         while self.conn.state is not State.CLOSED or self._linger:
             data = await self.stream.receive_some(MAX_READ)
+            await self._shape(len(data))
             if self._linger and self.conn.state is State.CLOSED:
                 if not data:
                     return

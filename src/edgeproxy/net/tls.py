@@ -34,6 +34,12 @@ The verdict is then ours (:func:`certificate_check`, per stream, cached), with
    :class:`edgeproxy.certs.identity.PresentedIdentities` (DNS-ID with left-most-label wildcard,
    SRV-ID ``_xmpp-server.domain``, XmppAddr) → "name mismatch: …".
 
+A certificate that ``cryptography`` cannot parse (malformed DER, a repeated extension, a DER-encoded
+default value, an unparsable name…) is judged ``bad-certificate: …`` — like no valid certificate:
+no SASL EXTERNAL, TLS dialback where the row allows it — and reported as event EP2007. Parsing in
+``cryptography`` is partly lazy (extensions are decoded on first access), so everything that
+touches the certificate, the matching in ``check(domain)`` included, is inside that guard.
+
 The receiving core offers SASL EXTERNAL only when ``check(domain)`` is None; the initiating
 core attempts EXTERNAL only towards a peer whose certificate proves the partner domain (else
 TLS dialback where the row allows it, else it gives up naming the cause). Either way the cause
@@ -262,6 +268,13 @@ def _chain_problem(
     return None
 
 
+#: What parsing a peer certificate may raise (cryptography: ValueError for malformed DER and
+#: DuplicateExtension / UnsupportedGeneralNameType subclasses; TypeError for odd key types;
+#: idna/UnicodeError in names). The prefix of the verdict (EP2007).
+BAD_CERTIFICATE = "bad-certificate"
+_PARSE_ERRORS = (ValueError, TypeError, UnicodeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+
+
 def certificate_check(
     der: bytes | None,
     trust: PeerTrust,
@@ -269,9 +282,37 @@ def certificate_check(
     intermediates: Sequence[bytes] = (),
 ) -> CertificateCheck:
     """``check(domain)`` for the core: None if the peer certificate proves ``domain``, else the
-    named cause (see the module docstring for the order of the checks)."""
+    named cause (see the module docstring for the order of the checks). Never raises: a
+    certificate that cannot be parsed gives ``bad-certificate: …`` for every domain."""
     if der is None:
         return lambda domain: "no certificate: the peer presented none"
+    try:
+        problem, ids = _judge(der, trust, now, intermediates)
+    except _PARSE_ERRORS as exc:
+        return _bad(exc)
+
+    def check(domain: str) -> str | None:
+        if problem is not None:
+            return problem
+        try:
+            covered = ids.covers(domain)
+        except _PARSE_ERRORS as exc:
+            return _bad(exc)(domain)
+        if not covered:
+            return f"name mismatch: certificate names {', '.join(ids.all_names()) or 'nothing'}, not {domain}"
+        return None
+
+    return check
+
+
+def _bad(exc: BaseException) -> CertificateCheck:
+    reason = f"{BAD_CERTIFICATE}: {type(exc).__name__}: {str(exc)[:200]}"
+    return lambda domain: reason
+
+
+def _judge(
+    der: bytes, trust: PeerTrust, now: dt.datetime | None, intermediates: Sequence[bytes]
+) -> tuple[str | None, PresentedIdentities]:
     cert = x509.load_der_x509_certificate(der)
     moment = now or dt.datetime.now(dt.UTC)
     if cert.not_valid_after_utc < moment:
@@ -281,16 +322,8 @@ def certificate_check(
     else:
         chain = [x509.load_der_x509_certificate(d) for d in intermediates]
         problem = _chain_problem(cert, chain, trust, moment)
-    ids = PresentedIdentities.from_certificate(cert)
-
-    def check(domain: str) -> str | None:
-        if problem is not None:
-            return problem
-        if not ids.covers(domain):
-            return f"name mismatch: certificate names {', '.join(ids.all_names()) or 'nothing'}, not {domain}"
-        return None
-
-    return check
+    # Decodes the extensions (lazily parsed by cryptography): a malformed one raises here.
+    return problem, PresentedIdentities.from_certificate(cert)
 
 
 def peer_certificate_check(tls: Any) -> CertificateCheck:

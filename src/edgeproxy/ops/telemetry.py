@@ -114,6 +114,14 @@ class Telemetry:
         elif session.error_sent is not None:
             self.metrics.stream_refused(direction, session.error_sent)
 
+    def peer_certificate_rejected(self, peer: str, direction: Direction, domain: str, reason: str) -> None:
+        """EP2007 for a certificate that cannot be parsed (``bad-certificate: …``, see
+        ``net.tls.certificate_check``), else EP2005 (not valid for the domain)."""
+        if reason.startswith("bad-certificate"):
+            self.emit(events.BAD_CERTIFICATE, peer=peer, direction=direction, reason=reason)
+        else:
+            self.emit(events.PEER_CERTIFICATE_INVALID, peer=peer, domain=domain, reason=reason)
+
     def authentication_failed(self, domain: str, direction: Direction, method: str, reason: str) -> None:
         self.metrics.stream_refused(direction, "auth-failed")
         self.emit(events.AUTHENTICATION_FAILED, domain=domain, direction=direction, method=method, reason=reason)

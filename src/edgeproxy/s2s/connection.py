@@ -98,8 +98,12 @@ from edgeproxy.xmpp.namespaces import (
 CertificateCheck = Callable[[str], str | None]
 
 _STANZA_NAMES = frozenset(("message", "presence", "iq"))
-#: Bounded: at most this many dialback pairs pending verification on one stream (DESIGN 4).
+#: Bounded: at most this many dialback pairs pending verification on one stream (DESIGN 4);
+#: the edge passes ``[limits] dialback-per-stream`` (default 8) instead.
 MAX_PENDING_DIALBACK = 64
+#: Verifications one stream may cause in its whole life, as a multiple of its pending bound: a
+#: stream that keeps asking (each request costs a connection to the partner) is closed.
+DIALBACK_REQUESTS_PER_PENDING = 4
 #: SASL attempts allowed on one stream before it is closed (RFC 6120 §6.4.5 leaves it to us).
 MAX_SASL_ATTEMPTS = 2
 
@@ -156,8 +160,11 @@ class S2SConnection:
         authenticate: bool = True,
         stream_id_factory: Callable[[], str] = lambda: secrets.token_hex(16),
         tokenizer: Tokenizer | None = None,
+        max_pending_dialback: int = MAX_PENDING_DIALBACK,
     ) -> None:
         self.role = role
+        self._max_pending = max_pending_dialback
+        self._dialback_requests = 0
         self.state = State.AWAIT_HEADER
         self._policy = policy
         self._secret = secret
@@ -529,10 +536,23 @@ class S2SConnection:
             reason = "TLS is required before dialback" if needs_tls else f"{method} not allowed"
             self._fail("policy-violation", f"partner {partner.domain}: {reason}")
             return
-        if len(self._pending) >= MAX_PENDING_DIALBACK:
+        pair = (receiving, originating)
+        if pair in self._pending:
+            # A repeat of a request still being verified: the verdict on the first answers it
+            # (issue 13: one stream repeating db:result must not open a connection per repeat).
+            return
+        if pair in self.authenticated:
+            # Already proven on this stream: answered at once, nothing to verify again.
+            self._out += wire.db_result_response(from_=receiving, to=originating, valid=True)
+            return
+        if len(self._pending) >= self._max_pending:
             self._fail("resource-constraint", "too many pending dialback requests")
             return
-        self._pending.add((receiving, originating))
+        self._dialback_requests += 1
+        if self._dialback_requests > self._max_pending * DIALBACK_REQUESTS_PER_PENDING:
+            self._fail("policy-violation", "too many dialback requests on one stream")
+            return
+        self._pending.add(pair)
         self._events.append(
             DialbackVerifyNeeded(
                 originating=originating,
