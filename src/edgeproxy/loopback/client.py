@@ -19,6 +19,11 @@ with an alert on the first read. The stream handed to trio-websocket is therefor
 (trio-websocket would otherwise wait for its timeout) and names OpenSSL's reason. A refused or
 failed TLS handshake is logged as a warning — once per distinct reason, then at info level while
 it repeats (the back-off retries go on) — which the event log carries as ``EP9002``.
+
+Failure boundary: each connection attempt runs inside ``ops.boundary.contain``
+(``Surface.CHANNEL_FRAME``, reported through ``endpoint.telemetry``): whatever one connection
+raises beyond the expected connection errors is reported (EP1007) and followed by the back-off and
+a new attempt, like any failed connection — the gateway never stops reconnecting.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from edgeproxy.loopback.endpoint import ChannelEndpoint
 from edgeproxy.loopback.frames import MAX_FRAME_BYTES, FrameError
 from edgeproxy.loopback.server import WS_HANDSHAKE_TIMEOUT, WS_MESSAGE_QUEUE
 from edgeproxy.net.handshake import send_pending_alert, tls_failure
+from edgeproxy.ops.boundary import Surface, contain
 
 log = logging.getLogger(__name__)
 
@@ -171,19 +177,25 @@ async def run_loopback_client(
     """Stay connected to the edge forever; cancel to stop (queued items stay in ``endpoint``)."""
     delay = backoff_initial
     last_tls_problem: str | None = None
+
+    async def attempt() -> None:
+        nonlocal last_tls_problem
+        try:
+            await _connect(endpoint, host, port, ssl_context, server_hostname)
+        except ChannelTlsError as exc:
+            level = logging.INFO if str(exc) == last_tls_problem else logging.WARNING
+            log.log(level, "loopback: TLS with the edge at %s:%d failed: %s (retrying)", host, port, exc)
+            last_tls_problem = str(exc)
+        except _CONNECTION_ERRORS as exc:
+            log.info("loopback: cannot connect to %s:%d: %s", host, port, exc)
+
     async with trio.open_nursery() as nursery:
         await nursery.start(endpoint.watch_outage)
         task_status.started()
         while True:
             connections_before = endpoint.statistics().connections
-            try:
-                await _connect(endpoint, host, port, ssl_context, server_hostname)
-            except ChannelTlsError as exc:
-                level = logging.INFO if str(exc) == last_tls_problem else logging.WARNING
-                log.log(level, "loopback: TLS with the edge at %s:%d failed: %s (retrying)", host, port, exc)
-                last_tls_problem = str(exc)
-            except _CONNECTION_ERRORS as exc:
-                log.info("loopback: cannot connect to %s:%d: %s", host, port, exc)
+            await contain(Surface.CHANNEL_FRAME, f"edge {host}:{port}", endpoint.telemetry, attempt,
+                          answer_name="reconnecting")
             if endpoint.statistics().connections > connections_before:
                 delay = backoff_initial
                 last_tls_problem = None

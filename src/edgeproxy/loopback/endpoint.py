@@ -30,6 +30,28 @@ contiguous completed prefix. Items still being handled when the connection drops
 their re-sent copies are dropped as duplicates and acked when they complete. If the process dies
 instead, they were never acked, so the sender re-sends them to its successor.
 
+Failure boundaries (``ops.boundary``; the peer is trusted to speak the protocol, not to be
+bug-free, and one bad input must never end the process):
+
+* **per item** (``Surface.CHANNEL_ITEM``): each fresh item is handed to ``on_items`` on its own
+  inside :func:`~edgeproxy.ops.boundary.contain`. An item whose handling raises is answered —
+  by the owner's ``on_item_failed`` (the edge sends the local sender an error stanza), else with a
+  *nack*: a ``Bounce`` item with ``internal-server-error`` back to the peer, which owns the
+  stanza's sender and answers it (a failed ``Bounce`` item is only reported: no error about an
+  error). The item then counts as processed (acked, completed): the channel goes on with the next
+  item, and a re-send of the same poison item cannot happen.
+* **per frame** (``Surface.CHANNEL_FRAME``): a frame that cannot be decoded, or breaks the
+  protocol (a sequence gap, an ack for items never sent, a Hello mid-connection, a text message)
+  is not attributable to any item: the connection is closed with WebSocket code 1002 and the
+  reason, logged as a warning on both sides (expected refusals, not EP1007). The gateway
+  reconnects with back-off and re-sends what is unacked, so nothing is lost; a peer that keeps
+  sending the same bad frame keeps being refused. Anything else a frame's handling — or the send
+  and ack loops — raises is contained: EP1007, the connection closed with 1011 and the reason,
+  the listener and the endpoint go on.
+* **before queueing**: an item the peer's decoder would refuse (``frames.item_problem``: a type
+  longer than 1,024 characters from a partner, say) would otherwise become a poison frame,
+  re-sent on every reconnect; ``submit`` bounces it to its sender with ``policy-violation``.
+
 Cancellation: cancelling ``run_connection`` closes the connection; queued and in-flight items stay
 in the sender for the next connection. The ack after a handled batch is sent in a shielded scope
 (bounded by ``ACK_TIMEOUT``) so that a cancellation between "handled" and "acked" does not cause a
@@ -43,16 +65,20 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from edgeproxy.loopback.frames import (
     DEFAULT_WINDOW,
+    MAX_SHORT,
     PROTOCOL_VERSION,
     Ack,
     Bounce,
     FlowControl,
+    Frame,
     FrameError,
     Hello,
     Item,
@@ -62,8 +88,13 @@ from edgeproxy.loopback.frames import (
     StanzaKind,
     decode_frame,
     encode_frame,
+    item_problem,
 )
 from edgeproxy.loopback.reliable import DEFAULT_MAX_QUEUED, Receiver, Sender
+from edgeproxy.ops.boundary import Surface, contain, describe
+
+if TYPE_CHECKING:
+    from edgeproxy.ops.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +109,18 @@ ACK_COALESCE = 0.002
 #: Seconds the peer may stay away before queued stanzas are bounced. Lync's own gateway gives up
 #: on the edge after about 30 s; an S2S peer waits longer, so this bounds the user-visible delay.
 DEFAULT_OUTAGE_BOUND = 30.0
+#: WebSocket close codes (RFC 6455 §7.4.1): the peer broke the protocol / we failed internally.
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_INTERNAL_ERROR = 1011
+#: A close frame's reason is at most 123 bytes of UTF-8 (RFC 6455 §5.5: 125-byte control payload).
+MAX_CLOSE_REASON_BYTES = 123
+#: Condition of the bounce for an item the peer would refuse (``frames.item_problem``).
+UNSENDABLE_CONDITION = "policy-violation"
 
 OnItems = Callable[[list[Item]], Awaitable[None]]
 OnBounce = Callable[[list[Routed], str], None]
+#: The owner's answer to an item whose handling raised (see "Failure boundaries").
+OnItemFailed = Callable[[Item, BaseException], Awaitable[None]]
 
 
 @dataclass
@@ -125,8 +165,13 @@ class ChannelEndpoint:
         window: int = DEFAULT_WINDOW,
         outage_bound: float = DEFAULT_OUTAGE_BOUND,
         ack_on_complete: bool = False,
+        telemetry: Telemetry | None = None,
+        on_item_failed: OnItemFailed | None = None,
     ) -> None:
         self.role = role
+        #: Where contained failures are reported (EP1007); may be set after construction.
+        self.telemetry = telemetry
+        self._on_item_failed = on_item_failed
         self.ack_on_complete = ack_on_complete
         self._ack_wake = trio.Event()
         self.session = secrets.token_hex(8)
@@ -162,6 +207,11 @@ class ChannelEndpoint:
         bounce: tuple[str, str] | None = None,
     ) -> bool:
         """Queue a stanza (or a bounce) for the peer; False if it was bounced instead."""
+        problem = item_problem(kind, from_, to, type, id, raw, bounce)
+        if problem is not None:
+            log.warning("loopback: stanza from %.200s not sent, the peer would refuse it: %s", from_, problem)
+            self._bounce_new(kind, from_, to, type, id, raw, bounce, UNSENDABLE_CONDITION)
+            return False
         if self._outage_expired:
             self._bounce_new(kind, from_, to, type, id, raw, bounce)
             return False
@@ -187,6 +237,12 @@ class ChannelEndpoint:
     ) -> Answerable:
         """Queue a stanza now (no checkpoint: callers keep their order) for :meth:`outcome`."""
         waiter = _Waiter()
+        problem = item_problem(kind, from_, to, type, id, raw)
+        if problem is not None:
+            log.warning("loopback: stanza from %.200s not sent, the peer would refuse it: %s", from_, problem)
+            waiter.outcome = UNSENDABLE_CONDITION
+            waiter.event.set()
+            return Answerable(None, waiter)
         if self._outage_expired:
             waiter.outcome = "service-unavailable"
             waiter.event.set()
@@ -214,6 +270,16 @@ class ChannelEndpoint:
         if self.receiver.complete(seq):
             self._ack_wake.set()
 
+    def nack(self, item: Item, condition: str, text: str = "") -> None:
+        """Refuse an item from the peer: a ``Bounce`` item with ``condition`` goes back to it (the
+        peer owns the stanza's sender and answers it). A refused ``Bounce`` is only logged."""
+        if isinstance(item, Bounce):
+            self._counts["lost_bounces"] += 1
+            log.warning("loopback: bounce item %d from the peer for %.200s dropped (%s)", item.seq, item.from_, condition)
+            return
+        self.submit(item.kind, item.from_, item.to, item.type, item.id, item.raw,
+                    bounce=(condition, text[:MAX_SHORT]))
+
     def _resolve_acked(self, up_to: int) -> None:
         if self._waiters:
             for seq in [s for s in self._waiters if s <= up_to]:
@@ -228,13 +294,15 @@ class ChannelEndpoint:
         id: str,
         raw: bytes,
         bounce: tuple[str, str] | None,
+        condition: str = "service-unavailable",
     ) -> None:
         if bounce is not None:
             self._counts["lost_bounces"] += 1
-            log.warning("loopback: bounce for %s lost (channel down)", from_)
+            log.warning("loopback: bounce for %.200s lost (%s)", from_, condition)
             return
         self._counts["bounced"] += 1
-        self._on_bounce([Routed(1, kind, from_, to, type, id, raw)], "service-unavailable")
+        # ``kind`` may be what item_problem refused: the owner's bounce reads only ``raw``
+        self._on_bounce([Routed(1, kind, from_, to, type, id, raw)], condition)
 
     def _bounce_items(self, items: list[Item], condition: str) -> None:
         if self._waiters:
@@ -290,10 +358,18 @@ class ChannelEndpoint:
         await self._connected_event.wait()
 
     async def run_connection(self, ws: WebSocketConnection) -> None:
-        """Serve one WebSocket connection until it closes (see the module docstring)."""
+        """Serve one WebSocket connection until it closes (see the module docstring).
+
+        Raises nothing but cancellation: an unexpected failure is contained (EP1007, the
+        connection closed with 1011).
+        """
         async with self._connection_lock:
+            peer = _peer_of(ws, self.role)
             try:
-                await self._run_connection(ws)
+                await contain(
+                    Surface.CHANNEL_FRAME, peer, self.telemetry, partial(self._run_connection, ws, peer),
+                    answer=partial(_close, ws, CLOSE_INTERNAL_ERROR), answer_name="connection closed (1011)",
+                )
             finally:
                 if self._connected:
                     self._connected = False
@@ -304,7 +380,7 @@ class ChannelEndpoint:
                 with trio.CancelScope(shield=True), trio.move_on_after(0.5):
                     await ws.aclose()
 
-    async def _run_connection(self, ws: WebSocketConnection) -> None:
+    async def _run_connection(self, ws: WebSocketConnection, peer: str) -> None:
         send_lock = trio.Lock()
         hello = Hello(
             PROTOCOL_VERSION,
@@ -317,22 +393,25 @@ class ChannelEndpoint:
         try:
             await ws.send_message(encode_frame(hello))
             with trio.fail_after(HELLO_TIMEOUT):
-                peer = decode_frame(await _get_bytes(ws))
-            if not isinstance(peer, Hello):
+                their = decode_frame(await _get_bytes(ws))
+            if not isinstance(their, Hello):
                 raise FrameError("first frame is not a Hello", "policy-violation")
-            if peer.version != PROTOCOL_VERSION:
+            if their.version != PROTOCOL_VERSION:
                 raise FrameError(
-                    f"unsupported loopback version {peer.version}", "unsupported-version"
+                    f"unsupported loopback version {their.version}", "unsupported-version"
                 )
-            if peer.role == self.role:
-                raise FrameError(f"peer has our own role {peer.role}", "policy-violation")
-        except (ConnectionClosed, FrameError, trio.TooSlowError) as exc:
-            log.warning("loopback: handshake failed: %s", exc)
+            if their.role == self.role:
+                raise FrameError(f"peer has our own role {their.role}", "policy-violation")
+        except FrameError as exc:
+            await _refuse(ws, peer, f"handshake refused: {exc}")
             return
-        self.receiver.on_connected(peer)
-        self.sender.on_connected(peer)
-        if peer.peer_session == self.session:
-            self._resolve_acked(peer.received)
+        except (ConnectionClosed, trio.TooSlowError) as exc:
+            log.warning("loopback: handshake with %s failed: %s", peer, exc or "no Hello in time")
+            return
+        self.receiver.on_connected(their)
+        self.sender.on_connected(their)
+        if their.peer_session == self.session:
+            self._resolve_acked(their.received)
         self._connected = True
         self._outage_expired = False
         self._away_since = None
@@ -349,15 +428,15 @@ class ChannelEndpoint:
                         await self._send_loop(ws, send_lock)
 
                 async def receive_loop() -> None:
-                    await self._receive_loop(ws, send_lock)
+                    await self._receive_loop(ws, send_lock, peer)
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(send_loop)
                 nursery.start_soon(receive_loop)
                 if self.ack_on_complete:
                     nursery.start_soon(self._ack_loop, ws, send_lock)
-        except (ConnectionClosed, FrameError) as exc:
-            log.info("loopback: connection ended: %s", exc)
+        except* ConnectionClosed as group:
+            log.info("loopback: connection with %s ended: %s", peer, describe(group))
 
     async def _send_loop(self, ws: WebSocketConnection, lock: trio.Lock) -> None:
         while True:
@@ -370,34 +449,76 @@ class ChannelEndpoint:
                 await ws.send_message(encode_frame(batch))
             self._counts["sent"] += len(batch.items)
 
-    async def _receive_loop(self, ws: WebSocketConnection, lock: trio.Lock) -> None:
+    async def _receive_loop(self, ws: WebSocketConnection, lock: trio.Lock, peer: str) -> None:
+        """Read and handle frames until the connection ends or a frame ends it."""
+        ended: list[BaseException] = []
+
+        async def handle(frame: Frame) -> None:
+            try:
+                await self._on_frame(ws, lock, peer, frame)
+            except (ConnectionClosed, FrameError) as exc:  # expected ends, not failures
+                ended.append(exc)
+
         while True:
             try:
-                data = await _get_bytes(ws)
-            except ConnectionClosed:
+                frame = decode_frame(await _get_bytes(ws))
+            except ConnectionClosed as exc:
+                _log_closed(peer, exc)
                 return
-            frame = decode_frame(data)
-            if isinstance(frame, StanzaBatch):
-                fresh = self.receiver.accept(frame)
-                self._counts["duplicates"] += len(frame.items) - len(fresh)
-                if fresh:
-                    await self._on_items(fresh)
-                    self._counts["received"] += len(fresh)
-                if self.ack_on_complete:
-                    continue  # the ack loop acks what completes
-                self.receiver.mark_processed(frame.items[-1].seq)
-                with trio.CancelScope(shield=True), trio.move_on_after(ACK_TIMEOUT):
-                    async with lock:
-                        await ws.send_message(encode_frame(Ack(self.receiver.processed)))
-            elif isinstance(frame, Ack):
-                if self.sender.on_ack(frame.up_to):
-                    self._resolve_acked(frame.up_to)
-                    self._wake.set()
-            elif isinstance(frame, FlowControl):
-                self.sender.on_window(frame.window)
+            except FrameError as exc:
+                await _refuse(ws, peer, str(exc))
+                return
+            contained = await contain(
+                Surface.CHANNEL_FRAME, peer, self.telemetry, partial(handle, frame),
+                answer=partial(_close, ws, CLOSE_INTERNAL_ERROR), answer_name="connection closed (1011)",
+            )
+            if not contained:
+                return
+            if ended:
+                if isinstance(ended[0], FrameError):
+                    await _refuse(ws, peer, str(ended[0]))
+                else:
+                    _log_closed(peer, ended[0])
+                return
+
+    async def _on_frame(self, ws: WebSocketConnection, lock: trio.Lock, peer: str, frame: Frame) -> None:
+        if isinstance(frame, StanzaBatch):
+            fresh = self.receiver.accept(frame)
+            self._counts["duplicates"] += len(frame.items) - len(fresh)
+            for item in fresh:
+                await self._handle_item(item, peer)
+            self._counts["received"] += len(fresh)
+            if self.ack_on_complete:
+                return  # the ack loop acks what completes
+            self.receiver.mark_processed(frame.items[-1].seq)
+            with trio.CancelScope(shield=True), trio.move_on_after(ACK_TIMEOUT):
+                async with lock:
+                    await ws.send_message(encode_frame(Ack(self.receiver.processed)))
+        elif isinstance(frame, Ack):
+            if self.sender.on_ack(frame.up_to):
+                self._resolve_acked(frame.up_to)
                 self._wake.set()
-            else:
-                raise FrameError("Hello in the middle of a connection", "policy-violation")
+        elif isinstance(frame, FlowControl):
+            self.sender.on_window(frame.window)
+            self._wake.set()
+        else:
+            raise FrameError("Hello in the middle of a connection", "policy-violation")
+
+    async def _handle_item(self, item: Item, peer: str) -> None:
+        """One item inside its failure boundary; a failed item is answered and counts as done."""
+        handled = await contain(
+            Surface.CHANNEL_ITEM, peer, self.telemetry, partial(self._on_items, [item]),
+            answer=partial(self._item_failed, item),
+            answer_name="bounced" if isinstance(item, Routed) else "dropped (error about an error)",
+        )
+        if not handled and self.ack_on_complete:
+            self.complete(item.seq)
+
+    async def _item_failed(self, item: Item, exc: BaseException) -> None:
+        if self._on_item_failed is not None:
+            await self._on_item_failed(item, exc)
+        else:
+            self.nack(item, "internal-server-error")
 
     async def _ack_loop(self, ws: WebSocketConnection, lock: trio.Lock) -> None:
         """Ack the completed prefix whenever it grows (``ack_on_complete``)."""
@@ -431,6 +552,42 @@ class ChannelEndpoint:
         )
 
 
+def _peer_of(ws: WebSocketConnection, role: Role) -> str:
+    """``gateway 127.0.0.1:40123``: the peer's role (the other one) and address, for events."""
+    other = Role.GATEWAY if role is Role.EDGE else Role.EDGE
+    try:
+        remote = ws.remote
+        return f"{other.value} {remote.address}:{remote.port}"  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001 - a name for the log only (a unix socket, a closed one)
+        return other.value
+
+
+def _close_reason(reason: str) -> str:
+    return reason.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
+
+
+async def _close(ws: WebSocketConnection, code: int, exc: BaseException | str) -> None:
+    """Close with ``code`` and a reason (bounded; the close handshake bounded by ACK_TIMEOUT)."""
+    reason = exc if isinstance(exc, str) else describe(exc)
+    with trio.CancelScope(shield=True), trio.move_on_after(ACK_TIMEOUT):
+        await ws.aclose(code, _close_reason(reason))
+
+
+async def _refuse(ws: WebSocketConnection, peer: str, reason: str) -> None:
+    """The peer broke the protocol: say why in the log and in the close frame (1002)."""
+    log.warning("loopback: closing the connection with %s: %s", peer, reason)
+    await _close(ws, CLOSE_PROTOCOL_ERROR, reason)
+
+
+def _log_closed(peer: str, exc: BaseException) -> None:
+    reason = getattr(exc, "reason", None)
+    code = getattr(reason, "code", None)
+    if code in (CLOSE_PROTOCOL_ERROR, CLOSE_INTERNAL_ERROR):
+        log.warning("loopback: %s closed the connection: %s %s", peer, code, getattr(reason, "reason", ""))
+    else:
+        log.info("loopback: %s closed the connection: %s", peer, reason)
+
+
 async def _get_bytes(ws: WebSocketConnection) -> bytes:
     message = await ws.get_message()
     if isinstance(message, str):
@@ -439,10 +596,13 @@ async def _get_bytes(ws: WebSocketConnection) -> bytes:
 
 
 __all__ = [
+    "CLOSE_INTERNAL_ERROR",
+    "CLOSE_PROTOCOL_ERROR",
     "DEFAULT_OUTAGE_BOUND",
     "Bounce",
     "ChannelEndpoint",
     "ChannelStatistics",
     "OnBounce",
+    "OnItemFailed",
     "OnItems",
 ]

@@ -32,7 +32,16 @@ the tag is the first array element, so a frame costs one small array, not a map 
 
 Decoding is strict: unknown tags, missing or extra fields, wrong types and values outside the
 named limits below raise :class:`FrameError` (a :class:`ProtocolError`: the driver closes the
-connection; the sender re-sends unacked items on the next one, so nothing is lost).
+connection; the sender re-sends unacked items on the next one, so nothing is lost). Everything
+msgspec raises while decoding (``DecodeError``, ``ValidationError``, and ``UnicodeDecodeError``
+for invalid UTF-8 in a str) becomes a ``FrameError``; ``tests/loopback/test_frames.py`` feeds
+random and mutated frames to hold that.
+
+Encoding does not check the limits (msgspec validates on decode only), so a sender could write an
+item its peer must refuse — and, refused as a frame, it would be re-sent on every reconnect: a
+poison frame that stops the channel. :func:`item_problem` is therefore checked when an item is
+*submitted* (``endpoint.ChannelEndpoint.submit``): an item the peer would refuse is bounced to its
+sender at once instead of being queued.
 
 Limits (named, with their origin)
 ``MAX_FRAME_BYTES`` = 8 MiB
@@ -46,7 +55,10 @@ Limits (named, with their origin)
 ``MAX_STANZA_BYTES`` = 262144
     One stanza's raw bytes: the tokenizer's ``max_stanza_bytes`` (ejabberd's s2s default).
 ``MAX_ADDRESS_BYTES`` = 3071
-    A JID is at most three 1023-octet parts plus separators (RFC 7622 §3.1).
+    A JID is at most three 1023-octet parts plus separators (RFC 7622 §3.1). (msgspec counts
+    characters of a str, so this bounds characters; the stanza bound holds the bytes.)
+``MAX_SHORT`` = 1024
+    A stanza ``type``/``id`` and a bounce's condition and text: one JID part (RFC 7622 §3.3).
 """
 
 from __future__ import annotations
@@ -64,13 +76,14 @@ MAX_BATCH_ITEMS: Final = 1024
 MAX_BATCH_BYTES: Final = 1024 * 1024
 MAX_STANZA_BYTES: Final = 262144
 MAX_ADDRESS_BYTES: Final = 3071
+MAX_SHORT: Final = 1024
 DEFAULT_WINDOW: Final = MAX_BATCH_ITEMS
 MAX_WINDOW: Final = 1 << 20
 
 _Seq = Annotated[int, msgspec.Meta(ge=1, le=(1 << 63) - 1)]
 _SeqOrZero = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 _Address = Annotated[str, msgspec.Meta(max_length=MAX_ADDRESS_BYTES)]
-_Short = Annotated[str, msgspec.Meta(max_length=1024)]
+_Short = Annotated[str, msgspec.Meta(max_length=MAX_SHORT)]
 _Raw = Annotated[bytes, msgspec.Meta(min_length=1, max_length=MAX_STANZA_BYTES)]
 _Session = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 _Window = Annotated[int, msgspec.Meta(ge=0, le=MAX_WINDOW)]
@@ -201,6 +214,25 @@ def decode_frame(data: bytes | bytearray | memoryview) -> Frame:
     return frame
 
 
+def item_problem(
+    kind: object, from_: str, to: str, type: str, id: str, raw: bytes, bounce: tuple[str, str] | None = None
+) -> str | None:
+    """Why the peer's decoder would refuse this item (the limits above), or None if it would not."""
+    try:
+        StanzaKind(kind)
+    except ValueError:
+        return f"kind {kind!r} is not message, presence or iq"
+    if not 1 <= len(raw) <= MAX_STANZA_BYTES:
+        return f"stanza of {len(raw)} bytes (1 to MAX_STANZA_BYTES={MAX_STANZA_BYTES})"
+    for name, value, limit in (("from", from_, MAX_ADDRESS_BYTES), ("to", to, MAX_ADDRESS_BYTES),
+                               ("type", type, MAX_SHORT), ("id", id, MAX_SHORT)):
+        if len(value) > limit:
+            return f"{name} of {len(value)} characters exceeds {limit}"
+    if bounce is not None and (len(bounce[0]) > MAX_SHORT or len(bounce[1]) > MAX_SHORT):
+        return f"bounce condition or text longer than {MAX_SHORT} characters"
+    return None
+
+
 def batch_items(
     queue: list[Item], *, max_items: int = MAX_BATCH_ITEMS, max_bytes: int = MAX_BATCH_BYTES
 ) -> int:
@@ -235,5 +267,6 @@ __all__ = [
     "StanzaKind",
     "batch_items",
     "decode_frame",
+    "item_problem",
     "encode_frame",
 ]

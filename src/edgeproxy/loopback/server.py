@@ -23,12 +23,19 @@ with the number held back.
 bounces stanzas queued for a gateway that stays away (SPEC §6 rule 5).
 
 Bounded: ``MAX_CONNECTIONS`` connections at once (handshaking or open); more are closed on accept.
+
+Failure boundary: each accepted connection runs inside ``ops.boundary.contain``
+(``Surface.CHANNEL_FRAME``): a connection ending (closed, reset, refused frame) is normal; anything
+else one connection raises — a malformed opening handshake trio-websocket did not map, a bug — is
+reported (EP1007 through ``endpoint.telemetry``) and ends that connection only, never the listener.
+Frames and items are contained inside the endpoint (``loopback/endpoint.py``).
 """
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
+from functools import partial
 
 import trio
 from trio_websocket import ConnectionClosed, wrap_server_stream
@@ -36,6 +43,7 @@ from trio_websocket import ConnectionClosed, wrap_server_stream
 from edgeproxy.loopback.endpoint import ChannelEndpoint
 from edgeproxy.loopback.frames import MAX_FRAME_BYTES, FrameError
 from edgeproxy.net.handshake import send_pending_alert, tls_failure
+from edgeproxy.ops.boundary import Surface, contain
 
 #: WebSocket messages queued inside trio-websocket per connection. The channel's own window is
 #: the real flow control; this only decouples the socket reader from frame handling.
@@ -98,7 +106,20 @@ async def serve_loopback(
     refused = _RefusalLimiter(on_refused)
 
     async def handle(stream: trio.SocketStream) -> None:
-        peer_host, peer_port = stream.socket.getpeername()[:2]
+        try:
+            peer_host, peer_port = stream.socket.getpeername()[:2]
+        except OSError:  # gone before we looked
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            await contain(
+                Surface.CHANNEL_FRAME, f"{peer_host}:{peer_port}", endpoint.telemetry,
+                partial(handle_one, stream, peer_host, peer_port), answer_name="connection closed",
+            )
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def handle_one(stream: trio.SocketStream, peer_host: str, peer_port: int) -> None:
         if slots.value == 0:
             refused(peer_host, peer_port, f"{MAX_CONNECTIONS} connections already open")
             await trio.aclose_forcefully(stream)
@@ -118,9 +139,8 @@ async def serve_loopback(
                 transport = tls
             try:
                 await _serve_connection(transport)
-            except BaseExceptionGroup as group:  # a connection ending must not end the listener
-                if group.split(_CONNECTION_ENDS)[1] is not None:
-                    raise
+            except* _CONNECTION_ENDS:
+                pass  # a connection ending is not a failure (the rest reaches the boundary)
             finally:
                 await trio.aclose_forcefully(transport)
 

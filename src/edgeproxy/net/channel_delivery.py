@@ -20,6 +20,16 @@ Gateway → edge
     router's outbound path (policy ``decide_outbound``, then the S2S pool). A ``Bounce`` item is
     a stanza the gateway could not deliver: its sender gets an error stanza with the item's
     condition, over the pool.
+Refused and failed items (issue 13: no item can take the edge down)
+    A ``Routed`` item whose bytes are not one well-formed ``message``/``presence``/``iq`` in
+    ``jabber:server`` is refused before the router sees it: no stanza error exists for it, so the
+    gateway gets a *nack* — a ``Bounce`` item with ``bad-request`` (it owns the sender) — and
+    event EP7003 says why. Each item is handled inside the endpoint's per-item failure boundary
+    (``Surface.CHANNEL_ITEM``): if handling raises anyway, EP1007 is reported and
+    :meth:`ChannelDelivery._item_failed` answers — the local sender gets an
+    ``internal-server-error`` stanza over the channel (as for any bounce to a local sender), or the
+    gateway a nack when the bytes are no stanza; a failed ``Bounce`` item is only reported (an
+    error is never answered with an error). The channel goes on with the next item.
 Bounces (SPEC §6 rule 5)
     ``on_bounce`` is synchronous (the endpoint calls it from its watchdog and from ``submit``);
     the items go on an internal queue and a task turns each into an RFC 6120 §8.3 error stanza
@@ -40,7 +50,7 @@ from edgeproxy.loopback.endpoint import DEFAULT_OUTAGE_BOUND, ChannelEndpoint, C
 from edgeproxy.loopback.frames import Bounce, Item, Role, Routed, StanzaKind
 from edgeproxy.loopback.reliable import DEFAULT_MAX_QUEUED
 from edgeproxy.loopback.server import serve_loopback
-from edgeproxy.net.delivery import Delivery, bounce
+from edgeproxy.net.delivery import Delivery, bounce, to_bytes
 from edgeproxy.net.router import Router
 from edgeproxy.ops import events
 from edgeproxy.ops.telemetry import Telemetry
@@ -52,6 +62,8 @@ log = logging.getLogger("edgeproxy.net.channel_delivery")
 
 #: Seconds between looks at the channel's connection state (events EP5001/EP5002).
 STATE_POLL_INTERVAL = 0.1
+#: What a gateway item may carry (RFC 6120 §8: the three stanza kinds, server namespace).
+STANZA_NAMES = frozenset(kind.value for kind in StanzaKind)
 _STREAM_HEADER = (
     b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>"
 )
@@ -111,6 +123,8 @@ class ChannelDelivery:
             on_bounce=self._on_bounce,
             max_queued=max_queued,
             outage_bound=outage_bound,
+            telemetry=self.telemetry,
+            on_item_failed=self._item_failed,
         )
         self._bounces_in, self._bounces_out = trio.open_memory_channel[tuple[Routed, str]](math.inf)
         self.address: str | None = None
@@ -166,10 +180,8 @@ class ChannelDelivery:
             if isinstance(item, Bounce):
                 await self._answer(item.raw, item.condition, item.text)
                 continue
-            try:
-                element, whole = parse_exact(item.raw)
-            except (TokenizerError, ValueError) as exc:
-                log.warning("channel: unparsable stanza from the gateway: %s", exc)
+            element, whole = self._stanza_of(item)
+            if element is None:
                 continue
             if self.router.pool is not None:
                 # backpressure, not bounces: the channel stops reading while the partner's
@@ -178,6 +190,45 @@ class ChannelDelivery:
             # The gateway's bytes go out as they are unless the policy changes the stanza
             # (no second serialization of what the gateway just serialized).
             await self.router.send_from_local(element, raw=item.raw if whole else None)
+
+    def _stanza_of(self, item: Routed) -> tuple[Element | None, bool]:
+        """The item's stanza and whether its bytes are exactly that; (None, False) when refused."""
+        try:
+            element, whole = parse_exact(item.raw)
+        except (TokenizerError, ValueError) as exc:
+            self._refuse(item, f"not one well-formed stanza: {exc}")
+            return None, False
+        if element.name not in STANZA_NAMES or element.namespace != NS_SERVER:
+            self._refuse(item, f"<{element.name[:64]}> in {element.namespace[:100]!r} is not a message, presence or iq stanza")
+            return None, False
+        return element, whole
+
+    def _refuse(self, item: Routed, reason: str) -> None:
+        """A gateway item that is no stanza: nack it (``bad-request``; the gateway owns the sender)."""
+        log.warning("channel: item %d from the gateway refused: %s", item.seq, reason)
+        self.telemetry.refused(item.kind.value, _domain(item.from_), _domain(item.to), "bad-request",
+                               f"loopback item: {reason}"[:300])
+        self.endpoint.nack(item, "bad-request", reason)
+
+    async def _item_failed(self, item: Item, exc: BaseException) -> None:
+        """Handling ``item`` raised (contained by the endpoint, EP1007): answer its sender."""
+        if isinstance(item, Bounce):
+            log.warning("channel: bounce for %.200s from the gateway could not be answered", item.from_)
+            return
+        try:
+            element = parse_raw(item.raw)
+        except (TokenizerError, ValueError):
+            element = None
+        if element is None or element.name not in STANZA_NAMES:
+            self.endpoint.nack(item, "internal-server-error")
+            return
+        reply = bounce(element, "internal-server-error")
+        if reply is None:
+            return  # an error stanza: reported (EP1007), never answered with an error
+        self.bounced += 1
+        self.telemetry.bounce("internal-server-error")
+        self.endpoint.submit(StanzaKind(reply.name), reply.get("from") or "", reply.get("to") or "",
+                             "error", reply.get("id") or "", to_bytes(reply))
 
     # -- running ------------------------------------------------------------------------------
 
