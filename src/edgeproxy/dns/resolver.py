@@ -2,7 +2,9 @@
 
 Lookups return values, never raise for DNS answers: a name that does not exist (NXDOMAIN), a name
 without records of the type (NODATA) and a failure to get an answer at all (timeout, SERVFAIL,
-REFUSED) are different diagnoses, so they are distinct outcomes. ``Lookup`` blocks (the command-line checks);
+REFUSED) are different diagnoses, so they are distinct outcomes. An answer that makes dnspython
+raise anything else (it should not: it drops unparsable datagrams) is an ``error`` outcome too,
+never an exception out of a check. ``Lookup`` blocks (the command-line checks);
 ``AsyncLookup`` is the same for async code (the S2S connector under trio).
 """
 
@@ -137,7 +139,7 @@ class Lookup:
     def _query(self, name: str, rdtype: str) -> tuple[Outcome, list[object], str]:
         try:
             answer: object = self._resolver.resolve(name, rdtype, search=False, raise_on_no_answer=False)
-        except dns.exception.DNSException as exc:
+        except Exception as exc:  # noqa: BLE001 - DNSException and the unexpected alike: an outcome
             answer = exc
         return _classify(name, rdtype, self.describe(), answer)
 
@@ -165,7 +167,7 @@ class AsyncLookup:
     async def _query(self, name: str, rdtype: str) -> tuple[Outcome, list[object], str]:
         try:
             answer: object = await self._resolver.resolve(name, rdtype, search=False, raise_on_no_answer=False)
-        except dns.exception.DNSException as exc:
+        except Exception as exc:  # noqa: BLE001 - DNSException and the unexpected alike: an outcome
             answer = exc
         return _classify(name, rdtype, self.describe(), answer)
 

@@ -13,14 +13,41 @@ at one nameserver (``resolver=("127.0.0.153", 53)``: the lab and the tests); hos
 resolved with A records through the same nameserver, so a test zone is honoured end to end.
 Attempts are *staggered*: each target gets ``attempt_delay`` seconds alone before the next one
 starts in parallel (happy-eyeballs style, RFC 8305 §5 applied to SRV targets); the first
-connection wins and the others are cancelled. The whole connect is bounded by ``timeout``.
+connection wins and the others are cancelled. The whole connect — address lookups and attempts —
+is bounded by ``timeout``.
+
+DNS answers are input from outside (issue 13): what a partner's zone — or anyone who can answer
+our queries — says must never take the edge down. dnspython already drops datagrams it cannot
+parse (a query then times out) and turns rcodes into exceptions; on top of that:
+
+* an SRV record whose target is not a host name (``valid_host_name``: LDH labels, underscores
+  tolerated, at most 63 octets per label and 253 in all — a name with escaped bytes, spaces or
+  ``*``) or whose port is 0 is skipped; an answer with records of which none is usable fails the
+  lookup (:class:`UnusableAnswer`, a ``DNSException``: counted and logged like any DNS failure,
+  EP4001) — there is no fallback to the domain's address, as there was an SRV answer;
+* a huge answer is cut: at most ``MAX_SRV_TARGETS`` records (lowest priorities first) and
+  ``MAX_ADDRESSES_PER_TARGET`` addresses each are tried;
+* each lookup (the SRV answer, each target's addresses) runs inside the failure boundary
+  (``ops.boundary``, ``Surface.DNS_ANSWER``): anything unexpected that dnspython or our code
+  raises is reported (EP1007) and the lookup fails cleanly. ``connect`` raises only
+  :class:`ConnectFailed` (the pool bounces with remote-server-not-found / -timeout).
+
+Limits (named, with their origin)
+``MAX_SRV_TARGETS`` = 16
+    Targets tried per connect. Real deployments publish a handful; 16 staggered attempts at the
+    default ``attempt_delay`` (0.25 s) already take 4 s, and each target costs two address lookups.
+``MAX_ADDRESSES_PER_TARGET`` = 8
+    A and AAAA addresses tried per target (a round-robin host lists a few).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import dns.asyncresolver
 import dns.exception
@@ -29,6 +56,28 @@ import dns.resolver
 import trio
 
 from edgeproxy.dns.srv import XMPP_SERVER_PORT, SrvRecord, connection_targets, srv_name
+from edgeproxy.ops.boundary import Surface, contain
+
+if TYPE_CHECKING:
+    from edgeproxy.ops.telemetry import Telemetry
+
+log = logging.getLogger("edgeproxy.net.connector")
+
+MAX_SRV_TARGETS = 16
+MAX_ADDRESSES_PER_TARGET = 8
+#: RFC 1035 §2.3.4 sizes; letters, digits, hyphen (RFC 952/1123) and the underscore some zones use.
+_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\Z")
+_T = TypeVar("_T")
+
+
+def valid_host_name(name: str) -> bool:
+    """A name a connection can be made to: LDH labels (underscore tolerated), 253 octets at most."""
+    name = name.rstrip(".").lower()
+    return 0 < len(name) <= 253 and all(_LABEL.match(label) for label in name.split("."))
+
+
+class UnusableAnswer(dns.exception.DNSException):
+    """The DNS answer had records, none of which can be used (see the module docstring)."""
 
 
 class ConnectFailed(Exception):
@@ -50,8 +99,11 @@ class ConnectorSettings:
 class Connector:
     """Opens TCP streams to XMPP server domains; see the module docstring."""
 
-    def __init__(self, settings: ConnectorSettings | None = None) -> None:
+    def __init__(self, settings: ConnectorSettings | None = None, *, telemetry: Telemetry | None = None) -> None:
         self.settings = settings or ConnectorSettings()
+        # Where contained failures are reported (EP1007). ``app.ObservedConnector`` sets the same
+        # attribute after calling this constructor.
+        self._telemetry = telemetry
         self._resolver = dns.asyncresolver.Resolver(configure=self.settings.resolver is None)
         if self.settings.resolver is not None:
             host, port = self.settings.resolver
@@ -65,7 +117,7 @@ class Connector:
             answer = await self._resolver.resolve(srv_name(domain), "SRV", backend=_trio_backend())
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return None
-        return [SrvRecord.of(r.priority, r.weight, r.port, r.target.to_text()) for r in answer]
+        return usable_srv_records(srv_name(domain), [(r.priority, r.weight, r.port, r.target.to_text()) for r in answer])
 
     async def addresses(self, host: str) -> list[str]:
         try:
@@ -85,34 +137,58 @@ class Connector:
             found.extend(r.address for r in answer)
         return found
 
+    async def _contained(self, name: str, lookup: Callable[[], Awaitable[_T]]) -> _T:
+        """Run one lookup in the failure boundary: its result, ``DNSException``/``OSError`` as
+        they are (expected failures), anything else reported (EP1007) and raised as
+        :class:`UnusableAnswer`."""
+        result: list[_T] = []
+        expected: list[Exception] = []
+
+        async def run() -> None:
+            try:
+                result.append(await lookup())
+            except (dns.exception.DNSException, OSError) as exc:
+                expected.append(exc)
+
+        if not await contain(Surface.DNS_ANSWER, name, self._telemetry, run, answer_name="lookup failed"):
+            raise UnusableAnswer(f"the DNS answer for {name} could not be used")
+        if expected:
+            raise expected[0]
+        return result[0]
+
     async def targets(self, domain: str, proxy_fqdn: str | None = None) -> list[tuple[str, int]]:
         """(host, port) to try, in order (SPEC §6 outbound)."""
         if proxy_fqdn:
             host, _, port = proxy_fqdn.rpartition(":") if ":" in proxy_fqdn else (proxy_fqdn, "", "")
             return [(host, int(port) if port else XMPP_SERVER_PORT)]
+        name = srv_name(domain)
         try:
-            records = await self.srv_records(domain)
-        except dns.exception.DNSException as exc:
-            raise ConnectFailed(f"DNS lookup for {srv_name(domain)} failed: {exc}") from None
-        return connection_targets(domain, records)
+            records = await self._contained(name, lambda: self.srv_records(domain))
+        except (dns.exception.DNSException, OSError) as exc:
+            raise ConnectFailed(f"DNS lookup for {name} failed: {exc}") from None
+        return connection_targets(domain, records)[:MAX_SRV_TARGETS]
 
     async def connect(self, domain: str, proxy_fqdn: str | None = None) -> trio.SocketStream:
         """A connected stream to the best reachable target; raises :class:`ConnectFailed`."""
+        with trio.move_on_after(self.settings.timeout) as scope:
+            return await self._connect(domain, proxy_fqdn)
+        assert scope.cancelled_caught
+        raise ConnectFailed(f"connecting to {domain} timed out", timeout=True)
+
+    async def _connect(self, domain: str, proxy_fqdn: str | None) -> trio.SocketStream:
         targets = await self.targets(domain, proxy_fqdn)
         if not targets:
             raise ConnectFailed(f"{domain} publishes no XMPP server service (SRV '.')")
         endpoints: list[tuple[str, int]] = []
         for host, port in targets:
             try:
-                endpoints.extend((addr, port) for addr in await self.addresses(host))
+                found = await self._contained(host, lambda host=host: self.addresses(host))  # type: ignore[misc]
             except (dns.exception.DNSException, OSError):
                 continue
+            endpoints.extend((addr, port) for addr in found[:MAX_ADDRESSES_PER_TARGET])
         if not endpoints:
             raise ConnectFailed(f"no address for any target of {domain}: {targets}")
-        with trio.move_on_after(self.settings.timeout) as scope:
-            return await self._staggered(endpoints)
-        assert scope.cancelled_caught
-        raise ConnectFailed(f"connecting to {domain} timed out", timeout=True)
+        return await self._staggered(endpoints)
 
     async def _staggered(self, endpoints: Sequence[tuple[str, int]]) -> trio.SocketStream:
         winner: list[trio.SocketStream] = []
@@ -121,8 +197,8 @@ class Connector:
         async def attempt(addr: str, port: int, failed: trio.Event, done: trio.CancelScope) -> None:
             try:
                 stream = await trio.open_tcp_stream(addr, port)
-            except OSError as exc:
-                errors.append(f"{addr}:{port}: {exc.strerror or exc}")
+            except (OSError, ValueError, OverflowError) as exc:  # refused; an address or port trio refuses
+                errors.append(f"{addr}:{port}: {getattr(exc, 'strerror', None) or exc}")
                 failed.set()
                 return
             if winner:
@@ -141,6 +217,27 @@ class Connector:
         if winner:
             return winner[0]
         raise ConnectFailed("; ".join(errors) or "no connection")
+
+
+def usable_srv_records(name: str, records: Sequence[tuple[int, int, int, str]]) -> list[SrvRecord]:
+    """The records of an SRV answer a connection can use (see the module docstring).
+
+    A lone ``.`` target ("no service", RFC 2782) is kept; raises :class:`UnusableAnswer` when the
+    answer has records and none is usable.
+    """
+    if len(records) == 1 and records[0][3].rstrip(".") == "":
+        return [SrvRecord.of(*records[0])]
+    usable = [SrvRecord.of(*r) for r in records if 0 < r[2] <= 65535 and valid_host_name(r[3])]
+    if len(usable) < len(records):
+        skipped = [r for r in records if not (0 < r[2] <= 65535 and valid_host_name(r[3]))]
+        log.warning("SRV answer for %s: %d records skipped (not a host name or port 0), e.g. %.100s:%d",
+                    name, len(skipped), skipped[0][3], skipped[0][2])
+    if records and not usable:
+        raise UnusableAnswer(f"no usable record in the SRV answer for {name} ({len(records)} records)")
+    if len(usable) > MAX_SRV_TARGETS:  # cut before the (quadratic) weighted ordering
+        log.warning("SRV answer for %s: %d records, only the best %d are used", name, len(usable), MAX_SRV_TARGETS)
+        usable = sorted(usable, key=lambda r: r.priority)[:MAX_SRV_TARGETS]
+    return usable
 
 
 def _trio_backend():  # type: ignore[no-untyped-def]

@@ -12,6 +12,12 @@ A deliberately small HTTP/1.1 server (h11 over trio streams), one request per co
 Bounded: at most ``max_connections`` connections at once (more get ``503``), a request head of
 16 KiB, a body of 64 KiB and ``request_timeout`` seconds per connection. A non-loopback
 ``[admin] listen`` is refused unless ``allow-remote = true``.
+
+Failure boundary (``ops.boundary``, ``Surface.ADMIN_REQUEST``): a request h11 cannot parse is
+answered with h11's status hint (400, or 431/413 for our bounds) — an expected refusal, no event.
+A request whose handling raises anything (a status source, a reload, a bug) is answered ``500``
+and reported (EP1007, ``edgeproxy_input_failures_total{surface="admin-request"}``); whatever else
+one connection raises is reported and closes that connection. The listener always goes on.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import h11
@@ -33,11 +40,13 @@ import trio
 from edgeproxy.config import EdgeConfig
 from edgeproxy.errors import ConfigError
 from edgeproxy.ops import events
+from edgeproxy.ops.boundary import Surface, contain
 from edgeproxy.ops.events import EventLog
 from edgeproxy.ops.lifecycle import DRAIN_BOUND_SECONDS, Control
 from edgeproxy.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edgeproxy.ops.metrics import Metrics, Outcome
 from edgeproxy.ops.status import ServiceState, StatusSource, encode_status
+from edgeproxy.ops.telemetry import Telemetry
 
 MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
@@ -275,12 +284,18 @@ async def _send(conn: h11.Connection, stream: trio.abc.Stream, response: _Respon
     await stream.send_all(conn.send(h11.EndOfMessage()))
 
 
-async def _serve_connection(stream: trio.SocketStream, handler: _Handler, timeout: float) -> None:
+def _peer(stream: trio.SocketStream) -> str:
     try:
         peer_host, peer_port = stream.socket.getpeername()[:2]
-        peer = join_host_port(peer_host, peer_port)
+        return join_host_port(peer_host, peer_port)
     except OSError:
-        peer = "?"
+        return "?"
+
+
+async def _serve_connection(
+    stream: trio.SocketStream, handler: _Handler, timeout: float, telemetry: Telemetry | None = None
+) -> None:
+    peer = _peer(stream)
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
     try:
         with trio.move_on_after(timeout):
@@ -295,8 +310,14 @@ async def _serve_connection(stream: trio.SocketStream, handler: _Handler, timeou
             method = request.method.decode("ascii", "replace")
             target = request.target.decode("ascii", "replace")
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
-            response = await handler.handle(method, target, headers, peer)
-            await _send(conn, stream, response, head_only=method == "HEAD")
+            answered: list[_Response] = []
+
+            async def handle() -> None:
+                answered.append(await handler.handle(method, target, headers, peer))
+
+            if not await contain(Surface.ADMIN_REQUEST, peer, telemetry, handle, answer_name="HTTP 500"):
+                answered.append(_text(500, "internal error: the request failed (event EP1007 has the cause)"))
+            await _send(conn, stream, answered[-1], head_only=method == "HEAD")
     except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
         pass
     finally:
@@ -368,6 +389,7 @@ async def serve_admin(
     endpoint = AdminEndpoint(host=bound[0], port=bound[1], token_path=token_path)
     handler = _Handler(status_source, metrics, control, token, event_log)
     limiter = trio.CapacityLimiter(max_connections)
+    telemetry = Telemetry(metrics, event_log)
 
     async def one(stream: trio.SocketStream) -> None:
         try:
@@ -376,9 +398,12 @@ async def serve_admin(
             await _refuse_busy(stream)
             return
         try:
-            await _serve_connection(stream, handler, request_timeout)
+            # the request itself has its own boundary (HTTP 500); this one holds the rest
+            await contain(Surface.ADMIN_REQUEST, _peer(stream), telemetry,
+                          partial(_serve_connection, stream, handler, request_timeout, telemetry))
         finally:
             limiter.release()
+            await trio.aclose_forcefully(stream)
 
     async with trio.open_nursery() as nursery:
         for listener in listeners:
