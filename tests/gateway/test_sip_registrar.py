@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from edgeproxy.gateway.sip.message import SipRequest, parse_datagram
 from edgeproxy.gateway.sip.registrar import Registrar
 
@@ -96,11 +98,31 @@ def test_stale_register_with_an_older_cseq_is_ignored() -> None:
     assert len(registrar.lookup("sip:bob@sip.test", 1.0)) == 1
 
 
-def test_query_without_contact_lists_current_bindings() -> None:
+def test_query_over_tcp_lists_current_bindings() -> None:
+    registrar = Registrar(["sip.test"])
+    registrar.handle_register(register(), 0.0)
+    response = registrar.handle_register(register(None, expires=None, cseq=2), 600.0, transport="tcp")
+    assert response.headers.get("Contact") == "<sip:bob@127.0.0.1:5091>;expires=3000"
+
+
+def test_query_over_udp_lists_no_binding_it_did_not_name() -> None:
+    # Deviation from §10.3 step 8 (issue 13): no amplification towards an unauthenticated source.
     registrar = Registrar(["sip.test"])
     registrar.handle_register(register(), 0.0)
     response = registrar.handle_register(register(None, expires=None, cseq=2), 600.0)
-    assert response.headers.get("Contact") == "<sip:bob@127.0.0.1:5091>;expires=3000"
+    assert response.status == 200
+    assert response.headers.get_all("Contact") == []
+    assert len(registrar.lookup("sip:bob@sip.test", 600.0)) == 1  # the binding is still there
+
+
+def test_register_over_udp_lists_only_the_contacts_it_named() -> None:
+    registrar = Registrar(["sip.test"])
+    others = ", ".join(f"<sip:bob@h{i}:1>" for i in range(5))
+    registrar.handle_register(register(others), 0.0, transport="tcp")
+    response = registrar.handle_register(register("<sip:bob@h9:1>", cseq=2), 0.0)
+    assert response.headers.get_all("Contact") == ["<sip:bob@h9:1>;expires=3600"]
+    full = registrar.handle_register(register("<sip:bob@h9:1>", cseq=3), 0.0, transport="tcp")
+    assert len(full.headers.get_all("Contact")) == 6
 
 
 def test_binding_limit_per_user_is_enforced() -> None:
@@ -112,3 +134,16 @@ def test_binding_limit_per_user_is_enforced() -> None:
 
 def test_malformed_expires_is_a_bad_request() -> None:
     assert Registrar(["sip.test"]).handle_register(register(expires="soon"), 0.0).status == 400
+
+
+@pytest.mark.parametrize("expires", ["²", "３", "36OO", "1" * 11, "-1", "1e3"])
+def test_expires_that_is_not_ascii_digits_is_a_bad_request_with_a_warning(expires: str) -> None:
+    response = Registrar(["sip.test"]).handle_register(register(expires=expires), 0.0)
+    assert response.status == 400
+    assert "Expires" in (response.headers.get("Warning") or "")
+
+
+@pytest.mark.parametrize("param", ["²", "３", "9" * 5000])
+def test_contact_expires_parameter_that_is_not_ascii_digits_is_a_bad_request(param: str) -> None:
+    response = Registrar(["sip.test"]).handle_register(register(f"<sip:bob@h:1>;expires={param}"), 0.0)
+    assert response.status == 400

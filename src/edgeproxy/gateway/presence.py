@@ -65,7 +65,13 @@ from edgeproxy.gateway.presence_watch import (
     record_routes,
     route_request,
 )
-from edgeproxy.gateway.sip.message import Headers, SipRequest, SipResponse, response_to
+from edgeproxy.gateway.sip.message import (
+    Headers,
+    SipRequest,
+    SipResponse,
+    parse_uint_or,
+    response_to,
+)
 from edgeproxy.gateway.sip.registrar import Registrar
 from edgeproxy.gateway.sip.transport import (
     Destination,
@@ -586,12 +592,15 @@ class PresenceAgent:
         from the first tick."""
         while True:
             await trio.sleep(EXPIRY_TICK)
-            await self.refresh(clock())
+            try:
+                await self.refresh(clock())
+            except Exception:  # noqa: BLE001 - one bad tick (state from SIP input) must not end the gateway
+                log.exception("presence: refresh failed; next tick in %s s", EXPIRY_TICK)
 
 
 def _expires(request: SipRequest, default: int) -> int:
-    value = (request.headers.get("Expires") or "").strip()
-    return int(value) if value.isdigit() else default
+    """The Expires header (ASCII delta-seconds), ``default`` when absent or malformed (§20.19)."""
+    return parse_uint_or(request.headers.get("Expires"), default)
 
 
 def _with(response: SipResponse, **headers: str) -> SipResponse:

@@ -58,6 +58,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
@@ -66,9 +67,17 @@ from edgeproxy.gateway.sip.message import (
     SipParseError,
     SipRequest,
     SipResponse,
+    parse_uint_or,
     response_to,
 )
-from edgeproxy.gateway.sip.transport import ServerContext, SipTransport, destination_for
+from edgeproxy.gateway.sip.transport import (
+    Destination,
+    ServerContext,
+    SipTransport,
+    destination_for,
+    peer_of,
+    surface_of,
+)
 from edgeproxy.gateway.sip.uri import SipUri, parse_name_addr, parse_uri, split_header_list
 from edgeproxy.gateway.translate import (
     DEFAULT_SUBSCRIPTION_EXPIRES,
@@ -77,6 +86,7 @@ from edgeproxy.gateway.translate import (
     jid_to_sip_uri,
     parse_pidf,
 )
+from edgeproxy.ops.boundary import contain
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +189,11 @@ def record_routes(message: SipRequest | SipResponse) -> list[str]:
 
 
 def retry_after(value: str | None, default: float) -> float:
-    text = (value or "").split(";")[0].split("(")[0].strip()
-    return float(text) if text.isdigit() else default
+    """Delta-seconds of a Retry-After / Expires / Min-Expires value (comment and parameters
+    dropped, §20.33), ``default`` when absent or not ASCII digits."""
+    text = (value or "").split(";")[0].split("(")[0]
+    seconds = parse_uint_or(text, -1)
+    return float(seconds) if seconds >= 0 else default
 
 
 class WatchTable:
@@ -252,15 +265,22 @@ class WatchTable:
         status = response.status
         if status < 200:
             return [], []
+        tag, target = "", None
+        if status < 300 and sub.remote_tag is None:
+            try:
+                tag = parse_name_addr(response.headers.get("To") or "").tag or ""
+                contact = response.headers.get("Contact")
+                target = str(parse_name_addr(contact).uri) if contact else None
+            except SipParseError as exc:  # a 2xx we cannot follow: handled as a failure
+                log.info("presence watch: unusable 2xx to SUBSCRIBE %s: %s", sub.aor, exc)
+                status = 502
         if status < 300:
             was_active = sub.phase is Phase.ACTIVE
             if sub.remote_tag is None:
-                to = parse_name_addr(response.headers.get("To") or "")
-                contact = response.headers.get("Contact")
-                sub.remote_tag = to.tag or ""
+                sub.remote_tag = tag
                 sub.route_set = tuple(reversed(record_routes(response)))
-                if contact:
-                    sub.remote_target = str(parse_name_addr(contact).uri)
+                if target is not None:
+                    sub.remote_target = target
             if sub.fetch or out.expires == 0:
                 # The final NOTIFY carries the state (fetch) or ends the dialog; without one,
                 # the entry is dropped after FINAL_NOTIFY_WAIT.
@@ -316,14 +336,16 @@ class WatchTable:
         if state != "terminated":
             if sub.phase is Phase.SUBSCRIBING and not sub.fetch:
                 sub.phase = Phase.ACTIVE
-                if params.get("expires", "").isdigit():
-                    self._granted(sub, int(params["expires"]), now)
+                if (granted := parse_uint_or(params.get("expires"), -1)) >= 0:
+                    self._granted(sub, granted, now)
             elif sub.phase is Phase.ENDING:
                 result.outgoing.extend(self._end(sub, now))  # released before the dialog
-            elif params.get("expires", "").isdigit() and sub.phase is Phase.ACTIVE:
-                expires = int(params["expires"])
-                if sub.expires_at is None or now + expires < sub.expires_at:
-                    self._granted(sub, expires, now)  # the notifier shortened it
+            elif (
+                (expires := parse_uint_or(params.get("expires"), -1)) >= 0
+                and sub.phase is Phase.ACTIVE
+                and (sub.expires_at is None or now + expires < sub.expires_at)
+            ):
+                self._granted(sub, expires, now)  # the notifier shortened it
             return result
         # terminated (RFC 6665 §4.1.3)
         if sub.fetch or sub.phase is Phase.ENDING or self.subs.get(sub.local) is not sub:
@@ -590,8 +612,15 @@ class PresenceWatcher:
         self._wake.set()
 
     async def _transact(self, out: Outgoing) -> None:
-        hop = out.hop or self.next_hop
-        dest = destination_for(hop)
+        """One SUBSCRIBE and its response, in the failure boundary of the transport the
+        response comes over (a response nobody expected to break us must not end the watcher)."""
+        dest = destination_for(out.hop or self.next_hop)
+        await contain(
+            surface_of(dest), peer_of(dest), self.sip.telemetry, partial(self._subscribe, out, dest),
+            answer_name="dropped",
+        )
+
+    async def _subscribe(self, out: Outgoing, dest: Destination) -> None:
         out.request.headers.prepend(
             "Via",
             f"SIP/2.0/{dest.transport.upper()} {self.sip.via_for(dest.transport)}"

@@ -146,11 +146,13 @@ class GatewayService:
         sip_tls: SipTls | None = None,
         channel_ssl: ssl.SSLContext | None = None,
         answer_wait: float = SIP_ANSWER_WAIT,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.registrar = Registrar(sip_domains)
         self.answer_wait = answer_wait
         self.proxy = LocalProxy(self.registrar, on_foreign=self._from_sip)
-        self.sip = SipTransport(sip_host, sip_port, self.proxy, tls=sip_tls)
+        # telemetry: the SIP failure boundaries report there (EP1007, issue 13)
+        self.sip = SipTransport(sip_host, sip_port, self.proxy, tls=sip_tls, telemetry=telemetry)
         self.channel_ssl = channel_ssl
         self.proxy.transport = self.sip
         self.sip.take_now = self._take_now
@@ -490,6 +492,7 @@ async def run_gateway(
         on_contact_added=recorder.on_contact_added,
         sip_tls=tls.sip,
         channel_ssl=tls.channel,
+        telemetry=telemetry,
     )
     try:
         async with trio.open_nursery() as nursery:

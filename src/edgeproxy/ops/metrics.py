@@ -168,6 +168,10 @@ class Metrics:
             "edgeproxy_input_failures", "Inputs whose handler raised; each was answered with its"
             " protocol's error and closed (the failure boundary)", ["surface"], registry=r,
         )
+        self._sip_malformed = Counter(
+            "edgeproxy_sip_malformed", "Malformed SIP messages by transport and what they got"
+            " (a status, or dropped when no response could be built)", ["transport", "answer"], registry=r,
+        )
         self._events = Counter(
             "edgeproxy_events", "Event log lines by id and severity", ["id", "severity"], registry=r,
         )
@@ -249,6 +253,9 @@ class Metrics:
 
     def input_failed(self, surface: str) -> None:
         self._input_failures.labels(surface).inc()
+
+    def sip_malformed(self, transport: str, answer: str) -> None:
+        self._sip_malformed.labels(transport, answer).inc()
 
     def event_logged(self, event: EventClass) -> None:
         """Count one event-log line; pass as ``EventLog(on_emit=metrics.event_logged)``."""

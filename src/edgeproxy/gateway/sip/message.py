@@ -15,8 +15,16 @@ the compact forms of §7.3.3 (``i`` Call-ID, ``f`` From, ``t`` To, ``v`` Via, ``
 Comma-separated values are not split here (a Contact list is split by ``uri.split_header_list``).
 
 Malformed input raises :class:`SipParseError` carrying the status to answer with when the
-message was a request (400, or 413 / 513 for size limits); the stream parser is dead afterwards
-(the transport closes the connection: §18.3 gives no way to resynchronise a stream).
+message was a request (400, or 413 / 513 for size limits) and, when the head was found, its raw
+bytes (``head``: :func:`response_from_head` builds the answer from them); the stream parser is
+dead afterwards (the transport closes the connection: §18.3 gives no way to resynchronise a
+stream). Nothing else is raised, whatever the bytes (issue 13; a property test holds it).
+
+Every number is read by an ASCII grammar (:func:`parse_uint`: ``[0-9]{1,10}``), never by
+``str.isdigit``/``int`` on arbitrary text: ``str.isdigit`` accepts ``²`` (which ``int`` refuses)
+and ``int`` accepts ``３`` and 4,300-digit strings. A request's mandatory headers are checked as
+the head is parsed (§8.1.1): the top Via (``uri.parse_via``), From and To (an address with a
+scheme), a Call-ID with no white space, and CSeq (a number under 2**31 and the method, §8.1.1.5).
 
 Limits (named, with their origin)
 ``MAX_HEAD_BYTES`` = 16384
@@ -31,6 +39,7 @@ Limits (named, with their origin)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -94,12 +103,67 @@ _TOKEN_CHARS: Final = frozenset(
 )
 
 
-class SipParseError(ValueError):
-    """Malformed SIP; ``status`` is the response to send if the message was a request."""
+#: Numbers: ASCII digits only, at most ten (every SIP number fits in 32 bits: CSeq < 2**31,
+#: delta-seconds, ports, Content-Length, status codes; §25.1 ``DIGIT`` is ASCII %x30-39).
+_UINT: Final = re.compile(r"[0-9]{1,10}")
+_STATUS: Final = re.compile(r"[1-6][0-9][0-9]")
+_CSEQ: Final = re.compile(r"([0-9]{1,10})[ \t]+([A-Za-z0-9.!%*_+`'~-]+)")
+#: §8.1.1.5: "The sequence number MUST be expressible as a 32-bit unsigned integer and MUST be
+#: less than 2**31."
+MAX_CSEQ: Final = 2**31 - 1
+MAX_UINT32: Final = 2**32 - 1
+#: The headers a response copies from its request (§8.2.6.2).
+RESPONSE_COPIES: Final = ("via", "from", "to", "call-id", "cseq")
+#: Headers a response cannot do without beyond those, by status (§21.4.2 401, §21.4.6 405,
+#: §21.4.8 407, §21.4.15 420, §21.4.16 421, §21.4.17 423) and, for a 2xx, by method (RFC 6665
+#: §4.2.1.1: a 2xx to SUBSCRIBE has Expires and, creating a dialog, Contact and Record-Route).
+REQUIRED_FOR_STATUS: Final = {
+    401: ("www-authenticate",),
+    405: ("allow",),
+    407: ("proxy-authenticate",),
+    420: ("unsupported",),
+    421: ("require",),
+    423: ("min-expires",),
+}
+REQUIRED_FOR_2XX: Final = {"SUBSCRIBE": ("expires", "contact", "record-route")}
 
-    def __init__(self, message: str, status: int = 400) -> None:
+
+class SipParseError(ValueError):
+    """Malformed SIP; ``status`` is the response to send if the message was a request, ``head``
+    the raw start line and headers when they were found (to answer from, see
+    :func:`response_from_head`)."""
+
+    def __init__(self, message: str, status: int = 400, head: bytes | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.head = head
+
+
+def parse_uint(text: str, what: str, *, maximum: int = MAX_UINT32) -> int:
+    """An unsigned decimal of ASCII digits (at most ten, at most ``maximum``), else
+    :class:`SipParseError` naming ``what``."""
+    text = text.strip()
+    if _UINT.fullmatch(text) is None or int(text) > maximum:
+        raise SipParseError(f"bad {what} {text[:40]!r}")
+    return int(text)
+
+
+def parse_uint_or(text: str | None, default: int, *, maximum: int = MAX_UINT32) -> int:
+    """:func:`parse_uint`, or ``default`` for an absent or malformed value (for fields where
+    the RFC says to use a default then, e.g. Expires in a SUBSCRIBE, §20.19)."""
+    if text is None:
+        return default
+    text = text.strip()
+    if _UINT.fullmatch(text) is None or int(text) > maximum:
+        return default
+    return int(text)
+
+
+def warning_text(text: str) -> str:
+    """``text`` fit for a Warning header's quoted-string (§20.43): printable ASCII, no quote or
+    backslash, at most 120 characters."""
+    cleaned = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text[:120])
+    return f'399 edgeproxy "{cleaned}"'
 
 
 #: Header names seen so far → their canonical key (``canonical`` runs dozens of times per
@@ -212,10 +276,48 @@ SipMessage = SipRequest | SipResponse
 
 
 def parse_cseq(value: str) -> tuple[int, str]:
-    number, _, method = value.strip().partition(" ")
-    if not number.isdigit() or not method.strip():
-        raise SipParseError(f"bad CSeq {value!r}")
-    return int(number), method.strip().upper()
+    """``CSeq: 1*DIGIT LWS Method`` (§20.16): the number (ASCII, under 2**31) and the method."""
+    match = _CSEQ.fullmatch(value.strip())
+    if match is None or int(match[1]) > MAX_CSEQ:
+        raise SipParseError(f"bad CSeq {value[:60]!r}")
+    return int(match[1]), match[2].upper()
+
+
+def skip_quoted(text: str) -> int:
+    """Index just after the quoted-string ``text`` starts with (§25.1: backslash escapes), or -1."""
+    i = 1
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == '"':
+            return i + 1
+        i += 1
+    return -1
+
+
+def check_address(value: str, name: str) -> None:
+    """From/To/Contact-shaped values (§20.10, §20.20, §20.39): ``[display] <URI>;params`` or
+    ``URI;params``, the URI having a scheme; any scheme (``tel:`` is legal in From). The
+    SIP-URI itself is parsed where it is used (``uri.parse_name_addr``)."""
+    text = value.strip()
+    if text.startswith('"'):
+        end = skip_quoted(text)
+        if end < 0:
+            raise SipParseError(f"unterminated display name in {name} {value[:60]!r}")
+        text = text[end:].lstrip()
+        if not text.startswith("<"):
+            raise SipParseError(f"display name without <URI> in {name} {value[:60]!r}")
+    if "<" in text:
+        inner, close, _ = text.partition("<")[2].partition(">")
+        if not close:
+            raise SipParseError(f"unterminated <URI> in {name} {value[:60]!r}")
+    else:
+        inner = text.partition(";")[0]
+    scheme, colon, rest = inner.strip().partition(":")
+    if not colon or not scheme or not rest or not set(scheme) <= _TOKEN_CHARS:
+        raise SipParseError(f"bad {name} {value[:60]!r}")
 
 
 def serialize(message: SipMessage) -> bytes:
@@ -246,6 +348,57 @@ def response_to(
                 value = f"{value};tag={to_tag}"
             headers.add(name, value)
     return SipResponse(status, reason or REASON_PHRASES.get(status, "Unknown"), headers)
+
+
+def minimal_response(response: SipResponse) -> SipResponse:
+    """``response`` with only what it cannot do without: the headers copied from the request,
+    those its status (or, for a 2xx, its method) requires, the standard reason phrase and no
+    body. For answers that must stay small (the transport's UDP amplification rule)."""
+    keep = set(RESPONSE_COPIES) | set(REQUIRED_FOR_STATUS.get(response.status, ()))
+    if 200 <= response.status < 300:
+        method = (response.headers.get("CSeq") or "").strip().rpartition(" ")[2].upper()
+        keep |= set(REQUIRED_FOR_2XX.get(method, ()))
+    headers = Headers([(n, v) for n, v in response.headers.items if canonical(n) in keep])
+    return SipResponse(response.status, REASON_PHRASES.get(response.status, response.reason), headers)
+
+
+def response_from_head(head: bytes, status: int, *, to_tag: str) -> SipResponse | None:
+    """A response to a request whose head did not parse, from its raw header lines (§8.2.6.2:
+    Via, From, To — with ``to_tag`` added when it has none — Call-ID, CSeq, copied as they
+    are). None when there is nothing to answer: a response, an ACK (§17.1.1.3: never
+    answered), or one of the five headers missing (no response could be matched to it)."""
+    text = head.decode("utf-8", "replace")
+    lines = text.split("\r\n")
+    method = lines[0].split(" ", 1)[0]
+    if not method or method.startswith("SIP/") or method == "ACK":
+        return None
+    headers = Headers()
+    found: set[str] = set()
+    last_kept = False
+    for line in lines[1:]:
+        if not line:
+            continue
+        if line[0] in " \t":  # folded (§7.3.1): belongs to the field before
+            if last_kept:
+                name, value = headers.items[-1]
+                headers.items[-1] = (name, f"{value} {line.strip()}")
+            continue
+        name, colon, value = line.partition(":")
+        name = name.rstrip(" \t")
+        last_kept = False
+        if not colon or not _valid_name(name):
+            continue
+        key = canonical(name)
+        if key in RESPONSE_COPIES:
+            headers.add(name, value.strip())
+            found.add(key)
+            last_kept = True
+    if len(found) != len(RESPONSE_COPIES):
+        return None
+    for i, (name, value) in enumerate(headers.items):
+        if canonical(name) == "to" and ";tag=" not in value.replace(" ", ""):
+            headers.items[i] = (name, f"{value};tag={to_tag}")
+    return SipResponse(status, REASON_PHRASES.get(status, "Unknown"), headers)
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -281,7 +434,7 @@ def _parse_head(head: bytes, max_headers: int) -> tuple[SipMessage, int | None]:
     message: SipMessage
     if start.startswith(SIP_VERSION + " "):
         _, status_text, reason = (start.split(" ", 2) + [""])[:3]
-        if len(status_text) != 3 or not status_text.isdigit() or not 100 <= int(status_text) <= 699:
+        if _STATUS.fullmatch(status_text) is None:
             raise SipParseError(f"bad status line {start[:60]!r}")
         message = SipResponse(int(status_text), reason, headers)
     else:
@@ -294,19 +447,24 @@ def _parse_head(head: bytes, max_headers: int) -> tuple[SipMessage, int | None]:
         if not method or not set(method) <= _TOKEN_CHARS or not uri:
             raise SipParseError(f"bad request line {start[:60]!r}")
         message = SipRequest(method, uri, headers)
-    for required in ("via", "from", "to", "call-id", "cseq"):
+    for required in RESPONSE_COPIES:
         if required not in first:
             raise SipParseError(f"missing mandatory header {required}")
     cseq_method = parse_cseq(headers.items[first["cseq"]][1])[1]
     if isinstance(message, SipRequest) and cseq_method != message.method:
         raise SipParseError("CSeq method differs from the request method")
+    call_id = headers.items[first["call-id"]][1]
+    if not call_id or " " in call_id or "\t" in call_id:
+        raise SipParseError(f"bad Call-ID {call_id[:60]!r}")
+    check_address(headers.items[first["from"]][1], "From")
+    check_address(headers.items[first["to"]][1], "To")
+    from edgeproxy.gateway.sip.uri import parse_via  # uri.py imports this module
+
+    parse_via(headers.items[first["via"]][1])
     length_at = first.get("content-length")
-    length_text = headers.items[length_at][1] if length_at is not None else None
     length: int | None = None
-    if length_text is not None:
-        if not length_text.isdigit():
-            raise SipParseError(f"bad Content-Length {length_text!r}")
-        length = int(length_text)
+    if length_at is not None:
+        length = parse_uint(headers.items[length_at][1], "Content-Length")
     return message, length
 
 
@@ -321,18 +479,22 @@ def parse_datagram(
     end = data.find(b"\r\n\r\n")
     if end < 0:
         if len(data) > max_head_bytes:
-            raise SipParseError("head too large", 513)
-        raise SipParseError("no empty line after the headers")
+            raise SipParseError("head too large", 513, data[:max_head_bytes])
+        raise SipParseError("no empty line after the headers", 400, data)
     if end > max_head_bytes:
-        raise SipParseError("head too large", 513)
-    message, length = _parse_head(data[:end], max_headers)
+        raise SipParseError("head too large", 513, data[:max_head_bytes])
+    try:
+        message, length = _parse_head(data[:end], max_headers)
+    except SipParseError as exc:
+        exc.head = data[:end]
+        raise
     rest = data[end + 4 :]
     if length is None:
         length = len(rest)
     if length > max_body_bytes:
-        raise SipParseError(f"body of {length} bytes over the limit", 413)
+        raise SipParseError(f"body of {length} bytes over the limit", 413, data[:end])
     if length > len(rest):
-        raise SipParseError("datagram shorter than Content-Length")
+        raise SipParseError("datagram shorter than Content-Length", 400, data[:end])
     message.body = rest[:length]
     return message
 
@@ -382,13 +544,18 @@ class SipParser:
             end = self._buffer.find(b"\r\n\r\n", 0, self.max_head_bytes + 4)
             if end < 0:
                 if len(self._buffer) > self.max_head_bytes:
-                    raise SipParseError("head too large", 513)
+                    raise SipParseError("head too large", 513, bytes(self._buffer[: self.max_head_bytes]))
                 return None
-            message, length = _parse_head(bytes(self._buffer[:end]), self.max_headers)
+            head = bytes(self._buffer[:end])
+            try:
+                message, length = _parse_head(head, self.max_headers)
+            except SipParseError as exc:
+                exc.head = head
+                raise
             if length is None:
-                raise SipParseError("Content-Length is mandatory on stream transports")
+                raise SipParseError("Content-Length is mandatory on stream transports", 400, head)
             if length > self.max_body_bytes:
-                raise SipParseError(f"body of {length} bytes over the limit", 413)
+                raise SipParseError(f"body of {length} bytes over the limit", 413, head)
             del self._buffer[: end + 4]
             self._pending, self._need = message, length
         if len(self._buffer) < self._need:

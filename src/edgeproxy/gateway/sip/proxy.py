@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from edgeproxy.gateway.sip.message import SipParseError, SipRequest, response_to
+from edgeproxy.gateway.sip.message import SipParseError, SipRequest, parse_uint_or, response_to
 from edgeproxy.gateway.sip.registrar import Registrar
 from edgeproxy.gateway.sip.transport import ServerContext, SipTransport
 from edgeproxy.gateway.sip.uri import parse_uri
@@ -82,17 +82,18 @@ class LocalProxy:
         if not bindings:
             await ctx.respond(response_to(request, 480, to_tag="px"))
             return
-        max_forwards = request.headers.get("Max-Forwards") or "70"
-        if not max_forwards.strip().isdigit():
+        # §20.22: 0-255, ASCII digits (message.parse_uint's grammar); -1: malformed
+        max_forwards = parse_uint_or(request.headers.get("Max-Forwards") or "70", -1, maximum=255)
+        if max_forwards < 0:
             await ctx.respond(response_to(request, 400, "Bad Max-Forwards", to_tag="px"))
             return
-        if int(max_forwards) <= 0:
+        if max_forwards == 0:
             await ctx.respond(response_to(request, 483, to_tag="px"))
             return
         contact = bindings[0].contact
         dest = self.transport.route(contact, bindings[0].source, bindings[0].transport)
         headers = request.headers.copy()
-        headers.set("Max-Forwards", str(int(max_forwards) - 1))
+        headers.set("Max-Forwards", str(max_forwards - 1))
         headers.prepend(
             "Via",
             f"SIP/2.0/{dest.transport.upper()} {self.transport.via_for(dest.transport)}"

@@ -16,7 +16,16 @@ no other server. :meth:`Registrar.handle_register` processes one REGISTER follow
    lowered to it (a registrar may shorten, never lengthen);
 5. a binding already known with the same Call-ID and a CSeq not lower than this request's is a
    stale or reordered request: it is left alone (step 7);
-6. the 200 response lists every current binding with its remaining ``expires``.
+6. the 200 response lists every current binding with its remaining ``expires`` — over TCP and
+   TLS. **Deviation** (issue 13): over UDP it lists only the bindings the request itself named
+   (none for a query or a removal). §10.3 step 8 says "all current bindings", but the registrar
+   has no authentication yet (issue 14: digest), so a 250-byte REGISTER from a spoofed source
+   would make us send up to ``max_bindings_per_aor`` long Contacts to that source (measured:
+   a 15 KB answer, 57x amplification). A UA that wants the whole list asks over TCP/TLS; the
+   transport's ``UDP_AMPLIFICATION_FACTOR`` caps whatever is still too large.
+
+Numbers (``Expires``, the ``expires`` parameter) are ASCII delta-seconds (``message.parse_uint``);
+anything else is a 400 with a Warning naming it.
 
 Bindings expire lazily: ``lookup`` ignores and removes expired ones. ``lookup`` returns the
 contacts to which a request for the AoR goes; an empty list means the caller answers ``480
@@ -32,7 +41,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgeproxy.gateway.sip.message import SipParseError, SipRequest, SipResponse, response_to
+from edgeproxy.gateway.sip.message import (
+    SipParseError,
+    SipRequest,
+    SipResponse,
+    parse_uint,
+    response_to,
+    warning_text,
+)
 from edgeproxy.gateway.sip.uri import SipUri, parse_name_addr, parse_uri, split_header_list
 
 DEFAULT_EXPIRES = 3600  # RFC 3261 §10.2.1.1 suggests 3600 s when the UA asks for none
@@ -99,16 +115,27 @@ class Registrar:
         *,
         source: tuple[str, int] | None = None,
         transport: str = "udp",
+        full_list: bool | None = None,
     ) -> SipResponse:
+        """Process one REGISTER (see the module docstring). ``full_list``: the 200 lists every
+        binding (step 8) rather than only those the request named; by default over TCP/TLS
+        only (the UDP deviation above)."""
+        if full_list is None:
+            full_list = transport in ("tcp", "tls")
         try:
-            return self._register(request, now, source, transport)
+            return self._register(request, now, source, transport, full_list)
         except SipParseError as exc:
             response = response_to(request, exc.status, to_tag="reg")
-            response.headers.add("Warning", f'399 edgeproxy "{exc}"')
+            response.headers.add("Warning", warning_text(str(exc)))
             return response
 
     def _register(
-        self, request: SipRequest, now: float, source: tuple[str, int] | None, transport: str
+        self,
+        request: SipRequest,
+        now: float,
+        source: tuple[str, int] | None,
+        transport: str,
+        full_list: bool,
     ) -> SipResponse:
         if not self.is_local(parse_uri(request.uri)):
             return response_to(request, 404, "Domain Not Served Here", to_tag="reg")
@@ -118,26 +145,26 @@ class Registrar:
         aor = aor_uri.aor
         call_id = request.call_id
         cseq = request.cseq[0]
-        header_expires = request.headers.get("Expires")
-        if header_expires is not None and not header_expires.strip().isdigit():
-            raise SipParseError(f"bad Expires {header_expires!r}")
+        header_text = request.headers.get("Expires")
+        header_expires = parse_uint(header_text, "Expires") if header_text is not None else None
         contacts = [c for v in request.headers.get_all("Contact") for c in split_header_list(v)]
         if any(c.strip() == "*" for c in contacts):
-            if len(contacts) != 1 or (header_expires or "").strip() != "0":
+            if len(contacts) != 1 or header_expires != 0:
                 raise SipParseError("Contact: * needs Expires: 0 and no other Contact")
             self._bindings.pop(aor, None)
-            return self._ok(request, aor, now)
+            return self._ok(request, aor, now, None if full_list else set())
         current = {str(b.contact): b for b in self.lookup(aor, now)}
+        named: set[str] = set()
         for value in contacts:
             contact = parse_name_addr(value)
             raw = contact.params.get("expires")
-            text = raw if raw is not None else header_expires
-            if text is None:
-                expires = self.default_expires
-            elif text.strip().isdigit():
-                expires = int(text)
+            if raw is not None:
+                expires = parse_uint(raw, "expires parameter")
+            elif header_expires is not None:
+                expires = header_expires
             else:
-                raise SipParseError(f"bad expires {text!r}")
+                expires = self.default_expires
+            named.add(str(contact.uri))
             if 0 < expires < self.min_expires:
                 response = response_to(request, 423, to_tag="reg")
                 response.headers.add("Min-Expires", str(self.min_expires))
@@ -159,12 +186,14 @@ class Registrar:
             self._bindings[aor] = list(current.values())
         else:
             self._bindings.pop(aor, None)
-        return self._ok(request, aor, now)
+        return self._ok(request, aor, now, None if full_list else named)
 
-    def _ok(self, request: SipRequest, aor: str, now: float) -> SipResponse:
+    def _ok(self, request: SipRequest, aor: str, now: float, named: set[str] | None) -> SipResponse:
+        """200 with the AoR's bindings: all of them, or (``named``) only those the request named."""
         response = response_to(request, 200, to_tag="reg")
         for binding in self.lookup(aor, now):
-            response.headers.add("Contact", f"<{binding.contact}>;expires={binding.remaining(now)}")
+            if named is None or str(binding.contact) in named:
+                response.headers.add("Contact", f"<{binding.contact}>;expires={binding.remaining(now)}")
         return response
 
     def statistics(self) -> dict[str, int]:

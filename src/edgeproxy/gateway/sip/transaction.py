@@ -155,11 +155,13 @@ class ServerTransaction:
             return [Retransmit(self.last_response)]
         return []
 
-    def send_response(self, response: SipResponse, now: float) -> None:
-        """The transaction user answers; the driver sends ``response`` once itself."""
+    def send_response(self, response: SipResponse, now: float, *, retransmit: bool = True) -> None:
+        """The transaction user answers; the driver sends ``response`` once itself.
+        ``retransmit=False``: the response was withheld (the transport's UDP size rule), so a
+        retransmitted request is absorbed instead of answered with it."""
         if self.state in (State.COMPLETED, State.TERMINATED):
             raise RuntimeError("final response already sent")
-        self.last_response = response
+        self.last_response = response if retransmit else None
         if response.status < 200:
             self.state = State.PROCEEDING
             return

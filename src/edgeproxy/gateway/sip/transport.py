@@ -40,6 +40,26 @@ Bounded: the transaction tables (``MAX_TRANSACTIONS``, new requests beyond it ge
 TCP connections (``MAX_TCP_CONNECTIONS``), the stream parser's limits per connection, and the
 handler tasks (``MAX_CONCURRENT_REQUESTS``, a semaphore; over it: 503 Service Unavailable with
 Retry-After, §21.5.4).
+
+Failure boundaries (issue 13; ``ops.boundary``): no datagram, connection or request can end the
+transport. Malformed SIP (:class:`SipParseError`, from the parser or from a header found
+malformed where it is used) is answered with its status — 400 with a Warning, 413, 505, 513 —
+when enough of the request is known (Via, From, To, Call-ID, CSeq: §8.2.6.2), else dropped; both
+are counted (``edgeproxy_sip_malformed_total{transport,answer}``). Anything else raised while
+handling one datagram (``Surface.SIP_DATAGRAM``), one TCP/TLS connection
+(``Surface.SIP_CONNECTION``: that connection alone is closed) or one request's handler task
+(the transaction user: 500 Server Internal Error on that transaction) is contained: answered
+500 where a request is known, reported (event EP1007, ``edgeproxy_input_failures_total``), and
+the loop goes on. A failure to send (the peer went away) is logged, not raised (§17.2.4 / §18.4:
+the transport tells the transaction user, which has nothing more to do).
+
+UDP amplification (``UDP_AMPLIFICATION_FACTOR``): nothing here authenticates a UDP source yet
+(issue 14 adds digest), so any source address may be spoofed. A response over UDP is therefore
+never larger than the request it answers: a larger one is replaced by its minimal form
+(``message.minimal_response``: the copied headers and those its status needs), and when even
+that does not fit it is not sent (the request is still absorbed by its transaction). Both count
+as ``edgeproxy_limit_reached_total{limit="sip-udp-response-size"}``. Over TCP/TLS the handshake
+proves the source address and the full response is sent.
 """
 
 from __future__ import annotations
@@ -49,6 +69,8 @@ import secrets
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -57,9 +79,12 @@ from edgeproxy.gateway.sip.message import (
     SipParser,
     SipRequest,
     SipResponse,
+    minimal_response,
     parse_datagram,
+    response_from_head,
     response_to,
     serialize,
+    warning_text,
 )
 from edgeproxy.gateway.sip.transaction import (
     ClientTransaction,
@@ -73,6 +98,10 @@ from edgeproxy.gateway.sip.transaction import (
 )
 from edgeproxy.gateway.sip.uri import SipUri
 from edgeproxy.net.handshake import send_pending_alert, tls_failure
+from edgeproxy.ops.boundary import Surface, contain
+
+if TYPE_CHECKING:
+    from edgeproxy.ops.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +118,15 @@ TIMER_TICK = 0.1
 TLS_HANDSHAKE_TIMEOUT = 10.0
 #: Default ports (RFC 3261 §19.1.2): 5060 for UDP and TCP, 5061 for TLS and sips:.
 SIP_PORT, SIPS_PORT = 5060, 5061
+#: Largest ratio of a UDP response's bytes to its request's (issue 13). 1: we never send more
+#: towards an unauthenticated source than it sent us, so a spoofed request cannot turn us into
+#: an amplifier (the registrar's 200 listed every binding: a 257-byte REGISTER drew ~15 KB).
+#: RFC 3261 has no such rule; it leaves reflection to authentication (§26.3.2), which the
+#: registrar does not have yet (issue 14). Over TCP/TLS there is no limit.
+UDP_AMPLIFICATION_FACTOR = 1
 _RELIABLE = frozenset(("tcp", "tls"))
+#: What a send raises when the peer or the network is gone: logged, never raised further.
+_TRANSPORT_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 Address = tuple[str, int]
 
@@ -120,23 +157,42 @@ def destination_for(uri: SipUri) -> Destination:
     return Destination(uri.host.strip("[]"), uri.port or default, transport)
 
 
+def surface_of(source: Destination) -> Surface:
+    """The failure-boundary surface of input from ``source``."""
+    return Surface.SIP_DATAGRAM if source.transport == "udp" else Surface.SIP_CONNECTION
+
+
+def peer_of(source: Destination) -> str:
+    return f"{source.transport}:{source.host}:{source.port}"
+
+
 class ServerContext:
-    """What the transaction user gets with a request: where it came from, and ``respond``."""
+    """What the transaction user gets with a request: where it came from, and ``respond``.
+
+    ``request_size``: the bytes of the request's datagram over UDP (the response may be no
+    larger, ``UDP_AMPLIFICATION_FACTOR``); None over TCP/TLS."""
 
     def __init__(
-        self, transport: SipTransport, tx: ServerTransaction, reply_to: Destination
+        self,
+        transport: SipTransport,
+        tx: ServerTransaction,
+        reply_to: Destination,
+        request_size: int | None = None,
     ) -> None:
         self._transport = transport
         self._tx = tx
         self.source = reply_to
+        self.request_size = request_size
 
     @property
     def responded(self) -> bool:
         return self._tx.state in (State.COMPLETED, State.TERMINATED)
 
     async def respond(self, response: SipResponse) -> None:
-        self._tx.send_response(response, trio.current_time())
-        await self._transport.send_to(response, self.source)
+        response, data = self._transport.fit_response(response, self.request_size)
+        self._tx.send_response(response, trio.current_time(), retransmit=data is not None)
+        if data is not None:
+            await self._transport.send_bytes(data, self.source)
 
 
 Handler = Callable[[SipRequest, ServerContext], Awaitable[None]]
@@ -182,13 +238,31 @@ class _TcpConnection:
             self._writing = False
 
 
+@dataclass(slots=True)
+class _Inbound:
+    """What one datagram or connection has delivered so far: the boundary's answer uses it."""
+
+    request: SipRequest | None = None
+    ctx: ServerContext | None = None
+
+
 class SipTransport:
     """UDP + TCP (+ TLS) on one address, with transaction tables (see the module docstring)."""
 
-    def __init__(self, host: str, port: int, handler: Handler, *, tls: SipTls | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        handler: Handler,
+        *,
+        tls: SipTls | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.handler = handler
+        #: Where contained failures (EP1007) and limits are reported; None in unit tests.
+        self.telemetry = telemetry
         #: Optional: takes a request at once, in arrival order (see ``_dispatch``).
         self.take_now: TakeNow | None = None
         self.tls = tls
@@ -208,6 +282,9 @@ class SipTransport:
         self._results: dict[tuple[str, str], SipResponse | None] = {}
         self._slots = trio.Semaphore(MAX_CONCURRENT_REQUESTS)
         self._nursery: trio.Nursery | None = None
+        self._malformed = {"answered": 0, "dropped": 0}
+        self._udp_responses_shrunk = 0
+        self._udp_responses_withheld = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -278,7 +355,36 @@ class SipTransport:
     # -- sending -----------------------------------------------------------------------------
 
     async def send_to(self, message: SipRequest | SipResponse, dest: Destination) -> None:
-        data = serialize(message)
+        await self._send(serialize(message), dest)
+
+    async def send_bytes(self, data: bytes, dest: Destination) -> None:
+        """Send a response's bytes; a transport failure is logged, not raised (§17.2.4: the
+        transaction user has nothing more to do with it)."""
+        try:
+            await self._send(data, dest)
+        except _TRANSPORT_ERRORS as exc:
+            log.info("sip: cannot answer %s: %s", peer_of(dest), exc)
+
+    def fit_response(
+        self, response: SipResponse, request_size: int | None
+    ) -> tuple[SipResponse, bytes | None]:
+        """The response to send and its bytes under ``UDP_AMPLIFICATION_FACTOR`` (see the module
+        docstring): as it is, its minimal form, or (None) nothing."""
+        data = serialize(response)
+        if request_size is None or len(data) <= request_size * UDP_AMPLIFICATION_FACTOR:
+            return response, data
+        if self.telemetry is not None:
+            self.telemetry.metrics.limit_reached("sip-udp-response-size")
+        small = minimal_response(response)
+        data = serialize(small)
+        if len(data) <= request_size * UDP_AMPLIFICATION_FACTOR:
+            self._udp_responses_shrunk += 1
+            return small, data
+        self._udp_responses_withheld += 1
+        log.debug("sip: %d response withheld over UDP (%d > %d bytes)", response.status, len(data), request_size)
+        return small, None
+
+    async def _send(self, data: bytes, dest: Destination) -> None:
         if dest.transport in _RELIABLE:
             table = self._tls if dest.transport == "tls" else self._tcp
             conn = table.get((dest.host, dest.port))
@@ -288,6 +394,14 @@ class SipTransport:
         else:
             assert self._udp is not None
             await self._udp.sendto(data, (dest.host, dest.port))
+
+    async def _send_stateless(
+        self, response: SipResponse, dest: Destination, request_size: int | None
+    ) -> None:
+        """A response outside any server transaction (a refusal, 503 busy), size-fitted."""
+        _, data = self.fit_response(response, request_size)
+        if data is not None:
+            await self.send_bytes(data, dest)
 
     async def _connect_once(self, dest: Destination) -> _TcpConnection:
         """The connection to ``dest``: opened by the first task that needs it; the tasks that
@@ -425,32 +539,119 @@ class SipTransport:
     async def _udp_loop(self) -> None:
         assert self._udp is not None
         while True:
-            data, addr = await self._udp.recvfrom(UDP_RECV_BYTES)
+            try:
+                data, addr = await self._udp.recvfrom(UDP_RECV_BYTES)
+            except (ConnectionResetError, ConnectionRefusedError) as exc:
+                # an ICMP error for an earlier send, reported on the socket (not on Linux for an
+                # unconnected socket; on other systems): about no datagram of ours to read
+                log.debug("sip: UDP socket reports %s", exc)
+                continue
             if not data.strip():
                 continue  # keep-alive CRLFs (RFC 5626 §3.5.1)
-            try:
-                message = parse_datagram(data)
-            except SipParseError as exc:
-                await self._refuse_datagram(data, exc, Destination(addr[0], addr[1], "udp"))
-                continue
-            await self._dispatch(message, Destination(addr[0], addr[1], "udp"))
+            source = Destination(addr[0], addr[1], "udp")
+            inbound = _Inbound()
+            await contain(
+                Surface.SIP_DATAGRAM,
+                peer_of(source),
+                self.telemetry,
+                partial(self._on_datagram, data, source, inbound),
+                answer=partial(self._answer_failure, inbound, source, len(data)),
+                answer_name="500",
+            )
 
-    async def _refuse_datagram(self, data: bytes, exc: SipParseError, source: Destination) -> None:
-        log.info("sip: malformed datagram from %s: %s", source, exc)
+    async def _on_datagram(self, data: bytes, source: Destination, inbound: _Inbound) -> None:
+        try:
+            message = parse_datagram(data)
+        except SipParseError as exc:
+            await self._refuse(exc, source, len(data))
+            return
+        await self._dispatch(message, source, inbound, len(data))
+
+    async def _refuse(self, exc: SipParseError, source: Destination, request_size: int | None) -> None:
+        """Answer a message the parser refused, from its raw head, or drop it (§8.2.6.2 needs
+        Via, From, To, Call-ID and CSeq to build a response at all; none to a response or ACK)."""
+        response = response_from_head(exc.head, exc.status, to_tag="bad") if exc.head else None
+        answer = str(exc.status) if response is not None else "dropped"
+        self._malformed["answered" if response is not None else "dropped"] += 1
+        if self.telemetry is not None:
+            self.telemetry.metrics.sip_malformed(source.transport, answer)
+        log.info("sip: malformed message from %s (%s): %s", peer_of(source), answer, exc)
+        if response is not None:
+            response.headers.add("Warning", warning_text(str(exc)))
+            await self._send_stateless(response, source, request_size)
+
+    async def _refuse_request(
+        self, request: SipRequest, exc: SipParseError, ctx: ServerContext | None, source: Destination,
+        request_size: int | None,
+    ) -> None:
+        """Answer a request whose header was found malformed where it was used (after parsing)."""
+        self._malformed["answered"] += 1
+        if self.telemetry is not None:
+            self.telemetry.metrics.sip_malformed(source.transport, str(exc.status))
+        log.info("sip: malformed %s from %s: %s", request.method, peer_of(source), exc)
+        if request.method == "ACK":
+            return
+        response = response_to(request, exc.status, to_tag="bad")
+        response.headers.add("Warning", warning_text(str(exc)))
+        if ctx is None:
+            await self._send_stateless(response, source, request_size)
+        elif not ctx.responded:
+            await ctx.respond(response)
+
+    async def _answer_failure(
+        self, inbound: _Inbound, source: Destination, request_size: int | None, exc: BaseException
+    ) -> None:
+        """The boundary's answer to a failed datagram or connection: 500 to the request being
+        handled, through its transaction if it has one (retransmissions then get it too)."""
+        del exc
+        request = inbound.request
+        if request is None or request.method == "ACK":
+            return
+        response = response_to(request, 500, to_tag="err")
+        if inbound.ctx is None:
+            await self._send_stateless(response, source, request_size)
+        elif not inbound.ctx.responded:
+            await inbound.ctx.respond(response)
 
     async def _tcp_handler(self, stream: trio.SocketStream) -> None:
-        peer = stream.socket.getpeername()
-        conn = _TcpConnection(stream, (peer[0], peer[1]))
-        if len(self._tcp) >= MAX_TCP_CONNECTIONS:
-            await stream.aclose()
+        try:
+            peer = stream.socket.getpeername()
+        except OSError:  # reset before we looked
+            await trio.aclose_forcefully(stream)
             return
+        source = Destination(peer[0], peer[1], "tcp")
+        try:
+            await contain(
+                Surface.SIP_CONNECTION, peer_of(source), self.telemetry,
+                partial(self._accept_tcp, stream, source),
+            )
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _accept_tcp(self, stream: trio.SocketStream, source: Destination) -> None:
+        if len(self._tcp) >= MAX_TCP_CONNECTIONS:
+            return
+        conn = _TcpConnection(stream, (source.host, source.port))
         self._tcp[conn.peer] = conn
         await self._tcp_reader(conn)
 
     async def _tls_handler(self, stream: trio.SocketStream) -> None:
-        peer = stream.socket.getpeername()
+        try:
+            peer = stream.socket.getpeername()
+        except OSError:
+            await trio.aclose_forcefully(stream)
+            return
+        source = Destination(peer[0], peer[1], "tls")
+        try:
+            await contain(
+                Surface.SIP_CONNECTION, peer_of(source), self.telemetry,
+                partial(self._accept_tls, stream, source),
+            )
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _accept_tls(self, stream: trio.SocketStream, source: Destination) -> None:
         if len(self._tcp) + len(self._tls) >= MAX_TCP_CONNECTIONS:
-            await stream.aclose()
             return
         assert self.tls is not None
         tls = trio.SSLStream(stream, self.tls.server, server_side=True)
@@ -458,33 +659,65 @@ class SipTransport:
             with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
                 await tls.do_handshake()
         except (trio.BrokenResourceError, trio.TooSlowError) as exc:
-            log.info("sip: TLS handshake from %s:%d failed: %s", peer[0], peer[1], tls_failure(exc))
+            log.info("sip: TLS handshake from %s:%d failed: %s", source.host, source.port, tls_failure(exc))
             await send_pending_alert(tls)
             await trio.aclose_forcefully(tls)
             return
-        conn = _TcpConnection(tls, (peer[0], peer[1]), "tls")
+        conn = _TcpConnection(tls, (source.host, source.port), "tls")
         self._tls[conn.peer] = conn
         await self._tcp_reader(conn)
 
     async def _tcp_reader(self, conn: _TcpConnection) -> None:
-        parser = SipParser()
+        """Read one connection until it ends, inside its failure boundary: whatever happens,
+        this connection is closed and forgotten, nothing else."""
         source = Destination(conn.peer[0], conn.peer[1], conn.transport)
+        inbound = _Inbound()
         try:
-            async for chunk in conn.stream:
-                parser.feed(chunk)
-                while (message := parser.next_message()) is not None:
-                    await self._dispatch(message, source)
-        except (SipParseError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            log.info("sip: %s connection %s ends: %s", conn.transport.upper(), conn.peer, exc)
+            await contain(
+                Surface.SIP_CONNECTION,
+                peer_of(source),
+                self.telemetry,
+                partial(self._read_connection, conn, source, inbound),
+                answer=partial(self._answer_failure, inbound, source, None),
+                answer_name="500, closed",
+            )
         finally:
             table = self._tls if conn.transport == "tls" else self._tcp
             if table.get(conn.peer) is conn:
                 del table[conn.peer]
             await trio.aclose_forcefully(conn.stream)
 
-    async def _dispatch(self, message: SipRequest | SipResponse, source: Destination) -> None:
+    async def _read_connection(self, conn: _TcpConnection, source: Destination, inbound: _Inbound) -> None:
+        parser = SipParser()
+        try:
+            async for chunk in conn.stream:
+                parser.feed(chunk)
+                while (message := parser.next_message()) is not None:
+                    await self._dispatch(message, source, inbound, None)
+                    inbound.request, inbound.ctx = None, None  # its handler task answers now
+        except SipParseError as exc:
+            # §18.3: a stream cannot be resynchronised; answer what can be answered, then close
+            log.info("sip: %s connection %s ends: %s", conn.transport.upper(), conn.peer, exc)
+            await self._refuse(exc, source, None)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("sip: %s connection %s ends: %s", conn.transport.upper(), conn.peer, exc)
+
+    async def _dispatch(
+        self,
+        message: SipRequest | SipResponse,
+        source: Destination,
+        inbound: _Inbound | None = None,
+        request_size: int | None = None,
+    ) -> None:
+        """Hand one parsed message to its transaction or the transaction user. ``request_size``:
+        the datagram's bytes over UDP (responses are fitted to it)."""
         if isinstance(message, SipResponse):
-            entry = self._client_txs.get(client_key(message))
+            try:
+                key = client_key(message)
+            except SipParseError as exc:
+                log.info("sip: malformed response from %s dropped: %s", peer_of(source), exc)
+                return  # §18.1.2: a response nobody can match is dropped
+            entry = self._client_txs.get(key)
             if entry is None:
                 return  # §18.1.2: no transaction, drop
             tx, _, done = entry
@@ -493,54 +726,76 @@ class SipTransport:
                     self._results[tx.key] = action.response
                     done.set()
             return
+        if inbound is not None:
+            inbound.request = message
         if message.method == "ACK":
             return  # no transaction: we never send INVITE responses that an ACK would follow
-        key = server_key(message)
+        try:
+            key = server_key(message)
+        except SipParseError as exc:
+            await self._refuse_request(message, exc, None, source, request_size)
+            return
         existing = self._server_txs.get(key)
         if existing is not None:
             for action in existing.on_request_retransmission():
                 if isinstance(action, Retransmit):
-                    await self.send_to(action.message, source)
+                    await self.send_bytes(serialize(action.message), source)
             return
         if len(self._server_txs) >= MAX_TRANSACTIONS or self._slots.value == 0:
             busy = response_to(message, 503, to_tag="busy")
             busy.headers.add("Retry-After", "5")
-            await self.send_to(busy, source)
+            await self._send_stateless(busy, source, request_size)
             return
         tx = ServerTransaction(message, reliable=source.transport in _RELIABLE, now=trio.current_time())
         self._server_txs[key] = tx
         assert self._nursery is not None
-        ctx = ServerContext(self, tx, source)
+        ctx = ServerContext(self, tx, source, request_size)
+        if inbound is not None:
+            inbound.ctx = ctx
         # The owner may take a request now, in the order requests were read (a MESSAGE queued
         # for the XMPP side: trio starts tasks in no particular order); it returns what is
         # left to do (wait, answer), which runs as the handler would.
-        rest = self.take_now(message, ctx) if self.take_now is not None else None
-        if rest is not None:
-            self._nursery.start_soon(self._run_rest, message, ctx, rest)
+        try:
+            rest = self.take_now(message, ctx) if self.take_now is not None else None
+        except SipParseError as exc:
+            await self._refuse_request(message, exc, ctx, source, request_size)
             return
-        self._nursery.start_soon(self._run_handler, message, ctx)
+        if rest is not None:
+            self._nursery.start_soon(self._run_handler, message, ctx, rest)
+            return
+        self._nursery.start_soon(self._run_handler, message, ctx, partial(self.handler, message, ctx))
 
-    async def _run_rest(
-        self, request: SipRequest, ctx: ServerContext, rest: Callable[[], Awaitable[None]]
+    async def _run_handler(
+        self, request: SipRequest, ctx: ServerContext, work: Callable[[], Awaitable[None]]
     ) -> None:
+        """One request's transaction user, in its failure boundary: a malformed header found
+        there gets its status, anything else raised a 500 (reported); no final response at all
+        is a 500 too."""
         async with self._slots:
-            try:
-                await rest()
-            except Exception:
-                log.exception("sip: handler failed for %s", request.method)
+            await contain(
+                surface_of(ctx.source),
+                peer_of(ctx.source),
+                self.telemetry,
+                partial(self._handle, request, ctx, work),
+                answer=partial(self._answer_in_transaction, request, ctx),
+                answer_name="500",
+            )
             if not ctx.responded:
-                await ctx.respond(response_to(request, 500, "No Response", to_tag="err"))
+                try:
+                    await ctx.respond(response_to(request, 500, "No Response", to_tag="err"))
+                except Exception:  # noqa: BLE001 - the handler left its transaction in a state we cannot answer
+                    log.exception("sip: %s from %s left unanswered", request.method, peer_of(ctx.source))
 
-    async def _run_handler(self, request: SipRequest, ctx: ServerContext) -> None:
-        async with self._slots:
-            try:
-                await self.handler(request, ctx)
-            except Exception:
-                log.exception("sip: handler failed for %s", request.method)
-                if not ctx.responded:
-                    await ctx.respond(response_to(request, 500, to_tag="err"))
-            if not ctx.responded:
-                await ctx.respond(response_to(request, 500, "No Response", to_tag="err"))
+    async def _handle(self, request: SipRequest, ctx: ServerContext, work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await work()
+        except SipParseError as exc:
+            await self._refuse_request(request, exc, ctx, ctx.source, ctx.request_size)
+
+    async def _answer_in_transaction(self, request: SipRequest, ctx: ServerContext, exc: BaseException) -> None:
+        del exc
+        if not ctx.responded:
+            await ctx.respond(response_to(request, 500, to_tag="err"))
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -555,7 +810,7 @@ class SipTransport:
                         if isinstance(action, Retransmit):
                             try:
                                 await self.send_to(action.message, dest)
-                            except OSError:
+                            except _TRANSPORT_ERRORS:
                                 tx.on_transport_error()
                                 done.set()
                         elif isinstance(action, TimedOut):
@@ -575,5 +830,9 @@ class SipTransport:
             "client_transactions": len(self._client_txs),
             "tcp_connections": len(self._tcp),
             "tls_connections": len(self._tls),
+            "malformed_answered": self._malformed["answered"],
+            "malformed_dropped": self._malformed["dropped"],
+            "udp_responses_shrunk": self._udp_responses_shrunk,
+            "udp_responses_withheld": self._udp_responses_withheld,
         }
 

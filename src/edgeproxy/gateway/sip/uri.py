@@ -4,15 +4,40 @@ Only what the gateway needs: ``sip:``/``sips:`` URIs with user, password-less ho
 parameters and headers; ``name-addr``/``addr-spec`` values with header parameters (``tag``,
 ``expires``); Via with ``branch``, ``received`` and ``rport`` (RFC 3581). Percent-encoding of the
 user part is kept as received in ``SipUri.user``; ``unquote_user`` decodes it.
+
+Malformed values raise :class:`~edgeproxy.gateway.sip.message.SipParseError` (400, or 416 for a
+URI that is not ``sip:``/``sips:``) and nothing else; ports are ASCII digits 1–65535
+(``message.parse_uint``), a Via's sent-by host is a hostname or an IP address (§20.42, §25.1).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Final
 from urllib.parse import quote, unquote_to_bytes
 
-from edgeproxy.gateway.sip.message import SipParseError
+from edgeproxy.gateway.sip.message import SipParseError, skip_quoted
+
+#: §25.1 ``port = 1*DIGIT`` (ASCII); 0 and values over 65535 are no ports.
+_PORT: Final = re.compile(r"[0-9]{1,5}")
+#: §20.42 ``sent-by = host [ COLON port ]``; host = hostname / IPv4address / IPv6reference
+#: (``_`` tolerated in hostnames, as resolvers do).
+_VIA_HOST: Final = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")
+#: ``SIP / 2.0 / UDP`` with optional white space around the slashes (§20.42 ``sent-protocol``).
+_SENT_PROTOCOL: Final = re.compile(
+    r"[ \t]*([A-Za-z0-9.!%*_+`'~-]+)[ \t]*/[ \t]*([A-Za-z0-9.!%*_+`'~-]+)[ \t]*/[ \t]*"
+    r"([A-Za-z0-9.!%*_+`'~-]+)[ \t]+"
+)
+
+
+def parse_port(text: str, where: str) -> int:
+    """A port of ASCII digits, 1–65535; else :class:`SipParseError` quoting ``where``."""
+    if _PORT.fullmatch(text) is None or not 0 < int(text) < 65536:
+        raise SipParseError(f"bad port in {where[:60]!r}")
+    return int(text)
+
 
 # RFC 3261 §25.1: characters allowed unescaped in the user part: unreserved / user-unreserved.
 USER_SAFE = "-_.!~*'()&=+$,;?/"
@@ -91,11 +116,7 @@ def parse_uri(text: str) -> SipUri:
         host, _, port_text = hostport.partition(":")
     if not host:
         raise SipParseError(f"no host in {text[:60]!r}")
-    port: int | None = None
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise SipParseError(f"bad port in {text[:60]!r}")
-        port = int(port_text)
+    port = parse_port(port_text, text) if port_text else None
     params: list[tuple[str, str | None]] = []
     for raw in raw_params:
         if not raw:
@@ -126,12 +147,20 @@ class NameAddr:
 def parse_name_addr(text: str) -> NameAddr:
     text = text.strip()
     display = ""
+    quoted = ""
+    if text.startswith('"'):  # a quoted display name may hold "<" (§25.1 quoted-string)
+        end = skip_quoted(text)
+        if end < 0:
+            raise SipParseError(f"unterminated display name in {text[:60]!r}")
+        quoted, text = text[1 : end - 1], text[end:].lstrip()
+        if not text.startswith("<"):
+            raise SipParseError(f"display name without <uri> in {text[:60]!r}")
     if "<" in text:
         before, _, rest = text.partition("<")
         uri_text, close, after = rest.partition(">")
         if not close:
             raise SipParseError(f"unterminated <uri> in {text[:60]!r}")
-        display = before.strip().strip('"')
+        display = quoted or before.strip().strip('"')
     else:
         # addr-spec form: parameters after the URI belong to the header (§20.10)
         uri_text, _, after = text.partition(";")
@@ -186,29 +215,36 @@ class Via:
 
 
 def parse_via(value: str) -> Via:
-    """One Via value (the first of a comma list): ``SIP/2.0/UDP host:port;branch=z9hG4bK...``."""
-    first = split_header_list(value)[0] if value else ""
-    proto, _, rest = first.partition(" ")
-    parts = proto.split("/")
-    if len(parts) != 3 or parts[0].upper() != "SIP":
+    """One Via value (the first of a comma list): ``SIP/2.0/UDP host:port;branch=z9hG4bK...``
+    (§20.42). A malformed sent-protocol, host, port or ``rport`` (RFC 3581) is a
+    :class:`SipParseError`."""
+    values = split_header_list(value) if value else []
+    first = values[0] if values else ""
+    proto = _SENT_PROTOCOL.match(first)
+    if proto is None or proto[1].upper() != "SIP":
         raise SipParseError(f"bad Via {value[:60]!r}")
-    sent_by, *raw_params = rest.strip().split(";")
-    host, _, port_text = (
-        sent_by.strip().rpartition(":")
-        if "]" not in sent_by
-        else (
-            sent_by.partition("]")[0] + "]",
-            ":",
-            sent_by.partition("]")[2].lstrip(":"),
-        )
-    )
-    if not host:
-        host, port_text = sent_by.strip(), ""
-    port = int(port_text) if port_text.isdigit() else None
+    sent_by, *raw_params = first[proto.end() :].split(";")
+    sent_by = sent_by.strip()
+    if sent_by.startswith("["):
+        host, close, port_text = sent_by.partition("]")
+        host += close
+        if port_text and not port_text.startswith(":"):
+            raise SipParseError(f"bad Via sent-by {value[:60]!r}")
+        port_text = port_text[1:]
+    else:
+        host, colon, port_text = sent_by.partition(":")
+        if colon and not port_text:
+            raise SipParseError(f"bad Via sent-by {value[:60]!r}")
+    if _VIA_HOST.fullmatch(host) is None:
+        raise SipParseError(f"bad Via host {value[:60]!r}")
+    port = parse_port(port_text, value) if port_text else None
     params: dict[str, str | None] = {}
     for raw in raw_params:
         raw = raw.strip()
         if raw:
             key, eq, val = raw.partition("=")
-            params[key.lower()] = val if eq else None
-    return Via(parts[2].upper(), host, port, params)
+            params[key.strip().lower()] = val.strip() if eq else None
+    rport = params.get("rport")
+    if rport:  # a request carries it empty; a response's holds the port (RFC 3581 §4)
+        parse_port(rport, value)
+    return Via(proto[3].upper(), host, port, params)
