@@ -23,8 +23,6 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fixtures.serve import ServeProcess, start_serve  # noqa: E402
-
 from edgeproxy.loopback import reliable  # noqa: E402
 from edgeproxy.loopback.client import LOOPBACK_RESOURCE, run_loopback_client  # noqa: E402
 from edgeproxy.loopback.endpoint import CLOSE_INTERNAL_ERROR, CLOSE_PROTOCOL_ERROR, ChannelEndpoint  # noqa: E402
@@ -49,6 +47,7 @@ from edgeproxy.net.channel_delivery import ChannelDelivery  # noqa: E402
 from edgeproxy.ops.events import EventLog  # noqa: E402
 from edgeproxy.ops.metrics import Metrics  # noqa: E402
 from edgeproxy.ops.telemetry import Telemetry  # noqa: E402
+from fixtures.serve import ServeProcess, start_serve  # noqa: E402
 
 ADDRESS = "127.0.0.60"
 IN_PROCESS = "127.0.0.61"
