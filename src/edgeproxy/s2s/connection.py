@@ -184,6 +184,8 @@ class S2SConnection:
         self.authenticated: set[tuple[str, str]] = set()
         self._remote_domains: set[str] = set()
         self._pending: set[tuple[str, str]] = set()
+        #: Repeats of a pending request, answered with its verdict.
+        self._pending_repeats: dict[tuple[str, str], int] = {}
         self._sasl_attempts = 0
         self._partner: Partner | None = None
         self._authenticate = authenticate
@@ -538,8 +540,10 @@ class S2SConnection:
             return
         pair = (receiving, originating)
         if pair in self._pending:
-            # A repeat of a request still being verified: the verdict on the first answers it
-            # (issue 13: one stream repeating db:result must not open a connection per repeat).
+            # A repeat of a request still being verified starts nothing (issue 13: one stream
+            # repeating db:result opened a connection per repeat); the verdict on the first
+            # answers it too (fewer bytes out than the repeats brought in).
+            self._pending_repeats[pair] = self._pending_repeats.get(pair, 0) + 1
             return
         if pair in self.authenticated:
             # Already proven on this stream: answered at once, nothing to verify again.
@@ -567,6 +571,7 @@ class S2SConnection:
         if self.role is not Role.RECEIVING or pair not in self._pending:
             raise LocalProtocolError(f"no dialback request pending for {pair}")
         self._pending.discard(pair)
+        repeats = self._pending_repeats.pop(pair, 0)
         if self.state is State.CLOSED:
             return b""
         out = wire.db_result_response(
@@ -574,7 +579,7 @@ class S2SConnection:
             to=verdict.originating,
             valid=verdict.valid,
             error=verdict.error,
-        )
+        ) * (1 + repeats)
         if verdict.valid and verdict.error is None:
             method = AuthMethod.TLS_DIALBACK if self.tls_active else AuthMethod.TCP_DIALBACK
             self._authenticate_pair(verdict.receiving, verdict.originating, method)
