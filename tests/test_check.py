@@ -45,6 +45,11 @@ def test_embedded_default_reports_missing_certificate_partners_and_dns(in_tmp, d
     assert status == 1
     assert lines[0] == "OK config: <embedded default>: domains contoso.test; external FQDN access.contoso.test"
     assert lines[1] == (
+        "OK limits: pre-auth connections 20 per IP, 500 in total; dialback 8 pending per stream,"
+        " 32 per IP; write timeout 30 s; read rate 16384 B/s before authentication, 8388608 B/s after"
+    )
+    lines = [lines[0], *lines[2:]]
+    assert lines[1] == (
         f"FAIL certificate: {in_tmp}/certs/edge.pem does not exist (hint: `edgeproxy cert self-signed` "
         "for a lab; `edgeproxy cert request` then `edgeproxy cert import` for a public CA)"
     )
@@ -58,6 +63,15 @@ def test_embedded_default_reports_missing_certificate_partners_and_dns(in_tmp, d
     assert lines[6].startswith("FAIL dns _xmpp-server._tcp.contoso.test: missing SRV record")
     assert lines[7].startswith("FAIL dns access.contoso.test: no A/AAAA record")
     assert len(lines) == 8
+
+
+def test_limits_that_remove_a_protection_before_authentication_are_a_warning(tmp_path, capsys):
+    config = tmp_path / "edgeproxy.toml"
+    config.write_text('[edge]\ndomains = ["contoso.test"]\n[limits]\npreauth-rate = 0\n')
+    status, lines = _run(capsys, "--config", str(config), "--no-dns")
+    (line,) = [x for x in lines if " limits: " in x]
+    assert line.startswith("WARN limits: pre-auth connections 20 per IP")
+    assert "unauthenticated streams are read at any rate (hint: set [limits] preauth-rate" in line
 
 
 def test_embedded_default_with_self_signed_certificate_partner_and_records_passes(in_tmp, dnsmasq, capsys):

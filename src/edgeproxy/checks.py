@@ -5,7 +5,8 @@ FAIL. The checks, in the order an admin fixes things:
 
 1. **config** — the file loads (else a single FAIL and stop) and makes sense: domains and the
    external FQDN are valid DNS names, no listener clashes with the loopback channel, the loopback
-   channel is on loopback (else it needs mutual TLS).
+   channel is on loopback (else it needs mutual TLS); **limits** — the ``[limits]`` in force
+   (``docs/limits.md``), WARN for a setting that removes a protection before authentication.
 2. **certificate** — the configured certificate and key exist and match, the chain is in order,
    serverAuth usage (:mod:`edgeproxy.certs.check`); **certificate names** — every XMPP domain and
    the external FQDN covered (RFC 6125); **certificate expiry** — WARN under 30 days, FAIL expired.
@@ -104,6 +105,35 @@ def check_config(config: EdgeConfig) -> list[Finding]:
             )
         )
     return findings
+
+
+# --- limits ------------------------------------------------------------------------------------
+
+#: SPEC §3's default total connection limit (the store may set another): unauthenticated
+#: connections allowed up to it would let strangers fill every slot.
+DEFAULT_CONNECTION_LIMIT = 1000
+
+
+def check_limits(config: EdgeConfig) -> Finding:
+    """The limits before authentication (issue 13, ``docs/limits.md``) in one line."""
+    lim = config.limits
+
+    def rate(value: int) -> str:
+        return "off" if value == 0 else f"{value} B/s"
+
+    detail = (
+        f"pre-auth connections {lim.preauth_per_ip} per IP, {lim.preauth_total} in total; dialback"
+        f" {lim.dialback_per_stream} pending per stream, {lim.dialback_per_ip} per IP; write timeout"
+        f" {lim.write_timeout:g} s; read rate {rate(lim.preauth_rate)} before authentication,"
+        f" {rate(lim.inbound_rate)} after"
+    )
+    if lim.preauth_rate == 0:
+        return warn("limits", detail + "; unauthenticated streams are read at any rate",
+                    "set [limits] preauth-rate (default 16384)")
+    if lim.preauth_total >= DEFAULT_CONNECTION_LIMIT:
+        return warn("limits", detail + f"; preauth-total is not below the connection limit ({DEFAULT_CONNECTION_LIMIT})",
+                    "unauthenticated connections could take every slot: lower [limits] preauth-total")
+    return ok("limits", detail)
 
 
 # --- certificate -------------------------------------------------------------------------------
@@ -238,6 +268,7 @@ def run_checks(
     findings = check_config(config)
     if findings[0].level == "FAIL":
         return findings
+    findings.append(check_limits(config))
     findings += check_certificate(config, now)
     findings.append(check_trust(config))
     findings += [probe_listener(hp) for hp in (*config.edge.listen, config.edge.internal_listen)]
