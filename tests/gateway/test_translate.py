@@ -404,3 +404,18 @@ def test_subscription_presence_maps_to_subscribe_expires(ptype: str, expires: in
 )
 def test_sip_subscribe_maps_to_presence_type(expires: int, existing: bool, ptype: str) -> None:
     assert presence_type_for_subscribe(expires, existing=existing) == ptype
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<?xml version='1.0' encoding='x-unknown'?><presence/>",  # LookupError inside expat
+        b"<?xml version='1.0' encoding='utf-16'?><presence/>",
+        b"<presence xmlns='urn:ietf:params:xml:ns:pidf'><tuple>",
+        b"\xff\xfe\x00",
+    ],
+)
+def test_malformed_pidf_is_a_translation_error_with_400(body: bytes) -> None:
+    with pytest.raises(TranslationError) as info:
+        parse_pidf(body)
+    assert info.value.sip_status == 400

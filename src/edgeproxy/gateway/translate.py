@@ -548,7 +548,7 @@ def parse_pidf(body: bytes) -> PresenceInfo:
         raise TranslationError("PIDF with a DTD", "bad-request", 400)
     try:
         root = ET.fromstring(body)
-    except ET.ParseError as exc:
+    except (ET.ParseError, LookupError, ValueError) as exc:  # LookupError: encoding="x-unknown"
         raise TranslationError(f"malformed PIDF: {exc}", "bad-request", 400) from None
     if root.tag != f"{{{NS_PIDF}}}presence":
         raise TranslationError("not a PIDF document", "bad-request", 400)

@@ -244,6 +244,7 @@ class _Inbound:
 
     request: SipRequest | None = None
     ctx: ServerContext | None = None
+    data: bytes | None = None  # a datagram's bytes: answered from its raw head if need be
 
 
 class SipTransport:
@@ -549,7 +550,7 @@ class SipTransport:
             if not data.strip():
                 continue  # keep-alive CRLFs (RFC 5626 §3.5.1)
             source = Destination(addr[0], addr[1], "udp")
-            inbound = _Inbound()
+            inbound = _Inbound(data=data)
             await contain(
                 Surface.SIP_DATAGRAM,
                 peer_of(source),
@@ -605,7 +606,15 @@ class SipTransport:
         handled, through its transaction if it has one (retransmissions then get it too)."""
         del exc
         request = inbound.request
-        if request is None or request.method == "ACK":
+        if request is None:
+            # failed before a request was known (the parser itself): from the raw head, if any
+            if inbound.data is not None:
+                head = inbound.data.partition(b"\r\n\r\n")[0]
+                response = response_from_head(head, 500, to_tag="err")
+                if response is not None:
+                    await self._send_stateless(response, source, request_size)
+            return
+        if request.method == "ACK":
             return
         response = response_to(request, 500, to_tag="err")
         if inbound.ctx is None:
