@@ -92,6 +92,7 @@ EDGE_DOMAIN, PROSODY_DOMAIN, EJABBERD_DOMAIN = "contoso.test", "fabrikam.test", 
 async def edge_target(listen: int, sink_port: int, resolver: str, sims: list[str],
                       pki: Path | None) -> None:
     """An edge for contoso.test whose local delivery writes stanza bytes to the sink socket."""
+    from edgeproxy.config import LimitsSection
     from edgeproxy.net.connector import Connector, ConnectorSettings
     from edgeproxy.net.context import EdgeContext
     from edgeproxy.net.edge import EdgeServer
@@ -180,9 +181,14 @@ async def edge_target(listen: int, sink_port: int, resolver: str, sims: list[str
     if pki is not None:
         files = (pki / f"{EDGE_DOMAIN}.crt", pki / f"{EDGE_DOMAIN}.key", pki / "ca.crt")
         tls = {"server_ssl": server_context(*files), "client_ssl": client_context(*files)}
+    # All simulated partners connect from one address, up to 64 at a time (the harness's
+    # CONNECT_CONCURRENCY): the per-address pre-authentication caps are raised for the bench
+    # like the connection limits above, and like Prosody's and ejabberd's bench configurations
+    # run without their per-connection limits. The shaper and write timeout stay at default.
+    limits = LimitsSection(preauth_per_ip=100_000, preauth_total=100_000, dialback_per_ip=100_000)
     ctx = EdgeContext(policy=lambda: snapshot,
                       connector=Connector(ConnectorSettings(resolver=(host, int(port)), timeout=10)),
-                      delivery=delivery, **tls)  # type: ignore[arg-type]
+                      delivery=delivery, limits=limits, **tls)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         await nursery.start(EdgeServer(ctx).run, [(EDGE_ADDR, listen)])
         await nursery.start(functools.partial(trio.serve_tcp, delivery.accept, sink_port, host=EDGE_ADDR))
