@@ -26,6 +26,7 @@ from edgeproxy.loopback.frames import (
     batch_items,
     decode_frame,
     encode_frame,
+    item_problem,
 )
 
 text = st.text(max_size=40)
@@ -74,6 +75,44 @@ def test_every_frame_round_trips_unchanged(frame: object) -> None:
 def test_arbitrary_bytes_decode_to_a_frame_or_raise_frame_error(data: bytes) -> None:
     with contextlib.suppress(FrameError):
         decode_frame(data)
+
+
+@given(frames, st.lists(st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)),
+                        min_size=1, max_size=6), st.integers(min_value=0, max_value=3))
+def test_mutated_frames_decode_to_a_frame_or_raise_frame_error(
+    frame: object, edits: list[tuple[int, int]], cut: int
+) -> None:
+    """Whatever msgspec raises for a damaged frame (DecodeError, ValidationError, invalid UTF-8)
+    reaches the driver as FrameError — the one exception it answers by closing the connection."""
+    data = bytearray(encode_frame(frame))  # type: ignore[arg-type]
+    for position, value in edits:
+        data[position % len(data)] = value
+    with contextlib.suppress(FrameError):
+        decode_frame(bytes(data[: len(data) - cut]))
+
+
+@given(
+    st.sampled_from([*StanzaKind, "chat"]),
+    st.builds(str.__mul__, st.sampled_from("aé€"), st.integers(3068, 3074)),  # around MAX_ADDRESS_BYTES
+    st.builds(str.__mul__, st.sampled_from("aé"), st.integers(1021, 1027)),  # around MAX_SHORT
+    st.one_of(st.just(b""), st.binary(min_size=1, max_size=20)),
+    st.one_of(st.none(), st.tuples(st.builds(str.__mul__, st.just("x"), st.integers(1022, 1026)), st.just(""))),
+)
+def test_item_problem_refuses_exactly_what_the_peers_decoder_would(
+    kind: str, address: str, short: str, raw: bytes, bounce: tuple[str, str] | None
+) -> None:
+    """Checked at submit, so that no item can become a frame the peer refuses on every re-send."""
+    problem = item_problem(kind, address, "b@c", short, "", raw, bounce)
+    if problem is not None and kind not in StanzaKind.__members__.values():
+        return  # not even encodable as an item
+    item = (Routed(1, kind, address, "b@c", short, "", raw) if bounce is None  # type: ignore[arg-type]
+            else Bounce(1, kind, address, "b@c", short, "", raw, *bounce))  # type: ignore[arg-type]
+    try:
+        decode_frame(encode_frame(StanzaBatch((item,))))
+    except FrameError:
+        assert problem is not None
+    else:
+        assert problem is None
 
 
 def _routed(seq: int = 1, raw: bytes = b"<message/>") -> Routed:

@@ -473,6 +473,7 @@ class ChannelEndpoint:
                 answer=partial(_close, ws, CLOSE_INTERNAL_ERROR), answer_name="connection closed (1011)",
             )
             if not contained:
+                self._unreported(f"a frame from {peer}")
                 return
             if ended:
                 if isinstance(ended[0], FrameError):
@@ -511,8 +512,15 @@ class ChannelEndpoint:
             answer=partial(self._item_failed, item),
             answer_name="bounced" if isinstance(item, Routed) else "dropped (error about an error)",
         )
-        if not handled and self.ack_on_complete:
-            self.complete(item.seq)
+        if not handled:
+            self._unreported(f"item {item.seq} from {peer}")
+            if self.ack_on_complete:
+                self.complete(item.seq)
+
+    def _unreported(self, what: str) -> None:
+        """Without telemetry (a driver not given one) a contained failure still reaches the log."""
+        if self.telemetry is None:
+            log.warning("loopback: handling %s failed (contained; the stack is at debug level)", what)
 
     async def _item_failed(self, item: Item, exc: BaseException) -> None:
         if self._on_item_failed is not None:
