@@ -51,6 +51,7 @@ class Known:
     file: str
     function: str
     test: str  # the xfail regression test in tests/fuzz/test_fuzz_regressions.py
+    match: str = ""  # a substring the exception's message must contain, if given
 
 
 def innermost(exc: BaseException) -> traceback.FrameSummary | None:
@@ -75,6 +76,7 @@ def is_known(exc: BaseException, known: tuple[Known, ...]) -> Known | None:
             isinstance(exc, k.exc)
             and frame.filename.replace(os.sep, "/").endswith(k.file)
             and frame.name == k.function
+            and k.match in str(exc)
         ):
             return k
     return None

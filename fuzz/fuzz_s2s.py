@@ -101,6 +101,12 @@ class OutputCheck:
         self.written = bytearray()
 
     def feed(self, data: bytes) -> None:
+        close = b"</stream:stream>"
+        if close in data[: -len(close)]:  # check what follows our closing tag on its own
+            head, _, rest = data.partition(close)
+            self.feed(head + close)
+            self.feed(rest)
+            return
         if not data:
             return
         if self.tok.closed:
@@ -108,7 +114,8 @@ class OutputCheck:
         self.written += data
         try:
             self.tok.feed(data)
-            while self.tok.halted:  # after our <starttls/>, <proceed/> or <success/>
+            # after our <starttls/>, <proceed/> or <success/>: decide once bytes follow
+            while self.tok.halted and self.tok.trailing_bytes:
                 trailing = self.tok.trailing_bytes
                 header = self.tok.stream_open
                 self.tok.reset()
