@@ -19,7 +19,8 @@ run, so the smoke in ``make test`` stays green while their owners fix them; when
 xfail test flips to XPASS (a failure under ``strict=True``) and the entry here is removed. With
 ``FUZZ_STRICT=1`` known findings count as new ones.
 
-A signature is ``<ExceptionType>@<file>:<function>:<line>`` of the innermost frame.
+A signature is ``<ExceptionType>@<file>:<function>:<line>`` of the innermost frame, followed by
+``<-`` and the signature of the exception's ``__cause__`` when there is one.
 """
 
 from __future__ import annotations
@@ -60,9 +61,13 @@ def innermost(exc: BaseException) -> traceback.FrameSummary | None:
 
 
 def signature(exc: BaseException) -> str:
+    """``Type@file:function:line`` of the innermost frame, then ``<-`` the cause's, if any."""
     frame = innermost(exc)
     where = f"{Path(frame.filename).name}:{frame.name}:{frame.lineno}" if frame else "?"
-    return f"{type(exc).__name__}@{where}"
+    sig = f"{type(exc).__name__}@{where}"
+    if exc.__cause__ is not None:
+        sig += f"<-{signature(exc.__cause__)}"
+    return sig
 
 
 def is_known(exc: BaseException, known: tuple[Known, ...]) -> Known | None:

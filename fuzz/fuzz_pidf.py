@@ -11,6 +11,7 @@ serialises to XML our own tokenizer accepts.
 
 from __future__ import annotations
 
+import contextlib
 import xml.parsers.expat
 
 from _harness import Finding, Known, harness
@@ -42,10 +43,8 @@ def _had_dtd(body: bytes) -> bool:
 
     parser = xml.parsers.expat.ParserCreate()
     parser.StartDoctypeDeclHandler = doctype
-    try:
+    with contextlib.suppress(xml.parsers.expat.ExpatError, ValueError):
         parser.Parse(body, True)
-    except (xml.parsers.expat.ExpatError, ValueError):
-        pass
     return seen
 
 

@@ -25,7 +25,6 @@ from edgeproxy.gateway.sip.message import (
     SipParseError,
     SipParser,
     SipRequest,
-    SipResponse,
     canonical,
     parse_datagram,
     response_to,
