@@ -588,5 +588,7 @@ async def test_partner_and_sip_user_keep_talking_through_slow_loris_and_dialback
         f"the dialback-repeat flood caused {report['partner_accepted_during_soak']} verification"
         f" connections for {flood_admitted} flood streams: {figures}"
     )
+    timed_out = soak_abuse.get("loris.closed.connection-timeout", 0)
+    assert timed_out >= LORIS // 10, f"slow-loris streams not closed by the establishment timeout: {figures}"
     preauth = {k: v for k, v in report["limits_reached_during_soak"].items() if k.startswith("preauth")}
     assert preauth, f"no pre-authentication limit was reached during the soak: {figures}"
