@@ -458,9 +458,7 @@ def _parse_head(head: bytes, max_headers: int) -> tuple[SipMessage, int | None]:
         raise SipParseError(f"bad Call-ID {call_id[:60]!r}")
     check_address(headers.items[first["from"]][1], "From")
     check_address(headers.items[first["to"]][1], "To")
-    from edgeproxy.gateway.sip.uri import parse_via  # uri.py imports this module
-
-    parse_via(headers.items[first["via"]][1])
+    _uri.parse_via(headers.items[first["via"]][1])
     length_at = first.get("content-length")
     length: int | None = None
     if length_at is not None:
@@ -565,3 +563,7 @@ class SipParser:
         del self._buffer[: self._need]
         self._pending = None
         return message
+
+
+# uri.py imports this module (SipParseError): imported last, used at call time.
+from edgeproxy.gateway.sip import uri as _uri  # noqa: E402

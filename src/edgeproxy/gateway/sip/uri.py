@@ -238,8 +238,12 @@ def parse_via(value: str) -> Via:
     if _VIA_HOST.fullmatch(host) is None:
         raise SipParseError(f"bad Via host {value[:60]!r}")
     port = parse_port(port_text, value) if port_text else None
+    return Via(proto[3].upper(), host, port, _via_params(";".join(raw_params), value))
+
+
+def _via_params(text: str, value: str) -> dict[str, str | None]:
     params: dict[str, str | None] = {}
-    for raw in raw_params:
+    for raw in text.split(";"):
         raw = raw.strip()
         if raw:
             key, eq, val = raw.partition("=")
@@ -247,4 +251,4 @@ def parse_via(value: str) -> Via:
     rport = params.get("rport")
     if rport:  # a request carries it empty; a response's holds the port (RFC 3581 §4)
         parse_port(rport, value)
-    return Via(proto[3].upper(), host, port, params)
+    return params
