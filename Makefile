@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXT_SRC := src/edgeproxy/_fastxml.pyx
 
-.PHONY: run test bench lint build clean corpus
+.PHONY: run test bench lint build clean corpus fuzz
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ bench: build
 	$(PY) bench/bench_policy.py
 	$(PY) bench/bench_s2s.py
 	$(PY) bench/bench_gateway.py
+
+# Every atheris harness in fuzz/ for FUZZ_SECONDS each, one after the other (docs/fuzzing.md).
+FUZZ_SECONDS ?= 600
+fuzz: build
+	$(PY) fuzz/run.py all --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
 clean:
 	rm -rf build src/edgeproxy/_fastxml.c src/edgeproxy/_fastxml*.so

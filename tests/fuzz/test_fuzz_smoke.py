@@ -1,0 +1,79 @@
+"""A bounded smoke of every fuzz harness (fuzz/run.py): a few seconds each, under 60 s in all.
+
+Each harness runs in its own subprocess (atheris + libFuzzer) from its seeds; the test fails on
+any new finding (an exception outside the harness's expected tuple, a broken invariant) or a
+libFuzzer artifact (crash, timeout, out-of-memory). Known findings — open bugs that have a strict
+xfail test in test_fuzz_regressions.py — are reported but do not fail it (fuzz/_harness.py).
+
+Without atheris the test is skipped on a developer machine and fails under CI (``CI=true``):
+atheris is in the ``test`` extra.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fixtures.tools import in_ci
+
+REPO = Path(__file__).resolve().parents[2]
+RUNNER = REPO / "fuzz" / "run.py"
+#: Seconds of fuzzing per harness (libFuzzer -max_total_time); 6 harnesses plus start-up stay
+#: well under the 60 s budget of the whole smoke.
+SECONDS_EACH = 5
+BUDGET = 60
+
+
+def test_every_fuzz_harness_runs_clean_for_a_few_seconds(tmp_path: Path) -> None:
+    if importlib.util.find_spec("atheris") is None:
+        reason = "atheris is not installed (pip install -e '.[test]')"
+        if in_ci():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    report = tmp_path / "fuzz.json"
+    started = time.monotonic()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(RUNNER),
+            "all",
+            "-t",
+            str(SECONDS_EACH),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--json",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=BUDGET + 60,
+    )
+    elapsed = time.monotonic() - started
+    print(proc.stdout)
+    assert report.exists(), proc.stdout + proc.stderr
+    results = json.loads(report.read_text())
+    assert [r["harness"] for r in results] == [
+        "tokenizer",
+        "s2s",
+        "sip",
+        "loopback",
+        "pidf",
+        "certs",
+    ]
+    for r in results:
+        assert r["executions"] > 0, f"{r['harness']} did not run: {r['tail']}"
+        assert not r["new_findings"], (
+            f"{r['harness']}: new findings {r['new_findings']} ({r['log']})"
+        )
+        assert not r["artifacts"], (
+            f"{r['harness']}: libFuzzer artifacts {r['artifacts']}: {r['tail']}"
+        )
+        assert r["returncode"] == 0, f"{r['harness']}: exit {r['returncode']}: {r['tail']}"
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert elapsed < BUDGET, f"the fuzz smoke took {elapsed:.1f} s (budget {BUDGET} s)"
