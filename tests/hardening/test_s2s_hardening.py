@@ -249,6 +249,14 @@ async def test_a_partner_server_with_an_unparsable_certificate_fails_only_its_li
             tls = trio.SSLStream(stream, server_ctx, server_side=True)
             await tls.do_handshake()
             handshakes += 1
+            data = b""
+            while b"<stream:stream" not in data:
+                data += await tls.receive_some(4096)
+            await tls.send_all(
+                b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
+                b" from='fabrikam.test' to='contoso.test' id='s2' version='1.0'><stream:features>"
+                b"<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism>"
+                b"</mechanisms></stream:features>")
             with trio.move_on_after(5):
                 while await tls.receive_some(4096):
                     pass

@@ -219,13 +219,16 @@ class S2SSession:
         if condition is not None:
             self.close_reason = f"{condition}: {text}" if text else condition
             self.error_sent = self.error_sent or condition
-        if self._nursery is not None:
+        if self._nursery is not None and not self.closed.is_set():
             # After a stream error nothing more is read (RFC 6120 §4.9.1.1); after a clean
             # close the peer gets CLOSE_GRACE seconds to send its own closing tag.
             if condition is not None:
                 self._nursery.cancel_scope.cancel()
             else:
-                self._nursery.start_soon(self._abort_after, CLOSE_GRACE)
+                try:
+                    self._nursery.start_soon(self._abort_after, CLOSE_GRACE)
+                except RuntimeError:  # the session is already ending (its nursery is closed)
+                    self._nursery.cancel_scope.cancel()
 
     async def shutdown(self, text: str = "the server is shutting down", grace: float = 2.0) -> None:
         """Graceful stop: stream error ``system-shutdown`` (RFC 6120 §4.9.3.22), then linger.
