@@ -183,6 +183,7 @@ class GatewayService:
             max_queued=max_queued,
             outage_bound=outage_bound,
             ack_on_complete=True,
+            telemetry=telemetry,  # the channel's failure boundaries report there (EP1007)
         )
         self._slots = trio.Semaphore(MAX_SIP_IN_FLIGHT)
         # (sender bare JID, recipient bare JID) → the turn of the lane's latest stanza
