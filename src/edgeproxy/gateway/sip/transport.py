@@ -209,6 +209,16 @@ class PendingRequest:
     refused: SipResponse | None = None  # answered locally at once (the table is full)
 
 
+#: Longest one write on a SIP TCP/TLS connection may block (seconds): a UA that stops reading
+#: is cut off instead of holding its connection and our queue (issue 13; the S2S streams'
+#: ``[limits] write-timeout`` has the same default).
+TCP_WRITE_TIMEOUT = 30.0
+#: Bytes queued for one SIP TCP/TLS connection while a write is under way; beyond it the
+#: connection is closed (a peer sending requests without reading the responses would
+#: otherwise grow the queue without bound). 1 MiB ≈ 2,000 typical responses.
+TCP_MAX_QUEUED_BYTES = 1 << 20
+
+
 class _TcpConnection:
     def __init__(
         self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream], peer: Address, transport: str = "tcp"
@@ -217,12 +227,21 @@ class _TcpConnection:
         self.peer = peer
         self.transport = transport
         self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._writing = False
+        self.broken = False
 
     async def send(self, data: bytes) -> None:
         """Write ``data``; messages queued while another write is under way go out together
-        (one ``send_all`` for all of them, not one system call per message)."""
+        (one ``send_all`` for all of them, not one system call per message). A write that
+        blocks longer than ``TCP_WRITE_TIMEOUT``, or a queue above ``TCP_MAX_QUEUED_BYTES``,
+        closes the connection and raises ``trio.BrokenResourceError``."""
+        if self.broken:
+            raise trio.BrokenResourceError("connection closed: the peer did not read")
         self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes > TCP_MAX_QUEUED_BYTES:
+            await self._abort("more than TCP_MAX_QUEUED_BYTES queued")
         if self._writing:
             return  # the task writing now takes our bytes with its next write
         self._writing = True
@@ -233,9 +252,21 @@ class _TcpConnection:
             while self._pending:
                 chunk = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
                 self._pending.clear()
-                await self.stream.send_all(chunk)
+                self._pending_bytes = 0
+                with trio.move_on_after(TCP_WRITE_TIMEOUT) as scope:
+                    await self.stream.send_all(chunk)
+                if scope.cancelled_caught:
+                    await self._abort(f"write blocked for {TCP_WRITE_TIMEOUT:g} s")
         finally:
             self._writing = False
+
+    async def _abort(self, why: str) -> None:
+        self.broken = True
+        self._pending.clear()
+        self._pending_bytes = 0
+        log.warning("sip: %s connection from %s closed: %s", self.transport, self.peer, why)
+        await trio.aclose_forcefully(self.stream)
+        raise trio.BrokenResourceError(f"connection closed: {why}")
 
 
 @dataclass(slots=True)
