@@ -61,6 +61,14 @@ KNOWN: tuple[Known, ...] = (
         "_header_within_limit",
         "test_tokenizer_stream_header_over_max_stanza_bytes_is_refused_in_any_chunking",
     ),
+    # A stanza (or name) past its limit with another error after the crossing: fed whole, the
+    # later error wins; in chunks ending past the limit, policy-violation at the crossing.
+    Known(
+        Finding,
+        "fuzz/fuzz_tokenizer.py",
+        "_limit_crossed_first",
+        "test_tokenizer_limit_crossed_before_a_later_error_wins_in_any_chunking",
+    ),
 )
 
 
@@ -159,6 +167,17 @@ def _header_within_limit(payload: bytes, results: list[tuple[object, ...]], limi
                 raise Finding(f"header limit enforced only in some chunkings: {others}")
 
 
+def _limit_crossed_first(results: list[tuple[object, ...]]) -> None:
+    """A limit (max_stanza_bytes, max_name_bytes) crossed before (or at) another error: the limit's
+    policy-violation at the crossing is the verdict (tokenizer.py: "as soon as it is crossed"),
+    whatever the chunking; a later error must not win when the construct arrives whole."""
+    errors = {r[1] for r in results if r[1] is not None}
+    limits = [e for e in errors if e[0] == "policy-violation"]  # type: ignore[index]
+    later = [e for e in errors if e[0] != "policy-violation"]  # type: ignore[index]
+    if limits and later and min(e[1] for e in later) >= min(e[1] for e in limits):  # type: ignore[index]
+        raise Finding(f"a later error won over a crossed limit in some chunking: {sorted(errors)}")
+
+
 @harness(EXPECTED, KNOWN)
 def check(data: bytes) -> None:
     if len(data) < 2:
@@ -173,6 +192,7 @@ def check(data: bytes) -> None:
     if len(payload) <= 512:
         results.append(run([payload[i : i + 1] for i in range(len(payload))], limits))
     _header_within_limit(payload, results, limits.get("max_stanza_bytes", 262144))
+    _limit_crossed_first(results)
     if pieces != whole:
         raise Finding(f"chunking changed the result:\nwhole:  {whole!r}\npieces: {pieces!r}")
     if len(results) == 3:

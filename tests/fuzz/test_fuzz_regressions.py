@@ -67,6 +67,30 @@ def test_tokenizer_stream_header_over_max_stanza_bytes_is_refused_in_any_chunkin
     assert _feed([big]) == in_4k
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: the limits (max_stanza_bytes, max_name_bytes) are checked when a feed() "
+    "ends inside the construct, not as the bytes cross them: fed whole, a later error "
+    "(not-well-formed, unsupported-encoding) wins over the policy-violation at the crossing",
+)
+def test_tokenizer_limit_crossed_before_a_later_error_wins_in_any_chunking() -> None:
+    # fuzz_tokenizer (flags 0x01: small limits), minimised: a 30-byte name, max_name_bytes=16
+    name = b"<stream:streaas1111111111111111\xff\xff11111"
+    byte_by_byte = _feed([name[i : i + 1] for i in range(len(name))], max_name_bytes=16)
+    assert byte_by_byte == ([], ("policy-violation", 17))
+    assert _feed([name], max_name_bytes=16) == byte_by_byte
+    # a stanza: the fuzzer's 322-byte input had a NUL past max_stanza_bytes=160; with the
+    # default limit, a 300 KB attribute value followed by a NUL
+    header = (
+        b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>"
+    )
+    stanza = b'<message to="' + b"a" * 300_000 + b'\x00"/>'
+    payload = header + stanza
+    in_4k = _feed([payload[i : i + 4096] for i in range(0, len(payload), 4096)])
+    assert in_4k == (["StreamOpen"], ("policy-violation", len(header) + 262144))
+    assert _feed([payload]) == in_4k
+
+
 # -- (b) S2S core ---------------------------------------------------------------------------
 
 
