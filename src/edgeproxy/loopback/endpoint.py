@@ -15,6 +15,9 @@ each to :meth:`ChannelEndpoint.run_connection`, which:
 Backpressure: ``on_items`` is awaited before the next frame is read, so a slow consumer stops
 reading, its window fills, and the far sender stops sending; producers then see ``submit``
 refuse once ``max_queued`` items wait (SPEC §6 rule 5: the caller gets the item back, bounced).
+A frame write that blocks longer than ``WRITE_TIMEOUT`` (the peer stopped reading with a window's
+worth of bytes in flight) ends the connection: the peer reconnects and the unacked items are
+re-sent, and while it stays away the outage bound applies.
 
 Outage bound: while no connection is up, a watchdog counts time. Once the peer has been away for
 ``outage_bound`` seconds, everything still queued is handed to ``on_bounce`` with
@@ -102,6 +105,9 @@ log = logging.getLogger(__name__)
 HELLO_TIMEOUT = 10.0
 #: Seconds an ack may take to leave after its items were handled (shielded from cancellation).
 ACK_TIMEOUT = 2.0
+#: Longest one frame write may block (seconds), as the S2S streams' ``[limits] write-timeout``:
+#: a peer that stops reading cannot hold the channel (issue 13).
+WRITE_TIMEOUT = 30.0
 #: With ``ack_on_complete``: after an ack, seconds before the next one, so that the items that
 #: complete meanwhile share it (at 5,000 items/s, ~10 per ack instead of one). Far below any
 #: timeout; the window (1,024 items) is never the limit at one ack per 2 ms.
@@ -391,7 +397,7 @@ class ChannelEndpoint:
             self.window,
         )
         try:
-            await ws.send_message(encode_frame(hello))
+            await _send_frame(ws, encode_frame(hello))
             with trio.fail_after(HELLO_TIMEOUT):
                 their = decode_frame(await _get_bytes(ws))
             if not isinstance(their, Hello):
@@ -437,6 +443,8 @@ class ChannelEndpoint:
                     nursery.start_soon(self._ack_loop, ws, send_lock)
         except* ConnectionClosed as group:
             log.info("loopback: connection with %s ended: %s", peer, describe(group))
+        except* trio.TooSlowError:
+            log.warning("loopback: %s did not read for %g s; connection closed", peer, WRITE_TIMEOUT)
 
     async def _send_loop(self, ws: WebSocketConnection, lock: trio.Lock) -> None:
         while True:
@@ -446,7 +454,7 @@ class ChannelEndpoint:
                 self._wake = trio.Event()
                 continue
             async with lock:
-                await ws.send_message(encode_frame(batch))
+                await _send_frame(ws, encode_frame(batch))
             self._counts["sent"] += len(batch.items)
 
     async def _receive_loop(self, ws: WebSocketConnection, lock: trio.Lock, peer: str) -> None:
@@ -494,7 +502,7 @@ class ChannelEndpoint:
             self.receiver.mark_processed(frame.items[-1].seq)
             with trio.CancelScope(shield=True), trio.move_on_after(ACK_TIMEOUT):
                 async with lock:
-                    await ws.send_message(encode_frame(Ack(self.receiver.processed)))
+                    await _send_frame(ws, encode_frame(Ack(self.receiver.processed)))
         elif isinstance(frame, Ack):
             if self.sender.on_ack(frame.up_to):
                 self._resolve_acked(frame.up_to)
@@ -539,7 +547,7 @@ class ChannelEndpoint:
                 continue
             try:
                 async with lock:
-                    await ws.send_message(encode_frame(Ack(up_to)))
+                    await _send_frame(ws, encode_frame(Ack(up_to)))
             except ConnectionClosed:
                 return
             acked = up_to
@@ -568,6 +576,12 @@ def _peer_of(ws: WebSocketConnection, role: Role) -> str:
         return f"{other.value} {remote.address}:{remote.port}"  # type: ignore[union-attr]
     except Exception:  # noqa: BLE001 - a name for the log only (a unix socket, a closed one)
         return other.value
+
+
+async def _send_frame(ws: WebSocketConnection, data: bytes) -> None:
+    """One frame, within ``WRITE_TIMEOUT`` (``trio.TooSlowError`` ends the connection)."""
+    with trio.fail_after(WRITE_TIMEOUT):
+        await ws.send_message(data)
 
 
 def _close_reason(reason: str) -> str:
