@@ -76,20 +76,21 @@ async def _connect(source: str, target: tuple[str, int]) -> trio.SocketStream:
 
 
 async def _read_until_closed(stream: trio.SocketStream, ended: trio.CancelScope, seen: list[bytes]) -> None:
-    """Read what the server writes until it closes; then cancel ``ended`` (the writer)."""
-    head = b""
+    """Read what the server writes until it closes; then cancel ``ended`` (the writer). The
+    stream error, if any, is among the last bytes (the server may have answered each repeated
+    db:result before it)."""
+    tail = b""
     try:
         while True:
             data = await stream.receive_some(65536)
             if not data:
                 seen.append(b"eof")
                 break
-            if len(head) < 4096:
-                head += data[:4096]
+            tail = (tail + data)[-4096:]
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         seen.append(b"reset")
     finally:
-        found = _CONDITION.search(head)
+        found = _CONDITION.search(tail)
         if found:
             seen.insert(0, found.group(1))
         ended.cancel()
