@@ -499,6 +499,7 @@ def free_udp_port(host: str) -> int:
 async def test_partner_and_sip_user_keep_talking_through_slow_loris_and_dialback_flood(tmp_path: Path) -> None:
     report: dict[str, Any] = {}
     serve: ServeProcess | None = None
+    test_started = trio.current_time()
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         with trio.fail_after(TEST_BOUND):
@@ -526,6 +527,7 @@ async def test_partner_and_sip_user_keep_talking_through_slow_loris_and_dialback
                     abuse.start_soon(run_abusers, serve, WARMUP_ABUSE_SECONDS, warm_abuse)
                     await trio.sleep(2)
                     more = await exchange.round(nursery, int(RATE * 4), RATE)
+                assert serve.alive(), f"edgeproxy serve died in the warm-up abuse round:\n{serve.log_tail()}"
                 await exchange.wait_delivered(more, DELIVERY_WAIT)
                 report["warmup_abuse"] = warm_abuse
                 report["fds_after_warmup"], report["warmup_settle_s"] = await settle_fds(
@@ -550,6 +552,7 @@ async def test_partner_and_sip_user_keep_talking_through_slow_loris_and_dialback
                     await trio.sleep(MESSAGES_START)
                     count = int(RATE * (SOAK_SECONDS - MESSAGES_START - MESSAGES_END))
                     numbers = await exchange.round(nursery, count, RATE)
+                assert serve.alive(), f"edgeproxy serve died in the soak:\n{serve.log_tail()}"
                 report["fds_peak"], report["rss_peak_kib"] = peaks["fds"], peaks["rss_kib"]
                 report["soak_seconds"] = round(trio.current_time() - soak_started, 1)
                 now_test, now_abusers = own_cpu_seconds()
@@ -583,7 +586,8 @@ async def test_partner_and_sip_user_keep_talking_through_slow_loris_and_dialback
                 await trio.to_thread.run_sync(serve.assert_serving)
                 log_text = serve.events_path.read_text(errors="replace")
                 report["event_counts"] = dict(Counter(str(e.get("id")) for e in serve.events()))
-                report["test_seconds"] = round(trio.current_time() - soak_started, 1)
+                report["event_log_bytes"] = serve.events_path.stat().st_size
+                report["test_seconds"] = round(trio.current_time() - test_started, 1)
                 print("soak report:", json.dumps(report, indent=1, default=str))
                 nursery.cancel_scope.cancel()
     finally:
