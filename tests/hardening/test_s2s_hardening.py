@@ -476,3 +476,45 @@ def test_reads_before_authentication_are_shaped_to_the_preauth_rate(
     assert elapsed >= 3.0, elapsed
     sock.close()
     serve.assert_serving()
+
+
+async def test_an_authoritative_server_that_refuses_at_once_gives_an_error_verdict(
+    tmp_path: Path, serve_factory: list[ServeProcess]
+) -> None:
+    """Found by the soak test: when the partner's server sent its features and a stream error in
+    one write (a partner at its connection limit), the verification stream raised
+    LocalProtocolError ('db:verify goes on a ready initiating stream') and the process ended."""
+    listener = (await trio.open_tcp_listeners(0, host=FABRIKAM))[0]
+    port = listener.socket.getsockname()[1]
+    serve = await trio.to_thread.run_sync(lambda: start(serve_factory, tmp_path, store=store(port)))
+
+    async def refusing_authority(stream: trio.SocketStream) -> None:
+        with trio.move_on_after(10):
+            data = b""
+            while b"<stream:stream" not in data:
+                data += await stream.receive_some(4096)
+            await stream.send_all(
+                b"<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback'"
+                b" xmlns:stream='http://etherx.jabber.org/streams' from='fabrikam.test' to='contoso.test'"
+                b" id='v1' version='1.0'><stream:features><dialback xmlns='urn:xmpp:features:dialback'/>"
+                b"</stream:features><stream:error><resource-constraint"
+                b" xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>")
+            await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, refusing_authority, [listener])
+        for _ in range(3):
+            stream = await trio.open_tcp_stream(EDGE, serve.s2s_port, local_address=ABUSERS[1])
+            await stream.send_all(HEADER)
+            features = await read_stream(stream, b"</stream:features>")
+            key = wire.dialback_key(FAB_SECRET, "contoso.test", "fabrikam.test", stream_id_of(features))
+            await stream.send_all(wire.db_result_request(from_="fabrikam.test", to="contoso.test", key=key))
+            answer = b""
+            with trio.move_on_after(10):
+                while b"</db:result>" not in answer and b"type='invalid'" not in answer:
+                    answer += await stream.receive_some(4096)
+            assert b"type='error'" in answer or b"type='invalid'" in answer
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+    await trio.to_thread.run_sync(serve.assert_serving)
+    assert not serve.events("EP1007")

@@ -47,6 +47,7 @@ from edgeproxy.s2s import (
     Role,
     S2SConnection,
     SendStanza,
+    State,
     StreamReady,
     VerifyRequest,
 )
@@ -284,6 +285,11 @@ async def verify_dialback(
 
     async def on_event(session: S2SSession, event: Event) -> None:
         if isinstance(event, StreamReady):
+            if session.conn.state is not State.OPEN:
+                # The authoritative server closed the stream (e.g. resource-constraint) before
+                # we could ask: no answer, the verdict below says so. (Sending anyway raised
+                # LocalProtocolError, which ended the process before the failure boundary.)
+                return
             await session.send(VerifyRequest(need.receiving, need.originating, need.stream_id, need.key))
         elif isinstance(event, DialbackVerifyResponse) and event.stream_id == need.stream_id:
             answer.append(event)
