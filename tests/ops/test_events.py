@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,33 @@ def test_long_values_are_cut_to_keep_lines_bounded():
         log.emit(events.STREAM_ERROR_RECEIVED, condition="undefined-condition", peer="p", text="x" * 100_000)
     (record,) = parse_lines(out.getvalue())
     assert len(str(record["text"])) < 1100
+
+
+def test_a_flood_of_one_warning_is_written_up_to_the_burst_then_summarised():
+    out = io.StringIO()
+    suppressed: list[str] = []
+    log = EventLog(out, output="json", rate_limit=(5, 0.0001), on_suppress=lambda e: suppressed.append(e.id))
+    try:
+        for i in range(1000):
+            log.emit(events.LIMIT_REACHED, limit="preauth-total", value=i, for_partner="")
+        log.emit(events.STARTED, domains="contoso.test", listeners="x")  # info: never limited
+    finally:
+        log.close()
+    records = parse_lines(out.getvalue())
+    assert [r["id"] for r in records].count("EP6001") == 5
+    (summary,) = [r for r in records if r["id"] == "EP9003"]
+    assert summary["suppressed_id"] == "EP6001" and summary["count"] == 995
+    assert len(suppressed) == 995 and log.statistics().suppressed == 995
+    assert any(r["id"] == "EP1000" for r in records)
+
+
+def test_the_rate_limit_refills_so_a_rare_warning_is_always_written():
+    out = io.StringIO()
+    log = EventLog(out, output="json", rate_limit=(1, 1000.0))
+    try:
+        for _ in range(3):
+            log.emit(events.LIMIT_REACHED, limit="connection", value=1, for_partner="")
+            time.sleep(0.01)  # 10 tokens' worth at 1,000/s
+    finally:
+        log.close()
+    assert [r["id"] for r in parse_lines(out.getvalue())].count("EP6001") == 3

@@ -29,7 +29,8 @@ def _output_format() -> OutputFormat:
 async def serve(config: EdgeConfig, role: str = "both") -> None:
     """Run until SIGTERM/SIGINT or ``edgeproxy stop``; returns after the graceful shutdown."""
     metrics = Metrics()
-    event_log = EventLog(sys.stderr, output=_output_format(), on_emit=metrics.event_logged)
+    event_log = EventLog(sys.stderr, output=_output_format(), on_emit=metrics.event_logged,
+                         on_suppress=metrics.event_suppressed)
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)

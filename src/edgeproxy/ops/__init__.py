@@ -6,7 +6,8 @@ How the server plugs in (the whole integration surface)::
 
     metrics = Metrics()
     event_log = EventLog(sys.stderr, log_message_bodies=settings.log_message_bodies,
-                         on_emit=metrics.event_logged)
+                         on_emit=metrics.event_logged,
+                         on_suppress=metrics.event_suppressed)
     logging.getLogger("edgeproxy").addHandler(EventLogHandler(event_log))  # optional bridge
     edge = Edge(...)          # implements status.StatusSource and lifecycle.Control
     async with trio.open_nursery() as nursery:

@@ -14,6 +14,14 @@ and counted, and the next written line is an ``EP9001 event-log-overflow`` sayin
 lost — the trade-off is deliberate: a slow log sink (a stuck pipe, a full disk) must not stall the
 routing of stanzas.
 
+Rate limit (issue 13: an unauthenticated peer must not be able to make us write without bound):
+warnings and errors pass a token bucket per event id (per id and logger for ``EP9002``) —
+``EVENT_BURST`` at once, then ``EVENT_RATE`` per second. What the bucket refuses is not even
+formatted; it is counted, and at most ``SUMMARY_INTERVAL`` seconds later one ``EP9003
+events-suppressed`` line per id says how many were left out. Info events are not limited (an
+unauthenticated peer cannot cause them). A flood of 1,000 refused connections a second thus
+writes a few lines a second, not a few thousand.
+
 Output: one JSON object per line (``ts``, ``id``, ``event``, ``severity``, ``message``, the
 fields, ``hint``), or, when the output is a terminal, one readable line per event.
 
@@ -218,6 +226,9 @@ _DEFINITIONS: tuple[EventClass, ...] = (
     EventClass("EP9001", "event-log-overflow", _W, "The event log buffer was full and events were dropped (callers never wait on the log).",
                "{dropped} events dropped: the log output is too slow",
                "The log sink (journal, file, pipe) is slow or blocked; check disk space and the journal rate limit."),
+    EventClass("EP9003", "events-suppressed", _W, "An event recurred faster than the event log's rate limit; the repeats were counted, not written.",
+               "{count} {suppressed_event} ({suppressed_id}) events left out in the last {seconds} s",
+               "The count says how often it happened: read the last written line of that id. A flood of refused connections or failing peers usually causes it; `edgeproxy_events_suppressed_total` counts per id."),
     EventClass("EP9002", "log-record", _W, "A warning from a library or module without its own event class.",
                "{logger}: {text}",
                "Read the text; if it recurs, ask for a dedicated event id."),
@@ -271,6 +282,7 @@ STORE_UNAVAILABLE = CATALOGUE["EP8005"]
 CONTACT_NOT_STORED = CATALOGUE["EP8006"]
 EVENT_LOG_OVERFLOW = CATALOGUE["EP9001"]
 LOG_RECORD = CATALOGUE["EP9002"]
+EVENTS_SUPPRESSED = CATALOGUE["EP9003"]
 
 
 def catalogue_markdown() -> str:
@@ -347,6 +359,13 @@ def redact_field(name: str, value: object, *, log_message_bodies: bool) -> objec
 # ---------------------------------------------------------------------------------------------
 
 _RESERVED = frozenset({"ts", "id", "event", "severity", "message", "hint"})
+#: Warnings/errors of one id written at once before the rate limit acts (module docstring).
+EVENT_BURST = 100
+#: …then this many per second and id: 600 a minute, well under journald's default per-service
+#: limit (10,000 per 30 s), so the journal never drops our lines for us.
+EVENT_RATE = 10.0
+#: How soon the count of suppressed events is written (seconds).
+SUMMARY_INTERVAL = 1.0
 _ENCODER = msgspec.json.Encoder()
 _SEVERITY_ORDER = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2}
 
@@ -391,6 +410,8 @@ class EventLog:
         minimum: Severity = Severity.INFO,
         on_emit: Callable[[EventClass], None] | None = None,
         clock: Callable[[], float] = time.time,
+        rate_limit: tuple[int, float] | None = (EVENT_BURST, EVENT_RATE),
+        on_suppress: Callable[[EventClass], None] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -412,6 +433,14 @@ class EventLog:
         self._write_errors = 0
         self._closing = False
         self._idle = True
+        self._rate_limit = rate_limit
+        self._on_suppress = on_suppress
+        #: key (event id, or id:logger) → [tokens, last refill (monotonic)]
+        self._gates: dict[str, list[float]] = {}
+        #: event id → events refused by the rate limit since the last summary
+        self._suppressed: dict[str, int] = {}
+        self._suppressed_total = 0
+        self._summary_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="edgeproxy-event-log", daemon=True)
         self._thread.start()
 
@@ -421,6 +450,10 @@ class EventLog:
         """Record one event. Non-blocking; when the buffer is full the event is counted as dropped."""
         try:
             if _SEVERITY_ORDER[event.severity] < self._minimum:
+                return
+            if self._rate_limit is not None and event.severity is not Severity.INFO and not self._admit(event, fields):
+                if self._on_suppress is not None:
+                    self._on_suppress(event)
                 return
             record = self._record(event, fields)
             with self._cond:
@@ -437,6 +470,43 @@ class EventLog:
                 self._on_emit(event)
         except Exception:  # noqa: BLE001 - logging must never break the caller
             self._write_errors += 1
+
+    def _admit(self, event: EventClass, fields: Mapping[str, object]) -> bool:
+        """The rate limit (module docstring): True if this event may be written."""
+        assert self._rate_limit is not None
+        burst, rate = self._rate_limit
+        key = event.id if event is not LOG_RECORD else f"{event.id}:{fields.get('logger')}"
+        now = time.monotonic()
+        with self._cond:
+            gate = self._gates.get(key)
+            if gate is None:
+                if len(self._gates) >= 4096:  # bounded: ids × loggers are few; start over if not
+                    self._gates.clear()
+                gate = self._gates[key] = [float(burst), now]
+            gate[0] = min(float(burst), gate[0] + (now - gate[1]) * rate)
+            gate[1] = now
+            if gate[0] >= 1.0:
+                gate[0] -= 1.0
+                return True
+            self._suppressed[event.id] = self._suppressed.get(event.id, 0) + 1
+            self._suppressed_total += 1
+            self._cond.notify()
+            return False
+
+    def _take_summaries(self, force: bool = False) -> list[dict[str, Any]]:
+        """EP9003 records for what the rate limit left out, once per ``SUMMARY_INTERVAL``
+        (called by the writer with the lock held)."""
+        now = time.monotonic()
+        if not self._suppressed or (now - self._summary_at < SUMMARY_INTERVAL and not force):
+            return []
+        seconds = round(now - self._summary_at, 1)
+        self._summary_at = now
+        counts, self._suppressed = self._suppressed, {}
+        return [
+            self._record(EVENTS_SUPPRESSED, {"suppressed_id": event_id, "suppressed_event": CATALOGUE[event_id].name,
+                                             "count": count, "seconds": seconds})
+            for event_id, count in sorted(counts.items())
+        ]
 
     def _record(self, event: EventClass, fields: Mapping[str, object]) -> dict[str, Any]:
         bodies = self.log_message_bodies
@@ -460,15 +530,19 @@ class EventLog:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._buffer and not self._dropped and not self._closing:
+                while True:
+                    summaries = self._take_summaries(force=self._closing)
+                    if self._buffer or self._dropped or self._closing or summaries:
+                        break
                     self._idle = True
                     self._cond.notify_all()
-                    self._cond.wait()
-                if not self._buffer and not self._dropped and self._closing:
+                    # with suppressed events pending, wake up to write their summary
+                    self._cond.wait(SUMMARY_INTERVAL if self._suppressed else None)
+                if not self._buffer and not self._dropped and not summaries and self._closing:
                     self._idle = True
                     self._cond.notify_all()
                     return
-                batch = list(self._buffer)
+                batch = list(self._buffer) + summaries
                 self._buffer.clear()
                 dropped, self._dropped = self._dropped, 0
             if dropped:
@@ -523,6 +597,7 @@ class EventLog:
                 written=self._written,
                 dropped=self._dropped_total,
                 write_errors=self._write_errors,
+                suppressed=self._suppressed_total,
             )
 
 
@@ -532,6 +607,8 @@ class EventLogStatistics:
     written: int
     dropped: int
     write_errors: int
+    #: refused by the rate limit (counted in EP9003 lines)
+    suppressed: int = 0
 
 
 class EventLogHandler(logging.Handler):

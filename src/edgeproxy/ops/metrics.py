@@ -172,6 +172,10 @@ class Metrics:
             "edgeproxy_sip_malformed", "Malformed SIP messages by transport and what they got"
             " (a status, or dropped when no response could be built)", ["transport", "answer"], registry=r,
         )
+        self._events_suppressed = Counter(
+            "edgeproxy_events_suppressed", "Events left out by the event log's rate limit (EP9003)",
+            ["id"], registry=r,
+        )
         self._events = Counter(
             "edgeproxy_events", "Event log lines by id and severity", ["id", "severity"], registry=r,
         )
@@ -256,6 +260,10 @@ class Metrics:
 
     def sip_malformed(self, transport: str, answer: str) -> None:
         self._sip_malformed.labels(transport, answer).inc()
+
+    def event_suppressed(self, event: EventClass) -> None:
+        """Count one event the rate limit left out; ``EventLog(on_suppress=...)``."""
+        self._events_suppressed.labels(event.id).inc()
 
     def event_logged(self, event: EventClass) -> None:
         """Count one event-log line; pass as ``EventLog(on_emit=metrics.event_logged)``."""
