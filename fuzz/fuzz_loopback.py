@@ -11,7 +11,8 @@ Invariants (frames.py, reliable.py): decoding and the sequencing raise only :cla
 (strict decoding: unknown tags, missing or extra fields, wrong types, values outside the named
 limits; an ack for items never sent, a gap in the sequence numbers); a decoded frame re-encodes
 to bytes that decode to an equal frame; ``batch_items`` on a decoded batch takes at least one
-and at most all of its items; the receiver hands each sequence number over at most once.
+and at most all of its items; the receiver hands each sequence number of a peer session over
+at most once.
 """
 
 from __future__ import annotations
@@ -73,18 +74,20 @@ def check(data: bytes) -> None:
         sender.submit(StanzaKind.MESSAGE, "a@contoso.test", "b@fabrikam.test", "chat", f"m{n}",
                       b"<message/>")
     sender.next_batch()
-    handed: set[int] = set()
+    handed: set[tuple[str, int]] = set()  # (peer session, seq): a new session starts over
+    session = ""
     for message in _messages(data):
         frame = _decode(message)
         if isinstance(frame, Hello):
+            session = frame.session
             sender.on_connected(frame)
             receiver.on_connected(frame)
             sender.next_batch()
         elif isinstance(frame, StanzaBatch):
             for item in receiver.accept(frame):
-                if item.seq in handed:
-                    raise Finding(f"seq {item.seq} handed over twice")
-                handed.add(item.seq)
+                if (session, item.seq) in handed:
+                    raise Finding(f"seq {item.seq} of session {session!r} handed over twice")
+                handed.add((session, item.seq))
                 if item.seq % 2:
                     receiver.mark_processed(item.seq)
                 else:
