@@ -2,9 +2,11 @@
 
 Each test holds the input a harness reported (inline, as bytes) and asserts the *correct*
 behaviour: the documented error, or a clean result. Findings in code other engineers own are
-marked ``xfail(strict=True)``: when the fix lands the test passes, strict turns that XPASS into a
-failure, and whoever fixed it removes the mark (and the matching ``Known`` entry in the harness,
-which keeps the fuzz smoke green meanwhile).
+marked ``xfail(strict=True)`` until fixed: strict turns an XPASS into a failure, so whoever fixes
+one removes the mark (and the matching ``Known`` entry in the harness). Fixed so far: the S2S
+core writing after its closing tag, the SIP blank continuation line, PIDF DTDs in UTF-16,
+certificate identities with a malformed extension, an invalid version field and a thousand
+wildcard labels.
 """
 
 from __future__ import annotations
@@ -117,12 +119,6 @@ def _written_after_close(written: bytes) -> bytes:
     return rest
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: after the core closed its half (CLOSING: _give_up, or the driver's "
-    "CloseStream), a peer error makes _fail() write <stream:error/></stream:stream> after our "
-    "</stream:stream> (RFC 6120 §4.4: nothing follows the closing tag)",
-)
 def test_s2s_writes_nothing_after_its_closing_tag() -> None:
     snap = _snapshot()
     # fuzz_s2s input b"!\x00<stream:features></stream:features><db:result from='$mid'/>1"
@@ -155,12 +151,6 @@ def test_s2s_writes_nothing_after_its_closing_tag() -> None:
 # -- (c) SIP ------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding (minor): a blank continuation line is unfolded into the previous header "
-    "value as a trailing space (f'{value} {line.strip()}'); every other value is stripped, "
-    "and serialising then parsing again changes the message",
-)
 def test_sip_unfolded_blank_continuation_line_leaves_no_trailing_space() -> None:
     from edgeproxy.gateway.sip.message import parse_datagram, serialize
 
@@ -189,13 +179,6 @@ PIDF_UTF16_DTD = b"\xff\xfe" + (
 ).encode("utf-16-le")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: parse_pidf refuses DTDs by searching the raw bytes for b'<!DOCTYPE' / "
-    "b'<!ENTITY'; a UTF-16 (or UTF-32 / EBCDIC-declared) document hides them and its internal "
-    "entities are expanded (the note above comes out 100 x's: entity expansion from a SIP "
-    "PUBLISH/NOTIFY body)",
-)
 def test_pidf_with_a_dtd_is_refused_in_any_encoding() -> None:
     from edgeproxy.gateway.translate import TranslationError, parse_pidf
 
@@ -231,12 +214,6 @@ INVALID_VERSION = (
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: PresentedIdentities.from_certificate lets cryptography's ValueError escape "
-    "for a loadable certificate with a malformed extension (identity.py documents no error; "
-    "cert show / cert import / edgeproxy check call it directly)",
-)
 def test_identity_of_a_certificate_with_a_malformed_extension() -> None:
     cert = x509.load_der_x509_certificate(MALFORMED_EXTENSION)
     ids = PresentedIdentities.from_certificate(cert)
@@ -249,12 +226,6 @@ def test_certificate_check_of_a_certificate_with_a_malformed_extension() -> None
     assert (check("fabrikam.test") or "").startswith("bad-certificate")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: certificate_check catches ValueError & co. but not x509.InvalidVersion "
-    "(not a ValueError subclass): a peer certificate with an invalid version field escapes "
-    "from net.tls.certificate_check",
-)
 def test_certificate_check_of_a_certificate_with_an_invalid_version() -> None:
     with pytest.raises(x509.InvalidVersion):  # what cryptography does with it
         x509.load_der_x509_certificate(INVALID_VERSION)
@@ -279,12 +250,6 @@ def _deep_wildcard_certificate(dns_name: str) -> bytes:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: normalize_domain recurses once per leading '*.' label, so a peer "
-    "certificate whose dNSName has ~1000 wildcard labels (2.3 KB) raises RecursionError in "
-    "from_certificate / covers, and through net.tls.certificate_check's check(domain)",
-)
 def test_identity_of_a_dns_name_with_a_thousand_wildcard_labels() -> None:
     deep = "*." * 1000 + "fabrikam.test"
     assert not dns_id_matches(deep, "fabrikam.test")

@@ -37,7 +37,11 @@ def normalize_domain(name: str) -> str:
     """Lower-case A-label form of a domain (trailing dot removed); wildcards pass through."""
     name = name.strip().rstrip(".")
     if name.startswith("*."):
-        return "*." + normalize_domain(name[2:])
+        # one level only: a name of many "*." labels is no valid wildcard anyway (RFC 6125
+        # §6.4.3), and recursing once per label let a 2 KB dNSName raise RecursionError
+        # (found by fuzzing)
+        rest = name[2:]
+        return "*." + (rest.lower() if rest.startswith("*") else normalize_domain(rest))
     try:
         return idna.encode(name, uts46=True).decode("ascii").lower()
     except idna.IDNAError:
@@ -90,9 +94,14 @@ class PresentedIdentities:
 
     @classmethod
     def from_certificate(cls, cert: x509.Certificate) -> PresentedIdentities:
+        """The identities ``cert`` presents. Never raises: a certificate whose extensions cannot
+        be parsed (cryptography decodes them lazily: a malformed or repeated extension raises on
+        first access; found by fuzzing) presents none — it proves no name."""
         try:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         except x509.ExtensionNotFound:
+            return cls((), (), ())
+        except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
             return cls((), (), ())
         dns_ids = tuple(normalize_domain(n) for n in san.get_values_for_type(x509.DNSName))
         srv: list[str] = []

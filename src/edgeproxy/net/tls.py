@@ -268,11 +268,14 @@ def _chain_problem(
     return None
 
 
-#: What parsing a peer certificate may raise (cryptography: ValueError for malformed DER and
-#: DuplicateExtension / UnsupportedGeneralNameType subclasses; TypeError for odd key types;
-#: idna/UnicodeError in names). The prefix of the verdict (EP2007).
+#: What parsing a peer certificate may raise (cryptography: ValueError for malformed DER;
+#: DuplicateExtension, UnsupportedGeneralNameType and InvalidVersion, which are not ValueErrors;
+#: TypeError for odd key types; idna/UnicodeError in names). The prefix of the verdict (EP2007).
 BAD_CERTIFICATE = "bad-certificate"
-_PARSE_ERRORS = (ValueError, TypeError, UnicodeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+_PARSE_ERRORS = (
+    ValueError, TypeError, UnicodeError, RecursionError,
+    x509.DuplicateExtension, x509.UnsupportedGeneralNameType, x509.InvalidVersion,  # not ValueErrors
+)
 
 
 def certificate_check(
@@ -314,6 +317,7 @@ def _judge(
     der: bytes, trust: PeerTrust, now: dt.datetime | None, intermediates: Sequence[bytes]
 ) -> tuple[str | None, PresentedIdentities]:
     cert = x509.load_der_x509_certificate(der)
+    _ = cert.extensions  # decoded lazily by cryptography: a malformed one is bad-certificate
     moment = now or dt.datetime.now(dt.UTC)
     if cert.not_valid_after_utc < moment:
         problem: str | None = f"expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"

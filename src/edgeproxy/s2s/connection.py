@@ -298,6 +298,12 @@ class S2SConnection:
     def _fail(self, condition: str, text: str | None = None) -> None:
         if self.state is State.CLOSED:
             return
+        if self.state is State.CLOSING:
+            # Our </stream:stream> is already out: nothing may follow it (RFC 6120 §4.4; found
+            # by fuzzing). The stream just ends, with the cause in the event.
+            self.state = State.CLOSED
+            self._events.append(StreamClosed(error=condition, reason=text))
+            return
         if not self.header_sent:
             self._send_header(to=self.peer_from, from_=self.local_domain)
         self._out += wire.stream_error(condition, text)

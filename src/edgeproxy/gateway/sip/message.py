@@ -379,9 +379,9 @@ def response_from_head(head: bytes, status: int, *, to_tag: str) -> SipResponse 
         if not line:
             continue
         if line[0] in " \t":  # folded (§7.3.1): belongs to the field before
-            if last_kept:
+            if last_kept and (more := line.strip()):  # a blank continuation adds nothing
                 name, value = headers.items[-1]
-                headers.items[-1] = (name, f"{value} {line.strip()}")
+                headers.items[-1] = (name, f"{value} {more}" if value else more)
             continue
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
@@ -420,8 +420,9 @@ def _parse_head(head: bytes, max_headers: int) -> tuple[SipMessage, int | None]:
         if line[0] in " \t":
             if not headers.items:
                 raise SipParseError("continuation line before any header")
-            name, value = headers.items[-1]
-            headers.items[-1] = (name, f"{value} {line.strip()}")
+            if more := line.strip():  # a blank continuation adds nothing (found by fuzzing)
+                name, value = headers.items[-1]
+                headers.items[-1] = (name, f"{value} {more}" if value else more)
             continue
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
