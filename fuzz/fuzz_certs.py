@@ -45,36 +45,10 @@ class Escaped(AssertionError):
     """An exception outside the step's expected tuple."""
 
 
-KNOWN: tuple[Known, ...] = (
-    # cryptography parses extensions lazily: a loadable certificate with a malformed extension
-    # makes cert.extensions raise inside from_certificate (ValueError, x509.DuplicateExtension,
-    # x509.UnsupportedGeneralNameType — the last two are not ValueErrors).
-    Known(
-        Escaped,
-        "fuzz/fuzz_certs.py",
-        "step",
-        "test_identity_of_a_certificate_with_a_malformed_extension",
-        match="PresentedIdentities.from_certificate let ",  # ValueError, DuplicateExtension…
-    ),
-    # certificate_check catches ValueError & co. (_PARSE_ERRORS) but cryptography's
-    # InvalidVersion is not a ValueError: a certificate with version 98 escapes.
-    Known(
-        Escaped,
-        "fuzz/fuzz_certs.py",
-        "step",
-        "test_certificate_check_of_a_certificate_with_an_invalid_version",
-        match="certificate_check let InvalidVersion escape",
-    ),
-    # normalize_domain recurses once per leading "*." label: a SAN dNSName of ~1000 "*."
-    # labels raises RecursionError (from_certificate, covers, and so certificate_check's check).
-    Known(
-        Escaped,
-        "fuzz/fuzz_certs.py",
-        "step",
-        "test_identity_of_a_dns_name_with_a_thousand_wildcard_labels",
-        match="let RecursionError escape",
-    ),
-)
+# Fixed (604abf6): from_certificate let ValueError / DuplicateExtension /
+# UnsupportedGeneralNameType escape; certificate_check let x509.InvalidVersion escape; a dNSName
+# of 1,000 wildcard labels raised RecursionError in normalize_domain.
+KNOWN: tuple[Known, ...] = ()
 
 
 @functools.cache

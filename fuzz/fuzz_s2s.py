@@ -64,16 +64,8 @@ PEER_HEADER = {
 }
 
 EXPECTED: tuple[type[BaseException], ...] = (LocalProtocolError,)
-KNOWN: tuple[Known, ...] = (
-    # After the core closed its half (CLOSING: _give_up, or the driver's CloseStream), a peer
-    # error makes _fail() write <stream:error/></stream:stream> after our </stream:stream>.
-    Known(
-        Finding,
-        "fuzz/fuzz_s2s.py",
-        "_wrote_after_close",
-        "test_s2s_writes_nothing_after_its_closing_tag",
-    ),
-)
+# Fixed (604abf6): the core wrote a stream error after its own closing tag (_wrote_after_close).
+KNOWN: tuple[Known, ...] = ()
 
 
 @functools.cache

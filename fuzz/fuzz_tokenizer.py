@@ -52,15 +52,9 @@ HEADER = (
 SMALL_LIMITS = {"max_stanza_bytes": 160, "max_depth": 3, "max_attributes": 8, "max_name_bytes": 16}
 
 EXPECTED: tuple[type[BaseException], ...] = ()  # TokenizerError is caught inside, checked
+# Fixed (2a32b6c): a whole stream header over max_stanza_bytes was accepted
+# (_header_within_limit, test_tokenizer_stream_header_over_max_stanza_bytes_is_refused_...).
 KNOWN: tuple[Known, ...] = (
-    # A stream header longer than max_stanza_bytes is accepted when it arrives complete in one
-    # chunk, refused (policy-violation at the limit) when a chunk ends past the limit.
-    Known(
-        Finding,
-        "fuzz/fuzz_tokenizer.py",
-        "_header_within_limit",
-        "test_tokenizer_stream_header_over_max_stanza_bytes_is_refused_in_any_chunking",
-    ),
     # A stanza (or name) past its limit with another error after the crossing: fed whole, the
     # later error wins; in chunks ending past the limit, policy-violation at the crossing.
     Known(
@@ -68,6 +62,14 @@ KNOWN: tuple[Known, ...] = (
         "fuzz/fuzz_tokenizer.py",
         "_limit_crossed_first",
         "test_tokenizer_limit_crossed_before_a_later_error_wins_in_any_chunking",
+    ),
+    # A broken XML declaration longer than a max_stanza_bytes below 256: not-well-formed at 0
+    # fed whole, policy-violation at the limit when a feed() ends inside it past the limit.
+    Known(
+        Finding,
+        "fuzz/fuzz_tokenizer.py",
+        "_declaration_before_limit",
+        "test_tokenizer_broken_xml_declaration_gives_one_verdict_under_a_small_limit",
     ),
 )
 
@@ -149,6 +151,19 @@ def run(chunks: list[bytes], limits: dict[str, int]) -> tuple[object, ...]:
     return signature, error, halted, trailing, ws, after
 
 
+def _declaration_before_limit(payload: bytes, results: list[tuple[object, ...]], limit: int) -> None:
+    """An unterminated, malformed XML declaration longer than max_stanza_bytes (< 256, the
+    declaration's own bound): fed whole it is not-well-formed at 0; when a feed() ends past
+    the limit inside it, policy-violation at the limit."""
+    errors = {r[1] for r in results}
+    if (
+        payload.startswith(b"<?xml")
+        and ("policy-violation", limit) in errors
+        and ("not-well-formed", 0) in errors
+    ):
+        raise Finding(f"a broken XML declaration's verdict depends on the chunking: {errors}")
+
+
 def _header_within_limit(payload: bytes, results: list[tuple[object, ...]], limit: int) -> None:
     """tokenizer.py: max_stanza_bytes bounds "one top-level element (and ... the stream
     header)", a crossed limit raises policy-violation as soon as it is crossed — in any
@@ -191,6 +206,7 @@ def check(data: bytes) -> None:
     results = [whole, pieces]
     if len(payload) <= 512:
         results.append(run([payload[i : i + 1] for i in range(len(payload))], limits))
+    _declaration_before_limit(payload, results, limits.get("max_stanza_bytes", 262144))
     _header_within_limit(payload, results, limits.get("max_stanza_bytes", 262144))
     _limit_crossed_first(results)
     if pieces != whole:
