@@ -102,6 +102,28 @@ def test_tokenizer_broken_xml_declaration_gives_one_verdict_under_a_small_limit(
     assert _feed([payload[i : i + 1] for i in range(len(payload))], max_stanza_bytes=160) == whole
 
 
+STREAM = b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: an end-tag name longer than max_name_bytes that does not match the open "
+    "element is not-well-formed (mismatched end tag, at the end tag) fed whole, but "
+    "policy-violation at the limit when a feed() ends inside the name past the limit",
+)
+def test_tokenizer_overlong_mismatched_end_tag_gives_one_verdict() -> None:
+    # fuzz_tokenizer final run (flags 0x01: max_name_bytes=16): "</bo999999999999999>", minimised
+    small = STREAM + b"<message><body>x</bo999999999999999></message>"
+    whole = _feed([small], max_name_bytes=16)
+    assert whole == (["StreamOpen"], ("not-well-formed", len(STREAM) + 16))
+    assert _feed([small[i : i + 1] for i in range(len(small))], max_name_bytes=16) == whole
+    # default limits (max_name_bytes=1024): a 2001-byte mismatched end-tag name
+    big = STREAM + b"<message><body>x</b" + b"o" * 2000 + b"></message>"
+    whole = _feed([big])
+    assert whole == (["StreamOpen"], ("not-well-formed", len(STREAM) + 16))
+    assert _feed([big[i : i + 512] for i in range(0, len(big), 512)]) == whole
+
+
 # -- (b) S2S core ---------------------------------------------------------------------------
 
 
