@@ -83,6 +83,7 @@ from edgeproxy.gateway.translate import (
     sip_message_to_xmpp,
     sip_status_for_condition,
 )
+from edgeproxy.loopback.auth import load_channel_secret
 from edgeproxy.loopback.client import run_loopback_client
 from edgeproxy.loopback.endpoint import DEFAULT_OUTAGE_BOUND, Answerable, ChannelEndpoint
 from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
@@ -147,6 +148,7 @@ class GatewayService:
         channel_ssl: ssl.SSLContext | None = None,
         answer_wait: float = SIP_ANSWER_WAIT,
         telemetry: Telemetry | None = None,
+        channel_secret: bytes | None = None,
     ) -> None:
         self.registrar = Registrar(sip_domains)
         self.answer_wait = answer_wait
@@ -184,6 +186,7 @@ class GatewayService:
             outage_bound=outage_bound,
             ack_on_complete=True,
             telemetry=telemetry,  # the channel's failure boundaries report there (EP1007)
+            secret=channel_secret,  # proven to the edge in the Hello (loopback/auth.py)
         )
         self._slots = trio.Semaphore(MAX_SIP_IN_FLIGHT)
         # (sender bare JID, recipient bare JID) → the turn of the lane's latest stanza
@@ -494,6 +497,7 @@ async def run_gateway(
         sip_tls=tls.sip,
         channel_ssl=tls.channel,
         telemetry=telemetry,
+        channel_secret=load_channel_secret(config.state_dir),
     )
     try:
         async with trio.open_nursery() as nursery:

@@ -173,10 +173,13 @@ class ChannelEndpoint:
         ack_on_complete: bool = False,
         telemetry: Telemetry | None = None,
         on_item_failed: OnItemFailed | None = None,
+        secret: bytes | None = None,
     ) -> None:
         self.role = role
         #: Where contained failures are reported (EP1007); may be set after construction.
         self.telemetry = telemetry
+        #: The channel's shared secret (``loopback/auth.py``; issue 14), proven in the Hello.
+        self.secret = secret
         self._on_item_failed = on_item_failed
         self.ack_on_complete = ack_on_complete
         self._ack_wake = trio.Event()
