@@ -11,6 +11,11 @@ Theory of operation
   what it was. Each committed write also bumps ``meta.generation``.
 * Readers (``Store.read()``) take one read transaction, so a snapshot is never half of a change.
   A running server notices commits cheaply with ``PRAGMA data_version`` (see ``holder``).
+* File modes (issue 14, secrets at rest): the state dir is created ``0750`` and the database
+  file ``0600`` (``edgeproxy.secretfiles``) before SQLite opens it, whatever the umask; SQLite
+  gives the ``-wal`` and ``-shm`` files it creates the database file's mode, so all three are
+  readable by the service account only. An existing file's mode is left alone here:
+  ``edgeproxy serve`` refuses to start with one that others can read (EP8007).
 * ``schema_version`` records how many of ``MIGRATIONS`` have been applied; opening the store
   applies the missing ones in one write transaction. Migration 1 creates the tables, the gateway
   row (with a random dialback secret, SPEC §3) and the global policy (SPEC §5), which a trigger
@@ -35,6 +40,7 @@ from edgeproxy.policy.model import (
     PartnerType,
     User,
 )
+from edgeproxy.secretfiles import PRIVATE, create_private_file, ensure_private_dir
 
 STORE_FILE = "policy.sqlite3"
 BUSY_TIMEOUT_MS = 30_000
@@ -123,6 +129,8 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # 0600 before SQLite creates it with 0644 & ~umask; -wal/-shm inherit this mode.
+        create_private_file(path, PRIVATE)
         self._conn = sqlite3.connect(
             path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
         )
@@ -139,7 +147,7 @@ class Store:
     def open(cls, state_dir: Path | str) -> Store:
         """Open (creating the directory and the schema if needed) the store in ``state_dir``."""
         directory = Path(state_dir)
-        directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        ensure_private_dir(directory)  # 0750 whatever the umask; an existing one is left alone
         return cls(directory / STORE_FILE)
 
     def close(self) -> None:
