@@ -223,6 +223,9 @@ _DEFINITIONS: tuple[EventClass, ...] = (
     EventClass("EP8006", "contact-not-stored", _W, "The gateway could not record a contact change in the store: a PublicUnverified contact's pending subscription request, or a contact a SIP user added by subscribing to it (SPEC §4).",
                "{change} {contact} for {user} not stored: {error}",
                "The user must exist in the store (`edgeproxy user get`); check the state dir's permissions and free space. Until it is stored the edge keeps refusing the contact's messages: `edgeproxy user contact add USER JID` records it by hand."),
+    EventClass("EP8007", "secret-exposed", _E, "A secret at rest — the state dir, the store (policy.sqlite3 and its -wal/-shm), the admin token or the channel secret — grants more than its mode allows (others can read it, or the group can write it); `edgeproxy serve` refuses to start (issue 14).",
+               "refusing to start: {what} {path} has mode {mode}, more than {allowed}; fix: {fix}",
+               "Run the chmod in the message as the service account (or root): the state dir 0750, the store and the channel secret 0600, the admin token 0640. Files usually get wide modes from a copy or restore without -p; `edgeproxy check` lists every such file."),
     EventClass("EP9001", "event-log-overflow", _W, "The event log buffer was full and events were dropped (callers never wait on the log).",
                "{dropped} events dropped: the log output is too slow",
                "The log sink (journal, file, pipe) is slow or blocked; check disk space and the journal rate limit."),
@@ -280,6 +283,7 @@ ADMIN_DENIED = CATALOGUE["EP8003"]
 ADMIN_LISTEN_REFUSED = CATALOGUE["EP8004"]
 STORE_UNAVAILABLE = CATALOGUE["EP8005"]
 CONTACT_NOT_STORED = CATALOGUE["EP8006"]
+SECRET_EXPOSED = CATALOGUE["EP8007"]
 EVENT_LOG_OVERFLOW = CATALOGUE["EP9001"]
 LOG_RECORD = CATALOGUE["EP9002"]
 EVENTS_SUPPRESSED = CATALOGUE["EP9003"]
