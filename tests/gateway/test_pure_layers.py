@@ -15,6 +15,7 @@ PURE = [
     "edgeproxy.gateway.sip.uri",
     "edgeproxy.gateway.sip.transaction",
     "edgeproxy.gateway.sip.registrar",
+    "edgeproxy.gateway.sip.digest",
 ]
 
 
