@@ -11,8 +11,8 @@ Invariants (frames.py, reliable.py): decoding and the sequencing raise only :cla
 (strict decoding: unknown tags, missing or extra fields, wrong types, values outside the named
 limits; an ack for items never sent, a gap in the sequence numbers); a decoded frame re-encodes
 to bytes that decode to an equal frame; ``batch_items`` on a decoded batch takes at least one
-and at most all of its items; the receiver hands each sequence number of a peer session over
-at most once.
+and at most all of its items; while the peer session stays the same, the receiver hands each
+sequence number over at most once.
 """
 
 from __future__ import annotations
@@ -74,11 +74,16 @@ def check(data: bytes) -> None:
         sender.submit(StanzaKind.MESSAGE, "a@contoso.test", "b@fabrikam.test", "chat", f"m{n}",
                       b"<message/>")
     sender.next_batch()
-    handed: set[tuple[str, int]] = set()  # (peer session, seq): a new session starts over
+    # (peer session, seq) handed over since the peer session last changed: the receiver keeps
+    # only the current peer session's progress, so A, B, A again starts over (sessions are
+    # random per process start: a session never comes back).
+    handed: set[tuple[str, int]] = set()
     session = ""
     for message in _messages(data):
         frame = _decode(message)
         if isinstance(frame, Hello):
+            if frame.session != session:
+                handed.clear()
             session = frame.session
             sender.on_connected(frame)
             receiver.on_connected(frame)
