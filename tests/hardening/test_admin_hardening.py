@@ -62,19 +62,19 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> ServeProcess:
 MALFORMED = {
     "binary": (b"\x00\x01\x02\x03\xff\r\n\r\n", 400),
     "no-version": (b"GET /healthz\r\n\r\n", 400),
-    "header-without-colon": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nnot a header\r\n\r\n", 400),
-    "bad-content-length": (b"POST /stop HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
-    "two-content-lengths": (b"POST /stop HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
-    "negative-content-length": (b"POST /stop HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
-    "bad-chunk": (b"POST /stop HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
-    "http2-preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 404),  # h11 parses it; "*" is no resource
-    "huge-head": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n", 431),
-    "huge-body": (b"POST /stop HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"a" * 100_000, 413),
+    "header-without-colon": (b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nnot a header\r\n\r\n", 400),
+    "bad-content-length": (b"POST /stop HTTP/1.1\r\nHost: localhost\r\nContent-Length: abc\r\n\r\n", 400),
+    "two-content-lengths": (b"POST /stop HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
+    "negative-content-length": (b"POST /stop HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n", 400),
+    "bad-chunk": (b"POST /stop HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    "http2-preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 421),  # h11 parses it; no Host: misdirected
+    "huge-head": (b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n", 431),
+    "huge-body": (b"POST /stop HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n" + b"a" * 100_000, 413),
     "no-host": (b"GET /healthz HTTP/1.1\r\n\r\n", 400),
-    "non-ascii-target": ("GET /h\u00e9\u00e4lthz?\u00ff HTTP/1.1\r\nHost: x\r\n\r\n".encode("latin-1"), 400),
-    "absolute-target": (b"GET http://evil.example/metrics HTTP/1.1\r\nHost: x\r\n\r\n", 404),
-    "odd-method": (b"BREW /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 405),
-    "bad-auth": ("POST /reload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \u00ff\u00fe\r\n"
+    "non-ascii-target": ("GET /h\u00e9\u00e4lthz?\u00ff HTTP/1.1\r\nHost: localhost\r\n\r\n".encode("latin-1"), 400),
+    "absolute-target": (b"GET http://evil.example/metrics HTTP/1.1\r\nHost: localhost\r\n\r\n", 421),  # not our name
+    "odd-method": (b"BREW /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n", 405),
+    "bad-auth": ("POST /reload HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer \u00ff\u00fe\r\n"
                  "Content-Length: 0\r\n\r\n".encode("latin-1"), 403),
 }
 
@@ -89,7 +89,7 @@ def test_a_malformed_request_gets_a_4xx_and_the_admin_endpoint_goes_on(edge: Ser
 
 
 def test_connections_that_say_nothing_or_hang_up_early_do_not_end_the_endpoint(edge: ServeProcess) -> None:
-    for payload in (b"", b"GET /sta", b"GET /status HTTP/1.1\r\nHost: x\r\n"):
+    for payload in (b"", b"GET /sta", b"GET /status HTTP/1.1\r\nHost: localhost\r\n"):
         assert status_of(exchange(edge.address, edge.admin_port, payload)) in (0, 400)
     with socket.create_connection((edge.address, edge.admin_port)) as s:  # a reset mid-request
         s.sendall(b"GET /status HTTP/1.1\r\n")
@@ -127,11 +127,11 @@ async def test_a_request_whose_handler_raises_gets_500_and_the_next_request_is_s
     monkeypatch.setattr(admin_module._Handler, route, boom)
     token = endpoint.token_path.read_text().strip()
     path = {"get_status": "GET /status", "get_metrics": "GET /metrics", "post_stop": "POST /stop"}[route]
-    request = f"{path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n".encode()
+    request = f"{path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n".encode()
     answer = await trio.to_thread.run_sync(exchange, ADDRESS, endpoint.port, request)
     assert status_of(answer) == 500 and b"EP1007" in answer
     healthz = await trio.to_thread.run_sync(exchange, ADDRESS, endpoint.port,
-                                            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                                            b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert status_of(healthz) == 200
     event_log.flush()
     [event] = [e for e in map(json.loads, out.getvalue().splitlines()) if e["id"] == "EP1007"]
@@ -154,7 +154,7 @@ async def test_a_connection_that_fails_outside_the_request_is_contained_and_the_
         return await real(conn, stream)  # type: ignore[arg-type]
 
     monkeypatch.setattr(admin_module, "_receive_request", receive)
-    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
     assert await trio.to_thread.run_sync(exchange, ADDRESS, endpoint.port, request) == b""  # closed
     assert status_of(await trio.to_thread.run_sync(exchange, ADDRESS, endpoint.port, request)) == 200
     event_log.flush()

@@ -5,13 +5,25 @@ A deliberately small HTTP/1.1 server (h11 over trio streams), one request per co
 * reads (``GET /metrics``, ``/healthz``, ``/status``) need no token: viewing status is the lesser
   right of SPEC §10, and the endpoint listens on loopback only by default;
 * writes (``POST /reload``, ``POST /stop``) need ``Authorization: Bearer <token>``, the token in
-  ``[admin] token-file`` (default ``<state-dir>/admin.token``, created mode 0640 at start), so
-  that only the service account and its group, the admin group — who can read that file — can
-  change anything.
+  ``[admin] token-file`` (default ``<state-dir>/admin.token``, created mode 0640 at start
+  whatever the umask, :mod:`edgeproxy.secretfiles`; an existing one that grants more is
+  refused), so that only the service account and its group, the admin group — who can read
+  that file — can change anything.
 
-Bounded: at most ``max_connections`` connections at once (more get ``503``), a request head of
-16 KiB, a body of 64 KiB and ``request_timeout`` seconds per connection. A non-loopback
-``[admin] listen`` is refused unless ``allow-remote = true``.
+Only for its own names (issue 14, DNS rebinding): a web page can make a browser on this host
+send requests to 127.0.0.1 under the page's own name (``evil.example`` resolving to 127.0.0.1);
+the browser then lets the page read the answers, ``/status`` included. Such a request carries
+``Host: evil.example:9269``. So every request's ``Host`` (and the authority of an absolute-form
+target) must name this endpoint — the ``[admin] listen`` host, ``localhost``, ``127.0.0.1`` or
+``[::1]`` (any IP address when listening on a wildcard: a page cannot make a browser send an IP
+literal other than the one it was loaded from) — with the bound port, or no port; anything else
+is answered ``421 Misdirected Request`` before routing, with no data. The name is what a
+rebinding page cannot choose; the port check only keeps other local services' names apart.
+
+Bounded: at most ``max_connections`` connections at once and ``MAX_CONNECTIONS_PER_SOURCE`` from
+one source address (more get ``503``; the per-source one also ``EP6001``, limit
+``admin-per-source``), a request head of 16 KiB, a body of 64 KiB and ``request_timeout`` seconds
+per connection. A non-loopback ``[admin] listen`` is refused unless ``allow-remote = true``.
 
 Failure boundary (``ops.boundary``, ``Surface.ADMIN_REQUEST``): a request h11 cannot parse is
 answered with h11's status hint (400, or 431/413 for our bounds) — an expected refusal, no event.
@@ -26,8 +38,6 @@ import contextlib
 import errno
 import hmac
 import ipaddress
-import os
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -47,7 +57,13 @@ from edgeproxy.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edgeproxy.ops.metrics import Metrics, Outcome
 from edgeproxy.ops.status import ServiceState, StatusSource, encode_status
 from edgeproxy.ops.telemetry import Telemetry
+from edgeproxy.secretfiles import GROUP_READABLE, ensure_private_dir, ensure_secret
 
+#: Connections one source address may hold at once (issue 14): one local user must not hold
+#: every one of the ``max_connections`` (16) slots. ``edgeproxy status|reload|stop`` uses one
+#: connection at a time and a Prometheus scraper one; 4 leaves room for a retry or a browser tab,
+#: and 16 / 4 = at least four sources (local users, the scraper) are always served.
+MAX_CONNECTIONS_PER_SOURCE = 4
 MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
 JSON = "application/json"
@@ -84,6 +100,42 @@ def client_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
+def admin_host_names(listen_host: str, port: int) -> frozenset[str]:
+    """The ``Host`` values the admin endpoint answers to (see the module docstring), lower case:
+    each name with ``:port`` and without a port; ``*`` stands for any IP address (wildcard)."""
+    names = {listen_host.lower(), "localhost", "127.0.0.1", "::1"}
+    if listen_host in ("", "0.0.0.0", "::"):
+        names.add("*")
+    return frozenset(names)
+
+
+def host_allowed(value: str, names: frozenset[str], port: int) -> bool:
+    """Whether the ``Host`` header (or absolute-form authority) ``value`` names this endpoint."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return False
+        given_port = rest[1:] if rest else None
+    elif value.count(":") == 1:
+        host, _, given_port = value.partition(":")
+    elif ":" in value:  # an unbracketed IPv6 address is not a valid Host
+        return False
+    else:
+        host, given_port = value, None
+    if given_port is not None and given_port != str(port):
+        return False
+    if host in names:
+        return True
+    if "*" in names:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return True
+    return False
+
+
 def admin_token_path(config: EdgeConfig) -> Path:
     """``[admin] token-file``, else ``<state-dir>/admin.token``."""
     if config.admin.token_file:
@@ -92,21 +144,14 @@ def admin_token_path(config: EdgeConfig) -> Path:
 
 
 def ensure_admin_token(path: Path) -> str:
-    """Read the token, creating it (random, mode 0640: owner and the admin group) when the file does not exist yet."""
-    try:
-        return read_admin_token(path)
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-    except FileExistsError:  # created concurrently
-        return read_admin_token(path)
-    os.fchmod(fd, 0o640)  # whatever the umask
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(token + "\n")
-    return token
+    """Read the token, creating it (random, mode 0640 whatever the umask: owner and the admin
+    group) when the file does not exist yet; a missing directory is created 0750.
+
+    Raises ``SecretFileError`` when the existing file grants more than 0640, ``OSError`` when it
+    cannot be read or created, ``ValueError`` when it is empty.
+    """
+    ensure_private_dir(path.parent)
+    return ensure_secret(path, GROUP_READABLE)
 
 
 def read_admin_token(path: Path) -> str:
@@ -156,14 +201,20 @@ class _Handler:
         control: Control,
         token: str,
         event_log: EventLog | None,
+        host_names: frozenset[str],
+        port: int,
     ) -> None:
         self.status_source = status_source
         self.metrics = metrics
         self.control = control
         self.token = token.encode()
         self.event_log = event_log
+        self.host_names = host_names
+        self.port = port
 
     async def handle(self, method: str, target: str, headers: dict[str, str], peer: str) -> _Response:
+        if not self.addressed_to_us(target, headers):
+            return _text(421, "misdirected request: not a name of this admin endpoint")
         path = target.split("?", 1)[0]
         routes = {
             "/metrics": ("GET", self.get_metrics),
@@ -182,6 +233,15 @@ class _Handler:
             if denied is not None:
                 return denied
         return await handler()
+
+    def addressed_to_us(self, target: str, headers: dict[str, str]) -> bool:
+        """The ``Host`` header — and an absolute-form target's authority — name this endpoint."""
+        if not host_allowed(headers.get("host", ""), self.host_names, self.port):
+            return False
+        scheme, sep, rest = target.partition("://")
+        if sep and scheme.lower() in ("http", "https"):
+            return host_allowed(rest.split("/", 1)[0].rsplit("@", 1)[-1], self.host_names, self.port)
+        return True
 
     def check_token(self, method: str, path: str, headers: dict[str, str], peer: str) -> _Response | None:
         auth = headers.get("authorization", "")
@@ -284,6 +344,14 @@ async def _send(conn: h11.Connection, stream: trio.abc.Stream, response: _Respon
     await stream.send_all(conn.send(h11.EndOfMessage()))
 
 
+def _source(stream: trio.SocketStream) -> str:
+    """The peer's address without the port: what the per-source cap counts."""
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return "?"
+
+
 def _peer(stream: trio.SocketStream) -> str:
     try:
         peer_host, peer_port = stream.socket.getpeername()[:2]
@@ -324,8 +392,7 @@ async def _serve_connection(
         await trio.aclose_forcefully(stream)
 
 
-async def _refuse_busy(stream: trio.SocketStream) -> None:
-    body = b"too many admin connections\n"
+async def _refuse_busy(stream: trio.SocketStream, body: bytes = b"too many admin connections\n") -> None:
     with trio.move_on_after(1):
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(
@@ -366,6 +433,7 @@ async def serve_admin(
     *,
     event_log: EventLog | None = None,
     max_connections: int = 16,
+    max_per_source: int = MAX_CONNECTIONS_PER_SOURCE,
     request_timeout: float = 10.0,
     task_status: trio.TaskStatus[AdminEndpoint] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -387,22 +455,33 @@ async def serve_admin(
         raise
     bound = listeners[0].socket.getsockname()
     endpoint = AdminEndpoint(host=bound[0], port=bound[1], token_path=token_path)
-    handler = _Handler(status_source, metrics, control, token, event_log)
+    handler = _Handler(status_source, metrics, control, token, event_log,
+                       admin_host_names(host, endpoint.port), endpoint.port)
     limiter = trio.CapacityLimiter(max_connections)
+    per_source: dict[str, int] = {}
     telemetry = Telemetry(metrics, event_log)
 
     async def one(stream: trio.SocketStream) -> None:
+        source = _source(stream)
+        if per_source.get(source, 0) >= max_per_source:
+            telemetry.limit_reached("admin-per-source", max_per_source)
+            await _refuse_busy(stream, b"too many admin connections from your address\n")
+            return
         try:
             limiter.acquire_nowait()
         except trio.WouldBlock:
             await _refuse_busy(stream)
             return
+        per_source[source] = per_source.get(source, 0) + 1
         try:
             # the request itself has its own boundary (HTTP 500); this one holds the rest
             await contain(Surface.ADMIN_REQUEST, _peer(stream), telemetry,
                           partial(_serve_connection, stream, handler, request_timeout, telemetry))
         finally:
             limiter.release()
+            per_source[source] -= 1
+            if not per_source[source]:
+                del per_source[source]
             await trio.aclose_forcefully(stream)
 
     async with trio.open_nursery() as nursery:
