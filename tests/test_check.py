@@ -56,13 +56,14 @@ def test_embedded_default_reports_missing_certificate_partners_and_dns(in_tmp, d
     assert lines[2].startswith(f"WARN trust: {in_tmp}/certs/ca.pem does not exist")
     assert re.match(r"(OK|WARN) listener 0\.0\.0\.0:5269: ", lines[3])
     assert re.match(r"(OK|WARN) listener 127\.0\.0\.1:23456: ", lines[4])
-    assert lines[5] == (
+    assert lines[5] == f"OK secrets: {in_tmp}/var not created yet (edgeproxy creates it 0750, its secrets 0600/0640)"
+    assert lines[6] == (
         "WARN partners: none: no domain can federate (there is no default partner) "
         "(hint: edgeproxy partner new DOMAIN)"
     )
-    assert lines[6].startswith("FAIL dns _xmpp-server._tcp.contoso.test: missing SRV record")
-    assert lines[7].startswith("FAIL dns access.contoso.test: no A/AAAA record")
-    assert len(lines) == 8
+    assert lines[7].startswith("FAIL dns _xmpp-server._tcp.contoso.test: missing SRV record")
+    assert lines[8].startswith("FAIL dns access.contoso.test: no A/AAAA record")
+    assert len(lines) == 9
 
 
 def test_limits_that_remove_a_protection_before_authentication_are_a_warning(tmp_path, capsys):

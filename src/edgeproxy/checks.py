@@ -13,9 +13,13 @@ FAIL. The checks, in the order an admin fixes things:
 3. **trust** — the CA bundle for partner certificates (XEP-0178), or the system store.
 4. **listener** — for each external listener and the loopback channel: can we bind it now, or is
    something already listening (edgeproxy itself, if it is running)?
-5. **partners** — the partner list is readable, not empty (there is no default partner: SPEC §2),
+5. **secrets** — the state dir and the secrets at rest in it (the store and its ``-wal``/``-shm``,
+   the admin token, the channel secret: :mod:`edgeproxy.ops.atrest`) grant nothing beyond 0750,
+   0600 and 0640: FAIL for each one that does, with the ``chmod`` that fixes it — the same files
+   for which ``edgeproxy serve`` refuses to start (EP8007).
+6. **partners** — the partner list is readable, not empty (there is no default partner: SPEC §2),
    no partner claims one of our domains or routes to our own FQDN.
-6. **dns** — :func:`edgeproxy.dns.diagnose.diagnose`: our SRV and A/AAAA records, each partner's.
+7. **dns** — :func:`edgeproxy.dns.diagnose.diagnose`: our SRV and A/AAAA records, each partner's.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from edgeproxy.dns.records import split_host_port
 from edgeproxy.dns.resolver import Lookup, parse_resolver
 from edgeproxy.errors import ConfigError
 from edgeproxy.findings import Finding, exit_status, fail, ok, warn
+from edgeproxy.ops.atrest import exposed_secrets, secret_files
 
 CERT_HINT = (
     "`edgeproxy cert self-signed` for a lab; `edgeproxy cert request` then `edgeproxy cert import` "
@@ -226,6 +231,28 @@ def probe_listener(hostport: str) -> Finding:
     return ok(check, "free: edgeproxy can bind it (it is not running now)")
 
 
+# --- secrets at rest ---------------------------------------------------------------------------
+
+
+def check_secrets(config: EdgeConfig) -> Finding:
+    """FAIL naming every secret at rest others may read (see the module docstring), else OK."""
+    try:
+        exposed = exposed_secrets(config)
+    except OSError as exc:
+        return fail("secrets", f"cannot examine the state dir: {exc}", "is edge.state-dir readable by this user?")
+    if exposed:
+        detail = "; ".join(
+            f"{secret.what} {secret.path} has mode {problem.mode:04o}, more than {problem.allowed:04o}"
+            for secret, problem in exposed
+        )
+        return fail("secrets", detail + ": edgeproxy serve refuses to start",
+                    "; ".join(problem.fix for _, problem in exposed))
+    present = [s for s in secret_files(config) if s.path.exists()]
+    if not present:
+        return ok("secrets", f"{config.state_dir} not created yet (edgeproxy creates it 0750, its secrets 0600/0640)")
+    return ok("secrets", ", ".join(f"{s.what} {s.mode:04o} or stricter" for s in present))
+
+
 # --- partners ----------------------------------------------------------------------------------
 
 
@@ -272,6 +299,7 @@ def run_checks(
     findings += check_certificate(config, now)
     findings.append(check_trust(config))
     findings += [probe_listener(hp) for hp in (*config.edge.listen, config.edge.internal_listen)]
+    findings.append(check_secrets(config))
     listed = partners if partners is not None else load_partners(config)
     findings.append(check_partners(config, listed))
     if lookup is None:
