@@ -24,15 +24,19 @@ accepted inbound stanzas go to the gateway over the channel, stanzas from the ga
 through the S2S pool (policy ``decide_outbound``), and stanzas the channel cannot carry are
 bounced to their XMPP senders (SPEC §6 rule 5). With ``[edge] internal-tls`` the internal listener
 requires mutual TLS (``loopback/tls.py``; its files load in ``__init__``, so a bad one refuses the
-start) and a refused handshake is event ``EP5003``. The status shows the channel state; stop flushes
+start) and a refused handshake is event ``EP5003``. With or without mutual TLS the gateway must
+prove the channel secret (``<state-dir>/channel.secret``, ``loopback/auth.py``; issue 14): it is
+loaded (created at first start, 0600) in ``__init__``, and a secret file that others may read
+(event ``EP8007`` with the fix) or that cannot be read (``EP2003``) refuses the start with a
+``ConfigError``. Mutual TLS does not replace it: a certificate from the channel's trust anchors
+alone does not make a gateway (defence in depth). The status shows the channel state; stop flushes
 the channel within the drain bound and bounces what is left. Without the channel
 (``channel=False``, or an ``on_delivery`` callback, which the tests use) accepted stanzas go to an
 in-memory ``MemoryDelivery`` consumed here, and the channel shows as ``not-configured``.
 
 ``run_app`` is ``edgeproxy serve``: role ``both`` (the default) runs this edge and the gateway
 (``gateway.service.run_gateway``) in one process, the channel still crossing loopback; ``edge``
-and ``gateway`` run one side each. Before anything opens, it refuses a state dir or secret file that
-others can read (``ops.atrest.refuse_exposed_secrets``: event ``EP8007``, exit status 1).
+and ``gateway`` run one side each.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from edgeproxy.dns.records import split_host_port
 from edgeproxy.dns.resolver import parse_resolver
 from edgeproxy.dns.srv import SrvRecord
 from edgeproxy.errors import ConfigError
+from edgeproxy.loopback.auth import channel_secret_path, load_channel_secret
 from edgeproxy.loopback.tls import edge_channel_context
 from edgeproxy.net.channel_delivery import ChannelDelivery
 from edgeproxy.net.connector import ConnectFailed, Connector, ConnectorSettings
@@ -69,7 +74,6 @@ from edgeproxy.net.session import S2SSession
 from edgeproxy.net.tls import client_context, server_context
 from edgeproxy.ops import events
 from edgeproxy.ops.admin import AdminEndpoint, join_host_port, serve_admin
-from edgeproxy.ops.atrest import refuse_exposed_secrets
 from edgeproxy.ops.events import EventLog
 from edgeproxy.ops.lifecycle import DRAIN_BOUND_SECONDS, ReloadOutcome, serve_signals
 from edgeproxy.ops.metrics import Metrics, Outcome
@@ -89,6 +93,7 @@ from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy.holder import POLL_INTERVAL, SnapshotHolder
 from edgeproxy.policy.snapshot import PolicySnapshot
 from edgeproxy.s2s import State
+from edgeproxy.secretfiles import SecretFileError
 
 log = logging.getLogger("edgeproxy.app")
 
@@ -170,14 +175,14 @@ class EdgeApp:
         self._on_delivery = on_delivery
         self.delivery = MemoryDelivery()
         use_channel = on_delivery is None if channel is None else channel
+        #: Mutual TLS on the internal listener ([edge] internal-tls); a file that does not load
+        #: is a ConfigError here, before anything listens (or is written to the state dir).
+        self._channel_ssl = edge_channel_context(config) if use_channel else None
         self.channel: ChannelDelivery | None = (
             ChannelDelivery(self.telemetry, outage_bound=config.gateway.outage_bound,
-                            max_queued=config.gateway.max_queued)
+                            max_queued=config.gateway.max_queued, secret=self._channel_secret(config))
             if use_channel else None
         )
-        #: Mutual TLS on the internal listener ([edge] internal-tls); a file that does not load
-        #: is a ConfigError here, before anything listens.
-        self._channel_ssl = edge_channel_context(config) if use_channel else None
         self.internal_address: str | None = None
         self._channel_since = time.monotonic()
         self._channel_state = ChannelState.NOT_CONNECTED
@@ -193,6 +198,22 @@ class EdgeApp:
         self._drain_scope: trio.CancelScope | None = None
         self._reload_lock = trio.Lock()
         self._listener_addresses: list[str] = []
+
+    def _channel_secret(self, config: EdgeConfig) -> bytes:
+        """The loopback channel's secret (issue 14), created at first start. One that others may
+        read is EP8007 and its ``SecretFileError``; one that cannot be read (or is empty) is
+        EP2003 and a ``ConfigError``: either refuses the start."""
+        path = channel_secret_path(config.state_dir)
+        try:
+            return load_channel_secret(config.state_dir)
+        except SecretFileError as exc:
+            self.telemetry.emit(events.SECRET_EXPOSED, what="channel secret", path=str(exc.path),
+                                mode=f"{exc.mode:04o}", allowed=f"{exc.allowed:04o}", fix=exc.fix)
+            raise
+        except (OSError, ValueError) as exc:
+            self.telemetry.emit(events.CERTIFICATE_LOAD_FAILED, what="the loopback channel secret",
+                                path=str(path), error=exc)
+            raise ConfigError(f"the loopback channel secret {path} cannot be used: {exc}") from None
 
     # -- TLS --------------------------------------------------------------------------------
 
@@ -555,9 +576,6 @@ async def run_app(
         raise ValueError(f"unknown role {role!r}, expected one of {', '.join(ROLES)}")
     # The gateway's TLS files are loaded before anything starts: a ConfigError refuses the start.
     tls = gateway_tls(config) if role in ("both", "gateway") else None
-    # Secrets at rest (issue 14): a state dir or secret file others can read refuses the start
-    # (EP8007, SecretFileError); the state dir is created 0750 if missing.
-    refuse_exposed_secrets(config, Telemetry(metrics, event_log))
     if role == "gateway":
         # A process of its own: the gateway follows the store itself, and the edge's store poll
         # picks up the contacts its hooks write.

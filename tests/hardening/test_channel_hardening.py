@@ -1,7 +1,8 @@
 """Issue 13 on the loopback channel: no item, frame or connection from the gateway ends the edge.
 
 The real-socket tests run ``edgeproxy serve --role edge`` as a child (``fixtures.serve``) and are
-the gateway themselves, speaking the channel protocol frame by frame (``RawGateway``). The
+the gateway themselves, speaking the channel protocol frame by frame (``RawGateway``), proving the
+channel secret the edge created in its state dir (``open_as_gateway``; issue 14). The
 injected-failure tests run the channel in-process with a handler that raises, and check the
 protocol's answer, event EP1007 with the right surface and that the next input is served.
 Addresses: 127.0.0.60-61 (this file's share of the hardening range).
@@ -24,13 +25,16 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgeproxy.loopback import reliable  # noqa: E402
+from edgeproxy.loopback.auth import channel_proof, channel_secret_path, check_proof  # noqa: E402
 from edgeproxy.loopback.client import LOOPBACK_RESOURCE, run_loopback_client  # noqa: E402
 from edgeproxy.loopback.endpoint import CLOSE_INTERNAL_ERROR, CLOSE_PROTOCOL_ERROR, ChannelEndpoint  # noqa: E402
 from edgeproxy.loopback.frames import (  # noqa: E402
     DEFAULT_WINDOW,
     MAX_FRAME_BYTES,
+    NONCE_BYTES,
     PROTOCOL_VERSION,
     Ack,
+    Auth,
     Bounce,
     Frame,
     Hello,
@@ -96,15 +100,36 @@ class RawGateway:
                     return exc
 
 
+def served_secret(serve: ServeProcess) -> bytes:
+    """The channel secret ``edgeproxy serve`` created in its state dir (what a gateway loads)."""
+    return channel_secret_path(serve.workdir / "state").read_text().strip().encode("ascii")
+
+
+async def open_as_gateway(
+    ws: WebSocketConnection, secret: bytes | None, session: str | None = None, received: int = 0,
+    window: int = DEFAULT_WINDOW,
+) -> Hello:
+    """The gateway's side of the opening, frame by frame: Hello, the edge's Hello, our proof
+    (an empty one without ``secret``), the edge's proof — checked. The edge's Hello."""
+    ours = Hello(PROTOCOL_VERSION, Role.GATEWAY, session or secrets.token_hex(8), "", received, window,
+                 secrets.token_bytes(NONCE_BYTES))
+    await ws.send_message(encode_frame(ours))
+    with trio.fail_after(10):
+        hello = decode_frame(await ws.get_message())
+        assert isinstance(hello, Hello)
+        await ws.send_message(encode_frame(Auth(b"" if secret is None else channel_proof(secret, Role.GATEWAY, hello, ours))))
+        proof = decode_frame(await ws.get_message())
+    assert isinstance(proof, Auth)
+    if secret is not None:
+        check_proof(secret, Role.EDGE, hello, ours, proof.mac)  # the real edge, too
+    return hello
+
+
 @asynccontextmanager
 async def gateway(serve: ServeProcess, session: str | None = None, received: int = 0) -> AsyncIterator[RawGateway]:
     async with open_websocket(serve.address, serve.internal_port, LOOPBACK_RESOURCE, use_ssl=False,
                               max_message_size=MAX_FRAME_BYTES) as ws:
-        await ws.send_message(encode_frame(Hello(PROTOCOL_VERSION, Role.GATEWAY, session or secrets.token_hex(8),
-                                                 "", received, DEFAULT_WINDOW)))
-        with trio.fail_after(10):
-            hello = decode_frame(await ws.get_message())
-        assert isinstance(hello, Hello)
+        hello = await open_as_gateway(ws, served_secret(serve), session, received)
         yield RawGateway(ws, hello)
 
 
@@ -183,7 +208,8 @@ BAD_FRAMES: dict[str, Callable[[], object]] = {
     "text-message": lambda: "hello",
     "sequence-gap": lambda: encode_frame(StanzaBatch((message(5),))),
     "ack-never-sent": lambda: encode_frame(Ack(1_000_000)),
-    "second-hello": lambda: encode_frame(Hello(PROTOCOL_VERSION, Role.GATEWAY, "x", "", 0, 1)),
+    "second-hello": lambda: encode_frame(Hello(PROTOCOL_VERSION, Role.GATEWAY, "x", "", 0, 1, b"n" * NONCE_BYTES)),
+    "second-auth": lambda: encode_frame(Auth(b"m" * 32)),
 }
 
 
@@ -262,7 +288,8 @@ async def until(predicate: Callable[[], bool]) -> None:
 
 async def test_an_edge_item_handler_that_raises_bounces_that_item_to_its_sender_and_serves_the_next() -> None:
     cap = Captured()
-    delivery = ChannelDelivery(cap.telemetry)
+    secret = secrets.token_bytes(32)
+    delivery = ChannelDelivery(cap.telemetry, secret=secret)
 
     class Router:
         pool = None
@@ -280,7 +307,7 @@ async def test_an_edge_item_handler_that_raises_bounces_that_item_to_its_sender_
     async def on_items(items: list[Item]) -> None:
         to_gateway.extend(items)
 
-    gw = ChannelEndpoint(Role.GATEWAY, on_items=on_items, on_bounce=lambda items, condition: None)
+    gw = ChannelEndpoint(Role.GATEWAY, on_items=on_items, on_bounce=lambda items, condition: None, secret=secret)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             host, port = await nursery.start(delivery.run, IN_PROCESS, 0)
@@ -315,9 +342,10 @@ async def test_a_gateway_item_handler_that_raises_nacks_the_item_and_completes_i
     async def edge_items(items: list[Item]) -> None:
         bounces.extend(items)
 
+    secret = secrets.token_bytes(32)
     gw = ChannelEndpoint(Role.GATEWAY, on_items=gateway_items, on_bounce=lambda i, c: None,
-                         ack_on_complete=True, telemetry=cap.telemetry)
-    edge = ChannelEndpoint(Role.EDGE, on_items=edge_items, on_bounce=lambda i, c: None)
+                         ack_on_complete=True, telemetry=cap.telemetry, secret=secret)
+    edge = ChannelEndpoint(Role.EDGE, on_items=edge_items, on_bounce=lambda i, c: None, secret=secret)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             host, port = await nursery.start(serve_loopback, edge, IN_PROCESS, 0)
@@ -354,24 +382,24 @@ async def test_a_frame_handler_that_raises_closes_the_connection_and_the_next_co
     async def edge_items(items: list[Item]) -> None:
         delivered.extend(i.id for i in items)
 
-    edge = ChannelEndpoint(Role.EDGE, on_items=edge_items, on_bounce=lambda i, c: None, telemetry=cap.telemetry)
+    secret = secrets.token_bytes(32)
+    edge = ChannelEndpoint(Role.EDGE, on_items=edge_items, on_bounce=lambda i, c: None, telemetry=cap.telemetry,
+                           secret=secret)
     closes: list[tuple[int, str]] = []
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             host, port = await nursery.start(serve_loopback, edge, IN_PROCESS, 0)
             async with open_websocket(host, port, LOOPBACK_RESOURCE, use_ssl=False) as ws:
                 session = secrets.token_hex(8)
-                await ws.send_message(encode_frame(Hello(PROTOCOL_VERSION, Role.GATEWAY, session, "", 0, 64)))
-                await ws.get_message()
+                await open_as_gateway(ws, secret, session, window=64)
                 await ws.send_message(encode_frame(StanzaBatch((message(1),))))
                 try:
                     await ws.get_message()
                 except ConnectionClosed as exc:
                     closes.append((exc.reason.code, exc.reason.reason or ""))
             async with open_websocket(host, port, LOOPBACK_RESOURCE, use_ssl=False) as ws:
-                await ws.send_message(encode_frame(Hello(PROTOCOL_VERSION, Role.GATEWAY, session, "", 0, 64)))
-                hello = decode_frame(await ws.get_message())
-                assert isinstance(hello, Hello) and hello.received == 0  # item 1 was not processed
+                hello = await open_as_gateway(ws, secret, session, window=64)
+                assert hello.received == 0  # item 1 was not processed
                 await ws.send_message(encode_frame(StanzaBatch((message(1),))))
                 assert decode_frame(await ws.get_message()) == Ack(1)
             nursery.cancel_scope.cancel()

@@ -25,6 +25,7 @@ import trio
 from edgeproxy.app import EdgeApp, run_app
 from edgeproxy.config import EdgeConfig, parse_config
 from edgeproxy.errors import ConfigError
+from edgeproxy.loopback.auth import channel_secret_path
 from edgeproxy.loopback.client import run_loopback_client
 from edgeproxy.loopback.endpoint import ChannelEndpoint
 from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
@@ -236,12 +237,19 @@ async def test_serve_both_runs_the_channel_over_mutual_tls_and_reports_a_refused
 
 async def test_edge_and_gateway_as_separate_roles_with_their_own_files(tmp_path: Path) -> None:
     """``serve --role edge`` and ``serve --role gateway`` (a gateway on another host: its own file,
-    state and client certificate, ``edge-address`` pointing at the edge) over mutual TLS."""
+    state and client certificate, ``edge-address`` pointing at the edge) over mutual TLS. The
+    channel secret is still required: the operator copies the edge's file (mode 0600) into the
+    gateway's state dir."""
     write_pki(tmp_path)
     edge_cfg = config(tmp_path)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             app: EdgeApp = await nursery.start(partial(run_app, edge_cfg, role="edge", signals=False))
+            copied = channel_secret_path(tmp_path / "gateway-state")
+            copied.parent.mkdir(mode=0o750)
+            copied.parent.chmod(0o750)
+            copied.write_bytes(channel_secret_path(tmp_path / "state").read_bytes())
+            copied.chmod(0o600)
             gateway_cfg = parse_config(
                 '[edge]\ndomains = ["contoso.test"]\nstate-dir = "gateway-state"\ninternal-tls = true\n'
                 'internal-trust = "ca.pem"\n[tls]\ncertificate = "none.pem"\nkey = "none.key"\n'

@@ -30,6 +30,7 @@ from _lab import (
 from edgeproxy.app import EdgeApp, run_app
 from edgeproxy.cli import build_parser
 from edgeproxy.config import load_config
+from edgeproxy.loopback.auth import load_channel_secret
 from edgeproxy.loopback.client import run_loopback_client
 from edgeproxy.loopback.endpoint import ChannelEndpoint
 from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
@@ -62,7 +63,9 @@ class ChannelLab:
             await trio.sleep(handling_seconds)
             self.from_edge.extend(i for i in items if isinstance(i, Routed))
 
-        endpoint = ChannelEndpoint(Role.GATEWAY, on_items=on_items, on_bounce=lambda items, c: None)
+        # the edge's channel secret, as the real gateway loads it (issue 14)
+        endpoint = ChannelEndpoint(Role.GATEWAY, on_items=on_items, on_bounce=lambda items, c: None,
+                                   secret=load_channel_secret(self.app.config.state_dir))
         await self.nursery.start(run_loopback_client, endpoint, *self.internal())
         with trio.fail_after(5):
             await endpoint.wait_connected()

@@ -6,11 +6,46 @@ A :class:`ChannelEndpoint` lives as long as its process (edge or gateway) and ou
 WebSocket connection. ``server.py`` (edge) and ``client.py`` (gateway) obtain connections and hand
 each to :meth:`ChannelEndpoint.run_connection`, which:
 
-1. exchanges ``Hello`` frames (bounded by ``HELLO_TIMEOUT``); a peer with another protocol version
-   or the same role is refused;
-2. lets the sender re-queue what the peer has not processed (``Sender.on_connected``);
-3. runs a send loop (batches within the peer's window, woken by ``submit``/acks) and a receive loop
+1. **opens** the connection (``_open``, bounded as a whole by ``HELLO_TIMEOUT``) without touching
+   any shared state: it exchanges ``Hello`` frames (a peer with another protocol version or the
+   same role is refused) and then the **proofs of the channel secret** (issue 14, below);
+2. only then, **authenticated**, calls the driver's ``on_authenticated`` (the edge's listener
+   cancels the connection it replaces there) and takes the endpoint's connection lock — so an
+   unauthenticated connection never affects the live one, which keeps carrying stanzas;
+3. lets the sender re-queue what the peer has not processed (``Sender.on_connected``);
+4. runs a send loop (batches within the peer's window, woken by ``submit``/acks) and a receive loop
    (decode strictly, hand fresh items to ``on_items``, then ack) until either ends.
+
+The opening, step by step (protocol version 2; ``loopback/auth.py`` defines the proof)::
+
+    edge                                           gateway
+      Hello(v2, edge, session_E, ..., nonce_E)  ->
+                                                <- Hello(v2, gateway, session_G, ..., nonce_G)
+      Auth(HMAC(secret, label | "edge" |        ->
+                nonce_E | nonce_G | session_E | session_G))
+                                                <- Auth(HMAC(secret, label | "gateway" |
+                                                        nonce_E | nonce_G | session_E | session_G))
+      each side checks the other's Auth (hmac.compare_digest) before anything else
+
+Both sides send their Hello at once and their Auth as soon as they have the peer's Hello (one
+round trip; neither waits for the other's verdict), and both verify: the edge knows it talks to
+the gateway, the gateway that it talks to the real edge. Each nonce is ``NONCE_BYTES`` fresh
+random bytes per connection, so a proof recorded on one connection is refused on any other (the
+verifier's own nonce differs); the role in the MAC refuses a proof reflected back to its sender.
+A proof that is wrong, empty or missing (another frame instead, or nothing within
+``HELLO_TIMEOUT``) ends the opening with WebSocket close code 1008 (policy violation) and the
+reason ``"channel authentication failed"``; the driver's ``on_refused(reason)`` hears of it (the
+edge emits ``EP5003`` channel-refused) and ``statistics().refused`` counts it. Other refused
+openings (a wrong version or role, a malformed first frame) are closed with 1002 and reported the
+same way.
+
+The Hello's resume fields (``peer_session``, ``received``) are read when it is sent, before the
+lock: while a live connection still runs they may be behind by the items it handles meanwhile.
+That only makes the peer re-send those items, which the receiver drops as duplicates.
+
+An endpoint built without a secret (``secret=None``: in-process tests of other layers) sends an
+empty proof and checks none; such an endpoint and one with a secret refuse each other. Both
+processes always pass theirs (``ChannelDelivery`` requires it; the gateway loads it).
 
 Backpressure: ``on_items`` is awaited before the next frame is read, so a slow consumer stops
 reading, its window fills, and the far sender stops sending; producers then see ``submit``
@@ -44,7 +79,8 @@ bug-free, and one bad input must never end the process):
   error). The item then counts as processed (acked, completed): the channel goes on with the next
   item, and a re-send of the same poison item cannot happen.
 * **per frame** (``Surface.CHANNEL_FRAME``): a frame that cannot be decoded, or breaks the
-  protocol (a sequence gap, an ack for items never sent, a Hello mid-connection, a text message)
+  protocol (a sequence gap, an ack for items never sent, a Hello or Auth mid-connection, a text
+  message)
   is not attributable to any item: the connection is closed with WebSocket code 1002 and the
   reason, logged as a warning on both sides (expected refusals, not EP1007). The gateway
   reconnects with back-off and re-sends what is unacked, so nothing is lost; a peer that keeps
@@ -74,11 +110,14 @@ from typing import TYPE_CHECKING
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from edgeproxy.loopback.auth import AUTH_FAILED, ChannelAuthError, channel_proof, check_proof
 from edgeproxy.loopback.frames import (
     DEFAULT_WINDOW,
     MAX_SHORT,
+    NONCE_BYTES,
     PROTOCOL_VERSION,
     Ack,
+    Auth,
     Bounce,
     FlowControl,
     Frame,
@@ -101,7 +140,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Seconds to wait for the peer's Hello after the WebSocket handshake.
+#: Seconds for the whole opening (the peer's Hello and its proof) after the WebSocket handshake.
 HELLO_TIMEOUT = 10.0
 #: Seconds an ack may take to leave after its items were handled (shielded from cancellation).
 ACK_TIMEOUT = 2.0
@@ -118,6 +157,8 @@ DEFAULT_OUTAGE_BOUND = 30.0
 #: WebSocket close codes (RFC 6455 §7.4.1): the peer broke the protocol / we failed internally.
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INTERNAL_ERROR = 1011
+#: ... and the peer did not prove the channel secret (1008 policy violation; issue 14).
+CLOSE_POLICY_VIOLATION = 1008
 #: A close frame's reason is at most 123 bytes of UTF-8 (RFC 6455 §5.5: 125-byte control payload).
 MAX_CLOSE_REASON_BYTES = 123
 #: Condition of the bounce for an item the peer would refuse (``frames.item_problem``).
@@ -127,6 +168,8 @@ OnItems = Callable[[list[Item]], Awaitable[None]]
 OnBounce = Callable[[list[Routed], str], None]
 #: The owner's answer to an item whose handling raised (see "Failure boundaries").
 OnItemFailed = Callable[[Item, BaseException], Awaitable[None]]
+#: The driver hears of a refused opening (the reason); the edge emits EP5003.
+OnRefused = Callable[[str], None]
 
 
 @dataclass
@@ -140,6 +183,8 @@ class ChannelStatistics:
     duplicates_dropped: int
     bounced: int
     lost_bounces: int
+    #: Openings refused (a wrong or missing proof, a wrong version or role).
+    refused: int = 0
 
 
 class _Waiter:
@@ -178,7 +223,8 @@ class ChannelEndpoint:
         self.role = role
         #: Where contained failures are reported (EP1007); may be set after construction.
         self.telemetry = telemetry
-        #: The channel's shared secret (``loopback/auth.py``; issue 14), proven in the Hello.
+        #: The channel's shared secret (``loopback/auth.py``; issue 14), proven after the Hello;
+        #: None: no proof sent, none checked (see the module docstring).
         self.secret = secret
         self._on_item_failed = on_item_failed
         self.ack_on_complete = ack_on_complete
@@ -199,7 +245,7 @@ class ChannelEndpoint:
         # submit_and_wait callers: seq -> [outcome, event]; outcome None = acked by the peer.
         self._waiters: dict[int, _Waiter] = {}
         self._counts = dict.fromkeys(
-            ("connections", "sent", "received", "duplicates", "bounced", "lost_bounces"), 0
+            ("connections", "sent", "received", "duplicates", "bounced", "lost_bounces", "refused"), 0
         )
 
     # -- producer side ------------------------------------------------------------------------
@@ -366,57 +412,110 @@ class ChannelEndpoint:
     async def wait_connected(self) -> None:
         await self._connected_event.wait()
 
-    async def run_connection(self, ws: WebSocketConnection) -> None:
+    async def run_connection(
+        self,
+        ws: WebSocketConnection,
+        *,
+        on_authenticated: Callable[[], None] | None = None,
+        on_refused: OnRefused | None = None,
+    ) -> None:
         """Serve one WebSocket connection until it closes (see the module docstring).
 
-        Raises nothing but cancellation: an unexpected failure is contained (EP1007, the
-        connection closed with 1011).
+        ``on_authenticated`` is called once the peer has proven the secret, before this
+        connection takes over from any other; ``on_refused`` with the reason when the opening is
+        refused. Raises nothing but cancellation: an unexpected failure is contained (EP1007,
+        the connection closed with 1011).
         """
-        async with self._connection_lock:
-            peer = _peer_of(ws, self.role)
-            try:
-                await contain(
-                    Surface.CHANNEL_FRAME, peer, self.telemetry, partial(self._run_connection, ws, peer),
-                    answer=partial(_close, ws, CLOSE_INTERNAL_ERROR), answer_name="connection closed (1011)",
-                )
-            finally:
-                if self._connected:
-                    self._connected = False
-                    self._connected_event = trio.Event()
-                    self.sender.on_disconnected()
-                    self.receiver.on_disconnected(handling_survives=self.ack_on_complete)
-                    self._away_since = trio.current_time()
-                with trio.CancelScope(shield=True), trio.move_on_after(0.5):
-                    await ws.aclose()
+        peer = _peer_of(ws, self.role)
+        answer = partial(_close, ws, CLOSE_INTERNAL_ERROR)
+        try:
+            opened: list[Hello] = []
+            if not await contain(
+                Surface.CHANNEL_FRAME, peer, self.telemetry, partial(self._open, ws, peer, on_refused, opened),
+                answer=answer, answer_name="connection closed (1011)",
+            ) or not opened:
+                return
+            if on_authenticated is not None:
+                on_authenticated()
+            async with self._connection_lock:
+                try:
+                    await contain(
+                        Surface.CHANNEL_FRAME, peer, self.telemetry,
+                        partial(self._run_connection, ws, peer, opened[0]),
+                        answer=answer, answer_name="connection closed (1011)",
+                    )
+                finally:
+                    if self._connected:
+                        self._connected = False
+                        self._connected_event = trio.Event()
+                        self.sender.on_disconnected()
+                        self.receiver.on_disconnected(handling_survives=self.ack_on_complete)
+                        self._away_since = trio.current_time()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(0.5):
+                await ws.aclose()
 
-    async def _run_connection(self, ws: WebSocketConnection, peer: str) -> None:
-        send_lock = trio.Lock()
-        hello = Hello(
+    async def _open(
+        self, ws: WebSocketConnection, peer: str, on_refused: OnRefused | None, opened: list[Hello]
+    ) -> None:
+        """Hellos, then proofs (module docstring); the peer's Hello goes to ``opened`` when it
+        has proven the secret. Touches no shared state: a live connection goes on meanwhile."""
+        ours = Hello(
             PROTOCOL_VERSION,
             self.role,
             self.session,
             self.receiver.peer_session,
             self.receiver.processed,
             self.window,
+            secrets.token_bytes(NONCE_BYTES),
         )
+        their: Hello | None = None
         try:
-            await _send_frame(ws, encode_frame(hello))
             with trio.fail_after(HELLO_TIMEOUT):
-                their = decode_frame(await _get_bytes(ws))
-            if not isinstance(their, Hello):
-                raise FrameError("first frame is not a Hello", "policy-violation")
-            if their.version != PROTOCOL_VERSION:
-                raise FrameError(
-                    f"unsupported loopback version {their.version}", "unsupported-version"
-                )
-            if their.role == self.role:
-                raise FrameError(f"peer has our own role {their.role}", "policy-violation")
+                await _send_frame(ws, encode_frame(ours))
+                their = _check_hello(decode_frame(await _get_bytes(ws)), self.role)
+                edge, gateway = (ours, their) if self.role is Role.EDGE else (their, ours)
+                mac = b"" if self.secret is None else channel_proof(self.secret, self.role, edge, gateway)
+                await _send_frame(ws, encode_frame(Auth(mac)))
+                proof = decode_frame(await _get_bytes(ws))
+            if not isinstance(proof, Auth):
+                raise ChannelAuthError(f"{AUTH_FAILED}: {type(proof).__name__} instead of the proof")
+            if self.secret is not None:
+                check_proof(self.secret, their.role, edge, gateway, proof.mac)
+        except ChannelAuthError as exc:
+            await self._refuse_opening(ws, peer, on_refused, CLOSE_POLICY_VIOLATION, str(exc), AUTH_FAILED)
+            return
         except FrameError as exc:
-            await _refuse(ws, peer, f"handshake refused: {exc}")
+            reason = f"handshake refused: {exc}"
+            await self._refuse_opening(ws, peer, on_refused, CLOSE_PROTOCOL_ERROR, reason, reason)
             return
-        except (ConnectionClosed, trio.TooSlowError) as exc:
-            log.warning("loopback: handshake with %s failed: %s", peer, exc or "no Hello in time")
+        except trio.TooSlowError:
+            if their is not None and self.secret is not None:
+                reason = f"{AUTH_FAILED}: no proof within {HELLO_TIMEOUT:g} s"
+                await self._refuse_opening(ws, peer, on_refused, CLOSE_POLICY_VIOLATION, reason, AUTH_FAILED)
+            else:
+                log.warning("loopback: handshake with %s failed: no Hello in time", peer)
             return
+        except ConnectionClosed as exc:
+            log.warning("loopback: handshake with %s failed: %s", peer, exc)
+            return
+        opened.append(their)
+
+    async def _refuse_opening(
+        self, ws: WebSocketConnection, peer: str, on_refused: OnRefused | None, code: int, reason: str, told: str
+    ) -> None:
+        """Refuse an opening: counted, reported (``on_refused``, else a warning), closed with
+        ``code`` and ``told`` (what the peer learns)."""
+        self._counts["refused"] += 1
+        if on_refused is not None:
+            log.info("loopback: refused the connection with %s: %s", peer, reason)
+            on_refused(reason)
+        else:
+            log.warning("loopback: refused the connection with %s: %s", peer, reason)
+        await _close(ws, code, told)
+
+    async def _run_connection(self, ws: WebSocketConnection, peer: str, their: Hello) -> None:
+        send_lock = trio.Lock()
         self.receiver.on_connected(their)
         self.sender.on_connected(their)
         if their.peer_session == self.session:
@@ -514,7 +613,7 @@ class ChannelEndpoint:
             self.sender.on_window(frame.window)
             self._wake.set()
         else:
-            raise FrameError("Hello in the middle of a connection", "policy-violation")
+            raise FrameError(f"{type(frame).__name__} in the middle of a connection", "policy-violation")
 
     async def _handle_item(self, item: Item, peer: str) -> None:
         """One item inside its failure boundary; a failed item is answered and counts as done."""
@@ -568,7 +667,21 @@ class ChannelEndpoint:
             duplicates_dropped=c["duplicates"],
             bounced=c["bounced"],
             lost_bounces=c["lost_bounces"],
+            refused=c["refused"],
         )
+
+
+def _check_hello(frame: Frame, role: Role) -> Hello:
+    """The peer's first frame as a Hello we can talk to; ``FrameError`` otherwise."""
+    if not isinstance(frame, Hello):
+        raise FrameError("first frame is not a Hello", "policy-violation")
+    if frame.version != PROTOCOL_VERSION:
+        raise FrameError(f"unsupported loopback version {frame.version}", "unsupported-version")
+    if frame.role == role:
+        raise FrameError(f"peer has our own role {frame.role}", "policy-violation")
+    if len(frame.nonce) != NONCE_BYTES:
+        raise FrameError(f"a nonce of {len(frame.nonce)} bytes, not {NONCE_BYTES}", "policy-violation")
+    return frame
 
 
 def _peer_of(ws: WebSocketConnection, role: Role) -> str:
@@ -622,6 +735,7 @@ async def _get_bytes(ws: WebSocketConnection) -> bytes:
 
 __all__ = [
     "CLOSE_INTERNAL_ERROR",
+    "CLOSE_POLICY_VIOLATION",
     "CLOSE_PROTOCOL_ERROR",
     "DEFAULT_OUTAGE_BOUND",
     "Bounce",
@@ -630,4 +744,5 @@ __all__ = [
     "OnBounce",
     "OnItemFailed",
     "OnItems",
+    "OnRefused",
 ]

@@ -12,7 +12,13 @@ the tag is the first array element, so a frame costs one small array, not a map 
     with another major version is refused), the sender's ``role`` and ``session`` (a random id
     chosen when the process starts: a new session means the peer restarted and lost its state),
     ``received`` — the highest sequence number the sender has received *in order* from the
-    other side's session ``peer_session`` — and ``window``, the initial flow-control credit.
+    other side's session ``peer_session`` — ``window``, the initial flow-control credit, and
+    ``nonce``, ``NONCE_BYTES`` fresh random bytes for this connection's proof (version 2).
+``Auth``
+    Second frame on every connection, from both sides (version 2, issue 14): ``mac``, the
+    sender's proof that it knows the channel secret — an HMAC-SHA256 over both Hellos' nonces and
+    sessions (``loopback/auth.py``; the exchange is in ``endpoint.py``). Nothing else is accepted
+    before both proofs are checked.
 ``StanzaBatch``
     Stanzas in order, each an ``Item``: ``Routed`` (one stanza: its raw bytes as received plus the
     routing view the tokenizer already computed — kind, from, to, type, id — so the far side
@@ -70,7 +76,13 @@ import msgspec
 
 from edgeproxy.errors import ProtocolError
 
-PROTOCOL_VERSION: Final = 1
+#: 2: the Hello carries a nonce and an ``Auth`` frame follows it (issue 14). A version-1 Hello
+#: still decodes (``nonce`` defaults to empty) so that an old peer is refused by its version.
+PROTOCOL_VERSION: Final = 2
+#: Random bytes of a Hello's nonce (256 bits: never repeated in practice).
+NONCE_BYTES: Final = 32
+#: An ``Auth`` frame's ``mac``: an HMAC-SHA256 (32 bytes); empty from a peer without a secret.
+MAX_MAC_BYTES: Final = 64
 MAX_FRAME_BYTES: Final = 8 * 1024 * 1024
 MAX_BATCH_ITEMS: Final = 1024
 MAX_BATCH_BYTES: Final = 1024 * 1024
@@ -168,6 +180,13 @@ class Hello(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=
     peer_session: Annotated[str, msgspec.Meta(max_length=64)]
     received: _SeqOrZero
     window: _Window
+    nonce: Annotated[bytes, msgspec.Meta(max_length=NONCE_BYTES)] = b""
+
+
+class Auth(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True, tag="auth"):
+    """The sender's proof of the channel secret (``loopback/auth.py``)."""
+
+    mac: Annotated[bytes, msgspec.Meta(max_length=MAX_MAC_BYTES)]
 
 
 class StanzaBatch(
@@ -188,7 +207,7 @@ class FlowControl(
     window: _Window
 
 
-Frame = Hello | StanzaBatch | Ack | FlowControl
+Frame = Hello | Auth | StanzaBatch | Ack | FlowControl
 
 # One encoder and one decoder for the process (msgspec's advice: they cache type information).
 _ENCODER: Final = msgspec.msgpack.Encoder()
@@ -252,9 +271,12 @@ __all__ = [
     "MAX_BATCH_BYTES",
     "MAX_BATCH_ITEMS",
     "MAX_FRAME_BYTES",
+    "MAX_MAC_BYTES",
     "MAX_STANZA_BYTES",
+    "NONCE_BYTES",
     "PROTOCOL_VERSION",
     "Ack",
+    "Auth",
     "Bounce",
     "FlowControl",
     "Frame",

@@ -7,7 +7,12 @@ serves WebSocket connections on the internal address (SPEC §1 and §10: Lync's 
 127.0.0.1 by default). At most one gateway connection is active: a new one *replaces* the old
 (the old connection is cancelled first, and its un-acked items are re-sent on the new one),
 because a gateway that reconnects after a network hiccup must not wait for the dead
-connection's timeout.
+connection's timeout — but only once the new one has **proven the channel secret** (issue 14):
+the replacement happens in the endpoint's ``on_authenticated`` callback, after the Hellos and
+the proofs (``endpoint.py``). Until then the new connection touches nothing shared; one that
+fails to authenticate is closed (1008) and reported to ``on_refused`` (EP5003) while the live
+connection goes on carrying stanzas. So any local user may still open the port, but only the
+holder of ``<state-dir>/channel.secret`` can take the channel over.
 
 Mutual TLS (``[edge] internal-tls``, a gateway on another host): with an ``ssl_context``
 (``loopback.tls.edge_channel_context``: client certificate required) each TCP connection first
@@ -16,7 +21,8 @@ handshake (no client certificate, an unknown CA, a plain-text client) is *seen*:
 to ``on_refused(peer, reason)`` (the edge emits ``EP5003`` channel-refused) and the connection
 closed at once. Reports of the same peer host and reason are repeated at most once per
 ``REFUSAL_REPORT_INTERVAL`` (a gateway retrying with back-off must not flood the event log),
-with the number held back.
+with the number held back. Refused openings (a wrong or missing proof, a wrong version or role)
+are reported through the same limiter.
 
 ``serve_loopback`` is a ``nursery.start``-able task: ``task_status.started`` gets the bound
 ``(host, port)`` (useful with port 0 in tests). It also runs the endpoint's outage watchdog, which
@@ -138,13 +144,13 @@ async def serve_loopback(
                     return
                 transport = tls
             try:
-                await _serve_connection(transport)
+                await _serve_connection(transport, partial(refused, peer_host, peer_port))
             except* _CONNECTION_ENDS:
                 pass  # a connection ending is not a failure (the rest reaches the boundary)
             finally:
                 await trio.aclose_forcefully(transport)
 
-    async def _serve_connection(transport: trio.abc.Stream) -> None:
+    async def _serve_connection(transport: trio.abc.Stream, on_refused: Callable[[str], None]) -> None:
         async with trio.open_nursery() as nursery:
             ws = None
             with trio.move_on_after(WS_HANDSHAKE_TIMEOUT):
@@ -156,14 +162,19 @@ async def serve_loopback(
                 except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
                     ws = None  # the peer went away during the opening handshake
             if ws is not None:
-                for scope in current:
-                    scope.cancel()  # a new gateway connection replaces the previous one
                 with trio.CancelScope() as scope:
-                    current.append(scope)
+
+                    def take_over() -> None:
+                        # authenticated: this connection replaces the previous one
+                        for other in current:
+                            other.cancel()
+                        current.append(scope)
+
                     try:
-                        await endpoint.run_connection(ws)
+                        await endpoint.run_connection(ws, on_authenticated=take_over, on_refused=on_refused)
                     finally:
-                        current.remove(scope)
+                        if scope in current:
+                            current.remove(scope)
             nursery.cancel_scope.cancel()  # the connection's reader task
 
     async with trio.open_nursery() as nursery:

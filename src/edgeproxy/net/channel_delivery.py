@@ -7,6 +7,14 @@ internal-listen`` (Lync's internal port 23456). It owns the edge's
 :class:`~edgeproxy.loopback.endpoint.ChannelEndpoint` for the life of the process and
 :meth:`ChannelDelivery.run` serves the gateway's WebSocket connections (``serve_loopback``).
 
+Authentication (issue 14)
+    The endpoint is built with the channel secret (``secret``, required: the edge never runs an
+    unauthenticated channel; ``EdgeApp`` loads it with ``loopback.auth.load_channel_secret``).
+    A connection that does not prove it — or is refused for any other reason before it is
+    up: mutual TLS, a wrong protocol version — is reported as ``EP5003`` channel-refused
+    (repeats of one host and reason at most once a minute, ``serve_loopback``) and never
+    affects the connected gateway.
+
 Edge → gateway
     ``deliver`` (called by the router for inbound stanzas that passed the policy, and for error
     replies to local senders) submits the stanza's raw bytes as a ``Routed`` item. A stanza the
@@ -113,7 +121,9 @@ class ChannelDelivery:
         *,
         outage_bound: float = DEFAULT_OUTAGE_BOUND,
         max_queued: int = DEFAULT_MAX_QUEUED,
+        secret: bytes,
     ) -> None:
+        """``secret``: the channel secret the gateway must prove (``loopback/auth.py``)."""
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.max_queued = max_queued
         self.router: Router | None = None
@@ -125,6 +135,7 @@ class ChannelDelivery:
             outage_bound=outage_bound,
             telemetry=self.telemetry,
             on_item_failed=self._item_failed,
+            secret=secret,
         )
         self._bounces_in, self._bounces_out = trio.open_memory_channel[tuple[Routed, str]](math.inf)
         self.address: str | None = None
@@ -253,7 +264,8 @@ class ChannelDelivery:
             task_status.started(bound)
 
     def _refused(self, peer: str, reason: str) -> None:
-        """A connection to the internal listener failed mutual TLS (EP5003)."""
+        """A connection to the internal listener was refused: mutual TLS, the channel secret's
+        proof, the opening handshake (EP5003)."""
         self.telemetry.emit(events.CHANNEL_REFUSED, peer=peer, reason=reason)
 
     async def _watch_state(self) -> None:
