@@ -36,7 +36,8 @@ in-memory ``MemoryDelivery`` consumed here, and the channel shows as ``not-confi
 
 ``run_app`` is ``edgeproxy serve``: role ``both`` (the default) runs this edge and the gateway
 (``gateway.service.run_gateway``) in one process, the channel still crossing loopback; ``edge``
-and ``gateway`` run one side each.
+and ``gateway`` run one side each. Before anything opens, it refuses a state dir or secret file that
+others can read (``ops.atrest.refuse_exposed_secrets``: event ``EP8007``, exit status 1).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ from edgeproxy.net.session import S2SSession
 from edgeproxy.net.tls import client_context, server_context
 from edgeproxy.ops import events
 from edgeproxy.ops.admin import AdminEndpoint, join_host_port, serve_admin
+from edgeproxy.ops.atrest import refuse_exposed_secrets
 from edgeproxy.ops.events import EventLog
 from edgeproxy.ops.lifecycle import DRAIN_BOUND_SECONDS, ReloadOutcome, serve_signals
 from edgeproxy.ops.metrics import Metrics, Outcome
@@ -576,6 +578,9 @@ async def run_app(
         raise ValueError(f"unknown role {role!r}, expected one of {', '.join(ROLES)}")
     # The gateway's TLS files are loaded before anything starts: a ConfigError refuses the start.
     tls = gateway_tls(config) if role in ("both", "gateway") else None
+    # Secrets at rest (issue 14): a state dir or secret file others can read refuses the start
+    # (EP8007, SecretFileError); the state dir is created 0750 if missing.
+    refuse_exposed_secrets(config, Telemetry(metrics, event_log))
     if role == "gateway":
         # A process of its own: the gateway follows the store itself, and the edge's store poll
         # picks up the contacts its hooks write.
