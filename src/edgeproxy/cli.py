@@ -13,12 +13,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from edgeproxy import __version__
-from edgeproxy.config import default_config_text, load_config
+from edgeproxy.config import EdgeConfig, default_config_text, load_config
 from edgeproxy.errors import ConfigError
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
+EMBEDDED_DEFAULT = "<embedded default>"  # EdgeConfig.source of the embedded default
 
 def config_option_parent() -> argparse.ArgumentParser:
     """A parent parser so that ``--config`` is accepted after any sub-command too."""
@@ -35,6 +36,32 @@ def config_option_parent() -> argparse.ArgumentParser:
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 
+def _demo_user_at_first_start(config: EdgeConfig) -> None:
+    """``make run`` out of the box (issue 14): when ``serve`` runs on the embedded default
+    configuration and its store does not exist yet, create the store with the demo user
+    ``sip:alice@contoso.test`` and a generated password, and show the password once in the event
+    log (``EP8008 demo-user-created``). Nothing happens for an operator's own configuration
+    (``--config`` or ``$EDGEPROXY_CONFIG``), nor for a store that exists already — also one
+    that another command created first, or whose demo user was removed."""
+    import os
+
+    from edgeproxy.ops import events
+    from edgeproxy.policy import operations as ops
+    from edgeproxy.policy.store import STORE_FILE, Store
+    from edgeproxy.policy.validation import ChangeRefused
+
+    if config.source != EMBEDDED_DEFAULT or (config.state_dir / STORE_FILE).exists():
+        return
+    with Store.open(config.state_dir) as store:
+        try:
+            password = ops.create_demo_user(store, config.edge.domains)
+        except ChangeRefused:  # a concurrent first start created it: it shows the password
+            return
+    output = os.environ.get("EDGEPROXY_LOG_FORMAT", "auto")
+    with events.EventLog(sys.stderr, output=output if output in ("json", "text") else "auto") as log:
+        log.emit(events.DEMO_USER_CREATED, user=ops.DEMO_USER, password=password)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import logging
 
@@ -43,6 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
     from edgeproxy.net.serve import serve
 
     config = load_config(args.config)
+    _demo_user_at_first_start(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         trio.run(serve, config, args.role)

@@ -142,10 +142,12 @@ def test_partner_get_filter_and_remove(cli):
     assert cli("partner", "get", "gmail.com").code == 1
 
 
-def test_gateway_get_and_set(cli):
+def test_gateway_get_and_set(cli, tmp_path):
     before = json.loads(cli("gateway", "get", "--json").out)
     assert before["connection-limit"] == 1000 and before["partner-connection-limit"] == 20
     assert before["dialback-secret"] not in cli("gateway", "get").out  # hidden in text output
+    secret_file = tmp_path / "dialback.secret"
+    secret_file.write_text("a-shared-secret-for-the-pool\nsecond line ignored\n")
     assert (
         cli(
             "gateway",
@@ -154,8 +156,8 @@ def test_gateway_get_and_set(cli):
             "500",
             "--stream-inactivity-timeout",
             "900",
-            "--dialback-secret",
-            "a-shared-secret-for-the-pool",
+            "--dialback-secret-file",
+            str(secret_file),
         ).code
         == 0
     )
@@ -163,7 +165,8 @@ def test_gateway_get_and_set(cli):
     assert (after["connection-limit"], after["stream-inactivity-timeout"]) == (500, 900)
     assert after["dialback-secret"] == "a-shared-secret-for-the-pool"
     assert after["keepalive-interval"] == before["keepalive-interval"]
-    assert cli("gateway", "set", "--dialback-secret", "short").code == 1
+    secret_file.write_text("short\n")
+    assert cli("gateway", "set", "--dialback-secret-file", str(secret_file)).code == 1
     assert cli("gateway", "set", "--partner-connection-limit", "5000").code == 1
     assert json.loads(cli("gateway", "get", "--json").out) == after
 
@@ -214,6 +217,8 @@ def test_users_new_set_get_remove(cli):
         "policy": None,
         "contacts": [],
         "pending": [],
+        "password-set": False,
+        "password-algorithms": [],
     }
     assert cli("user", "remove", "alice@contoso.test").code == 0
     assert cli("user", "get", "alice@contoso.test").code == 1

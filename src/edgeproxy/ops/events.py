@@ -226,6 +226,9 @@ _DEFINITIONS: tuple[EventClass, ...] = (
     EventClass("EP8007", "secret-exposed", _E, "A secret at rest — the state dir, the store (policy.sqlite3 and its -wal/-shm), the admin token or the channel secret — grants more than its mode allows (others can read it, or the group can write it); `edgeproxy serve` refuses to start (issue 14).",
                "refusing to start: {what} {path} has mode {mode}, more than {allowed}; fix: {fix}",
                "Run the chmod in the message as the service account (or root): the state dir 0750, the store and the channel secret 0600, the admin token 0640. Files usually get wide modes from a copy or restore without -p; `edgeproxy check` lists every such file."),
+    EventClass("EP8008", "demo-user-created", _I, "At its first start on the embedded default configuration (no --config, no $EDGEPROXY_CONFIG), edgeproxy created the store with a demo SIP user and a generated password, shown here once and stored only as digest hashes. Never done for an operator's own configuration.",
+               "demo user {user} created with password {password} (shown once; change it with `edgeproxy user set-password {user}`)",
+               "Register a SIP client as sip:alice@contoso.test with this password at [gateway] sip-listen (127.0.0.1:5060). Lost it? `edgeproxy user set-password sip:alice@contoso.test` sets a new one; `edgeproxy user remove` removes the demo user."),
     EventClass("EP9001", "event-log-overflow", _W, "The event log buffer was full and events were dropped (callers never wait on the log).",
                "{dropped} events dropped: the log output is too slow",
                "The log sink (journal, file, pipe) is slow or blocked; check disk space and the journal rate limit."),
@@ -283,6 +286,7 @@ ADMIN_DENIED = CATALOGUE["EP8003"]
 ADMIN_LISTEN_REFUSED = CATALOGUE["EP8004"]
 STORE_UNAVAILABLE = CATALOGUE["EP8005"]
 CONTACT_NOT_STORED = CATALOGUE["EP8006"]
+DEMO_USER_CREATED = CATALOGUE["EP8008"]
 SECRET_EXPOSED = CATALOGUE["EP8007"]
 EVENT_LOG_OVERFLOW = CATALOGUE["EP9001"]
 LOG_RECORD = CATALOGUE["EP9002"]

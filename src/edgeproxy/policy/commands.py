@@ -14,13 +14,21 @@ in kebab-case and the enumeration values written as on the command line:
 * ``gateway get --json`` → the gateway settings object.
 * ``policy get IDENTITY --json`` → one policy object; ``policy get --json`` → array (global first).
 * ``user get SIP --json`` → one user object; ``user get --json`` → array sorted by SIP address.
+  A user's SIP digest credentials are never shown: ``password-set`` and ``password-algorithms``
+  say whether it has a password and for which algorithms.
 * ``user contact list USER --json`` → ``{"contacts": [...], "pending": [...]}``.
+
+Secrets never come from the command line, where ``ps`` and the shell history would show them
+(issue 14): ``user set-password`` and ``gateway set --dialback-secret-file|--dialback-secret-prompt``
+read them from a file (its first line; ``-`` is standard input) or from a prompt that does not
+echo and asks twice. ``config export`` leaves the secrets out unless ``--include-secrets``.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import getpass
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -32,6 +40,7 @@ import msgspec
 
 from edgeproxy.config import EdgeConfig, load_config
 from edgeproxy.policy import operations as ops
+from edgeproxy.policy.credentials import EMPTY_PASSWORD
 from edgeproxy.policy.model import (
     AccessPolicy,
     GatewaySettings,
@@ -71,18 +80,23 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(msgspec.json.format(_json.encode(value), indent=2).decode() + "\n")
 
 
-def _print_record(value: msgspec.Struct, *, hide: frozenset[str] = frozenset()) -> None:
-    for field in msgspec.structs.fields(value):
-        item = getattr(value, field.name)
-        if field.encode_name in hide:
+def _print_record(
+    value: msgspec.Struct | dict[str, Any], *, hide: frozenset[str] = frozenset()
+) -> None:
+    if isinstance(value, dict):
+        items = list(value.items())
+    else:
+        items = [(f.encode_name, getattr(value, f.name)) for f in msgspec.structs.fields(value)]
+    for name, item in items:
+        if name in hide:
             item = "(set, hidden; see --json)"
-        elif isinstance(item, tuple):
+        elif isinstance(item, tuple | list):
             item = ", ".join(item) if item else "-"
         elif isinstance(item, bool):
             item = "true" if item else "false"
         elif item is None or item == "":
             item = "-"
-        print(f"{field.encode_name}: {item}")
+        print(f"{name}: {item}")
 
 
 def _print_records(values: list[Any], **kw: Any) -> None:
@@ -90,6 +104,35 @@ def _print_records(values: list[Any], **kw: Any) -> None:
         if i:
             print()
         _print_record(value, **kw)
+
+
+def _read_secret(what: str, path: str | None) -> str:
+    """A secret from the first line of ``path`` (``-``: standard input) without its line end, or,
+    without a path, typed twice at a prompt that does not echo. Refuses two entries that differ
+    and a file that cannot be read; the caller decides whether an empty secret is acceptable."""
+    if path is not None:
+        try:
+            if path == "-":
+                line = sys.stdin.readline()
+            else:
+                with open(path, encoding="utf-8") as f:
+                    line = f.readline()
+        except OSError as exc:
+            raise ChangeRefused(f"refused: cannot read the {what} from {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ChangeRefused(f"refused: the {what} in {path} is not UTF-8 text") from None
+        return line.removesuffix("\n").removesuffix("\r")
+    try:
+        first = getpass.getpass(f"{what}: ")
+        second = getpass.getpass(f"{what} (again): ")
+    except EOFError:
+        raise ChangeRefused(
+            f"refused: no {what} given (no terminal to prompt on? use a file, or - for "
+            "standard input)"
+        ) from None
+    if first != second:
+        raise ChangeRefused(f"refused: the two {what}s typed differ; nothing saved")
+    return first
 
 
 def _warn(warnings: tuple[str, ...]) -> None:
@@ -251,6 +294,21 @@ def _register_partner(sub: Any) -> None:
 
 # -- gateway ----------------------------------------------------------------------------------
 
+
+class _SecretOnArgv(argparse.Action):
+    """An option that would take a secret on the command line (``--dialback-secret S``, as it
+    was before issue 14, or ``--password S``): a usage error saying how to give it instead."""
+
+    def __init__(self, *args: Any, instead: str, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.instead = instead
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kw: Any) -> None:
+        parser.error(
+            f"{self.option_strings[0]} would put the secret on the command line, where ps and the "
+            f"shell history show it: use {self.instead}"
+        )
+
 _GATEWAY_INT_OPTIONS = (
     "connection_limit",
     "partner_connection_limit",
@@ -272,14 +330,18 @@ def _gateway_get(args: argparse.Namespace) -> int:
 
 
 def _gateway_set(args: argparse.Namespace) -> int:
+    secret: str | None = None
+    if args.dialback_secret_file is not None or args.dialback_secret_prompt:
+        secret = _read_secret("dialback secret", args.dialback_secret_file)
+
     def edit(g: GatewaySettings) -> GatewaySettings:
         changes: dict[str, Any] = {
             name: getattr(args, name)
             for name in _GATEWAY_INT_OPTIONS
             if getattr(args, name) is not None
         }
-        if args.dialback_secret is not None:
-            changes["dialback_secret"] = args.dialback_secret
+        if secret is not None:
+            changes["dialback_secret"] = secret
         if args.log_message_bodies is not None:
             changes["log_message_bodies"] = args.log_message_bodies
         return msgspec.structs.replace(g, **changes)
@@ -299,7 +361,22 @@ def _register_gateway(sub: Any) -> None:
     set_ = gsub.add_parser("set", parents=[_config_parent()], help="change gateway settings")
     for name in _GATEWAY_INT_OPTIONS:
         set_.add_argument("--" + name.replace("_", "-"), type=int, metavar="N")
-    set_.add_argument("--dialback-secret", metavar="S")
+    secret = set_.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--dialback-secret-file",
+        metavar="PATH",
+        help="read the pool's dialback secret from the first line of PATH ('-': standard input)",
+    )
+    secret.add_argument(
+        "--dialback-secret-prompt",
+        action="store_true",
+        help="type the dialback secret (twice) at a prompt that does not echo",
+    )
+    secret.add_argument(
+        "--dialback-secret", nargs="?", action=_SecretOnArgv, help=argparse.SUPPRESS,
+        instead="--dialback-secret-file PATH (first line; - for standard input) or "
+        "--dialback-secret-prompt",
+    )
     set_.add_argument("--log-message-bodies", action=argparse.BooleanOptionalAction, default=None)
     set_.set_defaults(handler=_gateway_set)
 
@@ -427,18 +504,59 @@ def _user_set(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _user_record(user: User) -> dict[str, Any]:
+    """A user as ``user get`` shows it: the model's fields in order, the credentials replaced by
+    ``password-set`` and ``password-algorithms`` (the hashes are secrets)."""
+    record: dict[str, Any] = msgspec.to_builtins(user)
+    credentials = record.pop("credentials", [])
+    record["password-set"] = bool(credentials)
+    record["password-algorithms"] = sorted({c["algorithm"] for c in credentials})
+    return record
+
+
+def _print_ordered_json(value: Any) -> None:
+    """Like ``_print_json``, keeping the key order of the dicts (fields in model order)."""
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(value), indent=2).decode() + "\n")
+
+
 def _user_get(args: argparse.Namespace) -> int:
     with _session(args) as (_config, store):
         _generation, configuration = store.read()
-    users = list(configuration.users)
+    users = [_user_record(u) for u in configuration.users]
     if args.sip is not None:
         sip = ops.normalize_user(User(sip=args.sip)).sip
-        found = [u for u in users if u.sip == sip]
+        found = [u for u in users if u["sip"] == sip]
         if not found:
             return _refused(f"no user {sip}")
-        _print_json(found[0]) if args.json else _print_record(found[0])
+        _print_ordered_json(found[0]) if args.json else _print_record(found[0])
         return EXIT_OK
-    _print_json(users) if args.json else _print_records(users)
+    _print_ordered_json(users) if args.json else _print_records(users)
+    return EXIT_OK
+
+
+def _user_set_password(args: argparse.Namespace) -> int:
+    with _session(args) as (config, store):
+        sip = ops.normalize_user(User(sip=args.sip)).sip
+        _generation, configuration = store.read()
+        if not any(u.sip == sip for u in configuration.users):  # before asking for it
+            return _refused(
+                f"refused: no user {sip}: a password is set for an existing user only "
+                "(create it with user new first)"
+            )
+        password = _read_secret("password", args.password_file)
+        if not password:
+            return _refused(EMPTY_PASSWORD)
+        user = ops.set_password(store, config.edge.domains, sip, password)
+    algorithms = ", ".join(c.algorithm for c in user.credentials)
+    print(f"password of {user.sip} saved (digest hashes only: {algorithms})")
+    return EXIT_OK
+
+
+def _user_clear_password(args: argparse.Namespace) -> int:
+    with _session(args) as (_config, store):
+        had = ops.clear_password(store, args.sip)
+    sip = ops.normalize_user(User(sip=args.sip)).sip
+    print(f"password of {sip} cleared" if had else f"{sip} had no password")
     return EXIT_OK
 
 
@@ -503,6 +621,28 @@ def _register_user(sub: Any) -> None:
     get.add_argument("sip", metavar="SIP-ADDRESS", nargs="?")
     get.add_argument("--json", action="store_true")
     get.set_defaults(handler=_user_get)
+    password = gsub.add_parser(
+        "set-password",
+        parents=[_config_parent()],
+        help="set a user's SIP password (prompted twice, or --password-file; never on argv)",
+        allow_abbrev=False,  # --password SECRET must not be taken for --password-file SECRET
+    )
+    password.add_argument("sip", metavar="SIP-ADDRESS")
+    password.add_argument(
+        "--password-file",
+        metavar="PATH",
+        help="read the password from the first line of PATH ('-': standard input)",
+    )
+    password.add_argument(
+        "--password", nargs="?", action=_SecretOnArgv, help=argparse.SUPPRESS,
+        instead="--password-file PATH (first line; - for standard input) or the prompt (no option)",
+    )
+    password.set_defaults(handler=_user_set_password)
+    clear = gsub.add_parser(
+        "clear-password", parents=[_config_parent()], help="remove a user's SIP password"
+    )
+    clear.add_argument("sip", metavar="SIP-ADDRESS")
+    clear.set_defaults(handler=_user_clear_password)
     contact = gsub.add_parser("contact", help="a user's authorized XMPP contacts")
     csub = contact.add_subparsers(dest="contact_command", required=True, metavar="COMMAND")
     for name, handler in (("add", _contact_add), ("remove", _contact_remove)):
@@ -522,12 +662,13 @@ def _register_user(sub: Any) -> None:
 def _config_export(args: argparse.Namespace) -> int:
     with _session(args) as (_config, store):
         _generation, configuration = store.read()
-    data = export_bytes(configuration)
+    data = export_bytes(configuration, include_secrets=args.include_secrets)
     if args.out is None or args.out == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
     else:
-        # The document holds the dialback secret: owner-only permissions.
+        # Owner-only permissions whether or not it holds the secrets: it still maps the
+        # federation (partners, users, contacts).
         fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -539,14 +680,25 @@ def _config_import(args: argparse.Namespace) -> int:
         data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     except OSError as exc:
         return _refused(f"cannot read {args.file}: {exc.strerror}")
-    configuration = import_bytes(data)
+    document = import_bytes(data)
     with _session(args) as (config, store):
-        warnings = ops.import_configuration(store, config.edge.domains, configuration)
+        warnings = ops.import_configuration(store, config.edge.domains, document)
+        _generation, configuration = store.read()
     _warn(warnings)
     print(
         f"imported {len(configuration.partners)} partners, {len(configuration.policies)} policies, "
         f"{len(configuration.users)} users"
     )
+    kept = []
+    if not document.has_dialback_secret:
+        kept.append("the dialback secret")
+    if document.users_without_credentials:
+        kept.append(f"the passwords of {document.users_without_credentials} user(s)")
+    if kept:
+        print(
+            f"kept from this store: {' and '.join(kept)} (the document has no secrets; "
+            "export with --include-secrets to move them)"
+        )
     return EXIT_OK
 
 
@@ -567,6 +719,12 @@ def _register_config(sub: Any) -> None:
         "export", parents=[_config_parent()], help="write partners, settings, policies and users"
     )
     export.add_argument("--out", metavar="FILE", help="file to write (default: standard output)")
+    export.add_argument(
+        "--include-secrets",
+        action="store_true",
+        help="also write the dialback secret and the users' SIP digest hashes (treat the file "
+        "as a secret)",
+    )
     export.set_defaults(handler=_config_export)
     imp = csub.add_parser(
         "import", parents=[_config_parent()], help="replace the stored configuration with a file"

@@ -12,7 +12,7 @@ Models only describe; the rules live in ``validation`` and the decisions in ``en
 from __future__ import annotations
 
 import enum
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -97,6 +97,17 @@ class AccessPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rena
         return "user"
 
 
+class SipCredential(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
+    """One SIP digest credential of a user (RFC 3261 §22.4, RFC 8760 §3): only the hash
+    ``ha1`` = H(username ":" realm ":" password), lower-case hex, with H the ``algorithm``
+    (MD5 for older UAs, SHA-256). ``username`` is the user part of the SIP address, ``realm``
+    the SIP domain. The password itself is never stored."""
+
+    algorithm: Literal["MD5", "SHA-256"]
+    realm: str
+    ha1: str
+
+
 class User(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
     """A local (SIP) user of the directory (SPEC §5)."""
 
@@ -107,6 +118,8 @@ class User(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="keba
     policy: str | None = None
     contacts: tuple[str, ...] = ()
     pending: tuple[str, ...] = ()
+    #: SIP digest credentials (issue 14); secrets: exported only with --include-secrets.
+    credentials: tuple[SipCredential, ...] = ()
 
     @property
     def jid(self) -> str:

@@ -9,10 +9,13 @@ the directory changes it makes itself (``record_pending_request``).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import msgspec
 
+from edgeproxy.policy.credentials import credentials_for
 from edgeproxy.policy.model import (
     GLOBAL_POLICY,
     AccessPolicy,
@@ -34,6 +37,9 @@ from edgeproxy.policy.validation import (
     validate_partner,
     validate_user,
 )
+
+if TYPE_CHECKING:
+    from edgeproxy.policy.transfer import ImportDocument
 
 
 def partner_domain(text: str) -> str:
@@ -199,6 +205,58 @@ def remove_user(store: Store, sip: str) -> None:
             raise refuse(f"no user {sip}")
 
 
+def set_password(store: Store, our_domains: Iterable[str], sip: str, password: str) -> User:
+    """Store the digest credentials of ``password`` for an existing user (replacing any earlier
+    ones); refused for an empty password or a user that does not exist. Only hashes are kept."""
+    sip = normalize_user(User(sip=sip)).sip
+    try:
+        credentials = credentials_for(sip, password)
+    except ValueError as exc:
+        raise refuse(str(exc)) from None
+    with store.write() as tx:
+        current = tx.user(sip)
+        if current is None:
+            raise refuse(
+                f"no user {sip}: a password is set for an existing user only "
+                "(create it with user new first)"
+            )
+        changed = msgspec.structs.replace(current, credentials=credentials)
+        validate_user(changed, (p.identity for p in tx.policies()), our_domains)
+        tx.put_user(changed)
+    return changed
+
+
+def clear_password(store: Store, sip: str) -> bool:
+    """Remove every digest credential of a user; True if there was one. Refused for a user that
+    does not exist."""
+    sip = normalize_user(User(sip=sip)).sip
+    with store.write() as tx:
+        current = tx.user(sip)
+        if current is None:
+            raise refuse(f"no user {sip}")
+        had = bool(current.credentials)
+        tx.put_user(msgspec.structs.replace(current, credentials=()))
+    return had
+
+
+#: The demo user of the embedded default configuration (``edgeproxy serve`` at first start).
+DEMO_USER = "sip:alice@contoso.test"
+
+
+def create_demo_user(store: Store, our_domains: Iterable[str]) -> str:
+    """Create ``DEMO_USER`` with a generated password and return the password (to be shown
+    once). Refused (``ChangeRefused``) if the user exists or is not in ``our_domains``."""
+    password = secrets.token_urlsafe(12)
+    user = normalize_user(User(sip=DEMO_USER, name="Alice (demo)"))
+    user = msgspec.structs.replace(user, credentials=credentials_for(user.sip, password))
+    with store.write() as tx:
+        if tx.user(user.sip) is not None:
+            raise refuse(f"user {user.sip} already exists")
+        validate_user(user, (p.identity for p in tx.policies()), our_domains)
+        tx.put_user(user)
+    return password
+
+
 def add_contact(store: Store, our_domains: Iterable[str], sip: str, jid: str) -> bool:
     """Authorize an XMPP contact; return True if it approved a pending request (SPEC §4)."""
     contact = _contact(jid)
@@ -252,20 +310,27 @@ def _contact(jid: str) -> str:
 
 
 def import_configuration(
-    store: Store, our_domains: Iterable[str], config: Configuration
+    store: Store, our_domains: Iterable[str], config: Configuration | ImportDocument
 ) -> tuple[str, ...]:
-    """Validate a whole configuration, then replace the stored one with it (one transaction)."""
+    """Validate a whole configuration, then replace the stored one with it (one transaction).
+
+    An ``ImportDocument`` (``config import``) is completed inside the transaction: the secrets it
+    leaves out (a document exported without ``--include-secrets``) are taken from the stored
+    configuration it replaces.
+    """
     ours = tuple(our_domains)
-    warnings = validate_configuration(config, ours)
-    normalized = msgspec.structs.replace(
-        config,
-        partners=tuple(normalize_partner(p) for p in config.partners),
-        policies=tuple(
-            msgspec.structs.replace(p, identity=normalize_policy_identity(p.identity))
-            for p in config.policies
-        ),
-        users=tuple(normalize_user(u) for u in config.users),
-    )
     with store.write() as tx:
+        if not isinstance(config, Configuration):
+            config = config.complete(tx.configuration())
+        warnings = validate_configuration(config, ours)
+        normalized = msgspec.structs.replace(
+            config,
+            partners=tuple(normalize_partner(p) for p in config.partners),
+            policies=tuple(
+                msgspec.structs.replace(p, identity=normalize_policy_identity(p.identity))
+                for p in config.policies
+            ),
+            users=tuple(normalize_user(u) for u in config.users),
+        )
         tx.replace_all(normalized)
     return warnings

@@ -19,7 +19,12 @@ Theory of operation
 * ``schema_version`` records how many of ``MIGRATIONS`` have been applied; opening the store
   applies the missing ones in one write transaction. Migration 1 creates the tables, the gateway
   row (with a random dialback secret, SPEC §3) and the global policy (SPEC §5), which a trigger
-  keeps from being deleted.
+  keeps from being deleted. Migration 2 (issue 14) adds ``credentials``: a user's SIP digest
+  hashes (``SipCredential``), at most one per algorithm and realm, removed with the user; a
+  store of schema 1 opens with every user's credentials empty.
+* Credentials are secrets: the store holds only the HA1 hashes, never a password; but an HA1
+  is enough to answer a digest challenge as its user, so ``policy.sqlite3`` (which already held
+  the dialback secret) must stay readable by the service account only.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from edgeproxy.policy.model import (
     Negotiation,
     Partner,
     PartnerType,
+    SipCredential,
     User,
 )
 from edgeproxy.secretfiles import PRIVATE, create_private_file, ensure_private_dir
@@ -120,8 +126,24 @@ def _migration_1(conn: sqlite3.Connection) -> None:
     _put_policy(conn, AccessPolicy(identity=GLOBAL_POLICY))
 
 
+_SCHEMA_2 = """
+CREATE TABLE credentials (
+    user TEXT NOT NULL REFERENCES users (sip) ON DELETE CASCADE,
+    algorithm TEXT NOT NULL CHECK (algorithm IN ('MD5', 'SHA-256')),
+    realm TEXT NOT NULL,
+    ha1 TEXT NOT NULL,
+    PRIMARY KEY (user, algorithm, realm)
+)
+"""
+
+
+def _migration_2(conn: sqlite3.Connection) -> None:
+    """SIP digest credentials of the users (issue 14); existing users start without any."""
+    conn.execute(_SCHEMA_2)
+
+
 #: Schema migrations, applied in order; ``schema_version`` counts the ones applied.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
 
 
 class Store:
@@ -288,7 +310,7 @@ class WriteTransaction:
     def replace_all(self, config: Configuration) -> None:
         """Replace the whole configuration (``config import``)."""
         conn = self._conn
-        for table in ("pending", "contacts", "users", "partner_domains", "partners"):
+        for table in ("credentials", "pending", "contacts", "users", "partner_domains", "partners"):
             conn.execute(f"DELETE FROM {table}")
         conn.execute("DELETE FROM policies WHERE identity <> ?", (GLOBAL_POLICY,))
         _put_gateway(conn, config.gateway)
@@ -428,6 +450,15 @@ def _read_users(conn: sqlite3.Connection, only: str | None = None) -> list[User]
     # One row per user: contact and pending lists come back joined (JIDs cannot contain U+001F),
     # which keeps a 10,000-user read well inside the snapshot rebuild budget.
     where, params = ("WHERE u.sip = ?", (only,)) if only is not None else ("", ())
+    credentials: dict[str, list[SipCredential]] = {}
+    for sip, algorithm, realm, ha1 in conn.execute(
+        "SELECT user, algorithm, realm, ha1 FROM credentials "
+        f"{'WHERE user = ?' if only is not None else ''} ORDER BY user, realm, algorithm",
+        params,
+    ):
+        credentials.setdefault(sip, []).append(
+            SipCredential(algorithm=algorithm, realm=realm, ha1=ha1)
+        )
     rows = conn.execute(
         "SELECT u.sip, u.name, u.site, u.sba, u.policy, "
         "(SELECT group_concat(jid, char(31)) FROM contacts WHERE user = u.sip), "
@@ -444,6 +475,7 @@ def _read_users(conn: sqlite3.Connection, only: str | None = None) -> list[User]
             policy=policy,
             contacts=tuple(sorted(contacts.split("\x1f"))) if contacts else (),
             pending=tuple(sorted(pending.split("\x1f"))) if pending else (),
+            credentials=tuple(credentials.get(sip, ())),
         )
         for sip, name, site, sba, policy, contacts, pending in rows
     ]
@@ -461,3 +493,8 @@ def _put_user(conn: sqlite3.Connection, u: User) -> None:
         conn.executemany(
             f"INSERT INTO {table} (user, jid) VALUES (?, ?)", [(u.sip, j) for j in jids]
         )
+    conn.execute("DELETE FROM credentials WHERE user = ?", (u.sip,))
+    conn.executemany(
+        "INSERT INTO credentials (user, algorithm, realm, ha1) VALUES (?, ?, ?, ?)",
+        [(u.sip, c.algorithm, c.realm, c.ha1) for c in u.credentials],
+    )

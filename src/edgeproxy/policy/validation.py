@@ -26,6 +26,7 @@ from typing import TypeVar
 import msgspec
 
 from edgeproxy.errors import ConfigError
+from edgeproxy.policy.credentials import HA1_LENGTH
 from edgeproxy.policy.model import (
     GLOBAL_POLICY,
     SITE_PREFIX,
@@ -210,6 +211,32 @@ def validate_user(user: User, policies: Iterable[str], our_domains: Iterable[str
             )
         if user.policy not in set(policies):
             raise refuse(f"no external access policy {user.policy}")
+    validate_credentials(user)
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def validate_credentials(user: User) -> None:
+    """A user's SIP digest credentials (issue 14): each HA1 is lower-case hex of its algorithm's
+    length, and a user has at most one credential per algorithm and realm."""
+    seen: set[tuple[str, str]] = set()
+    for credential in user.credentials:
+        key = (credential.algorithm, credential.realm)
+        if key in seen:
+            raise refuse(
+                f"{user.sip} has two {credential.algorithm} credentials for realm "
+                f"{credential.realm} (one per algorithm and realm)"
+            )
+        seen.add(key)
+        if not credential.realm or any(c.isspace() or c == '"' for c in credential.realm):
+            raise refuse(f"{credential.realm!r} is not a digest realm (credential of {user.sip})")
+        length = HA1_LENGTH[credential.algorithm]
+        if len(credential.ha1) != length or not _HEX.issuperset(credential.ha1):
+            raise refuse(
+                f"the {credential.algorithm} credential of {user.sip} is not an HA1 "
+                f"({length} lower-case hex digits)"
+            )
 
 
 def validate_configuration(config: Configuration, our_domains: Iterable[str]) -> tuple[str, ...]:
