@@ -34,14 +34,12 @@ import trio
 from trio_websocket import open_websocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from test_channel_hardening import open_as_gateway, served_secret  # noqa: E402
+
 from edgeproxy.loopback.client import LOOPBACK_RESOURCE  # noqa: E402
 from edgeproxy.loopback.frames import (  # noqa: E402
-    DEFAULT_WINDOW,
     MAX_FRAME_BYTES,
-    PROTOCOL_VERSION,
     Ack,
-    Hello,
-    Role,
     Routed,
     StanzaBatch,
     StanzaKind,
@@ -190,9 +188,7 @@ async def send_as_gateway(serve: ServeProcess, stanzas: list[Routed], done: Call
     got: list[Routed] = []
     async with open_websocket(serve.address, serve.internal_port, LOOPBACK_RESOURCE, use_ssl=False,
                               max_message_size=MAX_FRAME_BYTES) as ws:
-        await ws.send_message(encode_frame(Hello(PROTOCOL_VERSION, Role.GATEWAY, secrets.token_hex(8), "", 0,
-                                                 DEFAULT_WINDOW)))
-        assert isinstance(decode_frame(await ws.get_message()), Hello)
+        await open_as_gateway(ws, served_secret(serve))  # proves the channel secret (issue 14)
         await ws.send_message(encode_frame(StanzaBatch(tuple(stanzas))))
         with trio.fail_after(timeout):
             while not done(got):
