@@ -214,10 +214,11 @@ class Via:
         return self.params.get("branch") or ""
 
 
+@lru_cache(maxsize=1024)  # one request's Via is parsed by the parser, then by the transaction
 def parse_via(value: str) -> Via:
     """One Via value (the first of a comma list): ``SIP/2.0/UDP host:port;branch=z9hG4bK...``
     (§20.42). A malformed sent-protocol, host, port or ``rport`` (RFC 3581) is a
-    :class:`SipParseError`."""
+    :class:`SipParseError`. Memoized: callers must not change the returned ``params``."""
     values = split_header_list(value) if value else []
     first = values[0] if values else ""
     proto = _SENT_PROTOCOL.match(first)
