@@ -15,8 +15,9 @@ send requests to 127.0.0.1 under the page's own name (``evil.example`` resolving
 the browser then lets the page read the answers, ``/status`` included. Such a request carries
 ``Host: evil.example:9269``. So every request's ``Host`` (and the authority of an absolute-form
 target) must name this endpoint — the ``[admin] listen`` host, ``localhost``, ``127.0.0.1`` or
-``[::1]`` (any IP address when listening on a wildcard: a page cannot make a browser send an IP
-literal other than the one it was loaded from) — with the bound port, or no port; anything else
+``[::1]`` (any IP address when listening on a wildcard: a page reads only answers from its own
+origin, and an IP-literal origin is that address itself, not a name its author can re-point) —
+with the bound port, or no port; anything else
 is answered ``421 Misdirected Request`` before routing, with no data. The name is what a
 rebinding page cannot choose; the port check only keeps other local services' names apart.
 
@@ -62,7 +63,9 @@ from edgeproxy.secretfiles import GROUP_READABLE, ensure_private_dir, ensure_sec
 #: Connections one source address may hold at once (issue 14): one local user must not hold
 #: every one of the ``max_connections`` (16) slots. ``edgeproxy status|reload|stop`` uses one
 #: connection at a time and a Prometheus scraper one; 4 leaves room for a retry or a browser tab,
-#: and 16 / 4 = at least four sources (local users, the scraper) are always served.
+#: and 16 / 4 = at least four sources (local users, the scraper) are always served. A source is
+#: an address: on Linux a local user may bind any 127.0.0.0/8 source, so this bounds a careless
+#: client more than a determined local one (counting per user would need the peer socket's uid).
 MAX_CONNECTIONS_PER_SOURCE = 4
 MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
