@@ -112,7 +112,7 @@ STREAM = b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabb
     "policy-violation at the limit when a feed() ends inside the name past the limit",
 )
 def test_tokenizer_overlong_mismatched_end_tag_gives_one_verdict() -> None:
-    # fuzz_tokenizer final run (flags 0x01: max_name_bytes=16): "</bo999999999999999>", minimised
+    # fuzz_tokenizer run 2 (flags 0x01: max_name_bytes=16): "</bo999999999999999>", minimised
     small = STREAM + b"<message><body>x</bo999999999999999></message>"
     whole = _feed([small], max_name_bytes=16)
     assert whole == (["StreamOpen"], ("not-well-formed", len(STREAM) + 16))
