@@ -6,7 +6,7 @@
     .venv/bin/python fuzz/run.py all -t 600 --workdir /tmp/fuzz   # what `make fuzz` does
 
 Per harness: a fresh working corpus in ``--workdir/<name>/corpus`` seeded from the harness's
-``SEEDS``, the committed hand-written ``fuzz/seeds/<name>/`` and (tokenizer) the small files of
+``SEEDS``, the small committed ``fuzz/seeds/<name>/`` and (tokenizer) the small files of
 the shared adversarial corpus when present; then ``python fuzz/run.py --child <name> --
 <libFuzzer flags>``, i.e. ``atheris.Setup`` + ``atheris.Fuzz`` with ``-max_total_time``,
 ``-rss_limit_mb``, ``-timeout``, ``-max_len``, ``-print_final_stats=1`` and
