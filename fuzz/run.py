@@ -94,7 +94,10 @@ def executions(output: str) -> int:
     return int(progress[-1]) if progress else 0
 
 
-def run_one(name: str, seconds: int, workdir: Path, rss_limit_mb: int, timeout: int) -> dict:
+def run_one(
+    name: str, seconds: int, workdir: Path, rss_limit_mb: int, timeout: int,
+    seed: int | None = None, runs: int | None = None,
+) -> dict:
     base = workdir / name
     shutil.rmtree(base, ignore_errors=True)
     corpus, findings, artifacts = base / "corpus", base / "findings", base / "artifacts"
@@ -109,6 +112,8 @@ def run_one(name: str, seconds: int, workdir: Path, rss_limit_mb: int, timeout: 
         f"-max_len={getattr(module, 'MAX_LEN', 4096)}",
         "-print_final_stats=1",
         f"-artifact_prefix={artifacts}/",
+        *([f"-seed={seed}"] if seed is not None else []),
+        *([f"-runs={runs}"] if runs is not None else []),
         str(corpus),
     ]
     dictionary = FUZZ_DIR / "dicts" / f"{name}.dict"
@@ -159,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-limit-mb", type=int, default=2048)
     parser.add_argument("--timeout", type=int, default=10, help="libFuzzer -timeout per input")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--seed", type=int, help="libFuzzer -seed (with --runs: a repeatable run)")
+    parser.add_argument("--runs", type=int, help="libFuzzer -runs: stop after this many inputs")
     args = parser.parse_args(argv)
     names = list(HARNESSES) if args.names in ([], ["all"]) else args.names
     unknown = [n for n in names if n not in HARNESSES]
@@ -169,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fuzz: {dt.datetime.now().isoformat(timespec='seconds')} workdir {workdir}", flush=True)
     results = []
     for name in names:
-        r = run_one(name, args.seconds, workdir, args.rss_limit_mb, args.timeout)
+        r = run_one(name, args.seconds, workdir, args.rss_limit_mb, args.timeout, args.seed, args.runs)
         results.append(r)
         status = "ok" if r["ok"] else "FAIL"
         print(
