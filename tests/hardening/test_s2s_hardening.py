@@ -518,3 +518,48 @@ async def test_an_authoritative_server_that_refuses_at_once_gives_an_error_verdi
         nursery.cancel_scope.cancel()
     await trio.to_thread.run_sync(serve.assert_serving)
     assert not serve.events("EP1007")
+
+
+async def test_pending_verifications_from_one_address_are_capped(
+    tmp_path: Path, serve_factory: list[ServeProcess]
+) -> None:
+    """dialback-per-ip: streams from one address may keep only so many verifications pending
+    (each costs a connection to the partner); the next asking stream gets resource-constraint,
+    another address is not affected."""
+    listener = (await trio.open_tcp_listeners(0, host=FABRIKAM))[0]
+    port = listener.socket.getsockname()[1]
+    serve = await trio.to_thread.run_sync(lambda: start(
+        serve_factory, tmp_path, store=store(port), extra="[limits]\ndialback-per-ip = 2\n"))
+    held: list[trio.SocketStream] = []
+
+    async def silent_authority(stream: trio.SocketStream) -> None:
+        held.append(stream)  # accepts the verification connection and never answers
+        await trio.sleep_forever()
+
+    async def ask(source: str) -> tuple[trio.SocketStream, bytes]:
+        stream = await trio.open_tcp_stream(EDGE, serve.s2s_port, local_address=source)
+        await stream.send_all(HEADER)
+        features = await read_stream(stream, b"</stream:features>")
+        key = wire.dialback_key(FAB_SECRET, "contoso.test", "fabrikam.test", stream_id_of(features))
+        await stream.send_all(wire.db_result_request(from_="fabrikam.test", to="contoso.test", key=key))
+        answer = b""
+        with trio.move_on_after(2):
+            while chunk := await stream.receive_some(4096):
+                answer += chunk
+        return stream, answer
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, silent_authority, [listener])
+        first, a1 = await ask(ABUSERS[6])
+        second, a2 = await ask(ABUSERS[6])
+        third, a3 = await ask(ABUSERS[6])
+        other, a4 = await ask(ABUSERS[7])
+        assert b"stream:error" not in a1 + a2 + a4  # pending, unanswered
+        assert b"<resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in a3
+        assert len(held) == 3  # the refused one caused no connection to the partner
+        for stream in (first, second, third, other):
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+    assert await trio.to_thread.run_sync(
+        lambda: serve.metric("edgeproxy_limit_reached_total", limit="dialback-per-ip")) >= 1
+    await trio.to_thread.run_sync(serve.assert_serving)
