@@ -365,3 +365,37 @@ def test_an_unreadable_channel_secret_refuses_the_edges_start(tmp_path: Path) ->
         EdgeApp(config, admin=False, signals=False, event_log=log)
     [event] = [e for e in _events(stream, log) if e["id"] == "EP2003"]
     assert event["path"] == str(path)
+
+
+async def test_silent_connections_filling_every_slot_cannot_keep_the_gateway_out() -> None:
+    """A local user opens MAX_CONNECTIONS connections and says nothing (each could hold its slot
+    for the whole opening timeout): the real gateway still connects, by evicting the oldest
+    connection that has not authenticated."""
+    from edgeproxy.loopback.server import MAX_CONNECTIONS
+
+    secret = b"s" * 32
+    delivered: list[str] = []
+
+    async def gateway_items(items: list[Item]) -> None:
+        delivered.extend(item.id for item in items if isinstance(item, Routed))
+
+    async def nothing(items: list[Item]) -> None:
+        pass
+
+    edge = ChannelEndpoint(Role.EDGE, on_items=nothing, on_bounce=lambda i, c: None, secret=secret)
+    gateway = ChannelEndpoint(Role.GATEWAY, on_items=gateway_items, on_bounce=lambda i, c: None,
+                              secret=secret)
+    with trio.fail_after(8):  # well under the 10 s opening timeout that would free a slot
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(serve_loopback, edge, "127.0.0.1", 0)
+            squatters = [await trio.open_tcp_stream(host, port) for _ in range(MAX_CONNECTIONS)]
+            await trio.sleep(0.2)
+            nursery.start_soon(run_loopback_client, gateway, host, port)
+            await edge.wait_connected()
+            edge.submit(StanzaKind.MESSAGE, "romeo@montague.example/o", "juliet@contoso.test", "chat",
+                        "m1", b"<message to='juliet@contoso.test' id='m1'/>")
+            while "m1" not in delivered:
+                await trio.sleep(0.02)
+            for squatter in squatters:
+                await squatter.aclose()
+            nursery.cancel_scope.cancel()

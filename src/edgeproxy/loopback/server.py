@@ -28,7 +28,11 @@ are reported through the same limiter.
 ``(host, port)`` (useful with port 0 in tests). It also runs the endpoint's outage watchdog, which
 bounces stanzas queued for a gateway that stays away (SPEC §6 rule 5).
 
-Bounded: ``MAX_CONNECTIONS`` connections at once (handshaking or open); more are closed on accept.
+Bounded: ``MAX_CONNECTIONS`` connections at once (handshaking or open). When all are taken, a
+new connection evicts the oldest one that has not authenticated yet (it is closed), and is closed
+itself only when every slot holds an authenticated connection: a local user who opens sixteen
+silent connections cannot keep the real gateway from reconnecting (each of them would otherwise
+hold its slot for the whole opening timeout).
 
 Failure boundary: each accepted connection runs inside ``ops.boundary.contain``
 (``Surface.CHANNEL_FRAME``): a connection ending (closed, reset, refused frame) is normal; anything
@@ -108,6 +112,8 @@ async def serve_loopback(
 ) -> None:
     """Accept gateway connections forever; cancel to stop."""
     current: list[trio.CancelScope] = []
+    #: connections that have not authenticated yet, oldest first (the ones a newcomer evicts)
+    opening: list[trio.CancelScope] = []
     slots = trio.Semaphore(MAX_CONNECTIONS)
     refused = _RefusalLimiter(on_refused)
 
@@ -127,30 +133,45 @@ async def serve_loopback(
 
     async def handle_one(stream: trio.SocketStream, peer_host: str, peer_port: int) -> None:
         if slots.value == 0:
-            refused(peer_host, peer_port, f"{MAX_CONNECTIONS} connections already open")
-            await trio.aclose_forcefully(stream)
-            return
-        async with slots:
-            transport: trio.abc.Stream = stream
-            if ssl_context is not None:
-                tls = trio.SSLStream(stream, ssl_context, server_side=True)
+            if not opening:
+                refused(peer_host, peer_port, f"{MAX_CONNECTIONS} connections already open")
+                await trio.aclose_forcefully(stream)
+                return
+            opening.pop(0).cancel()  # the oldest unauthenticated connection makes room
+        with trio.CancelScope() as mine:
+            async with slots:
+                opening.append(mine)  # only slot holders are evicted: that frees a slot
                 try:
-                    with trio.fail_after(WS_HANDSHAKE_TIMEOUT):
-                        await tls.do_handshake()
-                except (trio.BrokenResourceError, trio.TooSlowError) as exc:
-                    refused(peer_host, peer_port, f"TLS handshake failed: {tls_failure(exc)}")
-                    await send_pending_alert(tls)
-                    await trio.aclose_forcefully(stream)
-                    return
-                transport = tls
-            try:
-                await _serve_connection(transport, partial(refused, peer_host, peer_port))
-            except* _CONNECTION_ENDS:
-                pass  # a connection ending is not a failure (the rest reaches the boundary)
-            finally:
-                await trio.aclose_forcefully(transport)
+                    await serve_slot(stream, peer_host, peer_port, mine)
+                finally:
+                    if mine in opening:
+                        opening.remove(mine)
 
-    async def _serve_connection(transport: trio.abc.Stream, on_refused: Callable[[str], None]) -> None:
+    async def serve_slot(
+        stream: trio.SocketStream, peer_host: str, peer_port: int, mine: trio.CancelScope
+    ) -> None:
+        transport: trio.abc.Stream = stream
+        if ssl_context is not None:
+            tls = trio.SSLStream(stream, ssl_context, server_side=True)
+            try:
+                with trio.fail_after(WS_HANDSHAKE_TIMEOUT):
+                    await tls.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+                refused(peer_host, peer_port, f"TLS handshake failed: {tls_failure(exc)}")
+                await send_pending_alert(tls)
+                await trio.aclose_forcefully(stream)
+                return
+            transport = tls
+        try:
+            await _serve_connection(transport, partial(refused, peer_host, peer_port), mine)
+        except* _CONNECTION_ENDS:
+            pass  # a connection ending is not a failure (the rest reaches the boundary)
+        finally:
+            await trio.aclose_forcefully(transport)
+
+    async def _serve_connection(
+        transport: trio.abc.Stream, on_refused: Callable[[str], None], mine: trio.CancelScope
+    ) -> None:
         async with trio.open_nursery() as nursery:
             ws = None
             with trio.move_on_after(WS_HANDSHAKE_TIMEOUT):
@@ -165,7 +186,9 @@ async def serve_loopback(
                 with trio.CancelScope() as scope:
 
                     def take_over() -> None:
-                        # authenticated: this connection replaces the previous one
+                        # authenticated: no longer evictable, and it replaces the previous one
+                        if mine in opening:
+                            opening.remove(mine)
                         for other in current:
                             other.cancel()
                         current.append(scope)
