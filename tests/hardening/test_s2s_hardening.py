@@ -30,7 +30,10 @@ from pathlib import Path
 import pytest
 import trio
 from _bad_certs import bad_certificate
+from test_channel_hardening import gateway as channel_gateway
+from test_channel_hardening import message as channel_message
 
+from edgeproxy.loopback.frames import StanzaBatch
 from edgeproxy.net.connector import Connector, ConnectorSettings
 from edgeproxy.net.context import EdgeContext
 from edgeproxy.net.delivery import MemoryDelivery
@@ -228,7 +231,8 @@ async def test_a_partner_server_with_an_unparsable_certificate_fails_only_its_li
     port = listener.socket.getsockname()[1]
     row = {"tls": REQ, "sasl": REQ, "dialback": False}
     serve = await trio.to_thread.run_sync(lambda: start(
-        serve_factory, tmp_path, store=store(port, row), certificates=EdgeCertificates(tmp_path / "pki")))
+        serve_factory, tmp_path, store=store(port, row), certificates=EdgeCertificates(tmp_path / "pki"),
+        role="edge"))
     handshakes = 0
 
     async def fabrikam_server(stream: trio.SocketStream) -> None:
@@ -263,26 +267,15 @@ async def test_a_partner_server_with_an_unparsable_certificate_fails_only_its_li
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trio.serve_listeners, fabrikam_server, [listener])
-        # alice (SIP, via the gateway) writes to bob@fabrikam.test: the edge dials fabrikam
-        with trio.socket.socket(type=trio.socket.SOCK_DGRAM) as udp:
-            await udp.bind((ABUSERS[1], 0))
-            await udp.sendto(sip_message(ABUSERS[1], udp.getsockname()[1], serve), (EDGE, serve.sip_port))
+        # alice writes to bob@fabrikam.test through the channel (the test is the gateway): the
+        # edge dials fabrikam
+        async with channel_gateway(serve) as gw:
+            await gw.send(StanzaBatch((channel_message(1, to="bob@fabrikam.test"),)))
             record = await trio.to_thread.run_sync(lambda: serve.wait_for_event("EP2007", timeout=20))
         assert record["direction"] == "outbound"
         assert handshakes >= 1
         nursery.cancel_scope.cancel()
     await trio.to_thread.run_sync(serve.assert_serving)
-
-
-def sip_message(host: str, port: int, serve: ServeProcess) -> bytes:
-    body = b"hello bob"
-    return (
-        f"MESSAGE sip:bob@fabrikam.test SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK-hardening-1;rport\r\n"
-        f"Max-Forwards: 70\r\nFrom: <sip:alice@contoso.test>;tag=a1\r\nTo: <sip:bob@fabrikam.test>\r\n"
-        f"Call-ID: hardening-1@{host}\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain;charset=UTF-8\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
 
 
 # -- dialback -----------------------------------------------------------------------------------
@@ -377,7 +370,7 @@ async def test_sockets_that_only_claim_a_partner_do_not_lock_the_real_partner_ou
 # -- pre-authentication connection caps ---------------------------------------------------------
 
 
-def test_unauthenticated_connections_beyond_the_per_ip_limit_get_resource_constraint(
+def test_unauthenticated_connections_beyond_the_per_ip_limit_get_resource_constraint_and_the_total_evicts(
     tmp_path: Path, serve_factory: list[ServeProcess]
 ) -> None:
     serve = start(serve_factory, tmp_path, store=store(free_port(FABRIKAM)),
@@ -391,14 +384,20 @@ def test_unauthenticated_connections_beyond_the_per_ip_limit_get_resource_constr
     sixth = connect(serve, ABUSERS[4])
     refused = read_until(sixth, b"</stream:stream>")
     assert b"<resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in refused
-    # another address still gets in, until the total of unauthenticated connections is reached
+    # another address still gets in; at the total of unauthenticated connections (8) a new one
+    # evicts the oldest unauthenticated connection instead of being refused, so that a flood
+    # cannot keep a partner's new stream out
     for _ in range(3):
         sock = connect(serve, ABUSERS[5])
         sock.sendall(HEADER)
         assert b"</stream:features>" in read_until(sock, b"</stream:features>")
         held.append(sock)
     ninth = connect(serve, ABUSERS[6])
-    assert b"<resource-constraint " in read_until(ninth, b"</stream:stream>")
+    ninth.sendall(HEADER)
+    assert b"</stream:features>" in read_until(ninth, b"</stream:features>")
+    oldest = held[0]
+    oldest.settimeout(5)
+    assert oldest.recv(4096) == b""  # aborted: closed without more data
     assert serve.metric("edgeproxy_limit_reached_total", limit="preauth-per-ip") >= 1
     assert serve.metric("edgeproxy_limit_reached_total", limit="preauth-total") >= 1
     # closing them frees the slots again

@@ -620,7 +620,9 @@ async def test_partner_and_sip_user_keep_talking_through_slow_loris_and_dialback
     assert report["fds_peak"] <= fds_base + PREAUTH_TOTAL + PEAK_SLACK, (
         f"the server held more connections than preauth-total ({PREAUTH_TOTAL}) allows: {figures}"
     )
-    timed_out = soak_abuse.get("loris.closed.connection-timeout", 0)
-    assert timed_out >= LORIS // 10, f"slow-loris streams not closed by the establishment timeout: {figures}"
+    # Slow-loris streams are ended by the server: by the establishment timeout, or — when
+    # preauth-total is full — evicted (aborted, no stream error) by newer connections.
+    ended = soak_abuse.get("loris.closed.connection-timeout", 0) + soak_abuse.get("loris.closed.eof", 0)
+    assert ended >= LORIS // 10, f"slow-loris streams not ended by the server: {figures}"
     preauth = {k: v for k, v in report["limits_reached_during_soak"].items() if k.startswith("preauth")}
     assert preauth, f"no pre-authentication limit was reached during the soak: {figures}"

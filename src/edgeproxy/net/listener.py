@@ -11,7 +11,9 @@ Limits (SPEC §3 and ``[limits]``, ``docs/limits.md``), all checked before authe
 
 * at accept, the total limit, then the *unauthenticated* connections from the peer's address
   (``preauth-per-ip``) and in total (``preauth-total``): a connection beyond one gets our header
-  and stream error ``resource-constraint`` at once, nothing is read. A stream stops counting as
+  and stream error ``resource-constraint`` at once, nothing is read — except that at
+  ``preauth-total`` the oldest unauthenticated connection is aborted to make room, so that a
+  flood cannot keep a partner's new stream out. A stream stops counting as
   unauthenticated at its first authenticated domain pair.
 * the per-partner limit (the partner's own, else the gateway's) is counted only once the partner
   has *authenticated* — a ``from`` that a stream merely claims takes no partner slot (issue 13:
@@ -126,6 +128,8 @@ class InboundHandler:
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.counts = ConnectionCounts()
         self.sessions: set[S2SSession] = set()
+        #: Unauthenticated connections, oldest first (the ones a newcomer may evict).
+        self.preauth_order: dict[_Preauth, S2SSession | None] = {}
         #: Partner (primary domain) of each established inbound session.
         self.partners: dict[S2SSession, str | None] = {}
 
@@ -141,9 +145,22 @@ class InboundHandler:
             return "connection", snapshot.gateway.connection_limit, "total connection limit reached"
         if self.counts.preauth_per_ip[ip] >= limits.preauth_per_ip:
             return "preauth-per-ip", limits.preauth_per_ip, "too many unauthenticated connections from your address"
-        if self.counts.preauth >= limits.preauth_total:
+        if self.counts.preauth >= limits.preauth_total and not self._evict_oldest_preauth():
             return "preauth-total", limits.preauth_total, "too many unauthenticated connections"
         return None
+
+    def _evict_oldest_preauth(self) -> bool:
+        """Make room among the unauthenticated connections: the oldest is aborted (a flood that
+        fills ``preauth-total`` cannot keep a partner's new stream out, which authenticates in
+        a fraction of the time a flood needs to cycle every slot). False if none can go."""
+        for preauth, session in self.preauth_order.items():
+            if session is not None and preauth.held:
+                self.telemetry.limit_reached("preauth-total", self.ctx.limits.preauth_total)
+                preauth.release()
+                del self.preauth_order[preauth]
+                session.abort("evicted: too many unauthenticated connections")
+                return True
+        return False
 
     async def _handle(self, stream: trio.abc.Stream, ip: str) -> None:
         limits = self.ctx.limits
@@ -160,6 +177,7 @@ class InboundHandler:
             return
         self.counts.total += 1
         preauth = _Preauth(self.counts, ip)
+        self.preauth_order[preauth] = None
         partner_counted: list[Partner] = []
         session: S2SSession | None = None
         try:
@@ -173,10 +191,13 @@ class InboundHandler:
                                   (limits.inbound_rate, limits.inbound_burst)),
                 )
                 self.sessions.add(session)
+                if preauth.held:
+                    self.preauth_order[preauth] = session
                 await session.run()
                 nursery.cancel_scope.cancel()
         finally:
             preauth.release()
+            self.preauth_order.pop(preauth, None)
             self.counts.total -= 1
             for partner in partner_counted:
                 self.counts.per_partner[partner.domain] -= 1
@@ -242,6 +263,7 @@ class InboundHandler:
         elif isinstance(event, Authenticated):
             log.info("inbound %s -> %s authenticated by %s", event.remote_domain, event.local_domain, event.method)
             preauth.release()
+            self.preauth_order.pop(preauth, None)
             if not counted:
                 await self._count_partner(session, event.remote_domain, counted)
             if session not in self.partners and session.conn.state is not State.CLOSED:

@@ -250,6 +250,13 @@ class S2SSession:
             except RuntimeError:  # the session is already ending
                 return
 
+    def abort(self, reason: str) -> None:
+        """End the stream now, without a closing handshake (an evicted unauthenticated stream:
+        writing it an error could block on a peer that does not read)."""
+        self.close_reason = self.close_reason or reason
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
     async def _abort_after(self, delay: float) -> None:
         await trio.sleep(delay)
         assert self._nursery is not None
