@@ -18,7 +18,10 @@ What runs where
   edge's ``db:verify`` and counts what the edge delivers to fabrikam.test (messages, errors).
 * **SIPp** (separate processes, TCP, ``-t t1``): a UAS on 127.0.0.72 registered as
   ``sip:alice@contoso.test`` at the built-in registrar (Contact ``;transport=tcp``); a UAC on
-  127.0.0.73 sending MESSAGEs to ``sip:romeo@fabrikam.test``.
+  127.0.0.73 sending MESSAGEs to ``sip:romeo@fabrikam.test``. Since issue 14 the gateway
+  authenticates alice (digest, MD5: ``PASSWORD``): the REGISTER answers a 401 and each MESSAGE
+  a 407 (a second request per MESSAGE, so SIP → XMPP figures from before issue 14 are not
+  comparable); ``--src`` must be a tree that challenges, as the scenarios expect it.
 
 Rounds (bounded in count and time; everything stops by itself):
 
@@ -68,6 +71,7 @@ from edgeproxy.loadtest.partner import (  # noqa: E402
 )
 from edgeproxy.loadtest.scenario import MixEntry, Partners, Scenario, StanzaKind, Target, Traffic  # noqa: E402
 from edgeproxy.ops.status import decode_status  # noqa: E402
+from edgeproxy.policy.credentials import digest_ha1  # noqa: E402
 from edgeproxy.policy.model import (  # noqa: E402
     AccessPolicy,
     Configuration,
@@ -75,6 +79,7 @@ from edgeproxy.policy.model import (  # noqa: E402
     Negotiation,
     Partner,
     PartnerType,
+    SipCredential,
     User,
 )
 from edgeproxy.policy.store import Store  # noqa: E402
@@ -91,6 +96,8 @@ EDGE_IP, PARTNER_IP, UAS_IP, UAC_IP = "127.0.0.70", "127.0.0.71", "127.0.0.72", 
 SIPP_DIR = ROOT / "bench" / "sipp"
 REGISTER = ROOT / "tests" / "gateway" / "sipp" / "register.xml"
 SECRET = "bench-gateway-dialback-secret"
+#: alice's SIP password (issue 14): the REGISTER answers a 401, every MESSAGE of the UAC a 407.
+PASSWORD = "bench-gateway-sip-password"
 BATCH = 50
 #: SIPp's "-l": MESSAGEs outstanding at once (the gateway refuses beyond 1,024 handler tasks).
 #: SIPp's socket buffers ("-buff_size", default 65,535). With the default, SIPp 3.6.1's UAS
@@ -151,7 +158,9 @@ def write_setup(directory: Path, partner_port: int, max_queued: int) -> tuple[Pa
                           proxy_fqdn=f"{PARTNER_IP}:{partner_port}", tls=Negotiation.NOT_SUPPORTED,
                           sasl=Negotiation.NOT_SUPPORTED, dialback=True),),
         policies=(AccessPolicy(identity="global", xmpp=True, federation=True),),
-        users=(User(sip="sip:alice@contoso.test"),),
+        # issue 14: the gateway authenticates its users; SIPp 3.6 knows only MD5
+        users=(User(sip="sip:alice@contoso.test", credentials=(SipCredential(
+            algorithm="MD5", realm="contoso.test", ha1=digest_ha1("MD5", "alice", "contoso.test", PASSWORD)),)),),
     )
     with Store.open(state) as store, store.write() as tx:
         tx.replace_all(config)
@@ -339,6 +348,7 @@ async def register(server: Server, uas_port: int) -> None:
          "-nostdin", "-timeout", "15", "-timeout_error", "-default_behaviors", "all,-bye",
          "-key", "user", "alice", "-key", "domain", "contoso.test", "-key", "contact_host", UAS_IP,
          "-key", "contact_port", f"{uas_port};transport=tcp", "-key", "expires", "3600",
+         "-au", "alice", "-ap", PASSWORD, "-auth_uri", "contoso.test",
          f"{EDGE_IP}:{server.sip_port}"],
         check=False, capture_stdout=True, capture_stderr=True,
     )
@@ -408,6 +418,7 @@ async def sip_to_xmpp(session: Session, messages: int, rate: int, timeout: float
            "-buff_size", str(SIPP_BUFFER),
            "-timeout", str(int(timeout)), "-default_behaviors", "all,-bye", "-s", "romeo",
            "-key", "from_user", "alice", "-key", "from_domain", "contoso.test", "-key", "domain", "fabrikam.test",
+           "-au", "alice", "-ap", PASSWORD, "-auth_uri", "romeo@fabrikam.test",
            f"{EDGE_IP}:{server.sip_port}"]
     out = session.server.log.parent / "uac.out"
     start = listener.messages

@@ -62,6 +62,7 @@ from edgeproxy.policy.snapshot import PolicySnapshot
 from edgeproxy.policy.store import Store
 from edgeproxy.tokenizer import Stanza
 from fixtures.dnsmasq import DnsServer, host, srv, start_dnsmasq
+from fixtures.sipauth import credentials as sip_credentials
 
 EDGE_ADDR = "127.0.0.30"
 PROSODY_ADDR = "127.0.0.31"
@@ -170,7 +171,8 @@ def lab_configuration(
                                 subscription_refresh_interval=refresh_interval),
         partners=(partner_row(partner_type),),
         policies=(AccessPolicy(identity="global", xmpp=True, federation=True, public_cloud=True),),
-        users=tuple(User(sip=f"sip:{u}@{SIP_DOMAIN}", contacts=tuple(contacts.get(u, ())))
+        users=tuple(User(sip=f"sip:{u}@{SIP_DOMAIN}", contacts=tuple(contacts.get(u, ())),
+                         credentials=sip_credentials(u, SIP_DOMAIN))  # issue 14: PASSWORD, MD5
                     for u in sip_users),
     )
 

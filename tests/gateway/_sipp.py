@@ -10,10 +10,12 @@ from pathlib import Path
 
 import trio
 
+from fixtures.sipauth import PASSWORD, credentials, every_user, sipp_auth
 from fixtures.tools import require_tool
 
 SCENARIOS = Path(__file__).parent / "sipp"
 GATEWAY_IP, BOB_IP, ALICE_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
+__all__ = ["PASSWORD", "credentials", "every_user", "sipp_auth"]
 
 
 def require_sipp() -> str:
@@ -44,6 +46,8 @@ def sipp_command(
     cmd += ["-nostdin", "-timeout", "15", "-timeout_error", "-default_behaviors", "all,-bye"]
     if tcp:
         cmd += ["-t", "t1"]
+    if "-au" not in args and "-ap" not in args:
+        cmd += sipp_auth(SCENARIOS / scenario, args)
     cmd += list(args)
     if remote:
         cmd.append(remote)
@@ -65,7 +69,7 @@ async def run_sipp(cmd: list[str], log: Path) -> str:
 
 
 async def bob_uas_registered(
-    nursery: trio.Nursery, registrar: str, tmp_path: Path, messages: int = 1
+    nursery: trio.Nursery, registrar: str, tmp_path: Path, messages: int = 1, *, digest: bool = True
 ) -> tuple[int, list[str]]:
     """A SIPp UAS for bob taking ``messages`` MESSAGEs, registered at ``registrar`` (host:port:
     the gateway's built-in registrar, or Kamailio); its log lands in the returned list."""
@@ -82,7 +86,7 @@ async def bob_uas_registered(
     nursery.start_soon(bob)
     await run_sipp(
         sipp_command(
-            "register.xml", ALICE_IP,
+            "register.xml" if digest else "register_noauth.xml", ALICE_IP,
             "-key", "user", "bob", "-key", "domain", "contoso.test",
             "-key", "contact_host", BOB_IP, "-key", "contact_port", str(bob_port),
             "-key", "expires", "600",

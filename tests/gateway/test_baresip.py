@@ -105,8 +105,8 @@ async def test_baresip_and_an_xmpp_partner_exchange_messages_both_ways(tmp_path:
                 assert (item.from_jid.partition("/")[0], item.to_jid) == (ALICE, ROMEO)
                 assert f"<body>{TEXT} (sip→xmpp)</body>".encode() in item.raw, item.raw
                 # the gateway answered baresip's MESSAGE 200 once the edge had taken it
-                await alice.wait_until(lambda: alice.final_responses("MESSAGE"))
-                assert alice.final_responses("MESSAGE") == [200]
+                await alice.wait_until(lambda: alice.final_responses("MESSAGE")[-1:] not in ([], [407]))
+                assert alice.final_responses("MESSAGE") == [407, 200]
 
 
 def presence(frm: str, to: str, type: str = "", show: str = "", status: str = "") -> Element:
@@ -190,9 +190,9 @@ async def test_two_baresips_of_our_domain_talk_through_the_registrar(tmp_path: P
                 got = await alice.wait_message()
                 assert (got.peer, got.text) == (bob_uri, f"{TEXT} (bob→alice)")
                 # each sender got bob's / alice's own 200, relayed by the proxy
-                await alice.wait_until(lambda: alice.final_responses("MESSAGE"))
-                await bob.wait_until(lambda: bob.final_responses("MESSAGE"))
-                assert alice.final_responses("MESSAGE") == bob.final_responses("MESSAGE") == [200]
+                await alice.wait_until(lambda: alice.final_responses("MESSAGE")[-1:] not in ([], [407]))
+                await bob.wait_until(lambda: bob.final_responses("MESSAGE")[-1:] not in ([], [407]))
+                assert alice.final_responses("MESSAGE") == bob.final_responses("MESSAGE") == [407, 200]
             assert peer.received() == []  # nothing went to the XMPP side
 
 
@@ -204,7 +204,7 @@ async def test_a_baresip_message_to_a_domain_that_is_not_a_partner_is_refused(tm
                                      ip=ALICE_IP, contacts=(stranger,)) as alice:
                 await alice.wait_registered()
                 await alice.send_message(stranger, TEXT)
-                await alice.wait_until(lambda: alice.final_responses("MESSAGE"))
+                await alice.wait_until(lambda: alice.final_responses("MESSAGE")[-1:] not in ([], [407]))
                 # the outbound policy refuses a domain that is no partner (SPEC §6): 404
-                assert alice.final_responses("MESSAGE") == [404]
+                assert alice.final_responses("MESSAGE") == [407, 404]
             assert peer.received() == []

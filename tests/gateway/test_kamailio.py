@@ -1,4 +1,6 @@
-"""Kamailio as the gateway's ``next-hop`` instead of the built-in registrar (issue 5): IM both ways.
+"""Kamailio as the gateway's ``next-hop`` instead of the built-in registrar (issue 5): IM both ways;
+and (issue 14) only the next hop may send the gateway requests: the same MESSAGE straight from
+the UA's address gets 403.
 
 A real Kamailio (Debian ``kamailio``; fixture ``kamailio/kamailio.cfg.tmpl``) on 127.0.0.1 is
 the registrar and proxy of contoso.test and relays everything for montague.example (the XMPP
@@ -115,6 +117,25 @@ class Edge:
         raise AssertionError(f"bounced: {condition}")
 
 
+async def direct_message(gateway_port: int, text: str) -> bytes:
+    """A MESSAGE from alice to juliet sent from ALICE_IP straight to the gateway; its answer."""
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await sock.bind((ALICE_IP, 0))
+    host, port = sock.getsockname()
+    body = text.encode()
+    request = (
+        "MESSAGE sip:juliet@montague.example SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK-direct;rport\r\n"
+        "From: <sip:alice@contoso.test>;tag=direct\r\nTo: <sip:juliet@montague.example>\r\n"
+        f"Call-ID: direct@{host}\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n"
+        f"Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with sock, trio.fail_after(5):
+        await sock.sendto(request, (GATEWAY_IP, gateway_port))
+        data, _ = await sock.recvfrom(65535)
+    return data
+
+
 async def test_im_both_ways_with_kamailio_as_the_next_hop(tmp_path: Path) -> None:
     require_sipp()
     require_kamailio()
@@ -134,7 +155,7 @@ async def test_im_both_ways_with_kamailio_as_the_next_hop(tmp_path: Path) -> Non
                 await nursery.start(service.run, host, port)
                 await edge.endpoint.wait_connected()
                 # Bob registers at Kamailio; an XMPP message reaches him through it.
-                bob_port, got = await bob_uas_registered(nursery, kam, tmp_path)
+                bob_port, got = await bob_uas_registered(nursery, kam, tmp_path, digest=False)
                 raw = (
                     "<message from='romeo@montague.example/orchard' to='bob@contoso.test' "
                     "type='chat' id='k1'><body>Grüße über Kamailio ☃</body></message>"
@@ -150,7 +171,7 @@ async def test_im_both_ways_with_kamailio_as_the_next_hop(tmp_path: Path) -> Non
                 text = "こんにちは via Kamailio"
                 alice_log = await run_sipp(
                     sipp_command(
-                        "message_uac.xml",
+                        "message_uac_noauth.xml",
                         ALICE_IP,
                         "-s",
                         "juliet",
@@ -172,7 +193,13 @@ async def test_im_both_ways_with_kamailio_as_the_next_hop(tmp_path: Path) -> Non
                 )
                 while not edge.received:
                     await trio.sleep(0.02)
+                # issue 14: the same MESSAGE straight from alice's address, not through the next
+                # hop, is refused (only the next hop may send the gateway requests).
+                direct = await direct_message(gateway_port, text)
+                assert direct.startswith(b"SIP/2.0 403 Only The Next Hop\r\n"), direct
                 await trio.sleep(0.2)
+                assert service.admission.counts["next-hop"] >= 1
+                assert service.admission.counts["refused"] == 1
                 nursery.cancel_scope.cancel()
     log = got[0]
     assert f"GOT MESSAGE sip:bob@{BOB_IP}:{bob_port}" in log  # Kamailio's location lookup

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from _sipp import ALICE_IP, run_sipp, sipp_command
+from _sipp import ALICE_IP, every_user, run_sipp, sipp_command
 
 from edgeproxy.gateway.service import GatewayService, parse_stanza
 from edgeproxy.loopback.endpoint import ChannelEndpoint
@@ -75,7 +75,8 @@ async def start(nursery: trio.Nursery) -> tuple[Edge, GatewayService, str]:
     host, port = await nursery.start(serve_loopback, edge.endpoint, "127.0.0.1", 0)
     holder = snapshot()
     service = GatewayService(
-        sip_domains=("contoso.test",), sip_host="127.0.0.1", sip_port=0, policy=lambda: holder
+        sip_domains=("contoso.test",), sip_host="127.0.0.1", sip_port=0, policy=lambda: holder,
+        sip_users=every_user(),
     )
     sip_host, sip_port = await nursery.start(service.run, host, port)
     await edge.endpoint.wait_connected()

@@ -14,6 +14,7 @@ from _sipp import (
     ALICE_IP,
     BOB_IP,
     bob_uas_registered,
+    every_user,
     free_port,
     require_sipp,
     run_sipp,
@@ -26,6 +27,7 @@ from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
 from edgeproxy.loopback.server import serve_loopback
 from edgeproxy.tokenizer import Element
 from edgeproxy.xmpp.namespaces import NS_STANZAS
+from fixtures.sipauth import authorization
 
 NS = "jabber:server"
 
@@ -58,7 +60,7 @@ async def start(
     edge = edge if edge is not None else Edge()
     host, port = await nursery.start(serve_loopback, edge.endpoint, "127.0.0.1", 0)
     service = GatewayService(
-        sip_domains=("contoso.test",), sip_host="127.0.0.1", sip_port=0, **options  # type: ignore[arg-type]
+        sip_domains=("contoso.test",), sip_host="127.0.0.1", sip_port=0, **{"sip_users": every_user(), **options}  # type: ignore[arg-type]
     )
     sip_host, sip_port = await nursery.start(service.run, host, port)
     await edge.endpoint.wait_connected()
@@ -245,11 +247,19 @@ async def test_messages_from_one_sender_reach_the_sip_ua_in_the_order_sent(tmp_p
     assert edge.received == []
 
 
-def _sip_message(n: int, host: str, port: int) -> bytes:
+def _sip_message(n: int, host: str, port: int, challenge: str | None = None) -> bytes:
+    """MESSAGE ``line n``; with ``challenge`` (the gateway's 407, issue 14) answered with
+    nonce count n + 1 — the counts of one nonce must increase, in the order they are read."""
     body = f"line {n}".encode()
+    auth = ""
+    if challenge is not None:
+        value = authorization(challenge, method="MESSAGE", uri="sip:juliet@montague.example",
+                              username="alice", nc=n + 1)
+        auth = f"Proxy-Authorization: {value}\r\n"
     return (
         f"MESSAGE sip:juliet@montague.example SIP/2.0\r\n"
-        f"Via: SIP/2.0/TCP {host}:{port};branch=z9hG4bKorder{n}\r\n"
+        f"Via: SIP/2.0/TCP {host}:{port};branch=z9hG4bKorder{n}{'a' if challenge else ''}\r\n"
+        f"{auth}"
         f"From: <sip:alice@contoso.test>;tag=order{n}\r\n"
         f"To: <sip:juliet@montague.example>\r\n"
         f"Call-ID: order-{n}@{host}\r\n"
@@ -270,7 +280,16 @@ async def test_sip_messages_read_together_reach_the_edge_in_the_order_sent() -> 
             host, port = gw.rsplit(":", 1)
             stream = await trio.open_tcp_stream(host, int(port))
             local = stream.socket.getsockname()
-            await stream.send_all(b"".join(_sip_message(n, local[0], local[1]) for n in range(count)))
+            # one challenge (issue 14), then every MESSAGE answers it, all in one write
+            await stream.send_all(_sip_message(0, local[0], local[1]))
+            first = b""
+            while b"\r\n\r\n" not in first:
+                first += await stream.receive_some(65536)
+            assert first.startswith(b"SIP/2.0 407 "), first
+            challenge = next(line.split(b":", 1)[1].strip().decode() for line in first.split(b"\r\n")
+                             if line.lower().startswith(b"proxy-authenticate:"))
+            await stream.send_all(
+                b"".join(_sip_message(n, local[0], local[1], challenge) for n in range(count)))
             received = b""
             while received.count(b"SIP/2.0 200") < count:
                 received += await stream.receive_some(65536)

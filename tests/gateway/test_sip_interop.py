@@ -3,6 +3,9 @@
 Layout on loopback addresses: edgeproxy's SIP listener (UDP+TCP) on 127.0.0.1, bob's UA (a SIPp
 UAS) on 127.0.0.2, alice's UA (SIPp UACs: REGISTER for bob as a third party, then MESSAGE) on
 127.0.0.3. Scenarios live in tests/gateway/sipp/. With CI=true a missing sipp fails the test.
+This is the bare SIP stack (transport, registrar, proxy) without the gateway's admission, so
+the scenarios do not authenticate (``*_noauth.xml``); digest is tested through the gateway in
+``test_sip_auth_acceptance.py`` (issue 14).
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ async def _register_and_message(tmp_path: Path, *, tcp: bool) -> None:
 
             nursery.start_soon(bob)
             reg = sipp_command(
-                "register.xml", ALICE_IP,
+                "register_noauth.xml", ALICE_IP,  # the bare stack: no admission (issue 14)
                 "-key", "user", "bob", "-key", "domain", "sip.test",
                 "-key", "contact_host", BOB_IP, "-key", "contact_port", str(bob_port),
                 "-key", "expires", "600", remote=gw, tcp=tcp,
@@ -69,7 +72,7 @@ async def _register_and_message(tmp_path: Path, *, tcp: bool) -> None:
 
             text = "Grüße from alice ☃"
             msg = sipp_command(
-                "message_uac.xml", ALICE_IP, "-s", "bob",
+                "message_uac_noauth.xml", ALICE_IP, "-s", "bob",
                 "-key", "from_user", "alice", "-key", "from_domain", "sip.test", "-key", "domain", "sip.test", "-key", "text", text,
                 remote=gw, tcp=tcp,
             )  # fmt: skip
@@ -102,7 +105,7 @@ async def test_message_to_an_unregistered_user_gets_480(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             transport, _ = await start_gateway(nursery)
             msg = sipp_command(
-                "message_uac.xml", ALICE_IP, "-s", "carol",
+                "message_uac_noauth.xml", ALICE_IP, "-s", "carol",
                 "-key", "from_user", "alice", "-key", "from_domain", "sip.test", "-key", "domain", "sip.test", "-key", "text", "hi",
                 remote=f"{GATEWAY_IP}:{transport.port}",
             )  # fmt: skip

@@ -247,7 +247,7 @@ def test_parse_uint_refuses_anything_else(text: str) -> None:
     assert parse_uint_or(text, -1) == -1
 
 
-_HEADER_TEXT = st.text(st.characters(blacklist_characters="\r\n"), max_size=60)
+_HEADER_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=60)
 
 
 @given(via=_HEADER_TEXT, from_=_HEADER_TEXT, cseq=_HEADER_TEXT, length=_HEADER_TEXT)

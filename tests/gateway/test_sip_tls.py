@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from _sipp import require_sipp, run_sipp, sipp_command
+from _sipp import PASSWORD, every_user, require_sipp, run_sipp, sipp_command
 
 from edgeproxy.config import parse_config
 from edgeproxy.gateway.service import GatewayService
@@ -139,7 +139,7 @@ async def start_gateway(
     edge = Edge()
     host, port = await nursery.start(serve_loopback, edge.endpoint, GATEWAY_IP, 0)
     service = GatewayService(sip_domains=("contoso.test",), sip_host=GATEWAY_IP, sip_port=0,
-                             next_hop=config.gateway.next_hop, sip_tls=tls.sip)
+                             next_hop=config.gateway.next_hop, sip_tls=tls.sip, sip_users=every_user())
     await nursery.start(service.run, host, port)
     await edge.endpoint.wait_connected()
     return edge, service
@@ -168,7 +168,7 @@ async def test_baresip_registers_over_tls_and_messages_flow_both_ways_on_that_co
             alice = Baresip(
                 tmp_path / "alice", ALICE_IP,
                 f'<sip:alice@contoso.test>;outbound="sip:{GATEWAY_IP}:{service.sip.tls_port};transport=tls"'
-                ";regint=600;answermode=manual",
+                f";regint=600;answermode=manual;auth_pass={PASSWORD}",  # issue 14: digest (MD5)
                 certificate=None, ca=pki.write_ca(), contacts='"Romeo" <sip:romeo@montague.example>\n',
             )  # fmt: skip
             await nursery.start(alice.run)

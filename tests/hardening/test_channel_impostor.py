@@ -66,6 +66,7 @@ from edgeproxy.policy.model import (
 )
 from edgeproxy.policy.snapshot import build_snapshot
 from fixtures.serve import ServeProcess, start_serve
+from fixtures.sipauth import user as sip_user
 
 EDGE_IP, PARTNER_IP, IMPOSTOR_IP, UA_IP = "127.0.0.80", "127.0.0.81", "127.0.0.82", "127.0.0.83"
 INJECTED = "impostor-was-here"
@@ -91,7 +92,7 @@ def edge_store(partner_port: int) -> Configuration:
         partners=(Partner(domain=PARTNER, type=PartnerType.FEDERATED,
                           proxy_fqdn=f"{PARTNER_IP}:{partner_port}", **TCP_DIALBACK_ROW),),
         policies=(AccessPolicy(identity="global", xmpp=True, federation=True),),
-        users=(User(sip=f"sip:{ALICE}"),),
+        users=(sip_user(ALICE.partition("@")[0]),),  # issue 14: with the test SIP password
     )
 
 

@@ -41,7 +41,10 @@ from edgeproxy.loopback.server import serve_loopback
 from edgeproxy.ops.events import EventLog
 from edgeproxy.ops.metrics import Metrics
 from edgeproxy.ops.telemetry import Telemetry
+from edgeproxy.policy.model import Configuration, GatewaySettings
 from fixtures.serve import ServeProcess, start_serve
+from fixtures.sipauth import authorization, every_user, md5_challenge
+from fixtures.sipauth import user as sip_user
 
 SERVER = "127.0.0.50"
 CLIENTS = [f"127.0.0.{n}" for n in range(51, 60)]
@@ -62,12 +65,15 @@ def register(
     contacts: list[str] | None = None,
     expires: str | None = "600",
     content_length: str = "0",
+    authorization: str | None = None,
 ) -> bytes:
-    """A REGISTER as a UA would send it (every mandatory header, Max-Forwards, Content-Length)."""
+    """A REGISTER as a UA would send it (every mandatory header, Max-Forwards, Content-Length);
+    with ``authorization`` (issue 14: the answer to the registrar's 401) a new transaction."""
     host, port = source
+    branch = f"z9hG4bK-{call_id}-{cseq}" + ("-auth" if authorization else "")
     lines = [
         f"REGISTER sip:{DOMAIN} SIP/2.0",
-        f"Via: SIP/2.0/{transport} {host}:{via_port or port};branch=z9hG4bK-{call_id}-{cseq};rport",
+        f"Via: SIP/2.0/{transport} {host}:{via_port or port};branch={branch};rport",
         "Max-Forwards: 70",
         f"From: <sip:{user}@{DOMAIN}>;tag=f{call_id}",
         f"To: <sip:{user}@{DOMAIN}>",
@@ -75,6 +81,8 @@ def register(
         f"CSeq: {cseq} REGISTER",
     ]
     lines += [f"Contact: {c}" for c in contacts or []]
+    if authorization is not None:
+        lines.append(f"Authorization: {authorization}")
     if expires is not None:
         lines.append(f"Expires: {expires}")
     lines.append(f"Content-Length: {content_length}")
@@ -110,6 +118,14 @@ def response_of(data: bytes) -> Reply:
     return head_of(data)
 
 
+def answer(challenges: list[str], options: dict[str, object]) -> dict[str, object]:
+    """``options`` of a REGISTER with the Authorization that answers the registrar's 401
+    (issue 14: every user here has ``PASSWORD``, MD5)."""
+    value = authorization(md5_challenge(challenges), method="REGISTER", uri=f"sip:{DOMAIN}",
+                          username=str(options.get("user", "carol")))
+    return {**options, "authorization": value}
+
+
 class UdpClient:
     def __init__(self, host: str, server: tuple[str, int]) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -122,6 +138,17 @@ class UdpClient:
         self.sock.sendto(data, self.server)
         reply, _ = self.sock.recvfrom(65535)
         return reply
+
+    def register(self, **options: object) -> tuple[bytes, bytes]:
+        """A REGISTER, and after a 401 (issue 14) the same with its digest answer: the last
+        request sent and its reply."""
+        data = register(self.address, **options)  # type: ignore[arg-type]
+        reply = self.exchange(data)
+        first = response_of(reply)
+        if first.status == 401:
+            data = register(self.address, **answer(first.get_all("WWW-Authenticate"), options))  # type: ignore[arg-type]
+            reply = self.exchange(data)
+        return data, reply
 
     def silent(self, data: bytes, wait: float = 1.0) -> bool:
         """True if ``data`` draws no datagram within ``wait`` seconds."""
@@ -147,6 +174,16 @@ class TcpClient:
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
+
+    def register(self, **options: object) -> Reply:
+        """A REGISTER over TCP, and after a 401 (issue 14) the same with its digest answer."""
+        self.send(register(self.address, transport="TCP", **options))  # type: ignore[arg-type]
+        reply = self.response()
+        if reply.status == 401:
+            self.send(register(self.address, transport="TCP",
+                               **answer(reply.get_all("WWW-Authenticate"), options)))  # type: ignore[arg-type]
+            reply = self.response()
+        return reply
 
     def response(self) -> Reply:
         while b"\r\n\r\n" not in self.buffer:
@@ -175,7 +212,10 @@ class TcpClient:
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    process = start_serve(tmp_path_factory.mktemp("sip-hardening"), address=SERVER)
+    # issue 14: the registrar authenticates; carol and dave have the test password
+    store = Configuration(gateway=GatewaySettings(dialback_secret="sip-hardening-secret"),
+                          users=(sip_user("carol"), sip_user("dave")))
+    process = start_serve(tmp_path_factory.mktemp("sip-hardening"), address=SERVER, store=store)
     yield process
     process.stop()
 
@@ -188,8 +228,8 @@ def assert_register_works(serve: ServeProcess, client_host: str, *, call_id: str
     client = UdpClient(client_host, sip_server(serve))
     try:
         contact = f"<sip:carol@{client.address[0]}:{client.address[1]}>"
-        reply = response_of(client.exchange(register(client.address, call_id=call_id, contacts=[contact])))
-        assert reply.status == 200
+        _, data = client.register(call_id=call_id, contacts=[contact])
+        assert response_of(data).status == 200
     finally:
         client.close()
     serve.assert_serving()
@@ -229,8 +269,8 @@ def test_non_ascii_digit_in_a_number_gets_400_over_udp(
     client = UdpClient(CLIENTS[1], sip_server(serve))
     call_id = f"digit-{field}-{ord(next(iter(options.values()))[0])}"
     try:
-        bad = register(client.address, call_id=call_id, **options)
-        reply = response_of(client.exchange(bad))
+        bad, data = client.register(call_id=call_id, **options)  # Expires: after the digest
+        reply = response_of(data)
         assert reply.status == 400
         assert reply.get("Call-ID") == call_id
         assert reply.size <= len(bad)
@@ -253,22 +293,19 @@ def test_non_ascii_digit_over_tcp_gets_400_and_a_new_connection_is_served(
 ) -> None:
     client = TcpClient(CLIENTS[2], sip_server(serve))
     try:
-        client.send(register(client.address, transport="TCP", call_id="tcp-bad", **options))
-        reply = client.response()
+        reply = client.register(call_id="tcp-bad", **options)  # Expires: after the digest
         assert reply.status == 400
         assert reply.get("Call-ID") == "tcp-bad"
         assert field in (reply.get("Warning") or "")  # over TCP the full answer, with its cause
         if closed:
             assert client.closed_by_server()
         else:
-            client.send(register(client.address, transport="TCP", call_id="tcp-same", expires="0"))
-            assert client.response().status == 200
+            assert client.register(call_id="tcp-same", expires="0").status == 200
     finally:
         client.close()
     again = TcpClient(CLIENTS[2], sip_server(serve))
     try:
-        again.send(register(again.address, transport="TCP", call_id="tcp-new", expires="0"))
-        assert again.response().status == 200
+        assert again.register(call_id="tcp-new", expires="0").status == 200
     finally:
         again.close()
     serve.assert_serving()
@@ -294,25 +331,21 @@ def test_small_register_over_udp_draws_no_more_bytes_than_it_sent(serve: ServePr
     contacts = [f"<sip:dave@{CLIENTS[4]}:{5000 + i};pad={padding}>" for i in range(10)]
     tcp = TcpClient(CLIENTS[4], sip_server(serve))
     try:
-        tcp.send(register(tcp.address, transport="TCP", user="dave", call_id="amp-tcp", contacts=contacts))
-        assert tcp.response().status == 200
+        assert tcp.register(user="dave", call_id="amp-tcp", contacts=contacts).status == 200
         # over TCP a query still lists every binding (§10.3 step 8): this is what UDP used to get
-        tcp.send(register(tcp.address, transport="TCP", user="dave", call_id="amp-tcp", cseq="2", expires=None))
-        full = tcp.response()
+        full = tcp.register(user="dave", call_id="amp-tcp", cseq="2", expires=None)
         assert len(full.get_all("Contact")) == 10
         full_bytes = full.size
     finally:
         tcp.close()
     udp = UdpClient(CLIENTS[5], sip_server(serve))
     try:
-        query = register(udp.address, user="dave", call_id="amp-udp", expires=None)
-        reply = udp.exchange(query)
+        query, reply = udp.register(user="dave", call_id="amp-udp", expires=None)
         assert response_of(reply).status == 200
         assert len(reply) <= len(query), (len(reply), len(query))
         assert full_bytes > 10 * len(query)  # what §10.3 step 8 would have sent
         # naming one of them: that one is listed, and the answer is still no larger
-        named = register(udp.address, user="dave", call_id="amp-udp", cseq="2", contacts=[contacts[3]])
-        reply = udp.exchange(named)
+        named, reply = udp.register(user="dave", call_id="amp-udp", cseq="2", contacts=[contacts[3]])
         listed = response_of(reply).get_all("Contact")
         assert len(listed) == 1 and ":5003;" in listed[0]
         assert len(reply) <= len(named), (len(reply), len(named))
@@ -361,7 +394,8 @@ async def start_gateway(nursery: trio.Nursery, events: Events) -> tuple[GatewayS
 
     edge = ChannelEndpoint(Role.EDGE, on_items=on_items, on_bounce=on_bounce)
     host, port = await nursery.start(serve_loopback, edge, SERVER, 0)
-    service = GatewayService(sip_domains=(DOMAIN,), sip_host=SERVER, sip_port=0, telemetry=events.telemetry)
+    service = GatewayService(sip_domains=(DOMAIN,), sip_host=SERVER, sip_port=0, telemetry=events.telemetry,
+                             sip_users=every_user(DOMAIN))
     address = await nursery.start(service.run, host, port)
     await edge.wait_connected()
     return service, address
@@ -372,6 +406,32 @@ async def udp_exchange(client: trio.socket.SocketType, server: tuple[str, int], 
     with trio.fail_after(5):
         reply, _ = await client.recvfrom(65535)
     return response_of(reply)
+
+
+async def udp_register(
+    client: trio.socket.SocketType, server: tuple[str, int], address: tuple[str, int], **options: object
+) -> tuple[Reply, bytes]:
+    """A REGISTER, and after a 401 (issue 14) the same with its digest answer: the reply and the
+    last request sent."""
+    data = register(address, **options)  # type: ignore[arg-type]
+    reply = await udp_exchange(client, server, data)
+    if reply.status == 401:
+        data = register(address, **answer(reply.get_all("WWW-Authenticate"), options))  # type: ignore[arg-type]
+        reply = await udp_exchange(client, server, data)
+    return reply, data
+
+
+async def tcp_register(
+    stream: trio.SocketStream, parser: SipParser, address: tuple[str, int], **options: object
+) -> SipResponse | None:
+    """A REGISTER over TCP, and after a 401 (issue 14) the same with its digest answer."""
+    await stream.send_all(register(address, transport="TCP", **options))  # type: ignore[arg-type]
+    reply = await tcp_response(stream, parser)
+    if reply is not None and reply.status == 401:
+        options = answer(reply.headers.get_all("WWW-Authenticate"), options)
+        await stream.send_all(register(address, transport="TCP", **options))  # type: ignore[arg-type]
+        reply = await tcp_response(stream, parser)
+    return reply
 
 
 async def udp_client(host: str) -> tuple[trio.socket.SocketType, tuple[str, int]]:
@@ -427,7 +487,7 @@ async def test_a_raising_datagram_parser_gets_500_and_ep1007_and_the_next_datagr
         record = await events.wait_for("EP1007", surface="sip-datagram")
         assert "injected failure" in str(record.get("error"))
         assert events.failures("sip-datagram") == 1
-        reply = await udp_exchange(client, server, register(address, call_id="fine", expires="0"))
+        reply, _ = await udp_register(client, server, address, call_id="fine", expires="0")
         assert reply.status == 200
         nursery.cancel_scope.cancel()
     events.log.close()
@@ -444,7 +504,7 @@ async def test_a_raising_transaction_lookup_gets_500_and_ep1007_and_the_next_dat
         reply = await udp_exchange(client, server, register(address, call_id="boom-key"))
         assert (reply.status, reply.get("Call-ID")) == (500, "boom-key")
         await events.wait_for("EP1007", surface="sip-datagram")
-        reply = await udp_exchange(client, server, register(address, call_id="fine", expires="0"))
+        reply, _ = await udp_register(client, server, address, call_id="fine", expires="0")
         assert reply.status == 200
         nursery.cancel_scope.cancel()
     events.log.close()
@@ -470,11 +530,11 @@ async def test_a_raising_stream_parser_closes_that_connection_only_with_ep1007(
         record = await events.wait_for("EP1007", surface="sip-connection")
         assert "injected failure" in str(record.get("error"))
         # the other connection, open all along, and a new one are served
-        await bystander.send_all(register(by_address, transport="TCP", call_id="by", expires="0"))
-        assert (await tcp_response(bystander, SipParser())).status == 200  # type: ignore[union-attr]
+        by = await tcp_register(bystander, SipParser(), by_address, call_id="by", expires="0")
+        assert by is not None and by.status == 200
         fresh, fresh_address = await tcp_client(CLIENTS[8], server)
-        await fresh.send_all(register(fresh_address, transport="TCP", call_id="fresh", expires="0"))
-        assert (await tcp_response(fresh, SipParser())).status == 200  # type: ignore[union-attr]
+        again = await tcp_register(fresh, SipParser(), fresh_address, call_id="fresh", expires="0")
+        assert again is not None and again.status == 200
         nursery.cancel_scope.cancel()
     events.log.close()
 
@@ -494,8 +554,8 @@ async def test_a_raising_dispatch_on_a_connection_gets_500_then_closes_it(
         assert await tcp_response(victim, parser) is None
         await events.wait_for("EP1007", surface="sip-connection")
         fresh, fresh_address = await tcp_client(CLIENTS[8], server)
-        await fresh.send_all(register(fresh_address, transport="TCP", call_id="fresh", expires="0"))
-        assert (await tcp_response(fresh, SipParser())).status == 200  # type: ignore[union-attr]
+        again = await tcp_register(fresh, SipParser(), fresh_address, call_id="fresh", expires="0")
+        assert again is not None and again.status == 200
         nursery.cancel_scope.cancel()
     events.log.close()
 
@@ -517,21 +577,20 @@ async def test_a_raising_request_handler_gets_500_on_its_transaction_and_ep1007(
         monkeypatch.setattr(service.sip, "handler", handler)
         if transport == "UDP":
             client, address = await udp_client(CLIENTS[6])
-            reply = await udp_exchange(client, server, register(address, call_id="boom-handler"))
+            # (issue 14: the handler runs only for an authenticated request)
+            reply, sent = await udp_register(client, server, address, call_id="boom-handler")
             assert reply.status == 500
             # the transaction keeps its 500: a retransmission gets it again, the handler is not rerun
-            again = await udp_exchange(client, server, register(address, call_id="boom-handler"))
+            again = await udp_exchange(client, server, sent)
             assert again.status == 500
-            reply = await udp_exchange(client, server, register(address, call_id="fine", expires="0"))
+            reply, _ = await udp_register(client, server, address, call_id="fine", expires="0")
         else:
             stream, address = await tcp_client(CLIENTS[7], server)
             parser = SipParser()
-            await stream.send_all(register(address, transport="TCP", call_id="boom-handler"))
-            reply = await tcp_response(stream, parser)  # type: ignore[assignment]
+            reply = await tcp_register(stream, parser, address, call_id="boom-handler")  # type: ignore[assignment]
             assert reply is not None and reply.status == 500
             # the same connection goes on: the failure was the transaction's, not the connection's
-            await stream.send_all(register(address, transport="TCP", call_id="fine", expires="0"))
-            reply = await tcp_response(stream, parser)  # type: ignore[assignment]
+            reply = await tcp_register(stream, parser, address, call_id="fine", expires="0")  # type: ignore[assignment]
         assert reply is not None and reply.status == 200
         record = await events.wait_for("EP1007", surface=surface)
         assert "transaction user" in str(record.get("error"))

@@ -87,6 +87,8 @@ from edgeproxy.policy.snapshot import PolicySnapshot, build_snapshot
 from edgeproxy.tokenizer import Element
 from edgeproxy.xmpp.namespaces import NS_SERVER
 from fixtures.serve import ServeProcess, start_serve
+from fixtures.sipauth import authorization, md5_challenge
+from fixtures.sipauth import user as sip_user
 
 EDGE_IP, PARTNER_IP, UA_IP = "127.0.0.70", "127.0.0.71", "127.0.0.72"
 ABUSE_NET = "127.0.1"  # 127.0.1.1–50 slow-loris, .51–52 the flood
@@ -201,7 +203,7 @@ def edge_store(partner_port: int) -> Configuration:
         partners=(Partner(domain=PARTNER, type=PartnerType.FEDERATED,
                           proxy_fqdn=f"{PARTNER_IP}:{partner_port}", **TCP_DIALBACK_ROW),),
         policies=(AccessPolicy(identity="global", xmpp=True, federation=True),),
-        users=(User(sip=f"sip:{ALICE}"),),
+        users=(sip_user(ALICE.partition("@")[0]),),  # issue 14: with the test SIP password
     )
 
 
@@ -242,6 +244,7 @@ class SipUa:
         self._transactions: set[tuple[str, str, str]] = set()
         self._answers: dict[str, trio.Event] = {}
         self.statuses: dict[str, int] = {}
+        self._challenges: dict[str, list[str]] = {}
         self.retransmissions = 0
         self.other_requests: Counter[str] = Counter()
 
@@ -254,6 +257,9 @@ class SipUa:
                 status = int(first.split()[1])
                 call_id = header(headers, "call-id")
                 if status >= 200 and call_id in self._answers:
+                    if status in (401, 407):  # issue 14: the gateway's digest challenge
+                        self._challenges[call_id] = [v for n, v in headers if n in (
+                            "www-authenticate", "proxy-authenticate")]
                     self.statuses.setdefault(call_id, status)
                     self._answers[call_id].set()
                 continue
@@ -284,20 +290,34 @@ class SipUa:
         return "\r\n".join(lines).encode()
 
     def _request(self, method: str, uri: str, call_id: str, branch: str, extra: list[str],
-                 body: bytes = b"", to: str = "") -> bytes:
+                 body: bytes = b"", to: str = "", cseq: int = 1) -> bytes:
         lines = [
             f"{method} {uri} SIP/2.0",
-            f"Via: SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{branch};rport",
+            f"Via: SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{branch}{'' if cseq == 1 else f'a{cseq}'};rport",
             f"From: <sip:{ALICE}>;tag={branch}",
             f"To: <{to or uri}>",
             f"Call-ID: {call_id}",
-            f"CSeq: 1 {method}",
+            f"CSeq: {cseq} {method}",
             "Max-Forwards: 70",
             *extra,
             f"Content-Length: {len(body)}",
             "", "",
         ]
         return "\r\n".join(lines).encode() + body
+
+    async def _authenticated(self, method: str, uri: str, call_id: str, branch: str,
+                             extra: list[str], body: bytes = b"", to: str = "") -> int:
+        """One request; a 401/407 (issue 14: the gateway challenges its users) is answered once
+        with an MD5 digest for alice and ``PASSWORD``, as a new transaction (CSeq 2)."""
+        status = await self._transaction(call_id, self._request(method, uri, call_id, branch, extra, body, to))
+        if status not in (401, 407):
+            return status
+        challenge = md5_challenge(self._challenges.pop(call_id))
+        name = "Authorization" if status == 401 else "Proxy-Authorization"
+        value = authorization(challenge, method=method, uri=uri, username=ALICE.partition("@")[0])
+        self.statuses.pop(call_id, None)
+        return await self._transaction(
+            call_id, self._request(method, uri, call_id, branch, [*extra, f"{name}: {value}"], body, to, cseq=2))
 
     async def _transaction(self, call_id: str, data: bytes) -> int:
         answered = self._answers[call_id] = trio.Event()
@@ -317,17 +337,15 @@ class SipUa:
 
     async def register(self) -> int:
         call_id = f"soak-reg@{self.host}"
-        data = self._request("REGISTER", f"sip:{OURS}", call_id, "soakreg",
-                             [f"Contact: <sip:alice@{self.host}:{self.port}>", "Expires: 600"],
-                             to=f"sip:{ALICE}")
-        return await self._transaction(call_id, data)
+        return await self._authenticated("REGISTER", f"sip:{OURS}", call_id, "soakreg",
+                                         [f"Contact: <sip:alice@{self.host}:{self.port}>", "Expires: 600"],
+                                         to=f"sip:{ALICE}")
 
     async def send_to_bob(self, n: int) -> int:
         text = f"s2x-{n}".encode()
         call_id = f"soak-s2x-{n}@{self.host}"
-        data = self._request("MESSAGE", f"sip:{BOB}", call_id, f"s2x{n}",
-                             ["Content-Type: text/plain;charset=UTF-8"], text)
-        return await self._transaction(call_id, data)
+        return await self._authenticated("MESSAGE", f"sip:{BOB}", call_id, f"s2x{n}",
+                                         ["Content-Type: text/plain;charset=UTF-8"], text)
 
 
 # -- the exchange ----------------------------------------------------------------------------

@@ -27,12 +27,12 @@ from edgeproxy.policy.model import (
     Negotiation,
     Partner,
     PartnerType,
-    User,
 )
 from edgeproxy.policy.snapshot import PolicySnapshot, build_snapshot
 from edgeproxy.policy.store import Store
 from edgeproxy.tokenizer import Element
 from edgeproxy.xmpp.namespaces import NS_SERVER
+from fixtures.sipauth import user as sip_user
 
 REQ, NOS = Negotiation.REQUIRED, Negotiation.NOT_SUPPORTED
 SASL_ROW = {"tls": REQ, "sasl": REQ, "dialback": False}
@@ -61,7 +61,8 @@ def configuration(domain: str, users: tuple[str, ...], secret: str, *partners: P
         gateway=GatewaySettings(dialback_secret=secret, log_message_bodies=log_message_bodies),
         partners=partners,
         policies=(AccessPolicy(identity="global", xmpp=True, federation=True),),
-        users=tuple(User(sip=f"sip:{u}@{domain}") for u in users),
+        # issue 14: every user has the test SIP password (MD5: what SIPp and baresip answer)
+        users=tuple(sip_user(u, domain) for u in users),
     )
 
 

@@ -38,6 +38,7 @@ from edgeproxy.net.delivery import Delivery, to_bytes
 from edgeproxy.ops.commands import AdminClient
 from edgeproxy.ops.status import decode_status
 from edgeproxy.xmpp.namespaces import NS_STANZAS
+from fixtures.sipauth import sipp_auth
 from fixtures.tools import require_tool
 
 OUTAGE_BOUND = 0.5
@@ -304,11 +305,12 @@ async def test_both_roles_a_sip_message_reaches_the_s2s_peer(tmp_path: Path) -> 
         async with both_roles(tmp_path) as (app, peer, sip):
             await wait_for(lambda: app.status().channel.state.value == "connected")
             text = "Grüße aus SIP ☃"
+            keys = ["-s", "bob", "-key", "from_user", "alice", "-key", "from_domain", "contoso.test",
+                    "-key", "domain", "fabrikam.test", "-key", "text", text]
             done = await trio.run_process(
                 [sipp, "-sf", str(scenario), "-i", ALICE_IP, "-p", str(_free_udp_tcp_port(ALICE_IP)),
                  "-m", "1", "-nostdin", "-timeout", "15", "-timeout_error", "-default_behaviors", "all,-bye",
-                 "-s", "bob", "-key", "from_user", "alice", "-key", "from_domain", "contoso.test",
-                 "-key", "domain", "fabrikam.test", "-key", "text", text, sip],
+                 *sipp_auth(scenario, keys), *keys, sip],  # issue 14: alice answers the 407
                 check=False, capture_stdout=True, capture_stderr=True,
             )
             assert done.returncode == 0, done.stderr.decode()[-800:]

@@ -44,6 +44,7 @@ from edgeproxy.policy.model import PartnerType, User
 from edgeproxy.policy.store import Store
 from edgeproxy.tokenizer import Element
 from edgeproxy.xmpp.namespaces import NS_SERVER
+from fixtures.sipauth import sipp_auth
 from fixtures.tools import require_tool
 
 GATEWAY_IP, UAS_IP, UAC_IP = "127.0.0.50", "127.0.0.51", "127.0.0.52"
@@ -162,6 +163,7 @@ def sipp_command(scenario: str, ip: str, *keys: tuple[str, str], log: Path, remo
            "-default_behaviors", "all,-bye", "-trace_logs", "-log_file", str(log)]
     for name, value in keys:
         cmd += ["-key", name, value]
+    cmd += sipp_auth(SCENARIOS / scenario, cmd)  # issue 14: the UAC answers the 401/407
     return cmd + ([remote] if remote else [])
 
 

@@ -191,6 +191,49 @@ def test_set_password_from_a_file_stores_only_the_hashes(cli, alice, state_dir, 
     assert PASSWORD.encode() not in raw and expected_ha1("MD5", f"alice:contoso.test:{PASSWORD}").encode() in raw
 
 
+@pytest.mark.parametrize(
+    ("option", "stored"),
+    [(None, ("MD5", "SHA-256")), ("both", ("MD5", "SHA-256")), ("md5", ("MD5",)), ("sha-256", ("SHA-256",))],
+)
+def test_set_password_algorithms_chooses_the_hashes_stored(
+    cli, alice, state_dir, tmp_path, no_prompt, option, stored
+):
+    secret = tmp_path / "password.txt"
+    secret.write_text(f"{PASSWORD}\n")
+    cli("user", "set-password", ALICE, "--password-file", str(secret))  # both, then replaced
+    extra = () if option is None else ("--algorithms", option)
+    result = cli("user", "set-password", ALICE, "--password-file", str(secret), *extra)
+    assert result.code == 0, result
+    assert f"digest hashes only: {', '.join(stored)})" in result.out
+    creds = stored_user(state_dir).credentials
+    assert tuple(c.algorithm for c in creds) == stored
+    assert all(c.realm == "contoso.test" for c in creds)
+    assert {c.algorithm: c.ha1 for c in creds} == {
+        a: expected_ha1(a, f"alice:contoso.test:{PASSWORD}") for a in stored
+    }
+
+
+def test_set_password_refuses_an_unknown_algorithm_and_keeps_the_old_hashes(
+    cli, alice, state_dir, tmp_path, no_prompt
+):
+    secret = tmp_path / "password.txt"
+    secret.write_text(f"{PASSWORD}\n")
+    result = cli("user", "set-password", ALICE, "--password-file", str(secret), "--algorithms", "sha-1")
+    assert result.code != 0
+    assert stored_user(state_dir).credentials == ()
+
+
+def test_set_password_md5_only_for_a_missing_user_or_an_empty_password_is_refused(
+    cli, alice, state_dir, tmp_path, no_prompt
+):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    result = cli("user", "set-password", ALICE, "--password-file", str(empty), "--algorithms", "md5")
+    assert result.code == 1 and "empty" in result.err
+    assert cli("user", "set-password", "bob@contoso.test", "--algorithms", "md5").code == 1
+    assert stored_user(state_dir).credentials == ()
+
+
 def test_set_password_reads_standard_input_with_dash(cli, alice, state_dir, monkeypatch, no_prompt):
     monkeypatch.setattr("sys.stdin", io.StringIO("from-stdin\r\n"))
     assert cli("user", "set-password", ALICE, "--password-file", "-").code == 0

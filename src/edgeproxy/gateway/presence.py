@@ -32,7 +32,8 @@ Next hop (issue 5, ``presence_watch.py``)
 
 Local users subscribing to XMPP contacts (RFC 6665, RFC 8048 §5)
     A ``SUBSCRIBE`` (``Event: presence``) to a URI of an XMPP domain is "the user adds the
-    contact": it approves a pending request from that contact (SPEC §4; ``on_contact_added``
+    contact" — when the request's admitted identity (``ServerContext.identity``, issue 14:
+    digest, its dialog, or the trusted next hop) is the subscriber —: it approves a pending request from that contact (SPEC §4; ``on_contact_added``
     lets the store learn it) and sends an XMPP ``subscribe``. The gateway is the notifier of
     that subscription dialog: 200 with the granted ``Expires`` (at most the subscription
     refresh interval), an immediate NOTIFY (§4.2.1.2; ``pending`` until the contact answers),
@@ -478,13 +479,38 @@ class PresenceAgent:
             watcher.state = "active"
             watcher.last = self.contact_presence[contact]
         await self._notify(watcher)
-        if new:
+        # "The user adds the contact" only when the user sent it (issue 14: the admission
+        # proved the From, by digest, its dialog or the next hop): never for a request whose
+        # identity nobody checked.
+        if new and ctx.identity == subscriber.aor:
             self.contact_added(local, contact)
             self._send(
                 Element(
                     "presence", "jabber:server", {"from": local, "to": contact, "type": "subscribe"}
                 )
             )
+
+    def dialog_owner(self, request: SipRequest) -> str | None:
+        """The AoR of the user whose SUBSCRIBE dialog ``request`` belongs to (Call-ID, our tag
+        and theirs must match), or None: the admission lets a refresh or un-SUBSCRIBE in such
+        a dialog through without a new challenge (issue 14). Every dialog here was created by
+        an admitted SUBSCRIBE."""
+        try:
+            from_ = parse_name_addr(request.headers.get("From") or "")
+            to = parse_name_addr(request.headers.get("To") or "")
+            local = sip_uri_to_jid(from_.uri.aor)
+            contact = str(parse_jid(sip_uri_to_jid(to.uri.aor)).bare)
+        except (ValueError, TranslationError, InvalidJid):
+            return None
+        watcher = self.watchers.get((local, contact))
+        if (
+            watcher is None
+            or watcher.call_id != request.call_id
+            or watcher.local_tag != to.tag
+            or watcher.remote_tag != (from_.tag or "")
+        ):
+            return None
+        return parse_uri(watcher.remote_uri).aor
 
     def contact_added(self, local: str, contact: str) -> None:
         """The local user added ``contact``: approve its pending request (SPEC §4)."""

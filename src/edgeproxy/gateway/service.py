@@ -44,6 +44,7 @@ SIP → XMPP (requests to users of XMPP domains)
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import secrets
 import sqlite3
@@ -58,7 +59,14 @@ from edgeproxy.config import EdgeConfig
 from edgeproxy.gateway.directory import ContactRecorder, follow_store
 from edgeproxy.gateway.presence import PresenceAgent
 from edgeproxy.gateway.presence_watch import PresenceWatcher
-from edgeproxy.gateway.sip.message import SipParseError, SipRequest, response_to
+from edgeproxy.gateway.sip.admission import (
+    Admission,
+    Admitted,
+    Peer,
+    UserLookup,
+    users_from_snapshot,
+)
+from edgeproxy.gateway.sip.message import SipParseError, SipRequest, SipResponse, response_to
 from edgeproxy.gateway.sip.proxy import LocalProxy
 from edgeproxy.gateway.sip.registrar import Registrar
 from edgeproxy.gateway.sip.transport import (
@@ -69,7 +77,7 @@ from edgeproxy.gateway.sip.transport import (
     SipTransport,
     destination_for,
 )
-from edgeproxy.gateway.sip.uri import parse_uri
+from edgeproxy.gateway.sip.uri import SipUri, parse_uri
 from edgeproxy.gateway.tls import GatewayTls, gateway_tls
 from edgeproxy.gateway.translate import (
     PAGE_MODE_CEILING,
@@ -149,6 +157,7 @@ class GatewayService:
         answer_wait: float = SIP_ANSWER_WAIT,
         telemetry: Telemetry | None = None,
         channel_secret: bytes | None = None,
+        sip_users: UserLookup | None = None,
     ) -> None:
         self.registrar = Registrar(sip_domains)
         self.answer_wait = answer_wait
@@ -178,6 +187,21 @@ class GatewayService:
             )
         self.page_mode_ceiling = page_mode_ceiling
         self.policy = policy
+        if sip_users is None:
+            sip_users = users_from_snapshot(lambda: policy().users) if policy is not None else _nobody
+        # Who may send us requests (issue 14, sip/admission.py): digest for our users, or only
+        # the next hop when there is one (its addresses are resolved when ``run`` starts).
+        self.admission = Admission(
+            sip_domains,
+            sip_users,
+            next_hop_hosts=_literal_hosts(self.next_hop) if self.next_hop is not None else None,
+            next_hop_tls_name=(
+                self.next_hop.host.strip("[]").lower()
+                if self.next_hop is not None and destination_for(self.next_hop).transport == "tls"
+                else None
+            ),
+            dialog_owner=self.presence.dialog_owner,
+        )
         self.channel = ChannelEndpoint(
             Role.GATEWAY,
             on_items=self._from_edge,
@@ -201,6 +225,8 @@ class GatewayService:
         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve SIP and keep the channel to the edge; ``started`` gets the SIP (host, port)."""
+        if self.next_hop is not None and not self.admission.next_hop_hosts:
+            self.admission.next_hop_hosts = await _resolve(self.next_hop.host)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             sip_address = await nursery.start(self.sip.serve)
@@ -393,9 +419,17 @@ class GatewayService:
     def _take_now(
         self, request: SipRequest, ctx: ServerContext
     ) -> Callable[[], Awaitable[None]] | None:
-        """The transport's ``take_now``: a MESSAGE for the XMPP side is queued for the edge at
-        once, in the order the transport read it (several may come in one TCP read); what is
-        left (waiting for the edge, answering) is returned to run as a task."""
+        """The transport's ``take_now``, called for every new request as it is read: first the
+        admission (issue 14: digest, sender identity, next hop) — a refused request is answered
+        and goes no further; an admitted one carries its identity in ``ctx.identity``. Then a
+        MESSAGE for the XMPP side is queued for the edge at once, in the order the transport
+        read it (several may come in one TCP read); what is left (waiting for the edge,
+        answering) is returned to run as a task."""
+        verdict = self.admission.admit(request, _peer(ctx), trio.current_time())
+        if isinstance(verdict, SipResponse):
+            return partial(ctx.respond, verdict)
+        assert isinstance(verdict, Admitted)
+        ctx.identity = verdict.identity
         if request.method != "MESSAGE":
             return None
         try:
@@ -508,6 +542,30 @@ async def run_gateway(
     finally:
         if holder is not None:
             holder.close()
+
+
+def _nobody(aor: str) -> None:
+    """The user lookup without a policy: no user, so nobody authenticates."""
+    del aor
+
+
+def _peer(ctx: ServerContext) -> Peer:
+    return Peer(ctx.source.host, ctx.source.transport, ctx.certificate_names)
+
+
+def _literal_hosts(uri: SipUri) -> frozenset[str]:
+    """The next hop's address when its URI gives one (else empty: resolved at start)."""
+    host = uri.host.strip("[]")
+    try:
+        return frozenset({str(ipaddress.ip_address(host))})
+    except ValueError:
+        return frozenset()
+
+
+async def _resolve(host: str) -> frozenset[str]:
+    """Every address of the next hop's name (requests are accepted from any of them)."""
+    infos = await trio.socket.getaddrinfo(host, None)
+    return frozenset(str(info[4][0]) for info in infos)
 
 
 def _current_snapshot(holder: SnapshotHolder) -> Callable[[], PolicySnapshot]:

@@ -40,7 +40,7 @@ import msgspec
 
 from edgeproxy.config import EdgeConfig, load_config
 from edgeproxy.policy import operations as ops
-from edgeproxy.policy.credentials import EMPTY_PASSWORD
+from edgeproxy.policy.credentials import EMPTY_PASSWORD, credentials_for
 from edgeproxy.policy.model import (
     AccessPolicy,
     GatewaySettings,
@@ -51,7 +51,12 @@ from edgeproxy.policy.model import (
 )
 from edgeproxy.policy.store import Store
 from edgeproxy.policy.transfer import export_bytes, import_bytes
-from edgeproxy.policy.validation import ChangeRefused, normalize_policy_identity
+from edgeproxy.policy.validation import (
+    ChangeRefused,
+    normalize_policy_identity,
+    refuse,
+    validate_user,
+)
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -546,10 +551,35 @@ def _user_set_password(args: argparse.Namespace) -> int:
         password = _read_secret("password", args.password_file)
         if not password:
             return _refused(EMPTY_PASSWORD)
-        user = ops.set_password(store, config.edge.domains, sip, password)
+        user = _set_password(store, config.edge.domains, sip, password, args.algorithms)
     algorithms = ", ".join(c.algorithm for c in user.credentials)
     print(f"password of {user.sip} saved (digest hashes only: {algorithms})")
     return EXIT_OK
+
+
+#: ``user set-password --algorithms``: which digest hashes to store (issue 14).
+PASSWORD_ALGORITHMS = {"both": ("MD5", "SHA-256"), "md5": ("MD5",), "sha-256": ("SHA-256",)}
+
+
+def _set_password(store: Store, domains: Any, sip: str, password: str, algorithms: str) -> User:
+    """``ops.set_password``, keeping only the credentials of ``algorithms`` (one transaction).
+    MD5 only is for UAs that take the first challenge whatever its algorithm and know only MD5
+    (the gateway offers only the algorithms a user has credentials for)."""
+    if algorithms == "both":
+        return ops.set_password(store, domains, sip, password)
+    keep = PASSWORD_ALGORITHMS[algorithms]
+    try:
+        credentials = tuple(c for c in credentials_for(sip, password) if c.algorithm in keep)
+    except ValueError as exc:
+        raise refuse(str(exc)) from None
+    with store.write() as tx:
+        current = tx.user(sip)
+        if current is None:
+            raise refuse(f"no user {sip}")
+        changed = msgspec.structs.replace(current, credentials=credentials)
+        validate_user(changed, (p.identity for p in tx.policies()), domains)
+        tx.put_user(changed)
+    return changed
 
 
 def _user_clear_password(args: argparse.Namespace) -> int:
@@ -636,6 +666,13 @@ def _register_user(sub: Any) -> None:
     password.add_argument(
         "--password", nargs="?", action=_SecretOnArgv, help=argparse.SUPPRESS,
         instead="--password-file PATH (first line; - for standard input) or the prompt (no option)",
+    )
+    password.add_argument(
+        "--algorithms",
+        choices=tuple(PASSWORD_ALGORITHMS),
+        default="both",
+        help="digest hashes to store (default both; md5 for user agents that know only MD5 "
+        "and take the first challenge, e.g. SIPp 3.6, baresip 1.0)",
     )
     password.set_defaults(handler=_user_set_password)
     clear = gsub.add_parser(

@@ -7,7 +7,10 @@ or unloadable certificate is a :class:`~edgeproxy.errors.ConfigError` (the opera
 TLS; starting without it would be a silent downgrade). ``[]``: no TLS.
 
 The contexts (RFC 5630, RFC 5922 §7): as TLS server we present ``[tls] certificate`` and do not
-request a client certificate (user agents rarely have one). As TLS client we present it too (a
+request a client certificate (user agents rarely have one) — except when ``[gateway] next-hop``
+is ``sips:`` or ``;transport=tls``: only the next hop may then send us requests (issue 14,
+``admission.py``), and it must present a certificate that verifies against ``[tls] trust`` and
+names its host (mutual TLS, as Lync servers require of each other). As TLS client we present it too (a
 SIP server in front of us may demand mutual TLS, as Lync does between servers) and verify the
 peer against ``[tls] trust`` (the system store when the file is absent, like S2S) including the
 host we connect to — an IP address must be in the certificate's IP SANs, a name in its DNS SANs.
@@ -65,6 +68,18 @@ def sip_tls_contexts(config: EdgeConfig) -> tuple[ssl.SSLContext, ssl.SSLContext
             client.load_verify_locations(cafile=str(trust))
         else:
             client.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        if _next_hop_is_tls(config.gateway.next_hop):
+            # issue 14: only the next hop may send us requests, over mutual TLS
+            server.verify_mode = ssl.CERT_REQUIRED
+            if trust is not None and trust.exists():
+                server.load_verify_locations(cafile=str(trust))
+            else:
+                server.load_default_certs(ssl.Purpose.CLIENT_AUTH)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"{config.source}: tls.trust {trust} does not load: {exc}") from None
     return server, client
+
+
+def _next_hop_is_tls(next_hop: str) -> bool:
+    text = next_hop.strip().lower()
+    return text.startswith("sips:") or ";transport=tls" in text

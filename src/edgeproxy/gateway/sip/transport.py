@@ -53,11 +53,13 @@ handling one datagram (``Surface.SIP_DATAGRAM``), one TCP/TLS connection
 the loop goes on. A failure to send (the peer went away) is logged, not raised (§17.2.4 / §18.4:
 the transport tells the transaction user, which has nothing more to do).
 
-UDP amplification (``UDP_AMPLIFICATION_FACTOR``): nothing here authenticates a UDP source yet
-(issue 14 adds digest), so any source address may be spoofed. A response over UDP is therefore
+UDP amplification (``UDP_AMPLIFICATION_FACTOR``): a UDP source address may be spoofed, and the
+answers to unauthenticated requests (digest challenges and refusals, issue 14) go to whatever
+address a request claims. A response over UDP is therefore
 never larger than the request it answers: a larger one is replaced by its minimal form
 (``message.minimal_response``: the copied headers and those its status needs), and when even
-that does not fit it is not sent (the request is still absorbed by its transaction). Both count
+that does not fit it is not sent (the request is still absorbed by its transaction). A 401/407
+may exceed its request by ``UDP_CHALLENGE_ALLOWANCE`` bytes (its challenges must get through). Both count
 as ``edgeproxy_limit_reached_total{limit="sip-udp-response-size"}``. Over TCP/TLS the handshake
 proves the source address and the full response is sent.
 """
@@ -124,6 +126,10 @@ SIP_PORT, SIPS_PORT = 5060, 5061
 #: RFC 3261 has no such rule; it leaves reflection to authentication (§26.3.2), which the
 #: registrar does not have yet (issue 14). Over TCP/TLS there is no limit.
 UDP_AMPLIFICATION_FACTOR = 1
+#: Bytes a digest challenge (401/407) over UDP may exceed its request by (issue 14): its two
+#: challenges (SHA-256 and MD5, ~100 B each) make it larger than a small REGISTER, and without
+#: them no UA could authenticate over UDP. Bounded: at most this much more than was sent.
+UDP_CHALLENGE_ALLOWANCE = 256
 _RELIABLE = frozenset(("tcp", "tls"))
 #: What a send raises when the peer or the network is gone: logged, never raised further.
 _TRANSPORT_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -183,6 +189,11 @@ class ServerContext:
         self._tx = tx
         self.source = reply_to
         self.request_size = request_size
+        #: The AoR the request was admitted as (issue 14, ``admission.py``); None when the
+        #: transport runs without the gateway's admission (unit tests of the stack).
+        self.identity: str | None = None
+        #: Names of a verified TLS client certificate (``tls_peer_names``); empty otherwise.
+        self.certificate_names: frozenset[str] = transport.peer_names(reply_to)
 
     @property
     def responded(self) -> bool:
@@ -353,6 +364,21 @@ class SipTransport:
             return udp, listeners
         raise OSError("no port free for both UDP and TCP")
 
+    def peer_names(self, source: Destination) -> frozenset[str]:
+        """The DNS and IP subjectAltNames of the verified client certificate of the TLS
+        connection ``source`` came in on (the server context must ask for one: it does when
+        the next hop is ``;transport=tls``, ``sip/tls.py``); empty for UDP/TCP or no certificate."""
+        if source.transport != "tls":
+            return frozenset()
+        conn = self._tls.get((source.host, source.port))
+        if conn is None or not isinstance(conn.stream, trio.SSLStream):
+            return frozenset()
+        cert = conn.stream.getpeercert()
+        if not cert:
+            return frozenset()
+        names = cert.get("subjectAltName", ())
+        return frozenset(str(value).lower() for kind, value in names if kind in ("DNS", "IP Address"))
+
     @property
     def via_host(self) -> str:
         return f"{self.host}:{self.port}"
@@ -403,13 +429,18 @@ class SipTransport:
         """The response to send and its bytes under ``UDP_AMPLIFICATION_FACTOR`` (see the module
         docstring): as it is, its minimal form, or (None) nothing."""
         data = serialize(response)
-        if request_size is None or len(data) <= request_size * UDP_AMPLIFICATION_FACTOR:
+        if request_size is None:
+            return response, data
+        allowed = request_size * UDP_AMPLIFICATION_FACTOR
+        if response.status in (401, 407):
+            allowed += UDP_CHALLENGE_ALLOWANCE
+        if len(data) <= allowed:
             return response, data
         if self.telemetry is not None:
             self.telemetry.metrics.limit_reached("sip-udp-response-size")
         small = minimal_response(response)
         data = serialize(small)
-        if len(data) <= request_size * UDP_AMPLIFICATION_FACTOR:
+        if len(data) <= allowed:
             self._udp_responses_shrunk += 1
             return small, data
         self._udp_responses_withheld += 1
