@@ -285,3 +285,31 @@ async def test_sip_subscribe_to_a_domain_that_is_not_a_partner_is_refused(tmp_pa
             await trio.sleep(0.1)
             assert edge.received == []  # no subscribe went out
             nursery.cancel_scope.cancel()
+
+
+async def test_a_subscribe_that_does_not_prove_the_user_adds_no_contact(tmp_path: Path) -> None:
+    """Issue 14 / SPEC §4: a SUBSCRIBE counts as "alice adds juliet" only when alice sent it. One
+    from someone who claims to be alice with the wrong password is refused (403 after the 407
+    challenge); juliet's pending request stays pending and nothing is approved."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            edge, service, gw = await start(nursery)
+            agent = service.presence
+            edge.presence("juliet@gmail.test/balcony", "alice@contoso.test", "subscribe")
+            await wait_for(lambda: bool(agent.pending))
+            cmd = sipp_command(
+                "subscribe_uac.xml", ALICE_IP,
+                "-key", "user", "alice", "-key", "domain", "contoso.test",
+                "-key", "contact", "juliet", "-key", "cdomain", "gmail.test",
+                "-key", "expires", "3600", "-au", "alice", "-ap", "not-alices-password",
+                "-auth_uri", "juliet@gmail.test",  # SIPp adds the "sip:"
+                remote=gw,
+            )  # fmt: skip
+            result = await trio.run_process(cmd, check=False, capture_stderr=True)
+            assert result.returncode != 0
+            assert b"SIP/2.0 403" in result.stderr, result.stderr.decode()[:400]
+            await trio.sleep(0.2)
+            assert agent.pending  # still waiting for alice
+            assert agent.watchers == {}
+            assert [e.get("type") for e in edge.to("juliet@gmail.test")] == []  # nothing approved
+            nursery.cancel_scope.cancel()
