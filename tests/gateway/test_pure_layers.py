@@ -11,6 +11,7 @@ PURE = [
     "edgeproxy.loopback.frames",
     "edgeproxy.loopback.reliable",
     "edgeproxy.gateway.translate",
+    "edgeproxy.gateway.sip.lexical",
     "edgeproxy.gateway.sip.message",
     "edgeproxy.gateway.sip.uri",
     "edgeproxy.gateway.sip.transaction",

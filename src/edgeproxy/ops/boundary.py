@@ -30,12 +30,23 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from edgeproxy.ops.telemetry import Telemetry
+from typing import Protocol
 
 log = logging.getLogger("edgeproxy.boundary")
+
+
+class _FailureMetrics(Protocol):
+    def input_failed(self, surface: str) -> None: ...
+
+
+class Telemetry(Protocol):
+    """What the boundary reports to (``ops.telemetry.Telemetry`` is one); a protocol, so that
+    this module imports nothing of the drivers it guards."""
+
+    @property
+    def metrics(self) -> _FailureMetrics: ...
+
+    def emit_input_failed(self, surface: str, peer: str, error: str, answer: str) -> None: ...
 
 
 class Surface(enum.StrEnum):

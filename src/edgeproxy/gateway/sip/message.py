@@ -43,6 +43,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
+from edgeproxy.gateway.sip import uri as _uri
+from edgeproxy.gateway.sip.lexical import SipParseError, skip_quoted
+
 MAX_HEAD_BYTES: Final = 16384
 MAX_HEADERS: Final = 128
 MAX_BODY_BYTES: Final = 65536
@@ -126,17 +129,6 @@ REQUIRED_FOR_STATUS: Final = {
     423: ("min-expires",),
 }
 REQUIRED_FOR_2XX: Final = {"SUBSCRIBE": ("expires", "contact", "record-route")}
-
-
-class SipParseError(ValueError):
-    """Malformed SIP; ``status`` is the response to send if the message was a request, ``head``
-    the raw start line and headers when they were found (to answer from, see
-    :func:`response_from_head`)."""
-
-    def __init__(self, message: str, status: int = 400, head: bytes | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.head = head
 
 
 def parse_uint(text: str, what: str, *, maximum: int = MAX_UINT32) -> int:
@@ -281,20 +273,6 @@ def parse_cseq(value: str) -> tuple[int, str]:
     if match is None or int(match[1]) > MAX_CSEQ:
         raise SipParseError(f"bad CSeq {value[:60]!r}")
     return int(match[1]), match[2].upper()
-
-
-def skip_quoted(text: str) -> int:
-    """Index just after the quoted-string ``text`` starts with (§25.1: backslash escapes), or -1."""
-    i = 1
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch == '"':
-            return i + 1
-        i += 1
-    return -1
 
 
 def check_address(value: str, name: str) -> None:
@@ -566,5 +544,3 @@ class SipParser:
         return message
 
 
-# uri.py imports this module (SipParseError): imported last, used at call time.
-from edgeproxy.gateway.sip import uri as _uri  # noqa: E402

@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Final
 from urllib.parse import quote, unquote_to_bytes
 
-from edgeproxy.gateway.sip.message import SipParseError, skip_quoted
+from edgeproxy.gateway.sip.lexical import SipParseError, skip_quoted
 
 #: §25.1 ``port = 1*DIGIT`` (ASCII); 0 and values over 65535 are no ports.
 _PORT: Final = re.compile(r"[0-9]{1,5}")
