@@ -237,16 +237,19 @@ def item_problem(
     kind: object, from_: str, to: str, type: str, id: str, raw: bytes, bounce: tuple[str, str] | None = None
 ) -> str | None:
     """Why the peer's decoder would refuse this item (the limits above), or None if it would not."""
-    try:
-        StanzaKind(kind)
-    except ValueError:
-        return f"kind {kind!r} is not message, presence or iq"
+    if not isinstance(kind, StanzaKind):  # per stanza: the enum lookup only when needed
+        try:
+            StanzaKind(kind)
+        except ValueError:
+            return f"kind {kind!r} is not message, presence or iq"
     if not 1 <= len(raw) <= MAX_STANZA_BYTES:
         return f"stanza of {len(raw)} bytes (1 to MAX_STANZA_BYTES={MAX_STANZA_BYTES})"
-    for name, value, limit in (("from", from_, MAX_ADDRESS_BYTES), ("to", to, MAX_ADDRESS_BYTES),
-                               ("type", type, MAX_SHORT), ("id", id, MAX_SHORT)):
-        if len(value) > limit:
-            return f"{name} of {len(value)} characters exceeds {limit}"
+    if (len(from_) > MAX_ADDRESS_BYTES or len(to) > MAX_ADDRESS_BYTES
+            or len(type) > MAX_SHORT or len(id) > MAX_SHORT):
+        for name, value, limit in (("from", from_, MAX_ADDRESS_BYTES), ("to", to, MAX_ADDRESS_BYTES),
+                                   ("type", type, MAX_SHORT), ("id", id, MAX_SHORT)):
+            if len(value) > limit:
+                return f"{name} of {len(value)} characters exceeds {limit}"
     if bounce is not None and (len(bounce[0]) > MAX_SHORT or len(bounce[1]) > MAX_SHORT):
         return f"bounce condition or text longer than {MAX_SHORT} characters"
     return None

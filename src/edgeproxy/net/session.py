@@ -94,8 +94,8 @@ class Timeouts:
 class Shaper:
     """Byte rates (bytes/s, burst bytes) for an inbound stream; 0 = no limit (``[limits]``)."""
 
-    preauth: tuple[int, int] = (16384, 65536)
-    authenticated: tuple[int, int] = (8 * 1024 * 1024, 8 * 1024 * 1024)
+    preauth: tuple[int, int]
+    authenticated: tuple[int, int]
 
 
 OnEvent = Callable[["S2SSession", Event], Awaitable[None]]
@@ -153,6 +153,9 @@ class S2SSession:
         self.write_timed_out = False
         self._shaper = shaper
         self._bucket = TokenBucket(*shaper.preauth, now) if shaper is not None else None
+        self._shaped_authenticated = False
+        #: Seconds the reader waited for the byte rate (for tests and status).
+        self.shaped_seconds = 0.0
         #: The exception that ended this stream at the failure boundary (None: it did not).
         self.failure: BaseException | None = None
 
@@ -314,14 +317,11 @@ class S2SSession:
             self.shaped_seconds += delay
             await trio.sleep(delay)
 
-    _shaped_authenticated = False
-    #: Seconds the reader waited for the byte rate (for tests and status).
-    shaped_seconds = 0.0
-
     async def _read_loop(self) -> None:
         while self.conn.state is not State.CLOSED or self._linger:
             data = await self.stream.receive_some(MAX_READ)
-            await self._shape(len(data))
+            if self._bucket is not None:  # inbound streams only
+                await self._shape(len(data))
             if self._linger and self.conn.state is State.CLOSED:
                 if not data:
                     return

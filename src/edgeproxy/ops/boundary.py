@@ -5,8 +5,8 @@ Theory of operation
 Every place where bytes from outside enter the server is a *surface* (``Surface``): an S2S
 connection (inbound or outbound, before and after TLS), a dialback verification stream, a SIP
 datagram, a SIP TCP/TLS connection, a loopback-channel frame and each item in it, an admin HTTP
-request and a DNS answer. The handler of one such input runs inside :func:`contain` (async) or
-:func:`contain_sync`: any ``Exception`` it raises — including one wrapped in a trio
+request and a DNS answer. The handler of one such input runs inside :func:`contain`, or ends in an ``except*
+Exception`` that calls :func:`report` (a stream's own driver): any ``Exception`` it raises — including one wrapped in a trio
 ``ExceptionGroup`` — is caught there and
 
 1. the peer gets the protocol's answer through the caller's ``answer`` callback (stream error
@@ -115,26 +115,3 @@ async def contain(
         except* Exception as group:
             log.debug("answering a contained failure on %s failed: %s", surface, describe(group))
     return False
-
-
-def contain_sync(
-    surface: Surface,
-    peer: str,
-    telemetry: Telemetry | None,
-    handler: Callable[[], object],
-    *,
-    answer: Callable[[BaseException], object] | None = None,
-    answer_name: str = "dropped",
-) -> bool:
-    """:func:`contain` for synchronous handlers (a datagram parsed and answered in one go)."""
-    try:
-        handler()
-    except Exception as exc:  # noqa: BLE001 - this is the boundary
-        report(telemetry, surface, peer, exc, answer_name)
-        if answer is not None:
-            try:
-                answer(exc)
-            except Exception as again:  # noqa: BLE001
-                log.debug("answering a contained failure on %s failed: %s", surface, describe(again))
-        return False
-    return True
