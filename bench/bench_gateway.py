@@ -276,7 +276,7 @@ class CountingListener(PartnerListener):
                         elif isinstance(event, DialbackVerifyNeeded):
                             # the edge's key on its stream to us: accepted unchecked (a load
                             # generator is no security boundary); stanzas follow on this stream
-                            out += conn.send(DialbackVerdict(event.originating, event.receiving, valid=True))
+                            conn.send(DialbackVerdict(event.originating, event.receiving, valid=True))
                             authenticated = True
                     out += conn.data_to_send()
                     if out:

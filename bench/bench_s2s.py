@@ -39,8 +39,8 @@ from _edges import partner, set_partners, start_edge  # noqa: E402
 from _scripted_peer import open_scripted_stream  # noqa: E402
 
 from edgeproxy.certs import selfsigned  # noqa: E402
+from edgeproxy.certs.contexts import TlsRole, tls_context  # noqa: E402
 from edgeproxy.certs.pem import certificates_pem, private_key_pem  # noqa: E402
-from edgeproxy.net.tls import client_context, server_context  # noqa: E402
 from edgeproxy.policy.model import Negotiation  # noqa: E402
 
 USERS = ("alice",)
@@ -61,7 +61,7 @@ def write_certs(directory: Path) -> None:
 
 def contexts(directory: Path, domain: str):  # type: ignore[no-untyped-def]
     args = (directory / f"{domain}.pem", directory / f"{domain}.key", directory / "ca.pem")
-    return server_context(*args), client_context(*args)
+    return tls_context(TlsRole.S2S_SERVER, *args), tls_context(TlsRole.S2S_CLIENT, *args)
 
 
 def cpu_seconds(pid: int) -> float:

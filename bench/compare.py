@@ -1,6 +1,6 @@
 """edgeproxy vs Prosody 0.12 vs ejabberd 23.01 with the same load-test scenario, in one run.
 
-Usage (root, from the repository: it starts the servers with the interop fixtures' helpers)::
+Usage (root, from the repository: it starts the servers with the test fixtures' helpers)::
 
     .venv/bin/python bench/compare.py [--stanzas N] [--idle-sizes 1000,5000,10000] [--tls]
         [--servers edgeproxy,prosody,ejabberd] [--per-domain 100] [--repeat 3]
@@ -62,7 +62,7 @@ import msgspec
 import trio
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "interop")]
+sys.path[:0] = [str(ROOT / "tests")]
 
 from edgeproxy.loadtest import LoadTest, load_scenario  # noqa: E402
 from edgeproxy.loadtest.report import write_plot  # noqa: E402
@@ -92,11 +92,11 @@ EDGE_DOMAIN, PROSODY_DOMAIN, EJABBERD_DOMAIN = "contoso.test", "fabrikam.test", 
 async def edge_target(listen: int, sink_port: int, resolver: str, sims: list[str],
                       pki: Path | None) -> None:
     """An edge for contoso.test whose local delivery writes stanza bytes to the sink socket."""
+    from edgeproxy.certs.contexts import TlsRole, tls_context
     from edgeproxy.config import LimitsSection
     from edgeproxy.net.connector import Connector, ConnectorSettings
     from edgeproxy.net.context import EdgeContext
     from edgeproxy.net.edge import EdgeServer
-    from edgeproxy.net.tls import client_context, server_context
     from edgeproxy.policy.model import (
         AccessPolicy,
         Configuration,
@@ -180,7 +180,8 @@ async def edge_target(listen: int, sink_port: int, resolver: str, sims: list[str
     tls: dict[str, object] = {}
     if pki is not None:
         files = (pki / f"{EDGE_DOMAIN}.crt", pki / f"{EDGE_DOMAIN}.key", pki / "ca.crt")
-        tls = {"server_ssl": server_context(*files), "client_ssl": client_context(*files)}
+        tls = {"server_ssl": tls_context(TlsRole.S2S_SERVER, *files),
+               "client_ssl": tls_context(TlsRole.S2S_CLIENT, *files)}
     # All simulated partners connect from one address, up to 64 at a time (the harness's
     # CONNECT_CONCURRENCY): the per-address pre-authentication caps are raised for the bench
     # like the connection limits above, and like Prosody's and ejabberd's bench configurations
@@ -287,7 +288,7 @@ def certs_of(lab: Lab, domain: str) -> tuple[Path, Path, Path]:
 
 
 def start_edge(lab: Lab, tls: bool, profile: str | None = None) -> Running:
-    from prosody import free_port
+    from fixtures.ports import free_port
 
     port, sink_port = free_port(EDGE_ADDR), free_port(EDGE_ADDR)
     sims_file = lab.work / "sims.txt"
@@ -310,7 +311,8 @@ def start_edge(lab: Lab, tls: bool, profile: str | None = None) -> Running:
 
 
 def start_prosody_target(lab: Lab, tls: bool) -> Running:
-    from prosody import PASSWORD, free_port, start_prosody
+    from fixtures.ports import free_port
+    from fixtures.xmpp_servers import PASSWORD, start_prosody
 
     s2s, c2s = free_port(PROSODY_ADDR), free_port(PROSODY_ADDR)
     server = start_prosody(PROSODY_DOMAIN, PROSODY_ADDR, lab.dns, c2s_port=c2s, s2s_port=s2s,
@@ -350,8 +352,8 @@ def ejabberdctl_as_ejabberd(work: Path) -> Iterator[None]:
 
 
 def start_ejabberd_target(lab: Lab, tls: bool) -> Running:
-    from ejabberd import start_ejabberd
-    from prosody import PASSWORD, free_port
+    from fixtures.ports import free_port
+    from fixtures.xmpp_servers import PASSWORD, start_ejabberd
 
     s2s, c2s = free_port(EJABBERD_ADDR), free_port(EJABBERD_ADDR)
     with ejabberdctl_as_ejabberd(lab.work):
@@ -608,9 +610,8 @@ def main() -> int:
     if args.edge_target:
         return edge_target_main(args.edge_target, args.profile_to)
 
-    from prosody import free_port
-
     from fixtures.dnsmasq import host, srv, start_dnsmasq
+    from fixtures.ports import free_port
 
     raise_nofile()
     load_start = uptime()

@@ -4,8 +4,8 @@ Usage (from the repository)::
 
     .venv/bin/python bench/probe_tls_memory.py {plain|stdlib|edge} [N] [--client-cert]
 
-``edge`` uses edgeproxy's ``net.tls.server_context`` (requests a client certificate), ``stdlib``
-a bare ``ssl.SSLContext``. A client subprocess opens N connections to 127.0.0.99 and holds them;
+``edge`` uses edgeproxy's ``certs.contexts.tls_context`` with role ``S2S_SERVER`` (requests a
+client certificate), ``stdlib`` a bare ``ssl.SSLContext``. A client subprocess opens N connections to 127.0.0.99 and holds them;
 the server prints its RSS growth per connection. bench/RESULTS.md ("Load test comparison") uses
 it to tell TLS' own cost per stream from edgeproxy's.
 """
@@ -34,11 +34,11 @@ def rss_kib() -> int:
 
 
 async def server(kind: str, n: int, pki: Path, client_cert: bool) -> None:
-    from edgeproxy.net.tls import server_context
+    from edgeproxy.certs.contexts import TlsRole, tls_context
 
     files = (pki / "contoso.test.crt", pki / "contoso.test.key", pki / "ca.crt")
     if kind == "edge":
-        ctx: ssl.SSLContext = server_context(*files)
+        ctx: ssl.SSLContext = tls_context(TlsRole.S2S_SERVER, *files)
     else:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(files[0], files[1])

@@ -10,7 +10,7 @@ each with its own explicit tuple of exceptions it may let escape — anything el
 * ``PresentedIdentities.from_certificate`` (certs/identity.py) and ``covers`` /
   ``all_names`` on any certificate cryptography loaded — nothing may escape
   (``IDENTITY_EXPECTED`` is empty);
-* ``edgeproxy.net.tls.certificate_check`` (the production entry point on a peer's certificate)
+* ``edgeproxy.certs.peer.certificate_check`` (the production entry point on a peer's certificate)
   and the ``check(domain)`` it returns — ``CHECK_EXPECTED``. When this harness was written it
   let the ``ValueError`` of an unparsable certificate escape (a known bug); the fix (commit
   eb0b7c2, "never raises: bad-certificate") landed while it was being written, so the tuple is
@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgeproxy.certs.identity import ID_ON_DNSSRV, ID_ON_XMPPADDR, PresentedIdentities
-from edgeproxy.net.tls import PeerTrust, certificate_check
+from edgeproxy.certs.peer import PeerTrust, certificate_check
 
 MAX_LEN = 4096  # the deep-wildcard seed is 2.3 KB
 LOAD_EXPECTED: tuple[type[BaseException], ...] = (ValueError, x509.InvalidVersion)

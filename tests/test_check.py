@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from edgeproxy.checks import run_checks
 from edgeproxy.cli import main
+from edgeproxy.commands.checks import run_checks
 from edgeproxy.config import CONFIG_ENV_VAR, load_config
 from edgeproxy.dns.partners import PartnerInfo, PartnerList
 from edgeproxy.errors import ConfigError

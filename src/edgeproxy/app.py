@@ -2,12 +2,20 @@
 
 Theory of operation
 -------------------
-``EdgeApp.run`` builds, in this order: the policy ``SnapshotHolder`` (the store under
-``[edge] state-dir``, polled every ``poll_interval`` seconds), the TLS contexts from ``[tls]`` (no
-certificate: the edge still starts, plain TCP dialback only, event ``EP2006``), the S2S
-``EdgeServer`` on ``[edge] listen``, the signal handler (``serve_signals``) and the admin endpoint
-(``serve_admin``: ``/metrics``, ``/healthz``, ``/status``, ``/reload``, ``/stop``). It implements
-``StatusSource`` (``status()``) and ``Control`` (``reload()``, ``request_stop()``) for both.
+``EdgeApp.__init__`` loads what must refuse the start before anything listens (the channel's
+TLS files and secret) and builds the local delivery: the loopback ``ChannelDelivery`` or the
+in-memory ``MemoryDelivery``. ``EdgeApp.run`` opens the policy ``SnapshotHolder`` (the store under
+``[edge] state-dir``, polled every ``poll_interval`` seconds), then ``_assemble`` builds the S2S
+side in dependency order, each part given what it needs in its constructor: the TLS contexts
+from ``[tls]`` (no certificate: the edge still starts, plain TCP dialback only, event
+``EP2006``; expiry checked, ``ops.expiry``), the ``Connector`` (with the telemetry that times its
+DNS lookups), the ``EdgeContext`` and the ``EdgeServer`` (its outbound pool, router and inbound
+handler). ``run`` then starts, in order: the S2S listeners on ``[edge] listen``, the channel on
+``[edge] internal-listen`` (given the edge's router, through which the gateway's stanzas go
+out), the signal handler (``serve_signals``) and the admin endpoint (``serve_admin``:
+``/metrics``, ``/healthz``, ``/status``, ``/reload``, ``/stop``), and the store poll. It
+implements ``StatusSource`` (``status()``, built with ``ops.status``) and ``Control``
+(``reload()``, ``request_stop()``) for both.
 
 Reload (SIGHUP, ``edgeproxy reload``, and the store poll): re-read the configuration file, the
 certificates and the store; a partner removed from the store has its streams closed with
@@ -42,7 +50,6 @@ others can read (``ops.atrest.refuse_exposed_secrets``: event ``EP8007``, exit s
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import sqlite3
@@ -50,94 +57,48 @@ import ssl
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
-import dns.exception
 import msgspec
 import trio
-from cryptography import x509
 
 from edgeproxy import __version__
-from edgeproxy.config import EdgeConfig, load_config
+from edgeproxy.certs.contexts import TlsRole, tls_context
+from edgeproxy.config import EMBEDDED_DEFAULT, EdgeConfig, load_config
 from edgeproxy.dns.records import split_host_port
 from edgeproxy.dns.resolver import parse_resolver
-from edgeproxy.dns.srv import SrvRecord
 from edgeproxy.errors import ConfigError
-from edgeproxy.loopback.auth import channel_secret_path, load_channel_secret
+from edgeproxy.loopback.auth import load_channel_secret
 from edgeproxy.loopback.tls import edge_channel_context
 from edgeproxy.net.channel_delivery import ChannelDelivery
-from edgeproxy.net.connector import ConnectFailed, Connector, ConnectorSettings
+from edgeproxy.net.connector import Connector, ConnectorSettings
 from edgeproxy.net.context import EdgeContext
-from edgeproxy.net.delivery import MEMORY_DELIVERY_BOUND, Delivery, LocalDelivery, MemoryDelivery
+from edgeproxy.net.delivery import MEMORY_DELIVERY_BOUND, Delivery, MemoryDelivery
 from edgeproxy.net.edge import EdgeServer
 from edgeproxy.net.pool import LINK_QUEUE_BOUND
-from edgeproxy.net.session import S2SSession
-from edgeproxy.net.tls import client_context, server_context
 from edgeproxy.ops import events
 from edgeproxy.ops.admin import AdminEndpoint, join_host_port, serve_admin
 from edgeproxy.ops.atrest import refuse_exposed_secrets
 from edgeproxy.ops.events import EventLog
+from edgeproxy.ops.expiry import report_expiry
 from edgeproxy.ops.lifecycle import DRAIN_BOUND_SECONDS, ReloadOutcome, serve_signals
 from edgeproxy.ops.metrics import Metrics, Outcome
 from edgeproxy.ops.status import (
-    ChannelState,
-    ChannelStatus,
-    Direction,
+    ChannelClock,
     EdgeStatus,
     ListenerStatus,
     QueueStatus,
     Role,
     ServiceState,
-    StreamState,
     StreamStatus,
+    link_queues,
+    stream_status,
 )
 from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy.holder import POLL_INTERVAL, SnapshotHolder
 from edgeproxy.policy.snapshot import PolicySnapshot
-from edgeproxy.s2s import State
-from edgeproxy.secretfiles import SecretFileError
+from edgeproxy.secretfiles import SecretFileError, channel_secret_path
 
 log = logging.getLogger("edgeproxy.app")
-
-#: A certificate expiring within this many days is reported (EP2001) at start and on reload.
-CERTIFICATE_WARNING_DAYS = 30
-
-
-class ObservedConnector(Connector):
-    """The connector with DNS lookups and connection failures reported to telemetry."""
-
-    def __init__(self, settings: ConnectorSettings, telemetry: Telemetry) -> None:
-        super().__init__(settings)
-        self._telemetry = telemetry
-
-    async def _timed(self, rtype: str, name: str, lookup: Callable[[], object]) -> object:
-        started = time.monotonic()
-        try:
-            result = await lookup()  # type: ignore[misc]
-        except (dns.exception.DNSException, OSError) as exc:
-            outcome = "timeout" if isinstance(exc, dns.exception.Timeout) else "error"
-            self._telemetry.metrics.dns_lookup(rtype, outcome, time.monotonic() - started)
-            self._telemetry.emit(events.DNS_FAILED, rtype=rtype, name=name, outcome=f"{outcome}: {exc}")
-            raise
-        self._telemetry.metrics.dns_lookup(rtype, "ok" if result else "nodata", time.monotonic() - started)
-        return result
-
-    async def srv_records(self, domain: str) -> list[SrvRecord] | None:
-        parent = super().srv_records
-        return await self._timed("SRV", domain, lambda: parent(domain))  # type: ignore[return-value]
-
-    async def addresses(self, host: str) -> list[str]:
-        parent = super().addresses
-        return await self._timed("A", host, lambda: parent(host))  # type: ignore[return-value]
-
-    async def connect(self, domain: str, proxy_fqdn: str | None = None) -> trio.SocketStream:
-        try:
-            return await super().connect(domain, proxy_fqdn)
-        except ConnectFailed as exc:
-            self._telemetry.emit(events.CONNECT_FAILED, domain=domain, error=str(exc),
-                                 targets=proxy_fqdn or "SRV")
-            raise
-
 
 def _channel_tls_keys(config: EdgeConfig) -> tuple[object, ...]:
     edge = config.edge
@@ -186,8 +147,9 @@ class EdgeApp:
             if use_channel else None
         )
         self.internal_address: str | None = None
-        self._channel_since = time.monotonic()
-        self._channel_state = ChannelState.NOT_CONNECTED
+        self._channel_clock = ChannelClock()
+        #: Woken each time the in-memory consumer has taken a delivery (the stop waits on it).
+        self._taken = trio.lowlevel.ParkingLot()
         self.state = ServiceState.STARTING
         self.admin_endpoint: AdminEndpoint | None = None
         self.edge: EdgeServer | None = None
@@ -227,23 +189,34 @@ class EdgeApp:
         if not (cert.exists() and key.exists()):
             self.telemetry.emit(events.TLS_UNAVAILABLE, path=str(cert))
             return None, None
-        contexts = server_context(cert, key, trust), client_context(cert, key, trust)
-        self._check_expiry(cert)
+        contexts = tls_context(TlsRole.S2S_SERVER, cert, key, trust), tls_context(TlsRole.S2S_CLIENT, cert, key, trust)
+        report_expiry(cert, self.telemetry)
         return contexts
 
-    def _check_expiry(self, path: Path) -> None:
+    # -- assembly ---------------------------------------------------------------------------
+
+    def _assemble(self, holder: SnapshotHolder) -> EdgeServer:
+        """The S2S side, built in dependency order (see the module docstring)."""
+        config = self.config
         try:
-            cert = x509.load_pem_x509_certificate(path.read_bytes())
-        except (OSError, ValueError):
-            return
-        now = dt.datetime.now(dt.UTC)
-        subject = cert.subject.rfc4514_string()
-        not_after = cert.not_valid_after_utc
-        if not_after < now:
-            self.telemetry.emit(events.CERTIFICATE_EXPIRED, subject=subject, not_after=f"{not_after:%Y-%m-%d}")
-        elif not_after - now < dt.timedelta(days=CERTIFICATE_WARNING_DAYS):
-            self.telemetry.emit(events.CERTIFICATE_EXPIRING, subject=subject, days=(not_after - now).days,
-                                not_after=f"{not_after:%Y-%m-%d}")
+            server_ssl, client_ssl = self._tls_contexts(config)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            self.telemetry.emit(events.CERTIFICATE_LOAD_FAILED, what="certificate and key",
+                                path=str(config.path(config.tls.certificate)), error=exc)
+            server_ssl = client_ssl = None
+        resolver = os.environ.get("EDGEPROXY_DNS_RESOLVER")
+        connector = Connector(
+            ConnectorSettings(resolver=parse_resolver(resolver) if resolver else None), telemetry=self.telemetry
+        )
+        ctx = EdgeContext(
+            policy=lambda: holder.snapshot,
+            connector=connector,
+            delivery=self.channel if self.channel is not None else self.delivery,
+            server_ssl=server_ssl,
+            client_ssl=client_ssl,
+            limits=config.limits,
+        )
+        return EdgeServer(ctx, self.telemetry)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -261,26 +234,7 @@ class EdgeApp:
             raise
         if self.event_log is not None:
             self.event_log.log_message_bodies = holder.snapshot.gateway.log_message_bodies
-        try:
-            server_ssl, client_ssl = self._tls_contexts(config)
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            self.telemetry.emit(events.CERTIFICATE_LOAD_FAILED, what="certificate and key",
-                                path=str(config.path(config.tls.certificate)), error=exc)
-            server_ssl = client_ssl = None
-        resolver = os.environ.get("EDGEPROXY_DNS_RESOLVER")
-        ctx = EdgeContext(
-            policy=lambda: holder.snapshot,
-            connector=ObservedConnector(
-                ConnectorSettings(resolver=parse_resolver(resolver) if resolver else None), self.telemetry
-            ),
-            delivery=self._local_delivery(),
-            server_ssl=server_ssl,
-            client_ssl=client_ssl,
-            limits=config.limits,
-        )
-        self.edge = edge = EdgeServer(ctx, self.telemetry)
-        if self.channel is not None:
-            self.channel.router = edge.router
+        self.edge = edge = self._assemble(holder)
         listen = [split_host_port(hp) for hp in config.edge.listen]
         try:
             async with trio.open_nursery() as nursery:
@@ -299,7 +253,7 @@ class EdgeApp:
                     internal_host, internal_port = split_host_port(config.edge.internal_listen)
                     try:
                         bound = await nursery.start(partial(
-                            self.channel.run, internal_host, internal_port, ssl_context=self._channel_ssl))
+                            self.channel.run, internal_host, internal_port, edge.router, ssl_context=self._channel_ssl))
                     except OSError as exc:
                         self.telemetry.emit(events.BIND_FAILED, role="internal",
                                             address=config.edge.internal_listen, error=exc)
@@ -323,9 +277,6 @@ class EdgeApp:
         finally:
             holder.close()
 
-    def _local_delivery(self) -> LocalDelivery:
-        return self.channel if self.channel is not None else self.delivery
-
     async def _consume_deliveries(self) -> None:
         """Take accepted stanzas off the in-memory local delivery (no channel configured)."""
         while True:
@@ -334,6 +285,7 @@ class EdgeApp:
             if self._on_delivery is not None:
                 self._on_delivery(item)
             log.debug("local delivery (no gateway channel): %s %s -> %s", item.kind, item.from_jid, item.to_jid)
+            self._taken.unpark_all()
 
     async def _poll(self) -> None:
         while True:
@@ -369,7 +321,7 @@ class EdgeApp:
             notes: list[str] = []
             try:
                 fresh = self.config
-                if self.config.source != "<embedded default>":
+                if self.config.source != EMBEDDED_DEFAULT:
                     fresh = load_config(self.config.source)
                 contexts = self._tls_contexts(fresh)
                 await trio.to_thread.run_sync(self.holder.reload_if_changed)
@@ -443,7 +395,7 @@ class EdgeApp:
         # Let the consumer take what the drain and the bounces delivered locally.
         with trio.move_on_at(deadline):
             while self.delivery.statistics().current_buffer_used:
-                await trio.sleep(0.01)
+                await self._taken.park()
         delivered = self.telemetry.delivered - delivered
         bounced = self.telemetry.bounced - bounced
         if drained:
@@ -455,27 +407,27 @@ class EdgeApp:
     # -- StatusSource -----------------------------------------------------------------------
 
     def status(self) -> EdgeStatus:
-        """A synchronous snapshot of the running edge."""
+        """A synchronous snapshot of the running edge (rows built by ``ops.status``)."""
         listeners = [ListenerStatus(Role.EXTERNAL, a) for a in self._listener_addresses]
+        if self.channel is not None:
+            listeners.append(ListenerStatus(Role.INTERNAL, self.internal_address or ""))
         if self.admin_endpoint is not None:
             listeners.append(ListenerStatus(Role.ADMIN, self.admin_endpoint.address))
         streams: list[StreamStatus] = []
         queues: list[QueueStatus] = []
-        if self.edge is not None and self.edge.router.pool is not None:
-            now = trio.current_time()
-            policy = self.edge.ctx.policy
-            for session, direction in self.edge.sessions():
-                streams.append(self._stream_status(session, direction, policy, now))
-            for link in self.edge.pool.observed_links():
-                if not link.done.is_set():
-                    queues.append(QueueStatus(f"outbound:{link.local}>{link.remote}", link.queue_depth(),
-                                              LINK_QUEUE_BOUND))
+        if self.edge is not None:
+            now, policy = trio.current_time(), self.edge.ctx.policy
+            streams = [
+                stream_status(session, direction, self.telemetry.partner_of(policy, session), now)
+                for session, direction in self.edge.sessions()
+            ]
+            queues = link_queues(self.edge.pool.links.values(), LINK_QUEUE_BOUND)
         if self.channel is not None:
-            listeners.insert(len(self._listener_addresses), ListenerStatus(Role.INTERNAL, self.internal_address or ""))
             queues.append(QueueStatus("channel", self.channel.statistics().queued, self.channel.max_queued))
         else:
             queues.append(QueueStatus("local-delivery", self.delivery.statistics().current_buffer_used,
                                       MEMORY_DELIVERY_BOUND))
+        channel = self.channel.statistics() if self.channel is not None else None
         return EdgeStatus(
             version=__version__,
             pid=os.getpid(),
@@ -484,51 +436,8 @@ class EdgeApp:
             domains=tuple(self.config.edge.domains),
             listeners=tuple(listeners),
             streams=tuple(streams),
-            channel=self._channel_status(),
+            channel=self._channel_clock.status(channel, draining=self.state is ServiceState.DRAINING),
             queues=tuple(queues),
-        )
-
-    def _channel_status(self) -> ChannelStatus:
-        if self.channel is None:
-            return ChannelStatus(ChannelState.NOT_CONFIGURED)
-        stats = self.channel.statistics()
-        if self.state is ServiceState.DRAINING:
-            state = ChannelState.DRAINING
-        elif stats.connected:
-            state = ChannelState.CONNECTED
-        elif stats.connections:
-            state = ChannelState.DOWN
-        else:
-            state = ChannelState.NOT_CONNECTED
-        if state is not self._channel_state:
-            self._channel_state, self._channel_since = state, time.monotonic()
-        return ChannelStatus(state, since_seconds=round(time.monotonic() - self._channel_since, 3),
-                             unacked=stats.in_flight)
-
-    def _stream_status(
-        self, session: S2SSession, direction: Direction, policy: Callable[[], PolicySnapshot], now: float
-    ) -> StreamStatus:
-        conn = session.conn
-        if conn.state in (State.CLOSING, State.CLOSED):
-            state = StreamState.CLOSING
-        elif session.ready.is_set():
-            state = StreamState.ESTABLISHED
-        else:
-            state = StreamState.NEGOTIATING
-        remote = sorted(conn.remote_domains) if direction is Direction.INBOUND else [conn.remote_domain or ""]
-        return StreamStatus(
-            stream_id=conn.stream_id or "",
-            partner=self.telemetry.partner_of(policy, session),
-            direction=direction,
-            remote_address=session.remote_address,
-            state=state,
-            local_domain=conn.local_domain,
-            remote_domains=tuple(d for d in remote if d),
-            auth=session.auth_method,
-            tls_version=session.tls_version,
-            age_seconds=round(now - session.started_at, 3),
-            stanzas_in=session.stanzas_in,
-            stanzas_out=session.stanzas_out,
         )
 
 

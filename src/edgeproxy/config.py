@@ -20,7 +20,7 @@ import os
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 import msgspec
 
@@ -140,6 +140,10 @@ class LimitsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, ren
     inbound_burst: Annotated[int, msgspec.Meta(ge=1024)] = 8 * 1024 * 1024
 
 
+#: ``EdgeConfig.source`` of the embedded default configuration.
+EMBEDDED_DEFAULT: Final = "<embedded default>"
+
+
 class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
     edge: EdgeSection = msgspec.field(default_factory=EdgeSection)
     tls: TlsSection = msgspec.field(default_factory=TlsSection)
@@ -148,8 +152,8 @@ class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename
     limits: LimitsSection = msgspec.field(default_factory=LimitsSection)
     # Directory that relative paths are resolved against (not a TOML key).
     base_dir: str = msgspec.field(default=".", name="-base-dir")
-    # Where the configuration came from, for messages ("<embedded default>" or a path).
-    source: str = msgspec.field(default="<embedded default>", name="-source")
+    # Where the configuration came from, for messages (EMBEDDED_DEFAULT or a path).
+    source: str = msgspec.field(default=EMBEDDED_DEFAULT, name="-source")
 
     def path(self, value: str) -> Path:
         """Resolve a path from the file against the file's directory."""
@@ -274,7 +278,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> EdgeConfig:
     if path is None:
         path = os.environ.get(CONFIG_ENV_VAR) or None
     if path is None:
-        return parse_config(default_config_text(), source="<embedded default>", base_dir=os.getcwd())
+        return parse_config(default_config_text(), source=EMBEDDED_DEFAULT, base_dir=os.getcwd())
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-from collections.abc import Iterable
 from pathlib import Path
 
 from edgeproxy.errors import ConfigError
@@ -36,6 +35,13 @@ PRIVATE = 0o600
 GROUP_READABLE = 0o640
 #: The state dir: owner everything, group enter and list (to read the admin token), others nothing.
 STATE_DIR = 0o750
+
+#: The loopback channel's shared secret, in the state dir (``loopback.auth`` proves it).
+CHANNEL_SECRET_FILE = "channel.secret"
+
+
+def channel_secret_path(state_dir: Path) -> Path:
+    return state_dir / CHANNEL_SECRET_FILE
 
 
 class SecretFileError(ConfigError):
@@ -66,11 +72,6 @@ def exposure(path: Path, mode: int = PRIVATE) -> SecretFileError | None:
     if actual & ~mode:
         return SecretFileError(path, actual, mode)
     return None
-
-
-def exposures(paths: Iterable[tuple[Path, int]]) -> list[SecretFileError]:
-    """:func:`exposure` of each ``(path, mode)`` that exists, in order; the problems found."""
-    return [problem for path, mode in paths if (problem := exposure(path, mode)) is not None]
 
 
 def check_private(path: Path, mode: int = PRIVATE) -> None:

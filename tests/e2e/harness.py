@@ -7,11 +7,11 @@ Theory of operation
 1. **dnsmasq** on ``DNS_ADDR`` (own port) answering for both XMPP domains: SRV
    ``_xmpp-server._tcp.contoso.test`` → the edge's S2S port on ``EDGE_ADDR`` and
    ``_xmpp-server._tcp.fabrikam.test`` → Prosody's S2S port on ``PROSODY_ADDR``, plus A records.
-   Prosody resolves through it (libunbound forwarded to it, ``tests/interop/prosody.py``); the
+   Prosody resolves through it (libunbound forwarded to it, ``fixtures/xmpp_servers.py``); the
    edge through it too (``EDGEPROXY_DNS_RESOLVER``, read by ``EdgeApp.run``; set for the lab's
    lifetime and restored after).
 2. **Prosody 0.12** for ``fabrikam.test`` on ``PROSODY_ADDR`` (plain TCP + dialback, c2s with
-   PLAIN auth), with the XMPP users ``xmpp_users`` (password ``prosody.PASSWORD``).
+   PLAIN auth), with the XMPP users ``xmpp_users`` (password ``xmpp_servers.PASSWORD``).
 3. **edgeproxy** for ``contoso.test``: ``run_app(role="both")`` in this process — the S2S edge on
    ``EDGE_ADDR``, the loopback channel and the gateway with its built-in SIP registrar (UDP and
    TCP) on ``EDGE_ADDR``; a store under ``workdir/state`` holding the partner row for
@@ -42,10 +42,7 @@ from pathlib import Path
 
 import trio
 from _sipp import SCENARIOS as GATEWAY_SCENARIOS
-from _sipp import free_port as free_udp_tcp_port
 from _sipp import run_sipp, sipp_command
-from c2s import Client
-from prosody import PASSWORD, Prosody, free_port, start_prosody
 
 from edgeproxy.app import EdgeApp, run_app
 from edgeproxy.config import load_config
@@ -61,8 +58,11 @@ from edgeproxy.policy.model import (
 from edgeproxy.policy.snapshot import PolicySnapshot
 from edgeproxy.policy.store import Store
 from edgeproxy.tokenizer import Stanza
-from fixtures.dnsmasq import DnsServer, host, srv, start_dnsmasq
+from fixtures.c2s import Client
+from fixtures.dnsmasq import DnsServer, start_dnsmasq, xmpp_server
+from fixtures.ports import free_port
 from fixtures.sipauth import credentials as sip_credentials
+from fixtures.xmpp_servers import PASSWORD, Prosody, start_prosody
 
 EDGE_ADDR = "127.0.0.30"
 PROSODY_ADDR = "127.0.0.31"
@@ -203,13 +203,11 @@ async def e2e_lab(
     """Start the lab (see the module docstring); ``contacts``: SIP user → the XMPP contacts
     (bare JIDs) the user has authorized (matters for PublicUnverified)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    edge_port, sip_port = free_port(EDGE_ADDR), free_udp_tcp_port(EDGE_ADDR)
+    edge_port, sip_port = free_port(EDGE_ADDR), free_port(EDGE_ADDR, udp_too=True)
     p_s2s, p_c2s = free_port(PROSODY_ADDR), free_port(PROSODY_ADDR)
     dns = start_dnsmasq(workdir / "dns", [
-        srv(f"_xmpp-server._tcp.{SIP_DOMAIN}", SIP_DOMAIN, edge_port),
-        host(SIP_DOMAIN, EDGE_ADDR),
-        srv(f"_xmpp-server._tcp.{XMPP_DOMAIN}", XMPP_DOMAIN, p_s2s),
-        host(XMPP_DOMAIN, PROSODY_ADDR),
+        *xmpp_server(SIP_DOMAIN, EDGE_ADDR, edge_port),
+        *xmpp_server(XMPP_DOMAIN, PROSODY_ADDR, p_s2s),
     ], address=DNS_ADDR)
     prosody: Prosody | None = None
     saved_resolver = os.environ.get("EDGEPROXY_DNS_RESOLVER")

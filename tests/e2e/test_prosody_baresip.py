@@ -15,11 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from c2s import Client
 from harness import XMPP_DOMAIN, child_text, e2e_lab, expect_stanza, wait_for
 
 from edgeproxy.tokenizer import Stanza
 from fixtures.baresip import start_baresip
+from fixtures.c2s import Client
 
 XMPP_TEXT = "Grüße aus Fabrikam — ☃ 日本語 𝄞 <&> \"quoted\""
 SIP_TEXT = "Antwort aus baresip: ça va? Ωμέγα ☕ 😀 & <ok>"

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from _sipp import free_port
 from harness import SIP_UA_ADDR, child_text, e2e_lab, expect_stanza
+
+from fixtures.ports import free_port
 
 # Non-ASCII in three scripts, an astral-plane character and XML-special characters.
 XMPP_TEXT = "Grüße aus Fabrikam — ☃ 日本語 𝄞 <&> \"quoted\""
@@ -25,7 +26,7 @@ async def test_prosody_user_and_sip_ua_exchange_messages_both_ways(tmp_path: Pat
             carol = await lab.login("carol")
 
             # -- XMPP → SIP: alice's UA (a SIPp UAS) registered at the built-in registrar.
-            uas_port = free_port(SIP_UA_ADDR)
+            uas_port = free_port(SIP_UA_ADDR, udp_too=True)
             uas_log: list[str] = []
 
             async def alice_uas() -> None:

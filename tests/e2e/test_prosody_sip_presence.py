@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from _sipp import free_port
-from c2s import Client
 from harness import SIP_UA_ADDR, E2ELab, child_text, e2e_lab, expect_stanza, wait_for
 
 from edgeproxy.policy.model import PartnerType
 from edgeproxy.tokenizer import Stanza
+from fixtures.c2s import Client
+from fixtures.ports import free_port
 
 ALICE = "alice@contoso.test"
 CAROL = "carol@fabrikam.test"
@@ -71,7 +71,7 @@ async def test_sip_published_presence_reaches_the_prosody_subscriber(
     with trio.fail_after(120):
         async with e2e_lab(tmp_path, partner_type=partner_type, contacts={"alice": [CAROL]}) as lab:
             carol = await lab.login("carol")
-            await lab.register("alice", free_port(SIP_UA_ADDR))
+            await lab.register("alice", free_port(SIP_UA_ADDR, udp_too=True))
             await _subscribe_to_alice(carol)
             for n, (basic, activity, note, availability, show) in enumerate(PUBLISHED):
                 published = await lab.sipp(

@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from _sipp import free_port
-from c2s import Client
 from harness import SIP_UA_ADDR, E2ELab, e2e_lab, expect_stanza, wait_for
 
 from edgeproxy.policy.model import PartnerType
 from edgeproxy.tokenizer import Stanza
+from fixtures.c2s import Client
+from fixtures.ports import free_port
 
 ALICE = "alice@contoso.test"
 CAROL = "carol@fabrikam.test"
@@ -48,7 +48,7 @@ async def test_a_stranger_is_refused_until_the_sip_user_adds_the_contact(tmp_pat
             assert CAROL not in _contacts(lab)
             carol = await lab.login("carol")
             # alice's UA: a UAS that takes one MESSAGE, registered at the built-in registrar.
-            uas_port = free_port(SIP_UA_ADDR)
+            uas_port = free_port(SIP_UA_ADDR, udp_too=True)
             uas_log: list[str] = []
 
             async def alice_uas() -> None:

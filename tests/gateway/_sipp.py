@@ -5,11 +5,11 @@ With CI=true a missing sipp fails the test instead of skipping it.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import trio
 
+from fixtures.ports import free_port
 from fixtures.sipauth import PASSWORD, credentials, every_user, sipp_auth
 from fixtures.tools import require_tool
 
@@ -23,26 +23,11 @@ def require_sipp() -> str:
     return require_tool("sipp", "sip-tester")
 
 
-def free_port(host: str) -> int:
-    """A port free for UDP and TCP on host."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-            return port
-    raise OSError("no free port")
-
-
 def sipp_command(
     scenario: str, ip: str, *args: str, remote: str | None = None, tcp: bool = False
 ) -> list[str]:
     sipp = require_sipp()
-    cmd = [sipp, "-sf", str(SCENARIOS / scenario), "-i", ip, "-p", str(free_port(ip)), "-m", "1"]
+    cmd = [sipp, "-sf", str(SCENARIOS / scenario), "-i", ip, "-p", str(free_port(ip, udp_too=True)), "-m", "1"]
     cmd += ["-nostdin", "-timeout", "15", "-timeout_error", "-default_behaviors", "all,-bye"]
     if tcp:
         cmd += ["-t", "t1"]
@@ -73,7 +58,7 @@ async def bob_uas_registered(
 ) -> tuple[int, list[str]]:
     """A SIPp UAS for bob taking ``messages`` MESSAGEs, registered at ``registrar`` (host:port:
     the gateway's built-in registrar, or Kamailio); its log lands in the returned list."""
-    bob_port = free_port(BOB_IP)
+    bob_port = free_port(BOB_IP, udp_too=True)
     uas = [
         require_sipp(), "-sf", str(SCENARIOS / "message_uas.xml"), "-i", BOB_IP,
         "-p", str(bob_port), "-m", str(messages), "-nostdin", "-timeout", "30", "-timeout_error",

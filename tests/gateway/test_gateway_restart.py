@@ -18,32 +18,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import trio
-from _sipp import BOB_IP, free_port
+from _sipp import BOB_IP
 
-from edgeproxy.gateway.service import GatewayService, parse_stanza
+from edgeproxy.gateway.service import GatewayService
 from edgeproxy.gateway.sip.message import SipRequest, parse_datagram, response_to, serialize
 from edgeproxy.gateway.sip.uri import parse_via
-from edgeproxy.loopback.endpoint import ChannelEndpoint
-from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
-from edgeproxy.loopback.server import serve_loopback
+from edgeproxy.loopback.frames import StanzaKind
+from edgeproxy.xmpp.stanza import parse_stanza
+from fixtures.channel_peer import EdgePeer
+from fixtures.ports import free_port
 
 MESSAGES = 60
 HOLD_AT = 15  # the UAS does not answer this message's first copy; the gateway is killed then
-
-
-class Edge:
-    def __init__(self) -> None:
-        self.errors: list[Routed] = []
-        self.endpoint = ChannelEndpoint(
-            Role.EDGE, on_items=self.on_items, on_bounce=self.on_bounce, outage_bound=60
-        )
-        self.bounced: list[str] = []
-
-    async def on_items(self, items: list[Item]) -> None:
-        self.errors.extend(i for i in items if isinstance(i, Routed) and i.type == "error")
-
-    def on_bounce(self, items: list[Routed], condition: str) -> None:
-        self.bounced.extend(i.id for i in items)
 
 
 @dataclass
@@ -77,10 +63,10 @@ def body_of(index: int) -> str:
 async def test_gateway_killed_mid_stream_delivers_each_stanza_once_or_bounces_it() -> None:
     with trio.fail_after(45):
         async with trio.open_nursery() as nursery:
-            edge = Edge()
-            host, port = await nursery.start(serve_loopback, edge.endpoint, "127.0.0.1", 0)
+            edge = EdgePeer(outage_bound=60)
+            host, port = await edge.listen(nursery)
             sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-            uas_port = free_port(BOB_IP)
+            uas_port = free_port(BOB_IP, udp_too=True)
             await sock.bind((BOB_IP, uas_port))
             uas = Uas(sock)
             nursery.start_soon(uas.serve)
@@ -131,7 +117,7 @@ async def test_gateway_killed_mid_stream_delivers_each_stanza_once_or_bounces_it
 
     delivered = {b for b, s in uas.answered.items() if s < 300}
     error_ids = [parse_stanza(e.raw).get("id") for e in edge.errors]
-    bounced = set(error_ids) | set(edge.bounced)
+    bounced = set(error_ids) | {stanza_id for stanza_id, _ in edge.bounced}
     for i in range(1, MESSAGES + 1):
         is_delivered = body_of(i) in delivered
         is_bounced = f"m{i}" in bounced

@@ -1,11 +1,12 @@
 """Presence with Kamailio as the gateway's next hop (issue 5; SPEC §4, §7; RFC 3856, 3903, 6665).
 
-A real Kamailio (fixture ``kamailio/kamailio-presence.cfg.tmpl``: registrar, presence server,
+A real Kamailio (``fixtures.kamailio`` with its presence server: registrar, presence server,
 proxy) on 127.0.0.60 serves contoso.test; everything for fabrikam.test (the XMPP side) goes to
 the gateway on 127.0.0.61, which has ``next_hop`` → Kamailio. SIPp UAs (alice on 127.0.0.62, bob
 on 127.0.0.63) PUBLISH and SUBSCRIBE at Kamailio, never at the gateway. The edge is a real
-ChannelEndpoint that records what the gateway sends; the policy is a real snapshot
-(fabrikam.test Federated, gmail.test PublicUnverified; alice authorized nurse@gmail.test).
+ChannelEndpoint that records what the gateway sends (``fixtures.channel_peer.EdgePeer``); the
+policy is a real snapshot (fabrikam.test Federated, gmail.test PublicUnverified; alice authorized
+nurse@gmail.test).
 
 * XMPP contact → local user: the gateway SUBSCRIBEs to alice at Kamailio (one subscription for
   all her XMPP subscribers), turns each NOTIFY's PIDF into presence (status only to Federated),
@@ -18,19 +19,13 @@ The watcher's sans-IO core (``WatchTable``) is tested on its own with an injecte
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
 import trio
-from _sipp import free_port, require_sipp, run_sipp, sipp_command
+from _sipp import require_sipp, run_sipp, sipp_command
 
 from edgeproxy.app import run_app
 from edgeproxy.config import load_config
@@ -42,16 +37,11 @@ from edgeproxy.gateway.presence_watch import (
     WatchTable,
     route_request,
 )
-from edgeproxy.gateway.service import GatewayService, parse_stanza
+from edgeproxy.gateway.service import GatewayService
 from edgeproxy.gateway.sip.message import Headers, SipRequest, SipResponse, response_to
-from edgeproxy.loopback.endpoint import ChannelEndpoint
-from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
-from edgeproxy.loopback.server import serve_loopback
-from edgeproxy.net.connector import Connector, ConnectorSettings
-from edgeproxy.net.context import EdgeContext
+from edgeproxy.net.connector import ConnectorSettings
 from edgeproxy.net.delivery import MemoryDelivery
-from edgeproxy.net.edge import EdgeServer, bound_port
-from edgeproxy.ops.telemetry import Telemetry
+from edgeproxy.net.edge import EdgeServer
 from edgeproxy.policy.model import (
     AccessPolicy,
     Configuration,
@@ -64,18 +54,16 @@ from edgeproxy.policy.model import (
 from edgeproxy.policy.snapshot import PolicySnapshot, build_snapshot
 from edgeproxy.policy.store import Store
 from edgeproxy.tokenizer import Element
-from fixtures.tools import require_tool
+from edgeproxy.xmpp.stanza import parse_stanza
+from fixtures.channel_peer import EdgePeer
+from fixtures.edges import build_edge, run_edge
+from fixtures.kamailio import require_kamailio, running_kamailio
+from fixtures.ports import free_port
 
-TEMPLATE = Path(__file__).parent / "kamailio" / "kamailio-presence.cfg.tmpl"
-DBTEXT = Path("/usr/share/kamailio/dbtext/kamailio")  # table definitions shipped by kamailio
 KAM_IP, GW_IP, ALICE_IP, BOB_IP = "127.0.0.60", "127.0.0.61", "127.0.0.62", "127.0.0.63"
 EDGE_IP, PARTNER_IP = "127.0.0.64", "127.0.0.65"  # the whole-server test's S2S listeners
 NS = "jabber:server"
 REFRESH = 600  # the gateway settings' subscription refresh interval in these tests
-
-
-def require_kamailio() -> str:
-    return require_tool("kamailio", "kamailio")
 
 
 def snapshot() -> PolicySnapshot:
@@ -94,93 +82,6 @@ def snapshot() -> PolicySnapshot:
     return build_snapshot(config, ["contoso.test"])
 
 
-def _options_answered(port: int) -> bool:
-    probe = (
-        f"OPTIONS sip:{KAM_IP}:{port} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP {KAM_IP}:9;branch=z9hG4bKprobe;rport\r\n"
-        "From: <sip:probe@invalid>;tag=p\r\nTo: <sip:probe@invalid>\r\n"
-        "Call-ID: probe\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-    ).encode()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(0.2)
-        sock.bind((KAM_IP, 0))
-        sock.sendto(probe, (KAM_IP, port))
-        try:
-            return sock.recv(4096).startswith(b"SIP/2.0 200")
-        except OSError:
-            return False
-
-
-@asynccontextmanager
-async def running_kamailio(
-    run_dir: Path, gateway_port: int, presence_max_expires: int = 3600
-) -> AsyncIterator[int]:
-    """Kamailio with its presence server on 127.0.0.60 until the block ends (stopped by the
-    process group of the process we started); it grants subscriptions at most
-    ``presence_max_expires`` s."""
-    kamailio = require_kamailio()
-    dbtext = run_dir / "dbtext"
-    dbtext.mkdir()
-    for table in ("version", "presentity", "active_watchers", "watchers", "xcap"):
-        shutil.copy(DBTEXT / table, dbtext / table)
-    port = free_port(KAM_IP)
-    config = TEMPLATE.read_text()
-    for key, value in {
-        "SIP_IP": KAM_IP,
-        "SIP_PORT": str(port),
-        "SIP_DOMAIN": "contoso.test",
-        "GW_DOMAIN": "fabrikam.test",
-        "GW_URI": f"sip:{GW_IP}:{gateway_port}",
-        "RUN_DIR": str(run_dir),
-        "PRESENCE_MAX_EXPIRES": str(presence_max_expires),
-    }.items():
-        config = config.replace(f"@{key}@", value)
-    cfg = run_dir / "kamailio.cfg"
-    cfg.write_text(config)
-    check = subprocess.run([kamailio, "-c", "-f", str(cfg)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stderr[-1500:]
-    log = (run_dir / "kamailio.log").open("wb")
-    cmd = [kamailio, "-f", str(cfg), "-P", str(run_dir / "kamailio.pid"), "-Y", str(run_dir)]
-    cmd += ["-w", str(run_dir), "-E", "-DD", "-m", "64", "-M", "8"]
-    process = await trio.lowlevel.open_process(cmd, stdout=log, stderr=log, start_new_session=True)
-    try:
-        with trio.fail_after(15):
-            while not await trio.to_thread.run_sync(_options_answered, port):
-                assert process.poll() is None, (run_dir / "kamailio.log").read_text()[-1500:]
-                await trio.sleep(0.1)
-        yield port
-    finally:
-        with trio.CancelScope(shield=True):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            with trio.move_on_after(5):
-                await process.wait()
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-        log.close()
-
-
-class Edge:
-    def __init__(self) -> None:
-        self.received: list[Element] = []
-        self.endpoint = ChannelEndpoint(Role.EDGE, on_items=self.on_items, on_bounce=self.bounce)
-
-    async def on_items(self, items: list[Item]) -> None:
-        self.received.extend(parse_stanza(i.raw) for i in items if isinstance(i, Routed))
-
-    def bounce(self, items: list[Routed], condition: str) -> None:
-        raise AssertionError(f"bounced: {condition}")
-
-    def presence(self, from_: str, to: str, type: str = "", children: str = "") -> None:
-        attr = f" type='{type}'" if type else ""
-        raw = f"<presence from='{from_}' to='{to}'{attr}>{children}</presence>".encode()
-        self.endpoint.submit(StanzaKind.PRESENCE, from_, to, type, "", raw)
-
-    def to(self, jid: str) -> list[Element]:
-        return [e for e in self.received if e.get("to") == jid]
-
-
 def show_and_status(element: Element) -> tuple[str | None, str | None]:
     show, status = element.find("show", NS), element.find("status", NS)
     return (show.text if show is not None else None, status.text if status is not None else None)
@@ -192,19 +93,30 @@ async def wait_for(predicate, step: float = 0.02) -> None:  # type: ignore[no-un
 
 
 @asynccontextmanager
+async def presence_kamailio(
+    tmp_path: Path, gateway_port: int, presence_max_expires: int = 3600
+) -> AsyncIterator[int]:
+    """Kamailio with its presence server on KAM_IP, relaying fabrikam.test to the gateway."""
+    async with running_kamailio(
+        tmp_path, KAM_IP, gateway_uri=f"sip:{GW_IP}:{gateway_port}", gateway_domain="fabrikam.test",
+        presence=True, presence_max_expires=presence_max_expires,
+    ) as port:  # fmt: skip
+        yield port
+
+
+@asynccontextmanager
 async def lab(
     tmp_path: Path, presence_max_expires: int = 3600
-) -> AsyncIterator[tuple[Edge, GatewayService, str]]:
+) -> AsyncIterator[tuple[EdgePeer, GatewayService, str]]:
     """Kamailio, the gateway (next hop → Kamailio) and a recording edge; yields the edge, the
     service and Kamailio's host:port."""
     require_sipp()
     require_kamailio()
-    gateway_port = free_port(GW_IP)
-    async with running_kamailio(tmp_path, gateway_port, presence_max_expires) as kamailio_port:
+    gateway_port = free_port(GW_IP, udp_too=True)
+    async with presence_kamailio(tmp_path, gateway_port, presence_max_expires) as kamailio_port:
         kam = f"{KAM_IP}:{kamailio_port}"
         async with trio.open_nursery() as nursery:
-            edge = Edge()
-            host, port = await nursery.start(serve_loopback, edge.endpoint, GW_IP, 0)
+            edge = EdgePeer(fail_on_bounce=True)
             holder = snapshot()
             service = GatewayService(
                 sip_domains=("contoso.test",),
@@ -213,8 +125,7 @@ async def lab(
                 next_hop=f"sip:{kam}",
                 policy=lambda: holder,
             )
-            await nursery.start(service.run, host, port)
-            await edge.endpoint.wait_connected()
+            await edge.run_gateway(nursery, service, GW_IP)
             yield edge, service, kam
             nursery.cancel_scope.cancel()
 
@@ -434,14 +345,8 @@ async def start_partner(nursery: trio.Nursery) -> tuple[EdgeServer, MemoryDelive
         )
     ]
     delivery = MemoryDelivery()
-    ctx = EdgeContext(
-        policy=lambda: holder[0],
-        connector=Connector(ConnectorSettings(attempt_delay=0.05, timeout=5)),
-        delivery=delivery,
-    )
-    server = EdgeServer(ctx, Telemetry())
-    listeners = await nursery.start(server.run, [(PARTNER_IP, 0)])
-    return server, delivery, holder, bound_port(listeners)
+    server = build_edge(lambda: holder[0], delivery, ConnectorSettings(attempt_delay=0.05, timeout=5))
+    return server, delivery, holder, await run_edge(nursery, server, PARTNER_IP)
 
 
 def s2s_partner(domain: str, host: str, port: int) -> Partner:
@@ -457,10 +362,10 @@ async def test_the_whole_server_with_kamailio_as_next_hop_carries_presence_to_a_
     """``edgeproxy serve`` (run_app, role both) with ``[gateway] next-hop`` = Kamailio: a
     fabrikam.test user subscribes over S2S and gets the presence alice PUBLISHed at Kamailio."""
     require_sipp()
-    gateway_port = free_port(GW_IP)
+    gateway_port = free_port(GW_IP, udp_too=True)
     received: list[Element] = []
     with trio.fail_after(60):
-        async with running_kamailio(tmp_path, gateway_port) as kamailio_port:
+        async with presence_kamailio(tmp_path, gateway_port) as kamailio_port:
             kam = f"{KAM_IP}:{kamailio_port}"
             async with trio.open_nursery() as nursery:
                 server, delivery, holder, partner_port = await start_partner(nursery)

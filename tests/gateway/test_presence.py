@@ -13,10 +13,7 @@ from pathlib import Path
 import trio
 from _sipp import ALICE_IP, every_user, run_sipp, sipp_command
 
-from edgeproxy.gateway.service import GatewayService, parse_stanza
-from edgeproxy.loopback.endpoint import ChannelEndpoint
-from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
-from edgeproxy.loopback.server import serve_loopback
+from edgeproxy.gateway.service import GatewayService
 from edgeproxy.policy.model import (
     AccessPolicy,
     Configuration,
@@ -27,6 +24,8 @@ from edgeproxy.policy.model import (
 )
 from edgeproxy.policy.snapshot import PolicySnapshot, build_snapshot
 from edgeproxy.tokenizer import Element
+from edgeproxy.xmpp.stanza import parse_stanza
+from fixtures.channel_peer import EdgePeer
 
 NS = "jabber:server"
 REFRESH = 120  # the gateway settings' subscription refresh interval in these tests
@@ -45,41 +44,19 @@ def snapshot() -> PolicySnapshot:
     return build_snapshot(config, ["contoso.test"])
 
 
-class Edge:
-    def __init__(self) -> None:
-        self.received: list[Element] = []
-        self.endpoint = ChannelEndpoint(Role.EDGE, on_items=self.on_items, on_bounce=self.bounce)
-
-    async def on_items(self, items: list[Item]) -> None:
-        self.received.extend(parse_stanza(i.raw) for i in items if isinstance(i, Routed))
-
-    def bounce(self, items: list[Routed], condition: str) -> None:
-        raise AssertionError(f"bounced: {condition}")
-
-    def presence(self, from_: str, to: str, type: str = "", children: str = "") -> None:
-        attr = f" type='{type}'" if type else ""
-        raw = f"<presence from='{from_}' to='{to}'{attr}>{children}</presence>".encode()
-        self.endpoint.submit(StanzaKind.PRESENCE, from_, to, type, "", raw)
-
-    def to(self, jid: str) -> list[Element]:
-        return [e for e in self.received if e.get("to") == jid]
-
-
 def show_and_status(element: Element) -> tuple[str | None, str | None]:
     show, status = element.find("show", NS), element.find("status", NS)
     return (show.text if show is not None else None, status.text if status is not None else None)
 
 
-async def start(nursery: trio.Nursery) -> tuple[Edge, GatewayService, str]:
-    edge = Edge()
-    host, port = await nursery.start(serve_loopback, edge.endpoint, "127.0.0.1", 0)
+async def start(nursery: trio.Nursery) -> tuple[EdgePeer, GatewayService, str]:
+    edge = EdgePeer(fail_on_bounce=True)
     holder = snapshot()
     service = GatewayService(
         sip_domains=("contoso.test",), sip_host="127.0.0.1", sip_port=0, policy=lambda: holder,
         sip_users=every_user(),
     )
-    sip_host, sip_port = await nursery.start(service.run, host, port)
-    await edge.endpoint.wait_connected()
+    sip_host, sip_port = await edge.run_gateway(nursery, service)
     return edge, service, f"{sip_host}:{sip_port}"
 
 

@@ -1,7 +1,7 @@
 """The gateway service end to end: edge endpoint ⇄ loopback channel ⇄ gateway ⇄ real SIPp UAs.
 
 The edge side is a real ChannelEndpoint behind serve_loopback (what the edge process runs); it
-records the stanzas the gateway sends it. SIP users are SIPp instances on 127.0.0.2/.3
+records the stanzas the gateway sends it (``fixtures.channel_peer.EdgePeer``). SIP users are SIPp instances on 127.0.0.2/.3
 registered at the gateway's built-in registrar.
 """
 
@@ -15,55 +15,31 @@ from _sipp import (
     BOB_IP,
     bob_uas_registered,
     every_user,
-    free_port,
     require_sipp,
     run_sipp,
     sipp_command,
 )
 
-from edgeproxy.gateway.service import GatewayService, parse_stanza
-from edgeproxy.loopback.endpoint import ChannelEndpoint
-from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
-from edgeproxy.loopback.server import serve_loopback
+from edgeproxy.gateway.service import GatewayService
+from edgeproxy.loopback.frames import Item, Routed, StanzaKind
 from edgeproxy.tokenizer import Element
 from edgeproxy.xmpp.namespaces import NS_STANZAS
+from edgeproxy.xmpp.stanza import parse_stanza
+from fixtures.channel_peer import EdgePeer
+from fixtures.ports import free_port
 from fixtures.sipauth import authorization
 
 NS = "jabber:server"
 
 
-class Edge:
-    def __init__(self) -> None:
-        self.received: list[Routed] = []
-        self.endpoint = ChannelEndpoint(Role.EDGE, on_items=self.on_items, on_bounce=self.on_bounce)
-        self.bounced: list[tuple[str, str]] = []
-
-    async def on_items(self, items: list[Item]) -> None:
-        self.received.extend(i for i in items if isinstance(i, Routed))
-
-    def on_bounce(self, items: list[Routed], condition: str) -> None:
-        self.bounced.extend((i.id, condition) for i in items)
-
-    def send_message(self, to: str, body: str, *, id: str = "m1") -> None:
-        raw = (
-            f"<message from='romeo@montague.example/orchard' to='{to}' type='chat' id='{id}'>"
-            f"<body>{body}</body></message>"
-        ).encode()
-        self.endpoint.submit(
-            StanzaKind.MESSAGE, "romeo@montague.example/orchard", to, "chat", id, raw
-        )
-
-
 async def start(
-    nursery: trio.Nursery, edge: Edge | None = None, **options: float
-) -> tuple[Edge, GatewayService, str]:
-    edge = edge if edge is not None else Edge()
-    host, port = await nursery.start(serve_loopback, edge.endpoint, "127.0.0.1", 0)
+    nursery: trio.Nursery, edge: EdgePeer | None = None, **options: float
+) -> tuple[EdgePeer, GatewayService, str]:
+    edge = edge if edge is not None else EdgePeer()
     service = GatewayService(
         sip_domains=("contoso.test",), sip_host="127.0.0.1", sip_port=0, **{"sip_users": every_user(), **options}  # type: ignore[arg-type]
     )
-    sip_host, sip_port = await nursery.start(service.run, host, port)
-    await edge.endpoint.wait_connected()
+    sip_host, sip_port = await edge.run_gateway(nursery, service)
     return edge, service, f"{sip_host}:{sip_port}"
 
 
@@ -215,7 +191,7 @@ async def test_sip_failure_response_becomes_an_xmpp_error(tmp_path: Path) -> Non
                     BOB_IP,
                     "-key",
                     "contact_port",
-                    f"{free_port(BOB_IP)};transport=tcp",
+                    f"{free_port(BOB_IP, udp_too=True)};transport=tcp",
                     "-key",
                     "expires",
                     "600",
@@ -299,7 +275,7 @@ async def test_sip_messages_read_together_reach_the_edge_in_the_order_sent() -> 
     assert bodies == [f"line {n}" for n in range(count)]
 
 
-class StuckEdge(Edge):
+class StuckEdge(EdgePeer):
     """An edge that takes stanzas from the channel but never finishes with them (no ack)."""
 
     async def on_items(self, items: list[Item]) -> None:

@@ -18,12 +18,11 @@ from pathlib import Path
 import trio
 from _sipp import ALICE_IP, credentials, run_sipp, sipp_command
 
-from edgeproxy.gateway.service import GatewayService, parse_stanza
+from edgeproxy.gateway.service import GatewayService
 from edgeproxy.gateway.sip.message import SipResponse, parse_datagram
-from edgeproxy.loopback.endpoint import ChannelEndpoint
-from edgeproxy.loopback.frames import Item, Role, Routed
-from edgeproxy.loopback.server import serve_loopback
 from edgeproxy.policy.model import SipCredential
+from edgeproxy.xmpp.stanza import parse_stanza
+from fixtures.channel_peer import EdgePeer
 from fixtures.sipauth import authorization, md5_challenge
 
 KNOWN = ("alice", "bob")
@@ -35,21 +34,10 @@ def lookup(aor: str) -> tuple[SipCredential, ...] | None:
     return credentials(name) if domain == "contoso.test" and name in KNOWN else None
 
 
-class Edge:
-    def __init__(self) -> None:
-        self.received: list[Routed] = []
-        self.endpoint = ChannelEndpoint(Role.EDGE, on_items=self.on_items, on_bounce=lambda i, c: None)
-
-    async def on_items(self, items: list[Item]) -> None:
-        self.received.extend(i for i in items if isinstance(i, Routed))
-
-
-async def start(nursery: trio.Nursery) -> tuple[Edge, GatewayService, str]:
-    edge = Edge()
-    host, port = await nursery.start(serve_loopback, edge.endpoint, "127.0.0.1", 0)
+async def start(nursery: trio.Nursery) -> tuple[EdgePeer, GatewayService, str]:
+    edge = EdgePeer()
     service = GatewayService(sip_domains=("contoso.test",), sip_host="127.0.0.1", sip_port=0, sip_users=lookup)
-    sip_host, sip_port = await nursery.start(service.run, host, port)
-    await edge.endpoint.wait_connected()
+    sip_host, sip_port = await edge.run_gateway(nursery, service)
     return edge, service, f"{sip_host}:{sip_port}"
 
 

@@ -18,7 +18,6 @@ from _sipp import (
     BOB_IP,
     GATEWAY_IP,
     SCENARIOS,
-    free_port,
     require_sipp,
     run_sipp,
     sipp_command,
@@ -27,13 +26,13 @@ from _sipp import (
 from edgeproxy.gateway.sip.proxy import LocalProxy
 from edgeproxy.gateway.sip.registrar import Registrar
 from edgeproxy.gateway.sip.transport import SipTransport
+from fixtures.ports import free_port
 
 
 async def start_gateway(nursery: trio.Nursery) -> tuple[SipTransport, Registrar]:
     registrar = Registrar(["sip.test"])
-    proxy = LocalProxy(registrar)
-    transport = SipTransport(GATEWAY_IP, 0, proxy)
-    proxy.transport = transport
+    transport = SipTransport(GATEWAY_IP, 0, lambda request, ctx: proxy(request, ctx))
+    proxy = LocalProxy(registrar, transport)
     await nursery.start(transport.serve)
     return transport, registrar
 
@@ -44,7 +43,7 @@ async def _register_and_message(tmp_path: Path, *, tcp: bool) -> None:
         async with trio.open_nursery() as nursery:
             transport, registrar = await start_gateway(nursery)
             gw = f"{GATEWAY_IP}:{transport.port}"
-            bob_port = free_port(BOB_IP)
+            bob_port = free_port(BOB_IP, udp_too=True)
             uas_cmd = [
                 require_sipp(), "-sf", str(SCENARIOS / "message_uas.xml"), "-i", BOB_IP,
                 "-p", str(bob_port), "-m", "1", "-nostdin", "-timeout", "15", "-timeout_error",

@@ -3,7 +3,8 @@
 The gateway's TLS comes from the configuration (``gateway.tls.gateway_tls``: ``[tls]`` certificate
 and key, ``sip-tls-listen`` absent → the sip-listen port + 1, here port 0 → any), with
 certificates from a private CA (trustme) naming the hosts' IP addresses. The edge side is a real
-``ChannelEndpoint`` behind ``serve_loopback`` that records what the gateway sends it. baresip runs
+``ChannelEndpoint`` behind ``serve_loopback`` that records what the gateway sends it
+(``fixtures.channel_peer.EdgePeer``). baresip runs
 with its SIP trace on (``-s``): what it received and answered is read from its output.
 """
 
@@ -23,46 +24,13 @@ from edgeproxy.gateway.service import GatewayService
 from edgeproxy.gateway.sip.transport import Destination, destination_for
 from edgeproxy.gateway.sip.uri import parse_uri
 from edgeproxy.gateway.tls import gateway_tls
-from edgeproxy.loopback.endpoint import ChannelEndpoint
-from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
-from edgeproxy.loopback.server import serve_loopback
+from edgeproxy.loopback.frames import StanzaKind
+from fixtures.baresip import free_sip_port
+from fixtures.channel_peer import EdgePeer
 from fixtures.private_ca import PrivateCa
 from fixtures.tools import require_tool
 
 GATEWAY_IP, ALICE_IP, BOB_IP, SIPP_IP = "127.0.0.101", "127.0.0.102", "127.0.0.103", "127.0.0.104"
-
-
-class Edge:
-    """The edge's end of the channel, recording what the gateway sends."""
-
-    def __init__(self) -> None:
-        self.received: list[Routed] = []
-        self.endpoint = ChannelEndpoint(Role.EDGE, on_items=self.on_items, on_bounce=lambda items, c: None)
-
-    async def on_items(self, items: list[Item]) -> None:
-        self.received.extend(i for i in items if isinstance(i, Routed))
-
-    def send_message(self, to: str, body: str, *, id: str = "m1") -> None:
-        raw = f"<message from='romeo@montague.example/orchard' to='{to}' type='chat' id='{id}'><body>{body}</body></message>"
-        self.endpoint.submit(StanzaKind.MESSAGE, "romeo@montague.example/orchard", to, "chat", id, raw.encode())
-
-
-def free_sip_port(host: str) -> int:
-    """A port free for UDP and TCP on ``host`` with port + 1 free for TCP (baresip's TLS)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = udp.getsockname()[1]
-            if port >= 65535:
-                continue
-            try:
-                with socket.socket() as tcp, socket.socket() as tls:
-                    tcp.bind((host, port))
-                    tls.bind((host, port + 1))
-            except OSError:
-                continue
-            return port
-    raise OSError("no free port pair")
 
 
 class Baresip:
@@ -126,7 +94,7 @@ async def wait_for(predicate: Callable[[], object], timeout: float = 20) -> None
 
 async def start_gateway(
     nursery: trio.Nursery, tmp_path: Path, pki: PrivateCa, next_hop: str = ""
-) -> tuple[Edge, GatewayService]:
+) -> tuple[EdgePeer, GatewayService]:
     pki.write_leaf("gateway", GATEWAY_IP)
     pki.write_ca()
     config = parse_config(
@@ -136,12 +104,10 @@ async def start_gateway(
     )
     tls = gateway_tls(config)
     assert tls.sip is not None and tls.sip.port == 0  # derived: sip-listen port + 1, 0 stays "any"
-    edge = Edge()
-    host, port = await nursery.start(serve_loopback, edge.endpoint, GATEWAY_IP, 0)
+    edge = EdgePeer()
     service = GatewayService(sip_domains=("contoso.test",), sip_host=GATEWAY_IP, sip_port=0,
                              next_hop=config.gateway.next_hop, sip_tls=tls.sip, sip_users=every_user())
-    await nursery.start(service.run, host, port)
-    await edge.endpoint.wait_connected()
+    await edge.run_gateway(nursery, service, GATEWAY_IP)
     return edge, service
 
 
@@ -209,7 +175,7 @@ async def test_baresip_registers_over_tls_and_messages_flow_both_ways_on_that_co
 
 async def _message_to_tls_contact(
     tmp_path: Path, *, trusted: bool, next_hop: bool = False
-) -> tuple[Edge, Baresip, GatewayService]:
+) -> tuple[EdgePeer, Baresip, GatewayService]:
     """bob is a baresip with a TLS server (certificate from our CA, or from an unknown one),
     reached as a third-party registered ``;transport=tls`` contact, or as the TLS next hop."""
     require_tool("baresip", "baresip-core")

@@ -1,8 +1,8 @@
 """Issue 13 on the loopback channel: no item, frame or connection from the gateway ends the edge.
 
 The real-socket tests run ``edgeproxy serve --role edge`` as a child (``fixtures.serve``) and are
-the gateway themselves, speaking the channel protocol frame by frame (``RawGateway``), proving the
-channel secret the edge created in its state dir (``open_as_gateway``; issue 14). The
+the gateway themselves, speaking the channel protocol frame by frame, proving the channel secret
+the edge created in its state dir (``fixtures.channel_peer.gateway_peer``; issue 14). The
 injected-failure tests run the channel in-process with a handler that raises, and check the
 protocol's answer, event EP1007 with the right surface and that the next input is served.
 Addresses: 127.0.0.60-61 (this file's share of the hardening range).
@@ -14,29 +14,24 @@ import io
 import json
 import secrets
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
+from trio_websocket import ConnectionClosed, open_websocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgeproxy.loopback import reliable  # noqa: E402
-from edgeproxy.loopback.auth import channel_proof, channel_secret_path, check_proof  # noqa: E402
 from edgeproxy.loopback.client import LOOPBACK_RESOURCE, run_loopback_client  # noqa: E402
 from edgeproxy.loopback.endpoint import CLOSE_INTERNAL_ERROR, CLOSE_PROTOCOL_ERROR, ChannelEndpoint  # noqa: E402
 from edgeproxy.loopback.frames import (  # noqa: E402
-    DEFAULT_WINDOW,
-    MAX_FRAME_BYTES,
     NONCE_BYTES,
     PROTOCOL_VERSION,
     Ack,
     Auth,
     Bounce,
-    Frame,
     Hello,
     Item,
     Role,
@@ -51,6 +46,7 @@ from edgeproxy.net.channel_delivery import ChannelDelivery  # noqa: E402
 from edgeproxy.ops.events import EventLog  # noqa: E402
 from edgeproxy.ops.metrics import Metrics  # noqa: E402
 from edgeproxy.ops.telemetry import Telemetry  # noqa: E402
+from fixtures.channel_peer import gateway_peer, open_as_gateway  # noqa: E402
 from fixtures.serve import ServeProcess, start_serve  # noqa: E402
 
 ADDRESS = "127.0.0.60"
@@ -65,72 +61,6 @@ def message(seq: int, body: str = "hi", to: str = "bob@nowhere.test") -> Routed:
 
 def item(seq: int, raw: bytes) -> Routed:
     return Routed(seq, StanzaKind.MESSAGE, ALICE, "bob@nowhere.test", "chat", f"x{seq}", raw)
-
-
-class RawGateway:
-    """The gateway's side of one channel connection, frame by frame."""
-
-    def __init__(self, ws: WebSocketConnection, hello: Hello) -> None:
-        self.ws = ws
-        self.hello = hello
-        self.items: list[Item] = []
-        self.acked = 0
-
-    async def send(self, frame: Frame | bytes | str) -> None:
-        await self.ws.send_message(encode_frame(frame) if isinstance(frame, msgspec.Struct) else frame)
-
-    async def receive(self, until: Callable[[RawGateway], bool], timeout: float = 10) -> None:
-        """Read frames (acking the edge's items) until ``until`` holds."""
-        with trio.fail_after(timeout):
-            while not until(self):
-                frame = decode_frame(await self.ws.get_message())
-                if isinstance(frame, Ack):
-                    self.acked = frame.up_to
-                elif isinstance(frame, StanzaBatch):
-                    self.items.extend(frame.items)
-                    await self.send(Ack(frame.items[-1].seq))
-
-    async def closed(self, timeout: float = 10) -> ConnectionClosed:
-        """Wait for the edge to close the connection; its reason."""
-        with trio.fail_after(timeout):
-            while True:
-                try:
-                    await self.ws.get_message()
-                except ConnectionClosed as exc:
-                    return exc
-
-
-def served_secret(serve: ServeProcess) -> bytes:
-    """The channel secret ``edgeproxy serve`` created in its state dir (what a gateway loads)."""
-    return channel_secret_path(serve.workdir / "state").read_text().strip().encode("ascii")
-
-
-async def open_as_gateway(
-    ws: WebSocketConnection, secret: bytes | None, session: str | None = None, received: int = 0,
-    window: int = DEFAULT_WINDOW,
-) -> Hello:
-    """The gateway's side of the opening, frame by frame: Hello, the edge's Hello, our proof
-    (an empty one without ``secret``), the edge's proof — checked. The edge's Hello."""
-    ours = Hello(PROTOCOL_VERSION, Role.GATEWAY, session or secrets.token_hex(8), "", received, window,
-                 secrets.token_bytes(NONCE_BYTES))
-    await ws.send_message(encode_frame(ours))
-    with trio.fail_after(10):
-        hello = decode_frame(await ws.get_message())
-        assert isinstance(hello, Hello)
-        await ws.send_message(encode_frame(Auth(b"" if secret is None else channel_proof(secret, Role.GATEWAY, hello, ours))))
-        proof = decode_frame(await ws.get_message())
-    assert isinstance(proof, Auth)
-    if secret is not None:
-        check_proof(secret, Role.EDGE, hello, ours, proof.mac)  # the real edge, too
-    return hello
-
-
-@asynccontextmanager
-async def gateway(serve: ServeProcess, session: str | None = None, received: int = 0) -> AsyncIterator[RawGateway]:
-    async with open_websocket(serve.address, serve.internal_port, LOOPBACK_RESOURCE, use_ssl=False,
-                              max_message_size=MAX_FRAME_BYTES) as ws:
-        hello = await open_as_gateway(ws, served_secret(serve), session, received)
-        yield RawGateway(ws, hello)
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +93,7 @@ def assert_no_traceback(serve: ServeProcess) -> None:
 async def test_an_item_that_is_not_a_stanza_is_nacked_and_the_next_item_is_served(
     edge: ServeProcess, raw: bytes, why: str
 ) -> None:
-    async with gateway(edge) as gw:
+    async with gateway_peer(edge) as gw:
         await gw.send(StanzaBatch((item(1, raw), message(2))))
         # the refused item comes back as a bad-request Bounce; the next one is routed (here: the
         # policy refuses a domain that is no partner, so alice gets an error stanza back)
@@ -178,7 +108,7 @@ async def test_an_item_that_is_not_a_stanza_is_nacked_and_the_next_item_is_serve
 
 async def test_the_reported_crash_an_unknown_element_no_longer_ends_the_edge(edge: ServeProcess) -> None:
     """The reproduction of issue 13: ``<foo/>`` as a message item ended ``edgeproxy serve``."""
-    async with gateway(edge) as gw:
+    async with gateway_peer(edge) as gw:
         for seq in range(1, 51):
             await gw.send(StanzaBatch((item(seq, b"<foo xmlns='jabber:server'/>"),)))
         await gw.receive(lambda g: g.acked == 50 and len(g.items) == 50)
@@ -218,16 +148,16 @@ async def test_a_frame_that_breaks_the_protocol_closes_the_connection_with_a_rea
     edge: ServeProcess, name: str
 ) -> None:
     session = secrets.token_hex(8)
-    async with gateway(edge, session) as gw:
+    async with gateway_peer(edge, session) as gw:
         await gw.send(StanzaBatch((message(1),)))
         await gw.receive(lambda g: g.acked == 1)
         await gw.send(BAD_FRAMES[name]())  # type: ignore[arg-type]
-        closed = await gw.closed()
-    assert closed.reason.code == CLOSE_PROTOCOL_ERROR, closed.reason
-    assert closed.reason.reason  # says why
+        code, reason = await gw.closed()
+    assert code == CLOSE_PROTOCOL_ERROR, reason
+    assert reason  # says why
     # the same gateway session reconnects: the edge reports what it processed (so the gateway
     # re-sends only what is unacked) and serves the next item
-    async with gateway(edge, session) as gw:
+    async with gateway_peer(edge, session) as gw:
         assert gw.hello.peer_session == session and gw.hello.received == 1
         await gw.send(StanzaBatch((message(2),)))
         await gw.receive(lambda g: g.acked == 2)
@@ -254,7 +184,7 @@ async def test_junk_on_the_internal_port_does_not_end_the_edge(edge: ServeProces
                         pass
             except trio.BrokenResourceError:
                 pass
-    async with gateway(edge) as gw:
+    async with gateway_peer(edge) as gw:
         await gw.send(StanzaBatch((message(1),)))
         await gw.receive(lambda g: g.acked == 1)
     assert_no_traceback(edge)
@@ -292,8 +222,10 @@ async def test_an_edge_item_handler_that_raises_bounces_that_item_to_its_sender_
     delivery = ChannelDelivery(cap.telemetry, secret=secret)
 
     class Router:
-        pool = None
         sent: list[str] = []
+
+        async def wait_for_room(self, local: str, remote: str) -> None:
+            pass
 
         async def send_from_local(self, element: object, *, raw: bytes | None = None) -> None:
             if not self.sent:
@@ -301,7 +233,6 @@ async def test_an_edge_item_handler_that_raises_bounces_that_item_to_its_sender_
                 raise RuntimeError("injected")
             self.sent.append(element.get("id"))  # type: ignore[attr-defined]
 
-    delivery.router = Router()  # type: ignore[assignment]
     to_gateway: list[Item] = []
 
     async def on_items(items: list[Item]) -> None:
@@ -310,7 +241,7 @@ async def test_an_edge_item_handler_that_raises_bounces_that_item_to_its_sender_
     gw = ChannelEndpoint(Role.GATEWAY, on_items=on_items, on_bounce=lambda items, condition: None, secret=secret)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            host, port = await nursery.start(delivery.run, IN_PROCESS, 0)
+            host, port = await nursery.start(delivery.run, IN_PROCESS, 0, Router())
             await nursery.start(run_loopback_client, gw, host, port)
             for seq in (1, 2):
                 m = message(seq)

@@ -14,23 +14,20 @@ bounced, and the impostor's stanza never reaches the partner. Addresses: 127.0.0
 
 from __future__ import annotations
 
-import secrets
 import socket
 from collections.abc import Callable
 from pathlib import Path
 
 import trio
-from test_channel_hardening import open_as_gateway, served_secret
 from test_soak_abuse import (
     ALICE,
     BOB,
     OURS,
     PARTNER,
     TCP_DIALBACK_ROW,
-    CountingInbound,
     Exchange,
-    PartnerEdge,
     SipUa,
+    start_partner,
 )
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
@@ -38,24 +35,15 @@ from edgeproxy.loopback.auth import AUTH_FAILED, channel_proof
 from edgeproxy.loopback.client import LOOPBACK_RESOURCE
 from edgeproxy.loopback.endpoint import CLOSE_POLICY_VIOLATION
 from edgeproxy.loopback.frames import (
-    DEFAULT_WINDOW,
     MAX_FRAME_BYTES,
-    NONCE_BYTES,
-    PROTOCOL_VERSION,
     Auth,
     Hello,
     Role,
     Routed,
     StanzaBatch,
     StanzaKind,
-    decode_frame,
     encode_frame,
 )
-from edgeproxy.net.connector import Connector, ConnectorSettings
-from edgeproxy.net.context import EdgeContext
-from edgeproxy.net.delivery import MemoryDelivery
-from edgeproxy.net.edge import EdgeServer, bound_port
-from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy.model import (
     AccessPolicy,
     Configuration,
@@ -65,6 +53,7 @@ from edgeproxy.policy.model import (
     User,
 )
 from edgeproxy.policy.snapshot import build_snapshot
+from fixtures.channel_peer import hello, open_as_gateway, raw_opening
 from fixtures.serve import ServeProcess, start_serve
 from fixtures.sipauth import user as sip_user
 
@@ -94,19 +83,6 @@ def edge_store(partner_port: int) -> Configuration:
         policies=(AccessPolicy(identity="global", xmpp=True, federation=True),),
         users=(sip_user(ALICE.partition("@")[0]),),  # issue 14: with the test SIP password
     )
-
-
-async def start_partner(nursery: trio.Nursery) -> PartnerEdge:
-    holder = [build_snapshot(partner_configuration(None), [PARTNER])]
-    delivery = MemoryDelivery()
-    ctx = EdgeContext(policy=lambda: holder[0], delivery=delivery,
-                      connector=Connector(ConnectorSettings(attempt_delay=0.05, timeout=5)))
-    server = EdgeServer(ctx, Telemetry())
-    server.inbound = CountingInbound(server.inbound)  # type: ignore[assignment]
-    listeners = await nursery.start(server.run, [(PARTNER_IP, 0)])
-    partner = PartnerEdge(server, delivery, bound_port(listeners), holder, server.inbound)  # type: ignore[arg-type]
-    nursery.start_soon(partner.collect)
-    return partner
 
 
 # -- the impostor ----------------------------------------------------------------------------
@@ -139,13 +115,11 @@ async def impostor(serve: ServeProcess, then: Callable[[Hello, Hello], list[obje
     async with stream, trio.open_nursery() as nursery:
         ws: WebSocketConnection = await wrap_client_stream(nursery, stream, serve.address, LOOPBACK_RESOURCE,
                                                            max_message_size=MAX_FRAME_BYTES)
-        me = Hello(PROTOCOL_VERSION, Role.GATEWAY, secrets.token_hex(8), "", 0, DEFAULT_WINDOW,
-                   secrets.token_bytes(NONCE_BYTES))
+        me = hello()
         try:
-            await ws.send_message(encode_frame(me))
             with trio.fail_after(10):
-                edge = decode_frame(await ws.get_message())
-                assert isinstance(edge, Hello) and edge.role is Role.EDGE
+                edge = await raw_opening(ws, me)
+                assert edge.role is Role.EDGE
                 for frame in then(edge, me):
                     await ws.send_message(encode_frame(frame))  # type: ignore[arg-type]
                 while True:
@@ -164,7 +138,7 @@ async def test_an_impostor_saying_hello_as_the_gateway_is_refused_while_messages
     try:
         with trio.fail_after(TEST_BOUND):
             async with trio.open_nursery() as nursery:
-                partner = await start_partner(nursery)
+                partner = await start_partner(nursery, partner_configuration(None), PARTNER_IP)
                 serve = await trio.to_thread.run_sync(
                     lambda: start_serve(tmp_path / "edge", address=EDGE_IP, store=edge_store(partner.port))
                 )
@@ -220,8 +194,8 @@ async def test_a_fake_gateway_with_the_secret_is_served_so_the_secret_is_what_is
             async with stream, trio.open_nursery() as nursery:
                 ws = await wrap_client_stream(nursery, stream, serve.address, LOOPBACK_RESOURCE,
                                               max_message_size=MAX_FRAME_BYTES)
-                hello = await open_as_gateway(ws, served_secret(serve))
-                assert hello.role is Role.EDGE
+                edge = await open_as_gateway(ws, serve.channel_secret())
+                assert edge.role is Role.EDGE
                 await trio.to_thread.run_sync(lambda: serve.wait_for_event("EP5001"))
                 await ws.aclose()
                 nursery.cancel_scope.cancel()

@@ -31,20 +31,12 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 import trio
-from trio_websocket import open_websocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_channel_hardening import open_as_gateway, served_secret  # noqa: E402
-
-from edgeproxy.loopback.client import LOOPBACK_RESOURCE  # noqa: E402
 from edgeproxy.loopback.frames import (  # noqa: E402
-    MAX_FRAME_BYTES,
-    Ack,
     Routed,
     StanzaBatch,
     StanzaKind,
-    decode_frame,
-    encode_frame,
 )
 from edgeproxy.net import connector as connector_module  # noqa: E402
 from edgeproxy.net.connector import (  # noqa: E402
@@ -66,6 +58,7 @@ from edgeproxy.policy.model import (  # noqa: E402
     PartnerType,
     User,
 )
+from fixtures.channel_peer import gateway_peer  # noqa: E402
 from fixtures.serve import ServeProcess, start_serve  # noqa: E402
 
 DNS_ADDRESS = "127.0.0.63"
@@ -185,18 +178,10 @@ def message(seq: int, to: str) -> Routed:
 async def send_as_gateway(serve: ServeProcess, stanzas: list[Routed], done: Callable[[list[Routed]], bool],
                           timeout: float) -> list[Routed]:
     """Be the gateway: send ``stanzas``, collect (and ack) what the edge sends back until ``done``."""
-    got: list[Routed] = []
-    async with open_websocket(serve.address, serve.internal_port, LOOPBACK_RESOURCE, use_ssl=False,
-                              max_message_size=MAX_FRAME_BYTES) as ws:
-        await open_as_gateway(ws, served_secret(serve))  # proves the channel secret (issue 14)
-        await ws.send_message(encode_frame(StanzaBatch(tuple(stanzas))))
-        with trio.fail_after(timeout):
-            while not done(got):
-                frame = decode_frame(await ws.get_message())
-                if isinstance(frame, StanzaBatch):
-                    got.extend(i for i in frame.items if isinstance(i, Routed))
-                    await ws.send_message(encode_frame(Ack(frame.items[-1].seq)))
-    return got
+    async with gateway_peer(serve) as gw:  # proves the channel secret (issue 14)
+        await gw.send(StanzaBatch(tuple(stanzas)))
+        await gw.receive(lambda g: done(g.routed()), timeout)
+    return gw.routed()
 
 
 async def test_odd_dns_answers_bounce_the_stanza_and_a_good_answer_is_still_followed(

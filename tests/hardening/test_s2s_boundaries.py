@@ -13,10 +13,8 @@ import trio
 
 from edgeproxy.net import listener as listener_module
 from edgeproxy.net import pool as pool_module
-from edgeproxy.net.connector import Connector, ConnectorSettings
-from edgeproxy.net.context import EdgeContext
+from edgeproxy.net.connector import ConnectorSettings
 from edgeproxy.net.delivery import MemoryDelivery
-from edgeproxy.net.edge import EdgeServer, bound_port
 from edgeproxy.ops.events import EventLog
 from edgeproxy.ops.metrics import Metrics
 from edgeproxy.ops.telemetry import Telemetry
@@ -33,6 +31,7 @@ from edgeproxy.policy.snapshot import PolicySnapshot, build_snapshot
 from edgeproxy.s2s import StreamOpened, wire
 from edgeproxy.tokenizer import Element
 from edgeproxy.xmpp.namespaces import NS_SERVER
+from fixtures.edges import build_edge, run_edge
 
 CONTOSO, FABRIKAM = "127.0.0.43", "127.0.0.44"
 NOS = Negotiation.NOT_SUPPORTED
@@ -50,10 +49,8 @@ class Edge:
         self.log_output = io.StringIO()
         self.metrics = Metrics()
         self.telemetry = Telemetry(self.metrics, EventLog(self.log_output, output="json"))
-        ctx = EdgeContext(policy=lambda: self.holder[0],
-                          connector=Connector(ConnectorSettings(attempt_delay=0.05, timeout=5)),
-                          delivery=self.delivery)
-        self.server = EdgeServer(ctx, self.telemetry)
+        self.server = build_edge(lambda: self.holder[0], self.delivery,
+                                 ConnectorSettings(attempt_delay=0.05, timeout=5), telemetry=self.telemetry)
         self.port = 0
 
     def snapshot(self, other: tuple[str, str, int] | None) -> PolicySnapshot:
@@ -68,7 +65,7 @@ class Edge:
         return build_snapshot(config, [self.domain])
 
     async def start(self, nursery: trio.Nursery) -> None:
-        self.port = bound_port(await nursery.start(self.server.run, [(self.address, 0)]))
+        self.port = await run_edge(nursery, self.server, self.address)
 
     def federate(self, other: Edge) -> None:
         self.holder[0] = self.snapshot((other.domain, other.address, other.port))

@@ -30,14 +30,11 @@ from pathlib import Path
 import pytest
 import trio
 from _bad_certs import bad_certificate
-from test_channel_hardening import gateway as channel_gateway
 from test_channel_hardening import message as channel_message
 
 from edgeproxy.loopback.frames import StanzaBatch
-from edgeproxy.net.connector import Connector, ConnectorSettings
-from edgeproxy.net.context import EdgeContext
+from edgeproxy.net.connector import ConnectorSettings
 from edgeproxy.net.delivery import MemoryDelivery
-from edgeproxy.net.edge import EdgeServer, bound_port
 from edgeproxy.policy.model import (
     AccessPolicy,
     Configuration,
@@ -51,7 +48,10 @@ from edgeproxy.policy.snapshot import build_snapshot
 from edgeproxy.s2s import wire
 from edgeproxy.tokenizer import Element
 from edgeproxy.xmpp.namespaces import NS_SERVER
-from fixtures.serve import EdgeCertificates, ServeProcess, free_port, start_serve
+from fixtures.channel_peer import gateway_peer
+from fixtures.edges import build_edge, run_edge
+from fixtures.ports import free_port
+from fixtures.serve import EdgeCertificates, ServeProcess, start_serve
 
 EDGE = "127.0.0.40"
 FABRIKAM = "127.0.0.41"
@@ -141,10 +141,8 @@ class CountingFabrikam:
     def __init__(self, edge_port: int) -> None:
         self.holder = [fabrikam_snapshot(edge_port)]
         self.delivery = MemoryDelivery()
-        ctx = EdgeContext(policy=lambda: self.holder[0],
-                          connector=Connector(ConnectorSettings(attempt_delay=0.05, timeout=5)),
-                          delivery=self.delivery)
-        self.server = EdgeServer(ctx)
+        self.server = build_edge(lambda: self.holder[0], self.delivery,
+                                 ConnectorSettings(attempt_delay=0.05, timeout=5))
         self.accepted = 0
         inner = self.server.inbound
 
@@ -156,8 +154,7 @@ class CountingFabrikam:
         self.port = 0
 
     async def start(self, nursery: trio.Nursery, port: int) -> None:
-        listeners = await nursery.start(self.server.run, [(FABRIKAM, port)])
-        self.port = bound_port(listeners)
+        self.port = await run_edge(nursery, self.server, FABRIKAM, port)
 
     def received(self) -> list[bytes]:
         got = []
@@ -269,7 +266,7 @@ async def test_a_partner_server_with_an_unparsable_certificate_fails_only_its_li
         nursery.start_soon(trio.serve_listeners, fabrikam_server, [listener])
         # alice writes to bob@fabrikam.test through the channel (the test is the gateway): the
         # edge dials fabrikam
-        async with channel_gateway(serve) as gw:
+        async with gateway_peer(serve) as gw:
             await gw.send(StanzaBatch((channel_message(1, to="bob@fabrikam.test"),)))
             record = await trio.to_thread.run_sync(lambda: serve.wait_for_event("EP2007", timeout=20))
         assert record["direction"] == "outbound"
@@ -364,7 +361,7 @@ async def test_sockets_that_only_claim_a_partner_do_not_lock_the_real_partner_ou
         with trio.fail_after(15):
             while not fabrikam.received():
                 await trio.sleep(0.05)
-        links = [link for link in fabrikam.server.pool.observed_links() if link.remote == "contoso.test"]
+        links = [link for link in fabrikam.server.pool.links.values() if link.remote == "contoso.test"]
         assert links and links[0].session is not None and links[0].session.ready.is_set()
         assert links[0].session.error_received is None  # not resource-constraint
         for squatter in squatters:

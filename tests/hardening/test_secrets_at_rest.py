@@ -22,7 +22,8 @@ from edgeproxy.loopback.auth import load_channel_secret
 from edgeproxy.ops.admin import ensure_admin_token
 from edgeproxy.policy.store import STORE_FILE, Store
 from edgeproxy.secretfiles import SecretFileError, ensure_secret
-from fixtures.serve import DOMAIN, free_port, start_serve
+from fixtures.ports import free_port
+from fixtures.serve import DOMAIN, start_serve
 
 #: What each file of the state dir must be (exactly: created by edgeproxy itself).
 EXPECTED_MODES = {

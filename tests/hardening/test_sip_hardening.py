@@ -35,13 +35,11 @@ import trio
 import edgeproxy.gateway.sip.transport as sip_transport
 from edgeproxy.gateway.service import GatewayService
 from edgeproxy.gateway.sip.message import SipParser, SipRequest, SipResponse, canonical
-from edgeproxy.loopback.endpoint import ChannelEndpoint
-from edgeproxy.loopback.frames import Item, Role, Routed
-from edgeproxy.loopback.server import serve_loopback
 from edgeproxy.ops.events import EventLog
 from edgeproxy.ops.metrics import Metrics
 from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy.model import Configuration, GatewaySettings
+from fixtures.channel_peer import EdgePeer
 from fixtures.serve import ServeProcess, start_serve
 from fixtures.sipauth import authorization, every_user, md5_challenge
 from fixtures.sipauth import user as sip_user
@@ -386,18 +384,9 @@ class Events:
 
 
 async def start_gateway(nursery: trio.Nursery, events: Events) -> tuple[GatewayService, tuple[str, int]]:
-    async def on_items(items: list[Item]) -> None:
-        del items
-
-    def on_bounce(items: list[Routed], condition: str) -> None:
-        del items, condition
-
-    edge = ChannelEndpoint(Role.EDGE, on_items=on_items, on_bounce=on_bounce)
-    host, port = await nursery.start(serve_loopback, edge, SERVER, 0)
     service = GatewayService(sip_domains=(DOMAIN,), sip_host=SERVER, sip_port=0, telemetry=events.telemetry,
                              sip_users=every_user(DOMAIN))
-    address = await nursery.start(service.run, host, port)
-    await edge.wait_connected()
+    address = await EdgePeer().run_gateway(nursery, service, SERVER)
     return service, address
 
 

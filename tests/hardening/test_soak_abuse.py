@@ -69,11 +69,9 @@ import pytest
 import trio
 
 from edgeproxy.config import LimitsSection
-from edgeproxy.net.connector import Connector, ConnectorSettings
-from edgeproxy.net.context import EdgeContext
+from edgeproxy.net.connector import ConnectorSettings
 from edgeproxy.net.delivery import Delivery, MemoryDelivery
-from edgeproxy.net.edge import EdgeServer, bound_port
-from edgeproxy.ops.telemetry import Telemetry
+from edgeproxy.net.edge import EdgeServer
 from edgeproxy.policy.model import (
     AccessPolicy,
     Configuration,
@@ -86,6 +84,7 @@ from edgeproxy.policy.model import (
 from edgeproxy.policy.snapshot import PolicySnapshot, build_snapshot
 from edgeproxy.tokenizer import Element
 from edgeproxy.xmpp.namespaces import NS_SERVER
+from fixtures.edges import build_edge, run_edge
 from fixtures.serve import ServeProcess, start_serve
 from fixtures.sipauth import authorization, md5_challenge
 from fixtures.sipauth import user as sip_user
@@ -178,19 +177,17 @@ def partner_configuration(edge_address: str | None) -> Configuration:
     )
 
 
-async def start_partner(nursery: trio.Nursery) -> PartnerEdge:
-    holder = [build_snapshot(partner_configuration(None), [PARTNER])]
+async def start_partner(
+    nursery: trio.Nursery, config: Configuration | None = None, address: str = PARTNER_IP
+) -> PartnerEdge:
+    """The partner on ``address`` with ``config`` as its store (by default: not federated yet),
+    collecting what it receives."""
+    holder = [build_snapshot(config or partner_configuration(None), [PARTNER])]
     delivery = MemoryDelivery()
-    ctx = EdgeContext(
-        policy=lambda: holder[0],
-        connector=Connector(ConnectorSettings(attempt_delay=0.05, timeout=5)),
-        delivery=delivery,
-    )
-    server = EdgeServer(ctx, Telemetry())
+    server = build_edge(lambda: holder[0], delivery, ConnectorSettings(attempt_delay=0.05, timeout=5))
     counting = CountingInbound(server.inbound)
     server.inbound = counting  # type: ignore[assignment]
-    listeners = await nursery.start(server.run, [(PARTNER_IP, 0)])
-    partner = PartnerEdge(server, delivery, bound_port(listeners), holder, counting)
+    partner = PartnerEdge(server, delivery, await run_edge(nursery, server, address), holder, counting)
     nursery.start_soon(partner.collect)
     return partner
 

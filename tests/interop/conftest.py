@@ -1,6 +1,5 @@
 import sys
 from pathlib import Path
 
-# This directory (prosody.py, c2s.py) and tests/ (the shared helper package `fixtures`).
+# This directory (_interop_lab.py); tests/conftest.py puts tests/ (the package `fixtures`) there.
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent.parent))

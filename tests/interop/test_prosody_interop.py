@@ -1,118 +1,23 @@
 """Real Prosody 0.12 (fabrikam.test) federating with edgeproxy (contoso.test) — issue 4 acceptance.
 
-Each test starts its own dnsmasq (SRV + A records for both domains), Prosody on 127.0.0.22 and an
-in-process edge on 127.0.0.10, then drives a real client logged in on Prosody.
+Each test starts its own lab (``_interop_lab``: dnsmasq with SRV + A records for both domains,
+Prosody on 127.0.0.22 and an in-process edge on 127.0.0.10), then drives a real client logged in
+on Prosody.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
-from c2s import Client
-from prosody import PASSWORD, free_port, start_prosody
+from _interop_lab import Lab, lab
 
-from edgeproxy.certs import selfsigned
-from edgeproxy.certs.pem import certificates_pem, private_key_pem
-from edgeproxy.net.connector import Connector, ConnectorSettings
-from edgeproxy.net.context import EdgeContext
-from edgeproxy.net.delivery import MemoryDelivery
-from edgeproxy.net.edge import EdgeServer
-from edgeproxy.net.tls import client_context, server_context
-from edgeproxy.policy.model import (
-    AccessPolicy,
-    Configuration,
-    GatewaySettings,
-    Negotiation,
-    Partner,
-    PartnerType,
-    User,
-)
-from edgeproxy.policy.snapshot import build_snapshot
+from edgeproxy.policy.model import Negotiation, Partner, PartnerType
 from edgeproxy.tokenizer import Element
 from edgeproxy.xmpp.namespaces import NS_SERVER
-from fixtures.dnsmasq import host, srv, start_dnsmasq
 
-EDGE_ADDR = "127.0.0.10"
-PROSODY_ADDR = "127.0.0.22"
 NOS = Negotiation.NOT_SUPPORTED
 REQ = Negotiation.REQUIRED
-
-
-@dataclass
-class Lab:
-    edge: EdgeServer
-    delivery: MemoryDelivery
-    alice: Client
-    edge_port: int
-
-
-def lab_certificates(
-    directory: Path, domains: tuple[str, ...] = ("contoso.test", "fabrikam.test")
-) -> dict[str, tuple[Path, Path, Path]]:
-    """A lab CA and a certificate (DNS-ID) for each domain: {domain: (cert, key, ca)}."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca = selfsigned.make_authority("Interop Lab CA")
-    ca_path = directory / "ca.crt"
-    ca_path.write_bytes(certificates_pem([ca.certificate]))
-    out = {}
-    for domain in domains:
-        key = selfsigned.new_ec_key()
-        cert = selfsigned.issue(ca, key.public_key(), [domain])
-        (directory / f"{domain}.crt").write_bytes(certificates_pem([cert]))
-        (directory / f"{domain}.key").write_bytes(private_key_pem(key))
-        out[domain] = (directory / f"{domain}.crt", directory / f"{domain}.key", ca_path)
-    return out
-
-
-@asynccontextmanager
-async def lab(tmp_path: Path, row: Partner | None, mode: str = "plain") -> AsyncIterator[Lab]:
-    certs = lab_certificates(tmp_path / "certs") if mode != "plain" else None
-    edge_port = free_port(EDGE_ADDR)
-    p_s2s, p_c2s = free_port(PROSODY_ADDR), free_port(PROSODY_ADDR)
-    dns = start_dnsmasq(tmp_path / "dns", [
-        srv("_xmpp-server._tcp.contoso.test", "contoso.test", edge_port),
-        host("contoso.test", EDGE_ADDR),
-        srv("_xmpp-server._tcp.fabrikam.test", "fabrikam.test", p_s2s),
-        host("fabrikam.test", PROSODY_ADDR),
-    ])
-    prosody = start_prosody("fabrikam.test", PROSODY_ADDR, (dns.address, dns.port), mode=mode,
-                            c2s_port=p_c2s, s2s_port=p_s2s,
-                            certs=certs["fabrikam.test"] if certs else None)
-    try:
-        config = Configuration(
-            gateway=GatewaySettings(dialback_secret="interop-dialback-secret"),
-            partners=(row,) if row is not None else (),
-            policies=(AccessPolicy(identity="global", xmpp=True, federation=True),),
-            users=(User(sip="sip:bob@contoso.test"),),
-        )
-        snapshot = build_snapshot(config, ["contoso.test"])
-        delivery = MemoryDelivery()
-        ctx = EdgeContext(
-            policy=lambda: snapshot,
-            connector=Connector(ConnectorSettings(resolver=(dns.address, dns.port), timeout=10)),
-            delivery=delivery,
-            server_ssl=server_context(*certs["contoso.test"]) if certs else None,
-            client_ssl=client_context(*certs["contoso.test"]) if certs else None,
-        )
-        edge = EdgeServer(ctx)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(edge.run, [(EDGE_ADDR, edge_port)])
-            alice = await Client.login(PROSODY_ADDR, p_c2s, "alice", "fabrikam.test", PASSWORD)
-            yield Lab(edge, delivery, alice, edge_port)
-            nursery.cancel_scope.cancel()
-    except BaseException:
-        print(prosody.log_text()[-6000:])
-        raise
-    finally:
-        prosody.stop()
-        dns.stop()
-
-
-
 
 
 async def federate_both_ways(env: Lab, domain: str = "fabrikam.test") -> None:

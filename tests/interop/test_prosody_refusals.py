@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from test_prosody_interop import EDGE_ADDR, lab
+from _interop_lab import EDGE_ADDR, lab
 
 from edgeproxy.policy.model import Negotiation, Partner, PartnerType
 

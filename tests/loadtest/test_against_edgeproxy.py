@@ -7,13 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from prosody import free_port
 
 from edgeproxy.loadtest import LoadTest, parse_scenario
 from edgeproxy.loadtest.sink import DeliveryProbe
-from edgeproxy.net.connector import Connector, ConnectorSettings
-from edgeproxy.net.context import EdgeContext
-from edgeproxy.net.edge import EdgeServer
+from edgeproxy.net.connector import ConnectorSettings
 from edgeproxy.policy.model import (
     AccessPolicy,
     Configuration,
@@ -24,7 +21,9 @@ from edgeproxy.policy.model import (
     User,
 )
 from edgeproxy.policy.snapshot import build_snapshot
-from fixtures.dnsmasq import host, srv, start_dnsmasq
+from fixtures.dnsmasq import start_dnsmasq, xmpp_server
+from fixtures.edges import build_edge, run_edge
+from fixtures.ports import free_port
 
 EDGE_ADDR = "127.0.0.10"
 SIM_ADDR = "127.0.0.31"
@@ -80,9 +79,9 @@ class SwallowingDelivery:
 
 async def run_against_edge(tmp_path: Path, stanzas: int, rate: float = 0) -> tuple[dict, SwallowingDelivery]:  # type: ignore[type-arg]
     edge_port, sim_port = free_port(EDGE_ADDR), free_port(SIM_ADDR)
-    records = [srv("_xmpp-server._tcp.contoso.test", "contoso.test", edge_port), host("contoso.test", EDGE_ADDR)]
+    records = xmpp_server("contoso.test", EDGE_ADDR, edge_port)
     for sim in SIMS:
-        records += [srv(f"_xmpp-server._tcp.{sim}", sim, sim_port), host(sim, SIM_ADDR)]
+        records += xmpp_server(sim, SIM_ADDR, sim_port)
     dns = start_dnsmasq(tmp_path / "dns", records)
     try:
         test = LoadTest(parse_scenario(scenario_text(edge_port, sim_port, stanzas, rate)))
@@ -96,14 +95,10 @@ async def run_against_edge(tmp_path: Path, stanzas: int, rate: float = 0) -> tup
         )
         snapshot = build_snapshot(config, ["contoso.test"])
         delivery = SwallowingDelivery(test.delivery_probe())
-        ctx = EdgeContext(
-            policy=lambda: snapshot,
-            connector=Connector(ConnectorSettings(resolver=(dns.address, dns.port), timeout=10)),
-            delivery=delivery,
-        )
+        edge = build_edge(lambda: snapshot, delivery, ConnectorSettings(resolver=(dns.address, dns.port), timeout=10))
         async with trio.open_nursery() as nursery:
             await test.start_listener(nursery)
-            await nursery.start(EdgeServer(ctx).run, [(EDGE_ADDR, edge_port)])
+            await run_edge(nursery, edge, EDGE_ADDR, edge_port)
             result = await test.run()
             nursery.cancel_scope.cancel()
         return result, delivery

@@ -1,6 +1,6 @@
-"""The harness against a real Prosody 0.12 (fabrikam.test, interop fixture): simulated partner
-domains federate over TCP dialback (Prosody verifies our keys by connecting back to the partner
-listener), delivery is seen by the raw c2s sink logged in as bob, bounces come back over
+"""The harness against a real Prosody 0.12 (fabrikam.test, ``fixtures.xmpp_servers``): simulated
+partner domains federate over TCP dialback (Prosody verifies our keys by connecting back to the
+partner listener), delivery is seen by the raw c2s sink logged in as bob, bounces come back over
 Prosody's own stream, and headlines to an unknown user — which Prosody drops silently — are
 reported as lost. In CI (``CI=true``) a missing Prosody fails (``require_tool``)."""
 
@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from prosody import PASSWORD, free_port, start_prosody
 
 from edgeproxy.loadtest import LoadTest, parse_scenario
-from fixtures.dnsmasq import host, srv, start_dnsmasq
+from fixtures.dnsmasq import start_dnsmasq, xmpp_server
+from fixtures.ports import free_port
+from fixtures.xmpp_servers import PASSWORD, start_prosody
 
 PROSODY_ADDR = "127.0.0.22"
 SIM_ADDR = "127.0.0.31"
@@ -57,9 +58,9 @@ password = "{PASSWORD}"
 
 async def test_harness_accounts_for_every_stanza_against_prosody(tmp_path: Path) -> None:
     s2s, c2s, sim_port = free_port(PROSODY_ADDR), free_port(PROSODY_ADDR), free_port(SIM_ADDR)
-    records = [srv("_xmpp-server._tcp.fabrikam.test", "fabrikam.test", s2s), host("fabrikam.test", PROSODY_ADDR)]
+    records = xmpp_server("fabrikam.test", PROSODY_ADDR, s2s)
     for sim in SIMS:
-        records += [srv(f"_xmpp-server._tcp.{sim}", sim, sim_port), host(sim, SIM_ADDR)]
+        records += xmpp_server(sim, SIM_ADDR, sim_port)
     dns = start_dnsmasq(tmp_path / "dns", records)
     prosody = start_prosody("fabrikam.test", PROSODY_ADDR, (dns.address, dns.port), c2s_port=c2s, s2s_port=s2s)
     try:

@@ -11,12 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from prosody import free_port
 
 from edgeproxy.loadtest import LoadTest, parse_scenario
-from edgeproxy.net.connector import Connector, ConnectorSettings
-from edgeproxy.net.context import EdgeContext
-from edgeproxy.net.edge import EdgeServer
+from edgeproxy.net.connector import ConnectorSettings
 from edgeproxy.policy.model import (
     AccessPolicy,
     Configuration,
@@ -27,7 +24,9 @@ from edgeproxy.policy.model import (
     User,
 )
 from edgeproxy.policy.snapshot import build_snapshot
-from fixtures.dnsmasq import host, srv, start_dnsmasq
+from fixtures.dnsmasq import start_dnsmasq, xmpp_server
+from fixtures.edges import build_edge, run_edge
+from fixtures.ports import free_port
 
 EDGE_ADDR, SIM_ADDR, DNS_ADDR = "127.0.0.96", "127.0.0.97", "127.0.0.98"
 SIMS = ("sim1.test", "sim2.test")
@@ -37,10 +36,9 @@ IDLE = 4.0  # the harness holds its authenticated streams idle this long, then s
 
 async def test_quiet_authenticated_streams_outlive_the_establishment_timeout(tmp_path: Path) -> None:
     edge_port, sim_port = free_port(EDGE_ADDR), free_port(SIM_ADDR)
-    records = [srv("_xmpp-server._tcp.contoso.test", "contoso.test", edge_port),
-               host("contoso.test", EDGE_ADDR)]
+    records = xmpp_server("contoso.test", EDGE_ADDR, edge_port)
     for sim in SIMS:
-        records += [srv(f"_xmpp-server._tcp.{sim}", sim, sim_port), host(sim, SIM_ADDR)]
+        records += xmpp_server(sim, SIM_ADDR, sim_port)
     dns = start_dnsmasq(tmp_path / "dns", records, address=DNS_ADDR)
     try:
         test = LoadTest(parse_scenario(f"""
@@ -73,15 +71,12 @@ to = "bob@contoso.test"
             users=(User(sip="sip:bob@contoso.test"),),
         )
         snapshot = build_snapshot(config, ["contoso.test"])
-        ctx = EdgeContext(policy=lambda: snapshot,
-                          connector=Connector(ConnectorSettings(resolver=(dns.address, dns.port),
-                                                                timeout=10)),
-                          delivery=test.delivery_probe())
-        server = EdgeServer(ctx)
+        edge = build_edge(lambda: snapshot, test.delivery_probe(),
+                          ConnectorSettings(resolver=(dns.address, dns.port), timeout=10))
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 await test.start_listener(nursery)
-                await nursery.start(server.run, [(EDGE_ADDR, edge_port)])
+                await run_edge(nursery, edge, EDGE_ADDR, edge_port)
                 result = await test.run()
                 nursery.cancel_scope.cancel()
     finally:

@@ -22,16 +22,10 @@ from pathlib import Path
 import msgspec
 import pytest
 import trio
-from prosody import PASSWORD, free_port, start_prosody
 
-from edgeproxy.certs import selfsigned
-from edgeproxy.certs.pem import certificates_pem, private_key_pem
 from edgeproxy.loadtest import LoadTest, load_scenario, parse_scenario
 from edgeproxy.loadtest.sink import DeliveryProbe
-from edgeproxy.net.connector import Connector, ConnectorSettings
-from edgeproxy.net.context import EdgeContext
-from edgeproxy.net.edge import EdgeServer
-from edgeproxy.net.tls import client_context, server_context
+from edgeproxy.net.connector import ConnectorSettings
 from edgeproxy.policy.model import (
     AccessPolicy,
     Configuration,
@@ -42,7 +36,11 @@ from edgeproxy.policy.model import (
     User,
 )
 from edgeproxy.policy.snapshot import build_snapshot
-from fixtures.dnsmasq import host, srv, start_dnsmasq
+from fixtures.dnsmasq import start_dnsmasq, xmpp_server
+from fixtures.edges import build_edge, run_edge, s2s_contexts
+from fixtures.pki import write_domain_certificates
+from fixtures.ports import free_port
+from fixtures.xmpp_servers import PASSWORD, start_prosody
 
 PROSODY_ADDR = "127.0.0.80"
 SIM_ADDR = "127.0.0.81"
@@ -53,15 +51,9 @@ REQ, NOS = Negotiation.REQUIRED, Negotiation.NOT_SUPPORTED
 
 
 def private_pki(directory: Path, domains: tuple[str, ...]) -> Path:
-    """A private CA (``ca.crt``) and ``DOMAIN.crt``/``DOMAIN.key`` (DNS-ID) for each domain."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca = selfsigned.make_authority("loadtest TLS modes CA")
-    (directory / "ca.crt").write_bytes(certificates_pem([ca.certificate]))
-    for domain in domains:
-        key = selfsigned.new_ec_key()
-        cert = selfsigned.issue(ca, key.public_key(), [domain])
-        (directory / f"{domain}.crt").write_bytes(certificates_pem([cert]))
-        (directory / f"{domain}.key").write_bytes(private_key_pem(key))
+    """``directory``, holding a private CA (``ca.crt``) and ``DOMAIN.crt``/``DOMAIN.key`` (DNS-ID)
+    for each domain."""
+    write_domain_certificates(directory, domains, "loadtest TLS modes CA")
     return directory
 
 
@@ -196,9 +188,9 @@ class SplitDelivery:
 async def run_against_edge(tmp_path: Path, security: str, row: Partner, scenario_pki: bool) -> dict:  # type: ignore[type-arg]
     pki = private_pki(tmp_path / "pki", ("contoso.test", *SIMS))
     edge_port, sim_port = free_port(EDGE_ADDR), free_port(SIM_ADDR)
-    records = [srv("_xmpp-server._tcp.contoso.test", "contoso.test", edge_port), host("contoso.test", EDGE_ADDR)]
+    records = xmpp_server("contoso.test", EDGE_ADDR, edge_port)
     for sim in SIMS:
-        records += [srv(f"_xmpp-server._tcp.{sim}", sim, sim_port), host(sim, SIM_ADDR)]
+        records += xmpp_server(sim, SIM_ADDR, sim_port)
     dns = start_dnsmasq(tmp_path / "dns", records, address=DNS_ADDR)
     carol = '[[traffic.mix]]\nkind = "message"\nto = "carol@contoso.test"\n'
     try:
@@ -214,16 +206,12 @@ async def run_against_edge(tmp_path: Path, security: str, row: Partner, scenario
         )
         snapshot = build_snapshot(config, ["contoso.test"])
         edge_files = (pki / "contoso.test.crt", pki / "contoso.test.key", pki / "ca.crt")
-        ctx = EdgeContext(
-            policy=lambda: snapshot,
-            connector=Connector(ConnectorSettings(resolver=(dns.address, dns.port), timeout=10)),
-            delivery=SplitDelivery(test.delivery_probe()),
-            server_ssl=server_context(*edge_files),
-            client_ssl=client_context(*edge_files),
-        )
+        edge = build_edge(lambda: snapshot, SplitDelivery(test.delivery_probe()),
+                          ConnectorSettings(resolver=(dns.address, dns.port), timeout=10),
+                          tls=s2s_contexts(*edge_files))
         async with trio.open_nursery() as nursery:
             await test.start_listener(nursery)
-            await nursery.start(EdgeServer(ctx).run, [(EDGE_ADDR, edge_port)])
+            await run_edge(nursery, edge, EDGE_ADDR, edge_port)
             result = await test.run()
             nursery.cancel_scope.cancel()
         result["progress_text"] = progress.getvalue()
@@ -304,11 +292,10 @@ async def run_against_edge_with_pki(tmp_path: Path, row: Partner, pki: Path) -> 
         ["contoso.test"],
     )
     files = (edge_pki / "contoso.test.crt", edge_pki / "contoso.test.key", edge_pki / "ca.crt")
-    ctx = EdgeContext(policy=lambda: snapshot, connector=Connector(ConnectorSettings(timeout=5)),
-                      delivery=test.delivery_probe(), server_ssl=server_context(*files),
-                      client_ssl=client_context(*files))
+    edge = build_edge(lambda: snapshot, test.delivery_probe(), ConnectorSettings(timeout=5),
+                      tls=s2s_contexts(*files))
     async with trio.open_nursery() as nursery:
-        await nursery.start(EdgeServer(ctx).run, [(EDGE_ADDR, edge_port)])
+        await run_edge(nursery, edge, EDGE_ADDR, edge_port)
         result = await test.run()
         nursery.cancel_scope.cancel()
     return result
@@ -329,9 +316,9 @@ async def prosody_lab(tmp_path: Path, mode: str) -> AsyncIterator[tuple[str, int
     issued the simulated domains' certificates; yields (log path, s2s, c2s, sim port, pki)."""
     pki = private_pki(tmp_path / "pki", ("fabrikam.test", *SIMS))
     s2s, c2s, sim_port = free_port(PROSODY_ADDR), free_port(PROSODY_ADDR), free_port(SIM_ADDR)
-    records = [srv("_xmpp-server._tcp.fabrikam.test", "fabrikam.test", s2s), host("fabrikam.test", PROSODY_ADDR)]
+    records = xmpp_server("fabrikam.test", PROSODY_ADDR, s2s)
     for sim in SIMS:
-        records += [srv(f"_xmpp-server._tcp.{sim}", sim, sim_port), host(sim, SIM_ADDR)]
+        records += xmpp_server(sim, SIM_ADDR, sim_port)
     dns = start_dnsmasq(tmp_path / "dns", records, address=DNS_ADDR)
     try:
         prosody = start_prosody(

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import io
 import json
-import secrets
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
+from trio_websocket import open_websocket
 
 from edgeproxy.app import EdgeApp
 from edgeproxy.config import parse_config
@@ -22,16 +21,12 @@ from edgeproxy.loopback.auth import (
     AUTH_FAILED,
     ChannelAuthError,
     channel_proof,
-    channel_secret_path,
     check_proof,
     load_channel_secret,
 )
 from edgeproxy.loopback.client import LOOPBACK_RESOURCE, run_loopback_client
 from edgeproxy.loopback.endpoint import CLOSE_POLICY_VIOLATION, ChannelEndpoint
 from edgeproxy.loopback.frames import (
-    DEFAULT_WINDOW,
-    NONCE_BYTES,
-    PROTOCOL_VERSION,
     Auth,
     Hello,
     Item,
@@ -44,16 +39,12 @@ from edgeproxy.loopback.frames import (
 )
 from edgeproxy.loopback.server import serve_loopback
 from edgeproxy.ops.events import EventLog
-from edgeproxy.secretfiles import SecretFileError
+from edgeproxy.secretfiles import SecretFileError, channel_secret_path
+from fixtures.channel_peer import closed_with, hello, raw_opening
 
 HOST = "127.0.0.1"
 SECRET = b"the-right-secret"
 WRONG = b"not-the-secret"
-
-
-def hello(role: Role, session: str | None = None, nonce: bytes | None = None) -> Hello:
-    return Hello(PROTOCOL_VERSION, role, session or secrets.token_hex(8), "", 0, DEFAULT_WINDOW,
-                 nonce if nonce is not None else secrets.token_bytes(NONCE_BYTES))
 
 
 # -- the proof (pure) ------------------------------------------------------------------------
@@ -176,25 +167,6 @@ async def test_a_side_with_another_secret_is_refused_and_never_connects(
         assert refusals == []  # the edge had nothing to refuse: the gateway closed
 
 
-async def raw_opening(ws: WebSocketConnection, mine: Hello, proof: Callable[[Hello], bytes] | None) -> Hello:
-    """Send ``mine``, read the edge's Hello, send ``Auth(proof(edge_hello))`` (nothing if None)."""
-    await ws.send_message(encode_frame(mine))
-    theirs = decode_frame(await ws.get_message())
-    assert isinstance(theirs, Hello)
-    if proof is not None:
-        await ws.send_message(encode_frame(Auth(proof(theirs))))
-    return theirs
-
-
-async def closed_with(ws: WebSocketConnection) -> tuple[int, str]:
-    with trio.fail_after(15):
-        while True:
-            try:
-                await ws.get_message()
-            except ConnectionClosed as exc:
-                return exc.reason.code, exc.reason.reason or ""
-
-
 IMPOSTORS: dict[str, Callable[[Hello, Hello], bytes | None]] = {
     "wrong-secret": lambda edge, me: channel_proof(WRONG, Role.GATEWAY, edge, me),
     "empty-proof": lambda edge, me: b"",
@@ -300,8 +272,7 @@ async def test_an_authenticated_reconnect_of_the_gateway_replaces_its_old_connec
                 batch = decode_frame(await old.get_message())
                 assert isinstance(batch, StanzaBatch) and batch.items[0].id == "unacked"
                 # never acked; now the same gateway session reconnects
-                again = Hello(PROTOCOL_VERSION, Role.GATEWAY, me.session, edge.endpoint.session, 0,
-                              DEFAULT_WINDOW, secrets.token_bytes(NONCE_BYTES))
+                again = hello(Role.GATEWAY, session=me.session, peer_session=edge.endpoint.session)
                 async with open_websocket(host, port, LOOPBACK_RESOURCE, use_ssl=False) as new:
                     await raw_opening(new, again, lambda h: channel_proof(SECRET, Role.GATEWAY, h, again))
                     assert isinstance(decode_frame(await new.get_message()), Auth)

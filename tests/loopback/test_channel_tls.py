@@ -25,7 +25,6 @@ import trio
 from edgeproxy.app import EdgeApp, run_app
 from edgeproxy.config import EdgeConfig, parse_config
 from edgeproxy.errors import ConfigError
-from edgeproxy.loopback.auth import channel_secret_path
 from edgeproxy.loopback.client import run_loopback_client
 from edgeproxy.loopback.endpoint import ChannelEndpoint
 from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
@@ -34,6 +33,7 @@ from edgeproxy.loopback.tls import edge_channel_context, gateway_channel_context
 from edgeproxy.net.delivery import Delivery
 from edgeproxy.ops.events import EventLog
 from edgeproxy.ops.status import ChannelState
+from edgeproxy.secretfiles import channel_secret_path
 from fixtures.private_ca import PrivateCa
 
 EDGE_IP = "127.0.0.100"

@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 import trio
 
-from edgeproxy.net.connector import Connector, ConnectorSettings
-from edgeproxy.net.context import EdgeContext
+from edgeproxy.net.connector import ConnectorSettings
 from edgeproxy.net.delivery import MemoryDelivery
-from edgeproxy.net.edge import EdgeServer, bound_port
+from edgeproxy.net.edge import EdgeServer
 from edgeproxy.policy.model import (
     AccessPolicy,
     Configuration,
@@ -20,6 +19,7 @@ from edgeproxy.policy.model import (
     User,
 )
 from edgeproxy.policy.snapshot import PolicySnapshot, build_snapshot
+from fixtures.edges import build_edge, run_edge
 
 
 @dataclass
@@ -53,16 +53,9 @@ async def start_edge(nursery: trio.Nursery, domain: str, users: tuple[str, ...],
                      server_ssl=None, client_ssl=None) -> RunningEdge:  # type: ignore[no-untyped-def]
     holder = [snapshot(domain, (), users, secret)]
     delivery = MemoryDelivery()
-    ctx = EdgeContext(
-        policy=lambda: holder[0],
-        connector=Connector(ConnectorSettings(attempt_delay=0.05, timeout=5)),
-        delivery=delivery,
-        server_ssl=server_ssl,
-        client_ssl=client_ssl,
-    )
-    server = EdgeServer(ctx)
-    listeners = await nursery.start(server.run, [("127.0.0.1", 0)])
-    return RunningEdge(domain, server, delivery, bound_port(listeners), holder)
+    server = build_edge(lambda: holder[0], delivery, ConnectorSettings(attempt_delay=0.05, timeout=5),
+                        tls=(server_ssl, client_ssl))
+    return RunningEdge(domain, server, delivery, await run_edge(nursery, server, "127.0.0.1"), holder)
 
 
 def set_partners(edge: RunningEdge, users: tuple[str, ...], secret: str, *partners: Partner,

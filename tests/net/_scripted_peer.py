@@ -75,7 +75,8 @@ class ScriptedStream:
         tls = trio.SSLStream(self.stream, context, server_hostname=None)
         await tls.do_handshake()
         self.stream = tls
-        await self.stream.send_all(self.conn.tls_established(None))
+        self.conn.tls_established(None)
+        await self.stream.send_all(self.conn.data_to_send())
 
     async def until_closed(self) -> list[Event]:
         """Read until the stream is over; returns every event seen on the stream."""
@@ -113,7 +114,8 @@ async def open_scripted_stream(
         Role.INITIATING, policy=lambda: policy, secret=secret, local_domain=local, remote_domain=remote
     )
     peer = ScriptedStream(sock, conn, ssl_context)
-    await sock.send_all(conn.initiate())
+    conn.initiate()
+    await sock.send_all(conn.data_to_send())
     while True:
         event = await peer.next_event()
         if isinstance(event, StreamReady):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import msgspec
 import trio
 from _edges import partner, set_partners, start_edge
 
+from edgeproxy.policy.model import PartnerType
 from edgeproxy.tokenizer import Element
 from edgeproxy.xmpp.namespaces import NS_SERVER
 
@@ -95,4 +97,29 @@ async def test_domain_not_a_partner_is_refused_at_the_stream() -> None:
                     break
                 data += chunk
             assert b"<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in data
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_status_note_to_a_public_partner_is_removed_and_the_rest_goes_as_sent() -> None:
+    """SPEC §4: presence notes go only to Federated partners. The router removes ``<status/>``
+    from the tree it parsed for the policy and sends that tree's bytes; nothing else moves."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            contoso = await start_edge(nursery, "contoso.test", ("alice",), "contoso-secret")
+            fabrikam = await start_edge(nursery, "fabrikam.test", ("bob",), "fabrikam-secret")
+            public = msgspec.structs.replace(
+                partner("fabrikam.test", fabrikam.port), type=PartnerType.PUBLIC_VERIFIED
+            )
+            set_partners(contoso, ("alice",), "contoso-secret", public)
+            set_partners(fabrikam, ("bob",), "fabrikam-secret", partner("contoso.test", contoso.port))
+            presence = Element(
+                "presence", NS_SERVER, {"from": "alice@contoso.test/pc", "to": "bob@fabrikam.test"},
+                [Element("show", NS_SERVER, {}, ["away"]), Element("status", NS_SERVER, {}, ["at lunch"]),
+                 Element("priority", NS_SERVER, {}, ["5"])],
+            )
+            await contoso.server.router.send_from_local(presence)
+            got = await fabrikam.delivery.receive()
+            assert got.kind == "presence" and got.from_jid == "alice@contoso.test/pc"
+            assert b"<status" not in got.raw and b"at lunch" not in got.raw
+            assert b"<show>away</show>" in got.raw and b"<priority>5</priority>" in got.raw
             nursery.cancel_scope.cancel()

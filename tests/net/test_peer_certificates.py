@@ -16,15 +16,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from test_edges_loopback import message
 
 from edgeproxy.certs import selfsigned
+from edgeproxy.certs.contexts import S2SContext, TlsRole, tls_context
 from edgeproxy.certs.identity import ID_ON_DNSSRV, ID_ON_XMPPADDR
+from edgeproxy.certs.peer import PeerTrust, certificate_check
 from edgeproxy.certs.pem import certificates_pem, private_key_pem
-from edgeproxy.net.tls import (
-    EdgeSSLContext,
-    PeerTrust,
-    certificate_check,
-    client_context,
-    server_context,
-)
 from edgeproxy.policy.model import AuthMethod, Negotiation
 from edgeproxy.s2s import Authenticated
 
@@ -111,8 +106,9 @@ def edge_ssl(tmp: Path, name: str, cert: x509.Certificate, key: object, trusted:
     (tmp / f"{name}.key").write_bytes(private_key_pem(key))  # type: ignore[arg-type]
     (tmp / f"{name}-trust.pem").write_bytes(certificates_pem([trusted.certificate]))
     args = (tmp / f"{name}.pem", tmp / f"{name}.key", tmp / f"{name}-trust.pem")
-    server, client = server_context(*args), client_context(*args)
-    assert isinstance(server, EdgeSSLContext) and server.verification_deferred and client.verification_deferred
+    server, client = tls_context(TlsRole.S2S_SERVER, *args), tls_context(TlsRole.S2S_CLIENT, *args)
+    assert isinstance(server, S2SContext) and isinstance(client, S2SContext)
+    assert server.verification_deferred and client.verification_deferred
     return server, client
 
 

@@ -10,8 +10,8 @@ from _edges import partner, set_partners, start_edge
 from test_edges_loopback import message
 
 from edgeproxy.certs import selfsigned
+from edgeproxy.certs.contexts import TlsRole, tls_context
 from edgeproxy.certs.pem import certificates_pem, private_key_pem
-from edgeproxy.net.tls import client_context, server_context
 from edgeproxy.policy.model import AuthMethod, Negotiation
 
 REQ, NOS = Negotiation.REQUIRED, Negotiation.NOT_SUPPORTED
@@ -24,7 +24,7 @@ def contexts(tmp: Path, ca: selfsigned.Authority, domain: str):  # type: ignore[
     (tmp / f"{domain}.key").write_bytes(private_key_pem(key))
     (tmp / "ca.pem").write_bytes(certificates_pem([ca.certificate]))
     args = (tmp / f"{domain}.pem", tmp / f"{domain}.key", tmp / "ca.pem")
-    return server_context(*args), client_context(*args)
+    return tls_context(TlsRole.S2S_SERVER, *args), tls_context(TlsRole.S2S_CLIENT, *args)
 
 
 @pytest.mark.parametrize(

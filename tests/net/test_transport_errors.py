@@ -52,8 +52,8 @@ async def test_peer_reset_ends_only_its_stream_and_the_edge_keeps_serving() -> N
 
 async def test_garbage_instead_of_a_tls_handshake_ends_only_that_stream(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from edgeproxy.certs import selfsigned
+    from edgeproxy.certs.contexts import TlsRole, tls_context
     from edgeproxy.certs.pem import certificates_pem, private_key_pem
-    from edgeproxy.net.tls import client_context, server_context
     from edgeproxy.policy.model import Negotiation
 
     ca, key = selfsigned.make_authority("CA"), selfsigned.new_ec_key()
@@ -63,7 +63,8 @@ async def test_garbage_instead_of_a_tls_handshake_ends_only_that_stream(tmp_path
     args = (tmp_path / "c.pem", tmp_path / "c.key", tmp_path / "ca.pem")
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            contoso = await start_edge(nursery, "contoso.test", ("alice",), "s", server_context(*args), client_context(*args))
+            contoso = await start_edge(nursery, "contoso.test", ("alice",), "s",
+                                       tls_context(TlsRole.S2S_SERVER, *args), tls_context(TlsRole.S2S_CLIENT, *args))
             set_partners(contoso, ("alice",), "s", partner("fabrikam.test", 9, tls=Negotiation.REQUIRED))
             peer = await trio.open_tcp_stream("127.0.0.1", contoso.port)
             await peer.send_all(HEADER)

@@ -14,11 +14,9 @@ import trio
 
 from edgeproxy.certs import selfsigned
 from edgeproxy.certs.pem import certificates_pem, private_key_pem
-from edgeproxy.net.connector import Connector, ConnectorSettings
-from edgeproxy.net.context import EdgeContext
+from edgeproxy.net.connector import ConnectorSettings
 from edgeproxy.net.delivery import Delivery, MemoryDelivery
-from edgeproxy.net.edge import EdgeServer, bound_port
-from edgeproxy.net.tls import client_context, server_context
+from edgeproxy.net.edge import EdgeServer
 from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy.model import (
     AccessPolicy,
@@ -32,6 +30,7 @@ from edgeproxy.policy.snapshot import PolicySnapshot, build_snapshot
 from edgeproxy.policy.store import Store
 from edgeproxy.tokenizer import Element
 from edgeproxy.xmpp.namespaces import NS_SERVER
+from fixtures.edges import build_edge, run_edge, s2s_contexts
 from fixtures.sipauth import user as sip_user
 
 REQ, NOS = Negotiation.REQUIRED, Negotiation.NOT_SUPPORTED
@@ -89,8 +88,7 @@ class Certs:
         return cert, key, ca
 
     def contexts(self, domain: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-        files = self.files(domain)
-        return server_context(*files), client_context(*files)
+        return s2s_contexts(*self.files(domain))
 
 
 @dataclass
@@ -129,16 +127,10 @@ class Peer:
 async def start_peer(nursery: trio.Nursery, domain: str, certs: Certs | None = None) -> Peer:
     holder = [build_snapshot(configuration(domain, ("bob",), f"{domain}-secret"), [domain])]
     delivery = MemoryDelivery()
-    server_ssl, client_ssl = certs.contexts(domain) if certs else (None, None)
-    ctx = EdgeContext(
-        policy=lambda: holder[0],
-        connector=Connector(ConnectorSettings(attempt_delay=0.05, timeout=5)),
-        delivery=delivery, server_ssl=server_ssl, client_ssl=client_ssl,
-    )
     telemetry = Telemetry()
-    server = EdgeServer(ctx, telemetry)
-    listeners = await nursery.start(server.run, [("127.0.0.1", 0)])
-    return Peer(domain, server, delivery, bound_port(listeners), holder, telemetry)
+    server = build_edge(lambda: holder[0], delivery, ConnectorSettings(attempt_delay=0.05, timeout=5),
+                        tls=certs.contexts(domain) if certs else (None, None), telemetry=telemetry)
+    return Peer(domain, server, delivery, await run_edge(nursery, server, "127.0.0.1"), holder, telemetry)
 
 
 def write_config(

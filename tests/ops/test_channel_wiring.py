@@ -6,7 +6,6 @@ process, the channel on loopback), with a SIPp UAC as the SIP user."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -29,15 +28,16 @@ from _lab import (
 
 from edgeproxy.app import EdgeApp, run_app
 from edgeproxy.cli import build_parser
+from edgeproxy.commands.ops import AdminClient
 from edgeproxy.config import load_config
 from edgeproxy.loopback.auth import load_channel_secret
 from edgeproxy.loopback.client import run_loopback_client
 from edgeproxy.loopback.endpoint import ChannelEndpoint
 from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
 from edgeproxy.net.delivery import Delivery, to_bytes
-from edgeproxy.ops.commands import AdminClient
 from edgeproxy.ops.status import decode_status
 from edgeproxy.xmpp.namespaces import NS_STANZAS
+from fixtures.ports import free_port
 from fixtures.sipauth import sipp_auth
 from fixtures.tools import require_tool
 
@@ -245,25 +245,11 @@ async def test_stop_without_a_gateway_bounces_what_the_channel_still_holds(tmp_p
 ALICE_IP = "127.0.0.3"
 
 
-def _free_udp_tcp_port(host: str) -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-            return port
-    raise OSError("no free port")
-
-
 @asynccontextmanager
 async def both_roles(tmp: Path) -> AsyncIterator[tuple[EdgeApp, Peer, str]]:
     """``run_app(role="both")`` for contoso.test with fabrikam.test as a scripted partner; yields
     the app, the peer and the gateway's SIP address."""
-    sip = f"127.0.0.1:{_free_udp_tcp_port('127.0.0.1')}"
+    sip = f"127.0.0.1:{free_port('127.0.0.1', udp_too=True)}"
     config_path = write_config(tmp)
     text = config_path.read_text().replace(
         'state-dir = "state"\n', 'state-dir = "state"\ninternal-listen = "127.0.0.1:0"\n'
@@ -308,7 +294,7 @@ async def test_both_roles_a_sip_message_reaches_the_s2s_peer(tmp_path: Path) -> 
             keys = ["-s", "bob", "-key", "from_user", "alice", "-key", "from_domain", "contoso.test",
                     "-key", "domain", "fabrikam.test", "-key", "text", text]
             done = await trio.run_process(
-                [sipp, "-sf", str(scenario), "-i", ALICE_IP, "-p", str(_free_udp_tcp_port(ALICE_IP)),
+                [sipp, "-sf", str(scenario), "-i", ALICE_IP, "-p", str(free_port(ALICE_IP, udp_too=True)),
                  "-m", "1", "-nostdin", "-timeout", "15", "-timeout_error", "-default_behaviors", "all,-bye",
                  *sipp_auth(scenario, keys), *keys, sip],  # issue 14: alice answers the 407
                 check=False, capture_stdout=True, capture_stderr=True,

@@ -13,7 +13,6 @@ her UACs on 127.0.0.52; the S2S listeners stay on 127.0.0.1 (``_lab``).
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -44,27 +43,13 @@ from edgeproxy.policy.model import PartnerType, User
 from edgeproxy.policy.store import Store
 from edgeproxy.tokenizer import Element
 from edgeproxy.xmpp.namespaces import NS_SERVER
+from fixtures.ports import free_port
 from fixtures.sipauth import sipp_auth
 from fixtures.tools import require_tool
 
 GATEWAY_IP, UAS_IP, UAC_IP = "127.0.0.50", "127.0.0.51", "127.0.0.52"
 SCENARIOS = Path(__file__).resolve().parents[1] / "gateway" / "sipp"
 ALICE, BOB = "alice@contoso.test", "bob@fabrikam.test"
-
-
-def free_port(host: str) -> int:
-    """A port free for UDP and TCP on ``host``."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-            return port
-    raise OSError("no free port")
 
 
 def presence(frm: str, to: str, type: str | None = None) -> Element:
@@ -129,8 +114,8 @@ class Lab:
 async def contact_lab(tmp: Path, partner_type: PartnerType, *, split: bool = False) -> AsyncIterator[Lab]:
     """contoso.test with alice, fabrikam.test (of ``partner_type``) with bob; ``split``: the
     edge and the gateway as separate ``run_app`` roles (the gateway with its own store view)."""
-    sip = f"{GATEWAY_IP}:{free_port(GATEWAY_IP)}"
-    internal = f"{GATEWAY_IP}:{free_port(GATEWAY_IP) if split else 0}"
+    sip = f"{GATEWAY_IP}:{free_port(GATEWAY_IP, udp_too=True)}"
+    internal = f"{GATEWAY_IP}:{free_port(GATEWAY_IP, udp_too=True) if split else 0}"
     config_path = write_config(tmp)
     text = config_path.read_text().replace(
         'state-dir = "state"\n', f'state-dir = "state"\ninternal-listen = "{internal}"\n'
@@ -159,7 +144,7 @@ async def contact_lab(tmp: Path, partner_type: PartnerType, *, split: bool = Fal
 def sipp_command(scenario: str, ip: str, *keys: tuple[str, str], log: Path, remote: str | None = None,
                  timeout: int = 15, port: int | None = None) -> list[str]:
     cmd = [require_tool("sipp", "sip-tester"), "-sf", str(SCENARIOS / scenario), "-i", ip,
-           "-p", str(port or free_port(ip)), "-m", "1", "-nostdin", "-timeout", str(timeout), "-timeout_error",
+           "-p", str(port or free_port(ip, udp_too=True)), "-m", "1", "-nostdin", "-timeout", str(timeout), "-timeout_error",
            "-default_behaviors", "all,-bye", "-trace_logs", "-log_file", str(log)]
     for name, value in keys:
         cmd += ["-key", name, value]
@@ -213,7 +198,7 @@ async def test_a_public_unverified_stranger_is_refused_until_the_sip_user_subscr
     with trio.fail_after(60):
         async with contact_lab(tmp_path, PartnerType.PUBLIC_UNVERIFIED, split=split) as lab:
             peer, inbox = lab.peer, lab.inbox
-            uas_port = free_port(UAS_IP)
+            uas_port = free_port(UAS_IP, udp_too=True)
             uas_log = tmp_path / "uas.log"
             # Alice's UA, which takes exactly one MESSAGE (it must be the authorized one).
             uas = Background(lab.nursery, sipp_command(

@@ -30,9 +30,9 @@ from _lab import (
 )
 
 from edgeproxy.app import EdgeApp
+from edgeproxy.commands.ops import AdminClient, NotRunning
 from edgeproxy.config import load_config
 from edgeproxy.net.delivery import Delivery
-from edgeproxy.ops.commands import AdminClient, NotRunning
 from edgeproxy.ops.events import EventLog
 from edgeproxy.ops.lifecycle import DRAIN_BOUND_SECONDS
 from edgeproxy.ops.metrics import Metrics

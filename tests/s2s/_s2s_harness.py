@@ -87,7 +87,8 @@ class Pipe:
     @classmethod
     def open(cls, a: Edge, b: Edge, **kw: object) -> Pipe:
         pipe = cls(a, b, a.initiating(b.domain, **kw), b.receiving())  # type: ignore[arg-type]
-        pipe.to_b.append(pipe.initiator.initiate())
+        pipe.initiator.initiate()
+        pipe.to_b.append(pipe.initiator.data_to_send())
         pipe.run()
         return pipe
 
@@ -126,11 +127,12 @@ class Pipe:
             if isinstance(event, StartTls):
                 # The "TLS handshake": each side gets a check of the other's certificate.
                 valid = self.a.cert_valid if server else self.b.cert_valid
-                restart = conn.tls_established(cert_check_for(valid))
-                if restart:
+                conn.tls_established(cert_check_for(valid))
+                if restart := conn.data_to_send():  # b"" would mean "connection closed"
                     out.append(restart)
             elif isinstance(event, DialbackVerifyNeeded):
-                out.append(conn.send(self._verify(event)))
+                conn.send(self._verify(event))
+                out.append(conn.data_to_send())
         data = conn.data_to_send()
         if data:
             out.append(data)
@@ -141,11 +143,10 @@ class Pipe:
             return DialbackVerdict(need.originating, need.receiving, self.verify_answers)
         check = Pipe.open(self.b, self.a, authenticate=False)
         assert any(isinstance(e, StreamReady) for e in check.a_events), check.a_events
-        check.to_b.append(
-            check.initiator.send(
-                VerifyRequest(need.receiving, need.originating, need.stream_id, need.key)
-            )
+        check.initiator.send(
+            VerifyRequest(need.receiving, need.originating, need.stream_id, need.key)
         )
+        check.to_b.append(check.initiator.data_to_send())
         check.run()
         answers = [e for e in check.a_events if isinstance(e, DialbackVerifyResponse)]
         assert len(answers) == 1, check.a_events

@@ -49,6 +49,7 @@ def dialback_authenticated(edge: Edge, origin: bytes = b"fabrikam.test") -> S2SC
     _, events = feed(conn, b"<db:result from='%s' to='contoso.test'>k</db:result>" % origin)
     need = next(e for e in events if isinstance(e, DialbackVerifyNeeded))
     conn.send(DialbackVerdict(need.originating, need.receiving, True))
+    assert conn.data_to_send().endswith(b"type='valid'/>")
     return conn
 
 
@@ -88,7 +89,8 @@ def test_spoofed_from_on_an_authenticated_stream_is_invalid_from() -> None:
 def test_forged_dialback_key_is_answered_invalid_and_the_stream_closed() -> None:
     fabrikam = Edge("fabrikam.test", (row("contoso.test", NOS, NOS, True),), "other")
     pipe = Pipe(fabrikam, contoso(), fabrikam.initiating("contoso.test"), contoso().receiving())
-    pipe.to_b.append(pipe.initiator.initiate())
+    pipe.initiator.initiate()
+    pipe.to_b.append(pipe.initiator.data_to_send())
     pipe.verify_answers = False  # the authoritative server said: not our key
     pipe.run()
     assert b"<db:result from='contoso.test' to='fabrikam.test' type='invalid'/>" in pipe.b_sent
@@ -119,7 +121,8 @@ def test_several_domain_pairs_on_one_stream_are_authenticated_separately() -> No
     conn = dialback_authenticated(edge)
     out, events = feed(conn, b"<db:result from='chat.fabrikam.test' to='contoso.test'>k</db:result>")
     need = next(e for e in events if isinstance(e, DialbackVerifyNeeded))
-    assert conn.send(DialbackVerdict(need.originating, need.receiving, True)).endswith(b"type='valid'/>")
+    conn.send(DialbackVerdict(need.originating, need.receiving, True))
+    assert conn.data_to_send().endswith(b"type='valid'/>")
     assert conn.remote_domains == {"fabrikam.test", "chat.fabrikam.test"}
     _, events = feed(conn, b"<message from='a@chat.fabrikam.test' to='b@contoso.test'/>")
     assert closed_with(events) is None

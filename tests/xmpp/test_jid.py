@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeproxy.xmpp.jid import InvalidJid, Jid, domain_of, parse_jid
+from edgeproxy.xmpp.jid import InvalidJid, Jid, parse_jid
 
 
 def test_full_jid_splits_into_three_prepared_parts() -> None:
@@ -28,8 +28,8 @@ def test_domain_jid_is_a_domain_and_drops_trailing_dot() -> None:
 
 
 def test_internationalised_domain_becomes_lowercase_a_labels() -> None:
-    assert domain_of("user@Bücher.DE") == "xn--bcher-kva.de"
-    assert domain_of("xn--bcher-kva.de") == "xn--bcher-kva.de"
+    assert parse_jid("user@Bücher.DE").domain == "xn--bcher-kva.de"
+    assert parse_jid("xn--bcher-kva.de").domain == "xn--bcher-kva.de"
 
 
 def test_ip_literals_are_valid_domainparts() -> None:

@@ -24,8 +24,8 @@ XMPP contacts subscribing to local users (RFC 8048 §4, RFC 6121 §3)
     ``AllowTransformed`` removes the status note (SPEC §4: status only to Federated).
 
 Next hop (issue 5, ``presence_watch.py``)
-    With ``[gateway] next-hop`` our users PUBLISH at the next hop instead: ``watch`` is then
-    set, and the presence XMPP subscribers get comes from the gateway's own subscription to the
+    With ``[gateway] next-hop`` (``next_hop``) our users PUBLISH at the next hop instead: the
+    agent then builds its ``watch`` (a ``PresenceWatcher``, run by the service), and the presence XMPP subscribers get comes from the gateway's own subscription to the
     user there (one per user, opened with the first approved subscriber, ended with the last;
     ``watch_presence`` gets each NOTIFY's state, ``remote`` keeps it). A probe for a user
     nobody subscribes to is answered through a fetch. The same ``decide_outbound`` applies.
@@ -80,9 +80,10 @@ from edgeproxy.gateway.sip.transport import (
     SipTransport,
     destination_for,
 )
-from edgeproxy.gateway.sip.uri import parse_name_addr, parse_uri
+from edgeproxy.gateway.sip.uri import SipUri, parse_name_addr, parse_uri
 from edgeproxy.gateway.translate import (
     DEFAULT_SUBSCRIPTION_EXPIRES,
+    PIDF_CONTENT_TYPE,
     PresenceInfo,
     TranslationError,
     jid_to_sip_uri,
@@ -100,7 +101,6 @@ from edgeproxy.xmpp.jid import InvalidJid, parse_jid
 
 log = logging.getLogger(__name__)
 
-PIDF_TYPE = "application/pidf+xml"
 #: Default PUBLISH / SUBSCRIBE expiry when the request has none (RFC 3856 §6.4: 3600 s).
 DEFAULT_EXPIRES = 3600
 #: Smallest expiry we accept (RFC 6665 §4.2.1.1 423 Interval Too Brief).
@@ -155,6 +155,8 @@ class PresenceAgent:
     check_registration: bool = True
     on_pending: Callable[[str, str], None] | None = None
     on_contact_added: Callable[[str, str], None] | None = None
+    #: ``[gateway] next-hop``: our users PUBLISH there, and ``watch`` subscribes to them.
+    next_hop: SipUri | None = None
     publications: dict[str, Publication] = field(default_factory=dict)  # bare JID → state
     subscribers: dict[str, set[str]] = field(default_factory=dict)  # local → contacts
     pending: set[tuple[str, str]] = field(default_factory=set)  # (local, contact)
@@ -162,10 +164,14 @@ class PresenceAgent:
     watchers: dict[tuple[str, str], Watcher] = field(default_factory=dict)
     contact_presence: dict[str, PresenceInfo] = field(default_factory=dict)
     # Next hop (issue 5): users PUBLISH there; we watch them (presence_watch).
-    watch: PresenceWatcher | None = None
+    watch: PresenceWatcher | None = field(init=False, default=None)
     remote: dict[str, PresenceInfo] = field(default_factory=dict)  # local → last NOTIFY
     probers: dict[str, set[str]] = field(default_factory=dict)  # local → waiting on a fetch
     _last_probe: float | None = None  # the first refresh sets the baseline
+
+    def __post_init__(self) -> None:
+        if self.next_hop is not None:
+            self.watch = PresenceWatcher(self.sip, self.next_hop, self.watch_presence, interval=self.refresh_interval)
 
     # -- policy -------------------------------------------------------------------------------
 
@@ -570,7 +576,7 @@ class PresenceAgent:
         headers.add("Subscription-State", state)
         body = b""
         if watcher.last is not None and terminated is None:
-            headers.add("Content-Type", PIDF_TYPE)
+            headers.add("Content-Type", PIDF_CONTENT_TYPE)
             body = presence_to_pidf(
                 jid_to_sip_uri(watcher.contact_jid), watcher.last, include_note=True
             )

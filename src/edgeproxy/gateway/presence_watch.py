@@ -81,6 +81,7 @@ from edgeproxy.gateway.sip.transport import (
 from edgeproxy.gateway.sip.uri import SipUri, parse_name_addr, parse_uri, split_header_list
 from edgeproxy.gateway.translate import (
     DEFAULT_SUBSCRIPTION_EXPIRES,
+    PIDF_CONTENT_TYPE,
     PresenceInfo,
     TranslationError,
     jid_to_sip_uri,
@@ -90,7 +91,6 @@ from edgeproxy.ops.boundary import contain
 
 log = logging.getLogger(__name__)
 
-PIDF_TYPE = "application/pidf+xml"
 #: The user part of the gateway's watcher identity (From of its SUBSCRIBEs).
 WATCHER_USER = "presence-gateway"
 #: Refresh this long before the granted expiry: more than Timer F (64·T1 = 32 s, RFC 3261
@@ -469,7 +469,7 @@ class WatchTable:
         headers.add("CSeq", f"{sub.cseq} SUBSCRIBE")
         headers.add("Contact", f"<{self.contact}>")
         headers.add("Event", "presence")
-        headers.add("Accept", PIDF_TYPE)
+        headers.add("Accept", PIDF_CONTENT_TYPE)
         headers.add("Expires", str(expires))
         return headers
 
@@ -501,7 +501,7 @@ def _body_info(request: SipRequest, state: str) -> PresenceInfo | None:
     """The presence a NOTIFY carries; None when it says nothing."""
     ctype = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
     if request.body.strip():
-        if ctype != PIDF_TYPE:
+        if ctype != PIDF_CONTENT_TYPE:
             log.info("presence watch: NOTIFY body of type %r ignored", ctype)
             return None
         try:

@@ -58,7 +58,6 @@ import trio
 from edgeproxy.config import EdgeConfig
 from edgeproxy.gateway.directory import ContactRecorder, follow_store
 from edgeproxy.gateway.presence import PresenceAgent
-from edgeproxy.gateway.presence_watch import PresenceWatcher
 from edgeproxy.gateway.sip.admission import (
     Admission,
     Admitted,
@@ -84,7 +83,6 @@ from edgeproxy.gateway.translate import (
     SipContext,
     TranslationError,
     condition_for_sip_status,
-    error_reply,
     jid_to_sip_uri,
     message_to_sip,
     parse_jid_memo,
@@ -102,9 +100,11 @@ from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy import engine
 from edgeproxy.policy.holder import SnapshotHolder
 from edgeproxy.policy.snapshot import PolicySnapshot
-from edgeproxy.tokenizer import Element, Stanza, Tokenizer, TokenizerError
+from edgeproxy.tokenizer import Element, TokenizerError
+from edgeproxy.xmpp.errors import error_reply
 from edgeproxy.xmpp.jid import InvalidJid
 from edgeproxy.xmpp.serialize import serialize
+from edgeproxy.xmpp.stanza import NotOneStanza, parse_stanza
 
 log = logging.getLogger(__name__)
 
@@ -113,19 +113,6 @@ MAX_SIP_IN_FLIGHT = 512
 #: Seconds a SIP sender waits for the edge's ack before getting 202 (well under Timer F = 32 s).
 SIP_ANSWER_WAIT = 8.0
 _KINDS = frozenset(k.value for k in StanzaKind)
-_STREAM_HEADER = (
-    b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>"
-)
-
-
-def parse_stanza(raw: bytes) -> Element:
-    """Parse one stanza's raw bytes (forwarded without stream context) into an element."""
-    tokenizer = Tokenizer()
-    tokenizer.feed(_STREAM_HEADER)
-    for token in tokenizer.feed(raw):
-        if isinstance(token, Stanza):
-            return token.element()
-    raise TranslationError("item is not one complete stanza", "bad-request")
 
 
 @dataclass(slots=True)
@@ -159,15 +146,18 @@ class GatewayService:
         channel_secret: bytes | None = None,
         sip_users: UserLookup | None = None,
     ) -> None:
+        # Built in dependency order. The transport and the proxy need each other (the proxy
+        # forwards through the transport): the transport gets ``_to_proxy``, which calls the
+        # proxy built after it.
         self.registrar = Registrar(sip_domains)
         self.answer_wait = answer_wait
-        self.proxy = LocalProxy(self.registrar, on_foreign=self._from_sip)
-        # telemetry: the SIP failure boundaries report there (EP1007, issue 13)
-        self.sip = SipTransport(sip_host, sip_port, self.proxy, tls=sip_tls, telemetry=telemetry)
+        self.next_hop = parse_uri(next_hop) if next_hop else None
         self.channel_ssl = channel_ssl
-        self.proxy.transport = self.sip
-        self.sip.take_now = self._take_now
-        self.presence = PresenceAgent(
+        # telemetry: the SIP failure boundaries report there (EP1007, issue 13)
+        self.sip = SipTransport(
+            sip_host, sip_port, self._to_proxy, take_now=self._take_now, tls=sip_tls, telemetry=telemetry
+        )
+        self.presence = PresenceAgent(  # with a next hop, users PUBLISH there: it watches them
             self.sip,
             self.registrar,
             self._presence_to_edge,
@@ -175,16 +165,11 @@ class GatewayService:
             check_registration=not next_hop,
             on_pending=on_pending,
             on_contact_added=on_contact_added,
+            next_hop=self.next_hop,
         )
-        self.proxy.on_publish = self.presence.handle_publish
-        self.next_hop = parse_uri(next_hop) if next_hop else None
-        if self.next_hop is not None:  # users PUBLISH there: watch them (presence_watch.py)
-            self.presence.watch = PresenceWatcher(
-                self.sip,
-                self.next_hop,
-                self.presence.watch_presence,
-                interval=self.presence.refresh_interval,
-            )
+        self.proxy = LocalProxy(
+            self.registrar, self.sip, on_foreign=self._from_sip, on_publish=self.presence.handle_publish
+        )
         self.page_mode_ceiling = page_mode_ceiling
         self.policy = policy
         if sip_users is None:
@@ -226,7 +211,7 @@ class GatewayService:
     ) -> None:
         """Serve SIP and keep the channel to the edge; ``started`` gets the SIP (host, port)."""
         if self.next_hop is not None and not self.admission.next_hop_hosts:
-            self.admission.next_hop_hosts = await _resolve(self.next_hop.host)
+            self.admission.set_next_hop_hosts(await _resolve(self.next_hop.host))
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             sip_address = await nursery.start(self.sip.serve)
@@ -269,7 +254,7 @@ class GatewayService:
         """Parse and translate ``item`` and begin its SIP transaction (no checkpoint)."""
         try:
             element = parse_stanza(item.raw)
-        except (TranslationError, TokenizerError) as exc:
+        except (NotOneStanza, TokenizerError) as exc:
             log.warning("gateway: unparsable stanza from the edge: %s", exc)
             return _Begun(None)
         try:
@@ -313,7 +298,7 @@ class GatewayService:
             if ahead is not None:
                 await ahead.wait()
             await self.presence.from_xmpp(parse_stanza(item.raw))
-        except (TranslationError, TokenizerError) as exc:
+        except (NotOneStanza, TranslationError, TokenizerError) as exc:
             log.warning("gateway: unparsable stanza from the edge: %s", exc)
         except Exception:
             log.exception("gateway: handling %s %s failed", item.kind, item.id)
@@ -369,9 +354,9 @@ class GatewayService:
         return self.sip.route(binding.contact, binding.source, binding.transport), str(binding.contact)
 
     async def _reply_error(self, original: Element, condition: str, text: str = "") -> None:
-        if original.get("type") == "error":
+        reply = error_reply(original, condition, text, include_original=False)
+        if reply is None:
             return  # RFC 6120 §8.3.1: never answer an error with an error
-        reply = error_reply(original, condition, text)
         kind = StanzaKind(original.name) if original.name in _KINDS else StanzaKind.MESSAGE
         # Waits for the edge's ack, so that the original is acked only after its error reply is
         # safe at the edge (a crash in between re-sends the original: the error may then be sent
@@ -392,6 +377,10 @@ class GatewayService:
         log.warning("gateway: %d stanzas for the edge dropped (%s)", len(items), condition)
 
     # -- SIP → XMPP ----------------------------------------------------------------------------
+
+    async def _to_proxy(self, request: SipRequest, ctx: ServerContext) -> None:
+        """The transport's handler: the built-in registrar's proxy (see ``__init__``)."""
+        await self.proxy(request, ctx)
 
     def _presence_to_edge(self, element: Element) -> None:
         """Presence the agent sends to an XMPP contact (queued; bounced if the edge is away)."""

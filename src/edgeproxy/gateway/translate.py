@@ -58,7 +58,7 @@ from edgeproxy.gateway.sip.uri import (
 )
 from edgeproxy.tokenizer import Element
 from edgeproxy.xmpp.jid import InvalidJid, parse_jid
-from edgeproxy.xmpp.namespaces import NS_STANZAS, NS_XML
+from edgeproxy.xmpp.namespaces import NS_XML
 
 #: RFC 3428 §8: MESSAGE requests over a path not known to be congestion-controlled must stay
 #: within 1300 bytes (200 under the IPv4 minimum MTU of 1500).
@@ -264,32 +264,6 @@ CONDITION_FOR_SIP: Final = {
     606: "not-acceptable",
 }
 
-#: RFC 6120 §8.3.3: the error type that goes with each condition.
-ERROR_TYPE: Final = {
-    "bad-request": "modify",
-    "conflict": "cancel",
-    "feature-not-implemented": "cancel",
-    "forbidden": "auth",
-    "gone": "cancel",
-    "internal-server-error": "cancel",
-    "item-not-found": "cancel",
-    "jid-malformed": "modify",
-    "not-acceptable": "modify",
-    "not-allowed": "cancel",
-    "not-authorized": "auth",
-    "policy-violation": "modify",
-    "recipient-unavailable": "wait",
-    "redirect": "modify",
-    "registration-required": "auth",
-    "remote-server-not-found": "cancel",
-    "remote-server-timeout": "wait",
-    "resource-constraint": "wait",
-    "service-unavailable": "cancel",
-    "subscription-required": "auth",
-    "undefined-condition": "cancel",
-    "unexpected-request": "wait",
-}
-
 
 def condition_for_sip_status(status: int) -> str:
     if status in CONDITION_FOR_SIP:
@@ -303,22 +277,6 @@ def condition_for_sip_status(status: int) -> str:
 
 def sip_status_for_condition(condition: str) -> int:
     return SIP_FOR_CONDITION.get(condition, 400)
-
-
-def error_reply(original: Element, condition: str, text: str = "") -> Element:
-    """The error stanza answering ``original`` (RFC 6120 §8.3): swapped addresses, same id."""
-    attrs = {"type": "error"}
-    if original.get("from"):
-        attrs["to"] = original.attrs["from"]
-    if original.get("to"):
-        attrs["from"] = original.attrs["to"]
-    if original.get("id") is not None:
-        attrs["id"] = original.attrs["id"]
-    error = Element("error", original.namespace, {"type": ERROR_TYPE.get(condition, "cancel")})
-    error.append(Element(condition, NS_STANZAS))
-    if text:
-        error.append(Element("text", NS_STANZAS, {}, [text]))
-    return Element(original.name, original.namespace, attrs, [error])
 
 
 # -- instant messages ------------------------------------------------------------------------------

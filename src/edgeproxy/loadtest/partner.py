@@ -13,7 +13,7 @@ Theory of operation
 * :func:`open_stream` connects, sends the header, and lets the core negotiate: on
   :class:`~edgeproxy.s2s.StartTls` it runs the TLS handshake as client (RFC 6120 §5.4.3.3, the
   domain's certificate as client certificate) and hands the core the peer-certificate check of
-  :mod:`edgeproxy.net.tls`; then SASL EXTERNAL (XEP-0178 §3, only to a target whose certificate
+  :mod:`edgeproxy.certs.peer`; then SASL EXTERNAL (XEP-0178 §3, only to a target whose certificate
   proves its domain under ``partners.trust``) or dialback (XEP-0220 §2.1.1). It returns once
   :class:`~edgeproxy.s2s.StreamReady` says the pair is authenticated, with the set-up time
   split into TCP connect, TLS handshake and the rest, or raises :class:`StreamSetupError`
@@ -41,10 +41,10 @@ from dataclasses import dataclass, field
 
 import trio
 
+from edgeproxy.certs.peer import peer_certificate_check
 from edgeproxy.loadtest.accounting import ID_PATTERN, Ledger
 from edgeproxy.loadtest.partner_tls import PartnerTls
 from edgeproxy.loadtest.scenario import Scenario, Security
-from edgeproxy.net.tls import peer_certificate_check
 from edgeproxy.policy.model import (
     AccessPolicy,
     Configuration,
@@ -165,7 +165,8 @@ class OutboundStream:
 
     def frame(self, raw: bytes) -> bytes:
         """The bytes for one stanza (checked by the core: the pair must be authenticated)."""
-        return self.conn.send(SendStanza(raw, self.local, self.remote))
+        self.conn.send(SendStanza(raw, self.local, self.remote))
+        return self.conn.data_to_send()
 
     async def read_until_closed(self) -> None:
         """Keep reading (keep-alives, stream errors) until the stream ends."""
@@ -188,8 +189,8 @@ class OutboundStream:
     async def aclose(self, grace: float = 2.0) -> None:
         """Close politely (``</stream:stream>``), give the peer ``grace`` s, then drop it."""
         try:
-            data = self.conn.send(CloseStream())
-            if data:
+            self.conn.send(CloseStream())
+            if data := self.conn.data_to_send():
                 await self.transport.send_all(data)
             with trio.move_on_after(grace):
                 await self.closed.wait()
@@ -222,7 +223,8 @@ async def open_stream(
         connected = trio.current_time()
         record = OutboundStream(local, target.domain, conn, transport, 0.0, connected - started)
         try:
-            await transport.send_all(conn.initiate())
+            conn.initiate()
+            await transport.send_all(conn.data_to_send())
             while True:
                 data = await transport.receive_some(MAX_READ)
                 conn.receive_data(data)
@@ -242,7 +244,8 @@ async def open_stream(
                         transport = record.transport = secure
                         record.tls_seconds = trio.current_time() - begun
                         record.tls_version = secure.version()
-                        await transport.send_all(conn.tls_established(peer_certificate_check(secure)))
+                        conn.tls_established(peer_certificate_check(secure))
+                        await transport.send_all(conn.data_to_send())
                     elif isinstance(event, Authenticated):
                         record.auth_method = str(event.method)
                     elif isinstance(event, PeerCertificateRejected):
@@ -316,9 +319,8 @@ class PartnerListener:
                         stream = await self._start_tls(stream, conn)
                     elif isinstance(event, DialbackVerifyNeeded):
                         self.verifications += 1
-                        out += conn.send(
-                            DialbackVerdict(event.originating, event.receiving, valid=True)
-                        )
+                        conn.send(DialbackVerdict(event.originating, event.receiving, valid=True))
+                        out += conn.data_to_send()
                     elif isinstance(event, Authenticated):
                         self.auth_methods[str(event.method)] += 1
                     elif isinstance(event, PeerCertificateRejected):
@@ -345,7 +347,8 @@ class PartnerListener:
             raise StreamSetupError("STARTTLS on a listener without TLS material")
         secure = await _tls_handshake(stream, self.tls.server(conn.local_domain), server_side=True, sni=None)
         self.tls_versions[secure.version() or "?"] += 1
-        if out := conn.tls_established(peer_certificate_check(secure)):
+        conn.tls_established(peer_certificate_check(secure))
+        if out := conn.data_to_send():
             await secure.send_all(out)
         return secure
 

@@ -1,10 +1,10 @@
 """TLS material of the simulated partner domains: one client and one server SSL context each.
 
-The contexts come from the edge's own builders (:func:`edgeproxy.net.tls.client_context` /
-:func:`~edgeproxy.net.tls.server_context`): they present the domain's certificate in both
-directions (TLS client certificate outbound, for SASL EXTERNAL, XEP-0178 §3) and accept any peer
-certificate at the TLS layer, the verdict on it being the core's (RFC 6125 identity, chain to
-``partners.trust``) through :func:`edgeproxy.net.tls.peer_certificate_check`.
+The contexts come from the edge's own builder (:func:`edgeproxy.certs.contexts.tls_context`, roles
+``S2S_CLIENT`` / ``S2S_SERVER``): they present the domain's certificate in both directions (TLS
+client certificate outbound, for SASL EXTERNAL, XEP-0178 §3) and accept any peer certificate at
+the TLS layer, the verdict on it being the core's (RFC 6125 identity, chain to
+``partners.trust``) through :func:`edgeproxy.certs.peer.peer_certificate_check`.
 
 Files: ``partners.certificate`` / ``partners.key`` (``{domain}`` selects one file per domain, else
 one certificate serves every simulated domain). ``starttls-dialback`` without files gets a
@@ -18,13 +18,14 @@ with thousands of domains and one certificate builds two contexts.
 
 from __future__ import annotations
 
+import ssl
 import tempfile
 from pathlib import Path
 
 from edgeproxy.certs import selfsigned
+from edgeproxy.certs.contexts import TlsRole, tls_context
 from edgeproxy.certs.pem import certificates_pem, private_key_pem
 from edgeproxy.loadtest.scenario import Scenario, domain_file
-from edgeproxy.net.tls import EdgeSSLContext, client_context, server_context
 
 
 class PartnerTls:
@@ -35,8 +36,8 @@ class PartnerTls:
         self.key = key
         self.trust = Path(trust) if trust else None
         self.generated = generated
-        self._client: dict[tuple[Path, Path], EdgeSSLContext] = {}
-        self._server: dict[tuple[Path, Path], EdgeSSLContext] = {}
+        self._client: dict[tuple[Path, Path], ssl.SSLContext] = {}
+        self._server: dict[tuple[Path, Path], ssl.SSLContext] = {}
 
     @classmethod
     def for_scenario(cls, scenario: Scenario) -> PartnerTls | None:
@@ -71,16 +72,16 @@ class PartnerTls:
     def _files(self, domain: str) -> tuple[Path, Path]:
         return domain_file(self.certificate, domain), domain_file(self.key, domain)
 
-    def client(self, domain: str) -> EdgeSSLContext:
+    def client(self, domain: str) -> ssl.SSLContext:
         """Context for our initiating streams from ``domain`` (we are the TLS client)."""
         files = self._files(domain)
         if (ctx := self._client.get(files)) is None:
-            ctx = self._client[files] = client_context(*files, self.trust)
+            ctx = self._client[files] = tls_context(TlsRole.S2S_CLIENT, *files, self.trust)
         return ctx
 
-    def server(self, domain: str) -> EdgeSSLContext:
+    def server(self, domain: str) -> ssl.SSLContext:
         """Context for the partner listener when the target connects to ``domain``."""
         files = self._files(domain)
         if (ctx := self._server.get(files)) is None:
-            ctx = self._server[files] = server_context(*files, self.trust)
+            ctx = self._server[files] = tls_context(TlsRole.S2S_SERVER, *files, self.trust)
         return ctx

@@ -47,9 +47,8 @@ from typing import Final
 
 from edgeproxy.errors import ProtocolError
 from edgeproxy.loopback.frames import Hello, Role
-from edgeproxy.secretfiles import PRIVATE, ensure_private_dir, ensure_secret
+from edgeproxy.secretfiles import PRIVATE, channel_secret_path, ensure_private_dir, ensure_secret
 
-CHANNEL_SECRET_FILE = "channel.secret"
 #: Domain separation for the proof (RFC 2104 keys only the MAC; the label fixes its purpose).
 PROOF_LABEL: Final = b"edgeproxy loopback channel proof v2"
 #: The close frame's reason for a peer whose proof is wrong or missing (WebSocket code 1008).
@@ -60,10 +59,6 @@ class ChannelAuthError(ProtocolError):
     """The peer's proof of the channel secret is wrong or missing; the connection is refused."""
 
     condition = "not-authorized"
-
-
-def channel_secret_path(state_dir: Path) -> Path:
-    return state_dir / CHANNEL_SECRET_FILE
 
 
 def load_channel_secret(state_dir: Path) -> bytes:
@@ -102,11 +97,9 @@ def check_proof(secret: bytes, prover: Role, edge: Hello, gateway: Hello, mac: b
 
 __all__ = [
     "AUTH_FAILED",
-    "CHANNEL_SECRET_FILE",
     "PROOF_LABEL",
     "ChannelAuthError",
     "channel_proof",
-    "channel_secret_path",
     "check_proof",
     "load_channel_secret",
 ]

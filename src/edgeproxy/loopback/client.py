@@ -35,10 +35,10 @@ import ssl
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
 
+from edgeproxy.certs.handshake import send_pending_alert, tls_failure
 from edgeproxy.loopback.endpoint import ChannelEndpoint
 from edgeproxy.loopback.frames import MAX_FRAME_BYTES, FrameError
 from edgeproxy.loopback.server import WS_HANDSHAKE_TIMEOUT, WS_MESSAGE_QUEUE
-from edgeproxy.net.handshake import send_pending_alert, tls_failure
 from edgeproxy.ops.boundary import Surface, contain
 
 log = logging.getLogger(__name__)

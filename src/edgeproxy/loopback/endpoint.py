@@ -242,6 +242,10 @@ class ChannelEndpoint:
         self._away_since: float | None = None
         self._outage_expired = False
         self._connected_event = trio.Event()
+        self._disconnected_event = trio.Event()
+        self._disconnected_event.set()
+        #: Set (and renewed) when an ack frees queued items and when a connection ends.
+        self._acked = trio.Event()
         # submit_and_wait callers: seq -> [outcome, event]; outcome None = acked by the peer.
         self._waiters: dict[int, _Waiter] = {}
         self._counts = dict.fromkeys(
@@ -412,6 +416,18 @@ class ChannelEndpoint:
     async def wait_connected(self) -> None:
         await self._connected_event.wait()
 
+    async def wait_disconnected(self) -> None:
+        """Return once no connection is up (at once if none is)."""
+        await self._disconnected_event.wait()
+
+    async def wait_acked(self) -> None:
+        """Return at the peer's next ack that frees queued items, or when the connection ends."""
+        await self._acked.wait()
+
+    def _signal_acked(self) -> None:
+        self._acked.set()
+        self._acked = trio.Event()
+
     async def run_connection(
         self,
         ws: WebSocketConnection,
@@ -448,6 +464,8 @@ class ChannelEndpoint:
                     if self._connected:
                         self._connected = False
                         self._connected_event = trio.Event()
+                        self._disconnected_event.set()
+                        self._signal_acked()
                         self.sender.on_disconnected()
                         self.receiver.on_disconnected(handling_survives=self.ack_on_complete)
                         self._away_since = trio.current_time()
@@ -525,6 +543,7 @@ class ChannelEndpoint:
         self._away_since = None
         self._counts["connections"] += 1
         self._connected_event.set()
+        self._disconnected_event = trio.Event()
         self._wake.set()
         try:
             async with trio.open_nursery() as nursery:
@@ -608,6 +627,7 @@ class ChannelEndpoint:
         elif isinstance(frame, Ack):
             if self.sender.on_ack(frame.up_to):
                 self._resolve_acked(frame.up_to)
+                self._signal_acked()
                 self._wake.set()
         elif isinstance(frame, FlowControl):
             self.sender.on_window(frame.window)

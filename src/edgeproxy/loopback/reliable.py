@@ -42,7 +42,6 @@ from __future__ import annotations
 from collections import deque
 
 from edgeproxy.loopback.frames import (
-    DEFAULT_WINDOW,
     MAX_BATCH_BYTES,
     MAX_BATCH_ITEMS,
     Bounce,
@@ -225,7 +224,3 @@ class Receiver:
             self.processed += 1
             advanced = True
         return advanced
-
-
-def initial_window() -> int:
-    return DEFAULT_WINDOW

@@ -50,9 +50,9 @@ from functools import partial
 import trio
 from trio_websocket import ConnectionClosed, wrap_server_stream
 
+from edgeproxy.certs.handshake import send_pending_alert, tls_failure
 from edgeproxy.loopback.endpoint import ChannelEndpoint
 from edgeproxy.loopback.frames import MAX_FRAME_BYTES, FrameError
-from edgeproxy.net.handshake import send_pending_alert, tls_failure
 from edgeproxy.ops.boundary import Surface, contain
 
 #: WebSocket messages queued inside trio-websocket per connection. The channel's own window is

@@ -17,7 +17,9 @@ With ``[edge] internal-tls = true`` both ends authenticate each other:
 The anchors must be a file (``check_rules`` in ``config.py`` refuses the system store: any
 publicly certified host could then act as the gateway). Any file that is missing or does not
 load is a :class:`~edgeproxy.errors.ConfigError` naming the key, raised before anything
-listens: the channel never falls back to plain text.
+listens: the channel never falls back to plain text. This module only picks the files; the
+contexts are :func:`edgeproxy.certs.contexts.tls_context`'s roles ``CHANNEL_EDGE`` and
+``CHANNEL_GATEWAY``.
 """
 
 from __future__ import annotations
@@ -25,11 +27,9 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from edgeproxy.certs.contexts import ConfigKeys, TlsRole, tls_context
 from edgeproxy.config import EdgeConfig
 from edgeproxy.errors import ConfigError
-
-#: No TLS below 1.2 on the channel (RFC 8996).
-MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 
 
 def _file(config: EdgeConfig, key: str, value: str) -> Path:
@@ -39,7 +39,7 @@ def _file(config: EdgeConfig, key: str, value: str) -> Path:
     return path
 
 
-def _context(config: EdgeConfig, server_side: bool, cert_keys: tuple[str, str, str, str]) -> ssl.SSLContext:
+def _context(config: EdgeConfig, role: TlsRole, cert_keys: tuple[str, str, str, str]) -> ssl.SSLContext:
     cert_key, cert_value, key_key, key_value = cert_keys
     cert, key = _file(config, cert_key, cert_value), _file(config, key_key, key_value)
     trust_key, trust_value = (
@@ -48,18 +48,7 @@ def _context(config: EdgeConfig, server_side: bool, cert_keys: tuple[str, str, s
         else ("tls.trust", config.tls.trust or "")
     )
     trust = _file(config, trust_key, trust_value)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = MINIMUM_VERSION
-    try:
-        ctx.load_cert_chain(str(cert), str(key))
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        raise ConfigError(f"{config.source}: {cert_key} {cert} / {key_key} {key} do not load: {exc}") from None
-    try:
-        ctx.load_verify_locations(cafile=str(trust))
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        raise ConfigError(f"{config.source}: {trust_key} {trust} does not load: {exc}") from None
-    ctx.verify_mode = ssl.CERT_REQUIRED  # the client side also checks the host name (default)
-    return ctx
+    return tls_context(role, cert, key, trust, ConfigKeys(config.source, cert_key, key_key, trust_key))
 
 
 def edge_channel_context(config: EdgeConfig) -> ssl.SSLContext | None:
@@ -69,7 +58,7 @@ def edge_channel_context(config: EdgeConfig) -> ssl.SSLContext | None:
     edge = config.edge
     return _context(
         config,
-        True,
+        TlsRole.CHANNEL_EDGE,
         (
             "edge.internal-certificate" if edge.internal_certificate else "tls.certificate",
             edge.internal_certificate or config.tls.certificate,
@@ -86,7 +75,7 @@ def gateway_channel_context(config: EdgeConfig) -> ssl.SSLContext | None:
     gateway = config.gateway
     return _context(
         config,
-        False,
+        TlsRole.CHANNEL_GATEWAY,
         (
             "gateway.channel-certificate" if gateway.channel_certificate else "tls.certificate",
             gateway.channel_certificate or config.tls.certificate,

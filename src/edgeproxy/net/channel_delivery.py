@@ -17,8 +17,8 @@ Authentication (issue 14)
 
 Edge → gateway
     ``deliver`` (called by the router for inbound stanzas that passed the policy, and for error
-    replies to local senders) submits the stanza's raw bytes as a ``Routed`` item. A stanza the
-    policy transformed (``strip_status``) is re-serialized without its ``<status/>``. When the
+    replies to local senders) submits the stanza's bytes as a ``Routed`` item: the bytes received
+    from the partner, or the router's serialization of what the policy transformed. When the
     channel's queue is full, or the gateway has been away longer than the outage bound, the
     endpoint hands the item back (``on_bounce``) and the XMPP sender gets an error. An
     auto-approved ``subscribe`` is delivered unanswered: the gateway's presence agent answers
@@ -58,54 +58,19 @@ from edgeproxy.loopback.endpoint import DEFAULT_OUTAGE_BOUND, ChannelEndpoint, C
 from edgeproxy.loopback.frames import Bounce, Item, Role, Routed, StanzaKind
 from edgeproxy.loopback.reliable import DEFAULT_MAX_QUEUED
 from edgeproxy.loopback.server import serve_loopback
-from edgeproxy.net.delivery import Delivery, bounce, to_bytes
+from edgeproxy.net.delivery import Delivery, to_bytes
 from edgeproxy.net.router import Router
 from edgeproxy.ops import events
 from edgeproxy.ops.telemetry import Telemetry
-from edgeproxy.tokenizer import Element, Stanza, Tokenizer, TokenizerError
+from edgeproxy.tokenizer import Element, TokenizerError
+from edgeproxy.xmpp.errors import error_reply
 from edgeproxy.xmpp.namespaces import NS_SERVER
-from edgeproxy.xmpp.serialize import serialize
+from edgeproxy.xmpp.stanza import domain_of, parse_stanza, read_stanza
 
 log = logging.getLogger("edgeproxy.net.channel_delivery")
 
-#: Seconds between looks at the channel's connection state (events EP5001/EP5002).
-STATE_POLL_INTERVAL = 0.1
 #: What a gateway item may carry (RFC 6120 §8: the three stanza kinds, server namespace).
 STANZA_NAMES = frozenset(kind.value for kind in StanzaKind)
-_STREAM_HEADER = (
-    b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>"
-)
-
-
-def _domain(jid: str | None) -> str:
-    """The domain of a JID as the router keys the pool's links (``net.router._domain``)."""
-    return (jid or "").partition("/")[0].rpartition("@")[2].lower()
-
-
-def parse_raw(raw: bytes) -> Element:
-    """One stanza's raw bytes (forwarded without stream context) as an element.
-
-    Raises ``TokenizerError`` or ``ValueError`` when ``raw`` is not one complete stanza.
-    """
-    return parse_exact(raw)[0]
-
-
-def parse_exact(raw: bytes) -> tuple[Element, bool]:
-    """Like :func:`parse_raw`; also says whether ``raw`` is that stanza and nothing else (then
-    the bytes, checked by the tokenizer, may be forwarded as they are)."""
-    tokenizer = Tokenizer()
-    tokenizer.feed(_STREAM_HEADER)
-    for token in tokenizer.feed(raw):
-        if isinstance(token, Stanza):
-            return token.element(), token.raw == raw
-    raise ValueError("not one complete stanza")
-
-
-def _without_status(raw: bytes) -> bytes:
-    element = parse_raw(raw)
-    kept = [c for c in element.children if not (isinstance(c, Element) and c.name == "status")]
-    stripped = Element(element.name, element.namespace, dict(element.attrs), kept)
-    return serialize(stripped, parent_namespace=NS_SERVER)
 
 
 class ChannelDelivery:
@@ -126,6 +91,8 @@ class ChannelDelivery:
         """``secret``: the channel secret the gateway must prove (``loopback/auth.py``)."""
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.max_queued = max_queued
+        #: Where stanzas from the gateway and bounces go: the edge's router, given to ``run``
+        #: (the router delivers to this channel, so it is built after it).
         self.router: Router | None = None
         self.endpoint = ChannelEndpoint(
             Role.EDGE,
@@ -146,14 +113,8 @@ class ChannelDelivery:
 
     async def deliver(self, item: Delivery) -> None:
         """Queue an accepted stanza for the gateway (bounced to its sender if it cannot go)."""
-        raw = item.raw
-        if item.strip_status:
-            try:
-                raw = _without_status(raw)
-            except (TokenizerError, ValueError) as exc:
-                log.warning("channel: cannot strip the status of a stanza from %s: %s", item.from_jid, exc)
         kind = StanzaKind(item.kind) if item.kind in StanzaKind.__members__.values() else StanzaKind.MESSAGE
-        self.endpoint.submit(kind, item.from_jid, item.to_jid, item.type or "", "", raw)
+        self.endpoint.submit(kind, item.from_jid, item.to_jid, item.type or "", "", item.raw)
 
     def _on_bounce(self, items: list[Routed], condition: str) -> None:
         for item in items:
@@ -167,11 +128,11 @@ class ChannelDelivery:
         """An error stanza for the sender of ``raw`` over the S2S pool (never for an error)."""
         assert self.router is not None
         try:
-            element = parse_raw(raw)
+            element = parse_stanza(raw)
         except (TokenizerError, ValueError) as exc:
             log.warning("channel: cannot bounce an unparsable stanza: %s", exc)
             return
-        reply = bounce(element, condition, text or None)
+        reply = error_reply(element, condition, text)
         if reply is None:
             log.info("channel: undeliverable error stanza from %s dropped after logging", element.get("from"))
             return
@@ -194,10 +155,9 @@ class ChannelDelivery:
             element, whole = self._stanza_of(item)
             if element is None:
                 continue
-            if self.router.pool is not None:
-                # backpressure, not bounces: the channel stops reading while the partner's
-                # outbound queue is full (the gateway's SIP senders then wait for their answer)
-                await self.router.pool.wait_for_room(_domain(element.get("from")), _domain(element.get("to")))
+            # backpressure, not bounces: the channel stops reading while the partner's
+            # outbound queue is full (the gateway's SIP senders then wait for their answer)
+            await self.router.wait_for_room(domain_of(element.get("from")), domain_of(element.get("to")))
             # The gateway's bytes go out as they are unless the policy changes the stanza
             # (no second serialization of what the gateway just serialized).
             await self.router.send_from_local(element, raw=item.raw if whole else None)
@@ -205,7 +165,8 @@ class ChannelDelivery:
     def _stanza_of(self, item: Routed) -> tuple[Element | None, bool]:
         """The item's stanza and whether its bytes are exactly that; (None, False) when refused."""
         try:
-            element, whole = parse_exact(item.raw)
+            stanza = read_stanza(item.raw)
+            element, whole = stanza.element(), stanza.raw == item.raw
         except (TokenizerError, ValueError) as exc:
             self._refuse(item, f"not one well-formed stanza: {exc}")
             return None, False
@@ -217,7 +178,7 @@ class ChannelDelivery:
     def _refuse(self, item: Routed, reason: str) -> None:
         """A gateway item that is no stanza: nack it (``bad-request``; the gateway owns the sender)."""
         log.warning("channel: item %d from the gateway refused: %s", item.seq, reason)
-        self.telemetry.refused(item.kind.value, _domain(item.from_), _domain(item.to), "bad-request",
+        self.telemetry.refused(item.kind.value, domain_of(item.from_), domain_of(item.to), "bad-request",
                                f"loopback item: {reason}"[:300])
         self.endpoint.nack(item, "bad-request", reason)
 
@@ -227,13 +188,13 @@ class ChannelDelivery:
             log.warning("channel: bounce for %.200s from the gateway could not be answered", item.from_)
             return
         try:
-            element = parse_raw(item.raw)
+            element = parse_stanza(item.raw)
         except (TokenizerError, ValueError):
             element = None
         if element is None or element.name not in STANZA_NAMES:
             self.endpoint.nack(item, "internal-server-error")
             return
-        reply = bounce(element, "internal-server-error")
+        reply = error_reply(element, "internal-server-error")
         if reply is None:
             return  # an error stanza: reported (EP1007), never answered with an error
         self.bounced += 1
@@ -247,14 +208,17 @@ class ChannelDelivery:
         self,
         host: str,
         port: int,
+        router: Router,
         *,
         ssl_context: ssl.SSLContext | None = None,
         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve the internal listener until cancelled; ``task_status`` gets the bound address.
+        """Serve the internal listener until cancelled, sending what the gateway sends (and the
+        bounces) out through ``router``; ``task_status`` gets the bound address.
 
         Raises ``OSError`` when the internal address cannot be bound.
         """
+        self.router = router
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._send_bounces)
             bound = await nursery.start(
@@ -269,15 +233,12 @@ class ChannelDelivery:
         self.telemetry.emit(events.CHANNEL_REFUSED, peer=peer, reason=reason)
 
     async def _watch_state(self) -> None:
-        connected = False
+        """Report the gateway's connections (EP5001) and their ends (EP5002) as they happen."""
         while True:
-            now = self.endpoint.statistics().connected
-            if now and not connected:
-                self.telemetry.emit(events.CHANNEL_CONNECTED, peer="gateway")
-            elif connected and not now:
-                self.telemetry.emit(events.CHANNEL_LOST, peer="gateway", reason="connection closed")
-            connected = now
-            await trio.sleep(STATE_POLL_INTERVAL)
+            await self.endpoint.wait_connected()
+            self.telemetry.emit(events.CHANNEL_CONNECTED, peer="gateway")
+            await self.endpoint.wait_disconnected()
+            self.telemetry.emit(events.CHANNEL_LOST, peer="gateway", reason="connection closed")
 
     async def flush(self) -> bool:
         """Wait until the gateway has acked everything queued; True when flushed.
@@ -287,7 +248,7 @@ class ChannelDelivery:
         while self.endpoint.sender.queued:
             if not self.endpoint.statistics().connected:
                 return False
-            await trio.sleep(0.01)
+            await self.endpoint.wait_acked()
         return True
 
     async def bounce_queued(self, condition: str = "service-unavailable") -> int:

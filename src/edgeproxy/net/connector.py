@@ -32,6 +32,10 @@ parse (a query then times out) and turns rcodes into exceptions; on top of that:
   raises is reported (EP1007) and the lookup fails cleanly. ``connect`` raises only
   :class:`ConnectFailed` (the pool bounces with remote-server-not-found / -timeout).
 
+Telemetry (``telemetry``, optional): contained failures are reported there (EP1007); each lookup
+is timed (``edgeproxy_dns_lookup*`` by record type and outcome) and a failed one is ``EP4001``;
+a connect that fails is ``EP4002``.
+
 Limits (named, with their origin)
 ``MAX_SRV_TARGETS`` = 16
     Targets tried per connect. Real deployments publish a handful; 16 staggered attempts at the
@@ -45,8 +49,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 import dns.asyncresolver
@@ -56,6 +62,7 @@ import dns.resolver
 import trio
 
 from edgeproxy.dns.srv import XMPP_SERVER_PORT, SrvRecord, connection_targets, srv_name
+from edgeproxy.ops import events
 from edgeproxy.ops.boundary import Surface, contain
 
 if TYPE_CHECKING:
@@ -101,8 +108,6 @@ class Connector:
 
     def __init__(self, settings: ConnectorSettings | None = None, *, telemetry: Telemetry | None = None) -> None:
         self.settings = settings or ConnectorSettings()
-        # Where contained failures are reported (EP1007). ``app.ObservedConnector`` sets the same
-        # attribute after calling this constructor.
         self._telemetry = telemetry
         self._resolver = dns.asyncresolver.Resolver(configure=self.settings.resolver is None)
         if self.settings.resolver is not None:
@@ -156,6 +161,21 @@ class Connector:
             raise expected[0]
         return result[0]
 
+    async def _timed(self, rtype: str, name: str, lookup: Callable[[], Awaitable[_T]]) -> _T:
+        """One lookup, its duration and outcome counted, a failure reported (EP4001)."""
+        if self._telemetry is None:
+            return await lookup()
+        started = time.monotonic()
+        try:
+            result = await lookup()
+        except (dns.exception.DNSException, OSError) as exc:
+            outcome = "timeout" if isinstance(exc, dns.exception.Timeout) else "error"
+            self._telemetry.metrics.dns_lookup(rtype, outcome, time.monotonic() - started)
+            self._telemetry.emit(events.DNS_FAILED, rtype=rtype, name=name, outcome=f"{outcome}: {exc}")
+            raise
+        self._telemetry.metrics.dns_lookup(rtype, "ok" if result else "nodata", time.monotonic() - started)
+        return result
+
     async def targets(self, domain: str, proxy_fqdn: str | None = None) -> list[tuple[str, int]]:
         """(host, port) to try, in order (SPEC §6 outbound)."""
         if proxy_fqdn:
@@ -163,17 +183,23 @@ class Connector:
             return [(host, int(port) if port else XMPP_SERVER_PORT)]
         name = srv_name(domain)
         try:
-            records = await self._contained(name, lambda: self.srv_records(domain))
+            records = await self._contained(name, partial(self._timed, "SRV", domain, partial(self.srv_records, domain)))
         except (dns.exception.DNSException, OSError) as exc:
             raise ConnectFailed(f"DNS lookup for {name} failed: {exc}") from None
         return connection_targets(domain, records)[:MAX_SRV_TARGETS]
 
     async def connect(self, domain: str, proxy_fqdn: str | None = None) -> trio.SocketStream:
         """A connected stream to the best reachable target; raises :class:`ConnectFailed`."""
-        with trio.move_on_after(self.settings.timeout) as scope:
-            return await self._connect(domain, proxy_fqdn)
-        assert scope.cancelled_caught
-        raise ConnectFailed(f"connecting to {domain} timed out", timeout=True)
+        try:
+            with trio.move_on_after(self.settings.timeout) as scope:
+                return await self._connect(domain, proxy_fqdn)
+            assert scope.cancelled_caught
+            raise ConnectFailed(f"connecting to {domain} timed out", timeout=True)
+        except ConnectFailed as exc:
+            if self._telemetry is not None:
+                self._telemetry.emit(events.CONNECT_FAILED, domain=domain, error=str(exc),
+                                     targets=proxy_fqdn or "SRV")
+            raise
 
     async def _connect(self, domain: str, proxy_fqdn: str | None) -> trio.SocketStream:
         targets = await self.targets(domain, proxy_fqdn)
@@ -182,7 +208,7 @@ class Connector:
         endpoints: list[tuple[str, int]] = []
         for host, port in targets:
             try:
-                found = await self._contained(host, lambda host=host: self.addresses(host))  # type: ignore[misc]
+                found = await self._contained(host, partial(self._timed, "A", host, partial(self.addresses, host)))
             except (dns.exception.DNSException, OSError):
                 continue
             endpoints.extend((addr, port) for addr in found[:MAX_ADDRESSES_PER_TARGET])

@@ -1,33 +1,24 @@
-"""Local delivery: where accepted inbound stanzas go, and the bounce builder.
+"""Local delivery: where accepted inbound stanzas go.
 
-Until the loopback channel to the translating gateway exists (gateway issue), accepted stanzas
-go to a :class:`LocalDelivery`; :class:`MemoryDelivery` is the in-process implementation (bounded
-queue, used by ``edgeproxy serve`` and the tests). Stanzas that cannot be delivered are bounced
-(RFC 6120 §8.3: swap ``to``/``from``, ``type='error'``, an ``<error/>`` with the condition),
-except errors themselves (§8.3.1) — those are logged, never silently dropped (SPEC §6 rule 5).
+Accepted stanzas go to a :class:`LocalDelivery`: the loopback channel to the translating gateway
+(:class:`edgeproxy.net.channel_delivery.ChannelDelivery`), or :class:`MemoryDelivery`, the
+in-process implementation (bounded queue, used by ``edgeproxy serve`` without a gateway and by
+the tests). Stanzas that cannot be delivered are answered with
+:func:`edgeproxy.xmpp.errors.error_reply` (RFC 6120 §8.3), except errors themselves (§8.3.1) —
+those are logged, never silently dropped (SPEC §6 rule 5).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Protocol
 
 import trio
 
 from edgeproxy.tokenizer import Element
-from edgeproxy.xmpp.namespaces import NS_SERVER, NS_STANZAS
+from edgeproxy.xmpp.namespaces import NS_SERVER
 from edgeproxy.xmpp.serialize import serialize
 
-#: RFC 6120 §8.3.3: the error type that goes with each condition we send.
-ERROR_TYPES: Final = {
-    "service-unavailable": "cancel",
-    "feature-not-implemented": "cancel",
-    "remote-server-not-found": "cancel",
-    "remote-server-timeout": "wait",
-    "forbidden": "auth",
-    "not-authorized": "auth",
-    "internal-server-error": "cancel",
-}
 #: Stanzas waiting in a MemoryDelivery before the producer is made to wait (backpressure).
 MEMORY_DELIVERY_BOUND = 1024
 
@@ -41,7 +32,6 @@ class Delivery:
     to_jid: str
     kind: str
     type: str | None
-    strip_status: bool = False
     pending_subscription: bool = False
 
 
@@ -81,24 +71,6 @@ class MemoryDelivery:
 
     def statistics(self) -> trio.MemoryChannelStatistics:
         return self._send.statistics()
-
-
-def bounce(element: Element, condition: str, text: str | None = None) -> Element | None:
-    """The error reply to ``element`` (RFC 6120 §8.3.1), or None for an error stanza."""
-    if element.get("type") == "error":
-        return None
-    attrs = {k: v for k, v in element.attrs.items() if k not in ("to", "from", "type")}
-    if element.get("from"):
-        attrs["to"] = element.attrs["from"]
-    if element.get("to"):
-        attrs["from"] = element.attrs["to"]
-    attrs["type"] = "error"
-    error = Element("error", element.namespace, {"type": ERROR_TYPES.get(condition, "cancel")})
-    error.append(Element(condition, NS_STANZAS))
-    if text:
-        error.append(Element("text", NS_STANZAS, {}, [text]))
-    children: list[Element | str] = [c for c in element.children if element.name != "iq"]
-    return Element(element.name, element.namespace, attrs, [*children, error])
 
 
 def to_bytes(element: Element) -> bytes:

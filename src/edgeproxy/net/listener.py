@@ -312,7 +312,8 @@ async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
 
 
 async def _refuse(stream: trio.abc.Stream, conn: S2SConnection, condition: str, text: str) -> None:
-    await _send_quietly(stream, conn.send(CloseStream(condition, text)))
+    conn.send(CloseStream(condition, text))
+    await _send_quietly(stream, conn.data_to_send())
     await stream.aclose()
 
 

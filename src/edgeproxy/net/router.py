@@ -20,7 +20,7 @@ user and partner-type rules. Its decisions map to actions here:
   unauthorized probe gets ``unsubscribed`` from here);
 * ``StorePending`` → delivery flagged as a pending subscription (the gateway stores it);
 * ``ALLOW_SERVER_IQ`` (an iq to one of our domains itself) → answered by the edge
-  (:mod:`edgeproxy.net.server_iq`: ping, service discovery), not delivered.
+  (:mod:`edgeproxy.xmpp.server_iq`: ping, service discovery), not delivered.
 
 The engine needs a few flags from inside the stanza (status note, file transfer, Jingle, MUC
 invitation); they are read from the parsed element — an optimisation to the tokenizer's raw view
@@ -34,15 +34,8 @@ from collections.abc import Callable
 
 import trio
 
-from edgeproxy.net.delivery import (
-    Delivery,
-    LocalDelivery,
-    answers_subscriptions,
-    bounce,
-    to_bytes,
-)
+from edgeproxy.net.delivery import Delivery, LocalDelivery, answers_subscriptions, to_bytes
 from edgeproxy.net.pool import OutboundPool
-from edgeproxy.net.server_iq import server_iq_reply
 from edgeproxy.net.session import S2SSession
 from edgeproxy.ops.metrics import Flow, Verdict
 from edgeproxy.ops.telemetry import Telemetry
@@ -58,7 +51,10 @@ from edgeproxy.policy.engine import (
 from edgeproxy.policy.snapshot import PolicySnapshot
 from edgeproxy.s2s import StanzaReceived
 from edgeproxy.tokenizer import Element
+from edgeproxy.xmpp.errors import error_reply
 from edgeproxy.xmpp.namespaces import NS_SERVER
+from edgeproxy.xmpp.server_iq import server_iq_reply
+from edgeproxy.xmpp.stanza import bare_of, domain_of, without_status
 
 log = logging.getLogger("edgeproxy.net.router")
 
@@ -69,14 +65,6 @@ _NS_CONFERENCE = "jabber:x:conference"
 _NS_SI = "http://jabber.org/protocol/si"
 _NS_JINGLE = "urn:xmpp:jingle:1"
 _NS_OOB = "jabber:iq:oob"
-
-
-def _bare(jid: str) -> str:
-    return jid.partition("/")[0]
-
-
-def _domain(jid: str) -> str:
-    return _bare(jid).rpartition("@")[2].lower()
 
 
 def engine_view(element: Element, stream_domains: frozenset[str] = frozenset()) -> engine.Stanza:
@@ -104,12 +92,12 @@ class Router:
     """Routes stanzas (see the module docstring); every verdict and bounce goes to ``telemetry``."""
 
     def __init__(
-        self, policy: PolicySource, delivery: LocalDelivery, telemetry: Telemetry | None = None
+        self, policy: PolicySource, delivery: LocalDelivery, pool: OutboundPool, telemetry: Telemetry | None = None
     ) -> None:
         self._policy = policy
         self.delivery = delivery
+        self.pool = pool
         self.telemetry = telemetry if telemetry is not None else Telemetry()
-        self.pool: OutboundPool | None = None
 
     def _partner(self, domain: str) -> str | None:
         partner = engine.partner_for_domain(self._policy(), domain)
@@ -143,19 +131,21 @@ class Router:
         ):
             reply = Element(
                 "presence", NS_SERVER,
-                {"from": _bare(view.to_jid), "to": _bare(view.from_jid), "type": decision.reply},
+                {"from": bare_of(view.to_jid), "to": bare_of(view.from_jid), "type": decision.reply},
             )
             await self.send_remote(reply)
             if not decision.deliver:
                 return
+        # The received bytes go on unchanged unless the policy transforms the stanza; the tree
+        # parsed for the policy is the one serialized then (one parse per stanza, DESIGN §2).
+        transformed = isinstance(decision, AllowTransformed) and decision.strip_status
         await self.delivery.deliver(
             Delivery(
-                raw=event.stanza.raw,
+                raw=to_bytes(without_status(element)) if transformed else event.stanza.raw,
                 from_jid=view.from_jid,
                 to_jid=view.to_jid,
                 kind=element.name,
                 type=element.get("type"),
-                strip_status=isinstance(decision, AllowTransformed),
                 pending_subscription=isinstance(decision, StorePending),
             )
         )
@@ -165,7 +155,7 @@ class Router:
         self.telemetry.metrics.stanza_latency(Flow.IN, trio.current_time() - started)
 
     async def _refuse_inbound(self, element: Element, decision: Refuse) -> None:
-        reply = bounce(element, decision.condition) if decision.bounce else None
+        reply = error_reply(element, decision.condition) if decision.bounce else None
         if reply is None:
             log.info("refused without reply (%s): %s", decision.rule, element.get("from"))
             return
@@ -175,18 +165,22 @@ class Router:
     async def send_remote(self, element: Element, raw: bytes | None = None) -> None:
         """Send a stanza to a partner through the pool: ``raw`` when the caller has the
         element's bytes already (checked, one stanza), else the element serialized."""
-        assert self.pool is not None
-        local = _domain(element.get("from") or "")
-        remote = _domain(element.get("to") or "")
+        local = domain_of(element.get("from"))
+        remote = domain_of(element.get("to"))
         await self.pool.send(local, remote, raw if raw is not None else to_bytes(element), element)
 
     # -- outbound -----------------------------------------------------------------------------
+
+    async def wait_for_room(self, local: str, remote: str) -> None:
+        """Backpressure for a sender that can be held back (the gateway channel): wait while
+        the stream from ``local`` to ``remote`` has a full queue (``OutboundPool.wait_for_room``)."""
+        await self.pool.wait_for_room(local, remote)
 
     async def send_from_local(self, element: Element, *, raw: bytes | None = None) -> None:
         """A stanza from a local user to an XMPP contact (SPEC §6 outbound); ``raw``: its bytes
         as received, sent unchanged unless the policy transforms the stanza."""
         decision = engine.decide_outbound(self._policy(), engine_view(element))
-        partner = self._partner(_domain(element.get("to") or ""))
+        partner = self._partner(domain_of(element.get("to")))
         if isinstance(decision, Refuse):
             self.telemetry.stanza(partner, Flow.OUT, element.name, Verdict.REFUSED)
             await self.bounce_local(element, decision.condition, counted=True)
@@ -194,10 +188,7 @@ class Router:
         if isinstance(decision, AllowTransformed):
             raw = None  # changed by the policy: sent as serialized here
             if decision.strip_status:
-                element = Element(
-                    element.name, element.namespace, dict(element.attrs),
-                    [c for c in element.children if not (isinstance(c, Element) and c.name == "status")],
-                )
+                element = without_status(element)
         # Counted as delivered when written to the partner's stream (net.edge), or as bounced.
         await self.send_remote(element, raw)
 
@@ -208,10 +199,10 @@ class Router:
         is counted as ``bounced`` here (the pool's queue could not deliver it).
         """
         if not counted:
-            partner = self._partner(_domain(element.get("to") or ""))
+            partner = self._partner(domain_of(element.get("to")))
             verdict = Verdict.DROPPED if element.get("type") == "error" else Verdict.BOUNCED
             self.telemetry.stanza(partner, Flow.OUT, element.name, verdict)
-        reply = bounce(element, condition)
+        reply = error_reply(element, condition)
         if reply is None:
             log.info("undeliverable error stanza from %s dropped after logging", element.get("from"))
             return

@@ -6,7 +6,9 @@ One task reads (at most ``MAX_READ`` bytes at a time: the tokenizer bounds what 
 the core, writes what the core produced and hands every event to the owner's ``on_event``
 callback — except :class:`~edgeproxy.s2s.StartTls`, which the session handles itself: it writes
 the pending bytes (``<proceed/>``), wraps the transport in :class:`trio.SSLStream` (server side
-inbound, client side outbound), runs the handshake and tells the core (RFC 6120 §5.4.3.3).
+inbound, client side outbound), runs the handshake and tells the core (RFC 6120 §5.4.3.3). A
+failed handshake sends the peer OpenSSL's alert and keeps the reason (``certs.handshake``, as SIP
+and the loopback channel do).
 
 A second task enforces the gateway timers (SPEC §3, values from the store):
 
@@ -50,8 +52,9 @@ from dataclasses import dataclass
 
 import trio
 
+from edgeproxy.certs.handshake import send_pending_alert, tls_failure
+from edgeproxy.certs.peer import peer_certificate_check
 from edgeproxy.net.shaper import TokenBucket
-from edgeproxy.net.tls import peer_certificate_check
 from edgeproxy.ops.boundary import describe
 from edgeproxy.policy.model import AuthMethod
 from edgeproxy.s2s import (
@@ -116,7 +119,10 @@ class S2SSession:
         expect_peer_traffic: bool = True,
         write_timeout: float = WRITE_TIMEOUT,
         shaper: Shaper | None = None,
+        on_stanza_sent: OnStanzaSent | None = None,
     ) -> None:
+        """``on_stanza_sent``: called after each stanza is written (the pool counts outbound
+        deliveries with it)."""
         self.stream: trio.abc.Stream = stream
         self.conn = conn
         self._ssl_context = ssl_context
@@ -145,8 +151,7 @@ class S2SSession:
         self.stanzas_out = 0
         self.error_sent: str | None = None
         self.error_received: str | None = None
-        #: Called after each stanza is written (the edge counts outbound deliveries with it).
-        self.on_stanza_sent: OnStanzaSent | None = None
+        self.on_stanza_sent = on_stanza_sent
         self._linger = False
         self.write_timeout = write_timeout
         #: Set when a write did not finish within ``write_timeout`` (the stream was aborted).
@@ -195,7 +200,9 @@ class S2SSession:
         """Several stanzas through the core, written at once (one system call, not one per
         stanza: an outbound link drains its queue this way). Raises like :meth:`send`; then
         none of ``events`` counts as sent."""
-        data = b"".join([self.conn.send(event) for event in events])
+        for event in events:  # one domain pair: the first raises, or none does
+            self.conn.send(event)
+        data = self.conn.data_to_send()
         self._last_stanza = trio.current_time()
         self.stanzas_out += len(events)
         await self.send_bytes(data)
@@ -205,7 +212,8 @@ class S2SSession:
 
     async def send(self, event: ToPeer) -> None:
         """Send a driver action through the core (raises LocalProtocolError if not allowed)."""
-        data = self.conn.send(event)
+        self.conn.send(event)
+        data = self.conn.data_to_send()
         if isinstance(event, SendStanza):
             self._last_stanza = trio.current_time()
             self.stanzas_out += 1
@@ -296,7 +304,8 @@ class S2SSession:
         if self.conn.state is State.CLOSED and not self._linger:
             return
         try:
-            data = self.conn.send(CloseStream("internal-server-error", None))
+            self.conn.send(CloseStream("internal-server-error", None))
+            data = self.conn.data_to_send()
         except Exception:  # noqa: BLE001 - the core itself may be what failed
             data = wire.stream_error("internal-server-error") + wire.CLOSE
         self.error_sent = self.error_sent or "internal-server-error"
@@ -384,11 +393,13 @@ class S2SSession:
             with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
                 await tls.do_handshake()
         except (ssl.SSLError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-            self.tls_failure = _tls_failure(exc)
+            self.tls_failure = tls_failure(exc)
+            await send_pending_alert(tls)
             raise
         self.stream = tls
         self.tls_version = tls.version()
-        await self.send_bytes(self.conn.tls_established(peer_certificate_check(tls)))
+        self.conn.tls_established(peer_certificate_check(tls))
+        await self.flush()
 
     async def _timers(self) -> None:
         t = self.timeouts
@@ -428,12 +439,3 @@ def _peer_address(stream: trio.abc.Stream) -> str:
     except (AttributeError, OSError, TypeError, ValueError):
         return "?"
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-def _tls_failure(exc: BaseException) -> str:
-    """A short reason for a failed handshake (the OpenSSL reason where there is one)."""
-    if isinstance(exc, trio.TooSlowError):
-        return "timeout"
-    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
-    reason = getattr(cause, "reason", None)
-    return str(reason or type(cause).__name__).lower()

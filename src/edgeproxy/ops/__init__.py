@@ -1,6 +1,6 @@
 """Operations: the event log (``events``), Prometheus metrics (``metrics``), the status model
-(``status``), service lifecycle (``lifecycle``), the admin endpoint (``admin``) and the
-``status``/``stop``/``reload`` commands (``commands``).
+(``status``), service lifecycle (``lifecycle``) and the admin endpoint (``admin``); the
+``status``/``stop``/``reload`` commands that talk to it are ``edgeproxy.commands.ops``.
 
 How the server plugs in (the whole integration surface)::
 

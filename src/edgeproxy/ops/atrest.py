@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeproxy.config import EdgeConfig
-from edgeproxy.loopback.auth import channel_secret_path
 from edgeproxy.ops import events
 from edgeproxy.ops.admin import admin_token_path
 from edgeproxy.ops.telemetry import Telemetry
@@ -41,6 +40,7 @@ from edgeproxy.secretfiles import (
     PRIVATE,
     STATE_DIR,
     SecretFileError,
+    channel_secret_path,
     ensure_private_dir,
     exposure,
 )

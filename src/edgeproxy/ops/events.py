@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import IO, Any, Literal
@@ -242,8 +242,6 @@ _DEFINITIONS: tuple[EventClass, ...] = (
 
 CATALOGUE: Mapping[str, EventClass] = MappingProxyType({e.id: e for e in _DEFINITIONS})
 """Every event class, by id. Frozen: ids are stable and never reused."""
-
-BY_NAME: Mapping[str, EventClass] = MappingProxyType({e.name: e for e in _DEFINITIONS})
 
 STARTED = CATALOGUE["EP1000"]
 BIND_FAILED = CATALOGUE["EP1001"]
@@ -639,8 +637,3 @@ class EventLogHandler(logging.Handler):
         if record.exc_info and record.exc_info[1] is not None:
             fields["error"] = record.exc_info[1]
         self._event_log.emit(LOG_RECORD, **fields)
-
-
-def iter_catalogue() -> Iterator[EventClass]:
-    """Every event class, in id order."""
-    return iter(_DEFINITIONS)

@@ -244,9 +244,6 @@ class Metrics:
 
     # -- queues, channel, limits, events, reloads ------------------------------------------
 
-    def set_queue_depth(self, queue: str, depth: int) -> None:
-        self._queue_depth.labels(queue).set(depth)
-
     def set_channel_state(self, state: ChannelState, unacked: int | None = None) -> None:
         self._channel.state(state.value)
         if unacked is not None:

@@ -1,8 +1,10 @@
 """The status model: what ``edgeproxy status`` shows (SPEC §10, issue 7).
 
 The running server implements ``StatusSource``: one cheap, synchronous ``status()`` call that
-returns an ``EdgeStatus`` snapshot (frozen msgspec Structs). The admin endpoint serves it as JSON
-(``encode_status``; the format is documented in ``docs/status-json.md`` and versioned by its
+returns an ``EdgeStatus`` snapshot (frozen msgspec Structs), built with the functions below from
+what the running parts expose (``stream_status``, ``link_queues``, ``ChannelClock``; the parts
+are read through Protocols, so this module imports no driver). The admin endpoint serves it as
+JSON (``encode_status``; the format is documented in ``docs/status-json.md`` and versioned by its
 ``format`` key), the CLI decodes it (``decode_status``) and renders the human table
 (``render_table``).
 
@@ -13,11 +15,14 @@ given another meaning without bumping ``format`` (``edgeproxy-status/1``).
 from __future__ import annotations
 
 import enum
+import time
+from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
 import msgspec
 
 from edgeproxy.policy.model import AuthMethod
+from edgeproxy.s2s import S2SConnection, State
 
 STATUS_FORMAT = "edgeproxy-status/1"
 
@@ -123,6 +128,121 @@ class StatusSource(Protocol):
     def status(self) -> EdgeStatus:
         """The current state; called from the trio thread on every ``/status`` and ``/metrics``."""
         ...
+
+
+# ---------------------------------------------------------------------------------------------
+# The snapshot, from the running parts
+# ---------------------------------------------------------------------------------------------
+
+
+class Flag(Protocol):
+    """A ``trio.Event`` as the status reads it."""
+
+    def is_set(self) -> bool: ...
+
+
+class Stream(Protocol):
+    """What the status reads of one S2S stream (``net.session.S2SSession``)."""
+
+    @property
+    def conn(self) -> S2SConnection: ...
+    @property
+    def ready(self) -> Flag: ...
+    @property
+    def remote_address(self) -> str: ...
+    @property
+    def auth_method(self) -> AuthMethod | None: ...
+    @property
+    def tls_version(self) -> str | None: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def stanzas_in(self) -> int: ...
+    @property
+    def stanzas_out(self) -> int: ...
+
+
+class Link(Protocol):
+    """What the status reads of one outbound link (``net.pool.OutboundLink``)."""
+
+    @property
+    def local(self) -> str: ...
+    @property
+    def remote(self) -> str: ...
+    @property
+    def done(self) -> Flag: ...
+    def queue_depth(self) -> int: ...
+
+
+class ChannelCounts(Protocol):
+    """What the status reads of the loopback channel (``loopback.endpoint.ChannelStatistics``)."""
+
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def connections(self) -> int: ...
+    @property
+    def in_flight(self) -> int: ...
+
+
+def stream_status(stream: Stream, direction: Direction, partner: str | None, now: float) -> StreamStatus:
+    """One stream's row; ``now`` on the clock of ``stream.started_at`` (trio's)."""
+    conn = stream.conn
+    if conn.state in (State.CLOSING, State.CLOSED):
+        state = StreamState.CLOSING
+    elif stream.ready.is_set():
+        state = StreamState.ESTABLISHED
+    else:
+        state = StreamState.NEGOTIATING
+    remote = sorted(conn.remote_domains) if direction is Direction.INBOUND else [conn.remote_domain or ""]
+    return StreamStatus(
+        stream_id=conn.stream_id or "",
+        partner=partner,
+        direction=direction,
+        remote_address=stream.remote_address,
+        state=state,
+        local_domain=conn.local_domain,
+        remote_domains=tuple(d for d in remote if d),
+        auth=stream.auth_method,
+        tls_version=stream.tls_version,
+        age_seconds=round(now - stream.started_at, 3),
+        stanzas_in=stream.stanzas_in,
+        stanzas_out=stream.stanzas_out,
+    )
+
+
+def link_queues(links: Iterable[Link], limit: int) -> list[QueueStatus]:
+    """The queue of every running outbound link (``outbound:<local>><remote>``)."""
+    return [
+        QueueStatus(f"outbound:{link.local}>{link.remote}", link.queue_depth(), limit)
+        for link in links
+        if not link.done.is_set()
+    ]
+
+
+class ChannelClock:
+    """The channel's state as the status shows it, and since when it has been in that state."""
+
+    def __init__(self) -> None:
+        self._state = ChannelState.NOT_CONNECTED
+        self._since = time.monotonic()
+
+    def status(self, counts: ChannelCounts | None, *, draining: bool) -> ChannelStatus:
+        """``counts`` None: this edge serves no channel."""
+        if counts is None:
+            return ChannelStatus(ChannelState.NOT_CONFIGURED)
+        if draining:
+            state = ChannelState.DRAINING
+        elif counts.connected:
+            state = ChannelState.CONNECTED
+        elif counts.connections:
+            state = ChannelState.DOWN
+        else:
+            state = ChannelState.NOT_CONNECTED
+        if state is not self._state:
+            self._state, self._since = state, time.monotonic()
+        return ChannelStatus(state, since_seconds=round(time.monotonic() - self._since, 3),
+                             unacked=counts.in_flight)
 
 
 _ENCODER = msgspec.json.Encoder(order="deterministic")

@@ -13,7 +13,7 @@ on); every event field here is an address, a domain, a condition or a count.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
@@ -22,12 +22,34 @@ from edgeproxy.ops.events import EventClass, EventLog
 from edgeproxy.ops.metrics import Flow, Metrics, StanzaKind, StreamErrorSide, Verdict
 from edgeproxy.ops.status import Direction
 from edgeproxy.policy import engine
+from edgeproxy.policy.model import AuthMethod
 from edgeproxy.policy.snapshot import PolicySnapshot
-
-if TYPE_CHECKING:
-    from edgeproxy.net.session import S2SSession
+from edgeproxy.s2s.connection import S2SConnection
 
 PolicySource = Callable[[], PolicySnapshot]
+
+
+class S2SSession(Protocol):
+    """What telemetry reads of one S2S stream's driver (``net.session.S2SSession``)."""
+
+    @property
+    def conn(self) -> S2SConnection: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def remote_address(self) -> str: ...
+    @property
+    def auth_method(self) -> AuthMethod | None: ...
+    @property
+    def tls_version(self) -> str | None: ...
+    @property
+    def tls_failure(self) -> str | None: ...
+    @property
+    def error_sent(self) -> str | None: ...
+    @property
+    def error_received(self) -> str | None: ...
+    @property
+    def close_reason(self) -> str | None: ...
 
 
 def remote_domain_of(session: S2SSession) -> str | None:
@@ -116,7 +138,7 @@ class Telemetry:
 
     def peer_certificate_rejected(self, peer: str, direction: Direction, domain: str, reason: str) -> None:
         """EP2007 for a certificate that cannot be parsed (``bad-certificate: …``, see
-        ``net.tls.certificate_check``), else EP2005 (not valid for the domain)."""
+        ``certs.peer.certificate_check``), else EP2005 (not valid for the domain)."""
         if reason.startswith("bad-certificate"):
             self.emit(events.BAD_CERTIFICATE, peer=peer, direction=direction, reason=reason)
         else:

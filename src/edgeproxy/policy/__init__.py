@@ -14,8 +14,7 @@ Modules, each of one concept:
 * ``operations`` — validated changes, one write transaction each (used by the commands).
 * ``holder``     — ``SnapshotHolder``: notices committed changes and rebuilds the snapshot.
 * ``transfer``   — ``config export`` / ``config import`` documents (secrets only on request).
-* ``commands``   — the admin commands (``partner``, ``gateway``, ``policy``, ``user``,
-  ``config export|import``).
 
-Nothing here imports trio: the pure core is shared by the server, the tools and the tests.
+Nothing here imports trio or argparse: the pure core is shared by the server, the commands
+(``edgeproxy.commands``) and the tests.
 """

@@ -25,7 +25,6 @@ import hmac
 from typing import Literal
 
 from edgeproxy.policy.model import SipCredential
-from edgeproxy.policy.names import domain_of
 
 Algorithm = Literal["MD5", "SHA-256"]
 #: The algorithms a password is stored for, weakest first (the order of ``user get``).
@@ -54,8 +53,8 @@ def digest_ha1(algorithm: str, username: str, realm: str, password: str) -> str:
 def digest_identity(sip: str) -> tuple[str, str]:
     """The digest ``(username, realm)`` of a normalised SIP address: its user part and domain."""
     address = sip[4:] if sip.startswith("sip:") else sip
-    username = address.rpartition("@")[0]
-    return username, domain_of(sip)
+    username, _, realm = address.rpartition("@")
+    return username, realm
 
 
 def credentials_for(sip: str, password: str) -> tuple[SipCredential, ...]:

@@ -83,12 +83,3 @@ def normalize_sip_address(text: str) -> str:
         raise InvalidName(f"refused: {text!r} is not a SIP address of the form sip:user@domain")
     return f"sip:{_normalize_localpart(local, text)}@{normalize_domain(domain)}"
 
-
-def sip_to_bare_jid(sip: str) -> str:
-    """The bare JID of a local user (RFC 7247 §5: ``sip:user@domain`` ⇄ ``user@domain``)."""
-    return sip[4:] if sip.startswith("sip:") else sip
-
-
-def domain_of(address: str) -> str:
-    """The domain part of a normalised bare JID or SIP address."""
-    return address.rpartition("@")[2]

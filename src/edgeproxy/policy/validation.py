@@ -39,11 +39,11 @@ from edgeproxy.policy.model import (
 )
 from edgeproxy.policy.names import (
     InvalidName,
-    domain_of,
     normalize_bare_jid,
     normalize_domain,
     normalize_sip_address,
 )
+from edgeproxy.xmpp.stanza import domain_of
 
 REFUSED_SASL_NEEDS_TLS = "refused: SASL needs TLS and dialback is off"
 REFUSED_SASL_OR_DIALBACK = "refused: SASL or dialback must be enabled"

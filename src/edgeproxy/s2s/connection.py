@@ -2,13 +2,21 @@
 
 Theory of operation
 -------------------
-The driver feeds received bytes with :meth:`receive_data`, writes :meth:`data_to_send` (replies
-the core makes by itself: our stream header, features, ``<proceed/>``, SASL results, dialback
-answers as authoritative server, stream errors) and drains :meth:`next_event` (what the driver
-must know or do). Actions that need the outside world go through :meth:`send`, which returns
-bytes: stanzas, the verdict of a dialback verification, ``db:verify`` on a verification stream,
-keep-alives, closing. TLS is run by the driver when the core says :class:`StartTls`; it then calls
-:meth:`tls_established` with a function that checks the peer certificate for a domain.
+The driver feeds received bytes with :meth:`receive_data`, drains :meth:`next_event` (what the
+driver must know or do) and acts with :meth:`send` (stanzas, the verdict of a dialback
+verification, ``db:verify`` on a verification stream, keep-alives, closing). Bytes leave the core
+one way: :meth:`data_to_send` returns, in order, everything queued since the last call — the
+replies the core makes by itself (our stream header, features, ``<proceed/>``, SASL results,
+dialback answers as authoritative server, stream errors), the opening header an initiating
+stream queues with :meth:`initiate` and again after TLS in :meth:`tls_established`, and the bytes
+of the driver's actions. TLS is run by the driver when the core says
+:class:`StartTls`; it then calls :meth:`tls_established` with a function that checks the peer
+certificate for a domain.
+
+Dispatch: a top-level element is classified (:func:`classify`), checked against ``ACCEPTS`` for
+the role and state (``s2s.states``), then handed to its role's handler in ``_HANDLERS``, a table
+checked at import against ``ACCEPTS`` (every kind a role accepts has a handler, no handler waits
+for a kind its role never accepts).
 
 Receiving role (the peer connected to us):
 
@@ -93,6 +101,7 @@ from edgeproxy.xmpp.namespaces import (
     NS_STREAMS,
     NS_TLS,
 )
+from edgeproxy.xmpp.stanza import domainpart
 
 #: ``check(domain) -> None`` if the peer certificate is valid for ``domain``, else the reason.
 CertificateCheck = Callable[[str], str | None]
@@ -136,14 +145,7 @@ def classify(stanza: Stanza) -> Kind:
     return Kind.OTHER
 
 
-def _domain_of_jid(jid: str | None) -> str | None:
-    """Folded domainpart of a stanza address (hot path: no full RFC 7622 preparation)."""
-    if not jid:
-        return None
-    slash = jid.find("/")
-    bare = jid if slash < 0 else jid[:slash]
-    domain = bare[bare.find("@") + 1 :]
-    return fast_domain(domain) or None
+_Handler = Callable[["S2SConnection", Stanza], None]
 
 
 class S2SConnection:
@@ -159,37 +161,44 @@ class S2SConnection:
         remote_domain: str | None = None,
         authenticate: bool = True,
         stream_id_factory: Callable[[], str] = lambda: secrets.token_hex(16),
-        tokenizer: Tokenizer | None = None,
         max_pending_dialback: int = MAX_PENDING_DIALBACK,
     ) -> None:
-        self.role = role
-        self._max_pending = max_pending_dialback
-        self._dialback_requests = 0
-        self.state = State.AWAIT_HEADER
-        self._policy = policy
-        self._secret = secret
-        self._new_id = stream_id_factory
-        self._tok = tokenizer if tokenizer is not None else Tokenizer()
-        self._out = bytearray()
+        self.role: Role = role
+        self.state: State = State.AWAIT_HEADER
+        self._handlers: dict[Kind, _Handler] = _HANDLERS[role]
+        self._policy: Callable[[], PolicySnapshot] = policy
+        self._secret: str = secret
+        self._new_id: Callable[[], str] = stream_id_factory
+        self._tok: Tokenizer = Tokenizer()
+        #: Bytes for the peer, in order, until :meth:`data_to_send` takes them.
+        self._out: list[bytes] = []
         self._events: deque[Event] = deque()
-        self.tls_active = False
-        self.header_sent = False
+        self.tls_active: bool = False
+        self.header_sent: bool = False
         self.stream_id: str | None = None
+        #: Receiving role: the domain in the peer's stream header ``from``.
         self.peer_from: str | None = None
-        self.local_domain = local_domain
-        self.remote_domain = remote_domain
+        self.local_domain: str | None = local_domain
+        self.remote_domain: str | None = remote_domain
         self._cert_check: CertificateCheck | None = None
-        self._cert_reported = False
+        self._cert_reported: bool = False
         #: (local domain, remote domain) pairs authenticated on this stream.
         self.authenticated: set[tuple[str, str]] = set()
         self._remote_domains: set[str] = set()
+        #: Receiving role: dialback pairs (receiving, originating) waiting for a verdict.
         self._pending: set[tuple[str, str]] = set()
         #: Repeats of a pending request, answered with its verdict.
         self._pending_repeats: dict[tuple[str, str], int] = {}
-        self._sasl_attempts = 0
+        self._max_pending: int = max_pending_dialback
+        self._dialback_requests: int = 0
+        self._sasl_attempts: int = 0
+        #: The partner row of the peer (receiving: of the header's ``from``, if any).
         self._partner: Partner | None = None
-        self._authenticate = authenticate
+        #: Initiating role: authenticate (else a verification-only stream), by which methods.
+        self._authenticate: bool = authenticate
         self._methods: tuple[AuthMethod, ...] = ()
+        #: Initiating role: the peer's header declared the dialback namespace (XEP-0220 §2.1.1).
+        self._dialback_declared: bool = False
         if role is Role.INITIATING:
             if not local_domain or not remote_domain:
                 raise ValueError("an initiating stream needs local_domain and remote_domain")
@@ -201,12 +210,11 @@ class S2SConnection:
 
     # -- driver API ---------------------------------------------------------------------------
 
-    def initiate(self) -> bytes:
-        """Initiating role: the opening stream header (RFC 6120 §4.7)."""
+    def initiate(self) -> None:
+        """Initiating role: queue the opening stream header (RFC 6120 §4.7)."""
         if self.role is not Role.INITIATING or self.header_sent:
             raise LocalProtocolError("initiate() is for a fresh initiating stream")
-        self.header_sent = True
-        return wire.stream_header(from_=self.local_domain, to=self.remote_domain, stream_id=None)
+        self._out.append(self._opening_header())
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the peer (``b""`` means the peer closed the connection)."""
@@ -236,8 +244,8 @@ class S2SConnection:
             self._fail("policy-violation", "bytes after a stream restart point (RFC 6120 §5.4.3.3)")
 
     def data_to_send(self) -> bytes:
-        """Bytes the core produced on its own since the last call."""
-        out = bytes(self._out)
+        """Every byte for the peer queued since the last call (replies and driver actions)."""
+        out = b"".join(self._out)
         self._out.clear()
         return out
 
@@ -245,11 +253,11 @@ class S2SConnection:
         """The next event, or None when the driver must feed more data."""
         return self._events.popleft() if self._events else None
 
-    def tls_established(self, cert_check: CertificateCheck | None) -> bytes:
+    def tls_established(self, cert_check: CertificateCheck | None) -> None:
         """The TLS handshake finished; the stream restarts (RFC 6120 §5.4.3.3).
 
         ``cert_check(domain)`` says whether the peer's certificate proves ``domain`` (None if the
-        peer sent none). Returns bytes to send (initiating: the new stream header).
+        peer sent none). Initiating: the new stream header is queued for :meth:`data_to_send`.
         """
         if self.state is not State.TLS_HANDSHAKE:
             raise LocalProtocolError("tls_established() without StartTls")
@@ -257,15 +265,11 @@ class S2SConnection:
         self.tls_active = True
         self._restart()
         if self.role is Role.INITIATING:
-            return self.initiate_restart()
-        return b""
+            self._out.append(self._opening_header())
 
-    def initiate_restart(self) -> bytes:
-        self.header_sent = True
-        return wire.stream_header(from_=self.local_domain, to=self.remote_domain, stream_id=None)
-
-    def send(self, event: ToPeer) -> bytes:
-        """Bytes for a driver-initiated action; raises :class:`LocalProtocolError` if invalid."""
+    def send(self, event: ToPeer) -> None:
+        """Queue the bytes of a driver action for :meth:`data_to_send`; raises
+        :class:`LocalProtocolError` (queueing nothing) if the stream's state does not allow it."""
         if isinstance(event, SendStanza):
             if self.state is not State.OPEN or (event.from_domain, event.to_domain) not in (
                 self.authenticated
@@ -273,20 +277,27 @@ class S2SConnection:
                 raise LocalProtocolError(
                     f"stream not authenticated for {event.from_domain} -> {event.to_domain}"
                 )
-            return event.raw
-        if isinstance(event, KeepAlive):
-            return wire.KEEPALIVE if self.header_sent and self.state is not State.CLOSED else b""
-        if isinstance(event, CloseStream):
-            return self._close(event.condition, event.text)
-        if isinstance(event, DialbackVerdict):
-            return self._verdict(event)
-        if isinstance(event, VerifyRequest):
+            self._out.append(event.raw)
+        elif isinstance(event, KeepAlive):
+            if self.header_sent and self.state is not State.CLOSED:
+                self._out.append(wire.KEEPALIVE)
+        elif isinstance(event, CloseStream):
+            self._close(event.condition, event.text)
+        elif isinstance(event, DialbackVerdict):
+            self._verdict(event)
+        elif isinstance(event, VerifyRequest):
             if self.role is not Role.INITIATING or self.state is not State.OPEN:
                 raise LocalProtocolError("db:verify goes on a ready initiating stream")
-            return wire.db_verify_request(
-                from_=event.receiving, to=event.originating, stream_id=event.stream_id, key=event.key
+            self._out.append(
+                wire.db_verify_request(
+                    from_=event.receiving,
+                    to=event.originating,
+                    stream_id=event.stream_id,
+                    key=event.key,
+                )
             )
-        raise LocalProtocolError(f"cannot send {event!r}")
+        else:
+            raise LocalProtocolError(f"cannot send {event!r}")
 
     @property
     def remote_domains(self) -> frozenset[str]:
@@ -306,22 +317,20 @@ class S2SConnection:
             return
         if not self.header_sent:
             self._send_header(to=self.peer_from, from_=self.local_domain)
-        self._out += wire.stream_error(condition, text)
+        self._out.append(wire.stream_error(condition, text))
         self.state = State.CLOSED
         self._events.append(StreamClosed(error=condition, reason=text))
 
-    def _close(self, condition: str | None, text: str | None) -> bytes:
+    def _close(self, condition: str | None, text: str | None) -> None:
         if self.state is State.CLOSED:
-            return b""
+            return
         if condition is not None:
             self._fail(condition, text)
-            return self.data_to_send()
-        prefix = b""
+            return
         if not self.header_sent:
             self._send_header(to=self.peer_from, from_=self.local_domain)
-            prefix = self.data_to_send()
+        self._out.append(wire.CLOSE)
         self.state = State.CLOSING
-        return prefix + wire.CLOSE
 
     # -- dispatch -----------------------------------------------------------------------------
 
@@ -336,7 +345,7 @@ class S2SConnection:
             return
         if isinstance(token, StreamClose):
             if self.state is not State.CLOSING:
-                self._out += wire.CLOSE
+                self._out.append(wire.CLOSE)
             self.state = State.CLOSED
             self._events.append(StreamClosed(reason="closed by peer"))
             return
@@ -347,28 +356,32 @@ class S2SConnection:
                 f"<{token.name}/> ({token.namespace}) not allowed in state {self.state.value}",
             )
             return
-        handler = getattr(self, f"_on_{kind.value.replace('-', '_')}")
-        handler(token)
+        self._handlers[kind](self, token)
 
     def _restart(self) -> None:
         self._tok.reset()
         self.state = State.AWAIT_HEADER
         self.header_sent = False
 
+    def _opening_header(self) -> bytes:
+        """Initiating role: our stream header, at the start and at each restart."""
+        self.header_sent = True
+        return wire.stream_header(from_=self.local_domain, to=self.remote_domain, stream_id=None)
+
     def _send_header(self, *, to: str | None, from_: str | None) -> None:
         if self.role is Role.RECEIVING and self.stream_id is None:
             self.stream_id = self._new_id()
-        self._out += wire.stream_header(
-            from_=from_,
-            to=to,
-            stream_id=self.stream_id if self.role is Role.RECEIVING else None,
+        self._out.append(
+            wire.stream_header(
+                from_=from_,
+                to=to,
+                stream_id=self.stream_id if self.role is Role.RECEIVING else None,
+            )
         )
         self.header_sent = True
 
     def _check_header(self, header: StreamOpen) -> bool:
-        if header.name != "stream" or header.namespace != NS_STREAMS:
-            self._fail("invalid-namespace", "the stream header must be <stream:stream>")
-            return False
+        # The tokenizer refuses a root other than <stream:stream> (invalid-namespace).
         if header.default_namespace != NS_SERVER:
             self._fail("invalid-namespace", "server-to-server streams use jabber:server")
             return False
@@ -385,7 +398,6 @@ class S2SConnection:
         try:
             to = prepare_domain(header.to) if header.to else None
         except InvalidJid:
-            to = None
             self.stream_id = self._new_id()
             self._fail("host-unknown", "the stream 'to' is not a domain")
             return
@@ -417,11 +429,13 @@ class S2SConnection:
                     reason = f"certificate not valid for {self.peer_from}: {problem}"
             self._fail("not-authorized", reason)
             return
-        self._out += wire.features(
-            starttls=offer.starttls,
-            starttls_required=offer.starttls_required,
-            sasl_external=offer.sasl_external,
-            dialback=offer.dialback,
+        self._out.append(
+            wire.features(
+                starttls=offer.starttls,
+                starttls_required=offer.starttls_required,
+                sasl_external=offer.sasl_external,
+                dialback=offer.dialback,
+            )
         )
         self.state = State.OPEN if self.authenticated else State.NEGOTIATING
 
@@ -456,13 +470,13 @@ class S2SConnection:
     def _on_starttls(self, _token: Stanza) -> None:
         offer = self._offer(self._policy())
         if self.tls_active or not offer.starttls:
-            self._out += wire.TLS_FAILURE + wire.CLOSE
+            self._out.append(wire.TLS_FAILURE + wire.CLOSE)
             self.state = State.CLOSED
             self._events.append(StreamClosed(error="tls-failure", reason="STARTTLS not offered"))
             return
         if self._tok.trailing_bytes:
             return  # receive_data refuses the trailing bytes
-        self._out += wire.PROCEED
+        self._out.append(wire.PROCEED)
         self.state = State.TLS_HANDSHAKE
         self._events.append(StartTls(server_side=True))
 
@@ -475,7 +489,7 @@ class S2SConnection:
             return
         domain = self.peer_from
         if element.get("mechanism") != "EXTERNAL":
-            self._out += wire.sasl_failure("invalid-mechanism")
+            self._out.append(wire.sasl_failure("invalid-mechanism"))
             return
         if not self.tls_active or self._partner is None or domain is None:
             self._fail("policy-violation", "SASL EXTERNAL needs TLS and a stream 'from' partner")
@@ -489,7 +503,7 @@ class S2SConnection:
             try:
                 authzid = base64.b64decode(text, validate=True).decode("utf-8")
             except (binascii.Error, UnicodeDecodeError):
-                self._out += wire.sasl_failure("incorrect-encoding")
+                self._out.append(wire.sasl_failure("incorrect-encoding"))
                 return
         if authzid:
             try:
@@ -497,12 +511,12 @@ class S2SConnection:
             except InvalidJid:
                 same = False
             if not same:
-                self._out += wire.sasl_failure("invalid-authzid")
+                self._out.append(wire.sasl_failure("invalid-authzid"))
                 return
         if self._certificate_problem() is not None:
-            self._out += wire.sasl_failure("not-authorized")
+            self._out.append(wire.sasl_failure("not-authorized"))
             return
-        self._out += wire.SASL_SUCCESS
+        self._out.append(wire.SASL_SUCCESS)
         assert self.local_domain is not None
         self._authenticate_pair(self.local_domain, domain, AuthMethod.SASL_OVER_TLS)
         self._restart()
@@ -512,10 +526,7 @@ class S2SConnection:
         self._remote_domains.add(remote)
         self._events.append(Authenticated(local_domain=local, remote_domain=remote, method=method))
 
-    def _on_db_result(self, token: Stanza) -> None:
-        if self.role is Role.INITIATING:
-            self._on_db_result_answer(token)
-            return
+    def _on_db_result_request(self, token: Stanza) -> None:
         snapshot = self._policy()
         try:
             originating = prepare_domain(token.from_ or "")
@@ -527,17 +538,17 @@ class S2SConnection:
             self._fail("policy-violation", "db:result with a type on a receiving stream")
             return
         if receiving not in snapshot.our_domains:
-            self._out += wire.db_result_response(
-                from_=receiving, to=originating, valid=False, error="item-not-found"
+            self._out.append(
+                wire.db_result_response(
+                    from_=receiving, to=originating, valid=False, error="item-not-found"
+                )
             )
             return
         partner = engine.partner_for_domain(snapshot, originating)
         if partner is None:
             self._fail("policy-violation", f"{originating} is not a partner (SPEC §2)")
             return
-        if self._partner is not None and self.peer_from and partner is not self._partner:
-            # Another partner's domain on this stream: allowed by XEP-0220, judged on its row.
-            pass
+        # Another partner's domain than the header's is allowed (XEP-0220), judged on its row.
         method = AuthMethod.TLS_DIALBACK if self.tls_active else AuthMethod.TCP_DIALBACK
         if not engine.auth_method_allowed(snapshot, partner, method, self.tls_active):
             needs_tls = not self.tls_active and partner.tls is Negotiation.REQUIRED
@@ -553,7 +564,7 @@ class S2SConnection:
             return
         if pair in self.authenticated:
             # Already proven on this stream: answered at once, nothing to verify again.
-            self._out += wire.db_result_response(from_=receiving, to=originating, valid=True)
+            self._out.append(wire.db_result_response(from_=receiving, to=originating, valid=True))
             return
         if len(self._pending) >= self._max_pending:
             self._fail("resource-constraint", "too many pending dialback requests")
@@ -572,20 +583,23 @@ class S2SConnection:
             )
         )
 
-    def _verdict(self, verdict: DialbackVerdict) -> bytes:
+    def _verdict(self, verdict: DialbackVerdict) -> None:
         pair = (verdict.receiving, verdict.originating)
         if self.role is not Role.RECEIVING or pair not in self._pending:
             raise LocalProtocolError(f"no dialback request pending for {pair}")
         self._pending.discard(pair)
         repeats = self._pending_repeats.pop(pair, 0)
         if self.state is State.CLOSED:
-            return b""
-        out = wire.db_result_response(
-            from_=verdict.receiving,
-            to=verdict.originating,
-            valid=verdict.valid,
-            error=verdict.error,
-        ) * (1 + repeats)
+            return
+        self._out.append(
+            wire.db_result_response(
+                from_=verdict.receiving,
+                to=verdict.originating,
+                valid=verdict.valid,
+                error=verdict.error,
+            )
+            * (1 + repeats)
+        )
         if verdict.valid and verdict.error is None:
             method = AuthMethod.TLS_DIALBACK if self.tls_active else AuthMethod.TCP_DIALBACK
             self._authenticate_pair(verdict.receiving, verdict.originating, method)
@@ -593,10 +607,7 @@ class S2SConnection:
                 self.state = State.OPEN
         elif not self.authenticated and not self._pending and verdict.error is None:
             # XEP-0220 §2.1.3: an invalid key ends a stream that has nothing else to carry.
-            self._out += out
             self._fail("not-authorized", f"dialback key for {verdict.originating} is invalid")
-            return self.data_to_send()
-        return out
 
     def _on_db_verify(self, token: Stanza) -> None:
         if token.type is not None:
@@ -611,27 +622,32 @@ class S2SConnection:
             return
         stream_id = token.id or ""
         if originating not in snapshot.our_domains:
-            self._out += wire.db_verify_response(
-                from_=originating, to=receiving, stream_id=stream_id, valid=False,
-                error="item-not-found",
+            self._out.append(
+                wire.db_verify_response(
+                    from_=originating,
+                    to=receiving,
+                    stream_id=stream_id,
+                    valid=False,
+                    error="item-not-found",
+                )
             )
             return
         expected = wire.dialback_key(self._secret, receiving, originating, stream_id)
         valid = bool(stream_id) and wire.keys_equal(expected, token.element().text.strip())
-        self._out += wire.db_verify_response(
-            from_=originating, to=receiving, stream_id=stream_id, valid=valid
+        self._out.append(
+            wire.db_verify_response(
+                from_=originating, to=receiving, stream_id=stream_id, valid=valid
+            )
         )
 
     def _on_stanza(self, token: Stanza) -> None:
-        if self.role is Role.INITIATING:
-            self._fail("unsupported-stanza-type", "stanzas do not flow on our outbound stream")
-            return
-        if not self.authenticated:
+        if not self.authenticated:  # NEGOTIATING and CLOSING accept stanzas before authentication
             self._fail("not-authorized", "stanza before authentication")
             return
-        from_domain = _domain_of_jid(token.from_)
-        to_domain = _domain_of_jid(token.to)
-        if from_domain is None or to_domain is None:
+        # folded domainparts (hot path: no full RFC 7622 preparation); "" when absent or invalid
+        from_domain = fast_domain(domainpart(token.from_ or ""))
+        to_domain = fast_domain(domainpart(token.to or ""))
+        if not from_domain or not to_domain:
             self._fail("improper-addressing", "s2s stanzas need 'from' and 'to'")
             return
         if (to_domain, from_domain) in self.authenticated:
@@ -653,12 +669,9 @@ class S2SConnection:
                     condition = child.name
         self._events.append(StreamErrorReceived(condition, text))
         if self.state is not State.CLOSING:
-            self._out += wire.CLOSE
+            self._out.append(wire.CLOSE)
         self.state = State.CLOSED
         self._events.append(StreamClosed(reason=f"peer sent stream error {condition}"))
-
-    def _on_other(self, token: Stanza) -> None:  # never reached: OTHER is in no ACCEPTS set
-        self._fail("unsupported-stanza-type", f"<{token.name}/>")
 
     # -- initiating role ----------------------------------------------------------------------
 
@@ -683,8 +696,8 @@ class S2SConnection:
         external = mechanisms is not None and any(
             m.text.strip() == "EXTERNAL" for m in mechanisms.findall("mechanism", NS_SASL)
         )
-        dialback = element.find("dialback", NS_DIALBACK_FEATURE) is not None or getattr(
-            self, "_dialback_declared", False
+        dialback = (
+            element.find("dialback", NS_DIALBACK_FEATURE) is not None or self._dialback_declared
         )
         if self.authenticated:
             self.state = State.OPEN
@@ -693,7 +706,7 @@ class S2SConnection:
         if not self.tls_active:
             tls_allowed = self._partner.tls is not Negotiation.NOT_SUPPORTED
             if starttls is not None and tls_allowed:
-                self._out += wire.STARTTLS
+                self._out.append(wire.STARTTLS)
                 self.state = State.AWAIT_PROCEED
                 return
             if self._partner.tls is Negotiation.REQUIRED:
@@ -715,7 +728,7 @@ class S2SConnection:
                 "no certificate: the peer presented none"
             )
             if problem is None:
-                self._out += wire.sasl_auth_external(None)
+                self._out.append(wire.sasl_auth_external(None))
                 self.state = State.AWAIT_SASL_RESULT
                 return
             self._events.append(PeerCertificateRejected(self.remote_domain, problem))
@@ -734,7 +747,9 @@ class S2SConnection:
             return
         assert self.local_domain and self.remote_domain and self.stream_id
         key = wire.dialback_key(self._secret, self.remote_domain, self.local_domain, self.stream_id)
-        self._out += wire.db_result_request(from_=self.local_domain, to=self.remote_domain, key=key)
+        self._out.append(
+            wire.db_result_request(from_=self.local_domain, to=self.remote_domain, key=key)
+        )
         self.state = State.AWAIT_DIALBACK
 
     def _give_up(self, reason: str) -> None:
@@ -762,13 +777,12 @@ class S2SConnection:
             return
         self._authenticate_pair(self.local_domain, self.remote_domain, AuthMethod.SASL_OVER_TLS)
         self._restart()
-        self._out += self.initiate_restart()
+        self._out.append(self._opening_header())
 
     def _on_sasl_failure(self, token: Stanza) -> None:
         if AuthMethod.TLS_DIALBACK in self._methods:
             self._try_dialback(True)
             return
-        assert self.local_domain and self.remote_domain
         conditions = [c.name for c in token.element().elements()]
         self._give_up(f"SASL EXTERNAL refused ({', '.join(conditions) or 'no condition'})")
 
@@ -792,7 +806,7 @@ class S2SConnection:
         self._close_after_failure()
 
     def _close_after_failure(self) -> None:
-        self._out += wire.CLOSE
+        self._out.append(wire.CLOSE)
         self.state = State.CLOSING
 
     def _on_db_verify_answer(self, token: Stanza) -> None:
@@ -809,3 +823,43 @@ class S2SConnection:
                 error=error,
             )
         )
+
+
+def _checked(tables: dict[Role, dict[Kind, _Handler]]) -> dict[Role, dict[Kind, _Handler]]:
+    """The handler tables, if they match ``ACCEPTS`` exactly (else the import fails)."""
+    if tables.keys() != set(Role):
+        raise TypeError(f"handler tables for {set(tables)}, not for every role")
+    for role, table in tables.items():
+        accepted = set().union(*(kinds for (r, _), kinds in ACCEPTS.items() if r is role))
+        if accepted != table.keys():
+            raise TypeError(
+                f"{role} handlers do not match ACCEPTS: missing {accepted - table.keys()},"
+                f" never reached {table.keys() - accepted}"
+            )
+    return tables
+
+
+#: The handler of each kind of element, per role (``_dispatch`` calls it once ``ACCEPTS`` allows
+#: the element in the current state).
+_HANDLERS: dict[Role, dict[Kind, _Handler]] = _checked(
+    {
+        Role.RECEIVING: {
+            Kind.STARTTLS: S2SConnection._on_starttls,
+            Kind.SASL_AUTH: S2SConnection._on_sasl_auth,
+            Kind.DB_RESULT: S2SConnection._on_db_result_request,
+            Kind.DB_VERIFY: S2SConnection._on_db_verify,
+            Kind.STANZA: S2SConnection._on_stanza,
+            Kind.STREAM_ERROR: S2SConnection._on_stream_error,
+        },
+        Role.INITIATING: {
+            Kind.FEATURES: S2SConnection._on_features,
+            Kind.PROCEED: S2SConnection._on_proceed,
+            Kind.TLS_FAILURE: S2SConnection._on_tls_failure,
+            Kind.SASL_SUCCESS: S2SConnection._on_sasl_success,
+            Kind.SASL_FAILURE: S2SConnection._on_sasl_failure,
+            Kind.DB_RESULT: S2SConnection._on_db_result_answer,
+            Kind.DB_VERIFY: S2SConnection._on_db_verify,
+            Kind.STREAM_ERROR: S2SConnection._on_stream_error,
+        },
+    }
+)

@@ -5,7 +5,8 @@ Two directions:
 * **from the peer** — returned by :meth:`S2SConnection.next_event` after ``receive_data``;
   they tell the driver what happened or what it must do (wrap the socket in TLS, verify a
   dialback key with an authoritative server, deliver a stanza, close);
-* **to the peer** — passed to :meth:`S2SConnection.send`, which returns the bytes to write.
+* **to the peer** — passed to :meth:`S2SConnection.send`, which queues the bytes to write for
+  :meth:`S2SConnection.data_to_send`.
 
 Every type is a frozen dataclass with slots: cheap, hashable, comparable in tests.
 """

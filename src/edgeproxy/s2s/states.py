@@ -11,7 +11,8 @@ stream that carries stanzas. Each stream restart (after TLS, after SASL) goes ba
 else is refused with the condition of ``UNEXPECTED`` (``not-authorized`` for stanzas before
 authentication, RFC 6120 §4.9.3.12; ``policy-violation`` for negotiation elements out of place).
 The connection consults the table before dispatching, so every handler may assume its element
-arrived in a state that allows it. ``<stream:error/>`` and ``</stream:stream>`` are accepted in
+arrived in a state that allows it; its handler table (``connection._HANDLERS``) is checked against
+this one at import, so a kind accepted here without a handler cannot pass unnoticed. ``<stream:error/>`` and ``</stream:stream>`` are accepted in
 every state that has a parser running.
 """
 

@@ -43,12 +43,6 @@ SASL_SUCCESS: Final = f"<success xmlns='{NS_SASL}'/>".encode()
 KEEPALIVE: Final = b" "
 _APOS: Final = {"'": "&apos;", '"': "&quot;"}
 
-#: RFC 6120 §4.9.3 stream-error conditions (the ones a peer may send us, too).
-STREAM_ERROR_CONDITIONS: Final = frozenset(
-    ["bad-format", "bad-namespace-prefix", "conflict", "connection-timeout", "host-gone", "host-unknown", "improper-addressing", "internal-server-error", "invalid-from", "invalid-namespace", "invalid-xml", "not-authorized", "not-well-formed", "policy-violation", "remote-connection-failed", "reset", "resource-constraint", "restricted-xml", "see-other-host", "system-shutdown", "undefined-condition", "unsupported-encoding", "unsupported-feature", "unsupported-stanza-type", "unsupported-version"]
-)
-
-
 def dialback_key(secret: str, receiving: str, originating: str, stream_id: str) -> str:
     """XEP-0185 §3 key (SPEC §3): HMAC-SHA256 keyed with hex SHA-256 of the secret, hex."""
     hashed = hashlib.sha256(secret.encode("utf-8")).hexdigest().encode("ascii")

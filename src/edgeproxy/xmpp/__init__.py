@@ -1,2 +1,3 @@
-"""XMPP vocabulary on top of the tokenizer: namespaces, serialization (and later JIDs, stanza
-views and error conditions). Pure code: no I/O, no trio."""
+"""XMPP vocabulary on top of the tokenizer: namespaces, JIDs, one stanza on its own (parse, the
+routing parts of its addresses), stanza errors, serialization, and the edge's answers to iq
+requests addressed to a domain itself. Pure code: no I/O, no trio."""

@@ -160,8 +160,3 @@ def parse_jid(text: str) -> Jid:
         prepare_domain(domain),
         prepare_resource(resource) if slash else None,
     )
-
-
-def domain_of(text: str) -> str:
-    """The prepared domainpart of a JID string (raises :class:`InvalidJid`)."""
-    return parse_jid(text).domain

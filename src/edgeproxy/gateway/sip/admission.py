@@ -100,6 +100,11 @@ class Admission:
         self.dialog_owner = dialog_owner
         self.counts = {"digest": 0, "dialog": 0, "next-hop": 0, "challenged": 0, "refused": 0}
 
+    def set_next_hop_hosts(self, hosts: frozenset[str]) -> None:
+        """The next hop's addresses, once its name is resolved: run-time data (the gateway
+        service resolves it when it starts, after building this admission)."""
+        self.next_hop_hosts = hosts
+
     def admit(self, request: SipRequest, peer: Peer, now: float) -> Admitted | SipResponse:
         """:class:`Admitted`, or the response that refuses ``request`` (401/407/403/400).
         Raises :class:`SipParseError` for a From the parser cannot read (answered 400)."""

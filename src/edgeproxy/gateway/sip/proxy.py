@@ -8,8 +8,9 @@ when the gateway runs its built-in registrar (SPEC §7, the embedded default):
 * ``REGISTER`` → :class:`~edgeproxy.gateway.sip.registrar.Registrar` (RFC 3261 §10.3);
 * ``OPTIONS`` → 200 (capability ping, §11);
 * a request whose Request-URI is in one of our SIP domains → forwarded, as a minimal stateful
-  proxy (§16) — except ``PUBLISH``, which goes to ``on_publish`` (the gateway's presence agent,
-  RFC 3903: we are the event state compositor of our users) when set — to the user's most recent binding: Request-URI replaced by the contact (§16.5),
+  proxy (§16) through ``transport`` — except ``PUBLISH``, which goes to ``on_publish`` (the
+  gateway's presence agent, RFC 3903: we are the event state compositor of our users) when
+  set — to the user's most recent binding: Request-URI replaced by the contact (§16.5),
   ``Max-Forwards`` decremented (483 at zero, §16.3 step 3), our Via pushed with a fresh branch
   (§16.6 step 8), the final response relayed with our Via removed (§16.7 step 3). No binding →
   ``480 Temporarily Unavailable`` (issue 5). Only the first binding is tried (no forking);
@@ -37,14 +38,15 @@ class LocalProxy:
     def __init__(
         self,
         registrar: Registrar,
+        transport: SipTransport,
         *,
         on_foreign: Handler | None = None,
         on_publish: Handler | None = None,
     ) -> None:
         self.registrar = registrar
+        self.transport = transport
         self.on_foreign = on_foreign
         self.on_publish = on_publish
-        self.transport: SipTransport | None = None  # set by the owner after creating the transport
 
     async def __call__(self, request: SipRequest, ctx: ServerContext) -> None:
         method = request.method
@@ -77,7 +79,6 @@ class LocalProxy:
             await ctx.respond(response_to(request, 404, to_tag="px"))
 
     async def forward(self, request: SipRequest, ctx: ServerContext, aor: str) -> None:
-        assert self.transport is not None
         bindings = self.registrar.lookup(aor, trio.current_time())
         if not bindings:
             await ctx.respond(response_to(request, 480, to_tag="px"))

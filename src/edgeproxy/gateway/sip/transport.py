@@ -76,6 +76,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from edgeproxy.certs.handshake import send_pending_alert, tls_failure
 from edgeproxy.gateway.sip.message import (
     SipParseError,
     SipParser,
@@ -99,7 +100,6 @@ from edgeproxy.gateway.sip.transaction import (
     server_key,
 )
 from edgeproxy.gateway.sip.uri import SipUri
-from edgeproxy.net.handshake import send_pending_alert, tls_failure
 from edgeproxy.ops.boundary import Surface, contain
 
 if TYPE_CHECKING:
@@ -298,6 +298,7 @@ class SipTransport:
         port: int,
         handler: Handler,
         *,
+        take_now: TakeNow | None = None,
         tls: SipTls | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
@@ -307,7 +308,7 @@ class SipTransport:
         #: Where contained failures (EP1007) and limits are reported; None in unit tests.
         self.telemetry = telemetry
         #: Optional: takes a request at once, in arrival order (see ``_dispatch``).
-        self.take_now: TakeNow | None = None
+        self.take_now = take_now
         self.tls = tls
         #: The bound TLS port (``tls.port`` until ``serve`` binds it; port 0 picks one).
         self.tls_port = tls.port if tls is not None else None
@@ -367,7 +368,7 @@ class SipTransport:
     def peer_names(self, source: Destination) -> frozenset[str]:
         """The DNS and IP subjectAltNames of the verified client certificate of the TLS
         connection ``source`` came in on (the server context must ask for one: it does when
-        the next hop is ``;transport=tls``, ``sip/tls.py``); empty for UDP/TCP or no certificate."""
+        the next hop is ``;transport=tls``, ``gateway/tls.py``); empty for UDP/TCP or no certificate."""
         if source.transport != "tls":
             return frozenset()
         conn = self._tls.get((source.host, source.port))

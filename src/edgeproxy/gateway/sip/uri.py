@@ -70,9 +70,6 @@ class SipUri:
     def transport(self) -> str:
         return (self.param("transport") or "udp").lower()
 
-    def with_params(self, *params: tuple[str, str | None]) -> SipUri:
-        return SipUri(self.scheme, self.user, self.host, self.port, self.params + params)
-
     def __str__(self) -> str:
         user = f"{self.user}@" if self.user is not None else ""
         port = f":{self.port}" if self.port is not None else ""

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from edgeproxy.net.delivery import bounce
 from edgeproxy.tokenizer import Element
+from edgeproxy.xmpp.errors import error_reply
 
 NS_PING: Final = "urn:xmpp:ping"
 NS_DISCO_INFO: Final = "http://jabber.org/protocol/disco#info"
@@ -48,7 +48,7 @@ def server_iq_reply(iq: Element) -> Element | None:
             return _result(iq, Element("query", NS_DISCO_INFO, {}, [identity, *features]))
         if (payload.namespace, payload.name) == (NS_DISCO_ITEMS, "query"):
             return _result(iq, Element("query", NS_DISCO_ITEMS))
-    return bounce(iq, "service-unavailable")
+    return error_reply(iq, "service-unavailable")
 
 
 def _result(iq: Element, payload: Element | None = None) -> Element:

@@ -30,28 +30,27 @@ from edgeproxy.certs.store import (
     install_files,
     record_friendly_name,
 )
-from edgeproxy.config import EdgeConfig, load_config
-
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
-
-
-def _err(message: str) -> None:
-    print(f"edgeproxy: {message}", file=sys.stderr)
+from edgeproxy.commands.common import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    SubParsers,
+    config_option_parent,
+    error,
+    load_args_config,
+)
+from edgeproxy.config import EdgeConfig
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _config(args: argparse.Namespace) -> EdgeConfig:
-    return load_config(getattr(args, "config", None))
-
-
 # --- request -----------------------------------------------------------------------------------
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load_args_config(args)
     subject = csr.SubjectFields(
         common_name=config.edge.external_fqdn,
         organization=args.org,
@@ -64,14 +63,14 @@ def cmd_request(args: argparse.Namespace) -> int:
     out, key_out = Path(args.out), Path(args.key_out)
     for path in (out, key_out):
         if path.exists() and not args.force:
-            _err(f"{path} exists; refusing to overwrite it (use --force)")
+            error(f"{path} exists; refusing to overwrite it (use --force)")
             return EXIT_REFUSED
     try:
         passphrase = read_passphrase(args.passphrase_file)
         key = csr.generate_rsa_key(args.key_size)
         request = csr.build_csr(key, subject, names, friendly_name=args.friendly_name)
     except (ValueError, CertificateError) as exc:
-        _err(str(exc))
+        error(str(exc))
         return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_REFUSED
     write_atomic(key_out, private_key_pem(key, passphrase), 0o600)
     write_atomic(out, request.public_bytes(serialization.Encoding.PEM), 0o644)
@@ -89,7 +88,7 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load_args_config(args)
     paths = configured_paths(config)
     try:
         certs = read_certificates(Path(args.certificate))
@@ -101,7 +100,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             raise CertificateError(f"no private key: {key_path} does not exist (pass --key KEY)")
         key = read_private_key(key_path, read_passphrase(args.passphrase_file))
     except CertificateError as exc:
-        _err(f"refused: {exc}")
+        error(f"refused: {exc}")
         return EXIT_REFUSED
     problems = check.check_edge_certificate(leaf, key, chain, required_names(config), _now())
     refusals = check.errors(problems)
@@ -110,8 +109,8 @@ def cmd_import(args: argparse.Namespace) -> int:
             print(f"warning: {p.message}", file=sys.stderr)
     if refusals:
         for p in refusals:
-            _err(f"refused ({p.code}): {p.message}")
-        _err("nothing was installed")
+            error(f"refused ({p.code}): {p.message}")
+        error("nothing was installed")
         return EXIT_REFUSED
     install_files(
         [
@@ -130,12 +129,12 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_self_signed(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load_args_config(args)
     paths = CertPaths.in_directory(Path(args.out_dir)) if args.out_dir else configured_paths(config)
     if not args.force:
         existing = [p for p in (paths.certificate, paths.key) if p.exists()]
         if existing:
-            _err(f"{existing[0]} exists; refusing to overwrite it (use --force)")
+            error(f"{existing[0]} exists; refusing to overwrite it (use --force)")
             return EXIT_REFUSED
     names = certificate_names(config, extra=args.san)
     authority = selfsigned.make_authority(f"edgeproxy private CA for {config.edge.external_fqdn}")
@@ -179,12 +178,12 @@ def describe(config: EdgeConfig, leaf: x509.Certificate, now: dt.datetime) -> li
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load_args_config(args)
     path = Path(args.certificate) if args.certificate else configured_paths(config).certificate
     try:
         certs = read_certificates(path)
     except CertificateError as exc:
-        _err(f"{exc} (hint: edgeproxy cert self-signed, or cert request + cert import)")
+        error(f"{exc} (hint: edgeproxy cert self-signed, or cert request + cert import)")
         return EXIT_REFUSED
     print(f"certificate: {path}")
     for line in describe(config, certs[0], _now()):
@@ -197,9 +196,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 # --- registration ------------------------------------------------------------------------------
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from edgeproxy.cli import config_option_parent
-
+def register(sub: SubParsers) -> None:
     cert = sub.add_parser("cert", help="the edge certificate: request, import, self-signed, show")
     cs = cert.add_subparsers(dest="cert_command", required=True, metavar="COMMAND")
     parent = [config_option_parent()]

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import msgspec
 
-from edgeproxy.config import EdgeConfig, load_config
+from edgeproxy.commands.common import EXIT_OK, SubParsers, config_option_parent, load_args_config
+from edgeproxy.config import EdgeConfig
 from edgeproxy.ops.admin import (
     admin_token_path,
     client_host,
@@ -29,8 +30,7 @@ from edgeproxy.ops.admin import (
 from edgeproxy.ops.lifecycle import DRAIN_BOUND_SECONDS, ReloadOutcome
 from edgeproxy.ops.status import STATUS_FORMAT, decode_status, render_table
 
-EXIT_OK = 0
-EXIT_FAILED = 1
+EXIT_FAILED = 1  # not running, or the request failed
 
 
 class NotRunning(Exception):
@@ -83,7 +83,7 @@ def _error_text(reply: Reply) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config = load_config(getattr(args, "config", None))
+    config = load_args_config(args)
     client = AdminClient(config, timeout=args.timeout)
     try:
         reply = client.request("GET", "/status")
@@ -142,7 +142,7 @@ def _write(client: AdminClient, path: str) -> Reply | int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    config = load_config(getattr(args, "config", None))
+    config = load_args_config(args)
     client = AdminClient(config, timeout=args.timeout)
     reply = _write(client, "/reload")
     if isinstance(reply, int):
@@ -163,7 +163,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    config = load_config(getattr(args, "config", None))
+    config = load_args_config(args)
     client = AdminClient(config, timeout=min(args.timeout, 10.0))
     reply = _write(client, "/stop")
     if isinstance(reply, int):
@@ -187,9 +187,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from edgeproxy.cli import config_option_parent
-
+def register(sub: SubParsers) -> None:
     status = sub.add_parser("status", parents=[config_option_parent()],
                             help="is the edge running: listeners, streams, gateway channel, queues")
     status.add_argument("--json", action="store_true", help="stable JSON (docs/status-json.md)")

@@ -6,6 +6,10 @@ verification message when there is one, else OpenSSL's reason code in words, e.g
 alert certificate required``). When the handshake fails, trio leaves the alert OpenSSL wrote in
 its outgoing buffer, so the peer would only see the connection drop; :func:`send_pending_alert`
 sends it (best effort) so that the other side can log *why*.
+
+Every TLS surface runs its handshake with these two: S2S STARTTLS (``net/session.py``), SIP over
+TLS (``gateway/sip/transport.py``) and the loopback channel (``loopback/client.py``,
+``loopback/server.py``), so a peer is told the same, and the reason in events reads the same.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ def tls_failure(exc: BaseException) -> str:
     """Why a TLS handshake failed (``exc`` from ``do_handshake``, or a timeout)."""
     if isinstance(exc, trio.TooSlowError):
         return "TLS handshake timed out"
-    cause = exc.__cause__ or exc.__context__
+    cause = exc if isinstance(exc, ssl.SSLError) else exc.__cause__ or exc.__context__
     if isinstance(cause, ssl.SSLError):
         verify = getattr(cause, "verify_message", None)
         if verify:

@@ -3,15 +3,15 @@ discovery; anything else is service-unavailable, and results/errors get no answe
 
 from __future__ import annotations
 
-from edgeproxy.net.server_iq import (
+from edgeproxy.tokenizer import Element
+from edgeproxy.xmpp.namespaces import NS_SERVER, NS_STANZAS
+from edgeproxy.xmpp.server_iq import (
     FEATURES,
     NS_DISCO_INFO,
     NS_DISCO_ITEMS,
     NS_PING,
     server_iq_reply,
 )
-from edgeproxy.tokenizer import Element
-from edgeproxy.xmpp.namespaces import NS_SERVER, NS_STANZAS
 
 ADDRESSES = {"from": "fabrikam.test", "to": "contoso.test", "id": "q1"}
 

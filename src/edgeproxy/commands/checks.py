@@ -36,7 +36,14 @@ from edgeproxy.certs import check as certcheck
 from edgeproxy.certs.names import required_names
 from edgeproxy.certs.pem import CertificateError, read_certificates, read_private_key
 from edgeproxy.certs.store import configured_paths
-from edgeproxy.config import EdgeConfig, load_config
+from edgeproxy.commands.common import (
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    SubParsers,
+    config_option_parent,
+    load_args_config,
+)
+from edgeproxy.config import EdgeConfig
 from edgeproxy.dns.diagnose import PartnerTarget, diagnose
 from edgeproxy.dns.partners import PartnerList, load_partners
 from edgeproxy.dns.records import split_host_port
@@ -312,26 +319,24 @@ def run_checks(
 
 def cmd_check(args: argparse.Namespace) -> int:
     try:
-        config = load_config(getattr(args, "config", None))
+        config = load_args_config(args)
     except ConfigError as exc:
         print(fail("config", str(exc), "edgeproxy config validate; edgeproxy config show-default").line())
-        return 1
+        return EXIT_REFUSED
     lookup = None
     if not args.no_dns:
         try:
             lookup = Lookup(parse_resolver(args.resolver) if args.resolver else None, timeout=args.timeout)
         except ValueError as exc:
             print(f"edgeproxy: --resolver: {exc}")
-            return 2
+            return EXIT_USAGE
     findings = run_checks(config, lookup=lookup)
     for finding in findings:
         print(finding.line())
     return exit_status(findings)
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from edgeproxy.cli import config_option_parent
-
+def register(sub: SubParsers) -> None:
     chk = sub.add_parser(
         "check", parents=[config_option_parent()],
         help="configuration, certificate, DNS, listeners, partners: OK/WARN/FAIL with hints",
@@ -340,4 +345,3 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     chk.add_argument("--timeout", type=float, default=2.0, metavar="S", help="per DNS lookup (default 2)")
     chk.add_argument("--no-dns", action="store_true", help="skip the DNS checks")
     chk.set_defaults(handler=cmd_check)
-

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from edgeproxy.config import load_config
+from edgeproxy.commands.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    SubParsers,
+    config_option_parent,
+    error,
+    load_args_config,
+)
+from edgeproxy.config import EdgeConfig
 from edgeproxy.dns.diagnose import PartnerTarget, diagnose
 from edgeproxy.dns.partners import load_partners
 from edgeproxy.dns.records import parse_pool, zone_lines
 from edgeproxy.dns.resolver import Lookup, parse_resolver
 from edgeproxy.findings import exit_status, warn
 
-EXIT_USAGE = 2
 
-
-def partner_targets(args: argparse.Namespace, config: object) -> tuple[list[PartnerTarget], list[str]]:
+def partner_targets(args: argparse.Namespace, config: EdgeConfig) -> tuple[list[PartnerTarget], list[str]]:
     """Targets from the store plus ``--partner`` extras; and notes about the store."""
-    listed = load_partners(config)  # type: ignore[arg-type]
+    listed = load_partners(config)
     targets = [PartnerTarget(d, p.proxy_fqdn) for p in listed.partners for d in p.domains]
     targets += [PartnerTarget(d.rstrip(".").lower()) for d in args.partner]
     notes = [listed.error] if listed.error else []
@@ -30,24 +35,24 @@ def lookup_from(args: argparse.Namespace) -> Lookup:
 
 
 def cmd_records(args: argparse.Namespace) -> int:
-    config = load_config(getattr(args, "config", None))
+    config = load_args_config(args)
     try:
         pools = [parse_pool(p) for p in args.pool]
         lines = zone_lines(config, pools, ttl=args.ttl)
     except ValueError as exc:
-        print(f"edgeproxy: {exc}", file=sys.stderr)
+        error(str(exc))
         return EXIT_USAGE
     print("\n".join(lines))
-    return 0
+    return EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = load_config(getattr(args, "config", None))
+    config = load_args_config(args)
     try:
         pools = [parse_pool(p) for p in args.pool]
         lookup = lookup_from(args)
     except ValueError as exc:
-        print(f"edgeproxy: {exc}", file=sys.stderr)
+        error(str(exc))
         return EXIT_USAGE
     partners, notes = partner_targets(args, config)
     findings = diagnose(config, lookup, partners, pools=pools, reach=args.reach, timeout=args.timeout)
@@ -62,9 +67,7 @@ def add_resolver_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=2.0, metavar="S", help="per lookup (default 2)")
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from edgeproxy.cli import config_option_parent
-
+def register(sub: SubParsers) -> None:
     dns = sub.add_parser("dns", help="DNS records to publish, and checks of the published ones")
     ds = dns.add_subparsers(dest="dns_command", required=True, metavar="COMMAND")
     parent = [config_option_parent()]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-EXIT_OK, EXIT_LOST, EXIT_USAGE = 0, 1, 2
+from edgeproxy.commands.common import EXIT_OK, EXIT_USAGE, SubParsers, config_option_parent
+
+EXIT_LOST = 1  # stanzas were lost
 
 
 def _loadtest(args: argparse.Namespace) -> int:
@@ -37,9 +39,7 @@ def _loadtest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from edgeproxy.cli import config_option_parent
-
+def register(sub: SubParsers) -> None:
     p = sub.add_parser(
         "loadtest",
         parents=[config_option_parent()],

@@ -1,0 +1,45 @@
+"""What the command modules share: exit statuses, the ``--config`` option after a sub-command,
+the configuration it names, and the ``edgeproxy: …`` message on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TypeAlias
+
+from edgeproxy.config import EdgeConfig, load_config
+
+EXIT_OK = 0
+EXIT_REFUSED = 1  # refused by validation, or a failed check
+EXIT_USAGE = 2  # a usage error (argparse exits with 2 too)
+
+#: What each module's ``register(sub)`` adds its commands to.
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def config_option_parent() -> argparse.ArgumentParser:
+    """A parent parser so that ``--config`` is accepted after any sub-command too."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="configuration file (default: $EDGEPROXY_CONFIG, else the embedded default)",
+    )
+    return parent
+
+
+def load_args_config(args: argparse.Namespace) -> EdgeConfig:
+    """The configuration ``--config`` names, else ``$EDGEPROXY_CONFIG``, else the embedded default."""
+    return load_config(getattr(args, "config", None))
+
+
+def error(message: str) -> None:
+    """``edgeproxy: MESSAGE`` on stderr."""
+    print(f"edgeproxy: {message}", file=sys.stderr)
+
+
+def refused(message: str) -> int:
+    """``edgeproxy: MESSAGE`` on stderr; the exit status of a refusal."""
+    error(message)
+    return EXIT_REFUSED

@@ -1,0 +1,116 @@
+"""``edgeproxy policy new | set | get | remove | grant``: external access policies (SPEC §5).
+
+``policy get IDENTITY --json`` → one policy object; ``policy get --json`` → an array, global
+first (``docs/cli-json.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import msgspec
+
+from edgeproxy.commands.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    SubParsers,
+    config_option_parent,
+    refused,
+)
+from edgeproxy.commands.records import print_json, print_record, print_records, session
+from edgeproxy.policy import operations as ops
+from edgeproxy.policy.model import AccessPolicy
+from edgeproxy.policy.validation import normalize_policy_identity
+
+
+def _policy_edit(args: argparse.Namespace) -> Callable[[AccessPolicy], AccessPolicy]:
+    def edit(p: AccessPolicy) -> AccessPolicy:
+        changes = {
+            name: getattr(args, name)
+            for name in ("xmpp", "federation", "public_cloud", "description")
+            if getattr(args, name) is not None
+        }
+        return msgspec.structs.replace(p, **changes)
+
+    return edit
+
+
+def _policy_new(args: argparse.Namespace) -> int:
+    with session(args) as (_config, store):
+        policy = ops.new_policy(store, _policy_edit(args)(AccessPolicy(identity=args.identity)))
+    print(f"policy {policy.identity} created")
+    return EXIT_OK
+
+
+def _policy_set(args: argparse.Namespace) -> int:
+    with session(args) as (_config, store):
+        policy = ops.set_policy(store, args.identity, _policy_edit(args))
+    print(f"policy {policy.identity} saved")
+    return EXIT_OK
+
+
+def _policy_get(args: argparse.Namespace) -> int:
+    with session(args) as (_config, store):
+        _generation, configuration = store.read()
+    policies = list(configuration.policies)
+    if args.identity is not None:
+        identity = normalize_policy_identity(args.identity)
+        found = [p for p in policies if p.identity == identity]
+        if not found:
+            return refused(f"no policy {identity}")
+        print_json(found[0]) if args.json else print_record(found[0])
+        return EXIT_OK
+    print_json(policies) if args.json else print_records(policies)
+    return EXIT_OK
+
+
+def _policy_remove(args: argparse.Namespace) -> int:
+    with session(args) as (_config, store):
+        ops.remove_policy(store, args.identity)
+    print(f"policy {normalize_policy_identity(args.identity)} removed")
+    return EXIT_OK
+
+
+def _policy_grant(args: argparse.Namespace) -> int:
+    if (args.policy is None) == (not args.none):
+        print("edgeproxy policy grant: give either POLICY or --none", file=sys.stderr)
+        return EXIT_USAGE
+    with session(args) as (config, store):
+        user = ops.grant_policy(
+            store, config.edge.domains, args.user, None if args.none else args.policy
+        )
+    print(f"{user.sip}: policy {user.policy or '(none: site or global applies)'}")
+    return EXIT_OK
+
+
+def _add_policy_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("identity", metavar="IDENTITY", help="global | site:NAME | NAME")
+    p.add_argument("--xmpp", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--federation", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--public-cloud", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--description", metavar="T")
+
+
+def register(sub: SubParsers) -> None:
+    group = sub.add_parser("policy", help="external access policies (SPEC §5)")
+    gsub = group.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+    new = gsub.add_parser("new", parents=[config_option_parent()], help="add a site or user policy")
+    _add_policy_options(new)
+    new.set_defaults(handler=_policy_new)
+    set_ = gsub.add_parser("set", parents=[config_option_parent()], help="change a policy")
+    _add_policy_options(set_)
+    set_.set_defaults(handler=_policy_set)
+    get = gsub.add_parser("get", parents=[config_option_parent()], help="show policies")
+    get.add_argument("identity", metavar="IDENTITY", nargs="?")
+    get.add_argument("--json", action="store_true")
+    get.set_defaults(handler=_policy_get)
+    remove = gsub.add_parser("remove", parents=[config_option_parent()], help="remove a policy")
+    remove.add_argument("identity", metavar="IDENTITY")
+    remove.set_defaults(handler=_policy_remove)
+    grant = gsub.add_parser("grant", parents=[config_option_parent()], help="grant a user policy")
+    grant.add_argument("user", metavar="USER")
+    grant.add_argument("policy", metavar="POLICY", nargs="?")
+    grant.add_argument("--none", action="store_true", help="remove the grant (site/global apply)")
+    grant.set_defaults(handler=_policy_grant)
