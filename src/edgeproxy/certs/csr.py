@@ -21,6 +21,9 @@ from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
 
 KEY_SIZES = (2048, 3072, 4096)
 
+#: The extended key usage of an edge certificate: S2S certificates are also TLS client certificates.
+SERVER_AND_CLIENT = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
+
 
 @dataclass(frozen=True)
 class SubjectFields:
@@ -51,6 +54,21 @@ def validate_subject(fields: SubjectFields) -> None:
         raise ValueError(f"common name {fields.common_name!r} is longer than 64 characters")
 
 
+def key_usage(*, ca: bool) -> x509.KeyUsage:
+    """The keyUsage of a CA (``keyCertSign``, ``cRLSign``) or of a TLS leaf (``keyEncipherment``)."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        key_encipherment=not ca,
+        content_commitment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def generate_rsa_key(key_size: int = 2048) -> rsa.RSAPrivateKey:
     if key_size not in KEY_SIZES:
         raise ValueError(f"key size must be one of {', '.join(map(str, KEY_SIZES))}")
@@ -74,24 +92,8 @@ def build_csr(
         .add_extension(
             x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
         )
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_encipherment=True,
-                content_commitment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-            critical=False,
-        )
+        .add_extension(key_usage(ca=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(list(SERVER_AND_CLIENT)), critical=False)
     )
     if friendly_name:
         builder = builder.add_attribute(AttributeOID.UNSTRUCTURED_NAME, friendly_name.encode("utf-8"))

@@ -35,6 +35,7 @@ from edgeproxy.commands.common import (
     EXIT_REFUSED,
     EXIT_USAGE,
     SubParsers,
+    command_group,
     config_option_parent,
     error,
     load_args_config,
@@ -197,8 +198,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def register(sub: SubParsers) -> None:
-    cert = sub.add_parser("cert", help="the edge certificate: request, import, self-signed, show")
-    cs = cert.add_subparsers(dest="cert_command", required=True, metavar="COMMAND")
+    cs = command_group(sub, "cert", "the edge certificate: request, import, self-signed, show")
     parent = [config_option_parent()]
 
     req = cs.add_parser("request", parents=parent, help="write a key and a certificate signing request")

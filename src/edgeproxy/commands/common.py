@@ -29,6 +29,13 @@ def config_option_parent() -> argparse.ArgumentParser:
     return parent
 
 
+def command_group(sub: SubParsers, name: str, help: str) -> SubParsers:
+    """``edgeproxy NAME COMMAND …``: the group ``name`` under ``sub``, whose commands go into the
+    returned sub-parsers (one of them is required)."""
+    group = sub.add_parser(name, help=help)
+    return group.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
+
+
 def load_args_config(args: argparse.Namespace) -> EdgeConfig:
     """The configuration ``--config`` names, else ``$EDGEPROXY_CONFIG``, else the embedded default."""
     return load_config(getattr(args, "config", None))

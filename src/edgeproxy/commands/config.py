@@ -16,6 +16,7 @@ from pathlib import Path
 from edgeproxy.commands.common import (
     EXIT_OK,
     SubParsers,
+    command_group,
     config_option_parent,
     load_args_config,
     refused,
@@ -81,8 +82,7 @@ def _config_import(args: argparse.Namespace) -> int:
 
 
 def register(sub: SubParsers) -> None:
-    group = sub.add_parser("config", help="the configuration file")
-    csub = group.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    csub = command_group(sub, "config", "the configuration file")
     show = csub.add_parser(
         "show-default", parents=[config_option_parent()],
         help="print the embedded default configuration",

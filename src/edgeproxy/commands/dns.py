@@ -8,6 +8,7 @@ from edgeproxy.commands.common import (
     EXIT_OK,
     EXIT_USAGE,
     SubParsers,
+    command_group,
     config_option_parent,
     error,
     load_args_config,
@@ -68,8 +69,7 @@ def add_resolver_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub: SubParsers) -> None:
-    dns = sub.add_parser("dns", help="DNS records to publish, and checks of the published ones")
-    ds = dns.add_subparsers(dest="dns_command", required=True, metavar="COMMAND")
+    ds = command_group(sub, "dns", "DNS records to publish, and checks of the published ones")
     parent = [config_option_parent()]
 
     rec = ds.add_parser("records", parents=parent, help="the SRV and A/AAAA records to publish (zone file)")

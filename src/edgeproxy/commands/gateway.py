@@ -12,29 +12,19 @@ from typing import Any
 
 import msgspec
 
-from edgeproxy.commands.common import EXIT_OK, SubParsers, config_option_parent
-from edgeproxy.commands.records import print_json, print_record, session
-from edgeproxy.commands.secrets import SecretOnArgv, read_secret
+from edgeproxy.commands.common import EXIT_OK, SubParsers, command_group, config_option_parent
+from edgeproxy.commands.records import print_json, print_record, read_configuration, session
+from edgeproxy.commands.secrets import add_secret_options, read_secret
 from edgeproxy.policy import operations as ops
-from edgeproxy.policy.model import GatewaySettings
-
-_GATEWAY_INT_OPTIONS = (
-    "connection_limit",
-    "partner_connection_limit",
-    "keepalive_interval",
-    "stream_establishment_timeout",
-    "stream_inactivity_timeout",
-    "subscription_refresh_interval",
-)
+from edgeproxy.policy.model import GATEWAY_INT_SETTINGS, GatewaySettings
 
 
 def _gateway_get(args: argparse.Namespace) -> int:
-    with session(args) as (_config, store):
-        _generation, configuration = store.read()
+    gateway = read_configuration(args).gateway
     if args.json:
-        print_json(configuration.gateway)
+        print_json(gateway)
     else:
-        print_record(configuration.gateway, hide=frozenset({"dialback-secret"}))
+        print_record(gateway, hide=frozenset({"dialback-secret"}))
     return EXIT_OK
 
 
@@ -46,7 +36,7 @@ def _gateway_set(args: argparse.Namespace) -> int:
     def edit(g: GatewaySettings) -> GatewaySettings:
         changes: dict[str, Any] = {
             name: getattr(args, name)
-            for name in _GATEWAY_INT_OPTIONS
+            for name in GATEWAY_INT_SETTINGS
             if getattr(args, name) is not None
         }
         if secret is not None:
@@ -62,29 +52,21 @@ def _gateway_set(args: argparse.Namespace) -> int:
 
 
 def register(sub: SubParsers) -> None:
-    group = sub.add_parser("gateway", help="gateway-wide settings (SPEC §3)")
-    gsub = group.add_subparsers(dest="gateway_command", required=True, metavar="COMMAND")
+    gsub = command_group(sub, "gateway", "gateway-wide settings (SPEC §3)")
     get = gsub.add_parser("get", parents=[config_option_parent()], help="show the gateway settings")
     get.add_argument("--json", action="store_true")
     get.set_defaults(handler=_gateway_get)
     set_ = gsub.add_parser("set", parents=[config_option_parent()], help="change gateway settings")
-    for name in _GATEWAY_INT_OPTIONS:
+    for name in GATEWAY_INT_SETTINGS:
         set_.add_argument("--" + name.replace("_", "-"), type=int, metavar="N")
     secret = set_.add_mutually_exclusive_group()
-    secret.add_argument(
-        "--dialback-secret-file",
-        metavar="PATH",
-        help="read the pool's dialback secret from the first line of PATH ('-': standard input)",
+    add_secret_options(
+        secret, "--dialback-secret", "the pool's dialback secret", prompt="--dialback-secret-prompt"
     )
     secret.add_argument(
         "--dialback-secret-prompt",
         action="store_true",
         help="type the dialback secret (twice) at a prompt that does not echo",
-    )
-    secret.add_argument(
-        "--dialback-secret", nargs="?", action=SecretOnArgv, help=argparse.SUPPRESS,
-        instead="--dialback-secret-file PATH (first line; - for standard input) or "
-        "--dialback-secret-prompt",
     )
     set_.add_argument("--log-message-bodies", action=argparse.BooleanOptionalAction, default=None)
     set_.set_defaults(handler=_gateway_set)

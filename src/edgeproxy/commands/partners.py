@@ -13,12 +13,12 @@ from typing import Any
 
 import msgspec
 
-from edgeproxy.commands.common import EXIT_OK, SubParsers, config_option_parent, refused
+from edgeproxy.commands.common import EXIT_OK, SubParsers, command_group, config_option_parent
 from edgeproxy.commands.records import (
-    print_json,
-    print_record,
-    print_records,
+    print_all,
+    print_one,
     print_warnings,
+    read_configuration,
     session,
 )
 from edgeproxy.policy import operations as ops
@@ -114,27 +114,14 @@ def _partner_set(args: argparse.Namespace) -> int:
 
 
 def _partner_get(args: argparse.Namespace) -> int:
-    with session(args) as (_config, store):
-        _generation, configuration = store.read()
-    partners = list(configuration.partners)
+    partners = list(read_configuration(args).partners)
     if args.domain is not None:
         domain = ops.partner_domain(args.domain)
-        found = [p for p in partners if domain in p.domains]
-        if not found:
-            return refused(f"no partner {domain}")
-        if args.json:
-            print_json(found[0])
-        else:
-            print_record(found[0])
-        return EXIT_OK
+        return print_one([p for p in partners if domain in p.domains], f"partner {domain}", args.json)
     if args.filter is not None:
         pattern = args.filter.lower()
         partners = [p for p in partners if any(fnmatch.fnmatchcase(d, pattern) for d in p.domains)]
-    if args.json:
-        print_json(partners)
-    else:
-        print_records(partners)
-    return EXIT_OK
+    return print_all(partners, args.json)
 
 
 def _partner_remove(args: argparse.Namespace) -> int:
@@ -145,8 +132,7 @@ def _partner_remove(args: argparse.Namespace) -> int:
 
 
 def register(sub: SubParsers) -> None:
-    group = sub.add_parser("partner", help="XMPP federated partners (SPEC §2)")
-    gsub = group.add_subparsers(dest="partner_command", required=True, metavar="COMMAND")
+    gsub = command_group(sub, "partner", "XMPP federated partners (SPEC §2)")
     new = gsub.add_parser("new", parents=[config_option_parent()], help="add a partner")
     new.add_argument("domain", metavar="DOMAIN")
     _add_partner_options(new)

@@ -16,10 +16,10 @@ from edgeproxy.commands.common import (
     EXIT_OK,
     EXIT_USAGE,
     SubParsers,
+    command_group,
     config_option_parent,
-    refused,
 )
-from edgeproxy.commands.records import print_json, print_record, print_records, session
+from edgeproxy.commands.records import print_all, print_one, read_configuration, session
 from edgeproxy.policy import operations as ops
 from edgeproxy.policy.model import AccessPolicy
 from edgeproxy.policy.validation import normalize_policy_identity
@@ -52,18 +52,11 @@ def _policy_set(args: argparse.Namespace) -> int:
 
 
 def _policy_get(args: argparse.Namespace) -> int:
-    with session(args) as (_config, store):
-        _generation, configuration = store.read()
-    policies = list(configuration.policies)
-    if args.identity is not None:
-        identity = normalize_policy_identity(args.identity)
-        found = [p for p in policies if p.identity == identity]
-        if not found:
-            return refused(f"no policy {identity}")
-        print_json(found[0]) if args.json else print_record(found[0])
-        return EXIT_OK
-    print_json(policies) if args.json else print_records(policies)
-    return EXIT_OK
+    policies = list(read_configuration(args).policies)
+    if args.identity is None:
+        return print_all(policies, args.json)
+    identity = normalize_policy_identity(args.identity)
+    return print_one([p for p in policies if p.identity == identity], f"policy {identity}", args.json)
 
 
 def _policy_remove(args: argparse.Namespace) -> int:
@@ -94,8 +87,7 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: SubParsers) -> None:
-    group = sub.add_parser("policy", help="external access policies (SPEC §5)")
-    gsub = group.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+    gsub = command_group(sub, "policy", "external access policies (SPEC §5)")
     new = gsub.add_parser("new", parents=[config_option_parent()], help="add a site or user policy")
     _add_policy_options(new)
     new.set_defaults(handler=_policy_new)

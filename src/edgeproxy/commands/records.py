@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import msgspec
 
-from edgeproxy.commands.common import error, load_args_config
+from edgeproxy.commands.common import EXIT_OK, error, load_args_config, refused
 from edgeproxy.config import EdgeConfig
+from edgeproxy.policy.model import Configuration
 from edgeproxy.policy.store import Store
 
 _json = msgspec.json.Encoder(order="deterministic")
@@ -38,6 +39,13 @@ def session(args: argparse.Namespace) -> Iterator[tuple[EdgeConfig, Store]]:
         yield config, store
     finally:
         store.close()
+
+
+def read_configuration(args: argparse.Namespace) -> Configuration:
+    """What the store holds now (for ``get`` and ``list``: the store is closed again)."""
+    with session(args) as (_config, store):
+        _generation, configuration = store.read()
+    return configuration
 
 
 def print_warnings(warnings: tuple[str, ...]) -> None:
@@ -78,3 +86,19 @@ def print_records(values: list[Any], **kw: Any) -> None:
         if i:
             print()
         print_record(value, **kw)
+
+
+def print_one(
+    found: list[Any], name: str, as_json: bool, json: Callable[[Any], None] = print_json
+) -> int:
+    """``get NAME``: the record found, as JSON or as a record; refused (``no NAME``) without one."""
+    if not found:
+        return refused(f"no {name}")
+    json(found[0]) if as_json else print_record(found[0])
+    return EXIT_OK
+
+
+def print_all(records: list[Any], as_json: bool, json: Callable[[Any], None] = print_json) -> int:
+    """``get`` without a name: every record, as a JSON array or one record after the other."""
+    json(records) if as_json else print_records(records)
+    return EXIT_OK

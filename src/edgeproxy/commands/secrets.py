@@ -58,3 +58,23 @@ class SecretOnArgv(argparse.Action):
             f"{self.option_strings[0]} would put the secret on the command line, where ps and the "
             f"shell history show it: use {self.instead}"
         )
+
+
+def add_secret_options(
+    parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup,
+    option: str,
+    what: str,
+    *,
+    prompt: str,
+) -> None:
+    """``OPTION-file PATH``, reading ``what`` from a file (:func:`read_secret`), and the refused
+    ``OPTION S`` (:class:`SecretOnArgv`), which points to the file or to ``prompt``."""
+    parser.add_argument(
+        f"{option}-file",
+        metavar="PATH",
+        help=f"read {what} from the first line of PATH ('-': standard input)",
+    )
+    parser.add_argument(
+        option, nargs="?", action=SecretOnArgv, help=argparse.SUPPRESS,
+        instead=f"{option}-file PATH (first line; - for standard input) or {prompt}",
+    )

@@ -16,15 +16,22 @@ from typing import Any
 
 import msgspec
 
-from edgeproxy.commands.common import EXIT_OK, SubParsers, config_option_parent, refused
+from edgeproxy.commands.common import (
+    EXIT_OK,
+    SubParsers,
+    command_group,
+    config_option_parent,
+    refused,
+)
 from edgeproxy.commands.records import (
+    print_all,
     print_json,
+    print_one,
     print_ordered_json,
-    print_record,
-    print_records,
+    read_configuration,
     session,
 )
-from edgeproxy.commands.secrets import SecretOnArgv, read_secret
+from edgeproxy.commands.secrets import add_secret_options, read_secret
 from edgeproxy.policy import operations as ops
 from edgeproxy.policy.credentials import EMPTY_PASSWORD, credentials_for
 from edgeproxy.policy.model import User
@@ -72,18 +79,11 @@ def _user_record(user: User) -> dict[str, Any]:
 
 
 def _user_get(args: argparse.Namespace) -> int:
-    with session(args) as (_config, store):
-        _generation, configuration = store.read()
-    users = [_user_record(u) for u in configuration.users]
-    if args.sip is not None:
-        sip = ops.normalize_user(User(sip=args.sip)).sip
-        found = [u for u in users if u["sip"] == sip]
-        if not found:
-            return refused(f"no user {sip}")
-        print_ordered_json(found[0]) if args.json else print_record(found[0])
-        return EXIT_OK
-    print_ordered_json(users) if args.json else print_records(users)
-    return EXIT_OK
+    users = [_user_record(u) for u in read_configuration(args).users]
+    if args.sip is None:
+        return print_all(users, args.json, print_ordered_json)
+    sip = ops.normalize_user(User(sip=args.sip)).sip
+    return print_one([u for u in users if u["sip"] == sip], f"user {sip}", args.json, print_ordered_json)
 
 
 def _user_set_password(args: argparse.Namespace) -> int:
@@ -159,9 +159,7 @@ def _contact_remove(args: argparse.Namespace) -> int:
 
 def _contact_list(args: argparse.Namespace) -> int:
     sip = ops.normalize_user(User(sip=args.user)).sip
-    with session(args) as (_config, store):
-        _generation, configuration = store.read()
-    found = [u for u in configuration.users if u.sip == sip]
+    found = [u for u in read_configuration(args).users if u.sip == sip]
     if not found:
         return refused(f"no user {sip}")
     user = found[0]
@@ -176,8 +174,7 @@ def _contact_list(args: argparse.Namespace) -> int:
 
 
 def register(sub: SubParsers) -> None:
-    group = sub.add_parser("user", help="local users and their XMPP contacts (SPEC §5)")
-    gsub = group.add_subparsers(dest="user_command", required=True, metavar="COMMAND")
+    gsub = command_group(sub, "user", "local users and their XMPP contacts (SPEC §5)")
     for name, handler, options in (
         ("new", _user_new, True),
         ("set", _user_set, True),
@@ -201,15 +198,7 @@ def register(sub: SubParsers) -> None:
         allow_abbrev=False,  # --password SECRET must not be taken for --password-file SECRET
     )
     password.add_argument("sip", metavar="SIP-ADDRESS")
-    password.add_argument(
-        "--password-file",
-        metavar="PATH",
-        help="read the password from the first line of PATH ('-': standard input)",
-    )
-    password.add_argument(
-        "--password", nargs="?", action=SecretOnArgv, help=argparse.SUPPRESS,
-        instead="--password-file PATH (first line; - for standard input) or the prompt (no option)",
-    )
+    add_secret_options(password, "--password", "the password", prompt="the prompt (no option)")
     password.add_argument(
         "--algorithms",
         choices=tuple(PASSWORD_ALGORITHMS),
@@ -223,8 +212,7 @@ def register(sub: SubParsers) -> None:
     )
     clear.add_argument("sip", metavar="SIP-ADDRESS")
     clear.set_defaults(handler=_user_clear_password)
-    contact = gsub.add_parser("contact", help="a user's authorized XMPP contacts")
-    csub = contact.add_subparsers(dest="contact_command", required=True, metavar="COMMAND")
+    csub = command_group(gsub, "contact", "a user's authorized XMPP contacts")
     for name, handler in (("add", _contact_add), ("remove", _contact_remove)):
         p = csub.add_parser(name, parents=[config_option_parent()], help=f"{name} a contact")
         p.add_argument("user", metavar="USER")

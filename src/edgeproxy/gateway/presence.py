@@ -63,6 +63,7 @@ import trio
 from edgeproxy.gateway.presence_watch import (
     PresenceEvent,
     PresenceWatcher,
+    is_presence_event,
     record_routes,
     route_request,
 )
@@ -337,7 +338,7 @@ class PresenceAgent:
     # -- SIP: PUBLISH (RFC 3903) ------------------------------------------------------------
 
     async def handle_publish(self, request: SipRequest, ctx: ServerContext) -> None:
-        if (request.headers.get("Event") or "").split(";")[0].strip().lower() != "presence":
+        if not is_presence_event(request):
             await ctx.respond(response_to(request, 489, to_tag="pa"))
             return
         try:
@@ -353,13 +354,9 @@ class PresenceAgent:
         ):
             await ctx.respond(response_to(request, 403, to_tag="pa"))
             return
-        expires = _expires(request, DEFAULT_EXPIRES)
-        if 0 < expires < MIN_EXPIRES:
-            response = response_to(request, 423, to_tag="pa")
-            response.headers.add("Min-Expires", str(MIN_EXPIRES))
-            await ctx.respond(response)
+        expires = await self._granted_expires(request, ctx)
+        if expires is None:
             return
-        expires = min(expires, self.refresh_interval())
         if_match = request.headers.get("SIP-If-Match")
         current = self.publications.get(local)
         if if_match is not None and (current is None or current.etag != if_match.strip()):
@@ -393,6 +390,17 @@ class PresenceAgent:
         if changed:
             self._broadcast(local)
 
+    async def _granted_expires(self, request: SipRequest, ctx: ServerContext) -> int | None:
+        """The expiry a PUBLISH or SUBSCRIBE is granted: the asked one (``DEFAULT_EXPIRES``
+        without) up to the refresh interval; None when it was too brief and 423 has answered."""
+        expires = _expires(request, DEFAULT_EXPIRES)
+        if 0 < expires < MIN_EXPIRES:
+            response = response_to(request, 423, to_tag="pa")
+            response.headers.add("Min-Expires", str(MIN_EXPIRES))
+            await ctx.respond(response)
+            return None
+        return min(expires, self.refresh_interval())
+
     def _broadcast(self, local: str) -> None:
         for contact in sorted(self.subscribers.get(local, ())):
             self._send_presence(local, contact)
@@ -400,7 +408,7 @@ class PresenceAgent:
     # -- SIP: SUBSCRIBE to an XMPP contact (RFC 6665 notifier) -------------------------------
 
     async def handle_subscribe(self, request: SipRequest, ctx: ServerContext) -> None:
-        if (request.headers.get("Event") or "").split(";")[0].strip().lower() != "presence":
+        if not is_presence_event(request):
             await ctx.respond(response_to(request, 489, to_tag="pa"))
             return
         try:
@@ -431,13 +439,9 @@ class PresenceAgent:
                 status = sip_status_for_condition(decision.condition)
                 await ctx.respond(response_to(request, status, to_tag="pa"))
                 return
-        expires = _expires(request, DEFAULT_EXPIRES)
-        if 0 < expires < MIN_EXPIRES:
-            response = response_to(request, 423, to_tag="pa")
-            response.headers.add("Min-Expires", str(MIN_EXPIRES))
-            await ctx.respond(response)
+        expires = await self._granted_expires(request, ctx)
+        if expires is None:
             return
-        expires = min(expires, self.refresh_interval())
         key = (local, contact)
         watcher = self.watchers.get(key)
         to_tag = parse_name_addr(request.headers.get("To") or "").tag

@@ -188,6 +188,12 @@ def record_routes(message: SipRequest | SipResponse) -> list[str]:
     return entries
 
 
+def is_presence_event(request: SipRequest) -> bool:
+    """Whether the request's Event header names the presence package (RFC 3856 §6.1, RFC 6665
+    §8.2.1: parameters dropped, compared case-insensitively)."""
+    return (request.headers.get("Event") or "").split(";")[0].strip().lower() == "presence"
+
+
 def retry_after(value: str | None, default: float) -> float:
     """Delta-seconds of a Retry-After / Expires / Min-Expires value (comment and parameters
     dropped, §20.33), ``default`` when absent or not ASCII digits."""
@@ -580,10 +586,7 @@ class PresenceWatcher:
         self._send(self.table.fetch(local, trio.current_time()))
 
     async def handle_notify(self, request: SipRequest, ctx: ServerContext) -> None:
-        if (
-            self.table is None
-            or (request.headers.get("Event") or "").split(";")[0].strip().lower() != "presence"
-        ):
+        if self.table is None or not is_presence_event(request):
             await ctx.respond(response_to(request, 489 if self.table else 481, to_tag="pw"))
             return
         result = self.table.on_notify(request, trio.current_time())

@@ -97,7 +97,6 @@ from edgeproxy.loopback.reliable import DEFAULT_MAX_QUEUED
 from edgeproxy.loopback.server import split_host_port
 from edgeproxy.ops import events
 from edgeproxy.ops.telemetry import Telemetry
-from edgeproxy.policy import engine
 from edgeproxy.policy.holder import SnapshotHolder
 from edgeproxy.policy.snapshot import PolicySnapshot
 from edgeproxy.tokenizer import Element, TokenizerError
@@ -439,15 +438,9 @@ class GatewayService:
             element = sip_message_to_xmpp(request, stanza_id=secrets.token_hex(6))
         except TranslationError as exc:
             return partial(ctx.respond, response_to(request, exc.sip_status, to_tag="gw"))
+        # The outbound policy is decided once, by the edge: a refusal comes back as a nack
+        # with the condition, which _answer_message maps to the SIP status.
         from_jid, to_jid = element.attrs["from"], element.attrs["to"]
-        if self.policy is not None:
-            decision = engine.decide_outbound(
-                self.policy(),
-                engine.Stanza(engine.StanzaKind.MESSAGE, "chat", from_jid, to_jid),
-            )
-            if isinstance(decision, engine.Refuse):
-                status = sip_status_for_condition(decision.condition)
-                return partial(ctx.respond, response_to(request, status, to_tag="gw"))
         queued = self.channel.submit_answerable(
             StanzaKind.MESSAGE, from_jid, to_jid, "chat", element.attrs["id"], serialize(element)
         )

@@ -16,11 +16,12 @@ each to :meth:`ChannelEndpoint.run_connection`, which:
 4. runs a send loop (batches within the peer's window, woken by ``submit``/acks) and a receive loop
    (decode strictly, hand fresh items to ``on_items``, then ack) until either ends.
 
-The opening, step by step (protocol version 2; ``loopback/auth.py`` defines the proof)::
+The opening, step by step (protocol version 3, the opening as in version 2; ``loopback/auth.py``
+defines the proof)::
 
     edge                                           gateway
-      Hello(v2, edge, session_E, ..., nonce_E)  ->
-                                                <- Hello(v2, gateway, session_G, ..., nonce_G)
+      Hello(v3, edge, session_E, ..., nonce_E)  ->
+                                                <- Hello(v3, gateway, session_G, ..., nonce_G)
       Auth(HMAC(secret, label | "edge" |        ->
                 nonce_E | nonce_G | session_E | session_G))
                                                 <- Auth(HMAC(secret, label | "gateway" |
@@ -67,6 +68,17 @@ transaction completed, or the stanza was bounced), in any order. The ack loop th
 contiguous completed prefix. Items still being handled when the connection drops stay handed:
 their re-sent copies are dropped as duplicates and acked when they complete. If the process dies
 instead, they were never acked, so the sender re-sends them to its successor.
+
+Nacks before acks (version 3): :meth:`ChannelEndpoint.nack` refuses an item from the peer with a
+``Bounce`` whose ``ref`` is that item's sequence number. When the peer waits for the item's outcome
+(``submit_answerable``: the gateway answers a SIP MESSAGE with it), the bounce resolves the wait
+with its condition — and it must arrive before the ack that covers the item, or the wait would
+resolve as delivered first. So an endpoint that has a nack not yet written does not ack in the
+receive loop: it leaves the ack to the send loop (``_owed_ack``), which writes it right after the
+nacks, and every later ack waits behind it. A connection that ends first loses only the owed ack
+(the next Hello reports what was processed; the nack itself is an item and is re-sent — after the
+Hello, so a wait already resolved by that Hello stays "delivered": the one case a nack does not
+reach its waiter).
 
 Failure boundaries (``ops.boundary``; the peer is trusted to speak the protocol, not to be
 bug-free, and one bad input must never end the process):
@@ -248,6 +260,10 @@ class ChannelEndpoint:
         self._acked = trio.Event()
         # submit_and_wait callers: seq -> [outcome, event]; outcome None = acked by the peer.
         self._waiters: dict[int, _Waiter] = {}
+        #: The sequence number of the last nack queued (see "Nacks before acks").
+        self._last_nack = 0
+        #: An ack the send loop owes the peer once the nacks before it are written.
+        self._owed_ack: int | None = None
         self._counts = dict.fromkeys(
             ("connections", "sent", "received", "duplicates", "bounced", "lost_bounces", "refused"), 0
         )
@@ -264,8 +280,10 @@ class ChannelEndpoint:
         raw: bytes,
         *,
         bounce: tuple[str, str] | None = None,
+        ref: int = 0,
     ) -> bool:
-        """Queue a stanza (or a bounce) for the peer; False if it was bounced instead."""
+        """Queue a stanza (or a bounce, answering the peer's item ``ref``) for the peer; False if
+        it was bounced instead."""
         problem = item_problem(kind, from_, to, type, id, raw, bounce)
         if problem is not None:
             log.warning("loopback: stanza from %.200s not sent, the peer would refuse it: %s", from_, problem)
@@ -274,10 +292,12 @@ class ChannelEndpoint:
         if self._outage_expired:
             self._bounce_new(kind, from_, to, type, id, raw, bounce)
             return False
-        item = self.sender.submit(kind, from_, to, type, id, raw, bounce=bounce)
+        item = self.sender.submit(kind, from_, to, type, id, raw, bounce=bounce, ref=ref)
         if item is None:
             self._bounce_new(kind, from_, to, type, id, raw, bounce)
             return False
+        if ref:
+            self._last_nack = item.seq
         self._wake.set()
         return True
 
@@ -337,7 +357,22 @@ class ChannelEndpoint:
             log.warning("loopback: bounce item %d from the peer for %.200s dropped (%s)", item.seq, item.from_, condition)
             return
         self.submit(item.kind, item.from_, item.to, item.type, item.id, item.raw,
-                    bounce=(condition, text[:MAX_SHORT]))
+                    bounce=(condition, text[:MAX_SHORT]), ref=item.seq)
+
+    def _nack_unsent(self) -> bool:
+        """Is a nack still waiting in the sender's queue (not written yet)?"""
+        unsent = self.sender.unsent
+        return bool(unsent) and unsent[0].seq <= self._last_nack
+
+    def _answer_waiter(self, bounce: Bounce) -> bool:
+        """The peer nacked one of our items that a sender waits for: give it the condition."""
+        waiter = self._waiters.pop(bounce.ref, None)
+        if waiter is None:
+            return False
+        self._counts["bounced"] += 1
+        waiter.outcome = bounce.condition
+        waiter.event.set()
+        return True
 
     def _resolve_acked(self, up_to: int) -> None:
         if self._waiters:
@@ -461,6 +496,7 @@ class ChannelEndpoint:
                         answer=answer, answer_name="connection closed (1011)",
                     )
                 finally:
+                    self._owed_ack = None  # the next Hello reports what was processed
                     if self._connected:
                         self._connected = False
                         self._connected_event = trio.Event()
@@ -569,6 +605,10 @@ class ChannelEndpoint:
 
     async def _send_loop(self, ws: WebSocketConnection, lock: trio.Lock) -> None:
         while True:
+            if self._owed_ack is not None and not self._nack_unsent():
+                up_to, self._owed_ack = self._owed_ack, None
+                async with lock:
+                    await _send_frame(ws, encode_frame(Ack(up_to)))
             batch = self.sender.next_batch()
             if batch is None:
                 await self._wake.wait()
@@ -616,11 +656,20 @@ class ChannelEndpoint:
             fresh = self.receiver.accept(frame)
             self._counts["duplicates"] += len(frame.items) - len(fresh)
             for item in fresh:
+                if isinstance(item, Bounce) and item.ref and self._answer_waiter(item):
+                    if self.ack_on_complete:
+                        self.complete(item.seq)
+                    continue
                 await self._handle_item(item, peer)
             self._counts["received"] += len(fresh)
             if self.ack_on_complete:
                 return  # the ack loop acks what completes
             self.receiver.mark_processed(frame.items[-1].seq)
+            if self._owed_ack is not None or self._nack_unsent():
+                # Nacks before acks: the send loop acks once the nacks are written.
+                self._owed_ack = self.receiver.processed
+                self._wake.set()
+                return
             with trio.CancelScope(shield=True), trio.move_on_after(ACK_TIMEOUT):
                 async with lock:
                     await _send_frame(ws, encode_frame(Ack(self.receiver.processed)))

@@ -23,7 +23,9 @@ the tag is the first array element, so a frame costs one small array, not a map 
     Stanzas in order, each an ``Item``: ``Routed`` (one stanza: its raw bytes as received plus the
     routing view the tokenizer already computed — kind, from, to, type, id — so the far side
     routes without re-parsing, DESIGN §2) or ``Bounce`` (a stanza that could not be delivered and
-    must be answered to its sender with ``condition``). Every item has a sequence number; the
+    must be answered to its sender with ``condition``; ``ref``, version 3, is the sequence number
+    the bounced stanza had as the receiver's own item when the bounce refuses one — a *nack* —
+    so a sender waiting for that item's outcome learns it, else ``0``). Every item has a sequence number; the
     numbers of one session increase by exactly one per item across batches and connections; the
     receiver checks that as it walks the items (``reliable.Receiver``), not here, so decoding
     stays a single msgspec call.
@@ -78,7 +80,8 @@ from edgeproxy.errors import ProtocolError
 
 #: 2: the Hello carries a nonce and an ``Auth`` frame follows it (issue 14). A version-1 Hello
 #: still decodes (``nonce`` defaults to empty) so that an old peer is refused by its version.
-PROTOCOL_VERSION: Final = 2
+#: Version 3: a ``Bounce`` says which of the receiver's own items it refuses (``ref``).
+PROTOCOL_VERSION: Final = 3
 #: Random bytes of a Hello's nonce (256 bits: never repeated in practice).
 NONCE_BYTES: Final = 32
 #: An ``Auth`` frame's ``mac``: an HMAC-SHA256 (32 bytes); empty from a peer without a secret.
@@ -154,6 +157,8 @@ class Bounce(
 
     ``condition`` is an RFC 6120 §8.3.3 stanza error condition, ``text`` an optional human text.
     The side that owns the original sender (the edge for XMPP senders) builds the error stanza.
+    ``ref``: for a nack, the sequence number of the refused item in the *receiver's* numbering
+    (it sent that item); ``0`` for a stanza the sender held itself.
     """
 
     seq: _Seq
@@ -165,6 +170,7 @@ class Bounce(
     raw: _Raw
     condition: _Short
     text: _Short = ""
+    ref: _SeqOrZero = 0
 
 
 Item = Routed | Bounce

@@ -85,8 +85,10 @@ class Sender:
         raw: bytes,
         *,
         bounce: tuple[str, str] | None = None,
+        ref: int = 0,
     ) -> Item | None:
-        """Queue one stanza (or, with ``bounce=(condition, text)``, a bounce); None when full."""
+        """Queue one stanza (or, with ``bounce=(condition, text)``, a bounce answering the peer's
+        item ``ref``, 0 for none); None when full."""
         if self.queued >= self.max_queued:
             return None
         seq = self.next_seq
@@ -94,7 +96,7 @@ class Sender:
         if bounce is None:
             item = Routed(seq, kind, from_, to, type, id, raw)
         else:
-            item = Bounce(seq, kind, from_, to, type, id, raw, bounce[0], bounce[1])
+            item = Bounce(seq, kind, from_, to, type, id, raw, bounce[0], bounce[1], ref)
         self.next_seq = seq + 1
         self.unsent.append(item)
         return item

@@ -39,47 +39,47 @@ def _file(config: EdgeConfig, key: str, value: str) -> Path:
     return path
 
 
-def _context(config: EdgeConfig, role: TlsRole, cert_keys: tuple[str, str, str, str]) -> ssl.SSLContext:
-    cert_key, cert_value, key_key, key_value = cert_keys
-    cert, key = _file(config, cert_key, cert_value), _file(config, key_key, key_value)
-    trust_key, trust_value = (
-        ("edge.internal-trust", config.edge.internal_trust)
-        if config.edge.internal_trust
-        else ("tls.trust", config.tls.trust or "")
+def _pick(own: tuple[str, str | None], default: tuple[str, str | None]) -> tuple[str, str]:
+    """The channel's own setting (key, value) when it is given, else the ``[tls]`` one."""
+    key, value = own if own[1] else default
+    return key, value or ""
+
+
+def _context(
+    config: EdgeConfig, role: TlsRole, certificate: tuple[str, str | None], key: tuple[str, str | None]
+) -> ssl.SSLContext | None:
+    """``role``'s context from the channel's ``certificate`` and ``key`` settings (key, value)
+    and ``[edge] internal-trust``, each defaulting to its ``[tls]`` setting; None without
+    ``[edge] internal-tls``."""
+    if not config.edge.internal_tls:
+        return None
+    picked = (
+        _pick(certificate, ("tls.certificate", config.tls.certificate)),
+        _pick(key, ("tls.key", config.tls.key)),
+        _pick(("edge.internal-trust", config.edge.internal_trust), ("tls.trust", config.tls.trust)),
     )
-    trust = _file(config, trust_key, trust_value)
-    return tls_context(role, cert, key, trust, ConfigKeys(config.source, cert_key, key_key, trust_key))
+    cert_file, key_file, trust_file = (_file(config, k, v) for k, v in picked)
+    names = ConfigKeys(config.source, *(k for k, _v in picked))
+    return tls_context(role, cert_file, key_file, trust_file, names)
 
 
 def edge_channel_context(config: EdgeConfig) -> ssl.SSLContext | None:
     """The internal listener's context (client certificate required), or None without TLS."""
-    if not config.edge.internal_tls:
-        return None
     edge = config.edge
     return _context(
         config,
         TlsRole.CHANNEL_EDGE,
-        (
-            "edge.internal-certificate" if edge.internal_certificate else "tls.certificate",
-            edge.internal_certificate or config.tls.certificate,
-            "edge.internal-key" if edge.internal_key else "tls.key",
-            edge.internal_key or config.tls.key,
-        ),
+        ("edge.internal-certificate", edge.internal_certificate),
+        ("edge.internal-key", edge.internal_key),
     )
 
 
 def gateway_channel_context(config: EdgeConfig) -> ssl.SSLContext | None:
     """The gateway's context (presents its certificate, verifies the edge), or None without TLS."""
-    if not config.edge.internal_tls:
-        return None
     gateway = config.gateway
     return _context(
         config,
         TlsRole.CHANNEL_GATEWAY,
-        (
-            "gateway.channel-certificate" if gateway.channel_certificate else "tls.certificate",
-            gateway.channel_certificate or config.tls.certificate,
-            "gateway.channel-key" if gateway.channel_key else "tls.key",
-            gateway.channel_key or config.tls.key,
-        ),
+        ("gateway.channel-certificate", gateway.channel_certificate),
+        ("gateway.channel-key", gateway.channel_key),
     )

@@ -25,7 +25,10 @@ Edge → gateway
     it (``answers_subscriptions``), so the partner gets one ``subscribed``, not two.
 Gateway → edge
     A ``Routed`` item is a stanza from a local (SIP) user to an XMPP contact: it goes through the
-    router's outbound path (policy ``decide_outbound``, then the S2S pool). A ``Bounce`` item is
+    router's outbound path (policy ``decide_outbound``, decided there once, then the S2S pool). A
+    refusal is a *nack* to the gateway (a ``Bounce`` with the condition and ``ref``, the item's
+    sequence number), sent before the ack that covers the item (``loopback/endpoint.py``,
+    "Nacks before acks"), so the SIP sender waiting for the item gets the mapped status. A ``Bounce`` item is
     a stanza the gateway could not deliver: its sender gets an error stanza with the item's
     condition, over the pool.
 Refused and failed items (issue 13: no item can take the edge down)
@@ -160,7 +163,10 @@ class ChannelDelivery:
             await self.router.wait_for_room(domain_of(element.get("from")), domain_of(element.get("to")))
             # The gateway's bytes go out as they are unless the policy changes the stanza
             # (no second serialization of what the gateway just serialized).
-            await self.router.send_from_local(element, raw=item.raw if whole else None)
+            await self.router.send_from_local(
+                element, raw=item.raw if whole else None,
+                refused=partial(self.endpoint.nack, item),  # the gateway answers its sender
+            )
 
     def _stanza_of(self, item: Routed) -> tuple[Element | None, bool]:
         """The item's stanza and whether its bytes are exactly that; (None, False) when refused."""

@@ -59,6 +59,8 @@ from edgeproxy.xmpp.stanza import bare_of, domain_of, without_status
 log = logging.getLogger("edgeproxy.net.router")
 
 PolicySource = Callable[[], PolicySnapshot]
+#: Answers a refused outbound stanza to its sender, given the stanza error condition.
+Refused = Callable[[str], None]
 
 _NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 _NS_CONFERENCE = "jabber:x:conference"
@@ -176,14 +178,25 @@ class Router:
         the stream from ``local`` to ``remote`` has a full queue (``OutboundPool.wait_for_room``)."""
         await self.pool.wait_for_room(local, remote)
 
-    async def send_from_local(self, element: Element, *, raw: bytes | None = None) -> None:
+    async def send_from_local(
+        self, element: Element, *, raw: bytes | None = None, refused: Refused | None = None
+    ) -> None:
         """A stanza from a local user to an XMPP contact (SPEC §6 outbound); ``raw``: its bytes
-        as received, sent unchanged unless the policy transforms the stanza."""
+        as received, sent unchanged unless the policy transforms the stanza.
+
+        The policy's verdict on it is decided here, once. A refusal is answered by ``refused``
+        (with the condition) when the caller can tell the sender directly — the channel nacks
+        the gateway's item, whose SIP sender waits for that answer — else with an error stanza
+        to local delivery."""
         decision = engine.decide_outbound(self._policy(), engine_view(element))
         partner = self._partner(domain_of(element.get("to")))
         if isinstance(decision, Refuse):
             self.telemetry.stanza(partner, Flow.OUT, element.name, Verdict.REFUSED)
-            await self.bounce_local(element, decision.condition, counted=True)
+            if refused is None:
+                await self.bounce_local(element, decision.condition, counted=True)
+            else:
+                self.telemetry.bounce(decision.condition)
+                refused(decision.condition)
             return
         if isinstance(decision, AllowTransformed):
             raw = None  # changed by the policy: sent as serialized here

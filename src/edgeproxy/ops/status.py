@@ -141,8 +141,9 @@ class Flag(Protocol):
     def is_set(self) -> bool: ...
 
 
-class Stream(Protocol):
-    """What the status reads of one S2S stream (``net.session.S2SSession``)."""
+class S2SSession(Protocol):
+    """What the status and the telemetry (``ops.telemetry``) read of one S2S stream's driver
+    (``net.session.S2SSession``)."""
 
     @property
     def conn(self) -> S2SConnection: ...
@@ -155,11 +156,19 @@ class Stream(Protocol):
     @property
     def tls_version(self) -> str | None: ...
     @property
+    def tls_failure(self) -> str | None: ...
+    @property
     def started_at(self) -> float: ...
     @property
     def stanzas_in(self) -> int: ...
     @property
     def stanzas_out(self) -> int: ...
+    @property
+    def error_sent(self) -> str | None: ...
+    @property
+    def error_received(self) -> str | None: ...
+    @property
+    def close_reason(self) -> str | None: ...
 
 
 class Link(Protocol):
@@ -185,7 +194,7 @@ class ChannelCounts(Protocol):
     def in_flight(self) -> int: ...
 
 
-def stream_status(stream: Stream, direction: Direction, partner: str | None, now: float) -> StreamStatus:
+def stream_status(stream: S2SSession, direction: Direction, partner: str | None, now: float) -> StreamStatus:
     """One stream's row; ``now`` on the clock of ``stream.started_at`` (trio's)."""
     conn = stream.conn
     if conn.state in (State.CLOSING, State.CLOSED):

@@ -13,43 +13,17 @@ on); every event field here is an address, a domain, a condition or a count.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
 
 import trio
 
 from edgeproxy.ops import events
 from edgeproxy.ops.events import EventClass, EventLog
 from edgeproxy.ops.metrics import Flow, Metrics, StanzaKind, StreamErrorSide, Verdict
-from edgeproxy.ops.status import Direction
+from edgeproxy.ops.status import Direction, S2SSession
 from edgeproxy.policy import engine
-from edgeproxy.policy.model import AuthMethod
 from edgeproxy.policy.snapshot import PolicySnapshot
-from edgeproxy.s2s.connection import S2SConnection
 
 PolicySource = Callable[[], PolicySnapshot]
-
-
-class S2SSession(Protocol):
-    """What telemetry reads of one S2S stream's driver (``net.session.S2SSession``)."""
-
-    @property
-    def conn(self) -> S2SConnection: ...
-    @property
-    def started_at(self) -> float: ...
-    @property
-    def remote_address(self) -> str: ...
-    @property
-    def auth_method(self) -> AuthMethod | None: ...
-    @property
-    def tls_version(self) -> str | None: ...
-    @property
-    def tls_failure(self) -> str | None: ...
-    @property
-    def error_sent(self) -> str | None: ...
-    @property
-    def error_received(self) -> str | None: ...
-    @property
-    def close_reason(self) -> str | None: ...
 
 
 def remote_domain_of(session: S2SSession) -> str | None:

@@ -78,6 +78,17 @@ class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, r
     log_message_bodies: bool = False
 
 
+#: The whole-number gateway settings, in model order (``gateway set --connection-limit N`` …).
+GATEWAY_INT_SETTINGS = (
+    "connection_limit",
+    "partner_connection_limit",
+    "keepalive_interval",
+    "stream_establishment_timeout",
+    "stream_inactivity_timeout",
+    "subscription_refresh_interval",
+)
+
+
 class AccessPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
     """An external access policy (SPEC §5): ``global``, ``site:NAME`` or a named user policy."""
 

@@ -248,12 +248,7 @@ def create_demo_user(store: Store, our_domains: Iterable[str]) -> str:
     once). Refused (``ChangeRefused``) if the user exists or is not in ``our_domains``."""
     password = secrets.token_urlsafe(12)
     user = normalize_user(User(sip=DEMO_USER, name="Alice (demo)"))
-    user = msgspec.structs.replace(user, credentials=credentials_for(user.sip, password))
-    with store.write() as tx:
-        if tx.user(user.sip) is not None:
-            raise refuse(f"user {user.sip} already exists")
-        validate_user(user, (p.identity for p in tx.policies()), our_domains)
-        tx.put_user(user)
+    new_user(store, our_domains, msgspec.structs.replace(user, credentials=credentials_for(user.sip, password)))
     return password
 
 

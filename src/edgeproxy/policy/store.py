@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edgeproxy.policy.model import (
+    GATEWAY_INT_SETTINGS,
     GLOBAL_POLICY,
     AccessPolicy,
     Configuration,
@@ -394,16 +395,7 @@ def _put_partner(conn: sqlite3.Connection, p: Partner) -> None:
     )
 
 
-_GATEWAY_COLUMNS = (
-    "connection_limit",
-    "partner_connection_limit",
-    "keepalive_interval",
-    "stream_establishment_timeout",
-    "stream_inactivity_timeout",
-    "subscription_refresh_interval",
-    "dialback_secret",
-    "log_message_bodies",
-)
+_GATEWAY_COLUMNS = (*GATEWAY_INT_SETTINGS, "dialback_secret", "log_message_bodies")
 
 
 def _read_gateway(conn: sqlite3.Connection) -> GatewaySettings:

@@ -110,15 +110,19 @@ def db_result_request(*, from_: str, to: str, key: str) -> bytes:
     return f"<db:result{_attrs(from_=from_, to=to)}>{escape(key)}</db:result>".encode()
 
 
-def db_result_response(*, from_: str, to: str, valid: bool, error: str | None = None) -> bytes:
-    """Receiving → originating: the verdict (XEP-0220 §2.1.3), or an error (§2.4)."""
+def _db_answer(name: str, valid: bool, error: str | None, **attrs: str | None) -> bytes:
+    """A ``db:result`` or ``db:verify`` answer: ``valid``/``invalid``, or an error (§2.4)."""
     if error is not None:
         return (
-            f"<db:result{_attrs(from_=from_, to=to)} type='error'>"
-            f"<error type='cancel'><{error} xmlns='{NS_STANZAS}'/></error></db:result>"
+            f"<db:{name}{_attrs(**attrs)} type='error'>"
+            f"<error type='cancel'><{error} xmlns='{NS_STANZAS}'/></error></db:{name}>"
         ).encode()
-    verdict = "valid" if valid else "invalid"
-    return f"<db:result{_attrs(from_=from_, to=to, type=verdict)}/>".encode()
+    return f"<db:{name}{_attrs(**attrs, type='valid' if valid else 'invalid')}/>".encode()
+
+
+def db_result_response(*, from_: str, to: str, valid: bool, error: str | None = None) -> bytes:
+    """Receiving → originating: the verdict (XEP-0220 §2.1.3), or an error (§2.4)."""
+    return _db_answer("result", valid, error, from_=from_, to=to)
 
 
 def db_verify_request(*, from_: str, to: str, stream_id: str, key: str) -> bytes:
@@ -130,10 +134,4 @@ def db_verify_response(
     *, from_: str, to: str, stream_id: str, valid: bool, error: str | None = None
 ) -> bytes:
     """Authoritative → receiving (XEP-0220 §2.2.2), or an error (§2.4)."""
-    if error is not None:
-        return (
-            f"<db:verify{_attrs(from_=from_, to=to, id=stream_id)} type='error'>"
-            f"<error type='cancel'><{error} xmlns='{NS_STANZAS}'/></error></db:verify>"
-        ).encode()
-    verdict = "valid" if valid else "invalid"
-    return f"<db:verify{_attrs(from_=from_, to=to, id=stream_id, type=verdict)}/>".encode()
+    return _db_answer("verify", valid, error, from_=from_, to=to, id=stream_id)

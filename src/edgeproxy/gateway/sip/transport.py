@@ -342,11 +342,13 @@ class SipTransport:
             self._nursery = nursery
             nursery.start_soon(self._udp_loop)
             nursery.start_soon(self._timer_loop)
-            nursery.start_soon(trio.serve_listeners, self._tcp_handler, listeners)
+            nursery.start_soon(trio.serve_listeners, partial(self._connection_handler, "tcp"), listeners)
             if self.tls is not None:
                 tls_listeners = await trio.open_tcp_listeners(self.tls.port, host=self.tls.host)
                 self.tls_port = tls_listeners[0].socket.getsockname()[1]
-                nursery.start_soon(trio.serve_listeners, self._tls_handler, tls_listeners)
+                nursery.start_soon(
+                    trio.serve_listeners, partial(self._connection_handler, "tls"), tls_listeners
+                )
             task_status.started((self.host, self.port))
 
     async def _bind(self) -> tuple[trio.socket.SocketType, list[trio.SocketListener]]:
@@ -685,17 +687,19 @@ class SipTransport:
         elif not inbound.ctx.responded:
             await inbound.ctx.respond(response)
 
-    async def _tcp_handler(self, stream: trio.SocketStream) -> None:
+    async def _connection_handler(self, transport: str, stream: trio.SocketStream) -> None:
+        """One accepted TCP or TLS (``transport``) connection, inside its failure boundary."""
         try:
             peer = stream.socket.getpeername()
         except OSError:  # reset before we looked
             await trio.aclose_forcefully(stream)
             return
-        source = Destination(peer[0], peer[1], "tcp")
+        source = Destination(peer[0], peer[1], transport)
+        accept = self._accept_tls if transport == "tls" else self._accept_tcp
         try:
             await contain(
                 Surface.SIP_CONNECTION, peer_of(source), self.telemetry,
-                partial(self._accept_tcp, stream, source),
+                partial(accept, stream, source),
             )
         finally:
             await trio.aclose_forcefully(stream)
@@ -706,21 +710,6 @@ class SipTransport:
         conn = _TcpConnection(stream, (source.host, source.port))
         self._tcp[conn.peer] = conn
         await self._tcp_reader(conn)
-
-    async def _tls_handler(self, stream: trio.SocketStream) -> None:
-        try:
-            peer = stream.socket.getpeername()
-        except OSError:
-            await trio.aclose_forcefully(stream)
-            return
-        source = Destination(peer[0], peer[1], "tls")
-        try:
-            await contain(
-                Surface.SIP_CONNECTION, peer_of(source), self.telemetry,
-                partial(self._accept_tls, stream, source),
-            )
-        finally:
-            await trio.aclose_forcefully(stream)
 
     async def _accept_tls(self, stream: trio.SocketStream, source: Destination) -> None:
         if len(self._tcp) + len(self._tls) >= MAX_TCP_CONNECTIONS:
