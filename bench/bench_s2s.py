@@ -34,6 +34,7 @@ import trio
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "net"))  # the scripted peer and the edge fixture
+sys.path.insert(0, str(ROOT / "tests"))  # what they build on (tests/fixtures)
 
 from _edges import partner, set_partners, start_edge  # noqa: E402
 from _scripted_peer import open_scripted_stream  # noqa: E402
