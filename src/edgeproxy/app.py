@@ -143,7 +143,8 @@ class EdgeApp:
         self._channel_ssl = edge_channel_context(config) if use_channel else None
         self.channel: ChannelDelivery | None = (
             ChannelDelivery(self.telemetry, outage_bound=config.gateway.outage_bound,
-                            max_queued=config.gateway.max_queued, secret=self._channel_secret(config))
+                            max_queued=config.gateway.max_queued, queue_wait=config.gateway.queue_wait,
+                            secret=self._channel_secret(config))
             if use_channel else None
         )
         self.internal_address: str | None = None

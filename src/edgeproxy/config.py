@@ -81,6 +81,11 @@ class GatewaySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, re
     ``edge-address``: where the gateway connects (default: ``[edge] internal-listen``).
     ``outage-bound``: seconds the other side may be away before queued stanzas are bounced.
     ``max-queued``: stanzas waiting for the other side, per direction.
+    ``queue-wait``: seconds a stanza from a partner may wait for room when ``max-queued`` are
+    waiting for the gateway; meanwhile its stream is not read (TCP holds the partner back:
+    backpressure, not bounces), and only a stanza that waited longer is bounced. 60 s is the
+    gateway's own bound for a SIP transaction to finish (Timer F is 32 s; the SIP sender's wait
+    for the edge is 8 s) with room for a burst to drain.
     ``page-mode-ceiling``: bytes of a SIP MESSAGE (RFC 3428 §8).
     ``sip-tls-listen``: SIP over TLS (RFC 3261 §26.2), one address per ``sip-listen`` address;
     absent = each ``sip-listen`` address at port + 1 (5060 → 5061, the SIP convention) when the
@@ -96,6 +101,7 @@ class GatewaySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, re
     edge_address: str = ""
     outage_bound: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
     max_queued: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
+    queue_wait: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 60.0
     page_mode_ceiling: Annotated[int, msgspec.Meta(ge=200, le=65535)] = 1300
     sip_tls_listen: tuple[HostPort, ...] | None = None
     channel_certificate: str | None = None

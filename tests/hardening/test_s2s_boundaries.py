@@ -191,7 +191,8 @@ async def test_an_outbound_link_that_raises_bounces_its_stanzas_and_the_edge_goe
                     continue
                 if b"id='m2'" in got.raw or b'id="m2"' in got.raw:
                     break
-        assert contoso.metrics.value("edgeproxy_bounces_total", condition="internal-server-error") == 1
+        assert contoso.metrics.value("edgeproxy_bounces_total", condition="internal-server-error",
+                                     cause="internal-error") == 1
         (record,) = contoso.events("EP1007")
         assert record["surface"] == "s2s-outbound"
         nursery.cancel_scope.cancel()

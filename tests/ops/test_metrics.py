@@ -6,7 +6,15 @@ import prometheus_client
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgeproxy.ops import events
-from edgeproxy.ops.metrics import Flow, Metrics, Outcome, StanzaKind, StreamErrorSide, Verdict
+from edgeproxy.ops.metrics import (
+    BounceCause,
+    Flow,
+    Metrics,
+    Outcome,
+    StanzaKind,
+    StreamErrorSide,
+    Verdict,
+)
 from edgeproxy.ops.status import (
     ChannelState,
     ChannelStatus,
@@ -52,16 +60,18 @@ def test_stanzas_counted_by_partner_flow_kind_and_verdict_and_bounces_by_conditi
     m.stanza("fabrikam.test", Flow.OUT, StanzaKind.of("presence"), Verdict.TRANSFORMED)
     m.stanza("fabrikam.test", Flow.IN, StanzaKind.of("x-unknown"), Verdict.REFUSED)
     m.stanza(None, Flow.OUT, StanzaKind.IQ, Verdict.BOUNCED)
-    m.bounce("remote-server-not-found")
-    m.bounce("remote-server-not-found")
-    m.bounce("service-unavailable")
+    m.bounce("remote-server-not-found", BounceCause.PARTNER_UNREACHABLE)
+    m.bounce("remote-server-not-found", BounceCause.PARTNER_UNREACHABLE)
+    m.bounce("service-unavailable", BounceCause.GATEWAY_QUEUE_FULL)
     p = samples(m)
     assert sample(p, "edgeproxy_stanzas_total", partner="fabrikam.test", flow="in", kind="message", verdict="delivered") == 3
     assert sample(p, "edgeproxy_stanzas_total", partner="fabrikam.test", flow="out", kind="presence", verdict="transformed") == 1
     assert sample(p, "edgeproxy_stanzas_total", partner="fabrikam.test", flow="in", kind="other", verdict="refused") == 1
     assert sample(p, "edgeproxy_stanzas_total", partner="unknown", flow="out", kind="iq", verdict="bounced") == 1
-    assert sample(p, "edgeproxy_bounces_total", condition="remote-server-not-found") == 2
-    assert sample(p, "edgeproxy_bounces_total", condition="service-unavailable") == 1
+    assert sample(p, "edgeproxy_bounces_total", condition="remote-server-not-found",
+                  cause="partner-unreachable") == 2
+    assert sample(p, "edgeproxy_bounces_total", condition="service-unavailable",
+                  cause="gateway-queue-full") == 1
 
 
 def test_tls_dns_limits_stream_errors_events_and_reloads_are_exposed():
@@ -118,9 +128,9 @@ def test_observe_status_sets_queue_depths_and_channel_state_and_forgets_old_queu
 
 def test_metrics_use_a_private_registry():
     a, b = Metrics(), Metrics()
-    a.bounce("service-unavailable")
-    assert b.value("edgeproxy_bounces_total", condition="service-unavailable") is None
-    assert a.value("edgeproxy_bounces_total", condition="service-unavailable") == 1
+    a.bounce("service-unavailable", BounceCause.GATEWAY_AWAY)
+    assert b.value("edgeproxy_bounces_total", condition="service-unavailable", cause="gateway-away") is None
+    assert a.value("edgeproxy_bounces_total", condition="service-unavailable", cause="gateway-away") == 1
     global_text = prometheus_client.generate_latest(prometheus_client.REGISTRY).decode()
     assert "edgeproxy_" not in global_text
 

@@ -197,7 +197,7 @@ async def test_metrics_count_a_known_traffic_pattern(tmp_path: Path) -> None:
             refused = [e for e in lab.event_lines() if e["id"] == "EP7003"]
             assert len(refused) == 1
             condition = str(refused[0]["condition"])
-            assert value("edgeproxy_bounces_total", condition=condition) == 1
+            assert value("edgeproxy_bounces_total", condition=condition, cause="policy") == 1
             assert value("edgeproxy_stanzas_total", partner="fabrikam.test", flow="out", kind="message",
                          verdict="delivered") == 1
             assert value("edgeproxy_streams", partner="fabrikam.test", direction="inbound",

@@ -444,6 +444,7 @@ class ChannelEndpoint:
             drained = self.sender.drain()
             if drained:
                 self._bounce_items(drained, "remote-server-timeout")
+            self._signal_acked()  # whoever waits for room: submit now bounces at once
             await trio.sleep(self.outage_bound / 4)
 
     # -- one connection -----------------------------------------------------------------------
@@ -454,6 +455,21 @@ class ChannelEndpoint:
     async def wait_disconnected(self) -> None:
         """Return once no connection is up (at once if none is)."""
         await self._disconnected_event.wait()
+
+    def has_room(self) -> bool:
+        """Would :meth:`submit` queue one more item (rather than bounce it as queue-full)?"""
+        return self.sender.queued < self.sender.max_queued
+
+    @property
+    def outage_expired(self) -> bool:
+        """The peer has been away longer than ``outage_bound``: submissions bounce at once."""
+        return self._outage_expired
+
+    async def wait_for_room(self) -> None:
+        """Return once the queue has room for one more item, or the peer has been away past the
+        outage bound (then :meth:`submit` bounces at once). Cancel it to bound the wait."""
+        while not self.has_room() and not self._outage_expired:
+            await self.wait_acked()
 
     async def wait_acked(self) -> None:
         """Return at the peer's next ack that frees queued items, or when the connection ends."""
@@ -574,6 +590,7 @@ class ChannelEndpoint:
         self.sender.on_connected(their)
         if their.peer_session == self.session:
             self._resolve_acked(their.received)
+            self._signal_acked()  # the Hello acked what the peer processed meanwhile
         self._connected = True
         self._outage_expired = False
         self._away_since = None

@@ -57,13 +57,20 @@ from functools import partial
 
 import trio
 
-from edgeproxy.loopback.endpoint import DEFAULT_OUTAGE_BOUND, ChannelEndpoint, ChannelStatistics
+from edgeproxy.config import GatewaySection
+from edgeproxy.loopback.endpoint import (
+    DEFAULT_OUTAGE_BOUND,
+    UNSENDABLE_CONDITION,
+    ChannelEndpoint,
+    ChannelStatistics,
+)
 from edgeproxy.loopback.frames import Bounce, Item, Role, Routed, StanzaKind
 from edgeproxy.loopback.reliable import DEFAULT_MAX_QUEUED
 from edgeproxy.loopback.server import serve_loopback
 from edgeproxy.net.delivery import Delivery, to_bytes
 from edgeproxy.net.router import Router
 from edgeproxy.ops import events
+from edgeproxy.ops.metrics import BounceCause
 from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.tokenizer import Element, TokenizerError
 from edgeproxy.xmpp.errors import error_reply
@@ -72,6 +79,8 @@ from edgeproxy.xmpp.stanza import domain_of, parse_stanza, read_stanza
 
 log = logging.getLogger("edgeproxy.net.channel_delivery")
 
+#: ``[gateway] queue-wait``'s default (config.py says where it comes from).
+DEFAULT_QUEUE_WAIT = GatewaySection().queue_wait
 #: What a gateway item may carry (RFC 6120 §8: the three stanza kinds, server namespace).
 STANZA_NAMES = frozenset(kind.value for kind in StanzaKind)
 
@@ -89,11 +98,14 @@ class ChannelDelivery:
         *,
         outage_bound: float = DEFAULT_OUTAGE_BOUND,
         max_queued: int = DEFAULT_MAX_QUEUED,
+        queue_wait: float = DEFAULT_QUEUE_WAIT,
         secret: bytes,
     ) -> None:
-        """``secret``: the channel secret the gateway must prove (``loopback/auth.py``)."""
+        """``secret``: the channel secret the gateway must prove (``loopback/auth.py``);
+        ``queue_wait``: ``[gateway] queue-wait``, the longest a stanza waits for room."""
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.max_queued = max_queued
+        self.queue_wait = queue_wait
         #: Where stanzas from the gateway and bounces go: the edge's router, given to ``run``
         #: (the router delivers to this channel, so it is built after it).
         self.router: Router | None = None
@@ -107,7 +119,7 @@ class ChannelDelivery:
             on_item_failed=self._item_failed,
             secret=secret,
         )
-        self._bounces_in, self._bounces_out = trio.open_memory_channel[tuple[Routed, str]](math.inf)
+        self._bounces_in, self._bounces_out = trio.open_memory_channel[tuple[Routed, str, BounceCause]](math.inf)
         self.address: str | None = None
         self.bounced = 0
         self.from_gateway = 0
@@ -115,19 +127,38 @@ class ChannelDelivery:
     # -- edge → gateway -----------------------------------------------------------------------
 
     async def deliver(self, item: Delivery) -> None:
-        """Queue an accepted stanza for the gateway (bounced to its sender if it cannot go)."""
+        """Queue an accepted stanza for the gateway (bounced to its sender if it cannot go).
+
+        Backpressure, not bounces: with ``max_queued`` stanzas already waiting for the gateway,
+        wait for room — the router awaits this, so the partner's stream is not read meanwhile
+        and TCP holds the partner back — at most ``queue_wait`` seconds; a stanza still without
+        room then is bounced (``gateway-queue-full``), and one for a gateway away past the outage
+        bound at once (``gateway-away``)."""
+        if not self.endpoint.has_room():
+            self.telemetry.limit_reached("gateway-queue", self.max_queued)
+            with trio.move_on_after(self.queue_wait):
+                await self.endpoint.wait_for_room()
         kind = StanzaKind(item.kind) if item.kind in StanzaKind.__members__.values() else StanzaKind.MESSAGE
         self.endpoint.submit(kind, item.from_jid, item.to_jid, item.type or "", "", item.raw)
 
     def _on_bounce(self, items: list[Routed], condition: str) -> None:
+        cause = self._cause_of(condition)
         for item in items:
-            self._bounces_in.send_nowait((item, condition))
+            self._bounces_in.send_nowait((item, condition, cause))
+
+    def _cause_of(self, condition: str) -> BounceCause:
+        """Why the endpoint handed stanzas back (``ChannelEndpoint``: on_bounce)."""
+        if condition == UNSENDABLE_CONDITION:
+            return BounceCause.UNSENDABLE
+        if condition == "remote-server-timeout" or self.endpoint.outage_expired:
+            return BounceCause.GATEWAY_AWAY
+        return BounceCause.GATEWAY_QUEUE_FULL
 
     async def _send_bounces(self) -> None:
-        async for item, condition in self._bounces_out:
-            await self._answer(item.raw, condition, "")
+        async for item, condition, cause in self._bounces_out:
+            await self._answer(item.raw, condition, "", cause)
 
-    async def _answer(self, raw: bytes, condition: str, text: str) -> None:
+    async def _answer(self, raw: bytes, condition: str, text: str, cause: BounceCause) -> None:
         """An error stanza for the sender of ``raw`` over the S2S pool (never for an error)."""
         assert self.router is not None
         try:
@@ -140,7 +171,8 @@ class ChannelDelivery:
             log.info("channel: undeliverable error stanza from %s dropped after logging", element.get("from"))
             return
         self.bounced += 1
-        self.telemetry.bounce(condition)
+        self.telemetry.bounce(condition, cause, kind=element.name, from_domain=domain_of(element.get("from")),
+                              to_domain=domain_of(element.get("to")))
         try:
             await self.router.send_remote(reply)
         except Exception:  # the pool refuses while stopping; the bounce is logged, not lost silently
@@ -153,7 +185,7 @@ class ChannelDelivery:
         for item in items:
             self.from_gateway += 1
             if isinstance(item, Bounce):
-                await self._answer(item.raw, item.condition, item.text)
+                await self._answer(item.raw, item.condition, item.text, BounceCause.GATEWAY_UNDELIVERABLE)
                 continue
             element, whole = self._stanza_of(item)
             if element is None:
@@ -204,7 +236,8 @@ class ChannelDelivery:
         if reply is None:
             return  # an error stanza: reported (EP1007), never answered with an error
         self.bounced += 1
-        self.telemetry.bounce("internal-server-error")
+        self.telemetry.bounce("internal-server-error", BounceCause.INTERNAL_ERROR, kind=element.name,
+                              from_domain=domain_of(element.get("from")), to_domain=domain_of(element.get("to")))
         self.endpoint.submit(StanzaKind(reply.name), reply.get("from") or "", reply.get("to") or "",
                              "error", reply.get("id") or "", to_bytes(reply))
 
@@ -261,7 +294,7 @@ class ChannelDelivery:
         """Bounce whatever is still queued for the gateway (at stop, after the flush bound)."""
         left = [item for item in self.endpoint.sender.drain() if isinstance(item, Routed)]
         for item in left:
-            await self._answer(item.raw, condition, "")
+            await self._answer(item.raw, condition, "", BounceCause.SHUTDOWN)
         return len(left)
 
     def statistics(self) -> ChannelStatistics:

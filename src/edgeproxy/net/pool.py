@@ -41,7 +41,7 @@ from edgeproxy.net.context import EdgeContext
 from edgeproxy.net.session import S2SSession
 from edgeproxy.ops import events
 from edgeproxy.ops.boundary import Surface, report
-from edgeproxy.ops.metrics import Flow, Verdict
+from edgeproxy.ops.metrics import BounceCause, Flow, Verdict
 from edgeproxy.ops.status import Direction
 from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy import engine
@@ -73,7 +73,7 @@ ROOM_WAIT = 5.0
 #: Queued stanzas a link writes with one ``send_all`` at most (the whole queue, in practice).
 WRITE_BATCH = LINK_QUEUE_BOUND
 
-Bounce = Callable[[Element, str], Awaitable[None]]
+Bounce = Callable[[Element, str, BounceCause], Awaitable[None]]
 
 
 async def wait_any(*events: trio.Event) -> None:
@@ -142,15 +142,19 @@ class OutboundLink:
         self._send.close()
 
     async def bounce_queued(self, condition: str) -> None:
-        """Bounce everything still queued to its local sender."""
-        await self._bounce_all(condition)
+        """Bounce everything still queued to its local sender (the edge is stopping)."""
+        await self._bounce_all(condition, BounceCause.SHUTDOWN)
 
-    async def _bounce_one(self, element: Element, condition: str) -> None:
+    async def _bounce_one(self, element: Element, condition: str, cause: BounceCause | None = None) -> None:
+        """``cause`` None: the link's own failure (internal error, or the partner unreachable)."""
         self.bounced += 1
         self.bounce_condition = condition
-        await self._bounce(element, condition)
+        if cause is None:
+            internal = condition == "internal-server-error"
+            cause = BounceCause.INTERNAL_ERROR if internal else BounceCause.PARTNER_UNREACHABLE
+        await self._bounce(element, condition, cause)
 
-    async def _bounce_all(self, condition: str) -> None:
+    async def _bounce_all(self, condition: str, cause: BounceCause | None = None) -> None:
         self._send.close()
         while True:
             try:
@@ -158,7 +162,7 @@ class OutboundLink:
             except (trio.WouldBlock, trio.EndOfChannel):
                 self._taken.unpark_all()
                 return
-            await self._bounce_one(element, condition)
+            await self._bounce_one(element, condition, cause)
 
     def _end(self) -> None:
         self.done.set()
@@ -335,7 +339,7 @@ class OutboundPool:
             link.session is not None and link.session.closed.is_set()
         ):
             if not self.accepting:
-                await self._bounce(element, "remote-server-timeout")
+                await self._bounce(element, "remote-server-timeout", BounceCause.SHUTDOWN)
                 return
             assert self._nursery is not None, "OutboundPool.run has not started"
             link = OutboundLink(self.ctx, local, remote, self._bounce, self._telemetry)
@@ -343,7 +347,7 @@ class OutboundPool:
             self._nursery.start_soon(link.run)
             self._nursery.start_soon(link.watch)
         if not link.offer(raw, element):
-            await self._bounce(element, "remote-server-timeout")
+            await self._bounce(element, "remote-server-timeout", BounceCause.PARTNER_QUEUE_FULL)
 
     def queued(self) -> int:
         """Stanzas waiting on the running links."""

@@ -37,7 +37,7 @@ import trio
 from edgeproxy.net.delivery import Delivery, LocalDelivery, answers_subscriptions, to_bytes
 from edgeproxy.net.pool import OutboundPool
 from edgeproxy.net.session import S2SSession
-from edgeproxy.ops.metrics import Flow, Verdict
+from edgeproxy.ops.metrics import BounceCause, Flow, Verdict
 from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy import engine
 from edgeproxy.policy.engine import (
@@ -161,7 +161,7 @@ class Router:
         if reply is None:
             log.info("refused without reply (%s): %s", decision.rule, element.get("from"))
             return
-        self.telemetry.bounce(decision.condition)
+        self.telemetry.bounce(decision.condition, BounceCause.POLICY)
         await self.send_remote(reply)
 
     async def send_remote(self, element: Element, raw: bytes | None = None) -> None:
@@ -193,9 +193,9 @@ class Router:
         if isinstance(decision, Refuse):
             self.telemetry.stanza(partner, Flow.OUT, element.name, Verdict.REFUSED)
             if refused is None:
-                await self.bounce_local(element, decision.condition, counted=True)
+                await self.bounce_local(element, decision.condition, BounceCause.POLICY, counted=True)
             else:
-                self.telemetry.bounce(decision.condition)
+                self.telemetry.bounce(decision.condition, BounceCause.POLICY)
                 refused(decision.condition)
             return
         if isinstance(decision, AllowTransformed):
@@ -205,7 +205,9 @@ class Router:
         # Counted as delivered when written to the partner's stream (net.edge), or as bounced.
         await self.send_remote(element, raw)
 
-    async def bounce_local(self, element: Element, condition: str, *, counted: bool = False) -> None:
+    async def bounce_local(
+        self, element: Element, condition: str, cause: BounceCause, *, counted: bool = False
+    ) -> None:
         """An error for a local sender (undeliverable outbound stanza) goes to local delivery.
 
         ``counted``: the stanza's verdict is already in the metrics (refused by policy); else it
@@ -219,7 +221,8 @@ class Router:
         if reply is None:
             log.info("undeliverable error stanza from %s dropped after logging", element.get("from"))
             return
-        self.telemetry.bounce(condition)
+        self.telemetry.bounce(condition, cause, kind=element.name, from_domain=domain_of(element.get("from")),
+                              to_domain=domain_of(element.get("to")))
         await self.delivery.deliver(
             Delivery(
                 raw=to_bytes(reply),

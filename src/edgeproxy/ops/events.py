@@ -205,6 +205,9 @@ _DEFINITIONS: tuple[EventClass, ...] = (
     EventClass("EP7003", "stanza-refused", _I, "A stanza was refused by policy and its sender answered with an error stanza.",
                "{kind} from {from_domain} to {to_domain} refused: {condition} ({rule})",
                "`edgeproxy policy get` and the user's grants explain the decision (SPEC §4-§6)."),
+    EventClass("EP7004", "stanza-bounced", _W, "A stanza could not be delivered and its sender got an error stanza; the cause says why (every bounce is also counted in edgeproxy_bounces_total by condition and cause).",
+               "{kind} from {from_domain} to {to_domain} bounced: {condition} ({cause})",
+               "partner-unreachable: see the dns-failed / connect-failed lines for the domain; gateway-queue-full: the gateway (or its SIP users) took less than partners sent for longer than [gateway] queue-wait; gateway-away: is the gateway running?; partner-queue-full: the partner is not reading its stream."),
     EventClass("EP8001", "config-reloaded", _I, "The configuration, certificates and store were re-read; still-allowed streams stay up.",
                "reloaded: partners added {added}, removed {removed}; {closed} streams closed",
                "None."),
@@ -278,6 +281,7 @@ WRITE_TIMEOUT = CATALOGUE["EP6003"]
 STREAM_ERROR_SENT = CATALOGUE["EP7001"]
 STREAM_ERROR_RECEIVED = CATALOGUE["EP7002"]
 STANZA_REFUSED = CATALOGUE["EP7003"]
+STANZA_BOUNCED = CATALOGUE["EP7004"]
 CONFIG_RELOADED = CATALOGUE["EP8001"]
 RELOAD_FAILED = CATALOGUE["EP8002"]
 ADMIN_DENIED = CATALOGUE["EP8003"]

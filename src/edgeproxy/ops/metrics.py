@@ -62,6 +62,20 @@ class Verdict(enum.StrEnum):
     DROPPED = "dropped"  # an error stanza that could not itself be delivered (logged)
 
 
+class BounceCause(enum.StrEnum):
+    """Why a stanza's sender got an error stanza (the ``cause`` of a bounce)."""
+
+    POLICY = "policy"  # the policy refused it (SPEC §4-§6)
+    PARTNER_UNREACHABLE = "partner-unreachable"  # no stream to the partner could carry it
+    PARTNER_QUEUE_FULL = "partner-queue-full"  # the partner's outbound queue stayed full
+    GATEWAY_QUEUE_FULL = "gateway-queue-full"  # the queue to the gateway stayed full past queue-wait
+    GATEWAY_AWAY = "gateway-away"  # the gateway was away longer than the outage bound
+    GATEWAY_UNDELIVERABLE = "gateway-undeliverable"  # the gateway could not deliver it (SIP side)
+    UNSENDABLE = "unsendable"  # the loopback channel cannot carry it (frame limits)
+    INTERNAL_ERROR = "internal-error"  # its handling failed (the failure boundary answered)
+    SHUTDOWN = "shutdown"  # still queued when the edge stopped
+
+
 class StreamErrorSide(enum.StrEnum):
     SENT = "sent"
     RECEIVED = "received"
@@ -115,7 +129,7 @@ class Metrics:
         )
         self._bounces = Counter(
             "edgeproxy_bounces", "Error stanzas generated for undeliverable or refused stanzas",
-            ["condition"], registry=r,
+            ["condition", "cause"], registry=r,
         )
         self._stream_errors = Counter(
             "edgeproxy_stream_errors", "Stream errors sent and received",
@@ -218,9 +232,10 @@ class Metrics:
                 self._stanza_children[key] = child
         child.inc()
 
-    def bounce(self, condition: str) -> None:
-        """An error stanza generated with this condition (``remote-server-not-found``, …)."""
-        self._bounces.labels(condition).inc()
+    def bounce(self, condition: str, cause: BounceCause) -> None:
+        """An error stanza generated with this condition (``remote-server-not-found``, …) for
+        this cause."""
+        self._bounces.labels(condition, cause.value).inc()
 
     def stanza_latency(self, flow: Flow, seconds: float) -> None:
         child = self._latency_children.get(flow)

@@ -18,7 +18,7 @@ import trio
 
 from edgeproxy.ops import events
 from edgeproxy.ops.events import EventClass, EventLog
-from edgeproxy.ops.metrics import Flow, Metrics, StanzaKind, StreamErrorSide, Verdict
+from edgeproxy.ops.metrics import BounceCause, Flow, Metrics, StanzaKind, StreamErrorSide, Verdict
 from edgeproxy.ops.status import Direction, S2SSession
 from edgeproxy.policy import engine
 from edgeproxy.policy.snapshot import PolicySnapshot
@@ -129,9 +129,16 @@ class Telemetry:
             self.delivered += 1
         self.metrics.stanza(partner, flow, StanzaKind.of(element_name), verdict)
 
-    def bounce(self, condition: str) -> None:
+    def bounce(self, condition: str, cause: BounceCause, *, kind: str = "stanza", from_domain: str = "",
+               to_domain: str = "") -> None:
+        """A stanza was bounced: counted by condition and cause, and event EP7004 (rate-limited
+        by the event log like every event) names the domains and the cause — except a policy
+        refusal, which EP7003 stanza-refused reports with its rule."""
         self.bounced += 1
-        self.metrics.bounce(condition)
+        self.metrics.bounce(condition, cause)
+        if cause is not BounceCause.POLICY:
+            self.emit(events.STANZA_BOUNCED, kind=kind, from_domain=from_domain, to_domain=to_domain,
+                      condition=condition, cause=cause.value)
 
     def refused(self, kind: str, from_domain: str, to_domain: str, condition: str, rule: str) -> None:
         self.emit(events.STANZA_REFUSED, kind=kind, from_domain=from_domain, to_domain=to_domain,
