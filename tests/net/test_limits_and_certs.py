@@ -41,7 +41,10 @@ async def dialback(stream: trio.SocketStream, stream_id: str, secret: str) -> by
     return await read_all(stream, b"<db:result")
 
 
-async def test_partner_connection_limit_refuses_the_extra_authenticated_stream_with_resource_constraint() -> None:
+async def test_a_partner_at_its_connection_limit_is_refused_at_the_next_streams_header() -> None:
+    """Issue 21: once the partner's authenticated streams fill its slots, the next stream
+    claiming it is refused at its header with resource-constraint — before any TLS or dialback
+    work (it would be refused after authenticating anyway)."""
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             contoso = await start_edge(nursery, "contoso.test", ("bob",), "s")
@@ -50,12 +53,12 @@ async def test_partner_connection_limit_refuses_the_extra_authenticated_stream_w
             set_partners(contoso, ("bob",), "s", partner("fabrikam.test", fabrikam.port, connection_limit=1))
             first, first_id = await open_claiming_fabrikam(contoso.port)
             assert b"type='valid'" in await dialback(first, first_id, "fab-secret")
-            second, second_id = await open_claiming_fabrikam(contoso.port)
-            await second.send_all(wire.db_result_request(
-                from_="fabrikam.test", to="contoso.test",
-                key=wire.dialback_key("fab-secret", "contoso.test", "fabrikam.test", second_id)))
+            second = await trio.open_tcp_stream("127.0.0.1", contoso.port)
+            await second.send_all(HEADER)  # nothing more: no STARTTLS, no db:result
             data = await read_all(second, b"</stream:stream>")
             assert b"<resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in data
+            assert contoso.server.telemetry.metrics.value(
+                "edgeproxy_limit_reached_total", limit="partner-connection") == 1
             await first.aclose()
             await second.aclose()
             nursery.cancel_scope.cancel()

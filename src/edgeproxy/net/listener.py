@@ -254,11 +254,25 @@ class InboundHandler:
             log.warning("inbound %s: no SASL EXTERNAL, peer certificate rejected: %s", event.domain, event.reason)
             self.telemetry.peer_certificate_rejected(session.remote_address, Direction.INBOUND,
                                                      event.domain, event.reason)
-        elif isinstance(event, StreamOpened) and event.from_ and session.timeouts.keepalive is not None:
-            # The claimed partner's own timers (keep-alive off) apply at once; its *slot* is
-            # taken only once it has authenticated (below).
-            partner = engine.partner_for_domain(self.ctx.policy(), event.from_)
-            if partner is not None and not partner.keepalive:
+        elif isinstance(event, StreamOpened) and event.from_:
+            # The claimed partner's *slot* is taken only once it has authenticated (below). But
+            # when its authenticated streams already fill its slots, a new one would be refused
+            # after authenticating anyway: refuse it now, at its header, before any TLS or
+            # dialback work (a claim takes nothing from the real partner either way).
+            snapshot = self.ctx.policy()
+            partner = engine.partner_for_domain(snapshot, event.from_)
+            if partner is None:
+                return
+            limit = engine.partner_connection_limit(snapshot, partner)
+            if not counted and self.counts.per_partner[partner.domain] >= limit:
+                refused = engine.admit_stream(snapshot, partner, self.counts.total - 1,
+                                              self.counts.per_partner[partner.domain])
+                if refused is not None:
+                    self.telemetry.limit_reached("partner-connection", limit, partner.domain)
+                    await session.close(refused.condition, refused.rule)
+                    return
+            # The claimed partner's own timers (keep-alive off) apply at once.
+            if session.timeouts.keepalive is not None and not partner.keepalive:
                 session.timeouts = self.ctx.timeouts(partner)
         elif isinstance(event, Authenticated):
             log.info("inbound %s -> %s authenticated by %s", event.remote_domain, event.local_domain, event.method)
