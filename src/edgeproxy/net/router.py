@@ -23,8 +23,9 @@ user and partner-type rules. Its decisions map to actions here:
   (:mod:`edgeproxy.xmpp.server_iq`: ping, service discovery), not delivered.
 
 The engine needs a few flags from inside the stanza (status note, file transfer, Jingle, MUC
-invitation); they are read from the parsed element — an optimisation to the tokenizer's raw view
-is left for the performance work.
+invitation). Most stanzas carry none, and their bytes prove it (:func:`routing_view`): then the
+tokenizer's routing view is the whole input and no tree is built at the edge. Only a stanza whose
+bytes might hold a flag is parsed (:func:`engine_view`), once, and that tree serves the rest.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from edgeproxy.policy.engine import (
 )
 from edgeproxy.policy.snapshot import PolicySnapshot
 from edgeproxy.s2s import StanzaReceived
-from edgeproxy.tokenizer import Element
+from edgeproxy.tokenizer import Element, Stanza
 from edgeproxy.xmpp.errors import error_reply
 from edgeproxy.xmpp.namespaces import NS_SERVER
 from edgeproxy.xmpp.server_iq import server_iq_reply
@@ -90,6 +91,36 @@ def engine_view(element: Element, stream_domains: frozenset[str] = frozenset()) 
     )
 
 
+#: Bytes whose presence means a stanza's tree must be read for the engine's flags (the
+#: namespaces ``engine_view`` looks for, and a character reference that could spell one).
+_FLAG_NEEDLES = (b"&", b"muc#user", b"jabber:x:conference", b"jabber.org/protocol/si", b"urn:xmpp:jingle",
+                 b"jabber:iq:oob")
+
+
+def routing_view(stanza: Stanza, stream_domains: frozenset[str], plain_scope: bool) -> engine.Stanza | None:
+    """The engine's view from the tokenizer's routing view alone, when the stanza's bytes prove
+    it has none of the flags; None when its tree must be read (``engine_view``).
+
+    A flag needs a child in one of a few namespaces (or, for presence, a ``<status/>``). A
+    namespace is named by its URI, so on a stream whose header bound no prefixes of its own
+    (``plain_scope``) a stanza in that namespace holds the URI's bytes, unless a character
+    reference spells them — and ``&`` sends it the slow way too. False alarms (a body quoting
+    one of the URIs) only cost the parse this saves."""
+    if not plain_scope:
+        return None
+    raw = stanza.raw
+    name = stanza.name
+    if name == "presence" and b"status" in raw:
+        return None
+    for needle in _FLAG_NEEDLES:
+        if needle in raw:
+            return None
+    return engine.Stanza(
+        kind=StanzaKind(name), type=stanza.type or "", from_jid=stanza.from_ or "",
+        to_jid=stanza.to or "", stream_domains=stream_domains,
+    )
+
+
 class Router:
     """Routes stanzas (see the module docstring); every verdict and bounce goes to ``telemetry``."""
 
@@ -109,24 +140,31 @@ class Router:
 
     async def inbound(self, session: S2SSession, event: StanzaReceived) -> None:
         started = trio.current_time()
-        element = event.stanza.element()
-        view = engine_view(element, session.conn.remote_domains)
+        stanza = event.stanza
+        name = stanza.name
+        # One parse at most: the tokenizer's routing view serves the policy unless the flags
+        # need the tree (routing_view); the tree, once read, serves everything after.
+        element: Element | None = None
+        view = routing_view(stanza, session.conn.remote_domains, session.conn.plain_scope)
+        if view is None:
+            element = stanza.element()
+            view = engine_view(element, session.conn.remote_domains)
         decision = engine.decide_inbound(self._policy(), view)
         partner = self._partner(event.from_domain)
         if isinstance(decision, Refuse):
-            self.telemetry.stanza(partner, Flow.IN, element.name, Verdict.REFUSED)
-            self.telemetry.refused(element.name, event.from_domain, event.to_domain,
+            self.telemetry.stanza(partner, Flow.IN, name, Verdict.REFUSED)
+            self.telemetry.refused(name, event.from_domain, event.to_domain,
                                    decision.condition, decision.rule)
             if decision.stream_level:
                 await session.close(decision.condition, decision.rule)
                 return
-            await self._refuse_inbound(element, decision)
+            await self._refuse_inbound(element or stanza.element(), decision)
             return
         if decision is engine.ALLOW_SERVER_IQ:  # addressed to our domain: answered here
-            reply = server_iq_reply(element)
+            reply = server_iq_reply(element or stanza.element())
             if reply is not None:
                 await self.send_remote(reply)
-            self.telemetry.stanza(partner, Flow.IN, element.name, Verdict.DELIVERED)
+            self.telemetry.stanza(partner, Flow.IN, name, Verdict.DELIVERED)
             return
         if isinstance(decision, AutoReply) and not (
             decision.deliver and answers_subscriptions(self.delivery)
@@ -138,22 +176,21 @@ class Router:
             await self.send_remote(reply)
             if not decision.deliver:
                 return
-        # The received bytes go on unchanged unless the policy transforms the stanza; the tree
-        # parsed for the policy is the one serialized then (one parse per stanza, DESIGN §2).
+        # The received bytes go on unchanged unless the policy transforms the stanza (DESIGN §2).
         transformed = isinstance(decision, AllowTransformed) and decision.strip_status
         await self.delivery.deliver(
             Delivery(
-                raw=to_bytes(without_status(element)) if transformed else event.stanza.raw,
+                raw=to_bytes(without_status(element or stanza.element())) if transformed else stanza.raw,
                 from_jid=view.from_jid,
                 to_jid=view.to_jid,
-                kind=element.name,
-                type=element.get("type"),
+                kind=name,
+                type=stanza.type,
                 pending_subscription=isinstance(decision, StorePending),
             )
         )
         assert isinstance(decision, Allow | AllowTransformed | AutoReply | StorePending)
         verdict = Verdict.TRANSFORMED if isinstance(decision, AllowTransformed) else Verdict.DELIVERED
-        self.telemetry.stanza(partner, Flow.IN, element.name, verdict)
+        self.telemetry.stanza(partner, Flow.IN, name, verdict)
         self.telemetry.metrics.stanza_latency(Flow.IN, trio.current_time() - started)
 
     async def _refuse_inbound(self, element: Element, decision: Refuse) -> None:

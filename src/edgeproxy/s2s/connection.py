@@ -107,6 +107,8 @@ from edgeproxy.xmpp.stanza import domainpart
 CertificateCheck = Callable[[str], str | None]
 
 _STANZA_NAMES = frozenset(("message", "presence", "iq"))
+#: Namespace prefixes a stream header binds when it binds none of its own (RFC 6120 §4.8).
+_PLAIN_PREFIXES = frozenset(("", "stream", "db"))
 #: Bounded: at most this many dialback pairs pending verification on one stream (DESIGN 4);
 #: the edge passes ``[limits] dialback-per-stream`` (default 8) instead.
 MAX_PENDING_DIALBACK = 64
@@ -175,6 +177,10 @@ class S2SConnection:
         self._events: deque[Event] = deque()
         self.tls_active: bool = False
         self.header_sent: bool = False
+        #: The peer's stream header bound no prefixes beyond the default namespace, ``stream``
+        #: and ``db``: every namespace a stanza uses is then spelled in its own bytes (the
+        #: router's ``routing_view`` relies on it).
+        self.plain_scope: bool = False
         self.stream_id: str | None = None
         #: Receiving role: the domain in the peer's stream header ``from``.
         self.peer_from: str | None = None
@@ -336,6 +342,7 @@ class S2SConnection:
 
     def _dispatch(self, token: StreamOpen | Stanza | StreamClose) -> None:
         if isinstance(token, StreamOpen):
+            self.plain_scope = token.namespaces.keys() <= _PLAIN_PREFIXES
             if self.state is not State.AWAIT_HEADER:
                 self._fail("invalid-xml", "unexpected stream header")
             elif self.role is Role.RECEIVING:
