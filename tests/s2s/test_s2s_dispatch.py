@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from _s2s_harness import NOS, Edge, row
+from _s2s_harness import NOS, REQ, Edge, cert_check_for, row
 
 from edgeproxy.s2s import CloseStream, KeepAlive, Role, S2SConnection
 from edgeproxy.s2s.connection import _HANDLERS, _checked
-from edgeproxy.s2s.states import ACCEPTS, Kind
+from edgeproxy.s2s.states import ACCEPTS, Kind, State
 
 HEADER = (
     b"<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
@@ -43,3 +43,27 @@ def test_driver_actions_leave_through_data_to_send_behind_the_core_replies() -> 
     out = conn.data_to_send()
     assert out.startswith(b"<?xml") and out.endswith(b"</stream:features> </stream:stream>")
     assert conn.data_to_send() == b""
+
+
+def test_no_keep_alive_passes_between_starttls_and_the_end_of_the_tls_handshake() -> None:
+    """RFC 6120 §5.4.3.3: after <starttls/> no byte but TLS; our receiving edge refuses one."""
+    fabrikam = Edge("fabrikam.test", (row("contoso.test", REQ, NOS, True),), "s3cret")
+    conn = fabrikam.initiating("contoso.test")
+    conn.initiate()
+    conn.data_to_send()
+    conn.receive_data(HEADER.replace(b"from='fabrikam.test' to='contoso.test'",
+                                     b"from='contoso.test' to='fabrikam.test' id='i1'"))
+    conn.receive_data(b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>"
+                      b"<required/></starttls></stream:features>")
+    assert conn.data_to_send().endswith(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    assert conn.state is State.AWAIT_PROCEED
+    conn.send(KeepAlive())
+    assert conn.data_to_send() == b""
+    conn.receive_data(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    assert conn.state is State.TLS_HANDSHAKE
+    conn.send(KeepAlive())
+    assert conn.data_to_send() == b""
+    conn.tls_established(cert_check_for({"contoso.test"}))
+    conn.data_to_send()  # the new stream header
+    conn.send(KeepAlive())
+    assert conn.data_to_send() == b" "

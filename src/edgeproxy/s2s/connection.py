@@ -107,6 +107,8 @@ from edgeproxy.xmpp.stanza import domainpart
 CertificateCheck = Callable[[str], str | None]
 
 _STANZA_NAMES = frozenset(("message", "presence", "iq"))
+#: States in which a whitespace keep-alive would break the stream.
+_NO_KEEPALIVE = frozenset((State.AWAIT_PROCEED, State.TLS_HANDSHAKE, State.CLOSED))
 #: Namespace prefixes a stream header binds when it binds none of its own (RFC 6120 §4.8).
 _PLAIN_PREFIXES = frozenset(("", "stream", "db"))
 #: Bounded: at most this many dialback pairs pending verification on one stream (DESIGN 4);
@@ -285,7 +287,9 @@ class S2SConnection:
                 )
             self._out.append(event.raw)
         elif isinstance(event, KeepAlive):
-            if self.header_sent and self.state is not State.CLOSED:
+            # Not between <starttls/> and the TLS handshake's end: no byte may pass there
+            # (RFC 6120 §5.4.3.3; a receiving peer refuses bytes after <starttls/>).
+            if self.header_sent and self.state not in _NO_KEEPALIVE:
                 self._out.append(wire.KEEPALIVE)
         elif isinstance(event, CloseStream):
             self._close(event.condition, event.text)
