@@ -226,12 +226,11 @@ async def test_an_edge_item_handler_that_raises_bounces_that_item_to_its_sender_
         async def wait_for_room(self, local: str, remote: str) -> None:
             pass
 
-        async def send_from_local(self, element: object, *, raw: bytes | None = None,
-                                  refused: object = None) -> None:
+        async def send_from_gateway(self, stanza: object, *, refused: object) -> None:
             if not self.sent:
                 self.sent.append("raised")
                 raise RuntimeError("injected")
-            self.sent.append(element.get("id"))  # type: ignore[attr-defined]
+            self.sent.append(stanza.id)  # type: ignore[attr-defined]
 
     to_gateway: list[Item] = []
 

@@ -159,11 +159,12 @@ async def test_a_stanza_from_the_gateway_reaches_the_s2s_peer(tmp_path: Path) ->
             assert b"hi from SIP" in got[0].raw
 
 
-async def test_the_gateways_bytes_go_to_the_peer_as_they_are_unless_they_hold_more_than_one_stanza(
+async def test_the_gateways_bytes_go_to_the_peer_as_they_are_and_only_one_stanza_of_them(
     tmp_path: Path,
 ) -> None:
     """A stanza the policy does not change is forwarded with the gateway's bytes (no second
-    serialization); bytes that are more than the one stanza are not: the stanza is re-written."""
+    serialization); of bytes that are more than one stanza only the first stanza's go on, as
+    the tokenizer checked them: nothing is smuggled behind it."""
     exact = (b"<message from='alice@contoso.test' to='bob@fabrikam.test' type='chat' id='raw1'>"
              b"<body>as the gateway wrote it</body></message>")
     smuggled = (b"<message from='alice@contoso.test' to='bob@fabrikam.test' type='chat' id='raw2'>"
@@ -180,7 +181,7 @@ async def test_the_gateways_bytes_go_to_the_peer_as_they_are_unless_they_hold_mo
             got.extend(lab.peer.received())
     assert got[0].raw == exact
     assert len(got) == 2 and b"id='raw3'" not in got[1].raw and b'id="raw3"' not in got[1].raw
-    assert b'id="raw2"' in got[1].raw  # re-serialized by the edge
+    assert got[1].raw == smuggled[: smuggled.index(b"</message>") + len(b"</message>")]
 
 
 async def test_without_a_gateway_past_the_outage_bound_the_peer_gets_an_error_stanza(tmp_path: Path) -> None:

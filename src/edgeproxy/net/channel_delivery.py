@@ -72,7 +72,7 @@ from edgeproxy.net.router import Router
 from edgeproxy.ops import events
 from edgeproxy.ops.metrics import BounceCause
 from edgeproxy.ops.telemetry import Telemetry
-from edgeproxy.tokenizer import Element, TokenizerError
+from edgeproxy.tokenizer import Stanza, TokenizerError
 from edgeproxy.xmpp.errors import error_reply
 from edgeproxy.xmpp.namespaces import NS_SERVER
 from edgeproxy.xmpp.stanza import domain_of, parse_stanza, read_stanza
@@ -187,31 +187,30 @@ class ChannelDelivery:
             if isinstance(item, Bounce):
                 await self._answer(item.raw, item.condition, item.text, BounceCause.GATEWAY_UNDELIVERABLE)
                 continue
-            element, whole = self._stanza_of(item)
-            if element is None:
+            stanza = self._stanza_of(item)
+            if stanza is None:
                 continue
             # backpressure, not bounces: the channel stops reading while the partner's
             # outbound queue is full (the gateway's SIP senders then wait for their answer)
-            await self.router.wait_for_room(domain_of(element.get("from")), domain_of(element.get("to")))
-            # The gateway's bytes go out as they are unless the policy changes the stanza
-            # (no second serialization of what the gateway just serialized).
-            await self.router.send_from_local(
-                element, raw=item.raw if whole else None,
-                refused=partial(self.endpoint.nack, item),  # the gateway answers its sender
+            await self.router.wait_for_room(domain_of(stanza.from_), domain_of(stanza.to))
+            # The checked bytes go out as they are unless the policy changes the stanza (no
+            # tree, no second serialization of what the gateway just serialized).
+            await self.router.send_from_gateway(
+                stanza, refused=partial(self.endpoint.nack, item),  # the gateway answers its sender
             )
 
-    def _stanza_of(self, item: Routed) -> tuple[Element | None, bool]:
-        """The item's stanza and whether its bytes are exactly that; (None, False) when refused."""
+    def _stanza_of(self, item: Routed) -> Stanza | None:
+        """The item's stanza as the tokenizer checked it (its first, when the bytes hold more);
+        None when refused."""
         try:
             stanza = read_stanza(item.raw)
-            element, whole = stanza.element(), stanza.raw == item.raw
         except (TokenizerError, ValueError) as exc:
             self._refuse(item, f"not one well-formed stanza: {exc}")
-            return None, False
-        if element.name not in STANZA_NAMES or element.namespace != NS_SERVER:
-            self._refuse(item, f"<{element.name[:64]}> in {element.namespace[:100]!r} is not a message, presence or iq stanza")
-            return None, False
-        return element, whole
+            return None
+        if stanza.name not in STANZA_NAMES or stanza.namespace != NS_SERVER:
+            self._refuse(item, f"<{stanza.name[:64]}> in {stanza.namespace[:100]!r} is not a message, presence or iq stanza")
+            return None
+        return stanza
 
     def _refuse(self, item: Routed, reason: str) -> None:
         """A gateway item that is no stanza: nack it (``bad-request``; the gateway owns the sender)."""

@@ -28,13 +28,12 @@ import trio
 
 from edgeproxy.net.context import EdgeContext
 from edgeproxy.net.listener import InboundHandler, serve_s2s
-from edgeproxy.net.pool import OutboundPool
+from edgeproxy.net.pool import Held, OutboundPool
 from edgeproxy.net.router import Router
 from edgeproxy.net.session import S2SSession
 from edgeproxy.ops.metrics import BounceCause
 from edgeproxy.ops.status import Direction
 from edgeproxy.ops.telemetry import Telemetry
-from edgeproxy.tokenizer import Element
 
 log = logging.getLogger("edgeproxy.net.edge")
 
@@ -52,7 +51,7 @@ class EdgeServer:
         self.listeners: list[trio.SocketListener] = []
         self._accepting = trio.CancelScope()
 
-    async def _bounce_local(self, element: Element, condition: str, cause: BounceCause) -> None:
+    async def _bounce_local(self, element: Held, condition: str, cause: BounceCause) -> None:
         """The pool's bounce: an error to the stanza's local sender, through the router."""
         await self.router.bounce_local(element, condition, cause)
 

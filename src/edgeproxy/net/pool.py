@@ -60,7 +60,7 @@ from edgeproxy.s2s import (
     StreamReady,
     VerifyRequest,
 )
-from edgeproxy.tokenizer import Element
+from edgeproxy.tokenizer import Element, Stanza
 
 log = logging.getLogger("edgeproxy.net.pool")
 
@@ -73,7 +73,10 @@ ROOM_WAIT = 5.0
 #: Queued stanzas a link writes with one ``send_all`` at most (the whole queue, in practice).
 WRITE_BATCH = LINK_QUEUE_BOUND
 
-Bounce = Callable[[Element, str, BounceCause], Awaitable[None]]
+#: A queued stanza as the pool holds it for a bounce: its tree, or the tokenizer's view of its
+#: bytes (a stanza from the gateway is not parsed unless it is bounced).
+Held = Element | Stanza
+Bounce = Callable[[Held, str, BounceCause], Awaitable[None]]
 
 
 async def wait_any(*events: trio.Event) -> None:
@@ -102,7 +105,7 @@ class OutboundLink:
         self.telemetry = telemetry
         self.partner = telemetry.partner_of_domain(ctx.policy, remote)
         self._bounce = bounce
-        self._send, self._recv = trio.open_memory_channel[tuple[bytes, Element]](LINK_QUEUE_BOUND)
+        self._send, self._recv = trio.open_memory_channel[tuple[bytes, Held]](LINK_QUEUE_BOUND)
         #: Woken whenever the queue shrinks (the writer took a batch, a bounce emptied it) and
         #: when the link ends: ``wait_for_room`` and ``wait_written`` park here.
         self._taken = trio.lowlevel.ParkingLot()
@@ -120,7 +123,7 @@ class OutboundLink:
     def full(self) -> bool:
         return self.queue_depth() >= LINK_QUEUE_BOUND
 
-    def offer(self, raw: bytes, element: Element) -> bool:
+    def offer(self, raw: bytes, element: Held) -> bool:
         try:
             self._send.send_nowait((raw, element))
         except (trio.WouldBlock, trio.ClosedResourceError):
@@ -145,7 +148,7 @@ class OutboundLink:
         """Bounce everything still queued to its local sender (the edge is stopping)."""
         await self._bounce_all(condition, BounceCause.SHUTDOWN)
 
-    async def _bounce_one(self, element: Element, condition: str, cause: BounceCause | None = None) -> None:
+    async def _bounce_one(self, element: Held, condition: str, cause: BounceCause | None = None) -> None:
         """``cause`` None: the link's own failure (internal error, or the partner unreachable)."""
         self.bounced += 1
         self.bounce_condition = condition
@@ -257,7 +260,7 @@ class OutboundLink:
         self.session = session
         self.session_started.set()
         failed_with: str | None = None
-        unsent: list[Element] = []  # taken from the queue but not written: bounced below
+        unsent: list[Held] = []  # taken from the queue but not written: bounced below
         async with trio.open_nursery() as nursery:
             nursery.start_soon(session.run)
             conn.initiate()
@@ -333,7 +336,7 @@ class OutboundPool:
         with trio.move_on_after(ROOM_WAIT):
             await link.wait_for_room()
 
-    async def send(self, local: str, remote: str, raw: bytes, element: Element) -> None:
+    async def send(self, local: str, remote: str, raw: bytes, element: Held) -> None:
         link = self.links.get((local, remote))
         if link is None or link.done.is_set() or (
             link.session is not None and link.session.closed.is_set()

@@ -210,6 +210,26 @@ class Router:
 
     # -- outbound -----------------------------------------------------------------------------
 
+    async def send_from_gateway(self, stanza: Stanza, *, refused: Refused) -> None:
+        """A stanza from the gateway (the channel checked its bytes are one ``jabber:server``
+        stanza): :meth:`send_from_local` without a tree, unless the policy's flags or its
+        transformation need one. A refusal is answered by ``refused`` (the channel's nack)."""
+        view = routing_view(stanza, frozenset(), plain_scope=True)  # checked without a stream
+        if view is None:
+            await self.send_from_local(stanza.element(), raw=stanza.raw, refused=refused)
+            return
+        decision = engine.decide_outbound(self._policy(), view)
+        if isinstance(decision, Refuse):
+            self.telemetry.stanza(self._partner(domain_of(view.to_jid)), Flow.OUT, stanza.name, Verdict.REFUSED)
+            self.telemetry.bounce(decision.condition, BounceCause.POLICY)
+            refused(decision.condition)
+            return
+        if isinstance(decision, AllowTransformed):
+            await self.send_from_local(stanza.element(), refused=refused)
+            return
+        # Counted as delivered when written to the partner's stream (net.pool), or as bounced.
+        await self.pool.send(domain_of(view.from_jid), domain_of(view.to_jid), stanza.raw, stanza)
+
     async def wait_for_room(self, local: str, remote: str) -> None:
         """Backpressure for a sender that can be held back (the gateway channel): wait while
         the stream from ``local`` to ``remote`` has a full queue (``OutboundPool.wait_for_room``)."""
@@ -243,13 +263,16 @@ class Router:
         await self.send_remote(element, raw)
 
     async def bounce_local(
-        self, element: Element, condition: str, cause: BounceCause, *, counted: bool = False
+        self, held: Element | Stanza, condition: str, cause: BounceCause, *, counted: bool = False
     ) -> None:
         """An error for a local sender (undeliverable outbound stanza) goes to local delivery.
 
-        ``counted``: the stanza's verdict is already in the metrics (refused by policy); else it
-        is counted as ``bounced`` here (the pool's queue could not deliver it).
+        ``held``: the stanza as the pool holds it (its tree, or the tokenizer's view of its
+        bytes, parsed only now). ``counted``: the stanza's verdict is already in the metrics
+        (refused by policy); else it is counted as ``bounced`` here (the pool could not deliver
+        it).
         """
+        element = held if isinstance(held, Element) else held.element()
         if not counted:
             partner = self._partner(domain_of(element.get("to")))
             verdict = Verdict.DROPPED if element.get("type") == "error" else Verdict.BOUNCED
