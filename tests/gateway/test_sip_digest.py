@@ -5,6 +5,8 @@ bounded table."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edgeproxy.gateway.sip.digest import (
     Accepted,
@@ -14,6 +16,8 @@ from edgeproxy.gateway.sip.digest import (
     DigestError,
     Refused,
     ReplayTable,
+    _parse_params,
+    _scan_params,
     make_ha1,
     parse_credentials,
     response_for,
@@ -236,3 +240,31 @@ def test_parse_credentials_as_sipp_and_baresip_send_them() -> None:
 def test_parse_credentials_refuses_what_is_not_a_digest_credential(value: str) -> None:
     with pytest.raises(DigestError):
         parse_credentials(value)
+
+
+_PARAM_PIECES = st.sampled_from(
+    ['username', 'realm', 'nonce', 'Qop', 'nc', 'x-y_1', '=', '"', '\\"', '\\', ',', ' ', '\t',
+     '\u00a0', 'alice', '00000001', 'sip:a@b', 'a b', ';', '']
+)
+
+
+def _outcome(parse: object, text: str) -> object:
+    try:
+        return parse(text)  # type: ignore[operator]
+    except DigestError:
+        return DigestError
+
+
+@given(st.lists(_PARAM_PIECES, max_size=16).map("".join))
+def test_the_usual_credential_is_read_the_same_way_by_both_paths(text: str) -> None:
+    # _parse_params reads the usual form one regular-expression match per parameter and leaves
+    # anything else to the character scan: the result (or the refusal) must be the scan's
+    assert _outcome(_parse_params, text) == _outcome(_scan_params, text)
+
+
+def test_parse_credentials_reads_a_usual_credential_without_the_scan() -> None:
+    text = 'username="alice",realm="contoso.test",nc=00000001,qop="auth" ,  uri="sip:x@y", response=ab '
+    assert _parse_params(text) == _scan_params(text) == {
+        "username": "alice", "realm": "contoso.test", "nc": "00000001", "qop": "auth",
+        "uri": "sip:x@y", "response": "ab",
+    }

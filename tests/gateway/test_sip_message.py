@@ -24,7 +24,13 @@ from edgeproxy.gateway.sip.message import (
     response_to,
     serialize,
 )
-from edgeproxy.gateway.sip.uri import parse_name_addr, parse_uri, parse_via
+from edgeproxy.gateway.sip.uri import (
+    _general_via,
+    _plain_via,
+    parse_name_addr,
+    parse_uri,
+    parse_via,
+)
 
 MESSAGE = (
     b"MESSAGE sip:bob@sip.test SIP/2.0\r\n"
@@ -322,3 +328,39 @@ def test_minimal_response_keeps_the_copied_headers_and_what_the_status_needs() -
     brief.headers.add("Warning", '399 x "y"')
     assert minimal_response(brief).headers.get("Min-Expires") == "60"
     assert minimal_response(brief).headers.get("Warning") is None
+
+
+_VIA_PIECES = st.sampled_from(
+    ["SIP/2.0/", "SIP/2.0/UDP ", "TCP", "tls", " ", "\t", "\u00a0", "host", "10.0.0.1", "[::1]", ":",
+     "5060", "0", "65536", ";", "branch=z9hG4bK-1", "rport", "=", "5061", "received=1.2.3.4", '"', ",",
+     "RPort", "Branch", "x", "-", "."]
+)
+
+
+@given(st.lists(_VIA_PIECES, max_size=12).map("".join))
+def test_the_usual_via_is_read_the_same_way_by_both_paths(value: str) -> None:
+    # parse_via reads the usual value in one match (uri._plain_via); whatever that accepts, the
+    # general rules must read the same way
+    plain = _plain_via(value)
+    if plain is not None:
+        assert _general_via(value) == plain
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-1;rport",
+        "SIP/2.0/tcp host;Branch=z9hG4bK-1;rport=5061;received=10.0.0.2",
+        "SIP/2.0/TLS h.example.com;branch=a;branch=b",
+    ],
+)
+def test_plain_vias_take_the_fast_path_and_agree(value: str) -> None:
+    assert _plain_via(value) is not None
+    assert _plain_via(value) == _general_via(value) == parse_via(value)
+
+
+@pytest.mark.parametrize("value", ["SIP/2.0/UDP h:0", "SIP/2.0/UDP h:65536", "SIP/2.0/UDP h;rport=0"])
+def test_a_bad_port_on_the_fast_path_is_still_refused(value: str) -> None:
+    assert _plain_via(value) is None
+    with pytest.raises(SipParseError):
+        parse_via(value)

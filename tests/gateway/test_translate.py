@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeproxy.gateway.sip.message import Headers, SipRequest, parse_datagram, serialize
+from edgeproxy.gateway.sip.message import Headers, SipRequest, serialize
 from edgeproxy.gateway.translate import (
     CONDITION_FOR_SIP,
     PAGE_MODE_CEILING,
@@ -142,11 +142,18 @@ def _message(body: str | None = "hello", **attrs: str) -> Element:
     return Element("message", NS, base, children)
 
 
+def _sent(message: Element, ctx: SipContext = CTX) -> SipRequest:
+    """What ``message_to_sip`` sends, read back."""
+    outgoing = message_to_sip(message, ctx)
+    assert outgoing is not None
+    return outgoing.parsed()
+
+
 def test_chat_message_becomes_a_sip_message_with_utf8_text() -> None:
-    request = message_to_sip(_message("Grüße ☃"), CTX)
-    assert request is not None
-    parsed = parse_datagram(serialize(request))
-    assert isinstance(parsed, SipRequest)
+    outgoing = message_to_sip(_message("Grüße ☃"), CTX)
+    assert outgoing is not None
+    assert (outgoing.branch, outgoing.method) == ("z9hG4bK-1", "MESSAGE")
+    parsed = outgoing.parsed()
     assert parsed.method == "MESSAGE"
     assert parsed.uri == "sip:juliet@contoso.test"
     assert parsed.headers.get("Content-Type") == "text/plain;charset=UTF-8"
@@ -154,15 +161,34 @@ def test_chat_message_becomes_a_sip_message_with_utf8_text() -> None:
     assert parsed.headers.get("From") == "<sip:romeo@montague.example>;tag=tag1"
     assert parsed.headers.get("Contact") == "<sip:romeo@montague.example;gr=orchard>"
     assert parsed.headers.get("To") == "<sip:juliet@contoso.test>"
+    # the template writes what serialize() would write for the same header fields
+    assert outgoing.data == serialize(parsed)
+    assert [name for name, _ in parsed.headers.items] == [
+        "Via", "Max-Forwards", "From", "To", "Call-ID", "CSeq", "Contact", "Content-Type", "Content-Length"
+    ]
+    assert parsed.headers.get("Via") == "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-1;rport"
+
+
+def test_the_request_goes_to_the_given_request_uri() -> None:
+    ctx = SipContext("c", "t", "z9hG4bK-2", "127.0.0.1:5060", "TCP", request_uri="sip:juliet@10.0.0.9:5070")
+    parsed = _sent(_message("hi"), ctx)
+    assert parsed.uri == "sip:juliet@10.0.0.9:5070"
+    assert parsed.headers.get("To") == "<sip:juliet@contoso.test>"
+    assert parsed.headers.get("Via") == "SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK-2;rport"
 
 
 def test_subject_and_language_become_headers() -> None:
     message = _message("Bonjour", **{XML_LANG: "fr"})
     message.append(Element("subject", NS, {}, ["Rendez-vous\nce soir"]))
-    request = message_to_sip(message, CTX)
-    assert request is not None
+    request = _sent(message)
     assert request.headers.get("Subject") == "Rendez-vous ce soir"
     assert request.headers.get("Content-Language") == "fr"
+
+
+def test_a_language_cannot_add_a_header_line() -> None:
+    request = _sent(_message("hi", **{XML_LANG: "en\r\nX-Injected: 1"}))
+    assert request.headers.get("Content-Language") == "en X-Injected: 1"
+    assert request.headers.get("X-Injected") is None
 
 
 def test_body_in_the_stanza_language_is_chosen() -> None:
@@ -175,13 +201,12 @@ def test_body_in_the_stanza_language_is_chosen() -> None:
             Element("body", NS, {}, ["Hello"]),
         ],
     )
-    request = message_to_sip(message, CTX)
-    assert request is not None and request.body == b"Hello"
+    assert _sent(message).body == b"Hello"
 
 
 def test_message_over_the_page_mode_ceiling_is_refused_not_truncated() -> None:
     fits = message_to_sip(_message("x" * 900), CTX)
-    assert fits is not None and len(serialize(fits)) <= PAGE_MODE_CEILING
+    assert fits is not None and len(fits.data) <= PAGE_MODE_CEILING
     with pytest.raises(TranslationError) as info:
         message_to_sip(_message("x" * 1300), CTX)
     assert info.value.condition == "policy-violation"

@@ -308,7 +308,7 @@ class GatewayService:
             self._slots.release()
         self.channel.complete(item.seq)
 
-    def _sip_context(self, item: Routed, transport: str) -> SipContext:
+    def _sip_context(self, item: Routed, transport: str, request_uri: str) -> SipContext:
         seed = f"{self.channel.receiver.peer_session}:{item.seq}".encode()
         digest = hashlib.blake2b(seed, digest_size=12).hexdigest()
         return SipContext(
@@ -317,6 +317,7 @@ class GatewayService:
             branch="z9hG4bK" + digest,
             via_host=self.sip.via_for(transport),
             transport=transport.upper(),
+            request_uri=request_uri,
         )
 
     def _begin_message(self, item: Routed, element: Element) -> _Begun:
@@ -331,14 +332,13 @@ class GatewayService:
         try:
             request = message_to_sip(
                 element,
-                self._sip_context(item, dest.transport),
+                self._sip_context(item, dest.transport, request_uri),
                 ceiling=self.page_mode_ceiling,
             )
         except TranslationError as exc:
             return _Begun(element, error=(exc.condition, str(exc)))
         if request is None:
             return _Begun(element)
-        request.uri = request_uri
         return _Begun(element, pending=self.sip.begin_request(request, dest))
 
     def _destination(self, aor: str) -> tuple[Destination, str] | None:

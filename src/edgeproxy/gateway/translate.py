@@ -47,7 +47,7 @@ from functools import lru_cache
 from typing import Final
 from urllib.parse import quote, unquote
 
-from edgeproxy.gateway.sip.message import Headers, SipRequest, serialize
+from edgeproxy.gateway.sip.message import OutgoingRequest, SipRequest
 from edgeproxy.gateway.sip.uri import (
     PARAM_SAFE,
     SipUri,
@@ -284,7 +284,8 @@ def sip_status_for_condition(condition: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class SipContext:
-    """Per-request values the SIP layer chooses; kept out so translation stays pure."""
+    """Per-request values the SIP layer chooses; kept out so translation stays pure.
+    ``request_uri``: where the request goes (a registered contact, §16.5); None: the To."""
 
     call_id: str
     from_tag: str
@@ -292,6 +293,7 @@ class SipContext:
     via_host: str  # "127.0.0.1:5060"
     transport: str = "UDP"
     cseq: int = 1
+    request_uri: str | None = None
 
 
 def _body_for(message: Element) -> tuple[str, str | None] | None:
@@ -310,8 +312,11 @@ def _body_for(message: Element) -> tuple[str, str | None] | None:
 
 def message_to_sip(
     message: Element, ctx: SipContext, *, ceiling: int = PAGE_MODE_CEILING
-) -> SipRequest | None:
-    """XMPP message → SIP MESSAGE; None when nothing is to be sent (no body, or an error)."""
+) -> OutgoingRequest | None:
+    """XMPP message → SIP MESSAGE, as the bytes to send (one template, no header objects);
+    None when nothing is to be sent (no body, or an error). The header fields, in order: Via,
+    Max-Forwards, From, To, Call-ID, CSeq, Contact (a full JID's GRUU), Subject,
+    Content-Language, Content-Type, Content-Length."""
     mtype = message.get("type", "normal")
     if mtype == "error":
         return None
@@ -326,30 +331,31 @@ def message_to_sip(
     from_text, to_text = message.get("from") or "", message.get("to") or ""
     from_uri = jid_to_sip_uri(from_text)
     to_uri = jid_to_sip_uri(str(parse_jid_memo(to_text)))  # InvalidJid for a bad 'to', as before
-    request_uri = to_uri
-    headers = Headers()
-    headers.add("Via", f"SIP/2.0/{ctx.transport} {ctx.via_host};branch={ctx.branch};rport")
-    headers.add("Max-Forwards", "70")
-    headers.add("From", f"<{bare_sip_uri(from_text)}>;tag={ctx.from_tag}")
-    headers.add("To", f"<{bare_sip_uri(to_text)}>")
-    headers.add("Call-ID", ctx.call_id)
-    headers.add("CSeq", f"{ctx.cseq} MESSAGE")
-    if from_uri.find(";gr=") >= 0:
-        headers.add("Contact", f"<{from_uri}>")
+    optional = f"Contact: <{from_uri}>\r\n" if from_uri.find(";gr=") >= 0 else ""
     subject = message.find("subject", message.namespace)
     if subject is not None and subject.text:
-        headers.add("Subject", _header_safe(subject.text))
+        optional += f"Subject: {_header_safe(subject.text)}\r\n"
     if lang:
-        headers.add("Content-Language", lang)
-    headers.add("Content-Type", IM_CONTENT_TYPE)
-    request = SipRequest("MESSAGE", request_uri, headers, text.encode("utf-8"))
-    size = len(serialize(request))
-    if size > ceiling:
+        optional += f"Content-Language: {_header_safe(lang)}\r\n"
+    body = text.encode("utf-8")
+    data = (
+        f"MESSAGE {ctx.request_uri or to_uri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/{ctx.transport} {ctx.via_host};branch={ctx.branch};rport\r\n"
+        f"Max-Forwards: 70\r\n"
+        f"From: <{bare_sip_uri(from_text)}>;tag={ctx.from_tag}\r\n"
+        f"To: <{bare_sip_uri(to_text)}>\r\n"
+        f"Call-ID: {ctx.call_id}\r\n"
+        f"CSeq: {ctx.cseq} MESSAGE\r\n"
+        f"{optional}"
+        f"Content-Type: {IM_CONTENT_TYPE}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    if len(data) > ceiling:
         raise TranslationError(
-            f"MESSAGE of {size} bytes exceeds the page-mode ceiling of {ceiling}",
+            f"MESSAGE of {len(data)} bytes exceeds the page-mode ceiling of {ceiling}",
             "policy-violation",
         )
-    return request
+    return OutgoingRequest(data, ctx.branch, "MESSAGE")
 
 
 def _header_safe(text: str) -> str:

@@ -157,7 +157,7 @@ class Admission:
         if answer is None:
             return self._challenge(request, peer, now, realm, offered)
         user = f"sip:{answer.username}@{realm}"
-        stored = self.users(user)
+        stored = credentials if user == from_uri.aor else self.users(user)
         if stored is not None and not stored:
             return self._refuse(request, 403, "Password Not Set")
         ha1 = next(
@@ -213,13 +213,19 @@ class Admission:
 def _algorithms(credentials: tuple[SipCredential, ...] | None, realm: str) -> tuple[str, ...]:
     """The algorithms to offer: the user's own in ``realm`` (all when there are none, so that an
     unknown user and a user without a password are challenged like any other)."""
-    own = tuple(a for a in digest.ALGORITHMS if any(c.algorithm == a and c.realm == realm for c in credentials or ()))
-    return own or digest.ALGORITHMS
+    if credentials:
+        own = {c.algorithm for c in credentials if c.realm == realm}
+        if own:
+            return tuple(a for a in digest.ALGORITHMS if a in own)
+    return digest.ALGORITHMS
 
 
 def _to_tag(request: SipRequest) -> str | None:
+    value = request.headers.get("To") or ""
+    if "tag" not in value.lower():
+        return None  # no tag parameter (the usual out-of-dialog request): nothing to parse
     try:
-        return parse_name_addr(request.headers.get("To") or "").tag
+        return parse_name_addr(value).tag
     except SipParseError:
         return None
 

@@ -52,12 +52,14 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
+import re
 import secrets
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 #: Algorithms offered, in order of preference (RFC 8760 §2.4).
 ALGORITHMS = ("SHA-256", "MD5")
@@ -144,7 +146,34 @@ def parse_credentials(value: str) -> Credentials:
     )
 
 
+#: One ``name=value`` of the usual credential (see ``_parse_params``): a name of letters,
+#: digits, ``-`` and ``_``; a quoted value without escapes or an unquoted one without quotes.
+_PLAIN_PARAM: Final = re.compile(r'[ \t,]*([A-Za-z0-9_-]+)[ \t]*=[ \t]*(?:"([^"\\]*)"|([^,"]*))')
+
+
 def _parse_params(text: str) -> dict[str, str]:
+    """The parameters of a credential: the usual form read by ``_PLAIN_PARAM`` one match per
+    parameter, anything else (escapes, odd names, errors) by ``_scan_params``, which reads the
+    usual form the same way."""
+    params: dict[str, str] = {}
+    pos, n = 0, len(text)
+    match = _PLAIN_PARAM.match
+    while pos < n:
+        found = match(text, pos)
+        if found is None:
+            if text[pos:].strip(" \t,"):
+                return _scan_params(text)
+            break
+        name, quoted, plain = found.groups()
+        name = name.lower()
+        if name in params:
+            return _scan_params(text)  # repeated: refused there
+        params[name] = quoted if quoted is not None else plain.strip()
+        pos = found.end()
+    return params
+
+
+def _scan_params(text: str) -> dict[str, str]:
     params: dict[str, str] = {}
     i, n = 0, len(text)
     while i < n:
@@ -267,10 +296,10 @@ class DigestAuthenticator:
     # -- nonces -----------------------------------------------------------------------------
 
     def _mac(self, head: bytes, source: str) -> bytes:
-        return hmac.new(self._secret, head + source.encode(), hashlib.sha256).digest()[:_MAC_BYTES]
+        return hmac.digest(self._secret, head + source.encode(), "sha256")[:_MAC_BYTES]
 
     def new_nonce(self, now: float, source: str) -> str:
-        head = struct.pack(">q", int(now * 1000)) + secrets.token_bytes(_RANDOM_BYTES)
+        head = struct.pack(">q", int(now * 1000)) + os.urandom(_RANDOM_BYTES)
         return base64.urlsafe_b64encode(head + self._mac(head, source)).decode("ascii").rstrip("=")
 
     def nonce_issued(self, nonce: str, source: str) -> int | None:

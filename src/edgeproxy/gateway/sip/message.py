@@ -101,6 +101,11 @@ REASON_PHRASES: Final = {
     603: "Decline",
 }
 
+#: Methods known to be tokens (a request line's method is checked against the token rule
+#: only when it is not one of these).
+_METHODS: Final = frozenset(
+    ("MESSAGE", "REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "OPTIONS", "INVITE", "ACK", "BYE", "CANCEL")
+)
 _TOKEN_CHARS: Final = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 )
@@ -162,8 +167,9 @@ def warning_text(text: str) -> str:
 #: message; real traffic uses a few dozen distinct spellings). Bounded: cleared when full.
 _CANONICAL: dict[str, str] = {}
 _CANONICAL_MAX: Final = 4096
-#: Header names already checked against the token rule (same bound).
-_VALID_NAMES: set[str] = set()
+#: Header names the parser has seen, checked against the token rule → their canonical key
+#: (same bound): a field of a known name is parsed without looking at its name again.
+_KEYS: dict[str, str] = {}
 
 
 def canonical(name: str) -> str:
@@ -178,15 +184,9 @@ def canonical(name: str) -> str:
     return key
 
 
-def _valid_name(name: str) -> bool:
-    if name in _VALID_NAMES:
-        return True
-    if not name or not set(name) <= _TOKEN_CHARS:
-        return False
-    if len(_VALID_NAMES) >= _CANONICAL_MAX:
-        _VALID_NAMES.clear()
-    _VALID_NAMES.add(name)
-    return True
+def _is_token(text: str) -> bool:
+    """§25.1 ``token``: one or more of ``_TOKEN_CHARS``."""
+    return bool(text) and set(text) <= _TOKEN_CHARS
 
 
 @dataclass(slots=True)
@@ -265,6 +265,28 @@ class SipResponse:
 
 
 SipMessage = SipRequest | SipResponse
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingRequest:
+    """A request of ours as the bytes we send — serialized once (:meth:`of`) or built from a
+    template (``translate.message_to_sip``) — with its client-transaction key: the top Via's
+    ``branch`` and the ``method`` (§17.1.3)."""
+
+    data: bytes
+    branch: str
+    method: str
+
+    @classmethod
+    def of(cls, request: SipRequest) -> OutgoingRequest:
+        return cls(serialize(request), _uri.parse_via(request.headers.get("Via") or "").branch, request.method)
+
+    def parsed(self) -> SipRequest:
+        """The request read back from its bytes (for what is rarely needed: a locally made
+        answer copies its headers, §8.1.3.1, §17.1.4)."""
+        message = parse_datagram(self.data)
+        assert isinstance(message, SipRequest)
+        return message
 
 
 def parse_cseq(value: str) -> tuple[int, str]:
@@ -364,7 +386,7 @@ def response_from_head(head: bytes, status: int, *, to_tag: str) -> SipResponse 
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
         last_kept = False
-        if not colon or not _valid_name(name):
+        if not colon or not _is_token(name):
             continue
         key = canonical(name)
         if key in RESPONSE_COPIES:
@@ -390,28 +412,25 @@ def _parse_head(head: bytes, max_headers: int) -> tuple[SipMessage, int | None]:
         raise SipParseError("head is not UTF-8") from None
     lines = text.split("\r\n")
     start = lines[0]
-    headers = Headers()
+    items: list[tuple[str, str]] = []
     first: dict[str, int] = {}  # canonical name -> index of its first field
+    keys = _KEYS
     for line in lines[1:]:
-        if not line:
-            continue
-        if line[0] in " \t":
-            if not headers.items:
-                raise SipParseError("continuation line before any header")
-            if more := line.strip():  # a blank continuation adds nothing (found by fuzzing)
-                name, value = headers.items[-1]
-                headers.items[-1] = (name, f"{value} {more}" if value else more)
-            continue
         name, colon, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if not colon or not _valid_name(name):
-            raise SipParseError(f"malformed header line {line[:40]!r}")
-        if len(headers.items) >= max_headers:
+        key = keys.get(name)
+        if key is None or not colon:  # not a field of a name seen before: the full rules
+            key = _unusual_line(line, items, max_headers)
+            if key is None:
+                continue
+        elif len(items) >= max_headers:
             raise SipParseError(f"more than {max_headers} header fields", 513)
-        first.setdefault(canonical(name), len(headers.items))
-        headers.add(name, value.strip())
+        else:
+            items.append((name, value.strip()))
+        if key not in first:
+            first[key] = len(items) - 1
+    headers = Headers(items)
     message: SipMessage
-    if start.startswith(SIP_VERSION + " "):
+    if start.startswith("SIP/2.0 "):
         _, status_text, reason = (start.split(" ", 2) + [""])[:3]
         if _STATUS.fullmatch(status_text) is None:
             raise SipParseError(f"bad status line {start[:60]!r}")
@@ -423,26 +442,57 @@ def _parse_head(head: bytes, max_headers: int) -> tuple[SipMessage, int | None]:
                 raise SipParseError(f"unsupported version {parts[2]!r}", 505)
             raise SipParseError(f"bad request line {start[:60]!r}")
         method, uri, _ = parts
-        if not method or not set(method) <= _TOKEN_CHARS or not uri:
+        if not uri or (method not in _METHODS and not _is_token(method)):
             raise SipParseError(f"bad request line {start[:60]!r}")
         message = SipRequest(method, uri, headers)
-    for required in RESPONSE_COPIES:
-        if required not in first:
-            raise SipParseError(f"missing mandatory header {required}")
-    cseq_method = parse_cseq(headers.items[first["cseq"]][1])[1]
+    try:
+        cseq_at, call_id_at, from_at, to_at, via_at = (
+            first["cseq"], first["call-id"], first["from"], first["to"], first["via"]
+        )
+    except KeyError as exc:
+        raise SipParseError(f"missing mandatory header {exc.args[0]}") from None
+    cseq_method = parse_cseq(items[cseq_at][1])[1]
     if isinstance(message, SipRequest) and cseq_method != message.method:
         raise SipParseError("CSeq method differs from the request method")
-    call_id = headers.items[first["call-id"]][1]
+    call_id = items[call_id_at][1]
     if not call_id or " " in call_id or "\t" in call_id:
         raise SipParseError(f"bad Call-ID {call_id[:60]!r}")
-    check_address(headers.items[first["from"]][1], "From")
-    check_address(headers.items[first["to"]][1], "To")
-    _uri.parse_via(headers.items[first["via"]][1])
+    check_address(items[from_at][1], "From")
+    check_address(items[to_at][1], "To")
+    _uri.parse_via(items[via_at][1])
     length_at = first.get("content-length")
     length: int | None = None
     if length_at is not None:
-        length = parse_uint(headers.items[length_at][1], "Content-Length")
+        length = parse_uint(items[length_at][1], "Content-Length")
     return message, length
+
+
+def _unusual_line(line: str, items: list[tuple[str, str]], max_headers: int) -> str | None:
+    """A head line the fast path of :func:`_parse_head` does not know: an empty line, a
+    continuation (folded onto the field before, §7.3.1), a field of a name not seen before
+    (checked against the token rule, then known) or a malformed line. Appends a new field to
+    ``items`` and returns its key, or returns None."""
+    if not line:
+        return None
+    if line[0] in " \t":
+        if not items:
+            raise SipParseError("continuation line before any header")
+        if more := line.strip():  # a blank continuation adds nothing (found by fuzzing)
+            name, value = items[-1]
+            items[-1] = (name, f"{value} {more}" if value else more)
+        return None
+    name, colon, value = line.partition(":")
+    name = name.rstrip(" \t")
+    if not colon or not _is_token(name):
+        raise SipParseError(f"malformed header line {line[:40]!r}")
+    if len(items) >= max_headers:
+        raise SipParseError(f"more than {max_headers} header fields", 513)
+    key = canonical(name)
+    if len(_KEYS) >= _CANONICAL_MAX:
+        _KEYS.clear()
+    _KEYS[name] = key
+    items.append((name, value.strip()))
+    return key
 
 
 def parse_datagram(

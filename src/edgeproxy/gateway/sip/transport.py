@@ -13,17 +13,28 @@ sans-IO core (``message.py``) and matched against the transaction tables (``tran
 * a response is matched to its client transaction (``client_key``) and, if final, wakes the
   task waiting in :meth:`SipTransport.finish`; unmatched responses are dropped (§18.1.2).
 
-Order: :meth:`SipTransport.begin_request` starts a client transaction without a checkpoint and
-queues its first transmission for the destination; one writer task per destination sends the
-queue in order, all of it in one write over TCP/TLS (a transport error answers each queued
-transaction 503). A caller that begins requests in order has them sent in order (trio starts
-tasks in no particular order, so "one task per request" would not). The same on the way in:
-``take_now`` (the owner's hook) sees each new request as it is read, before any task starts.
+Order: :meth:`SipTransport.begin_request` starts a client transaction without a checkpoint:
+over UDP its datagram is sent at once; over TCP/TLS its first transmission is queued for the
+destination and one writer task per destination sends the queue in order, all of it in one write
+(a transport error answers each queued transaction 503). A caller that begins requests in order
+has them sent in order (trio starts tasks in no particular order, so "one task per request"
+would not). The same on the way in: ``take_now`` (the owner's hook) sees each new request as it
+is read, before any task starts.
+
+UDP without a checkpoint per datagram: the socket is a plain non-blocking one, drained on every
+wake-up until it would block (``_drain_udp``, at most ``UDP_DRAIN_BATCH`` at a time), and
+written with ``sendto`` directly (a full send buffer queues the datagram for ``_udp_writer``).
+Reads come before writes: the timer task drains the socket before it retransmits anything, so
+an answer already received ends its transaction instead of drawing a retransmission. The
+socket's buffers are ``UDP_SOCKET_BUFFER``.
 
 Responses go back where the request came from (§18.2.2 with ``rport``, RFC 3581: the source
 address and port of the datagram, or the same TCP connection). Outgoing requests to a TCP
-destination reuse or open a connection (§18.1.1). A single timer task runs every transaction's
-timers (retransmissions over UDP, Timer F timeouts, cleanup) from ``trio.current_time()``.
+destination reuse or open a connection (§18.1.1). One timer task runs every transaction's
+timers (retransmissions over UDP, Timers F, K, J) from ``trio.current_time()``, popping the
+transactions whose deadline has come from one heap (``transaction.TimerQueue``): nothing per
+transaction but its heap entry — no task, no cancel scope, no scan of the tables. A
+transaction is forgotten as soon as it terminates (over TCP/TLS: with its final response).
 
 TLS (RFC 3261 §26.2, RFC 5630 §3): with a :class:`SipTls` the transport also listens TLS on
 its own address (``[gateway] sip-tls-listen``, by default the UDP/TCP port + 1, 5060 → 5061).
@@ -66,8 +77,10 @@ proves the source address and the full response is sent.
 
 from __future__ import annotations
 
+import collections
 import logging
 import secrets
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -78,6 +91,7 @@ import trio
 
 from edgeproxy.certs.handshake import send_pending_alert, tls_failure
 from edgeproxy.gateway.sip.message import (
+    OutgoingRequest,
     SipParseError,
     SipParser,
     SipRequest,
@@ -96,6 +110,7 @@ from edgeproxy.gateway.sip.transaction import (
     ServerTransaction,
     State,
     TimedOut,
+    TimerQueue,
     client_key,
     server_key,
 )
@@ -113,6 +128,18 @@ MAX_TCP_CONNECTIONS = 1024
 MAX_CONCURRENT_REQUESTS = 1024
 #: Largest UDP datagram read (IPv4 maximum payload).
 UDP_RECV_BYTES = 65535
+#: Datagrams read and handled in one go when the UDP socket is readable; then the other tasks
+#: get a turn (a flood cannot starve them) and the reading goes on.
+UDP_DRAIN_BATCH = 256
+#: Bytes asked for the UDP socket's receive and send buffers (the kernel caps them at
+#: net.core.rmem_max / wmem_max; Linux's default is 208 KiB): the answers to a burst of requests
+#: (``service.MAX_SIP_IN_FLIGHT`` = 512 MESSAGEs, ~500 B each) or a burst of requests from the
+#: UAs arrive while the gateway is busy, and what the buffer cannot hold is lost (then
+#: retransmitted, §17.1.2.2: work on top of work).
+UDP_SOCKET_BUFFER = 4 << 20
+#: Bytes of datagrams waiting for the UDP socket's send buffer to drain; beyond it a datagram
+#: is dropped (logged), as the network would drop it (retransmissions recover, §17.1.2.2).
+UDP_MAX_QUEUED_BYTES = 1 << 20
 #: Timer task granularity, seconds (T1/5).
 TIMER_TICK = 0.1
 #: Seconds for a TLS handshake, either direction (Timer F's 32 s would let a stalled peer hold
@@ -182,11 +209,13 @@ class ServerContext:
         self,
         transport: SipTransport,
         tx: ServerTransaction,
+        key: ServerKey,
         reply_to: Destination,
         request_size: int | None = None,
     ) -> None:
         self._transport = transport
         self._tx = tx
+        self._key = key
         self.source = reply_to
         self.request_size = request_size
         #: The AoR the request was admitted as (issue 14, ``admission.py``); None when the
@@ -200,23 +229,26 @@ class ServerContext:
         return self._tx.state in (State.COMPLETED, State.TERMINATED)
 
     async def respond(self, response: SipResponse) -> None:
-        response, data = self._transport.fit_response(response, self.request_size)
-        self._tx.send_response(response, trio.current_time(), retransmit=data is not None)
+        data = self._transport.answer(self._tx, self._key, response, self.request_size)
         if data is not None:
             await self._transport.send_bytes(data, self.source)
 
 
 Handler = Callable[[SipRequest, ServerContext], Awaitable[None]]
 TxKey = tuple[str, str]
+ServerKey = tuple[str, ...]
 TakeNow = Callable[[SipRequest, "ServerContext"], Callable[[], Awaitable[None]] | None]
 
 
-@dataclass
+@dataclass(slots=True)
 class PendingRequest:
-    """A client transaction begun by :meth:`SipTransport.begin_request`."""
+    """A client transaction begun by :meth:`SipTransport.begin_request`: where it goes, and
+    its final response once ``done`` is set (None: Timer F fired)."""
 
     tx: ClientTransaction
+    dest: Destination
     done: trio.Event
+    result: SipResponse | None = None
     refused: SipResponse | None = None  # answered locally at once (the table is full)
 
 
@@ -312,18 +344,21 @@ class SipTransport:
         self.tls = tls
         #: The bound TLS port (``tls.port`` until ``serve`` binds it; port 0 picks one).
         self.tls_port = tls.port if tls is not None else None
-        self._udp: trio.socket.SocketType | None = None
+        #: The UDP socket, non-blocking, read and written directly (``_drain_udp``, ``_udp_send``).
+        self._udp: socket.socket | None = None
+        #: Datagrams the send buffer had no room for, in order, and their bytes.
+        self._udp_backlog: collections.deque[tuple[bytes, Address]] = collections.deque()
+        self._udp_backlog_bytes = 0
         self._tcp: dict[Address, _TcpConnection] = {}
         self._tls: dict[Address, _TcpConnection] = {}
         self._connecting: dict[tuple[str, int, str], trio.Event] = {}
-        self._server_txs: dict[tuple[str, ...], ServerTransaction] = {}
-        self._client_txs: dict[
-            tuple[str, str], tuple[ClientTransaction, Destination, trio.Event]
-        ] = {}
+        self._server_txs: dict[ServerKey, ServerTransaction] = {}
+        self._client_txs: dict[TxKey, PendingRequest] = {}
+        #: Every live transaction's next deadline, run by ``_timer_loop``.
+        self._timers: TimerQueue[PendingRequest | ServerKey] = TimerQueue()
         # first transmissions waiting for their destination's writer, in the order begun;
         # bounded by MAX_TRANSACTIONS (each entry is a transaction of _client_txs)
-        self._outboxes: dict[tuple[str, int, str], list[tuple[bytes, TxKey]]] = {}
-        self._results: dict[tuple[str, str], SipResponse | None] = {}
+        self._outboxes: dict[tuple[str, int, str], list[tuple[bytes, PendingRequest]]] = {}
         self._slots = trio.Semaphore(MAX_CONCURRENT_REQUESTS)
         self._nursery: trio.Nursery | None = None
         self._malformed = {"answered": 0, "dropped": 0}
@@ -337,19 +372,26 @@ class SipTransport:
     ) -> None:
         """Bind UDP and TCP on (host, port) — port 0 picks one free for both — and serve."""
         udp, listeners = await self._bind()
-        self._udp = udp
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._udp_loop)
-            nursery.start_soon(self._timer_loop)
-            nursery.start_soon(trio.serve_listeners, partial(self._connection_handler, "tcp"), listeners)
-            if self.tls is not None:
-                tls_listeners = await trio.open_tcp_listeners(self.tls.port, host=self.tls.host)
-                self.tls_port = tls_listeners[0].socket.getsockname()[1]
-                nursery.start_soon(
-                    trio.serve_listeners, partial(self._connection_handler, "tls"), tls_listeners
-                )
-            task_status.started((self.host, self.port))
+        self._udp = socket.socket(fileno=udp.detach())
+        self._udp.setblocking(False)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            self._udp.setsockopt(socket.SOL_SOCKET, option, UDP_SOCKET_BUFFER)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._udp_loop)
+                nursery.start_soon(self._timer_loop)
+                nursery.start_soon(trio.serve_listeners, partial(self._connection_handler, "tcp"), listeners)
+                if self.tls is not None:
+                    tls_listeners = await trio.open_tcp_listeners(self.tls.port, host=self.tls.host)
+                    self.tls_port = tls_listeners[0].socket.getsockname()[1]
+                    nursery.start_soon(
+                        trio.serve_listeners, partial(self._connection_handler, "tls"), tls_listeners
+                    )
+                task_status.started((self.host, self.port))
+        finally:
+            trio.lowlevel.notify_closing(self._udp)
+            self._udp.close()
 
     async def _bind(self) -> tuple[trio.socket.SocketType, list[trio.SocketListener]]:
         for _ in range(20):
@@ -415,9 +457,6 @@ class SipTransport:
 
     # -- sending -----------------------------------------------------------------------------
 
-    async def send_to(self, message: SipRequest | SipResponse, dest: Destination) -> None:
-        await self._send(serialize(message), dest)
-
     async def send_bytes(self, data: bytes, dest: Destination) -> None:
         """Send a response's bytes; a transport failure is logged, not raised (§17.2.4: the
         transaction user has nothing more to do with it)."""
@@ -450,6 +489,21 @@ class SipTransport:
         log.debug("sip: %d response withheld over UDP (%d > %d bytes)", response.status, len(data), request_size)
         return small, None
 
+    def answer(
+        self, tx: ServerTransaction, key: ServerKey, response: SipResponse, request_size: int | None
+    ) -> bytes | None:
+        """``response`` in its server transaction: the bytes to send (fitted, see
+        ``fit_response``), or None to send nothing. A transaction it ends is forgotten now,
+        one it completes waits for Timer J in the timer queue."""
+        response, data = self.fit_response(response, request_size)
+        tx.send_response(response, trio.current_time(), data)
+        if tx.state is State.TERMINATED:
+            if self._server_txs.get(key) is tx:
+                del self._server_txs[key]
+        else:
+            self._timers.schedule(tx, key)
+        return data
+
     async def _send(self, data: bytes, dest: Destination) -> None:
         if dest.transport in _RELIABLE:
             table = self._tls if dest.transport == "tls" else self._tcp
@@ -458,8 +512,43 @@ class SipTransport:
                 conn = await self._connect_once(dest)
             await conn.send(data)
         else:
+            self._udp_send(data, (dest.host, dest.port))
+
+    def _udp_send(self, data: bytes, addr: Address) -> None:
+        """Send one datagram now, without a checkpoint; when the socket's send buffer is full,
+        queue it behind the others for ``_udp_writer``. OSError: it cannot be sent at all."""
+        if not self._udp_backlog:
             assert self._udp is not None
-            await self._udp.sendto(data, (dest.host, dest.port))
+            try:
+                self._udp.sendto(data, addr)
+                return
+            except BlockingIOError:
+                pass
+        if self._udp_backlog_bytes + len(data) > UDP_MAX_QUEUED_BYTES:
+            log.warning("sip: UDP datagram to %s:%d dropped: %d bytes wait to be sent", *addr, self._udp_backlog_bytes)
+            return
+        if not self._udp_backlog:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._udp_writer)
+        self._udp_backlog.append((data, addr))
+        self._udp_backlog_bytes += len(data)
+
+    async def _udp_writer(self) -> None:
+        """Send the queued datagrams, in order, as the send buffer drains."""
+        sock, backlog = self._udp, self._udp_backlog
+        assert sock is not None
+        while backlog:
+            await trio.lowlevel.wait_writable(sock)
+            while backlog:
+                data, addr = backlog[0]
+                try:
+                    sock.sendto(data, addr)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    log.info("sip: cannot send to %s:%d: %s", *addr, exc)
+                backlog.popleft()
+                self._udp_backlog_bytes -= len(data)
 
     async def _send_stateless(
         self, response: SipResponse, dest: Destination, request_size: int | None
@@ -524,66 +613,72 @@ class SipTransport:
     def new_branch(self) -> str:
         return "z9hG4bK" + secrets.token_hex(8)
 
-    def begin_request(self, request: SipRequest, dest: Destination) -> PendingRequest:
+    def begin_request(self, request: SipRequest | OutgoingRequest, dest: Destination) -> PendingRequest:
         """Start a client transaction now, without waiting: its first transmission is queued
         for ``dest`` behind every request begun before it. One writer per destination writes
         them in that order, all that is queued in one write (TCP/TLS), so a caller that begins
         requests in order (the gateway's stanzas of one sender) has them sent in order.
         ``await finish(pending)`` gets the final response."""
         tx = ClientTransaction(request, reliable=dest.transport in _RELIABLE, now=trio.current_time())
-        done = trio.Event()
+        pending = PendingRequest(tx, dest, trio.Event())
         if len(self._client_txs) >= MAX_TRANSACTIONS:
-            return PendingRequest(tx, done, response_to(request, 503, "Too Many Transactions"))
-        self._client_txs[tx.key] = (tx, dest, done)
+            pending.refused = response_to(tx.outgoing.parsed(), 503, "Too Many Transactions")
+            return pending
+        self._client_txs[tx.key] = pending
+        self._timers.schedule(tx, pending)
+        if dest.transport == "udp":  # sent now: the socket keeps the order
+            try:
+                self._udp_send(tx.outgoing.data, (dest.host, dest.port))
+            except OSError as exc:
+                log.info("sip: cannot send to %s: %s", dest, exc)
+                self._fail_transaction(pending, "Destination Unreachable")
+            return pending
         where = (dest.host, dest.port, dest.transport)
         outbox = self._outboxes.get(where)
         if outbox is None:
             outbox = self._outboxes[where] = []
             assert self._nursery is not None
             self._nursery.start_soon(self._write_outbox, dest, outbox)
-        outbox.append((serialize(request), tx.key))
-        return PendingRequest(tx, done)
+        outbox.append((tx.outgoing.data, pending))
+        return pending
 
     async def finish(self, pending: PendingRequest) -> SipResponse:
         """The final response of a begun request: a timeout (Timer F) or a transport error
-        gives a locally made 408 / 503 (§8.1.3.1). Cancellation abandons the transaction."""
+        gives a locally made 408 / 503 (§8.1.3.1). Cancellation abandons the transaction
+        (its timers end it)."""
         if pending.refused is not None:
             return pending.refused
-        tx = pending.tx
-        try:
-            await pending.done.wait()
-            result = self._results.pop(tx.key, None)
-            return result if result is not None else response_to(tx.request, 408)
-        finally:
-            self._results.pop(tx.key, None)
-            if tx.state is State.TERMINATED:
-                self._client_txs.pop(tx.key, None)
+        await pending.done.wait()
+        if pending.result is not None:
+            return pending.result
+        return response_to(pending.tx.outgoing.parsed(), 408)
 
     async def request(self, request: SipRequest, dest: Destination) -> SipResponse:
         """Send a request in a client transaction; return the final response."""
         return await self.finish(self.begin_request(request, dest))
 
-    async def _write_outbox(self, dest: Destination, outbox: list[tuple[bytes, TxKey]]) -> None:
-        """The writer of ``dest``'s queued first transmissions, until the queue is empty."""
+    def _ended(self, pending: PendingRequest) -> None:
+        """Forget a terminated client transaction (its waiter holds ``pending`` itself)."""
+        key = pending.tx.key
+        if self._client_txs.get(key) is pending:
+            del self._client_txs[key]
+
+    async def _write_outbox(self, dest: Destination, outbox: list[tuple[bytes, PendingRequest]]) -> None:
+        """The writer of ``dest``'s (TCP/TLS) queued first transmissions, until the queue is empty."""
         try:
             while outbox:
                 batch = outbox[:]
                 outbox.clear()
                 try:
-                    if dest.transport in _RELIABLE:
-                        table = self._tls if dest.transport == "tls" else self._tcp
-                        conn = table.get((dest.host, dest.port))
-                        if conn is None:
-                            conn = await self._connect_once(dest)
-                        await conn.send(b"".join([data for data, _ in batch]))
-                    else:
-                        assert self._udp is not None
-                        for data, _ in batch:
-                            await self._udp.sendto(data, (dest.host, dest.port))
+                    table = self._tls if dest.transport == "tls" else self._tcp
+                    conn = table.get((dest.host, dest.port))
+                    if conn is None:
+                        conn = await self._connect_once(dest)
+                    await conn.send(b"".join([data for data, _ in batch]))
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     log.info("sip: cannot send to %s: %s", dest, exc)
-                    for _, key in batch:
-                        self._fail_transaction(key, "Destination Unreachable")
+                    for _, pending in batch:
+                        self._fail_transaction(pending, "Destination Unreachable")
         finally:
             # No checkpoint between the last look at the queue and this: a request begun
             # from now on finds no writer and starts one.
@@ -591,39 +686,56 @@ class SipTransport:
             if self._outboxes.get(where) is outbox:
                 del self._outboxes[where]
 
-    def _fail_transaction(self, key: TxKey, reason: str) -> None:
-        entry = self._client_txs.get(key)
-        if entry is None:
+    def _fail_transaction(self, pending: PendingRequest, reason: str) -> None:
+        """§17.1.4: a transport error ends the transaction; the user gets a local 503."""
+        if pending.done.is_set():
             return
-        tx, _, done = entry
-        tx.on_transport_error()
-        self._results[key] = response_to(tx.request, 503, reason)
-        done.set()
+        pending.tx.on_transport_error()
+        pending.result = response_to(pending.tx.outgoing.parsed(), 503, reason)
+        pending.done.set()
+        self._ended(pending)
 
     # -- receiving ---------------------------------------------------------------------------
 
     async def _udp_loop(self) -> None:
         assert self._udp is not None
         while True:
+            await trio.lowlevel.wait_readable(self._udp)
+            await self._drain_udp()
+
+    async def _drain_udp(self) -> None:
+        """Read and handle the datagrams waiting on the UDP socket until it would block (at most
+        ``UDP_DRAIN_BATCH``, then a checkpoint): every wake-up takes all there is, so a burst
+        of answers is read before anything else is sent (a 200 left unread would have its
+        request retransmitted). Handling a datagram never waits: UDP sends do not block."""
+        sock = self._udp
+        assert sock is not None
+        for _ in range(UDP_DRAIN_BATCH):
             try:
-                data, addr = await self._udp.recvfrom(UDP_RECV_BYTES)
+                data, addr = sock.recvfrom(UDP_RECV_BYTES)
+            except BlockingIOError:
+                return
             except (ConnectionResetError, ConnectionRefusedError) as exc:
                 # an ICMP error for an earlier send, reported on the socket (not on Linux for an
                 # unconnected socket; on other systems): about no datagram of ours to read
                 log.debug("sip: UDP socket reports %s", exc)
                 continue
-            if not data.strip():
-                continue  # keep-alive CRLFs (RFC 5626 §3.5.1)
-            source = Destination(addr[0], addr[1], "udp")
-            inbound = _Inbound(data=data)
-            await contain(
-                Surface.SIP_DATAGRAM,
-                peer_of(source),
-                self.telemetry,
-                partial(self._on_datagram, data, source, inbound),
-                answer=partial(self._answer_failure, inbound, source, len(data)),
-                answer_name="500",
-            )
+            await self._on_udp_datagram(data, addr)
+        await trio.lowlevel.checkpoint()
+
+    async def _on_udp_datagram(self, data: bytes, addr: Address) -> None:
+        if not data.strip():
+            return  # keep-alive CRLFs (RFC 5626 §3.5.1)
+        source = Destination(addr[0], addr[1], "udp")
+        inbound = _Inbound(data=data)
+        await contain(
+            Surface.SIP_DATAGRAM,
+            peer_of(source),
+            self.telemetry,
+            partial(self._on_datagram, data, source, inbound),
+            answer=partial(self._answer_failure, inbound, source, len(data)),
+            answer_name="500",
+        )
 
     async def _on_datagram(self, data: bytes, source: Destination, inbound: _Inbound) -> None:
         try:
@@ -778,14 +890,18 @@ class SipTransport:
             except SipParseError as exc:
                 log.info("sip: malformed response from %s dropped: %s", peer_of(source), exc)
                 return  # §18.1.2: a response nobody can match is dropped
-            entry = self._client_txs.get(key)
-            if entry is None:
+            pending = self._client_txs.get(key)
+            if pending is None:
                 return  # §18.1.2: no transaction, drop
-            tx, _, done = entry
+            tx = pending.tx
             for action in tx.on_response(message, trio.current_time()):
                 if isinstance(action, Deliver):
-                    self._results[tx.key] = action.response
-                    done.set()
+                    pending.result = action.response
+                    pending.done.set()
+            if tx.state is State.TERMINATED:
+                self._ended(pending)
+            else:
+                self._timers.schedule(tx, pending)  # Timer K
             return
         if inbound is not None:
             inbound.request = message
@@ -800,7 +916,7 @@ class SipTransport:
         if existing is not None:
             for action in existing.on_request_retransmission():
                 if isinstance(action, Retransmit):
-                    await self.send_bytes(serialize(action.message), source)
+                    await self.send_bytes(action.data, source)
             return
         if len(self._server_txs) >= MAX_TRANSACTIONS or self._slots.value == 0:
             busy = response_to(message, 503, to_tag="busy")
@@ -810,7 +926,7 @@ class SipTransport:
         tx = ServerTransaction(message, reliable=source.transport in _RELIABLE, now=trio.current_time())
         self._server_txs[key] = tx
         assert self._nursery is not None
-        ctx = ServerContext(self, tx, source, request_size)
+        ctx = ServerContext(self, tx, key, source, request_size)
         if inbound is not None:
             inbound.ctx = ctx
         # The owner may take a request now, in the order requests were read (a MESSAGE queued
@@ -861,29 +977,37 @@ class SipTransport:
     # -- timers ------------------------------------------------------------------------------
 
     async def _timer_loop(self) -> None:
+        """Every ``TIMER_TICK``: the transactions whose deadline has come (``TimerQueue``),
+        after the datagrams already received (reads before writes: an answer waiting on the
+        socket ends its transaction instead of drawing a retransmission)."""
         while True:
             await trio.sleep(TIMER_TICK)
+            if self._udp is not None:
+                await self._drain_udp()
             now = trio.current_time()
-            for key, (tx, dest, done) in list(self._client_txs.items()):
-                deadline = tx.deadline
-                if deadline is not None and deadline <= now:
-                    for action in tx.on_timer(now):
-                        if isinstance(action, Retransmit):
-                            try:
-                                await self.send_to(action.message, dest)
-                            except _TRANSPORT_ERRORS:
-                                tx.on_transport_error()
-                                done.set()
-                        elif isinstance(action, TimedOut):
-                            done.set()
-                if tx.state is State.TERMINATED and done.is_set() and key not in self._results:
-                    self._client_txs.pop(key, None)
-            for key, stx in list(self._server_txs.items()):
-                deadline = stx.deadline
-                if deadline is not None and deadline <= now:
-                    stx.on_timer(now)
-                if stx.state is State.TERMINATED:
-                    del self._server_txs[key]
+            for tx, owner in self._timers.due(now):
+                if isinstance(owner, PendingRequest):
+                    await self._client_timer(owner, now)
+                else:
+                    tx.on_timer(now)  # Timer J
+                    if tx.state is State.TERMINATED and self._server_txs.get(owner) is tx:
+                        del self._server_txs[owner]
+
+    async def _client_timer(self, pending: PendingRequest, now: float) -> None:
+        tx = pending.tx
+        for action in tx.on_timer(now):
+            if isinstance(action, Retransmit):
+                try:
+                    await self._send(action.data, pending.dest)
+                except _TRANSPORT_ERRORS:
+                    tx.on_transport_error()
+                    pending.done.set()
+            elif isinstance(action, TimedOut):
+                pending.done.set()
+        if tx.state is State.TERMINATED:
+            self._ended(pending)
+        else:
+            self._timers.schedule(tx, pending)
 
     def statistics(self) -> dict[str, int]:
         return {

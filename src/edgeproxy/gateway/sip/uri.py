@@ -26,6 +26,11 @@ _PORT: Final = re.compile(r"[0-9]{1,5}")
 #: (``_`` tolerated in hostnames, as resolvers do).
 _VIA_HOST: Final = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")
 #: ``SIP / 2.0 / UDP`` with optional white space around the slashes (§20.42 ``sent-protocol``).
+#: The usual Via value, read in one match by ``parse_via``: ``SIP/2.0/transport host[:port]``
+#: and parameters free of white space, quotes and commas.
+_PLAIN_VIA: Final = re.compile(
+    r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9._-]+)(?::([0-9]{1,5}))?((?:;[^;,\s=\"]+(?:=[^;,\s\"]*)?)*)"
+)
 _SENT_PROTOCOL: Final = re.compile(
     r"[ \t]*([A-Za-z0-9.!%*_+`'~-]+)[ \t]*/[ \t]*([A-Za-z0-9.!%*_+`'~-]+)[ \t]*/[ \t]*"
     r"([A-Za-z0-9.!%*_+`'~-]+)[ \t]+"
@@ -215,7 +220,33 @@ class Via:
 def parse_via(value: str) -> Via:
     """One Via value (the first of a comma list): ``SIP/2.0/UDP host:port;branch=z9hG4bK...``
     (§20.42). A malformed sent-protocol, host, port or ``rport`` (RFC 3581) is a
-    :class:`SipParseError`. Memoized: callers must not change the returned ``params``."""
+    :class:`SipParseError`. Memoized: callers must not change the returned ``params``.
+
+    The usual value — one Via, ``SIP/2.0/`` and a hostname or IPv4 address, parameters without
+    white space — is read in one match (``_plain_via``); anything else by the general rules
+    (``_general_via``), which give the same result for the usual value."""
+    return _plain_via(value) or _general_via(value)
+
+
+def _plain_via(value: str) -> Via | None:
+    """``parse_via`` of the usual value (see there), None for any other."""
+    plain = _PLAIN_VIA.fullmatch(value)
+    if plain is None:
+        return None
+    port_text = plain[3]
+    if port_text is not None and not 0 < int(port_text) < 65536:
+        return None
+    params: dict[str, str | None] = {}
+    for raw in plain[4].split(";")[1:]:
+        key, eq, val = raw.partition("=")
+        params[key.lower()] = val if eq else None
+    rport = params.get("rport")
+    if rport and (_PORT.fullmatch(rport) is None or not 0 < int(rport) < 65536):
+        return None
+    return Via(plain[1].upper(), plain[2], int(port_text) if port_text else None, params)
+
+
+def _general_via(value: str) -> Via:
     values = split_header_list(value) if value else []
     first = values[0] if values else ""
     proto = _SENT_PROTOCOL.match(first)
