@@ -62,7 +62,6 @@ import dns.resolver
 import trio
 
 from edgeproxy.dns.srv import XMPP_SERVER_PORT, SrvRecord, connection_targets, srv_name
-from edgeproxy.ops import events
 from edgeproxy.ops.boundary import Surface, contain
 
 if TYPE_CHECKING:
@@ -170,10 +169,9 @@ class Connector:
             result = await lookup()
         except (dns.exception.DNSException, OSError) as exc:
             outcome = "timeout" if isinstance(exc, dns.exception.Timeout) else "error"
-            self._telemetry.metrics.dns_lookup(rtype, outcome, time.monotonic() - started)
-            self._telemetry.emit(events.DNS_FAILED, rtype=rtype, name=name, outcome=f"{outcome}: {exc}")
+            self._telemetry.dns_lookup(rtype, name, outcome, time.monotonic() - started, error=exc)
             raise
-        self._telemetry.metrics.dns_lookup(rtype, "ok" if result else "nodata", time.monotonic() - started)
+        self._telemetry.dns_lookup(rtype, name, "ok" if result else "nodata", time.monotonic() - started)
         return result
 
     async def targets(self, domain: str, proxy_fqdn: str | None = None) -> list[tuple[str, int]]:
@@ -197,8 +195,7 @@ class Connector:
             raise ConnectFailed(f"connecting to {domain} timed out", timeout=True)
         except ConnectFailed as exc:
             if self._telemetry is not None:
-                self._telemetry.emit(events.CONNECT_FAILED, domain=domain, error=str(exc),
-                                     targets=proxy_fqdn or "SRV")
+                self._telemetry.connect_failed(domain, str(exc), proxy_fqdn or "SRV")
             raise
 
     async def _connect(self, domain: str, proxy_fqdn: str | None) -> trio.SocketStream:

@@ -144,6 +144,18 @@ class Telemetry:
         self.emit(events.STANZA_REFUSED, kind=kind, from_domain=from_domain, to_domain=to_domain,
                   condition=condition, rule=rule)
 
+    # -- DNS and connecting (net.connector) -------------------------------------------------
+
+    def dns_lookup(self, rtype: str, name: str, outcome: str, seconds: float,
+                   error: BaseException | None = None) -> None:
+        """One lookup's duration by outcome; a failed one (``error``) is EP4001 dns-failed."""
+        self.metrics.dns_lookup(rtype, outcome, seconds)
+        if error is not None:
+            self.emit(events.DNS_FAILED, rtype=rtype, name=name, outcome=f"{outcome}: {error}")
+
+    def connect_failed(self, domain: str, error: str, targets: str) -> None:
+        self.emit(events.CONNECT_FAILED, domain=domain, error=error, targets=targets)
+
     # -- the failure boundary (ops.boundary) -------------------------------------------------
 
     def emit_input_failed(self, surface: str, peer: str, error: str, answer: str) -> None:
