@@ -132,7 +132,7 @@ def parse_credentials(value: str) -> Credentials:
     except KeyError as exc:
         raise DigestError(f"Digest credential without {exc.args[0]}") from None
     algorithm = params.get("algorithm", "MD5")
-    canonical = {a.upper(): a for a in ALGORITHMS}.get(algorithm.upper(), algorithm)
+    canonical = _ALGORITHM_NAMES.get(algorithm.upper(), algorithm)
     return Credentials(
         username=username,
         realm=realm,
@@ -149,6 +149,8 @@ def parse_credentials(value: str) -> Credentials:
 #: One ``name=value`` of the usual credential (see ``_parse_params``): a name of letters,
 #: digits, ``-`` and ``_``; a quoted value without escapes or an unquoted one without quotes.
 _PLAIN_PARAM: Final = re.compile(r'[ \t,]*([A-Za-z0-9_-]+)[ \t]*=[ \t]*(?:"([^"\\]*)"|([^,"]*))')
+#: ``algorithm`` as sent (any case) → as in ``ALGORITHMS``.
+_ALGORITHM_NAMES: Final = {a.upper(): a for a in ALGORITHMS}
 
 
 def _parse_params(text: str) -> dict[str, str]:

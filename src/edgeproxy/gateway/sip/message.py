@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Final
 
 from edgeproxy.gateway.sip import uri as _uri
@@ -106,6 +107,8 @@ REASON_PHRASES: Final = {
 _METHODS: Final = frozenset(
     ("MESSAGE", "REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "OPTIONS", "INVITE", "ACK", "BYE", "CANCEL")
 )
+#: URI schemes known to be tokens (others are checked against the token rule).
+_SCHEMES: Final = frozenset(("sip", "sips", "tel"))
 _TOKEN_CHARS: Final = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 )
@@ -289,6 +292,7 @@ class OutgoingRequest:
         return message
 
 
+@lru_cache(maxsize=1024)  # pure; read by the parser, then by the transaction layer
 def parse_cseq(value: str) -> tuple[int, str]:
     """``CSeq: 1*DIGIT LWS Method`` (§20.16): the number (ASCII, under 2**31) and the method."""
     match = _CSEQ.fullmatch(value.strip())
@@ -316,7 +320,7 @@ def check_address(value: str, name: str) -> None:
     else:
         inner = text.partition(";")[0]
     scheme, colon, rest = inner.strip().partition(":")
-    if not colon or not scheme or not rest or not set(scheme) <= _TOKEN_CHARS:
+    if not colon or not rest or (scheme not in _SCHEMES and not _is_token(scheme)):
         raise SipParseError(f"bad {name} {value[:60]!r}")
 
 

@@ -106,6 +106,8 @@ class Registrar:
                 self._bindings[aor] = alive
             else:
                 del self._bindings[aor]
+        if len(alive) == 1:
+            return alive
         return sorted(alive, key=lambda b: -b.expires_at)
 
     def handle_register(

@@ -937,18 +937,19 @@ class SipTransport:
         except SipParseError as exc:
             await self._refuse_request(message, exc, ctx, source, request_size)
             return
-        if rest is not None:
-            self._nursery.start_soon(self._run_handler, message, ctx, rest)
-            return
-        self._nursery.start_soon(self._run_handler, message, ctx, partial(self.handler, message, ctx))
+        # the handler's slot, taken here (one was free above, and nothing ran since), given back
+        # by its task: a bound on the tasks, and no wait for the semaphore in each one
+        self._slots.acquire_nowait()
+        work = rest if rest is not None else partial(self.handler, message, ctx)
+        self._nursery.start_soon(self._run_handler, message, ctx, work)
 
     async def _run_handler(
         self, request: SipRequest, ctx: ServerContext, work: Callable[[], Awaitable[None]]
     ) -> None:
         """One request's transaction user, in its failure boundary: a malformed header found
         there gets its status, anything else raised a 500 (reported); no final response at all
-        is a 500 too."""
-        async with self._slots:
+        is a 500 too. Releases the slot ``_dispatch`` took for it."""
+        try:
             await contain(
                 surface_of(ctx.source),
                 peer_of(ctx.source),
@@ -962,6 +963,8 @@ class SipTransport:
                     await ctx.respond(response_to(request, 500, "No Response", to_tag="err"))
                 except Exception:  # noqa: BLE001 - the handler left its transaction in a state we cannot answer
                     log.exception("sip: %s from %s left unanswered", request.method, peer_of(ctx.source))
+        finally:
+            self._slots.release()
 
     async def _handle(self, request: SipRequest, ctx: ServerContext, work: Callable[[], Awaitable[None]]) -> None:
         try:

@@ -1,0 +1,163 @@
+"""The SIP transport over real UDP sockets (issue 21): answers already received are read before
+anything is retransmitted, a burst of answers is drained at once, and the handler tasks are
+bounded by ``MAX_CONCURRENT_REQUESTS`` (503 with Retry-After beyond it).
+
+The UA is a plain blocking socket driven by the test itself, so the test decides exactly what
+is waiting on the transport's socket when the transport's tasks next run; time is a
+``MockClock`` moved by hand (``mock_clock``), so Timer E is due exactly when the test says.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+
+from edgeproxy.gateway.sip import transport as sip_transport
+from edgeproxy.gateway.sip.message import (
+    OutgoingRequest,
+    SipRequest,
+    parse_datagram,
+    response_to,
+    serialize,
+)
+from edgeproxy.gateway.sip.transaction import T1
+from edgeproxy.gateway.sip.transport import Destination, ServerContext, SipTransport
+
+HOST = "127.0.0.1"
+
+
+def message(n: int) -> OutgoingRequest:
+    branch = f"z9hG4bK-burst-{n}"
+    data = (
+        f"MESSAGE sip:bob@{HOST} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {HOST}:5060;branch={branch};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:alice@contoso.test>;tag=a\r\n"
+        "To: <sip:bob@contoso.test>\r\n"
+        f"Call-ID: burst-{n}\r\n"
+        "CSeq: 1 MESSAGE\r\n"
+        "Content-Length: 2\r\n\r\nhi"
+    ).encode()
+    return OutgoingRequest(data, branch, "MESSAGE")
+
+
+def answer(ua: socket.socket, numbers: range) -> None:
+    """Read the requests of ``numbers`` (already sent: the transport sends over UDP at once) and
+    answer each 200, now: the answers wait on the transport's socket until one of its tasks
+    reads. A request read again (a retransmission) fails the test."""
+    for n in numbers:
+        data, addr = ua.recvfrom(65535)
+        request = parse_datagram(data)
+        assert isinstance(request, SipRequest)
+        assert request.call_id == f"burst-{n}", f"{request.call_id} retransmitted"
+        ua.sendto(serialize(response_to(request, 200, to_tag="ua")), addr)
+
+
+def nothing_more(ua: socket.socket) -> bool:
+    ua.setblocking(False)
+    try:
+        ua.recvfrom(65535)
+    except BlockingIOError:
+        return True
+    finally:
+        ua.setblocking(True)
+    return False
+
+
+@asynccontextmanager
+async def serving(handler: sip_transport.Handler | None = None) -> AsyncIterator[SipTransport]:
+    async def refuse(request: SipRequest, ctx: ServerContext) -> None:
+        await ctx.respond(response_to(request, 501, to_tag="t"))
+
+    async with trio.open_nursery() as nursery:
+        transport = SipTransport(HOST, 0, handler or refuse)
+        await nursery.start(transport.serve)
+        yield transport
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def ua() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((HOST, 0))
+    sock.settimeout(5)
+    yield sock
+    sock.close()
+
+
+async def test_an_answer_waiting_on_the_socket_is_read_before_timer_e_fires(
+    mock_clock: trio.testing.MockClock, ua: socket.socket
+) -> None:
+    # When Timer E comes due with the 200 already on the socket, the timer task and the UDP
+    # reader are woken in one scheduler batch, in either order: the timer task reads the
+    # socket first, so the transaction ends instead of retransmitting (reads before writes).
+    async with serving() as transport:
+        destination = Destination(HOST, ua.getsockname()[1], "udp")
+        for n in range(20):
+            pending = transport.begin_request(message(n), destination)
+            answer(ua, range(n, n + 1))
+            mock_clock.jump(T1)
+            with trio.fail_after(5):
+                assert (await transport.finish(pending)).status == 200
+        assert nothing_more(ua), "a request was retransmitted although its 200 had arrived"
+
+
+async def test_a_burst_of_answers_is_drained_at_once_without_retransmissions(
+    mock_clock: trio.testing.MockClock, ua: socket.socket
+) -> None:
+    # A burst begun without a checkpoint (as the gateway begins a batch of stanzas) is sent at
+    # once; all the answers are waiting when Timer E of every request comes due.
+    burst = 100  # ~1.3 KB of buffer each (the kernel's truesize): within the UA's default 208 KiB
+    async with serving() as transport:
+        destination = Destination(HOST, ua.getsockname()[1], "udp")
+        pendings = [transport.begin_request(message(n), destination) for n in range(burst)]
+        answer(ua, range(burst))
+        mock_clock.jump(T1)
+        with trio.fail_after(5):
+            statuses = [(await transport.finish(pending)).status for pending in pendings]
+        assert statuses == [200] * burst
+        assert nothing_more(ua)
+        assert transport.statistics()["client_transactions"] == burst  # Timer K: absorbing repeats
+        mock_clock.jump(10.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert transport.statistics()["client_transactions"] == 0
+
+
+async def test_handler_tasks_are_bounded_and_the_one_over_the_bound_gets_503(
+    monkeypatch: pytest.MonkeyPatch, ua: socket.socket
+) -> None:
+    monkeypatch.setattr(sip_transport, "MAX_CONCURRENT_REQUESTS", 2)
+    release = trio.Event()
+
+    async def slow(request: SipRequest, ctx: ServerContext) -> None:
+        await release.wait()
+        await ctx.respond(response_to(request, 200, to_tag="t"))
+
+    def request(n: int) -> bytes:
+        # large enough for the 503 with Retry-After to be no larger (UDP_AMPLIFICATION_FACTOR)
+        options = message(n).data.replace(b"MESSAGE sip:", b"OPTIONS sip:").replace(b"1 MESSAGE", b"1 OPTIONS")
+        return options.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\nSubject: " + b"x" * 200 + b"\r\n")
+
+    async with serving(slow) as transport:
+        where = (HOST, transport.port)
+        for n in range(3):
+            ua.sendto(request(n), where)
+        with trio.fail_after(5):
+            data = await trio.to_thread.run_sync(ua.recv, 65535)
+        busy = parse_datagram(data)
+        assert getattr(busy, "status", None) == 503
+        assert busy.headers.get("Retry-After") == "5"
+        assert busy.headers.get("Call-ID") == "burst-2"
+        release.set()
+        with trio.fail_after(5):
+            done = [parse_datagram(await trio.to_thread.run_sync(ua.recv, 65535)) for _ in range(2)]
+        assert sorted(getattr(r, "status", 0) for r in done) == [200, 200]
+        ua.sendto(request(3), where)  # the slots are free again
+        with trio.fail_after(5):
+            again = parse_datagram(await trio.to_thread.run_sync(ua.recv, 65535))
+        assert getattr(again, "status", None) == 200
