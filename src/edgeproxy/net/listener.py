@@ -4,20 +4,24 @@ sessions (receiving role), and plays the receiving and authoritative dialback ro
 Theory of operation
 -------------------
 ``serve_s2s`` opens TCP listeners (``nursery.start``-compatible: it reports the listeners, so
-tests may bind port 0) and runs one :func:`handle_inbound` task per connection with
-:func:`trio.serve_listeners` (which also rides out EMFILE by backing off).
+tests may bind port 0) and runs an :class:`InboundHandler` task per connection; its accept loop
+rides out EMFILE by backing off, as :func:`trio.serve_listeners` does.
 
 Limits (SPEC §3 and ``[limits]``, ``docs/limits.md``), all checked before authentication:
 
 * at accept, the total limit, then the *unauthenticated* connections from the peer's address
   (``preauth-per-ip``) and in total (``preauth-total``): a connection beyond one gets our header
-  and stream error ``resource-constraint`` at once, nothing is read — except that at
+  and stream error ``resource-constraint`` at once, in one write that does not wait, and is
+  closed; nothing is read and no session is built (issue 21: a refusal must cost far less than
+  an accepted stream) — except that at
   ``preauth-total`` the oldest unauthenticated connection is aborted to make room, so that a
   flood cannot keep a partner's new stream out. A stream stops counting as
   unauthenticated at its first authenticated domain pair.
 * the per-partner limit (the partner's own, else the gateway's) is counted only once the partner
   has *authenticated* — a ``from`` that a stream merely claims takes no partner slot (issue 13:
-  20 idle sockets claiming a partner locked the real partner out).
+  20 idle sockets claiming a partner locked the real partner out). A stream that claims a partner
+  whose slots are already full is refused at its header (our header, features and the error in
+  one write), before any TLS or dialback work.
 * writes time out (``write-timeout``) and reads are shaped (``preauth-rate``, then
   ``inbound-rate``): see ``S2SSession``.
 
@@ -40,7 +44,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -78,6 +84,10 @@ log = logging.getLogger("edgeproxy.net.listener")
 #: timeout: a wave of streams admitted together (a flood refilling freed slots) then times out
 #: over seconds, not in one burst that stalls every other stream (seen in the soak test).
 ESTABLISHMENT_JITTER = 0.1
+#: accept() errors that mean "out of descriptors or memory for now": accept again after
+#: ``ACCEPT_RETRY`` seconds (``trio.serve_listeners``' list and pause).
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY = 0.1
 
 
 @dataclass
@@ -133,10 +143,30 @@ class InboundHandler:
         #: Partner (primary domain) of each established inbound session.
         self.partners: dict[S2SSession, str | None] = {}
 
-    async def __call__(self, stream: trio.abc.Stream) -> None:
+    async def __call__(self, stream: trio.SocketStream) -> None:
+        """One accepted connection: refused on the spot when it breaks a limit, else its stream
+        runs until it ends (and its slots are given back). The stream is closed on return."""
         ip = peer_ip(stream)
         await contain(Surface.S2S_INBOUND, ip, self.telemetry, lambda: self._handle(stream, ip),
                       answer=lambda _exc: _abort(stream), answer_name="connection closed")
+
+    def _admit(self, stream: trio.SocketStream, ip: str, conn: S2SConnection) -> _Preauth | None:
+        """Count a new connection in (its unauthenticated slot), or — when it breaks a limit —
+        refuse it at once: our header and stream error ``resource-constraint`` (RFC 6120
+        §4.9.1.2) in one write that does not wait, then closed; nothing is read. No checkpoint,
+        no session: a flood over a limit costs little more than its accepts (issue 21)."""
+        refusal = self._admission_refusal(ip)
+        if refusal is not None:
+            name, value, text = refusal
+            log.debug("inbound connection from %s refused: %s", ip, text)  # EP6001 says it
+            self.telemetry.limit_reached(name, value)
+            conn.send(CloseStream("resource-constraint", text))
+            _refuse_now(stream, conn.data_to_send())
+            return None
+        self.counts.total += 1
+        preauth = _Preauth(self.counts, ip)
+        self.preauth_order[preauth] = None
+        return preauth
 
     def _admission_refusal(self, ip: str) -> tuple[str, int, str] | None:
         """(limit name, value, text) of the first limit a new connection from ``ip`` breaks."""
@@ -162,45 +192,36 @@ class InboundHandler:
                 return True
         return False
 
-    async def _handle(self, stream: trio.abc.Stream, ip: str) -> None:
+    async def _handle(self, stream: trio.SocketStream, ip: str) -> None:
         limits = self.ctx.limits
         conn = S2SConnection(Role.RECEIVING, policy=self.ctx.policy, secret=self.ctx.secret,
                              max_pending_dialback=limits.dialback_per_stream)
-        refusal = self._admission_refusal(ip)
-        if refusal is not None:
-            name, value, text = refusal
-            log.debug("inbound connection from %s refused: %s", ip, text)  # EP6001 says it
-            self.telemetry.limit_reached(name, value)
-            # Our header and the stream error at once (RFC 6120 §4.9.1.2); nothing is read.
-            with trio.move_on_after(limits.write_timeout):
-                await _refuse(stream, conn, "resource-constraint", text)
+        preauth = self._admit(stream, ip, conn)
+        if preauth is None:
             return
-        self.counts.total += 1
-        preauth = _Preauth(self.counts, ip)
-        self.preauth_order[preauth] = None
         partner_counted: list[Partner] = []
         session: S2SSession | None = None
         try:
-            async with trio.open_nursery() as nursery:
-                session = S2SSession(
-                    stream, conn, ssl_context=self.ctx.server_ssl,
-                    timeouts=_jittered(self.ctx.timeouts(None)),
-                    on_event=lambda s, e: self._on_event(s, e, nursery, partner_counted, preauth),
-                    write_timeout=limits.write_timeout,
-                    shaper=Shaper((limits.preauth_rate, limits.preauth_burst),
-                                  (limits.inbound_rate, limits.inbound_burst)),
-                )
-                self.sessions.add(session)
-                if preauth.held:
-                    self.preauth_order[preauth] = session
-                await session.run()
-                nursery.cancel_scope.cancel()
+            session = S2SSession(
+                stream, conn, ssl_context=self.ctx.server_ssl,
+                timeouts=_jittered(self.ctx.timeouts(None)),
+                on_event=lambda s, e: self._on_event(s, e, partner_counted, preauth),
+                write_timeout=limits.write_timeout,
+                shaper=Shaper((limits.preauth_rate, limits.preauth_burst),
+                              (limits.inbound_rate, limits.inbound_burst)),
+            )
+            self.sessions.add(session)
+            if preauth.held:
+                self.preauth_order[preauth] = session
+            await session.run()
         finally:
             preauth.release()
             self.preauth_order.pop(preauth, None)
             self.counts.total -= 1
             for partner in partner_counted:
                 self.counts.per_partner[partner.domain] -= 1
+                if self.counts.per_partner[partner.domain] <= 0:  # a removed partner leaves nothing
+                    del self.counts.per_partner[partner.domain]
             if session is not None:
                 self._ended(session, conn)
 
@@ -217,7 +238,9 @@ class InboundHandler:
             report(self.telemetry, Surface.S2S_INBOUND, session.remote_address, session.failure,
                    "stream error internal-server-error")
         self.telemetry.stream_ended(session, Direction.INBOUND, partner, established=established)
-        log.info("inbound stream from %s ended: %s", conn.peer_from, session.close_reason)
+        # debug: the event log says it (EP3006, EP7001…), and an INFO record per refused stream
+        # was a sixth of the refusal's cost (serve's root logger is at INFO)
+        log.debug("inbound stream from %s ended: %s", conn.peer_from, session.close_reason)
 
     async def _count_partner(self, session: S2SSession, domain: str, counted: list[Partner]) -> None:
         snapshot = self.ctx.policy()
@@ -236,10 +259,7 @@ class InboundHandler:
         counted.append(partner)
         session.timeouts = self.ctx.timeouts(partner)
 
-    async def _on_event(
-        self, session: S2SSession, event: Event, nursery: trio.Nursery, counted: list[Partner],
-        preauth: _Preauth,
-    ) -> None:
+    async def _on_event(self, session: S2SSession, event: Event, counted: list[Partner], preauth: _Preauth) -> None:
         if isinstance(event, StanzaReceived):
             await self.router.inbound(session, event)
         elif isinstance(event, DialbackVerifyNeeded):
@@ -249,7 +269,7 @@ class InboundHandler:
                 await session.close("resource-constraint", "too many pending dialback verifications from your address")
                 return
             self.counts.dialback_per_ip[preauth.ip] += 1
-            nursery.start_soon(self._verify, session, event, preauth.ip)
+            session.start_soon(self._verify, session, event, preauth.ip)
         elif isinstance(event, PeerCertificateRejected):
             log.warning("inbound %s: no SASL EXTERNAL, peer certificate rejected: %s", event.domain, event.reason)
             self.telemetry.peer_certificate_rejected(session.remote_address, Direction.INBOUND,
@@ -319,16 +339,12 @@ async def _abort(stream: trio.abc.Stream) -> None:
         await stream.aclose()
 
 
-async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
-    if data:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await stream.send_all(data)
-
-
-async def _refuse(stream: trio.abc.Stream, conn: S2SConnection, condition: str, text: str) -> None:
-    conn.send(CloseStream(condition, text))
-    await _send_quietly(stream, conn.data_to_send())
-    await stream.aclose()
+def _refuse_now(stream: trio.SocketStream, data: bytes) -> None:
+    """Write ``data`` without waiting, then close: a fresh connection's send buffer takes a
+    refusal's few hundred bytes at once (should it not, the peer sees the close alone)."""
+    with contextlib.suppress(OSError):
+        os.write(stream.socket.fileno(), data)
+    stream.socket.close()
 
 
 async def serve_s2s(
@@ -345,5 +361,23 @@ async def serve_s2s(
     accepting (graceful shutdown) instead of aborting every inbound stream.
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
-    task_status.started(listeners)
-    await trio.serve_listeners(handler, listeners, handler_nursery=handler_nursery)
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(_accept_loop, handler, listener, handler_nursery or nursery)
+        task_status.started(listeners)
+
+
+async def _accept_loop(handler: InboundHandler, listener: trio.SocketListener, streams: trio.Nursery) -> None:
+    """``trio.serve_listeners`` without its closing of each stream after the handler: ours
+    always closes it, and a second, forced close cost a sixth of a refusal (issue 21)."""
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error("accept failed (%s); retrying in %g s", errno.errorcode[exc.errno], ACCEPT_RETRY)
+                await trio.sleep(ACCEPT_RETRY)
+                continue
+            streams.start_soon(handler, stream)

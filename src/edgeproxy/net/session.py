@@ -268,6 +268,13 @@ class S2SSession:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
+    def start_soon(self, task: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run ``task(*args)`` beside the running stream: cancelled when the stream ends, and
+        its failure ends the stream like one of the stream's own (the failure boundary)."""
+        if self._nursery is None:
+            raise RuntimeError("the session is not running")
+        self._nursery.start_soon(task, *args)
+
     async def _abort_after(self, delay: float) -> None:
         await trio.sleep(delay)
         assert self._nursery is not None
@@ -337,9 +344,15 @@ class S2SSession:
                 continue  # after shutdown(): discard until the peer closes
             self._last_rx = trio.current_time()
             self.conn.receive_data(data)
-            await self.flush()
+            if self.ready.is_set():
+                # The core's answers go out before a handler runs (one may wait, e.g. for room
+                # in the gateway's queue).
+                await self.flush()
+            # Before that no handler waits: the core's answer to this chunk goes out with the
+            # first event's (a refusal at the header is one write: header, features, error).
             if await self._drain_events():
                 return
+            await self.flush()
         await self._drain_events()
 
     async def handle_pending_events(self) -> None:

@@ -498,9 +498,12 @@ class EventLog:
             if gate[0] >= 1.0:
                 gate[0] -= 1.0
                 return True
+            if not self._suppressed:
+                # The writer's wait gets a timeout (the summary's) from the first suppression
+                # on: waking it for each one cost a thread switch per refused event (issue 21).
+                self._cond.notify()
             self._suppressed[event.id] = self._suppressed.get(event.id, 0) + 1
             self._suppressed_total += 1
-            self._cond.notify()
             return False
 
     def _take_summaries(self, force: bool = False) -> list[dict[str, Any]]:
