@@ -161,3 +161,29 @@ async def test_handler_tasks_are_bounded_and_the_one_over_the_bound_gets_503(
         with trio.fail_after(5):
             again = parse_datagram(await trio.to_thread.run_sync(ua.recv, 65535))
         assert getattr(again, "status", None) == 200
+
+
+class _FullFirst(socket.socket):
+    """A UDP socket whose send buffer is 'full' for its first ``full`` sends."""
+
+    full = 3
+
+    def sendto(self, data: bytes, address: object) -> int:  # type: ignore[override]
+        if self.full:
+            self.full -= 1
+            raise BlockingIOError
+        return super().sendto(data, address)  # type: ignore[call-overload]
+
+
+async def test_datagrams_the_send_buffer_cannot_take_are_sent_later_in_order(ua: socket.socket) -> None:
+    async with serving() as transport:
+        assert transport._udp is not None
+        transport._udp = _FullFirst(fileno=transport._udp.detach())  # same descriptor
+        destination = Destination(HOST, ua.getsockname()[1], "udp")
+        for n in range(5):
+            transport.begin_request(message(n), destination)
+        with trio.fail_after(5):
+            got = [parse_datagram(await trio.to_thread.run_sync(ua.recv, 65535)) for _ in range(5)]
+        assert [request.call_id for request in got if isinstance(request, SipRequest)] == [
+            f"burst-{n}" for n in range(5)
+        ]

@@ -349,6 +349,8 @@ class SipTransport:
         #: Datagrams the send buffer had no room for, in order, and their bytes.
         self._udp_backlog: collections.deque[tuple[bytes, Address]] = collections.deque()
         self._udp_backlog_bytes = 0
+        #: Datagrams dropped since the backlog was last empty (``UDP_MAX_QUEUED_BYTES``).
+        self._udp_send_drops = 0
         self._tcp: dict[Address, _TcpConnection] = {}
         self._tls: dict[Address, _TcpConnection] = {}
         self._connecting: dict[tuple[str, int, str], trio.Event] = {}
@@ -525,7 +527,9 @@ class SipTransport:
             except BlockingIOError:
                 pass
         if self._udp_backlog_bytes + len(data) > UDP_MAX_QUEUED_BYTES:
-            log.warning("sip: UDP datagram to %s:%d dropped: %d bytes wait to be sent", *addr, self._udp_backlog_bytes)
+            if not self._udp_send_drops:  # once, not per datagram: a flood would flood the log
+                log.warning("sip: UDP send buffer full and %d bytes queued: datagrams dropped", self._udp_backlog_bytes)
+            self._udp_send_drops += 1
             return
         if not self._udp_backlog:
             assert self._nursery is not None
@@ -549,6 +553,9 @@ class SipTransport:
                     log.info("sip: cannot send to %s:%d: %s", *addr, exc)
                 backlog.popleft()
                 self._udp_backlog_bytes -= len(data)
+        if self._udp_send_drops:
+            log.warning("sip: %d UDP datagrams were dropped while the send buffer was full", self._udp_send_drops)
+            self._udp_send_drops = 0
 
     async def _send_stateless(
         self, response: SipResponse, dest: Destination, request_size: int | None
