@@ -65,10 +65,15 @@ async def serve(config: EdgeConfig, role: str = "both") -> None:
         root.removeHandler(handler)
     bridge = EventLogHandler(event_log)
     root.addHandler(bridge)
+    # The bridge is the only handler and takes warnings and up: below that, no record is built
+    # (an info line per stream or stanza would be made only to be dropped).
+    level = root.level
+    root.setLevel(bridge.level)
     try:
         await run_app(config, role=role, event_log=event_log, metrics=metrics)
     finally:
         root.removeHandler(bridge)
+        root.setLevel(level)
         event_log.close()
 
 
