@@ -1,6 +1,6 @@
 """The SIP transport over real UDP sockets (issue 21): answers already received are read before
-anything is retransmitted, a burst of answers is drained at once, and the handler tasks are
-bounded by ``MAX_CONCURRENT_REQUESTS`` (503 with Retry-After beyond it).
+anything is retransmitted, a burst of answers is drained at once, and datagrams the send buffer
+could not take go out later, in order (the handler bound: ``test_sip_backpressure.py``).
 
 The UA is a plain blocking socket driven by the test itself, so the test decides exactly what
 is waiting on the transport's socket when the transport's tasks next run; time is a
@@ -126,41 +126,6 @@ async def test_a_burst_of_answers_is_drained_at_once_without_retransmissions(
         mock_clock.jump(10.0)
         await trio.testing.wait_all_tasks_blocked()
         assert transport.statistics()["client_transactions"] == 0
-
-
-async def test_handler_tasks_are_bounded_and_the_one_over_the_bound_gets_503(
-    monkeypatch: pytest.MonkeyPatch, ua: socket.socket
-) -> None:
-    monkeypatch.setattr(sip_transport, "MAX_CONCURRENT_REQUESTS", 2)
-    release = trio.Event()
-
-    async def slow(request: SipRequest, ctx: ServerContext) -> None:
-        await release.wait()
-        await ctx.respond(response_to(request, 200, to_tag="t"))
-
-    def request(n: int) -> bytes:
-        # large enough for the 503 with Retry-After to be no larger (UDP_AMPLIFICATION_FACTOR)
-        options = message(n).data.replace(b"MESSAGE sip:", b"OPTIONS sip:").replace(b"1 MESSAGE", b"1 OPTIONS")
-        return options.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\nSubject: " + b"x" * 200 + b"\r\n")
-
-    async with serving(slow) as transport:
-        where = (HOST, transport.port)
-        for n in range(3):
-            ua.sendto(request(n), where)
-        with trio.fail_after(5):
-            data = await trio.to_thread.run_sync(ua.recv, 65535)
-        busy = parse_datagram(data)
-        assert getattr(busy, "status", None) == 503
-        assert busy.headers.get("Retry-After") == "5"
-        assert busy.headers.get("Call-ID") == "burst-2"
-        release.set()
-        with trio.fail_after(5):
-            done = [parse_datagram(await trio.to_thread.run_sync(ua.recv, 65535)) for _ in range(2)]
-        assert sorted(getattr(r, "status", 0) for r in done) == [200, 200]
-        ua.sendto(request(3), where)  # the slots are free again
-        with trio.fail_after(5):
-            again = parse_datagram(await trio.to_thread.run_sync(ua.recv, 65535))
-        assert getattr(again, "status", None) == 200
 
 
 class _FullFirst(socket.socket):

@@ -186,6 +186,10 @@ class Metrics:
             "edgeproxy_sip_malformed", "Malformed SIP messages by transport and what they got"
             " (a status, or dropped when no response could be built)", ["transport", "answer"], registry=r,
         )
+        self._sip_busy = Counter(
+            "edgeproxy_sip_busy", "SIP requests answered 503 with Retry-After because a named limit"
+            " of the SIP transport was full", ["transport", "limit"], registry=r,
+        )
         self._events_suppressed = Counter(
             "edgeproxy_events_suppressed", "Events left out by the event log's rate limit (EP9003)",
             ["id"], registry=r,
@@ -272,6 +276,9 @@ class Metrics:
 
     def sip_malformed(self, transport: str, answer: str) -> None:
         self._sip_malformed.labels(transport, answer).inc()
+
+    def sip_busy(self, transport: str, limit: str) -> None:
+        self._sip_busy.labels(transport, limit).inc()
 
     def event_suppressed(self, event: EventClass) -> None:
         """Count one event the rate limit left out; ``EventLog(on_suppress=...)``."""

@@ -163,6 +163,10 @@ class Telemetry:
 
     # -- limits -----------------------------------------------------------------------------
 
+    def sip_busy(self, transport: str, limit: str) -> None:
+        """A SIP request answered 503 with Retry-After: ``limit`` (the transport's constant) was full."""
+        self.metrics.sip_busy(transport, limit)
+
     def limit_reached(self, limit: str, value: int, partner: str | None = None) -> None:
         self.metrics.limit_reached(limit)
         self.emit(events.LIMIT_REACHED, limit=limit, value=value,

@@ -49,8 +49,20 @@ server of its own can only be reached that way), else its Contact (``sips:`` or
 
 Bounded: the transaction tables (``MAX_TRANSACTIONS``, new requests beyond it get 503),
 TCP connections (``MAX_TCP_CONNECTIONS``), the stream parser's limits per connection, and the
-handler tasks (``MAX_CONCURRENT_REQUESTS``, a semaphore; over it: 503 Service Unavailable with
-Retry-After, §21.5.4).
+handler tasks (``MAX_CONCURRENT_REQUESTS``).
+
+Backpressure, not refusals (issue 21): a request that finds every handler slot taken waits for
+one, and a slot given back goes to the first waiting (``_release_slot``), in arrival order.
+Over TCP/TLS the reader takes the slot before it hands a request on (``_take_slot``): with none
+free it stops reading that connection until one is, and TCP's flow control holds the UA back —
+no 503 for a UA that waits for its answers. Over UDP nothing holds the sender back, so the
+request is kept: its server transaction is created at once (a retransmission is absorbed in
+Trying, §17.2.2) and it waits in a FIFO of at most ``MAX_WAITING_REQUESTS``; only beyond that is
+it answered 503 Service Unavailable with Retry-After (§21.5.4), as is a request beyond
+``MAX_TRANSACTIONS``, each counted (``edgeproxy_sip_busy_total{transport,limit}``). No 100
+Trying is sent for a waiting request: RFC 4320 §4.1 forbids a 100 to a non-INVITE request over
+UDP before the client's Timer E has reached T2, and after that it would not slow the client's
+retransmissions (every T2 either way).
 
 Failure boundaries (issue 13; ``ops.boundary``): no datagram, connection or request can end the
 transport. Malformed SIP (:class:`SipParseError`, from the parser or from a header found
@@ -123,9 +135,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Live transactions per table; ~64·T1 = 32 s of traffic at 1,000 requests/s plus headroom.
+#: Timer J keeps a UDP server transaction 32 s, so this caps sustained requests over UDP at
+#: ~1,500/s; 32 s at 10,000/s (320,000) would be ~230 MB per table (~720 B each, tracemalloc).
 MAX_TRANSACTIONS = 50_000
 MAX_TCP_CONNECTIONS = 1024
+#: Handler tasks (transaction users) running at once; a request beyond it waits for a slot.
 MAX_CONCURRENT_REQUESTS = 1024
+#: Requests that wait for a handler slot (over UDP; a TCP/TLS connection is not read instead),
+#: each with its parsed request and server transaction; beyond it: 503 with Retry-After.
+#: One open-loop burst of 10,000 MESSAGEs (issue 21) plus the slots' 1,024.
+MAX_WAITING_REQUESTS = 10_000
 #: Largest UDP datagram read (IPv4 maximum payload).
 UDP_RECV_BYTES = 65535
 #: Datagrams read and handled in one go when the UDP socket is readable; then the other tasks
@@ -319,6 +338,7 @@ class _Inbound:
     request: SipRequest | None = None
     ctx: ServerContext | None = None
     data: bytes | None = None  # a datagram's bytes: answered from its raw head if need be
+    slot: bool = False  # a TCP/TLS reader took a handler slot for the request it hands on
 
 
 class SipTransport:
@@ -361,7 +381,12 @@ class SipTransport:
         # first transmissions waiting for their destination's writer, in the order begun;
         # bounded by MAX_TRANSACTIONS (each entry is a transaction of _client_txs)
         self._outboxes: dict[tuple[str, int, str], list[tuple[bytes, PendingRequest]]] = {}
-        self._slots = trio.Semaphore(MAX_CONCURRENT_REQUESTS)
+        #: Handler slots free (``MAX_CONCURRENT_REQUESTS``), and who waits for one, in order:
+        #: a UDP request's start or a TCP/TLS reader's wake-up (``_release_slot``).
+        self._free_slots = MAX_CONCURRENT_REQUESTS
+        self._slot_waiters: collections.deque[Callable[[], None]] = collections.deque()
+        self._waiting_requests = 0  # of those, requests kept (``MAX_WAITING_REQUESTS``)
+        self._busy = 0  # requests answered 503 with Retry-After
         self._nursery: trio.Nursery | None = None
         self._malformed = {"answered": 0, "dropped": 0}
         self._udp_responses_shrunk = 0
@@ -873,7 +898,16 @@ class SipTransport:
             async for chunk in conn.stream:
                 parser.feed(chunk)
                 while (message := parser.next_message()) is not None:
-                    await self._dispatch(message, source, inbound, None)
+                    if isinstance(message, SipRequest) and message.method != "ACK":
+                        # none free: this connection is not read until one is (TCP holds the UA)
+                        await self._take_slot()
+                        inbound.slot = True
+                    try:
+                        await self._dispatch(message, source, inbound, None)
+                    finally:
+                        if inbound.slot:  # not handed to a handler task
+                            inbound.slot = False
+                            self._release_slot()
                     inbound.request, inbound.ctx = None, None  # its handler task answers now
         except SipParseError as exc:
             # §18.3: a stream cannot be resynchronised; answer what can be answered, then close
@@ -925,37 +959,98 @@ class SipTransport:
                 if isinstance(action, Retransmit):
                     await self.send_bytes(action.data, source)
             return
-        if len(self._server_txs) >= MAX_TRANSACTIONS or self._slots.value == 0:
-            busy = response_to(message, 503, to_tag="busy")
-            busy.headers.add("Retry-After", "5")
-            await self._send_stateless(busy, source, request_size)
+        held = inbound is not None and inbound.slot  # taken by the TCP/TLS reader
+        if len(self._server_txs) >= MAX_TRANSACTIONS:
+            await self._answer_busy(message, source, request_size, "MAX_TRANSACTIONS")
+            return
+        if not held and not self._free_slots and self._waiting_requests >= MAX_WAITING_REQUESTS:
+            await self._answer_busy(message, source, request_size, "MAX_WAITING_REQUESTS")
             return
         tx = ServerTransaction(message, reliable=source.transport in _RELIABLE, now=trio.current_time())
         self._server_txs[key] = tx
-        assert self._nursery is not None
         ctx = ServerContext(self, tx, key, source, request_size)
         if inbound is not None:
             inbound.ctx = ctx
-        # The owner may take a request now, in the order requests were read (a MESSAGE queued
-        # for the XMPP side: trio starts tasks in no particular order); it returns what is
-        # left to do (wait, answer), which runs as the handler would.
+        if held:
+            assert inbound is not None
+            inbound.slot = False  # passes to the handler task
+        elif self._free_slots:
+            self._free_slots -= 1
+        else:  # kept in its transaction (retransmissions absorbed) until a slot is given back
+            self._waiting_requests += 1
+            self._slot_waiters.append(partial(self._start_waiting, message, ctx))
+            return
+        try:
+            self._start(message, ctx)
+        except BaseException:
+            self._release_slot()
+            raise
+
+    def _start(self, message: SipRequest, ctx: ServerContext) -> None:
+        """Start the transaction user of a request that holds a handler slot (its task gives it
+        back). The owner may take the request now, in the order requests were read (a MESSAGE
+        queued for the XMPP side: trio starts tasks in no particular order); it returns what is
+        left to do (wait, answer), which runs as the handler would."""
+        work: Callable[[], Awaitable[None]]
         try:
             rest = self.take_now(message, ctx) if self.take_now is not None else None
         except SipParseError as exc:
-            await self._refuse_request(message, exc, ctx, source, request_size)
-            return
-        # the handler's slot, taken here (one was free above, and nothing ran since), given back
-        # by its task: a bound on the tasks, and no wait for the semaphore in each one
-        self._slots.acquire_nowait()
-        work = rest if rest is not None else partial(self.handler, message, ctx)
+            work = partial(self._refuse_request, message, exc, ctx, ctx.source, ctx.request_size)
+        else:
+            work = rest if rest is not None else partial(self.handler, message, ctx)
+        assert self._nursery is not None
         self._nursery.start_soon(self._run_handler, message, ctx, work)
+
+    def _start_waiting(self, message: SipRequest, ctx: ServerContext) -> None:
+        """A kept request gets the slot just given back (``_release_slot``)."""
+        self._waiting_requests -= 1
+        try:
+            self._start(message, ctx)
+        except Exception as exc:  # noqa: BLE001 - the owner's hook failed: contained in the task
+            assert self._nursery is not None
+            self._nursery.start_soon(self._run_handler, message, ctx, partial(_raise, exc))
+
+    async def _take_slot(self) -> None:
+        """A handler slot for a TCP/TLS reader: at once if one is free (no checkpoint), else
+        the first given back after those waiting before it."""
+        if self._free_slots:
+            self._free_slots -= 1
+            return
+        taken = trio.Event()
+        self._slot_waiters.append(taken.set)
+        try:
+            await taken.wait()
+        except BaseException:
+            if taken.is_set():
+                self._release_slot()
+            else:
+                self._slot_waiters.remove(taken.set)
+            raise
+
+    def _release_slot(self) -> None:
+        """Give a handler slot back: to the first waiting for one, if any."""
+        if self._slot_waiters:
+            self._slot_waiters.popleft()()
+        else:
+            self._free_slots += 1
+
+    async def _answer_busy(
+        self, request: SipRequest, source: Destination, request_size: int | None, limit: str
+    ) -> None:
+        """503 with Retry-After (§21.5.4): ``limit`` is full. Counted, per transport and limit."""
+        self._busy += 1
+        if self.telemetry is not None:
+            self.telemetry.sip_busy(source.transport, limit)
+        busy = response_to(request, 503, to_tag="busy")
+        busy.headers.add("Retry-After", "5")
+        await self._send_stateless(busy, source, request_size)
 
     async def _run_handler(
         self, request: SipRequest, ctx: ServerContext, work: Callable[[], Awaitable[None]]
     ) -> None:
         """One request's transaction user, in its failure boundary: a malformed header found
         there gets its status, anything else raised a 500 (reported); no final response at all
-        is a 500 too. Releases the slot ``_dispatch`` took for it."""
+        is a 500 too. Gives back the slot it was started with."""
         try:
             await contain(
                 surface_of(ctx.source),
@@ -971,7 +1066,7 @@ class SipTransport:
                 except Exception:  # noqa: BLE001 - the handler left its transaction in a state we cannot answer
                     log.exception("sip: %s from %s left unanswered", request.method, peer_of(ctx.source))
         finally:
-            self._slots.release()
+            self._release_slot()
 
     async def _handle(self, request: SipRequest, ctx: ServerContext, work: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -1029,5 +1124,12 @@ class SipTransport:
             "malformed_dropped": self._malformed["dropped"],
             "udp_responses_shrunk": self._udp_responses_shrunk,
             "udp_responses_withheld": self._udp_responses_withheld,
+            "waiting_requests": self._waiting_requests,
+            "busy": self._busy,
         }
 
+
+
+async def _raise(exc: Exception) -> None:
+    """Raise ``exc`` in a handler task's failure boundary (a failure before the task started)."""
+    raise exc
