@@ -284,21 +284,12 @@ class ChannelEndpoint:
     ) -> bool:
         """Queue a stanza (or a bounce, answering the peer's item ``ref``) for the peer; False if
         it was bounced instead."""
-        problem = item_problem(kind, from_, to, type, id, raw, bounce)
-        if problem is not None:
-            log.warning("loopback: stanza from %.200s not sent, the peer would refuse it: %s", from_, problem)
-            self._bounce_new(kind, from_, to, type, id, raw, bounce, UNSENDABLE_CONDITION)
-            return False
-        if self._outage_expired:
-            self._bounce_new(kind, from_, to, type, id, raw, bounce)
-            return False
-        item = self.sender.submit(kind, from_, to, type, id, raw, bounce=bounce, ref=ref)
-        if item is None:
-            self._bounce_new(kind, from_, to, type, id, raw, bounce)
+        queued = self._enqueue(kind, from_, to, type, id, raw, bounce, ref)
+        if isinstance(queued, str):
+            self._bounce_new(kind, from_, to, type, id, raw, bounce, queued)
             return False
         if ref:
-            self._last_nack = item.seq
-        self._wake.set()
+            self._last_nack = queued.seq
         return True
 
     async def submit_and_wait(
@@ -316,24 +307,31 @@ class ChannelEndpoint:
     ) -> Answerable:
         """Queue a stanza now (no checkpoint: callers keep their order) for :meth:`outcome`."""
         waiter = _Waiter()
-        problem = item_problem(kind, from_, to, type, id, raw)
+        queued = self._enqueue(kind, from_, to, type, id, raw, None, 0)
+        if isinstance(queued, str):
+            waiter.outcome = queued
+            waiter.event.set()
+            return Answerable(None, waiter)
+        self._waiters[queued.seq] = waiter
+        return Answerable(queued.seq, waiter)
+
+    def _enqueue(
+        self, kind: StanzaKind, from_: str, to: str, type: str, id: str, raw: bytes,
+        bounce: tuple[str, str] | None, ref: int,
+    ) -> Item | str:
+        """The queued item, or the condition it must be bounced with instead: one the peer's
+        decoder would refuse, the peer away past the outage bound, the queue full."""
+        problem = item_problem(kind, from_, to, type, id, raw, bounce)
         if problem is not None:
             log.warning("loopback: stanza from %.200s not sent, the peer would refuse it: %s", from_, problem)
-            waiter.outcome = UNSENDABLE_CONDITION
-            waiter.event.set()
-            return Answerable(None, waiter)
+            return UNSENDABLE_CONDITION
         if self._outage_expired:
-            waiter.outcome = "service-unavailable"
-            waiter.event.set()
-            return Answerable(None, waiter)
-        item = self.sender.submit(kind, from_, to, type, id, raw)
+            return "service-unavailable"
+        item = self.sender.submit(kind, from_, to, type, id, raw, bounce=bounce, ref=ref)
         if item is None:
-            waiter.outcome = "service-unavailable"
-            waiter.event.set()
-            return Answerable(None, waiter)
-        self._waiters[item.seq] = waiter
+            return "service-unavailable"
         self._wake.set()
-        return Answerable(item.seq, waiter)
+        return item
 
     async def outcome(self, answerable: Answerable) -> str | None:
         """Wait until the peer acks a stanza (None) or it is bounced (the condition)."""
