@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgeproxy.gateway.sip.digest import (
+    NC_WINDOW,
     Accepted,
     Challenge,
     Credentials,
@@ -157,6 +158,20 @@ def test_replayed_nonce_count_is_not_accepted_and_counting_up_is() -> None:
     assert check(auth, second, method="MESSAGE") == Accepted(USER, REALM)
     older, _ = answer(auth, nonce=nonce, nc="00000002", cnonce="other", method="MESSAGE")
     assert check(auth, older, method="MESSAGE") == Challenge(stale=True)
+
+
+def test_counts_reordered_in_a_burst_are_accepted_once_each_within_the_window() -> None:
+    """Over UDP a UA's requests with one nonce arrive out of order: a count below the highest
+    is accepted once if it lies within NC_WINDOW (RFC 4303 §3.4.3's anti-replay window)."""
+    table = ReplayTable()
+    assert table.advance("n", 1, 1) and table.advance("n", 1, 5)
+    assert table.advance("n", 1, 3) and table.advance("n", 1, 2) and table.advance("n", 1, 4)
+    assert not any(table.advance("n", 1, nc) for nc in (1, 2, 3, 4, 5))  # each once
+    assert table.advance("n", 1, 5 + NC_WINDOW)
+    assert not table.advance("n", 1, 5)  # now older than the window: cannot tell, so no
+    assert table.advance("n", 1, 6)  # the oldest count still inside it, never seen
+    assert table.advance("n", 1, 5 + 3 * NC_WINDOW)  # a jump past the whole window
+    assert not table.advance("n", 1, 5 + NC_WINDOW)
 
 
 def test_a_wrong_response_does_not_advance_the_nonce_count() -> None:

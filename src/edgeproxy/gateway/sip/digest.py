@@ -30,11 +30,13 @@ Verification (RFC 7616 §3.4.1, qop=auth)
     refused (403). The ``uri`` parameter must be the Request-URI (RFC 7616 §3.4.6), else 400.
 
 Replay (RFC 7616 §3.4: the nonce count)
-    A verified response records its nonce's count in :class:`ReplayTable`; the next response
-    with that nonce must carry a larger ``nc`` (a UA reusing a nonce counts up: 1, 2, 3 …). A
-    count not larger — a replayed request, or a reused nc/cnonce — is not accepted: the UA gets
-    a fresh challenge with ``stale=true`` (a real UA simply answers it; whoever replayed a
-    captured request cannot). Only verified responses are recorded, so nobody without the
+    A verified response records its nonce's count in :class:`ReplayTable`; each count is
+    accepted once (a UA reusing a nonce counts up: 1, 2, 3 …). Requests sent in a burst over
+    UDP arrive out of order, so a count below the highest seen is still accepted when it lies
+    within the last ``NC_WINDOW`` counts and was not seen (the anti-replay window of IPsec,
+    RFC 4303 §3.4.3). A count seen before, or older than the window — a replayed request, or a
+    reused nc/cnonce — is not accepted: the UA gets a fresh challenge with ``stale=true`` (a
+    real UA simply answers it; whoever replayed a captured request cannot). Only verified responses are recorded, so nobody without the
     password can push a nonce's count up to lock its UA out. The table is bounded
     (``MAX_TRACKED_NONCES``, least recently used out first) without reopening a hole: it
     remembers the newest issue time of every nonce it dropped, and a nonce it does not hold
@@ -63,6 +65,11 @@ from typing import Any, Final
 
 #: Algorithms offered, in order of preference (RFC 8760 §2.4).
 ALGORITHMS = ("SHA-256", "MD5")
+#: Nonce counts below the highest seen that are still accepted once each (requests of one burst
+#: reordered over UDP). IPsec's anti-replay window is 32 or 64 by default (RFC 4303 §3.4.3); a
+#: SIP UA reusing its nonce may have a few hundred requests in flight, of which only those
+#: reordered past 128 others draw a fresh challenge.
+NC_WINDOW: Final = 128
 #: Seconds a nonce is accepted after it was issued; later: ``stale=true``.
 NONCE_LIFETIME = 300.0
 #: Nonces whose last nonce count is remembered (replay protection).
@@ -244,12 +251,17 @@ class Refused:
 Verdict = Accepted | Challenge | Refused
 
 
+_WINDOW_MASK: Final = (1 << NC_WINDOW) - 1
+
+
 class ReplayTable:
-    """The last nonce count of each recently used nonce (see the module docstring), bounded."""
+    """Which nonce counts each recently used nonce has had (the highest, and which of the
+    ``NC_WINDOW`` below it; see the module docstring), bounded."""
 
     def __init__(self, max_nonces: int = MAX_TRACKED_NONCES) -> None:
         self.max_nonces = max_nonces
-        self._last: OrderedDict[str, tuple[int, int]] = OrderedDict()  # nonce → (issued ms, nc)
+        #: nonce → (issued ms, highest nc, bit i set: highest − i seen)
+        self._last: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
         #: The newest issue time (ms) of a nonce dropped from the table; -1: none dropped.
         self.dropped_up_to = -1
 
@@ -257,24 +269,34 @@ class ReplayTable:
         return len(self._last)
 
     def advance(self, nonce: str, issued_ms: int, nc: int) -> bool:
-        """Record ``nc`` for ``nonce`` if it is larger than every count seen; False: a replay."""
+        """Record ``nc`` for ``nonce`` if it was not seen and is within the window; False: a
+        replay (or too old to tell)."""
         entry = self._last.get(nonce)
         if entry is None:
             if issued_ms <= self.dropped_up_to:
                 return False  # it may have been used and dropped: cannot tell, so no
             while len(self._last) >= self.max_nonces:
-                _, (dropped_ms, _) = self._last.popitem(last=False)
+                _, (dropped_ms, _, _) = self._last.popitem(last=False)
                 self.dropped_up_to = max(self.dropped_up_to, dropped_ms)
-        elif nc <= entry[1]:
-            return False
-        self._last[nonce] = (issued_ms, nc)
+            highest, seen = nc, 1
+        else:
+            _, highest, seen = entry
+            if nc > highest:
+                seen = ((seen << (nc - highest)) | 1) & _WINDOW_MASK
+                highest = nc
+            else:
+                behind = highest - nc
+                if behind >= NC_WINDOW or seen >> behind & 1:
+                    return False
+                seen |= 1 << behind
+        self._last[nonce] = (issued_ms, highest, seen)
         self._last.move_to_end(nonce)
         return True
 
     def forget_older_than(self, issued_ms: int) -> None:
         """Drop the entries of nonces issued before ``issued_ms`` (expired: refused anyway)."""
         while self._last:
-            nonce, (ms, _) = next(iter(self._last.items()))
+            nonce, (ms, _, _) = next(iter(self._last.items()))
             if ms >= issued_ms:
                 break
             del self._last[nonce]
@@ -391,7 +413,7 @@ class DigestAuthenticator:
             return Challenge(stale=True)
         self.replay.forget_older_than(oldest)
         if not self.replay.advance(credentials.nonce, issued, nc):
-            return Challenge(stale=True)  # replayed (nc not larger than before)
+            return Challenge(stale=True)  # replayed (this nc seen, or older than the window)
         return Accepted(credentials.username, credentials.realm)
 
 
