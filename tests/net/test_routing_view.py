@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import pytest
 
-from edgeproxy.net.router import engine_view, routing_view
-from edgeproxy.policy.model import Configuration, GatewaySettings, Partner
+from edgeproxy.net.delivery import MemoryDelivery
+from edgeproxy.net.router import Router, engine_view, routing_view
+from edgeproxy.policy.model import (
+    AccessPolicy,
+    Configuration,
+    GatewaySettings,
+    Partner,
+    PartnerType,
+    User,
+)
 from edgeproxy.policy.snapshot import build_snapshot
 from edgeproxy.s2s import Role, S2SConnection
-from edgeproxy.tokenizer import Stanza, Tokenizer
+from edgeproxy.tokenizer import Element, Stanza, Tokenizer
+from edgeproxy.xmpp.stanza import read_stanza
 
 PLAIN_HEADER = (
     b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
@@ -82,3 +91,52 @@ def test_the_s2s_core_says_whether_the_peers_header_bound_prefixes_of_its_own(he
     conn = S2SConnection(Role.RECEIVING, policy=lambda: snapshot, secret="s")
     conn.receive_data(header)
     assert conn.plain_scope is plain
+
+
+class RecordingPool:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, bytes, object]] = []
+
+    async def send(self, local: str, remote: str, raw: bytes, held: object) -> None:
+        self.sent.append((local, remote, raw, held))
+
+
+def gateway_router(partner_type: PartnerType) -> tuple[Router, RecordingPool]:
+    config = Configuration(
+        gateway=GatewaySettings(dialback_secret="s"),
+        partners=(Partner(domain="fabrikam.test", type=partner_type),),
+        policies=(AccessPolicy(identity="global", xmpp=True, federation=True),),
+        users=(User(sip="sip:bob@contoso.test"),),
+    )
+    snapshot = build_snapshot(config, ["contoso.test"])
+    pool = RecordingPool()
+    return Router(lambda: snapshot, MemoryDelivery(), pool), pool  # type: ignore[arg-type]
+
+
+FROM_BOB = b"from='bob@contoso.test' to='alice@fabrikam.test'"
+
+
+async def test_a_plain_stanza_from_the_gateway_goes_out_as_its_checked_bytes_with_no_tree() -> None:
+    router, pool = gateway_router(PartnerType.FEDERATED)
+    raw = b"<message " + FROM_BOB + b" type='chat' id='g1'><body>hi</body></message>"
+    await router.send_from_gateway(read_stanza(raw), refused=lambda c: pytest.fail(c))
+    [(local, remote, sent, held)] = pool.sent
+    assert (local, remote, sent) == ("contoso.test", "fabrikam.test", raw)
+    assert isinstance(held, Stanza)  # the pool holds the tokenizer's view: no tree was built
+
+
+async def test_a_status_note_from_the_gateway_to_a_public_partner_is_removed_from_its_tree() -> None:
+    router, pool = gateway_router(PartnerType.PUBLIC_VERIFIED)
+    raw = b"<presence " + FROM_BOB + b"><show>away</show><status>at lunch</status></presence>"
+    await router.send_from_gateway(read_stanza(raw), refused=lambda c: pytest.fail(c))
+    [(_, _, sent, held)] = pool.sent
+    assert b"<status" not in sent and b"<show>away</show>" in sent
+    assert isinstance(held, Element)
+
+
+async def test_a_refused_stanza_from_the_gateway_is_answered_by_the_nack_not_sent() -> None:
+    router, pool = gateway_router(PartnerType.FEDERATED)
+    raw = b"<message from='bob@contoso.test' to='eve@unknown.test' id='g2'><body>x</body></message>"
+    refusals: list[str] = []
+    await router.send_from_gateway(read_stanza(raw), refused=refusals.append)
+    assert refusals == ["remote-server-not-found"] and pool.sent == []

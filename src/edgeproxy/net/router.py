@@ -121,6 +121,11 @@ def routing_view(stanza: Stanza, stream_domains: frozenset[str], plain_scope: bo
     )
 
 
+def _tree(held: Element | Stanza) -> Element:
+    """The stanza's tree: as held, or parsed from the tokenizer's view now."""
+    return held if isinstance(held, Element) else held.element()
+
+
 class Router:
     """Routes stanzas (see the module docstring); every verdict and bounce goes to ``telemetry``."""
 
@@ -201,66 +206,60 @@ class Router:
         self.telemetry.bounce(decision.condition, BounceCause.POLICY)
         await self.send_remote(reply)
 
-    async def send_remote(self, element: Element, raw: bytes | None = None) -> None:
-        """Send a stanza to a partner through the pool: ``raw`` when the caller has the
-        element's bytes already (checked, one stanza), else the element serialized."""
-        local = domain_of(element.get("from"))
-        remote = domain_of(element.get("to"))
-        await self.pool.send(local, remote, raw if raw is not None else to_bytes(element), element)
+    async def send_remote(self, element: Element) -> None:
+        """Send a stanza the edge made (a reply, an error) to a partner through the pool."""
+        await self.pool.send(domain_of(element.get("from")), domain_of(element.get("to")), to_bytes(element), element)
 
     # -- outbound -----------------------------------------------------------------------------
 
     async def send_from_gateway(self, stanza: Stanza, *, refused: Refused) -> None:
         """A stanza from the gateway (the channel checked its bytes are one ``jabber:server``
-        stanza): :meth:`send_from_local` without a tree, unless the policy's flags or its
-        transformation need one. A refusal is answered by ``refused`` (the channel's nack)."""
+        stanza): decided from its routing view, with no tree unless the policy's flags need
+        one. A refusal is answered by ``refused`` (the channel's nack)."""
         view = routing_view(stanza, frozenset(), plain_scope=True)  # checked without a stream
-        if view is None:
-            await self.send_from_local(stanza.element(), raw=stanza.raw, refused=refused)
+        if view is not None:
+            await self._outbound(view, stanza, stanza.raw, refused)
             return
-        decision = engine.decide_outbound(self._policy(), view)
-        if isinstance(decision, Refuse):
-            self.telemetry.stanza(self._partner(domain_of(view.to_jid)), Flow.OUT, stanza.name, Verdict.REFUSED)
-            self.telemetry.bounce(decision.condition, BounceCause.POLICY)
-            refused(decision.condition)
-            return
-        if isinstance(decision, AllowTransformed):
-            await self.send_from_local(stanza.element(), refused=refused)
-            return
-        # Counted as delivered when written to the partner's stream (net.pool), or as bounced.
-        await self.pool.send(domain_of(view.from_jid), domain_of(view.to_jid), stanza.raw, stanza)
-
-    async def wait_for_room(self, local: str, remote: str) -> None:
-        """Backpressure for a sender that can be held back (the gateway channel): wait while
-        the stream from ``local`` to ``remote`` has a full queue (``OutboundPool.wait_for_room``)."""
-        await self.pool.wait_for_room(local, remote)
+        element = stanza.element()
+        await self._outbound(engine_view(element), element, stanza.raw, refused)
 
     async def send_from_local(
         self, element: Element, *, raw: bytes | None = None, refused: Refused | None = None
     ) -> None:
         """A stanza from a local user to an XMPP contact (SPEC §6 outbound); ``raw``: its bytes
-        as received, sent unchanged unless the policy transforms the stanza.
+        as received, sent unchanged unless the policy transforms the stanza."""
+        await self._outbound(engine_view(element), element, raw, refused)
 
-        The policy's verdict on it is decided here, once. A refusal is answered by ``refused``
-        (with the condition) when the caller can tell the sender directly — the channel nacks
-        the gateway's item, whose SIP sender waits for that answer — else with an error stanza
-        to local delivery."""
-        decision = engine.decide_outbound(self._policy(), engine_view(element))
-        partner = self._partner(domain_of(element.get("to")))
+    async def _outbound(
+        self, view: engine.Stanza, held: Element | Stanza, raw: bytes | None, refused: Refused | None
+    ) -> None:
+        """The policy's verdict, decided here once, and the stanza to the pool. ``held``: its
+        tree if one was read, else the tokenizer's view (parsed only if it must change or
+        bounce). A
+        refusal is answered by ``refused`` (with the condition) when the caller can tell the
+        sender directly — the channel nacks the gateway's item, whose SIP sender waits for that
+        answer — else with an error stanza to local delivery."""
+        decision = engine.decide_outbound(self._policy(), view)
         if isinstance(decision, Refuse):
-            self.telemetry.stanza(partner, Flow.OUT, element.name, Verdict.REFUSED)
+            self.telemetry.stanza(self._partner(domain_of(view.to_jid)), Flow.OUT, view.kind.value, Verdict.REFUSED)
             if refused is None:
-                await self.bounce_local(element, decision.condition, BounceCause.POLICY, counted=True)
+                await self.bounce_local(held, decision.condition, BounceCause.POLICY, counted=True)
             else:
                 self.telemetry.bounce(decision.condition, BounceCause.POLICY)
                 refused(decision.condition)
             return
-        if isinstance(decision, AllowTransformed):
+        if isinstance(decision, AllowTransformed) and decision.strip_status:
+            held = without_status(_tree(held))
             raw = None  # changed by the policy: sent as serialized here
-            if decision.strip_status:
-                element = without_status(element)
-        # Counted as delivered when written to the partner's stream (net.edge), or as bounced.
-        await self.send_remote(element, raw)
+        if raw is None:
+            raw = to_bytes(_tree(held))
+        # Counted as delivered when written to the partner's stream (net.pool), or as bounced.
+        await self.pool.send(domain_of(view.from_jid), domain_of(view.to_jid), raw, held)
+
+    async def wait_for_room(self, local: str, remote: str) -> None:
+        """Backpressure for a sender that can be held back (the gateway channel): wait while
+        the stream from ``local`` to ``remote`` has a full queue (``OutboundPool.wait_for_room``)."""
+        await self.pool.wait_for_room(local, remote)
 
     async def bounce_local(
         self, held: Element | Stanza, condition: str, cause: BounceCause, *, counted: bool = False
@@ -272,7 +271,7 @@ class Router:
         (refused by policy); else it is counted as ``bounced`` here (the pool could not deliver
         it).
         """
-        element = held if isinstance(held, Element) else held.element()
+        element = _tree(held)
         if not counted:
             partner = self._partner(domain_of(element.get("to")))
             verdict = Verdict.DROPPED if element.get("type") == "error" else Verdict.BOUNCED

@@ -192,7 +192,8 @@ class S2SConnection:
         self._cert_reported: bool = False
         #: (local domain, remote domain) pairs authenticated on this stream.
         self.authenticated: set[tuple[str, str]] = set()
-        self._remote_domains: set[str] = set()
+        #: Replaced, never mutated: the router reads it for every stanza (no copy per stanza).
+        self._remote_domains: frozenset[str] = frozenset()
         #: Receiving role: dialback pairs (receiving, originating) waiting for a verdict.
         self._pending: set[tuple[str, str]] = set()
         #: Repeats of a pending request, answered with its verdict.
@@ -312,7 +313,7 @@ class S2SConnection:
     @property
     def remote_domains(self) -> frozenset[str]:
         """Remote domains authenticated on this stream (for the policy engine)."""
-        return frozenset(self._remote_domains)
+        return self._remote_domains
 
     # -- error boundary -----------------------------------------------------------------------
 
@@ -534,7 +535,7 @@ class S2SConnection:
 
     def _authenticate_pair(self, local: str, remote: str, method: AuthMethod) -> None:
         self.authenticated.add((local, remote))
-        self._remote_domains.add(remote)
+        self._remote_domains = self._remote_domains | {remote}
         self._events.append(Authenticated(local_domain=local, remote_domain=remote, method=method))
 
     def _on_db_result_request(self, token: Stanza) -> None:
