@@ -22,11 +22,11 @@ import trio
 from test_soak_abuse import (
     ALICE,
     BOB,
-    OURS,
     PARTNER,
     TCP_DIALBACK_ROW,
     Exchange,
     SipUa,
+    partner_configuration,
     start_partner,
 )
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
@@ -50,7 +50,6 @@ from edgeproxy.policy.model import (
     GatewaySettings,
     Partner,
     PartnerType,
-    User,
 )
 from edgeproxy.policy.snapshot import build_snapshot
 from fixtures.channel_peer import hello, open_as_gateway, raw_opening
@@ -61,18 +60,6 @@ EDGE_IP, PARTNER_IP, IMPOSTOR_IP, UA_IP = "127.0.0.80", "127.0.0.81", "127.0.0.8
 INJECTED = "impostor-was-here"
 RATE = 20.0
 TEST_BOUND = 90.0
-
-
-def partner_configuration(edge_address: str | None) -> Configuration:
-    partners = () if edge_address is None else (
-        Partner(domain=OURS, type=PartnerType.FEDERATED, proxy_fqdn=edge_address, **TCP_DIALBACK_ROW),
-    )
-    return Configuration(
-        gateway=GatewaySettings(dialback_secret="fabrikam-impostor-secret"),
-        partners=partners,
-        policies=(AccessPolicy(identity="global", xmpp=True, federation=True),),
-        users=(User(sip=f"sip:{BOB}"),),
-    )
 
 
 def edge_store(partner_port: int) -> Configuration:
