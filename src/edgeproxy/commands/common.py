@@ -50,3 +50,21 @@ def refused(message: str) -> int:
     """``edgeproxy: MESSAGE`` on stderr; the exit status of a refusal."""
     error(message)
     return EXIT_REFUSED
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    """``--json``: the command's result as stable JSON on stdout (``docs/cli-json.md``)."""
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as stable JSON on stdout (docs/cli-json.md) instead of text",
+    )
+
+
+def change_json(
+    kind: str, before: object | None, after: object | None, warnings: tuple[str, ...] = ()
+) -> dict[str, object]:
+    """What a ``new``/``set``/``remove`` command prints with ``--json``: ``{"kind": …,
+    "before": record or null, "after": record or null, "warnings": […]}`` (``before`` is null
+    for ``new``, ``after`` null for ``remove``); records are encoded as by ``get --json``."""
+    return {"kind": kind, "before": before, "after": after, "warnings": list(warnings)}
