@@ -1,16 +1,23 @@
+# PYTHON_ARGCOMPLETE_OK
 """The ``edgeproxy`` command: the parser of every sub-command, and ``main``.
 
 Each sub-command lives in :mod:`edgeproxy.commands` and adds itself here through its module's
 ``register(subparsers)``; its handler is ``args.handler(args) -> int`` (exit status: 0 ok,
 1 refused by validation or failed check, 2 usage error). Global options: ``--config PATH``
 (else ``$EDGEPROXY_CONFIG``, else the embedded default) and ``--version``.
+
+Shell completion: the marker comment on the first line lets argcomplete's global completion
+find this module, and ``main`` answers a completion request (``docs/cli.md``). Usage errors are
+printed like every other error, ``edgeproxy: …`` on stderr, after the usage line.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from edgeproxy import __version__
 from edgeproxy.commands import (
@@ -26,7 +33,7 @@ from edgeproxy.commands import (
     serve,
     users,
 )
-from edgeproxy.commands.common import EXIT_REFUSED, SubParsers, error
+from edgeproxy.commands.common import EXIT_REFUSED, EXIT_USAGE, SubParsers, error
 from edgeproxy.errors import ConfigError
 
 #: Sub-command groups, in help order.
@@ -44,13 +51,40 @@ REGISTRARS: tuple[Callable[[SubParsers], None], ...] = (
     loadtest.register,
 )
 
+DESCRIPTION = (
+    "XMPP federation edge: a server-to-server proxy for XMPP partners, the policy that decides "
+    "who may federate, and the gateway between XMPP and SIP users."
+)
+
+EPILOG = (
+    "Exit status: 0 ok; 1 refused (nothing saved), failed or not found; 2 usage error. "
+    "Errors are printed on stderr as 'edgeproxy: ...', warnings as 'edgeproxy: warning: ...'. "
+    "Commands with --json print stable JSON (docs/cli-json.md). "
+    "Run 'edgeproxy COMMAND --help' for a command's options."
+)
+
+#: The environment variable a completion request sets (argcomplete's protocol).
+COMPLETION_REQUEST = "_ARGCOMPLETE"
+
+
+class EdgeproxyArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors say ``edgeproxy: …`` like every other error
+    (argparse's own form is ``PROG: error: …``); the sub-parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"edgeproxy: {message} (see: {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="edgeproxy",
-        description="XMPP federation edge: S2S proxy, policy engine and XMPP-SIP gateway.",
+    """The parser of the whole command line, every sub-command registered."""
+    parser = EdgeproxyArgumentParser(prog="edgeproxy", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"edgeproxy {__version__}",
+        help="print the version and exit",
     )
-    parser.add_argument("--version", action="version", version=f"edgeproxy {__version__}")
     parser.add_argument(
         "--config",
         metavar="PATH",
@@ -63,8 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def complete(parser: argparse.ArgumentParser) -> None:
+    """Answer a shell's completion request and exit; nothing without one (argcomplete is
+    imported only then, so an ordinary run does not pay for it)."""
+    if COMPLETION_REQUEST in os.environ:
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); return its exit status."""
     parser = build_parser()
+    complete(parser)
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))

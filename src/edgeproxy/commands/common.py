@@ -1,5 +1,7 @@
 """What the command modules share: exit statuses, the ``--config`` option after a sub-command,
-the configuration it names, and the ``edgeproxy: …`` message on stderr."""
+the configuration it names, the ``--json`` option and the shape of a change in JSON, and the one
+form of a message on stderr: ``edgeproxy: …`` for an error, ``edgeproxy: warning: …`` for a
+warning."""
 
 from __future__ import annotations
 
@@ -46,6 +48,16 @@ def error(message: str) -> None:
     print(f"edgeproxy: {message}", file=sys.stderr)
 
 
+#: How a warning starts, after ``edgeproxy: `` on stderr (and never inside a JSON warning).
+WARNING_PREFIX = "warning: "
+
+
+def warning(message: str) -> None:
+    """``edgeproxy: warning: MESSAGE`` on stderr (a ``warning:`` already in MESSAGE is not
+    repeated)."""
+    error(WARNING_PREFIX + message.removeprefix(WARNING_PREFIX))
+
+
 def refused(message: str) -> int:
     """``edgeproxy: MESSAGE`` on stderr; the exit status of a refusal."""
     error(message)
@@ -66,5 +78,11 @@ def change_json(
 ) -> dict[str, object]:
     """What a ``new``/``set``/``remove`` command prints with ``--json``: ``{"kind": …,
     "before": record or null, "after": record or null, "warnings": […]}`` (``before`` is null
-    for ``new``, ``after`` null for ``remove``); records are encoded as by ``get --json``."""
-    return {"kind": kind, "before": before, "after": after, "warnings": list(warnings)}
+    for ``new``, ``after`` null for ``remove``); records are encoded as by ``get --json``.
+    A warning is its message without the ``warning:`` that stderr shows before it."""
+    return {
+        "kind": kind,
+        "before": before,
+        "after": after,
+        "warnings": [w.removeprefix(WARNING_PREFIX) for w in warnings],
+    }

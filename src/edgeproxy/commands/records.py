@@ -1,15 +1,15 @@
 """What the store commands (``partner``, ``gateway``, ``policy``, ``user``, ``config
-export|import``) share: a session on the store, the matrix warnings, and printing records.
+export|import``) share: a session on the store, warnings, and printing records and changes.
 
 Their names mirror Lync's ``*-CsXmppAllowedPartner``, ``*-CsXmppGatewayConfiguration`` and
-``*-CsExternalAccessPolicy`` cmdlets (issue 3 §5). Exit status: 0 ok; 1 refused by validation
-(the rule is printed on stderr, nothing is saved); 2 usage error (argparse). Warnings of the
-negotiation matrix (SPEC §2.1) are printed on stderr as ``edgeproxy: warning: …`` and the change
-is saved.
+``*-CsExternalAccessPolicy`` cmdlets. Exit status: 0 ok; 1 refused by validation (the rule is
+printed on stderr, nothing is saved); 2 usage error. Warnings of the TLS × SASL × dialback
+negotiation matrix are printed on stderr as ``edgeproxy: warning: …`` and the change is saved.
 
 ``--json`` output (stable; documented in ``docs/cli-json.md``) uses the field names of the models
 in kebab-case and the enumeration values written as on the command line; without ``--json`` a
-record is one ``name: value`` line per field, records separated by an empty line.
+record is one ``name: value`` line per field, records separated by an empty line, and a change is
+a headline followed by the fields it changed, ``  name: before → after``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,15 @@ from typing import Any
 
 import msgspec
 
-from edgeproxy.commands.common import EXIT_OK, error, load_args_config, refused
+from edgeproxy.commands.common import (
+    EXIT_OK,
+    change_json,
+    load_args_config,
+    refused,
+    warning,
+)
 from edgeproxy.config import EdgeConfig
-from edgeproxy.policy.model import Configuration
+from edgeproxy.policy.model import Configuration, User
 from edgeproxy.policy.store import Store
 
 _json = msgspec.json.Encoder(order="deterministic")
@@ -49,11 +55,23 @@ def read_configuration(args: argparse.Namespace) -> Configuration:
 
 
 def print_warnings(warnings: tuple[str, ...]) -> None:
-    for warning in warnings:
-        error(warning)
+    """Each warning on stderr as ``edgeproxy: warning: …``."""
+    for message in warnings:
+        warning(message)
+
+
+def user_record(user: User) -> dict[str, Any]:
+    """A user as ``user get`` shows it: the model's fields in order, the credentials replaced by
+    ``password-set`` and ``password-algorithms`` (the hashes are secrets)."""
+    record: dict[str, Any] = msgspec.to_builtins(user)
+    credentials = record.pop("credentials", [])
+    record["password-set"] = bool(credentials)
+    record["password-algorithms"] = sorted({c["algorithm"] for c in credentials})
+    return record
 
 
 def print_json(value: Any) -> None:
+    """``value`` as indented JSON on stdout, the keys of its dicts sorted."""
     sys.stdout.write(msgspec.json.format(_json.encode(value), indent=2).decode() + "\n")
 
 
@@ -62,26 +80,90 @@ def print_ordered_json(value: Any) -> None:
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(value), indent=2).decode() + "\n")
 
 
-def print_record(
-    value: msgspec.Struct | dict[str, Any], *, hide: frozenset[str] = frozenset()
-) -> None:
+#: A record as the commands print it: a model (partner, policy, gateway) or a dict (a user).
+Record = msgspec.Struct | dict[str, Any]
+
+#: A hidden field's value in text output (``--json`` shows it).
+HIDDEN = "(set, hidden; see --json)"
+HIDDEN_CHANGE = "(changed, hidden; see --json)"
+
+
+def record_fields(value: Record) -> list[tuple[str, Any]]:
+    """The ``(name, value)`` pairs of a record, in order, named as in JSON."""
     if isinstance(value, dict):
-        items = list(value.items())
-    else:
-        items = [(f.encode_name, getattr(value, f.name)) for f in msgspec.structs.fields(value)]
-    for name, item in items:
+        return list(value.items())
+    return [(f.encode_name, getattr(value, f.name)) for f in msgspec.structs.fields(value)]
+
+
+def text_value(item: Any) -> str:
+    """A field's value as the text output shows it: lists joined with ``, ``, booleans
+    ``true``/``false``, nothing (null, empty string or list) as ``-``."""
+    if isinstance(item, tuple | list):
+        return ", ".join(str(i) for i in item) if item else "-"
+    if isinstance(item, bool):
+        return "true" if item else "false"
+    if item is None or item == "":
+        return "-"
+    return str(item)
+
+
+def print_record(value: Record, *, hide: frozenset[str] = frozenset()) -> None:
+    """One ``name: value`` line per field; the fields in ``hide`` show only that they are set."""
+    for name, item in record_fields(value):
+        print(f"{name}: {HIDDEN if name in hide else text_value(item)}")
+
+
+def change_lines(
+    before: Record | None, after: Record | None, *, hide: frozenset[str] = frozenset()
+) -> list[str]:
+    """The text lines of a change under its headline: every field of a new record
+    (``  name: value``), each changed field of a changed one (``  name: before → after``, or
+    ``  (nothing changed)``), nothing for a removed one."""
+    if after is None:
+        return []
+    if before is None:
+        return [
+            f"  {name}: {HIDDEN if name in hide and item else text_value(item)}"
+            for name, item in record_fields(after)
+        ]
+    old = dict(record_fields(before))
+    lines = []
+    for name, item in record_fields(after):
+        previous = old.get(name)
+        if msgspec.to_builtins(previous) == msgspec.to_builtins(item):
+            continue
         if name in hide:
-            item = "(set, hidden; see --json)"
-        elif isinstance(item, tuple | list):
-            item = ", ".join(item) if item else "-"
-        elif isinstance(item, bool):
-            item = "true" if item else "false"
-        elif item is None or item == "":
-            item = "-"
-        print(f"{name}: {item}")
+            lines.append(f"  {name}: {HIDDEN_CHANGE}")
+        else:
+            lines.append(f"  {name}: {text_value(previous)} → {text_value(item)}")
+    return lines or ["  (nothing changed)"]
+
+
+def print_change(
+    as_json: bool,
+    kind: str,
+    headline: str,
+    before: Record | None,
+    after: Record | None,
+    warnings: tuple[str, ...] = (),
+    *,
+    hide: frozenset[str] = frozenset(),
+) -> int:
+    """What a ``new``/``set``/``remove`` command prints: its warnings on stderr, then with
+    ``--json`` the change as ``change_json`` (``before`` and ``after`` encoded as ``get --json``
+    encodes them), else ``headline`` and :func:`change_lines`."""
+    print_warnings(warnings)
+    if as_json:
+        print_ordered_json(change_json(kind, before, after, warnings))
+        return EXIT_OK
+    print(headline)
+    for line in change_lines(before, after, hide=hide):
+        print(line)
+    return EXIT_OK
 
 
 def print_records(values: list[Any], **kw: Any) -> None:
+    """Records one after the other, separated by an empty line."""
     for i, value in enumerate(values):
         if i:
             print()

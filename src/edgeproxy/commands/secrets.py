@@ -1,4 +1,4 @@
-"""Secrets for the store commands, never from the command line (issue 14).
+"""Secrets for the store commands, never from the command line.
 
 ``ps`` and the shell history would show a secret given as an argument: ``user set-password`` and
 ``gateway set --dialback-secret-file|--dialback-secret-prompt`` read it from a file (its first
@@ -46,8 +46,9 @@ def read_secret(what: str, path: str | None) -> str:
 
 
 class SecretOnArgv(argparse.Action):
-    """An option that would take a secret on the command line (``--dialback-secret S``, as it
-    was before issue 14, or ``--password S``): a usage error saying how to give it instead."""
+    """An option that would take a secret on the command line (``--dialback-secret S``, as
+    earlier versions took it, or ``--password S``): a usage error saying how to give it
+    instead."""
 
     def __init__(self, *args: Any, instead: str, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -66,13 +67,16 @@ def add_secret_options(
     what: str,
     *,
     prompt: str,
+    default: str,
 ) -> None:
     """``OPTION-file PATH``, reading ``what`` from a file (:func:`read_secret`), and the refused
-    ``OPTION S`` (:class:`SecretOnArgv`), which points to the file or to ``prompt``."""
+    ``OPTION S`` (:class:`SecretOnArgv`), which points to the file or to ``prompt``; ``default``
+    says what happens without the option (its help text)."""
     parser.add_argument(
         f"{option}-file",
         metavar="PATH",
-        help=f"read {what} from the first line of PATH ('-': standard input)",
+        help=f"read {what} from the first line of PATH, without its line end ('-': standard "
+        f"input; default: {default})",
     )
     parser.add_argument(
         option, nargs="?", action=SecretOnArgv, help=argparse.SUPPRESS,
