@@ -9,6 +9,7 @@ holds by construction and is checked again in :meth:`Ledger.summary`.
 
 from __future__ import annotations
 
+import collections
 import math
 import re
 from dataclasses import dataclass, field
@@ -38,6 +39,9 @@ class Ledger:
     bounced: int = 0
     unknown_ids: int = 0
     latencies: list[float] = field(default_factory=list)
+    #: Bounces by their error condition (RFC 6120 §8.3.3, e.g. ``service-unavailable``;
+    #: ``?`` when the error names none).
+    bounce_conditions: collections.Counter[str] = field(default_factory=collections.Counter)
     timeline: dict[int, list[int]] = field(default_factory=dict)  # second -> [sent, done]
     #: second (of settling) -> latencies (seconds) of the stanzas settled in that second.
     latency_by_second: dict[int, list[float]] = field(default_factory=dict)
@@ -85,9 +89,11 @@ class Ledger:
         if self._settle(stanza_id, now):
             self.delivered += 1
 
-    def saw_bounced(self, stanza_id: str, now: float) -> None:
+    def saw_bounced(self, stanza_id: str, now: float, condition: str | None = None) -> None:
+        """A ``type='error'`` reply for ``stanza_id``, counted under its error ``condition``."""
         if self._settle(stanza_id, now):
             self.bounced += 1
+            self.bounce_conditions[condition or "?"] += 1
 
     def scan_delivered(self, data: bytes, now: float) -> None:
         """Count every harness id found in raw bytes as delivered."""
@@ -109,6 +115,7 @@ class Ledger:
             "delivered": self.delivered,
             "bounced": self.bounced,
             "lost": lost,
+            "bounced_by_condition": dict(sorted(self.bounce_conditions.items())),
             "lost_ids": sorted(self.outstanding, key=lambda s: int(s[2:]))[:MAX_LISTED_LOST],
             "unknown_ids_seen": self.unknown_ids,
             # first stanza sent -> last one settled; settled / this = the rate end to end

@@ -83,6 +83,19 @@ MAX_NOTES = 50
 #: found in the few bytes the listener's core writes (never in the target's traffic).
 _VERIFY_ANSWER = re.compile(rb"<db:verify[^>]*type='(valid|invalid|error)'")
 
+#: The defined condition of a stanza error (RFC 6120 §8.3.2: the first child of ``<error/>`` in
+#: the stanzas namespace), found in a bounce's raw bytes.
+_ERROR_CONDITION = re.compile(
+    rb"<error\b[^>]*>\s*(?:<text\b[^>]*>[^<]*</text>\s*)?<([a-z-]+)\s+xmlns=['\"]urn:ietf:params:xml:ns:xmpp-stanzas['\"]"
+)
+
+
+def error_condition(raw: bytes) -> str | None:
+    """The stanza error condition in ``raw`` (``service-unavailable``…), None if it names none."""
+    match = _ERROR_CONDITION.search(raw)
+    return match.group(1).decode() if match else None
+
+
 _REQ, _OPT, _NOS = Negotiation.REQUIRED, Negotiation.OPTIONAL, Negotiation.NOT_SUPPORTED
 #: The harness' row for the target per security mode (TLS, SASL, dialback; SPEC §2.1).
 OUTBOUND_ROWS: dict[Security, tuple[Negotiation, Negotiation, bool]] = {
@@ -363,6 +376,6 @@ class PartnerListener:
         if not sid or not ID_PATTERN.fullmatch(f"id='{sid}'".encode()):
             return  # not ours (e.g. a subscription push of the target's own)
         if stanza.type == "error":
-            self.ledger.saw_bounced(sid, now)
+            self.ledger.saw_bounced(sid, now, error_condition(stanza.raw))
         else:
             self.ledger.saw_delivered(sid, now)

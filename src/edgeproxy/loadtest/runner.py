@@ -36,7 +36,7 @@ from edgeproxy.loadtest.partner import (
 )
 from edgeproxy.loadtest.partner_tls import PartnerTls
 from edgeproxy.loadtest.procstats import ProcSample, try_sample
-from edgeproxy.loadtest.scenario import Scenario, SinkKind
+from edgeproxy.loadtest.scenario import MixEntry, Scenario, SinkKind
 from edgeproxy.loadtest.sink import C2SSink, DeliveryProbe
 from edgeproxy.loadtest.stanzas import build_stanza, mix_cycle
 from edgeproxy.s2s import LocalProtocolError
@@ -241,6 +241,10 @@ class LoadTest:
         result: dict[str, object] = {
             "scenario": s.name,
             "target": {"domain": s.target.domain, "host": s.target.host, "port": s.target.port},
+            "partners": {
+                "domains": list(s.partners.domain_names()),
+                "listen": _host_port(s.partners.listen_host, self.listen_port or s.partners.listen_port),
+            },
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall_start)),
             "streams": {
                 "security": str(s.partners.security),
@@ -264,6 +268,7 @@ class LoadTest:
                 "inbound_errors": self.listener.errors[:50],
             },
             **summary,
+            "lost_by_kind": _lost_by_kind(self.ledger.outstanding, mix_cycle(s.traffic.mix)),
             "unsent": self.unsent,
             "send_seconds": send_end - send_start,
             "stanzas_per_s": settled / relay_seconds if settled else 0.0,
@@ -271,6 +276,20 @@ class LoadTest:
         }
         result["target_process"] = _process_figures(self.pid, samples, settled, len(self.streams))
         return result
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _lost_by_kind(lost: set[str], cycle: tuple[MixEntry, ...]) -> dict[str, int]:
+    """Lost stanzas counted by the mix entry that made them (``"presence to bob@contoso.test"``):
+    stanza ``lt<n>`` came from ``cycle[n % len(cycle)]`` (:mod:`edgeproxy.loadtest.stanzas`)."""
+    counts: collections.Counter[str] = collections.Counter()
+    for stanza_id in lost:
+        entry = cycle[int(stanza_id[2:]) % len(cycle)]
+        counts[f"{entry.kind} to {entry.to}"] += 1
+    return dict(counts.most_common())
 
 
 def _setup_phases(streams: list[OutboundStream]) -> dict[str, object]:
