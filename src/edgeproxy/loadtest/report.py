@@ -99,6 +99,9 @@ def diagnose(result: dict[str, object]) -> list[Diagnosis]:
         if any(cause in e for e in setup_errors for cause in _UNREACHABLE):
             hint = ("the edge could not reach the simulated domains to verify their dialback keys; "
                     + _proxy_hint(result))
+        elif any("policy-violation" in e or "not-authorized" in e for e in setup_errors):
+            hint = ("the target does not accept the simulated domains as partners; "
+                    + _proxy_hint(result))
         elif any("Connection refused" in e or "ConnectionRefused" in e for e in setup_errors):
             target = result["target"]
             assert isinstance(target, dict)
