@@ -1,7 +1,11 @@
 """The edge's static configuration: ``edgeproxy.toml``.
 
 The file is decoded with msgspec into frozen Structs: an unknown key or a value of the wrong type
-is refused with an error naming the key (``ConfigError``). Where the file comes from:
+is refused with an error naming the file, the key and the rule in words, e.g. ``edgeproxy.toml:
+[gateway] max-queued: must be an integer ≥ 1, got 0`` (``ConfigError``). Every name in the file
+follows the one validation layer for names (:mod:`edgeproxy.policy.names`): domains and the
+external FQDN are DNS names (returned in lower-case A-label form), the host of each listener is
+an IP address or a DNS name, ``[dns] resolver`` an IP address. Where the file comes from:
 
 1. ``--config PATH`` on the command line,
 2. else the ``EDGEPROXY_CONFIG`` environment variable,
@@ -15,16 +19,29 @@ file, or against the current directory for the embedded default. Dynamic configu
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
+import re
 import tomllib
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
 from edgeproxy.errors import ConfigError
+from edgeproxy.policy.names import (
+    RULE_PORT,
+    InvalidName,
+    ip_literal,
+    normalize_domain,
+    normalize_host,
+    normalize_host_port,
+    quote,
+    split_host_port,
+)
 
 CONFIG_ENV_VAR = "EDGEPROXY_CONFIG"
 
@@ -146,6 +163,32 @@ class LimitsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, ren
     inbound_burst: Annotated[int, msgspec.Meta(ge=1024)] = 8 * 1024 * 1024
 
 
+class DnsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
+    """DNS lookups of the running edge (partners' SRV and address records).
+
+    ``resolver``: ``"IP"`` or ``"IP:PORT"`` (``"[IPv6]:PORT"``; port 53 when absent) of the one
+    nameserver to ask; empty = the system's resolver (``/etc/resolv.conf``). The environment
+    variable ``EDGEPROXY_DNS_RESOLVER``, when set and not empty, overrides it (tests and labs).
+    """
+
+    resolver: str = ""
+
+
+#: The environment variable that overrides ``[dns] resolver`` (``IP[:PORT]``).
+DNS_RESOLVER_ENV_VAR: Final = "EDGEPROXY_DNS_RESOLVER"
+#: The port of a ``[dns] resolver`` written without one.
+DNS_PORT: Final = 53
+
+
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """``IP``, ``IP:PORT``, ``[IPv6]:PORT`` (or a bare IPv6 address) → (address, port); else
+    InvalidName naming the rule. A host name is refused: the resolver cannot look itself up."""
+    host, _port = split_host_port(text)
+    if ip_literal(host) is None:
+        raise InvalidName(text, "a resolver is an IP address, IP:PORT or [IPv6]:PORT, not a host name")
+    return normalize_host_port(text, default_port=DNS_PORT, allow_ip=True)
+
+
 #: ``EdgeConfig.source`` of the embedded default configuration.
 EMBEDDED_DEFAULT: Final = "<embedded default>"
 
@@ -156,6 +199,7 @@ class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename
     admin: AdminSection = msgspec.field(default_factory=AdminSection)
     gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
     limits: LimitsSection = msgspec.field(default_factory=LimitsSection)
+    dns: DnsSection = msgspec.field(default_factory=DnsSection)
     # Directory that relative paths are resolved against (not a TOML key).
     base_dir: str = msgspec.field(default=".", name="-base-dir")
     # Where the configuration came from, for messages (EMBEDDED_DEFAULT or a path).
@@ -169,6 +213,19 @@ class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename
     @property
     def state_dir(self) -> Path:
         return self.path(self.edge.state_dir)
+
+    def dns_resolver(self, environ: Mapping[str, str] | None = None) -> tuple[str, int] | None:
+        """The nameserver outbound lookups ask: ``$EDGEPROXY_DNS_RESOLVER`` when set and not
+        empty (an override, checked like the key), else ``[dns] resolver``; None = the system's.
+        Raises ConfigError for an invalid override."""
+        environ = os.environ if environ is None else environ
+        override = environ.get(DNS_RESOLVER_ENV_VAR, "")
+        if override:
+            try:
+                return parse_nameserver(override)
+            except InvalidName as exc:
+                raise ConfigError(f"{DNS_RESOLVER_ENV_VAR}: {exc.detail}") from None
+        return parse_nameserver(self.dns.resolver) if self.dns.resolver else None
 
 
 def default_config_text() -> str:
@@ -190,14 +247,190 @@ def parse_config(text: str, *, source: str, base_dir: str) -> EdgeConfig:
     try:
         config = msgspec.convert(raw, EdgeConfig)
     except msgspec.ValidationError as exc:
-        # msgspec names the path, e.g. "Object contains unknown field `listn` - at `$.edge`".
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(f"{source}: {describe_validation_error(str(exc), raw)}") from None
     if not config.edge.domains:
-        raise ConfigError(f"{source}: edge.domains must list at least one domain")
+        raise ConfigError(f"{source}: [edge] domains: must list at least one domain")
     problem = check_rules(config)
     if problem is not None:
         raise ConfigError(f"{source}: {problem}")
+    try:
+        config = checked_names(config)
+    except _NameProblem as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     return config
+
+
+# -- validation errors in words ---------------------------------------------------------------
+
+#: msgspec's type names, said as a rule.
+_TYPE_WORDS: Final = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string in quotes",
+    "bool": "true or false",
+    "array": "a list [...]",
+    "object": "a table",
+    "null": "absent",
+}
+_COMPARISONS: Final = {">=": "≥", "<=": "≤", ">": ">", "<": "<"}
+_HOST_PORT_RULE: Final = "must be \"HOST:PORT\" (e.g. \"127.0.0.1:5269\", \"[::1]:5269\", \"edge.example.com:5269\")"
+
+
+def _type_words(spec: str) -> str:
+    """``int`` → ``an integer``; ``str | null`` → ``a string in quotes``."""
+    kinds = [k.strip(" `") for k in spec.split("|")]
+    words = [_TYPE_WORDS.get(k, k) for k in kinds if k != "null"]
+    return " or ".join(words) or "absent"
+
+
+def _toml_value(value: Any) -> str:
+    """A value as it was written in the file (roughly: TOML literal syntax)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return quote(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _key_path(path: str) -> tuple[str, list[str | int]]:
+    """``$.edge.listen[1]`` → (``[edge] listen (item 2)``, ["edge", "listen", 1])."""
+    steps: list[str | int] = []
+    for name, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path.removeprefix("$")):
+        steps.append(int(index) if index else name)
+    words = ""
+    names = [s for s in steps if isinstance(s, str)]
+    if names:
+        words = f"[{names[0]}]" if len(names) == 1 else f"[{names[0]}] {'.'.join(names[1:])}"
+    for step in steps:
+        if isinstance(step, int):
+            words += f" (item {step + 1})"
+    return words, steps
+
+
+def _lookup(raw: Any, steps: list[str | int]) -> tuple[bool, Any]:
+    for step in steps:
+        try:
+            raw = raw[step]
+        except (KeyError, IndexError, TypeError):
+            return False, None
+    return True, raw
+
+
+def _known_keys(steps: list[str | int]) -> list[str]:
+    """The keys the table at ``steps`` accepts (for "did you mean")."""
+    struct: Any = EdgeConfig
+    for step in steps:
+        if not isinstance(step, str):
+            return []
+        field = {f.encode_name: f for f in msgspec.structs.fields(struct)}.get(step)
+        if field is None or not isinstance(field.type, type):
+            return []
+        struct = field.type
+    try:
+        return [f.encode_name for f in msgspec.structs.fields(struct) if not f.encode_name.startswith("-")]
+    except TypeError:
+        return []
+
+
+def describe_validation_error(message: str, raw: dict[str, Any]) -> str:
+    """msgspec's ``Expected `int` >= 1 - at `$.gateway.max-queued``` as ``[gateway] max-queued:
+    must be an integer ≥ 1, got 0``; a message it does not recognise is kept as msgspec wrote it
+    after the key path."""
+    text, _, path = message.partition(" - at `")
+    where, steps = _key_path(path.rstrip("`"))
+    found, value = _lookup(raw, steps)
+    got = f", got {_toml_value(value)}" if found else ""
+    unknown = re.fullmatch(r"Object contains unknown field `(.+)`", text)
+    if unknown:
+        key = unknown.group(1)
+        known = _known_keys(steps)
+        near = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean {near[0]}?)" if near else (f" (known: {', '.join(known)})" if known else "")
+        if not steps:
+            return f"unknown table or key {quote(key)} at the top level{hint}"
+        return f"{where}: unknown key {quote(key)}{hint}"
+    bound = re.fullmatch(r"Expected `(\w+)` (>=|<=|>|<) (\S+)", text)
+    if bound:
+        kind, op, limit = bound.groups()
+        limit = limit.removesuffix(".0") if kind == "float" else limit
+        rule = f"must be {_type_words(kind)} {_COMPARISONS[op]} {limit}"
+    elif text.startswith("Expected `str` matching regex"):
+        rule = _HOST_PORT_RULE
+    else:
+        of_type = re.fullmatch(r"Expected `([^`]+)`, got `[^`]+`", text)
+        if of_type:
+            rule = f"must be {_type_words(of_type.group(1))}"
+        else:
+            rule, got = text, ""
+    return f"{where}: {rule}{got}" if where else f"{rule}{got}"
+
+
+# -- names ---------------------------------------------------------------------------------------
+
+
+class _NameProblem(Exception):
+    """A name in the configuration breaks a rule of edgeproxy.policy.names (message: key + rule)."""
+
+
+def _item(key: str, values: tuple[str, ...], index: int) -> str:
+    return f"{key} (item {index + 1})" if len(values) > 1 else key
+
+
+def _domains(key: str, values: tuple[str, ...]) -> tuple[str, ...]:
+    result = []
+    for i, value in enumerate(values):
+        try:
+            result.append(normalize_domain(value))
+        except InvalidName as exc:
+            raise _NameProblem(f"{_item(key, values, i)}: {exc.detail}") from None
+    return tuple(dict.fromkeys(result))
+
+
+def _listeners(key: str, values: tuple[str, ...], *, any_port: bool = True) -> None:
+    """Each ``HOST:PORT``: an IP address or a DNS name, and a port (0 = any free port, where
+    ``any_port``)."""
+    for i, value in enumerate(values):
+        host, port = split_host_port(value)
+        try:
+            if any_port and port == "0":
+                normalize_host(host, allow_ip=True)
+            else:
+                normalize_host_port(value, allow_ip=True)
+        except InvalidName as exc:
+            detail = exc.detail if exc.name == value else f"{quote(value)}: {exc.rule}"
+            if any_port and exc.rule == RULE_PORT:
+                detail += " (or 0 for any free port)"
+            raise _NameProblem(f"{_item(key, values, i)}: {detail}") from None
+
+
+def checked_names(config: EdgeConfig) -> EdgeConfig:
+    """The configuration with its domains in canonical form, after every name in it passed the
+    rules of :mod:`edgeproxy.policy.names`; _NameProblem names the key and the rule."""
+    edge, gateway = config.edge, config.gateway
+    domains = _domains("[edge] domains", edge.domains)
+    (external_fqdn,) = _domains("[edge] external-fqdn", (edge.external_fqdn,))
+    sip_domains = _domains("[gateway] sip-domains", gateway.sip_domains)
+    _listeners("[edge] listen", edge.listen)
+    _listeners("[edge] internal-listen", (edge.internal_listen,))
+    _listeners("[admin] listen", (config.admin.listen,))
+    _listeners("[gateway] sip-listen", gateway.sip_listen)
+    _listeners("[gateway] sip-tls-listen", gateway.sip_tls_listen or ())
+    if gateway.edge_address:
+        _listeners("[gateway] edge-address", (gateway.edge_address,), any_port=False)
+    if config.dns.resolver:
+        try:
+            parse_nameserver(config.dns.resolver)
+        except InvalidName as exc:
+            raise _NameProblem(f"[dns] resolver: {exc.detail}") from None
+    return msgspec.structs.replace(
+        config,
+        edge=msgspec.structs.replace(edge, domains=domains, external_fqdn=external_fqdn),
+        gateway=msgspec.structs.replace(gateway, sip_domains=sip_domains),
+    )
 
 
 def is_loopback_host(host: str) -> bool:
