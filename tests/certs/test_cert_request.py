@@ -1,8 +1,10 @@
 import re
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -133,3 +135,45 @@ def test_certificate_signed_from_the_csr_by_a_test_ca_imports_cleanly(tmp_path, 
     assert "friendly name: Contoso Edge 2025" in shown
     assert "covered: contoso.test" in shown and "covered: northwind.test" in shown
     assert "NOT covered" not in shown
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    """The real command line, in a child process."""
+    return subprocess.run([sys.executable, "-m", "edgeproxy", *argv], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("san", "rule"),
+    [
+        ("bad name", '"bad name": a DNS label may contain only letters, digits and hyphens (RFC 1035 §2.3.1)'),
+        ("192.0.2.7", '"192.0.2.7": an IP address is not a domain name'),
+        ("a.*.contoso.test", '"a.*.contoso.test": a wildcard \'*\' may only be the whole leftmost label'),
+        ("*.test", '"*.test": a wildcard must stand over at least two labels'),
+    ],
+)
+def test_a_bad_extra_name_is_a_usage_error_naming_the_rule_and_writes_nothing(tmp_path, san, rule):
+    config = write_config(tmp_path)
+    csr, key = tmp_path / "edge.csr", tmp_path / "edge.key"
+    result = _cli("cert", "request", "--config", str(config), "--friendly-name", "x", "--san", san,
+                  "--out", str(csr), "--key-out", str(key))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"edgeproxy: --san {rule}")
+    assert result.stderr.count("\n") == 1  # one line: no traceback, no second message
+    assert not csr.exists() and not key.exists()
+    result = _cli("cert", "self-signed", "--config", str(config), "--san", san, "--out-dir", str(tmp_path / "ss"))
+    assert result.returncode == 2 and f"edgeproxy: --san {rule}" in result.stderr
+    assert not (tmp_path / "ss").exists()
+
+
+def test_a_wildcard_and_an_internationalized_name_go_into_the_csr_in_canonical_form(tmp_path):
+    config = write_config(tmp_path)
+    csr = tmp_path / "edge.csr"
+    result = _cli("cert", "request", "--config", str(config), "--friendly-name", "x",
+                  "--san", "*.Contoso.TEST", "--san", "Bücher.test", "--no-xmpp-domains",
+                  "--out", str(csr), "--key-out", str(tmp_path / "edge.key"))
+    assert result.returncode == 0, result.stderr
+    request = x509.load_pem_x509_csr(csr.read_bytes())
+    sans = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == [
+        "access.contoso.test", "sip.contoso.test", "sip.northwind.test", "*.contoso.test", "xn--bcher-kva.test",
+    ]

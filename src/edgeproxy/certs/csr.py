@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
 
+from edgeproxy.policy.names import InvalidName, normalize_certificate_name
+
 KEY_SIZES = (2048, 3072, 4096)
 
 #: The extended key usage of an edge certificate: S2S certificates are also TLS client certificates.
@@ -46,12 +48,29 @@ class SubjectFields:
         return x509.Name([x509.NameAttribute(oid, v) for oid, v in attrs if v])
 
 
+#: RFC 5280 appendix A (ub-common-name): a common name is at most 64 characters.
+MAX_COMMON_NAME = 64
+
+
 def validate_subject(fields: SubjectFields) -> None:
-    """Raise ValueError for values a CA would reject."""
-    if fields.country is not None and (len(fields.country) != 2 or not fields.country.isalpha()):
+    """Raise ValueError for values a CA would reject; the common name is a DNS name (the
+    external FQDN), checked by the rule for certificate names."""
+    if fields.country is not None and (len(fields.country) != 2 or not fields.country.isascii() or not fields.country.isalpha()):
         raise ValueError(f"--country must be a two-letter ISO 3166 code, not {fields.country!r}")
-    if len(fields.common_name) > 64:
-        raise ValueError(f"common name {fields.common_name!r} is longer than 64 characters")
+    if len(fields.common_name) > MAX_COMMON_NAME:
+        raise ValueError(f"common name {fields.common_name!r} is longer than {MAX_COMMON_NAME} characters (RFC 5280)")
+    try:
+        normalize_certificate_name(fields.common_name)
+    except InvalidName as exc:
+        raise ValueError(f"common name {exc.detail}") from None
+
+
+def checked_dns_names(dns_names: Sequence[str]) -> list[str]:
+    """The subjectAltName DNS names in canonical form; ValueError naming the rule a name breaks."""
+    try:
+        return [normalize_certificate_name(n) for n in dns_names]
+    except InvalidName as exc:
+        raise ValueError(f"subjectAltName {exc.detail}") from None
 
 
 def key_usage(*, ca: bool) -> x509.KeyUsage:
@@ -86,6 +105,7 @@ def build_csr(
     validate_subject(subject)
     if not dns_names:
         raise ValueError("a certificate request needs at least one name")
+    dns_names = checked_dns_names(dns_names)
     builder = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(subject.to_name())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import sys
 from pathlib import Path
 
 from cryptography import x509
@@ -41,10 +40,21 @@ from edgeproxy.commands.common import (
     load_args_config,
 )
 from edgeproxy.config import EdgeConfig
+from edgeproxy.policy.names import InvalidName, normalize_certificate_name
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def checked_sans(names: list[str]) -> list[str] | None:
+    """The ``--san`` names in canonical form; None after printing the rule one of them breaks
+    (a DNS name, or ``*.`` as the whole leftmost label)."""
+    try:
+        return [normalize_certificate_name(n) for n in names]
+    except InvalidName as exc:
+        error(f"--san {exc.detail}")
+        return None
 
 
 # --- request -----------------------------------------------------------------------------------
@@ -60,7 +70,10 @@ def cmd_request(args: argparse.Namespace) -> int:
         state=args.state,
         locality=args.city,
     )
-    names = certificate_names(config, extra=args.san, xmpp_domains=args.xmpp_domains)
+    extra = checked_sans(args.san)
+    if extra is None:
+        return EXIT_USAGE
+    names = certificate_names(config, extra=extra, xmpp_domains=args.xmpp_domains)
     out, key_out = Path(args.out), Path(args.key_out)
     for path in (out, key_out):
         if path.exists() and not args.force:
@@ -107,7 +120,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     refusals = check.errors(problems)
     for p in problems:
         if p.severity == "warning":
-            print(f"warning: {p.message}", file=sys.stderr)
+            error(f"warning: {p.message}")
     if refusals:
         for p in refusals:
             error(f"refused ({p.code}): {p.message}")
@@ -137,7 +150,10 @@ def cmd_self_signed(args: argparse.Namespace) -> int:
         if existing:
             error(f"{existing[0]} exists; refusing to overwrite it (use --force)")
             return EXIT_REFUSED
-    names = certificate_names(config, extra=args.san)
+    extra = checked_sans(args.san)
+    if extra is None:
+        return EXIT_USAGE
+    names = certificate_names(config, extra=extra)
     authority = selfsigned.make_authority(f"edgeproxy private CA for {config.edge.external_fqdn}")
     key = selfsigned.new_ec_key()
     leaf = selfsigned.issue(authority, key.public_key(), names, days=args.days)
@@ -202,36 +218,47 @@ def register(sub: SubParsers) -> None:
     parent = [config_option_parent()]
 
     req = cs.add_parser("request", parents=parent, help="write a key and a certificate signing request")
-    req.add_argument("--friendly-name", required=True, metavar="N")
-    req.add_argument("--key-size", type=int, default=2048, choices=csr.KEY_SIZES)
-    req.add_argument("--org", metavar="O")
-    req.add_argument("--ou", metavar="U")
-    req.add_argument("--country", metavar="C")
-    req.add_argument("--state", metavar="S")
-    req.add_argument("--city", metavar="L")
-    req.add_argument("--san", action="append", default=[], metavar="NAME", help="extra name (repeatable)")
+    san_help = (
+        "an extra subjectAltName: a DNS name, or *.DOMAIN (the wildcard only as the whole leftmost"
+        " label); repeatable (default: none beyond the external FQDN, sip.DOMAIN and each DOMAIN)"
+    )
+    req.add_argument("--friendly-name", required=True, metavar="N",
+                     help="a name for the key, shown by cert show (required)")
+    req.add_argument("--key-size", type=int, default=2048, choices=csr.KEY_SIZES,
+                     help="RSA key size in bits (default: 2048)")
+    req.add_argument("--org", metavar="O", help="subject organization O (default: none)")
+    req.add_argument("--ou", metavar="U", help="subject organizational unit OU (default: none)")
+    req.add_argument("--country", metavar="C", help="subject country C, two letters (default: none)")
+    req.add_argument("--state", metavar="S", help="subject state or province ST (default: none)")
+    req.add_argument("--city", metavar="L", help="subject locality L (default: none)")
+    req.add_argument("--san", action="append", default=[], metavar="NAME", help=san_help)
     req.add_argument(
         "--no-xmpp-domains", dest="xmpp_domains", action="store_false",
-        help="do not add each XMPP domain itself as a name",
+        help="do not add each XMPP domain itself as a name (default: added)",
     )
-    req.add_argument("--out", required=True, metavar="CSR")
-    req.add_argument("--key-out", required=True, metavar="KEY")
-    req.add_argument("--passphrase-file", metavar="F", help="encrypt the key with the first line of F")
-    req.add_argument("--force", action="store_true", help="overwrite existing output files")
+    req.add_argument("--out", required=True, metavar="CSR", help="where to write the request, PEM (required)")
+    req.add_argument("--key-out", required=True, metavar="KEY",
+                     help="where to write the private key, PEM, mode 0600 (required)")
+    req.add_argument("--passphrase-file", metavar="F",
+                     help="encrypt the key with the first line of F (default: not encrypted)")
+    req.add_argument("--force", action="store_true", help="overwrite existing output files (default: refuse)")
     req.set_defaults(handler=cmd_request)
 
     imp = cs.add_parser("import", parents=parent, help="check and install an issued certificate")
     imp.add_argument("certificate", metavar="CERT", help="PEM: the certificate, optionally followed by its chain")
     imp.add_argument("--key", metavar="KEY", help="its private key (default: the installed key)")
-    imp.add_argument("--chain", metavar="FILE", help="intermediate certificates, issuer of the leaf first")
-    imp.add_argument("--passphrase-file", metavar="F")
+    imp.add_argument("--chain", metavar="FILE",
+                     help="intermediate certificates, issuer of the leaf first (default: those after the leaf in CERT)")
+    imp.add_argument("--passphrase-file", metavar="F",
+                     help="the key's passphrase is the first line of F (default: the key is not encrypted)")
     imp.set_defaults(handler=cmd_import)
 
     ss = cs.add_parser("self-signed", parents=parent, help="a private CA and an edge certificate (labs, tests)")
-    ss.add_argument("--out-dir", metavar="DIR", help="write here instead of the configured tls paths")
-    ss.add_argument("--days", type=int, default=365)
-    ss.add_argument("--san", action="append", default=[], metavar="NAME")
-    ss.add_argument("--force", action="store_true", help="replace an existing certificate")
+    ss.add_argument("--out-dir", metavar="DIR",
+                    help="write here instead of the configured tls paths (default: the [tls] paths)")
+    ss.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
+    ss.add_argument("--san", action="append", default=[], metavar="NAME", help=san_help)
+    ss.add_argument("--force", action="store_true", help="replace an existing certificate (default: refuse)")
     ss.set_defaults(handler=cmd_self_signed)
 
     show = cs.add_parser("show", parents=parent, help="subject, names, covered domains, days left")
