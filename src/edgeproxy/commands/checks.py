@@ -12,14 +12,22 @@ FAIL. The checks, in the order an admin fixes things:
    the external FQDN covered (RFC 6125); **certificate expiry** — WARN under 30 days, FAIL expired.
 3. **trust** — the CA bundle for partner certificates (XEP-0178), or the system store.
 4. **listener** — for each external listener and the loopback channel: can we bind it now, or is
-   something already listening (edgeproxy itself, if it is running)?
+   something already listening? A busy address that the edgeproxy answering on ``[admin] listen``
+   lists among its own listeners (its ``/status``) is OK: "in use by this edgeproxy (pid N)".
 5. **secrets** — the state dir and the secrets at rest in it (the store and its ``-wal``/``-shm``,
    the admin token, the channel secret: :mod:`edgeproxy.ops.atrest`) grant nothing beyond 0750,
    0600 and 0640: FAIL for each one that does, with the ``chmod`` that fixes it — the same files
    for which ``edgeproxy serve`` refuses to start (EP8007).
-6. **partners** — the partner list is readable, not empty (there is no default partner: SPEC §2),
-   no partner claims one of our domains or routes to our own FQDN.
-7. **dns** — :func:`edgeproxy.dns.diagnose.diagnose`: our SRV and A/AAAA records, each partner's.
+6. **partners** — the partner list is readable, not empty (there is no default partner),
+   no partner claims one of our domains or routes to our own FQDN; then one line per stored
+   partner (**partner DOMAIN**): its domains are valid names, its negotiation row is not refused
+   and draws no warning, its proxy FQDN is a well-formed ``host[:port]`` that resolves.
+7. **dns** — :func:`edgeproxy.dns.diagnose.diagnose`: our SRV and A/AAAA records, and the SRV
+   (else A/AAAA) records of each partner without a proxy FQDN, each lookup bounded by
+   ``--timeout``.
+
+``--json`` prints the same lines as a JSON array of ``{"check", "status", "message", "hint"}``
+(``status``: ``ok`` | ``warning`` | ``error``; docs/cli-json.md).
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ import argparse
 import datetime as dt
 import errno
 import ipaddress
+import json
 import socket
+from collections.abc import Callable, Sequence
 
 import idna
 
@@ -40,17 +50,29 @@ from edgeproxy.commands.common import (
     EXIT_REFUSED,
     EXIT_USAGE,
     SubParsers,
+    add_json_option,
     config_option_parent,
+    error,
     load_args_config,
 )
 from edgeproxy.config import EdgeConfig
 from edgeproxy.dns.diagnose import PartnerTarget, diagnose
-from edgeproxy.dns.partners import PartnerList, load_partners
+from edgeproxy.dns.partners import PartnerInfo, PartnerList
 from edgeproxy.dns.records import split_host_port
 from edgeproxy.dns.resolver import Lookup, parse_resolver
 from edgeproxy.errors import ConfigError
 from edgeproxy.findings import Finding, exit_status, fail, ok, warn
 from edgeproxy.ops.atrest import exposed_secrets, secret_files
+from edgeproxy.ops.status import AUTH_LABELS, EdgeStatus
+from edgeproxy.policy.model import Partner
+from edgeproxy.policy.names import InvalidName, ip_literal, normalize_domain, normalize_host_port
+from edgeproxy.policy.validation import check_negotiation
+
+#: What the listener check asks when an address is busy: the running edge's status, or None
+#: when no edgeproxy answers on ``[admin] listen``.
+RunningStatus = Callable[[], EdgeStatus | None]
+#: How long the listener check waits for the admin endpoint's ``/status`` (seconds).
+STATUS_TIMEOUT = 2.0
 
 CERT_HINT = (
     "`edgeproxy cert self-signed` for a lab; `edgeproxy cert request` then `edgeproxy cert import` "
@@ -215,7 +237,37 @@ def check_trust(config: EdgeConfig) -> Finding:
 # --- listeners ---------------------------------------------------------------------------------
 
 
-def probe_listener(hostport: str) -> Finding:
+def _same_endpoint(configured: str, bound: str) -> bool:
+    """Whether the configured ``host:port`` is the bound one (a wildcard matches by port)."""
+    try:
+        (chost, cport), (bhost, bport) = split_host_port(configured), split_host_port(bound)
+    except ValueError:
+        return False
+    wildcard = {"0.0.0.0", "::", ""}
+    return cport == bport and (chost == bhost or chost in wildcard or bhost in wildcard)
+
+
+def _in_use(check: str, hostport: str, running: RunningStatus | None) -> Finding:
+    """An address already bound: fine when the running edgeproxy lists it as its own."""
+    status = running() if running is not None else None
+    if status is not None:
+        own = [li for li in status.listeners if _same_endpoint(hostport, li.address)]
+        if own:
+            return ok(check, f"in use by this edgeproxy (pid {status.pid}, {own[0].role.value} listener)")
+        return warn(
+            check,
+            f"in use by another process: the running edgeproxy (pid {status.pid}) does not listen there",
+            "find the process (ss -ltnp) or change the address",
+        )
+    return warn(
+        check,
+        "in use: something is already listening, and no edgeproxy answers on [admin] listen",
+        "if edgeproxy is not running, find the process (ss -ltnp) or change the address",
+    )
+
+
+def probe_listener(hostport: str, running: RunningStatus | None = None) -> Finding:
+    """Can edgeproxy bind ``hostport`` now? ``running``: asked when the address is busy."""
     host, port = split_host_port(hostport)
     check = f"listener {hostport}"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -225,17 +277,40 @@ def probe_listener(hostport: str) -> Finding:
             sock.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                return warn(
-                    check,
-                    "in use: something is already listening (fine if it is this edgeproxy)",
-                    "if edgeproxy is not running, find the process (ss -ltnp) or change the address",
-                )
+                return _in_use(check, hostport, running)
             if exc.errno == errno.EACCES:
                 return fail(check, "permission denied", "ports below 1024 need root or CAP_NET_BIND_SERVICE")
             if exc.errno == errno.EADDRNOTAVAIL:
                 return fail(check, f"{host} is not an address of this host", "fix edge.listen / internal-listen")
             return fail(check, f"cannot bind: {exc.strerror}", "fix edge.listen / internal-listen")
     return ok(check, "free: edgeproxy can bind it (it is not running now)")
+
+
+def admin_status(config: EdgeConfig, timeout: float = STATUS_TIMEOUT) -> RunningStatus:
+    """Asks the admin endpoint of ``config`` for ``/status`` once, when first called."""
+    cache: list[EdgeStatus | None] = []
+
+    def ask() -> EdgeStatus | None:
+        if not cache:
+            cache.append(_fetch_status(config, timeout))
+        return cache[0]
+
+    return ask
+
+
+def _fetch_status(config: EdgeConfig, timeout: float) -> EdgeStatus | None:
+    import http.client
+
+    import msgspec
+
+    from edgeproxy.commands.ops import AdminClient, NotRunning
+    from edgeproxy.ops.status import decode_status
+
+    try:
+        reply = AdminClient(config, timeout=timeout).request("GET", "/status")
+        return decode_status(reply.body) if reply.status == 200 else None
+    except (NotRunning, OSError, http.client.HTTPException, msgspec.DecodeError, ValueError):
+        return None
 
 
 # --- secrets at rest ---------------------------------------------------------------------------
@@ -287,6 +362,72 @@ def check_partners(config: EdgeConfig, listed: PartnerList) -> Finding:
     return ok("partners", f"{len(listed.partners)} partner(s), {domains} domain(s)")
 
 
+def load_partner_rows(config: EdgeConfig) -> tuple[list[Partner], PartnerList]:
+    """The stored partner rows, and the list the other checks read; read-only (a check never
+    creates the store: without one there are no partners yet)."""
+    from edgeproxy.policy.store import STORE_FILE, Store
+
+    path = config.state_dir / STORE_FILE
+    if not path.exists():
+        return [], PartnerList(source=f"{path} (not created yet)")
+    try:
+        with Store(path) as store:
+            _, configuration = store.read()
+    except Exception as exc:  # noqa: BLE001 - any store failure is a finding, not a crash
+        return [], PartnerList(source=str(path), error=f"cannot read {path}: {exc}")
+    rows = list(configuration.partners)
+    infos = [PartnerInfo(p.domain, tuple(p.additional_domains), p.proxy_fqdn) for p in rows]
+    return rows, PartnerList(infos, str(path))
+
+
+def _proxy_problems(proxy: str, lookup: Lookup | None) -> tuple[str, list[str], list[str]]:
+    """(what the proxy FQDN is, errors, warnings): a well-formed ``host[:port]`` that resolves."""
+    try:
+        host, port = normalize_host_port(proxy, default_port=5269, allow_ip=True)
+    except InvalidName as exc:
+        return f"proxy-fqdn {proxy}", [f"proxy-fqdn {exc.detail}"], []
+    where = f"proxy-fqdn {proxy}"
+    if ip_literal(host) is not None:
+        return f"{where} (an address: no DNS needed)", [], []
+    if lookup is None:
+        return f"{where} (not resolved: --no-dns)", [], []
+    answer = lookup.addresses(host)
+    if answer.outcome == "ok":
+        return f"{where} ({host} resolves to {', '.join(answer.values)}; port {port})", [], []
+    if answer.outcome == "error":
+        return where, [], [f"cannot resolve proxy-fqdn {host}: {answer.detail}"]
+    return where, [f"proxy-fqdn {host} does not resolve ({answer.detail})"], []
+
+
+def check_partner_row(partner: Partner, lookup: Lookup | None) -> Finding:
+    """One stored partner: valid domains, its negotiation row, its proxy FQDN."""
+    check = f"partner {partner.domain}"
+    errors: list[str] = []
+    warnings: list[str] = []
+    for domain in partner.domains:
+        try:
+            normalize_domain(domain)
+        except InvalidName as exc:
+            errors.append(f"domain {exc.detail}")
+    verdict = check_negotiation(partner.tls, partner.sasl, partner.dialback)
+    if verdict.refusal is not None:
+        errors.append(f"negotiation row (tls {partner.tls}, sasl {partner.sasl}, dialback "
+                      f"{'on' if partner.dialback else 'off'}) {verdict.refusal}")
+    warnings += [w.removeprefix("warning: ") for w in verdict.warnings]
+    route = "DNS (SRV, then A/AAAA)"
+    if partner.proxy_fqdn:
+        route, proxy_errors, proxy_warnings = _proxy_problems(partner.proxy_fqdn, lookup)
+        errors += proxy_errors
+        warnings += proxy_warnings
+    hint = f"edgeproxy partner set {partner.domain} …"
+    if errors:
+        return fail(check, "; ".join(errors + warnings), hint)
+    if warnings:
+        return warn(check, "; ".join(warnings), hint)
+    methods = ", ".join(AUTH_LABELS[m] for m in sorted(verdict.methods, key=list(AUTH_LABELS).index))
+    return ok(check, f"{partner.type}, {len(partner.domains)} domain(s), {methods}; reached by {route}")
+
+
 # --- all ---------------------------------------------------------------------------------------
 
 
@@ -296,8 +437,12 @@ def run_checks(
     lookup: Lookup | None,
     now: dt.datetime | None = None,
     partners: PartnerList | None = None,
+    rows: Sequence[Partner] | None = None,
+    running: RunningStatus | None = None,
 ) -> list[Finding]:
-    """Every check; ``lookup=None`` skips DNS."""
+    """Every check; ``lookup=None`` skips DNS. Without ``partners`` the stored partner rows are
+    read (and checked one by one); ``rows`` are checked when given. ``running``: the running
+    edge's status, asked only when a listener address is busy."""
     now = now or dt.datetime.now(dt.UTC)
     findings = check_config(config)
     if findings[0].level == "FAIL":
@@ -305,43 +450,70 @@ def run_checks(
     findings.append(check_limits(config))
     findings += check_certificate(config, now)
     findings.append(check_trust(config))
-    findings += [probe_listener(hp) for hp in (*config.edge.listen, config.edge.internal_listen)]
+    findings += [probe_listener(hp, running) for hp in (*config.edge.listen, config.edge.internal_listen)]
     findings.append(check_secrets(config))
-    listed = partners if partners is not None else load_partners(config)
-    findings.append(check_partners(config, listed))
+    if partners is None:
+        stored, partners = load_partner_rows(config)
+        rows = stored if rows is None else rows
+    findings.append(check_partners(config, partners))
+    findings += [check_partner_row(p, lookup) for p in rows or ()]
     if lookup is None:
         findings.append(warn("dns", "not checked (--no-dns)", "edgeproxy dns check"))
     else:
-        targets = [PartnerTarget(d, p.proxy_fqdn) for p in listed.partners for d in p.domains]
+        targets = [PartnerTarget(d, None) for p in partners.partners if not p.proxy_fqdn for d in p.domains]
         findings += diagnose(config, lookup, targets)
     return findings
+
+
+#: ``Finding.level`` as ``check --json`` writes it.
+JSON_STATUS = {"OK": "ok", "WARN": "warning", "FAIL": "error"}
+
+
+def findings_json(findings: Sequence[Finding]) -> str:
+    """The ``check --json`` array: one object per line of the text report."""
+    return json.dumps(
+        [{"check": f.check, "status": JSON_STATUS[f.level], "message": f.detail, "hint": f.hint} for f in findings],
+        ensure_ascii=False,
+    )
+
+
+def _report(findings: list[Finding], as_json: bool) -> None:
+    if as_json:
+        print(findings_json(findings))
+    else:
+        for finding in findings:
+            print(finding.line())
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         config = load_args_config(args)
     except ConfigError as exc:
-        print(fail("config", str(exc), "edgeproxy config validate; edgeproxy config show-default").line())
+        _report([fail("config", str(exc), "edgeproxy config validate; edgeproxy config show-default")], args.json)
         return EXIT_REFUSED
     lookup = None
     if not args.no_dns:
         try:
             lookup = Lookup(parse_resolver(args.resolver) if args.resolver else None, timeout=args.timeout)
         except ValueError as exc:
-            print(f"edgeproxy: --resolver: {exc}")
+            error(f"--resolver: {exc}")
             return EXIT_USAGE
-    findings = run_checks(config, lookup=lookup)
-    for finding in findings:
-        print(finding.line())
+    findings = run_checks(config, lookup=lookup, running=admin_status(config))
+    _report(findings, args.json)
     return exit_status(findings)
 
 
 def register(sub: SubParsers) -> None:
     chk = sub.add_parser(
         "check", parents=[config_option_parent()],
-        help="configuration, certificate, DNS, listeners, partners: OK/WARN/FAIL with hints",
+        help="configuration, certificate, listeners, partners, DNS: OK/WARN/FAIL with hints",
+        description="One line per check, OK, WARN or FAIL with a hint; exit status 1 when any "
+        "line is FAIL. A listener address busy because this edgeproxy is running is OK.",
     )
-    chk.add_argument("--resolver", metavar="IP:PORT", help="nameserver for the DNS checks (default: the system's)")
-    chk.add_argument("--timeout", type=float, default=2.0, metavar="S", help="per DNS lookup (default 2)")
-    chk.add_argument("--no-dns", action="store_true", help="skip the DNS checks")
+    chk.add_argument("--resolver", metavar="IP:PORT",
+                     help="the nameserver for the DNS checks (default: the system's, /etc/resolv.conf)")
+    chk.add_argument("--timeout", type=float, default=2.0, metavar="S",
+                     help="seconds each DNS lookup may take (default 2)")
+    chk.add_argument("--no-dns", action="store_true", help="skip the DNS checks (default: run them)")
+    add_json_option(chk)
     chk.set_defaults(handler=cmd_check)
