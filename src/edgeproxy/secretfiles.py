@@ -31,7 +31,7 @@ from edgeproxy.errors import ConfigError
 
 #: Owner read/write only: the store (and its -wal/-shm), the channel secret.
 PRIVATE = 0o600
-#: Owner read/write, group read: the admin token (the admin group's right, SPEC §10).
+#: Owner read/write, group read: the admin token (the admin group's right, docs/spec.md §10.4).
 GROUP_READABLE = 0o640
 #: The state dir: owner everything, group enter and list (to read the admin token), others nothing.
 STATE_DIR = 0o750

@@ -1,13 +1,13 @@
 """Checks on the edge's own certificate, before import and in ``edgeproxy check``.
 
-Theory of operation. An edge certificate is usable when (SPEC §8):
+Theory of operation. An edge certificate is usable when (docs/spec.md §8.1):
 
 1. **key match** — the certificate's public key is the private key's (SubjectPublicKeyInfo equal);
 2. **validity** — ``notBefore <= now <= notAfter`` (RFC 5280 §4.1.2.5);
 3. **server authentication** — the extended key usage includes ``id-kp-serverAuth`` (or
    ``anyExtendedKeyUsage``); a certificate without the extension is unrestricted (RFC 5280
    §4.2.1.12) and accepted with a warning. ``clientAuth`` is never required (public CAs stopped
-   issuing it; SPEC §8);
+   issuing it);
 4. **names** — its identifiers cover every XMPP domain and the external FQDN (RFC 6125 matching,
    :mod:`edgeproxy.certs.identity`);
 5. **chain order** — each certificate after the leaf is the issuer of the one before it (name

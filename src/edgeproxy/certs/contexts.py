@@ -12,7 +12,7 @@ role                  side   peer     where
 ``S2S_SERVER``        server deferred inbound STARTTLS (RFC 6120 §5)
 ``S2S_CLIENT``        client deferred outbound STARTTLS: our certificate for SASL EXTERNAL (XEP-0178 §3)
 ``SIP_SERVER``        server none     SIP over TLS from user agents (which rarely have a certificate)
-``SIP_NEXT_HOP``      server required SIP over TLS when the next hop is TLS: only it may send (issue 14)
+``SIP_NEXT_HOP``      server required SIP over TLS when the next hop is TLS: only it may send
 ``SIP_CLIENT``        client required SIP over TLS to the next hop or a user agent (RFC 5922 §7)
 ``CHANNEL_EDGE``      server required the loopback channel's listener (``[edge] internal-tls``)
 ``CHANNEL_GATEWAY``   client required the gateway's connection to that listener
@@ -24,20 +24,20 @@ role                  side   peer     where
   purpose allows clientAuth (or that has no extended key usage).
 * **none** — no client certificate is requested.
 * **deferred** (S2S) — *the TLS layer accepts any peer certificate; we judge it afterwards*
-  (:mod:`edgeproxy.certs.peer`). A peer whose certificate is untrusted, expired or for another
-  name must still get a TLS stream: it then simply is not offered SASL EXTERNAL, and TLS dialback
-  stays possible where its row allows it (SPEC §2.1). OpenSSL cannot do that on its own: with
+  (:mod:`edgeproxy.certs.peer`). A peer whose certificate is untrusted, expired or for another name
+  must still get a TLS stream: it then simply is not offered SASL EXTERNAL, and TLS dialback stays
+  possible where its row allows it (docs/spec.md §8.2). OpenSSL cannot do that on its own: with
   ``SSL_VERIFY_PEER`` a failed chain aborts the handshake, and on the server side it checks client
   certificates for the ``ssl_client`` purpose — a certificate whose EKU is serverAuth only (what
   public CAs issue today, and what XEP-0178 peers carry) fails with "unsupported certificate
-  purpose", although SPEC §8 says the clientAuth EKU must not be required. Python's ``ssl``
+  purpose", although the clientAuth EKU must not be required (docs/spec.md §8.2). Python's ``ssl``
   exposes neither a verify callback nor the purpose, so
   :func:`edgeproxy.certs.openssl.defer_verification` installs a callback that accepts every
   certificate; if it cannot (an unexpected object layout), OpenSSL's verification stays and a
-  warning says so. ``SSL_VERIFY_PEER`` without ``FAIL_IF_NO_PEER_CERT`` still *requests* a
-  client certificate (RFC 5246 §7.4.4 / RFC 8446 §4.3.2), so a peer without one can still
-  connect. Host-name checking is off: the identity the certificate must prove is the *partner
-  domain*, not the host we connected to. The context (:class:`S2SContext`) carries the
+  warning says so. ``SSL_VERIFY_PEER`` without ``FAIL_IF_NO_PEER_CERT`` still *requests* a client
+  certificate (RFC 5246 §7.4.4 / RFC 8446 §4.3.2), so a peer without one can still connect.
+  Host-name checking is off: the identity the certificate must prove is the *partner domain*, not
+  the host we connected to. The context (:class:`S2SContext`) carries the
   :class:`~edgeproxy.certs.peer.PeerTrust` the verdict is taken against.
 
 The anchors are ``trust`` when it is given and exists, else the system store (CA certificates for

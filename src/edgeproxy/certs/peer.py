@@ -5,14 +5,15 @@ Theory of operation
 The S2S contexts (:mod:`edgeproxy.certs.contexts`, role ``S2S_*``) let every peer certificate
 through the handshake: a peer whose certificate is untrusted, expired or for another name still
 gets a TLS stream, is then simply not offered SASL EXTERNAL, and TLS dialback stays possible
-where its row allows it (SPEC §2.1, XEP-0220 over TLS). The verdict is ours
+where its row allows it (docs/spec.md §2.1, XEP-0220 over TLS). The verdict is ours
 (:func:`certificate_check`, per stream, cached), with ``cryptography.x509.verification``:
 
 1. no certificate → "no certificate";
 2. leaf validity period → "expired on …" / "not valid before …";
 3. chain to ``[tls] trust`` (:class:`PeerTrust`; the system store if unset) under the Web PKI
    profile (RFC 5280 path validation, basic constraints, key usage…) but with the extended key
-   usage relaxed to "serverAuth or clientAuth or absent" (SPEC §8) → "untrusted issuer …";
+   usage relaxed to "serverAuth or clientAuth or absent" (docs/spec.md §8.2) → "untrusted
+   issuer …";
 4. identity for the partner domain per RFC 6125 §6 / XEP-0178 §3 with
    :class:`edgeproxy.certs.identity.PresentedIdentities` (DNS-ID with left-most-label wildcard,
    SRV-ID ``_xmpp-server.domain``, XmppAddr) → "name mismatch: …".
@@ -51,7 +52,7 @@ from edgeproxy.certs.identity import PresentedIdentities
 from edgeproxy.certs.openssl import peer_chain
 from edgeproxy.s2s import CertificateCheck
 
-#: Extended key usages acceptable on an S2S peer certificate (SPEC §8: clientAuth not required).
+#: Extended key usages acceptable on an S2S peer certificate (clientAuth not required).
 _S2S_USAGES = frozenset(
     (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE)
 )

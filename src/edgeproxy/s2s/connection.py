@@ -1,4 +1,4 @@
-"""``S2SConnection``: one server-to-server XML stream, sans I/O (DESIGN principle 1).
+"""``S2SConnection``: one server-to-server XML stream, sans I/O (docs/design.md §1).
 
 Theory of operation
 -------------------
@@ -23,9 +23,10 @@ Receiving role (the peer connected to us):
 1. Header (RFC 6120 §4.7): ``stream`` in ``http://etherx.jabber.org/streams`` with default
    namespace ``jabber:server`` (else ``invalid-namespace``), ``version`` 1.x (else
    ``unsupported-version``), ``to`` one of our domains (``host-unknown``), ``from`` if present a
-   valid domain of a partner (``invalid-from`` / ``policy-violation``: SPEC §2 "no default
-   partner"). We answer with our header (fresh ``id``) and the features the partner's row allows
-   (``policy.engine.inbound_offer``; SPEC §2.1 — without ``from``, what some row could use).
+   valid domain of a partner (``invalid-from`` / ``policy-violation``: there is no default
+   partner, docs/spec.md §2). We answer with our header (fresh ``id``) and the features the
+   partner's row allows (``policy.engine.inbound_offer``; docs/spec.md §2.2 — without ``from``,
+   what some row could use).
 2. ``<starttls/>`` (RFC 6120 §5.4.2): ``<proceed/>`` if offered, else ``<failure/>`` and close.
    Bytes after ``<starttls/>`` are refused (the tokenizer halts there; RFC 6120 §5.4.3.3).
 3. ``<auth mechanism='EXTERNAL'>`` (RFC 6120 §6.4, XEP-0178 §3): only on TLS, only if offered,
@@ -34,13 +35,13 @@ Receiving role (the peer connected to us):
    Success restarts the stream (§6.4.6).
 4. ``<db:result from=O to=R>key`` (XEP-0220 §2.1.2): ``R`` ours (else dialback error
    ``item-not-found``, §2.4), ``O`` a partner whose row allows dialback on this kind of stream
-   (else stream error ``policy-violation``, SPEC §2.1). The driver verifies the key with O's
-   authoritative server and answers with :class:`DialbackVerdict`. Several (R, O) pairs may be
-   pending or valid on one stream (XEP-0220 §2.4 multiplexing).
+   (else stream error ``policy-violation``, docs/spec.md §2.2). The driver verifies the key with
+   O's authoritative server and answers with :class:`DialbackVerdict`. Several (R, O) pairs may
+   be pending or valid on one stream (XEP-0220 §2.4 multiplexing).
 5. ``<db:verify from=R to=O id=I>key`` (XEP-0220 §2.2.2, we are authoritative): valid iff the
    key equals our XEP-0185 key for (R, O, I) — any edge sharing the secret issued it.
 6. Stanzas (RFC 6120 §8) need an authenticated pair: ``from`` domain authenticated on this
-   stream for ``to`` domain, else ``invalid-from`` (SPEC §6.1); ``to`` ours, else
+   stream for ``to`` domain, else ``invalid-from`` (docs/spec.md §6 rule 1); ``to`` ours, else
    ``host-unknown``; missing addresses are ``improper-addressing`` (RFC 6120 §8.1.1.1).
 
 Initiating role (we connect to the partner): header ``from`` our domain ``to`` theirs; on
@@ -111,8 +112,8 @@ _STANZA_NAMES = frozenset(("message", "presence", "iq"))
 _NO_KEEPALIVE = frozenset((State.AWAIT_PROCEED, State.TLS_HANDSHAKE, State.CLOSED))
 #: Namespace prefixes a stream header binds when it binds none of its own (RFC 6120 §4.8).
 _PLAIN_PREFIXES = frozenset(("", "stream", "db"))
-#: Bounded: at most this many dialback pairs pending verification on one stream (DESIGN 4);
-#: the edge passes ``[limits] dialback-per-stream`` (default 8) instead.
+#: Bounded: at most this many dialback pairs pending verification on one stream
+#: (docs/design.md §4); the edge passes ``[limits] dialback-per-stream`` (default 8) instead.
 MAX_PENDING_DIALBACK = 64
 #: Verifications one stream may cause in its whole life, as a multiple of its pending bound: a
 #: stream that keeps asking (each request costs a connection to the partner) is closed.
@@ -213,7 +214,7 @@ class S2SConnection:
                 raise ValueError("an initiating stream needs local_domain and remote_domain")
             partner = engine.partner_for_domain(policy(), remote_domain)
             if partner is None:
-                raise ValueError(f"{remote_domain} is not a partner (SPEC §2: no default)")
+                raise ValueError(f"{remote_domain} is not a partner (there is no default partner)")
             self._partner = partner
             self._methods = engine.outbound_methods(policy(), partner)
 
@@ -558,7 +559,9 @@ class S2SConnection:
             return
         partner = engine.partner_for_domain(snapshot, originating)
         if partner is None:
-            self._fail("policy-violation", f"{originating} is not a partner (SPEC §2)")
+            self._fail(
+                "policy-violation", f"{originating} is not a partner (there is no default partner)"
+            )
             return
         # Another partner's domain than the header's is allowed (XEP-0220), judged on its row.
         method = AuthMethod.TLS_DIALBACK if self.tls_active else AuthMethod.TCP_DIALBACK
@@ -569,8 +572,8 @@ class S2SConnection:
             return
         pair = (receiving, originating)
         if pair in self._pending:
-            # A repeat of a request still being verified starts nothing (issue 13: one stream
-            # repeating db:result opened a connection per repeat); the verdict on the first
+            # A repeat of a request still being verified starts nothing (else one stream
+            # repeating db:result would open a connection per repeat); the verdict on the first
             # answers it too (fewer bytes out than the repeats brought in).
             self._pending_repeats[pair] = self._pending_repeats.get(pair, 0) + 1
             return

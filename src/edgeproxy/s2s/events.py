@@ -74,7 +74,7 @@ class PeerCertificateRejected(Event):
     """The peer's TLS certificate does not prove ``domain`` (RFC 6125, XEP-0178 §3), so SASL
     EXTERNAL is not offered or is refused; ``reason`` names the cause (expired, not yet valid,
     untrusted issuer, name mismatch, no certificate). The stream goes on: TLS dialback stays
-    possible where the partner's row allows it (SPEC §2.1). Receiving role: the peer is not
+    possible where the partner's row allows it (docs/spec.md §2.1). Receiving role: the peer is not
     offered EXTERNAL; initiating role: we do not attempt EXTERNAL towards that peer."""
 
     domain: str
@@ -167,7 +167,7 @@ class VerifyRequest(Event):
 
 @dataclass(frozen=True, slots=True)
 class SendStanza(Event):
-    """Write a stanza's bytes as they are (DESIGN: forwarding re-uses received bytes)."""
+    """Write a stanza's bytes as they are (received bytes are re-used: docs/design.md §2)."""
 
     raw: bytes
     from_domain: str

@@ -13,7 +13,7 @@ bytes received. References:
   ``<dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>`` (XEP-0220 §2.4.1);
 * stream errors — RFC 6120 §4.9.2: ``<stream:error><COND xmlns='…streams'/><text/>``, then
   ``</stream:stream>``;
-* dialback keys — XEP-0185 §3 as SPEC §3 fixes them:
+* dialback keys — XEP-0185 §3 as docs/spec.md §11.4 fixes them:
   ``hex(HMAC-SHA256(key=hex(SHA256(secret)), receiving + ' ' + originating + ' ' + id))``.
 """
 
@@ -44,7 +44,8 @@ KEEPALIVE: Final = b" "
 _APOS: Final = {"'": "&apos;", '"': "&quot;"}
 
 def dialback_key(secret: str, receiving: str, originating: str, stream_id: str) -> str:
-    """XEP-0185 §3 key (SPEC §3): HMAC-SHA256 keyed with hex SHA-256 of the secret, hex."""
+    """XEP-0185 §3 key (docs/spec.md §11.4): HMAC-SHA256 keyed with hex SHA-256 of the secret,
+    in hex."""
     hashed = hashlib.sha256(secret.encode("utf-8")).hexdigest().encode("ascii")
     message = f"{receiving} {originating} {stream_id}".encode()
     return hmac.new(hashed, message, hashlib.sha256).hexdigest()

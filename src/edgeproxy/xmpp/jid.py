@@ -8,8 +8,8 @@ the domainpart. Each part is then prepared and enforced:
 
 * **domainpart** (§3.2): an IP literal (``[IPv6]`` or dotted IPv4) is kept as is; otherwise the
   trailing dot is removed and the name is mapped with IDNA2008 + UTS #46 (the ``idna`` package)
-  to its lower-case A-label form, which is also the form we compare and route on (SPEC §2). At
-  most 1023 octets (§3.2.1); each label at most 63 octets (DNS).
+  to its lower-case A-label form, which is also the form we compare and route on
+  (docs/spec.md §2). At most 1023 octets (§3.2.1); each label at most 63 octets (DNS).
 * **localpart** (§3.3, PRECIS UsernameCaseMapped, RFC 8265 §3.3): we do not ship the PRECIS
   tables (``precis-i18n`` is not a dependency), so we enforce a documented *stricter subset*:
   NFC normalisation, Unicode case folding (``str.casefold``, which RFC 8265 §3.3.2 step 2 allows

@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 The policy engine lets such an iq through (``engine.ALLOW_SERVER_IQ``: "the edge answers pings
-and service discovery", SPEC §6); the router answers it here, on our own stream to the partner,
-instead of handing it to the gateway (which has no server to speak for):
+and service discovery", docs/spec.md §6); the router answers it here, on our own stream to the
+partner, instead of handing it to the gateway (which has no server to speak for):
 
 * XEP-0199 §4.2 server-to-server ping (``<ping xmlns='urn:xmpp:ping'/>``): an empty result —
   partners ping to learn whether the federation link still works;

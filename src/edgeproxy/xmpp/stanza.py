@@ -12,7 +12,7 @@ its ``raw`` bytes, ``element()`` for the tree); :func:`parse_stanza` is its elem
 does — the resourcepart is everything after the first ``/`` (so it may hold ``@`` and ``/``), the
 localpart everything before the first ``@`` of what remains — with no PRECIS preparation and no
 validation: they give the keys of routing, queues and telemetry on the hot path.
-:func:`domain_of` lower-cases (ASCII domains compare that way, SPEC §2); :func:`domainpart`
+:func:`domain_of` lower-cases (ASCII domains compare that way, docs/spec.md §2); :func:`domainpart`
 leaves the text as written, for callers that fold it themselves (IDNA:
 ``edgeproxy.policy.names.fast_domain``). :func:`edgeproxy.xmpp.jid.parse_jid` prepares and
 validates a JID.
@@ -65,7 +65,8 @@ def parse_stanza(raw: bytes) -> Element:
 
 
 def without_status(element: Element) -> Element:
-    """The stanza without its top-level ``<status/>`` notes (the policy's transformation, SPEC §4)."""
+    """The stanza without its top-level ``<status/>`` notes (the policy's transformation for
+    partners that must not see them, docs/spec.md §4)."""
     kept = [c for c in element.children if not (isinstance(c, Element) and c.name == "status")]
     return Element(element.name, element.namespace, dict(element.attrs), kept)
 
