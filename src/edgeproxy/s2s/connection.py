@@ -41,7 +41,7 @@ Receiving role (the peer connected to us):
 5. ``<db:verify from=R to=O id=I>key`` (XEP-0220 §2.2.2, we are authoritative): valid iff the
    key equals our XEP-0185 key for (R, O, I) — any edge sharing the secret issued it.
 6. Stanzas (RFC 6120 §8) need an authenticated pair: ``from`` domain authenticated on this
-   stream for ``to`` domain, else ``invalid-from`` (docs/spec.md §6 rule 1); ``to`` ours, else
+   stream for ``to`` domain, else ``invalid-from`` (docs/spec.md §6.1); ``to`` ours, else
    ``host-unknown``; missing addresses are ``improper-addressing`` (RFC 6120 §8.1.1.1).
 
 Initiating role (we connect to the partner): header ``from`` our domain ``to`` theirs; on

@@ -12,8 +12,8 @@ retry what it cannot understand).
 :func:`error_reply` builds the reply of RFC 6120 §8.3.1: the same stanza kind and id, ``to`` and
 ``from`` swapped, ``type='error'``, and an ``<error/>`` child holding the condition and, when
 given, a human-readable ``<text/>``. An error stanza is never answered with an error (§8.3.1):
-the reply is then None and the caller logs it (nothing is dropped silently: docs/spec.md §6
-rule 5). By default the reply keeps the original's other attributes and, except for an iq
+the reply is then None and the caller logs it (nothing is dropped silently: docs/spec.md
+§6.5). By default the reply keeps the original's other attributes and, except for an iq
 (RFC 6120 §8.2.3 makes the request's payload optional in its error), its children, so the sender
 can see what failed;
 ``include_original=False`` gives only the addresses, the id and the error.
