@@ -379,3 +379,17 @@ def test_the_cli_module_carries_the_completion_marker_argcomplete_looks_for() ->
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_a_state_directory_that_cannot_be_made_is_an_error_line_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "file").write_text("not a directory\n", encoding="utf-8")
+    config = tmp_path / "edgeproxy.toml"
+    config.write_text('[edge]\ndomains = ["contoso.test"]\nstate-dir = "file/state"\n', encoding="utf-8")
+
+    result = _run(config, "user", "get")
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("edgeproxy: ") and "Traceback" not in result.stderr
+    assert "file/state" in result.stderr

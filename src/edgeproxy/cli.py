@@ -116,6 +116,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         error(str(exc))
         return EXIT_REFUSED
+    except BrokenPipeError:
+        # Whoever read standard output has gone (``edgeproxy user get | head -1``): nothing to
+        # say, and nothing more to flush there at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_REFUSED
+    except OSError as exc:  # a state directory or file that cannot be used, a port taken, …
+        error(os_error_text(exc))
+        return EXIT_REFUSED
+
+
+def os_error_text(exc: OSError) -> str:
+    """An operating-system error as one line: ``PATH: reason`` when it names a file."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None:
+        return f"{exc.filename}: {reason}"
+    return reason
 
 
 if __name__ == "__main__":
