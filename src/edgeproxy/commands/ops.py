@@ -2,9 +2,10 @@
 
 They connect to ``[admin] listen`` of the same configuration the server uses (a wildcard address
 is reached through loopback). When nothing answers there, they say
-``edgeproxy is not running (nothing on 127.0.0.1:9269)`` and exit 1. ``stop`` and ``reload`` send
-the admin token (``[admin] token-file``, default ``<state-dir>/admin.token``); reading that file is
-the admin right of SPEC §10.
+``edgeproxy is not running (nothing on 127.0.0.1:9269)`` (``status`` on stdout as its answer, the
+others on stderr after ``edgeproxy: ``) and exit 1. ``stop`` and ``reload`` send the admin token
+(``[admin] token-file``, default ``<state-dir>/admin.token``); reading that file is the admin
+right to change the running server, viewing its status needs none.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from dataclasses import dataclass
 
 import msgspec
 
-from edgeproxy.commands.common import EXIT_OK, SubParsers, config_option_parent, load_args_config
+from edgeproxy.commands.common import (
+    EXIT_OK,
+    SubParsers,
+    config_option_parent,
+    error,
+    load_args_config,
+)
 from edgeproxy.config import EdgeConfig
 from edgeproxy.ops.admin import (
     admin_token_path,
@@ -90,7 +97,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     except NotRunning:
         if args.json:
             print(json.dumps({"format": STATUS_FORMAT, "running": False, "admin": client.address}))
-            print(not_running(client), file=sys.stderr)
+            error(not_running(client))
         else:
             print(not_running(client))
         return EXIT_FAILED
@@ -120,7 +127,7 @@ def _write(client: AdminClient, path: str) -> Reply | int:
         try:
             client.request("GET", "/healthz")
         except NotRunning:
-            print(not_running(client), file=sys.stderr)
+            error(not_running(client))
             return EXIT_FAILED
         except OSError:
             pass
@@ -134,7 +141,7 @@ def _write(client: AdminClient, path: str) -> Reply | int:
     try:
         return client.request("POST", path, token=token)
     except NotRunning:
-        print(not_running(client), file=sys.stderr)
+        error(not_running(client))
         return EXIT_FAILED
     except OSError as exc:
         print(f"edgeproxy: admin endpoint {client.address}: {exc}", file=sys.stderr)
@@ -189,19 +196,24 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def register(sub: SubParsers) -> None:
     status = sub.add_parser("status", parents=[config_option_parent()],
-                            help="is the edge running: listeners, streams, gateway channel, queues")
-    status.add_argument("--json", action="store_true", help="stable JSON (docs/status-json.md)")
-    status.add_argument("--timeout", type=float, default=5.0, metavar="S", help="(default 5)")
+                            help="is edgeproxy running: listeners (S2S, channel, admin, SIP), streams, "
+                            "gateway channel, queues")
+    status.add_argument("--json", action="store_true",
+                        help="print the status as stable JSON (docs/status-json.md) instead of the table")
+    status.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                        help="seconds to wait for the admin endpoint's answer (default 5)")
     status.set_defaults(handler=cmd_status)
 
     stop = sub.add_parser("stop", parents=[config_option_parent()],
                           help="graceful shutdown: drain queues, close streams with system-shutdown")
-    stop.add_argument("--no-wait", action="store_true", help="return once the shutdown has begun")
+    stop.add_argument("--no-wait", action="store_true",
+                      help="return once the shutdown has begun (default: wait until the process is gone)")
     stop.add_argument("--timeout", type=float, default=DRAIN_BOUND_SECONDS + 10, metavar="S",
-                      help=f"how long to wait for the process to stop (default {DRAIN_BOUND_SECONDS + 10:g})")
+                      help=f"seconds to wait for the process to stop (default {DRAIN_BOUND_SECONDS + 10:g})")
     stop.set_defaults(handler=cmd_stop)
 
     reload_ = sub.add_parser("reload", parents=[config_option_parent()],
                              help="re-read configuration, certificates and store; keeps allowed streams")
-    reload_.add_argument("--timeout", type=float, default=30.0, metavar="S", help="(default 30)")
+    reload_.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                         help="seconds to wait for the reload's outcome (default 30)")
     reload_.set_defaults(handler=cmd_reload)

@@ -1,4 +1,4 @@
-"""The status model: what ``edgeproxy status`` shows (SPEC §10, issue 7).
+"""The status model: what ``edgeproxy status`` shows.
 
 The running server implements ``StatusSource``: one cheap, synchronous ``status()`` call that
 returns an ``EdgeStatus`` snapshot (frozen msgspec Structs), built with the functions below from
@@ -33,6 +33,15 @@ class Role(enum.StrEnum):
     EXTERNAL = "external"  # S2S with partners, TCP 5269
     INTERNAL = "internal"  # loopback channel to the gateway, TCP 23456
     ADMIN = "admin"  # this admin endpoint
+    SIP = "sip"  # the gateway's SIP listeners (UDP and TCP on each address, TLS), role both
+
+
+class Transport(enum.StrEnum):
+    """What a listener speaks on its address."""
+
+    TCP = "tcp"
+    UDP = "udp"
+    TLS = "tls"  # TLS from the first byte (SIP over TLS); the S2S port's STARTTLS is tcp
 
 
 class Direction(enum.StrEnum):
@@ -75,6 +84,7 @@ AUTH_LABELS: dict[AuthMethod, str] = {
 class ListenerStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     role: Role
     address: str  # "host:port" as bound, e.g. "0.0.0.0:5269" or "[::1]:23456"
+    transport: Transport = Transport.TCP
 
 
 class StreamStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
@@ -220,6 +230,23 @@ def stream_status(stream: S2SSession, direction: Direction, partner: str | None,
     )
 
 
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def sip_listeners(
+    sip: Iterable[tuple[str, int]], tls: Iterable[tuple[str, int]] = ()
+) -> list[ListenerStatus]:
+    """The gateway's SIP rows: UDP and TCP on each ``sip`` (host, port) as bound, TLS on each
+    ``tls`` (host, port)."""
+    rows: list[ListenerStatus] = []
+    for host, port in sip:
+        rows.append(ListenerStatus(Role.SIP, _host_port(host, port), Transport.UDP))
+        rows.append(ListenerStatus(Role.SIP, _host_port(host, port), Transport.TCP))
+    rows += [ListenerStatus(Role.SIP, _host_port(host, port), Transport.TLS) for host, port in tls]
+    return rows
+
+
 def link_queues(links: Iterable[Link], limit: int) -> list[QueueStatus]:
     """The queue of every running outbound link (``outbound:<local>><remote>``)."""
     return [
@@ -308,7 +335,8 @@ def render_table(status: EdgeStatus, *, admin: str | None = None) -> str:
         "",
         "Listeners",
     ]
-    lines += _table(["ROLE", "ADDRESS"], [[li.role.value, li.address] for li in status.listeners])
+    lines += _table(["ROLE", "ADDRESS", "TRANSPORT"],
+                    [[li.role.value, li.address, li.transport.value] for li in status.listeners])
     established = [s for s in status.streams if s.state is StreamState.ESTABLISHED]
     partners = sorted({s.partner for s in established if s.partner})
     lines += ["", f"Streams ({len(established)} established with {len(partners)} partners, "
