@@ -63,6 +63,23 @@ def _walk(
 COMMANDS = {name: (help, parser) for name, help, parser in _walk(build_parser())}
 
 
+def _group_helps(
+    parser: argparse.ArgumentParser, words: tuple[str, ...] = ()
+) -> Iterator[tuple[str, str | None]]:
+    """The help line of every command group (``user``, ``user contact``, …)."""
+    sub = _subparsers(parser)
+    if sub is None:
+        return
+    helps = {choice.dest: choice.help for choice in sub._choices_actions}
+    for name, child in sub.choices.items():
+        if _subparsers(child) is not None:
+            yield " ".join((*words, name)), helps.get(name)
+            yield from _group_helps(child, (*words, name))
+
+
+GROUPS = dict(_group_helps(build_parser()))
+
+
 def _arguments(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     """The arguments a user sees in ``--help`` (not ``-h`` itself, not suppressed ones)."""
     return [
@@ -86,6 +103,7 @@ def test_the_walk_finds_every_command_group() -> None:
     groups = {name.split()[0] for name in COMMANDS}
     assert {"serve", "config", "user", "policy", "gateway", "partner", "status"} <= groups
     assert "user contact add" in COMMANDS and "user" not in COMMANDS
+    assert {"user", "user contact", "policy"} <= set(GROUPS)
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -111,6 +129,13 @@ def test_no_help_text_cites_a_document_the_user_does_not_have(command: str) -> N
     texts = [help or "", *_texts(parser)]
     cited = [t for t in texts for pattern in FORBIDDEN if pattern.search(t)]
     assert not cited, f"edgeproxy {command}: {cited}"
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_every_command_group_has_a_help_line_citing_no_internal_document(group: str) -> None:
+    help = GROUPS[group]
+    assert help and help.strip(), f"edgeproxy {group} has no help line"
+    assert not [p for p in FORBIDDEN if p.search(help)], f"edgeproxy {group}: {help}"
 
 
 def test_the_top_level_help_cites_no_internal_document() -> None:

@@ -6,14 +6,17 @@ in help order); a command's handler is ``args.handler(args) -> int``, the exit s
 package of its concept; only this package and the entry point (``edgeproxy.cli``) use argparse,
 and nothing here imports the entry point.
 
-* ``common``   — exit statuses, the ``--config`` option after a sub-command, ``edgeproxy: …``.
+* ``common``   — exit statuses, the ``--config`` option after a sub-command, ``--json`` and the
+  shape of a change in JSON (``change_json``), ``edgeproxy: …`` errors and
+  ``edgeproxy: warning: …`` warnings.
 * ``serve``    — ``serve``: the server in the foreground (``edgeproxy.app``), the demo user.
 * ``config``   — ``config show-default | validate | export | import``.
 * ``certs``    — ``cert request | import | self-signed | show``.
 * ``dns``      — ``dns records | check``.
 * ``checks``   — ``check``: the admin's checklist (configuration, certificate, listeners, …).
 * ``partners``, ``gateway``, ``policies``, ``users`` — the store commands, on the helpers of
-  ``records`` (store session, text and ``--json`` records) and ``secrets`` (file or prompt).
+  ``records`` (store session, records and changes in text and ``--json``) and ``secrets``
+  (file or prompt).
 * ``ops``      — ``status | stop | reload``: clients of the admin endpoint.
 * ``loadtest`` — ``loadtest``: simulated partner servers against a target.
 """
