@@ -1,4 +1,4 @@
-"""``edgeproxy check``: the admin's checklist in one command (SPEC §10, like ``prosodyctl check``).
+"""``edgeproxy check``: the admin's checklist in one command (like ``prosodyctl check``).
 
 One line per check, ``OK|WARN|FAIL <check>: <detail> (hint: …)``, exit status 1 when any line is
 FAIL. The checks, in the order an admin fixes things:
@@ -143,13 +143,13 @@ def check_config(config: EdgeConfig) -> list[Finding]:
 
 # --- limits ------------------------------------------------------------------------------------
 
-#: SPEC §3's default total connection limit (the store may set another): unauthenticated
+#: The default total connection limit of the gateway settings (the store may set another): unauthenticated
 #: connections allowed up to it would let strangers fill every slot.
 DEFAULT_CONNECTION_LIMIT = 1000
 
 
 def check_limits(config: EdgeConfig) -> Finding:
-    """The limits before authentication (issue 13, ``docs/limits.md``) in one line."""
+    """The limits before authentication (``docs/limits.md``) in one line."""
     lim = config.limits
 
     def rate(value: int) -> str:

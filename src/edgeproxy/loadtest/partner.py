@@ -97,7 +97,7 @@ def error_condition(raw: bytes) -> str | None:
 
 
 _REQ, _OPT, _NOS = Negotiation.REQUIRED, Negotiation.OPTIONAL, Negotiation.NOT_SUPPORTED
-#: The harness' row for the target per security mode (TLS, SASL, dialback; SPEC §2.1).
+#: The harness' row for the target per security mode (TLS, SASL, dialback).
 OUTBOUND_ROWS: dict[Security, tuple[Negotiation, Negotiation, bool]] = {
     Security.PLAIN: (_NOS, _NOS, True),  # row 17: TCP dialback
     Security.STARTTLS_DIALBACK: (_REQ, _NOS, True),  # row 13: TLS dialback

@@ -8,7 +8,7 @@ Every phase is bounded in count and time: a run always stops by itself.
 
 Security modes (``partners.security``) and the files they need:
 
-* ``plain`` — TCP dialback (SPEC §2.1 row 17); no files.
+* ``plain`` — TCP dialback; no files.
 * ``starttls-dialback`` — STARTTLS (RFC 6120 §5) then dialback (XEP-0220), row 13. The partner
   listener answers STARTTLS too (the target's verification stream may require it). Certificate
   and key are optional: without them the run makes a throw-away private CA and one certificate
@@ -43,7 +43,7 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 
 class Security(enum.StrEnum):
-    """How the simulated streams authenticate (SPEC §2.1 rows)."""
+    """How the simulated streams authenticate (a row of the negotiation matrix)."""
 
     PLAIN = "plain"  # dialback over TCP (row 17)
     STARTTLS_DIALBACK = "starttls-dialback"  # STARTTLS, then dialback over TLS (row 13)
