@@ -303,3 +303,77 @@ async def test_a_sip_message_the_edge_does_not_take_in_time_is_answered_202_acce
             nursery.cancel_scope.cancel()
     assert "STATUS 202" in log
     assert [item.to for item in edge.received] == ["juliet@montague.example"]
+
+
+async def _send_authenticated_messages(gw: str, count: int) -> tuple[trio.SocketStream, bytes]:
+    """Open a TCP connection to the gateway, get the 407 challenge, then write ``count``
+    authenticated MESSAGEs in one write; the stream and what was read so far."""
+    host, port = gw.rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    local = stream.socket.getsockname()
+    await stream.send_all(_sip_message(0, local[0], local[1]))
+    first = b""
+    while b"\r\n\r\n" not in first:
+        first += await stream.receive_some(65536)
+    challenge = next(line.split(b":", 1)[1].strip().decode() for line in first.split(b"\r\n")
+                     if line.lower().startswith(b"proxy-authenticate:"))
+    await stream.send_all(
+        b"".join(_sip_message(n, local[0], local[1], challenge) for n in range(count)))
+    return stream, b""
+
+
+async def test_sip_messages_answered_from_the_edges_acks_give_back_every_handler_slot() -> None:
+    """A MESSAGE towards XMPP waits for the edge's ack without a task of its own: when the
+    answers are out, every handler slot the requests held is free again and nothing is left
+    waiting for an answer."""
+    count = 300
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            edge, service, gw = await start(nursery)
+            stream, received = await _send_authenticated_messages(gw, count)
+            while received.count(b"SIP/2.0 200") < count:
+                received += await stream.receive_some(65536)
+            stats = service.sip.statistics()
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+    assert received.count(b"SIP/2.0 ") == count  # one answer each, all 200
+    assert len(edge.received) == count
+    assert stats["handlers_busy"] == 0
+    assert not service._unanswered
+
+
+class HeldEdge(EdgePeer):
+    """An edge that holds the stanzas it takes (no ack) until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = trio.Event()
+
+    async def on_items(self, items: list[Item]) -> None:
+        self.received.extend(i for i in items if isinstance(i, Routed))
+        await self.release.wait()
+
+
+async def test_messages_answered_202_give_back_their_slots_and_a_late_ack_answers_nothing_more() -> None:
+    """The edge keeps the stanzas past the answer wait: each sender gets one 202, the handler
+    slots are free again, and the ack that comes after (the edge took them after all) sends no
+    second answer."""
+    count = 50
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            held = HeldEdge()
+            edge, service, gw = await start(nursery, held, answer_wait=0.3)
+            stream, received = await _send_authenticated_messages(gw, count)
+            while received.count(b"SIP/2.0 202") < count:
+                received += await stream.receive_some(65536)
+            stats = service.sip.statistics()
+            held.release.set()  # the edge finishes with them now: the acks come back
+            await wait_for(lambda: not service.channel._waiters)
+            with trio.move_on_after(0.5):
+                while True:
+                    received += await stream.receive_some(65536)
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+    assert received.count(b"SIP/2.0 ") == count  # the 202s, and nothing after them
+    assert stats["handlers_busy"] == 0
+    assert not service._unanswered

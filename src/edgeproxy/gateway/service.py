@@ -43,6 +43,7 @@ SIP → XMPP (requests to users of XMPP domains)
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import ipaddress
 import logging
@@ -50,7 +51,6 @@ import secrets
 import sqlite3
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from functools import partial
 
 import trio
@@ -69,8 +69,9 @@ from edgeproxy.gateway.sip.message import SipParseError, SipRequest, SipResponse
 from edgeproxy.gateway.sip.proxy import LocalProxy
 from edgeproxy.gateway.sip.registrar import Registrar
 from edgeproxy.gateway.sip.transport import (
+    ANSWER_LATER,
+    AnswerLater,
     Destination,
-    PendingRequest,
     ServerContext,
     SipTls,
     SipTransport,
@@ -91,7 +92,7 @@ from edgeproxy.gateway.translate import (
 )
 from edgeproxy.loopback.auth import load_channel_secret
 from edgeproxy.loopback.client import run_loopback_client
-from edgeproxy.loopback.endpoint import DEFAULT_OUTAGE_BOUND, Answerable, ChannelEndpoint
+from edgeproxy.loopback.endpoint import DEFAULT_OUTAGE_BOUND, ChannelEndpoint
 from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
 from edgeproxy.loopback.reliable import DEFAULT_MAX_QUEUED
 from edgeproxy.loopback.server import split_host_port
@@ -109,19 +110,15 @@ log = logging.getLogger(__name__)
 
 #: SIP transactions the gateway runs at once for stanzas from the edge.
 MAX_SIP_IN_FLIGHT = 512
+#: What ``_take_now`` gives the transport: the rest to run as a task, ``ANSWER_LATER`` (answered
+#: from a callback), or None (the handler's).
+TakenNow = Callable[[], Awaitable[None]] | AnswerLater | None
 #: Seconds a SIP sender waits for the edge's ack before getting 202 (well under Timer F = 32 s).
 SIP_ANSWER_WAIT = 8.0
+#: How often the 202s of ``SIP_ANSWER_WAIT`` are looked for (seconds): one wake-up per tick for
+#: every request whose wait ended in it, not one timer per request.
+SIP_ANSWER_TICK = 0.1
 _KINDS = frozenset(k.value for k in StanzaKind)
-
-
-@dataclass(slots=True)
-class _Begun:
-    """What became of a stanza from the edge when its handling began: a SIP transaction under
-    way, an error to reply, or nothing more to do."""
-
-    element: Element | None
-    pending: PendingRequest | None = None
-    error: tuple[str, str] | None = None  # (condition, text) of the error reply
 
 
 class GatewayService:
@@ -200,6 +197,12 @@ class GatewayService:
         # (sender bare JID, recipient bare JID) → the turn of the lane's latest stanza
         self._lanes: dict[tuple[str, str], trio.Event] = {}
         self._nursery: trio.Nursery | None = None
+        #: SIP MESSAGEs queued for the edge and not answered yet, in arrival order: the time
+        #: their ``answer_wait`` ends (then 202) and the request (``_edge_outcome`` answers it).
+        self._unanswered: collections.OrderedDict[ServerContext, tuple[float, SipRequest]] = (
+            collections.OrderedDict()
+        )
+        self._unanswered_wake = trio.Event()
 
     async def run(
         self,
@@ -220,6 +223,7 @@ class GatewayService:
                 partial(run_loopback_client, self.channel, edge_host, edge_port, ssl_context=self.channel_ssl)
             )
             nursery.start_soon(self.presence.run_refresh)
+            nursery.start_soon(self._answer_late_with_202)
             task_status.started(sip_address)
 
     # -- XMPP → SIP ----------------------------------------------------------------------------
@@ -247,44 +251,62 @@ class GatewayService:
                 turn = self._lanes[lane] = trio.Event()
                 self._nursery.start_soon(self._presence_to_sip, item, lane, ahead, turn)
             else:
-                self._nursery.start_soon(self._finish_to_sip, item, self._begin_to_sip(item))
+                self._begin_to_sip(item)
 
-    def _begin_to_sip(self, item: Routed) -> _Begun:
+    # An item is completed (and so acked to the edge) only when its outcome is final: the SIP
+    # transaction completed, or the error reply reached the edge. The gateway stopping leaves it
+    # unacked, and the edge re-sends it to our successor. A MESSAGE's transaction reports its
+    # final response to ``_message_answered`` (a callback from the transport: no task, no
+    # wait per stanza); only an error reply, which waits for the edge's ack, is a task.
+
+    def _begin_to_sip(self, item: Routed) -> None:
         """Parse and translate ``item`` and begin its SIP transaction (no checkpoint)."""
         try:
             element = parse_stanza(item.raw)
         except (NotOneStanza, TokenizerError) as exc:
             log.warning("gateway: unparsable stanza from the edge: %s", exc)
-            return _Begun(None)
+            self._item_done(item)
+            return
         try:
             if item.kind == StanzaKind.MESSAGE:
-                return self._begin_message(item, element)
+                self._begin_message(item, element)
+                return
         except Exception:
             log.exception("gateway: handling %s %s failed", item.kind, item.id)
-            return _Begun(element, error=("internal-server-error", ""))
+            self._error_then_done(item, element, "internal-server-error")
+            return
         if item.kind == StanzaKind.IQ and item.type in ("get", "set"):
-            return _Begun(element, error=("service-unavailable", ""))
-        return _Begun(element)
+            self._error_then_done(item, element, "service-unavailable")
+        else:
+            self._item_done(item)
 
-    async def _finish_to_sip(self, item: Routed, begun: _Begun) -> None:
-        # The item is completed (and so acked to the edge) only when its outcome is final: the
-        # SIP transaction completed, or the error reply reached the edge. A cancellation (the
-        # gateway stopping) leaves it unacked, and the edge re-sends it to our successor.
+    def _item_done(self, item: Routed) -> None:
+        self._slots.release()
+        self.channel.complete(item.seq)
+
+    def _error_then_done(self, item: Routed, element: Element, condition: str, text: str = "") -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._send_error_then_done, item, element, condition, text)
+
+    async def _send_error_then_done(
+        self, item: Routed, element: Element, condition: str, text: str
+    ) -> None:
         try:
-            if begun.pending is not None:
-                assert begun.element is not None
-                response = await self.sip.finish(begun.pending)
-                if response.status >= 300:
-                    condition = condition_for_sip_status(response.status)
-                    text = f"{response.status} {response.reason}"
-                    await self._reply_error(begun.element, condition, text)
-            elif begun.error is not None and begun.element is not None:
-                await self._reply_error(begun.element, *begun.error)
+            await self._reply_error(element, condition, text)
         except Exception:
             log.exception("gateway: handling %s %s failed", item.kind, item.id)
         finally:
             self._slots.release()
         self.channel.complete(item.seq)
+
+    def _message_answered(self, item: Routed, element: Element, response: SipResponse) -> None:
+        """The final response of a MESSAGE's transaction (a local 408 / 503 on a timeout or a
+        transport error): a 2xx completes the item, a failure is answered with an error."""
+        if response.status < 300:
+            self._item_done(item)
+            return
+        condition = condition_for_sip_status(response.status)
+        self._error_then_done(item, element, condition, f"{response.status} {response.reason}")
 
     async def _presence_to_sip(
         self,
@@ -320,14 +342,16 @@ class GatewayService:
             request_uri=request_uri,
         )
 
-    def _begin_message(self, item: Routed, element: Element) -> _Begun:
+    def _begin_message(self, item: Routed, element: Element) -> None:
         try:
             aor = jid_to_sip_uri(str(parse_jid_memo(item.to).bare))
         except (TranslationError, InvalidJid) as exc:
-            return _Begun(element, error=("jid-malformed", str(exc)))
+            self._error_then_done(item, element, "jid-malformed", str(exc))
+            return
         route = self._destination(aor)
         if route is None:
-            return _Begun(element, error=("recipient-unavailable", "480 Temporarily Unavailable"))
+            self._error_then_done(item, element, "recipient-unavailable", "480 Temporarily Unavailable")
+            return
         dest, request_uri = route
         try:
             request = message_to_sip(
@@ -336,10 +360,12 @@ class GatewayService:
                 ceiling=self.page_mode_ceiling,
             )
         except TranslationError as exc:
-            return _Begun(element, error=(exc.condition, str(exc)))
+            self._error_then_done(item, element, exc.condition, str(exc))
+            return
         if request is None:
-            return _Begun(element)
-        return _Begun(element, pending=self.sip.begin_request(request, dest))
+            self._item_done(item)
+            return
+        self.sip.begin_request(request, dest, on_final=partial(self._message_answered, item, element))
 
     def _destination(self, aor: str) -> tuple[Destination, str] | None:
         """Where a request for ``aor`` goes, and its Request-URI (RFC 3261 §16.5, §16.6)."""
@@ -402,11 +428,11 @@ class GatewayService:
         if request.method != "MESSAGE":
             await ctx.respond(response_to(request, 501, to_tag="gw"))
             return
-        await self._message_from_sip(request, ctx)()
+        # A MESSAGE towards XMPP is taken by ``_take_now`` (without a task); one that reaches a
+        # handler task (the transport run without ``take_now``) is not queued for the edge.
+        await ctx.respond(response_to(request, 404, to_tag="gw"))
 
-    def _take_now(
-        self, request: SipRequest, ctx: ServerContext
-    ) -> Callable[[], Awaitable[None]] | None:
+    def _take_now(self, request: SipRequest, ctx: ServerContext) -> TakenNow:
         """The transport's ``take_now``, called for every new request as it is read: first the
         admission (issue 14: digest, sender identity, next hop) — a refused request is answered
         and goes no further; an admitted one carries its identity in ``ctx.identity``. Then a
@@ -428,37 +454,56 @@ class GatewayService:
             return None  # for the built-in registrar's proxy
         return self._message_from_sip(request, ctx)
 
-    def _message_from_sip(
-        self, request: SipRequest, ctx: ServerContext
-    ) -> Callable[[], Awaitable[None]]:
-        """Translate, check and queue a SIP MESSAGE for the edge now (no checkpoint); returns
-        the answer to await: refused at once, or 200 / 202 / the mapped status by the edge's
-        outcome."""
+    def _message_from_sip(self, request: SipRequest, ctx: ServerContext) -> TakenNow:
+        """Translate a SIP MESSAGE and queue it for the edge now (no checkpoint). It is answered
+        from the edge's outcome (``_edge_outcome``: 200 when acked, the mapped status when
+        bounced — the outbound policy is decided once, by the edge, whose refusal comes back as
+        a nack with the condition) or after ``answer_wait`` with 202 (``_answer_late_with_202``):
+        no task per request. A request that cannot be translated is refused at once."""
         try:
             element = sip_message_to_xmpp(request, stanza_id=secrets.token_hex(6))
         except TranslationError as exc:
             return partial(ctx.respond, response_to(request, exc.sip_status, to_tag="gw"))
-        # The outbound policy is decided once, by the edge: a refusal comes back as a nack
-        # with the condition, which _answer_message maps to the SIP status.
-        from_jid, to_jid = element.attrs["from"], element.attrs["to"]
-        queued = self.channel.submit_answerable(
-            StanzaKind.MESSAGE, from_jid, to_jid, "chat", element.attrs["id"], serialize(element)
+        if not self._unanswered:
+            self._unanswered_wake.set()
+        # before the submit: a stanza refused at once is answered from inside it
+        self._unanswered[ctx] = (trio.current_time() + self.answer_wait, request)
+        attrs = element.attrs
+        self.channel.submit_answerable(
+            StanzaKind.MESSAGE, attrs["from"], attrs["to"], "chat", attrs["id"], serialize(element),
+            on_outcome=partial(self._edge_outcome, ctx),
         )
-        return partial(self._answer_message, request, ctx, queued)
+        return ANSWER_LATER
 
-    async def _answer_message(
-        self, request: SipRequest, ctx: ServerContext, queued: Answerable
-    ) -> None:
-        # None: acked; a condition: bounced; "pending": still queued after answer_wait.
-        outcome: str | None = "pending"
-        with trio.move_on_after(self.answer_wait):
-            outcome = await self.channel.outcome(queued)
-        if outcome is None:
-            await ctx.respond(response_to(request, 200, to_tag="gw"))
-        elif outcome == "pending":
-            await ctx.respond(response_to(request, 202, to_tag="gw"))
-        else:
-            await ctx.respond(response_to(request, sip_status_for_condition(outcome), to_tag="gw"))
+    def _edge_outcome(self, ctx: ServerContext, outcome: str | None) -> None:
+        """The edge acked (None) or bounced (the condition) a MESSAGE from SIP: answer it,
+        unless its wait ended with 202 already."""
+        entry = self._unanswered.pop(ctx, None)
+        if entry is None:
+            return
+        request = entry[1]
+        status = 200 if outcome is None else sip_status_for_condition(outcome)
+        ctx.respond_later(response_to(request, status, to_tag="gw"))
+
+    async def _answer_late_with_202(self) -> None:
+        """Answer ``202 Accepted`` (RFC 3428 §7: accepted, delivery pending) every MESSAGE whose
+        ``answer_wait`` ended before the edge's outcome came; checked every ``SIP_ANSWER_TICK``
+        while any is waiting."""
+        while True:
+            if not self._unanswered:
+                self._unanswered_wake = trio.Event()
+                await self._unanswered_wake.wait()
+                continue
+            now = trio.current_time()
+            while self._unanswered:
+                ctx, (deadline, request) = next(iter(self._unanswered.items()))
+                if deadline > now:
+                    break
+                self._unanswered.popitem(last=False)
+                ctx.respond_later(response_to(request, 202, to_tag="gw"))
+            if self._unanswered:
+                first_deadline = next(iter(self._unanswered.values()))[0]
+                await trio.sleep(max(first_deadline - now, SIP_ANSWER_TICK))
 
 
 async def run_gateway(

@@ -112,6 +112,7 @@ re-send to a peer that already handled the items.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -199,12 +200,31 @@ class ChannelStatistics:
     refused: int = 0
 
 
-class _Waiter:
-    __slots__ = ("event", "outcome")
+#: Called once with a stanza's outcome: None (acked by the peer) or the bounce condition.
+OnOutcome = Callable[[str | None], None]
 
-    def __init__(self) -> None:
+
+class _Waiter:
+    """Who waits for one stanza's outcome: a task (``event``) or a callback (``on_outcome``)."""
+
+    __slots__ = ("event", "outcome", "on_outcome")
+
+    def __init__(self, on_outcome: OnOutcome | None = None) -> None:
         self.event = trio.Event()
         self.outcome: str | None = None
+        self.on_outcome = on_outcome
+
+    def settle(self, outcome: str | None) -> None:
+        """The outcome is known: wake the task, call the callback (once; a failing callback is
+        logged, never raised into the channel's loop)."""
+        self.outcome = outcome
+        self.event.set()
+        on_outcome, self.on_outcome = self.on_outcome, None
+        if on_outcome is not None:
+            try:
+                on_outcome(outcome)
+            except Exception:
+                log.exception("loopback: the owner of a stanza failed on its outcome")
 
 
 @dataclass(slots=True)
@@ -303,14 +323,22 @@ class ChannelEndpoint:
         return await self.outcome(self.submit_answerable(kind, from_, to, type, id, raw))
 
     def submit_answerable(
-        self, kind: StanzaKind, from_: str, to: str, type: str, id: str, raw: bytes
+        self,
+        kind: StanzaKind,
+        from_: str,
+        to: str,
+        type: str,
+        id: str,
+        raw: bytes,
+        on_outcome: OnOutcome | None = None,
     ) -> Answerable:
-        """Queue a stanza now (no checkpoint: callers keep their order) for :meth:`outcome`."""
-        waiter = _Waiter()
+        """Queue a stanza now (no checkpoint: callers keep their order) for :meth:`outcome`, or
+        for ``on_outcome``, called once with it (None: acked; else the bounce condition) —
+        before this returns when the stanza is refused at once."""
+        waiter = _Waiter(on_outcome)
         queued = self._enqueue(kind, from_, to, type, id, raw, None, 0)
         if isinstance(queued, str):
-            waiter.outcome = queued
-            waiter.event.set()
+            waiter.settle(queued)
             return Answerable(None, waiter)
         self._waiters[queued.seq] = waiter
         return Answerable(queued.seq, waiter)
@@ -368,14 +396,16 @@ class ChannelEndpoint:
         if waiter is None:
             return False
         self._counts["bounced"] += 1
-        waiter.outcome = bounce.condition
-        waiter.event.set()
+        waiter.settle(bounce.condition)
         return True
 
     def _resolve_acked(self, up_to: int) -> None:
-        if self._waiters:
-            for seq in [s for s in self._waiters if s <= up_to]:
-                self._waiters.pop(seq).event.set()
+        # The waiters are in submission order, which is seq order: the acked ones come first.
+        waiters = self._waiters
+        if waiters:
+            acked = list(itertools.takewhile(lambda seq: seq <= up_to, waiters))
+            for seq in acked:
+                waiters.pop(seq).settle(None)
 
     def _bounce_new(
         self,
@@ -404,8 +434,7 @@ class ChannelEndpoint:
                 if waiter is None:
                     kept.append(item)
                 else:
-                    waiter.outcome = condition
-                    waiter.event.set()
+                    waiter.settle(condition)
             items = kept
         routed = [item for item in items if isinstance(item, Routed)]
         lost = len(items) - len(routed)

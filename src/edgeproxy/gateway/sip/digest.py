@@ -303,6 +303,11 @@ class ReplayTable:
             self.dropped_up_to = max(self.dropped_up_to, ms)
 
 
+#: Nonces whose MAC check is remembered (``DigestAuthenticator.nonce_issued``): one per UA
+#: reusing its nonce; 4,096 × ~200 bytes ≈ 0.8 MB at most.
+NONCE_MEMO = 4096
+
+
 class DigestAuthenticator:
     """Issues nonces and checks digest responses (see the module docstring)."""
 
@@ -316,6 +321,9 @@ class DigestAuthenticator:
         self._secret = secret if secret is not None else secrets.token_bytes(32)
         self.lifetime = lifetime
         self.replay = ReplayTable(max_nonces)
+        #: (nonce, source) → issue time of nonces whose MAC was checked: a UA reusing its nonce
+        #: (nc 2, 3, …) costs no HMAC per request. At most ``NONCE_MEMO`` entries, oldest out.
+        self._issued: dict[tuple[str, str], int] = {}
 
     # -- nonces -----------------------------------------------------------------------------
 
@@ -328,6 +336,17 @@ class DigestAuthenticator:
 
     def nonce_issued(self, nonce: str, source: str) -> int | None:
         """The issue time (ms) of ``nonce`` if we issued it to ``source``, else None."""
+        key = (nonce, source)
+        issued = self._issued.get(key)
+        if issued is None:
+            issued = self._check_nonce(nonce, source)
+            if issued is not None:
+                if len(self._issued) >= NONCE_MEMO:
+                    del self._issued[next(iter(self._issued))]
+                self._issued[key] = issued
+        return issued
+
+    def _check_nonce(self, nonce: str, source: str) -> int | None:
         try:
             raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
         except (binascii.Error, ValueError):

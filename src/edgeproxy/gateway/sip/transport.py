@@ -90,6 +90,7 @@ proves the source address and the full response is sent.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import secrets
 import socket
@@ -121,7 +122,6 @@ from edgeproxy.gateway.sip.transaction import (
     Retransmit,
     ServerTransaction,
     State,
-    TimedOut,
     TimerQueue,
     client_key,
     server_key,
@@ -242,6 +242,8 @@ class ServerContext:
         self.identity: str | None = None
         #: Names of a verified TLS client certificate (``tls_peer_names``); empty otherwise.
         self.certificate_names: frozenset[str] = transport.peer_names(reply_to)
+        #: Taken with ``ANSWER_LATER``: the request's handler slot, given back by ``respond_later``.
+        self._holds_slot = False
 
     @property
     def responded(self) -> bool:
@@ -252,11 +254,41 @@ class ServerContext:
         if data is not None:
             await self._transport.send_bytes(data, self.source)
 
+    def respond_later(self, response: SipResponse) -> None:
+        """The final answer of a request its owner took with ``ANSWER_LATER``: sent without a
+        checkpoint (over TCP/TLS queued for the connection's writer), and the handler slot the
+        request held is given back. Nothing happens if it was answered already."""
+        if self._holds_slot:
+            self._holds_slot = False
+            self._transport._release_slot()
+        if self.responded:
+            return
+        data = self._transport.answer(self._tx, self._key, response, self.request_size)
+        if data is not None:
+            self._transport.send_soon(data, self.source)
+
 
 Handler = Callable[[SipRequest, ServerContext], Awaitable[None]]
 TxKey = tuple[str, str]
 ServerKey = tuple[str, ...]
-TakeNow = Callable[[SipRequest, "ServerContext"], Callable[[], Awaitable[None]] | None]
+
+
+class AnswerLater:
+    """``take_now``'s answer "taken: I answer with ``ctx.respond_later``" (no task)."""
+
+    def __repr__(self) -> str:
+        return "ANSWER_LATER"
+
+
+#: What ``take_now`` returns for a request it answers itself, later, from a callback: no handler
+#: task runs; the request keeps its handler slot until ``ServerContext.respond_later``.
+ANSWER_LATER = AnswerLater()
+TakeNow = Callable[
+    [SipRequest, "ServerContext"], Callable[[], Awaitable[None]] | AnswerLater | None
+]
+#: Called once with a client transaction's final response (a locally made 408 / 503 on a
+#: timeout or transport error), from the transport's own tasks, without a checkpoint.
+OnFinal = Callable[[SipResponse], None]
 
 
 @dataclass(slots=True)
@@ -269,6 +301,31 @@ class PendingRequest:
     done: trio.Event
     result: SipResponse | None = None
     refused: SipResponse | None = None  # answered locally at once (the table is full)
+    on_final: OnFinal | None = None
+
+    def settle(self, result: SipResponse | None = None) -> None:
+        """The transaction's outcome is known: ``result`` (None: Timer F or a transport error
+        after the request was sent, a local 408). Wakes ``finish`` and calls ``on_final``
+        once; a failing ``on_final`` is logged, never raised into the transport."""
+        if self.done.is_set():
+            return
+        if result is not None:
+            self.result = result
+        self.done.set()
+        on_final, self.on_final = self.on_final, None
+        if on_final is not None:
+            try:
+                on_final(self.final_response())
+            except Exception:
+                log.exception("sip: the owner of a %s transaction failed on its response", self.tx.key[1])
+
+    def final_response(self) -> SipResponse:
+        """The final response once ``done``: the one received, else a locally made 408."""
+        if self.refused is not None:
+            return self.refused
+        if self.result is not None:
+            return self.result
+        return response_to(self.tx.outgoing.parsed(), 408)
 
 
 #: Longest one write on a SIP TCP/TLS connection may block (seconds): a UA that stops reading
@@ -306,6 +363,37 @@ class _TcpConnection:
             await self._abort("more than TCP_MAX_QUEUED_BYTES queued")
         if self._writing:
             return  # the task writing now takes our bytes with its next write
+        await self._write_pending()
+
+    def send_soon(self, data: bytes, nursery: trio.Nursery) -> None:
+        """Queue ``data`` without a checkpoint; a writer task is started in ``nursery`` when none
+        is writing (one task per batch, not per message). Errors end the connection and are
+        logged by the writer (a response's sender has nothing more to do with it, §17.2.4)."""
+        if self.broken:
+            return
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._writing:
+            if self._pending_bytes > TCP_MAX_QUEUED_BYTES:
+                nursery.start_soon(self._abort_quietly, "more than TCP_MAX_QUEUED_BYTES queued")
+            return
+        self._writing = True  # before the task runs: the next send_soon joins this batch
+        nursery.start_soon(self._write_soon)
+
+    async def _write_soon(self) -> None:
+        try:
+            await self._write_pending()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.info("sip: %s connection %s: cannot answer: %s", self.transport.upper(), self.peer, exc)
+
+    async def _abort_quietly(self, why: str) -> None:
+        if self.broken:
+            return
+        with contextlib.suppress(trio.BrokenResourceError):
+            await self._abort(why)
+
+    async def _write_pending(self) -> None:
+        """Write what is queued, all of it per write, until nothing is."""
         self._writing = True
         try:
             # One scheduling round for the other tasks of this round (e.g. a batch of stanzas
@@ -492,6 +580,24 @@ class SipTransport:
         except _TRANSPORT_ERRORS as exc:
             log.info("sip: cannot answer %s: %s", peer_of(dest), exc)
 
+    def send_soon(self, data: bytes, dest: Destination) -> None:
+        """Send a response's bytes without a checkpoint: over UDP now, over TCP/TLS queued for
+        the connection's writer (``send_bytes`` in a task when the connection must be opened
+        again, §18.2.2). Failures are logged, not raised (as ``send_bytes``)."""
+        assert self._nursery is not None
+        if dest.transport in _RELIABLE:
+            table = self._tls if dest.transport == "tls" else self._tcp
+            conn = table.get((dest.host, dest.port))
+            if conn is None:
+                self._nursery.start_soon(self.send_bytes, data, dest)
+            else:
+                conn.send_soon(data, self._nursery)
+            return
+        try:
+            self._udp_send(data, (dest.host, dest.port))
+        except OSError as exc:
+            log.info("sip: cannot answer %s: %s", peer_of(dest), exc)
+
     def fit_response(
         self, response: SipResponse, request_size: int | None
     ) -> tuple[SipResponse, bytes | None]:
@@ -645,16 +751,24 @@ class SipTransport:
     def new_branch(self) -> str:
         return "z9hG4bK" + secrets.token_hex(8)
 
-    def begin_request(self, request: SipRequest | OutgoingRequest, dest: Destination) -> PendingRequest:
+    def begin_request(
+        self,
+        request: SipRequest | OutgoingRequest,
+        dest: Destination,
+        on_final: OnFinal | None = None,
+    ) -> PendingRequest:
         """Start a client transaction now, without waiting: its first transmission is queued
         for ``dest`` behind every request begun before it. One writer per destination writes
         them in that order, all that is queued in one write (TCP/TLS), so a caller that begins
         requests in order (the gateway's stanzas of one sender) has them sent in order.
-        ``await finish(pending)`` gets the final response."""
+        The final response goes to ``on_final`` (called once, from the transport's tasks —
+        possibly before this returns, when the request cannot be sent or the table is full),
+        or ``await finish(pending)`` gets it."""
         tx = ClientTransaction(request, reliable=dest.transport in _RELIABLE, now=trio.current_time())
-        pending = PendingRequest(tx, dest, trio.Event())
+        pending = PendingRequest(tx, dest, trio.Event(), on_final=on_final)
         if len(self._client_txs) >= MAX_TRANSACTIONS:
             pending.refused = response_to(tx.outgoing.parsed(), 503, "Too Many Transactions")
+            pending.settle()
             return pending
         self._client_txs[tx.key] = pending
         self._timers.schedule(tx, pending)
@@ -678,12 +792,8 @@ class SipTransport:
         """The final response of a begun request: a timeout (Timer F) or a transport error
         gives a locally made 408 / 503 (§8.1.3.1). Cancellation abandons the transaction
         (its timers end it)."""
-        if pending.refused is not None:
-            return pending.refused
         await pending.done.wait()
-        if pending.result is not None:
-            return pending.result
-        return response_to(pending.tx.outgoing.parsed(), 408)
+        return pending.final_response()
 
     async def request(self, request: SipRequest, dest: Destination) -> SipResponse:
         """Send a request in a client transaction; return the final response."""
@@ -723,9 +833,8 @@ class SipTransport:
         if pending.done.is_set():
             return
         pending.tx.on_transport_error()
-        pending.result = response_to(pending.tx.outgoing.parsed(), 503, reason)
-        pending.done.set()
         self._ended(pending)
+        pending.settle(response_to(pending.tx.outgoing.parsed(), 503, reason))
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -935,14 +1044,16 @@ class SipTransport:
             if pending is None:
                 return  # §18.1.2: no transaction, drop
             tx = pending.tx
+            delivered = None
             for action in tx.on_response(message, trio.current_time()):
                 if isinstance(action, Deliver):
-                    pending.result = action.response
-                    pending.done.set()
+                    delivered = action.response
             if tx.state is State.TERMINATED:
                 self._ended(pending)
             else:
                 self._timers.schedule(tx, pending)  # Timer K
+            if delivered is not None:
+                pending.settle(delivered)
             return
         if inbound is not None:
             inbound.request = message
@@ -997,6 +1108,10 @@ class SipTransport:
         except SipParseError as exc:
             work = partial(self._refuse_request, message, exc, ctx, ctx.source, ctx.request_size)
         else:
+            if rest is ANSWER_LATER:
+                ctx._holds_slot = True  # given back by ctx.respond_later
+                return
+            assert not isinstance(rest, AnswerLater)
             work = rest if rest is not None else partial(self.handler, message, ctx)
         assert self._nursery is not None
         self._nursery.start_soon(self._run_handler, message, ctx, work)
@@ -1106,11 +1221,10 @@ class SipTransport:
                     await self._send(action.data, pending.dest)
                 except _TRANSPORT_ERRORS:
                     tx.on_transport_error()
-                    pending.done.set()
-            elif isinstance(action, TimedOut):
-                pending.done.set()
+            # TimedOut (Timer F) terminates the transaction: settled below
         if tx.state is State.TERMINATED:
             self._ended(pending)
+            pending.settle()  # Timer F or a transport error: a local 408
         else:
             self._timers.schedule(tx, pending)
 
@@ -1125,6 +1239,7 @@ class SipTransport:
             "udp_responses_shrunk": self._udp_responses_shrunk,
             "udp_responses_withheld": self._udp_responses_withheld,
             "waiting_requests": self._waiting_requests,
+            "handlers_busy": MAX_CONCURRENT_REQUESTS - self._free_slots,
             "busy": self._busy,
         }
 
