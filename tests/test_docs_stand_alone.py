@@ -11,7 +11,10 @@ of that file), every ``docs/NAME.md`` mentioned must exist, and the README links
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -183,3 +186,37 @@ def test_slug_follows_github() -> None:
     assert slug("7. XMPP ⇄ SIP translation") == "7-xmpp--sip-translation"
     assert slug("13.3 Who may send requests") == "133-who-may-send-requests"
     assert slug("The `[limits]` section") == "the-limits-section"
+
+
+#: Quick-start commands that change the store or write files, and need no running server.
+_OFFLINE_COMMANDS = frozenset({"policy", "partner", "gateway", "user", "cert", "config"})
+
+
+def quick_start_commands() -> list[list[str]]:
+    """The ``$E …`` lines of the README's quick start that run without a server, as argv."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for line in section.splitlines():
+        if line.startswith("$E "):
+            argv = line.split("#", 1)[0].split()[1:]
+            if argv[0] in _OFFLINE_COMMANDS:
+                commands.append(argv)
+    return commands
+
+
+def test_readme_quick_start_commands_work_on_the_embedded_default(tmp_path: Path) -> None:
+    """What the quick start tells a user to type is accepted by today's CLI: the embedded default
+    configuration (no --config, no $EDGEPROXY_CONFIG), state and certificates under the current
+    directory."""
+    commands = quick_start_commands()
+    assert [argv[0] for argv in commands] == ["policy", "partner", "cert"]
+    env = {k: v for k, v in os.environ.items() if k != "EDGEPROXY_CONFIG"}
+    for argv in commands:
+        done = subprocess.run(
+            [sys.executable, "-m", "edgeproxy", *argv],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, (argv, done.stderr)
+    assert (tmp_path / "var" / "policy.sqlite3").is_file()
+    assert (tmp_path / "certs" / "edge.pem").is_file()
