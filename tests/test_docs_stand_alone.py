@@ -5,8 +5,8 @@ A user never sees the team's private references (``../shared/``: a SPEC, a DESIG
 so the documents must not send them there: no ``../shared``, no "SPEC §N" or "DESIGN" citation,
 no "issue N"; the behaviour is cited as ``docs/spec.md §N`` and the design as ``docs/design.md``.
 Every relative link must lead to a file of the repository (and, with a ``#fragment``, to a heading
-of that file), every ``docs/NAME.md`` mentioned must exist, and the README links to every file in
-``docs/``.
+of that file), every ``docs/NAME.md`` and every repository path in a code span (`` `tests/…` ``)
+mentioned must exist, and the README links to every file in ``docs/``.
 """
 
 from __future__ import annotations
@@ -45,6 +45,10 @@ _FENCE = re.compile(r"^\s*(```|~~~)")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _DOCS_MENTION = re.compile(r"(?<![\w/.-])docs/[\w.-]+\.md\b")
+#: A repository path in a code span: ``src/edgeproxy/…``, ``tests/…``, ``bench/…`` …
+_PATH_MENTION = re.compile(r"`((?:src|tests|bench|packaging|fuzz|tools|\.ci)/[\w./-]*)`")
+#: A path segment that stands for any name (``fuzz/seeds/NAME/``).
+_PLACEHOLDER = re.compile(r"^[A-Z]+$")
 _EXTERNAL = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
 
 
@@ -104,6 +108,12 @@ def problems(path: Path, root: Path = ROOT) -> list[str]:
         for match in _DOCS_MENTION.finditer(line):
             if not (root / match.group(0)).is_file():
                 found.append(f"{name}:{number}: {match.group(0)} does not exist")
+        for match in _PATH_MENTION.finditer(line):
+            mentioned = match.group(1)
+            if any(_PLACEHOLDER.match(part) for part in mentioned.split("/")):
+                continue
+            if not (root / mentioned).exists():
+                found.append(f"{name}:{number}: {mentioned} does not exist")
     for number, line in _prose_lines(text):
         for match in _LINK.finditer(line):
             target = match.group(1)
@@ -163,7 +173,7 @@ def test_checker_finds_each_kind_of_problem(tmp_path: Path) -> None:
         "# Bad\n\n"
         "See ../shared/SPEC.md and SPEC §2, DESIGN principle 1, issue 14.\n"
         "[gone](missing.md) [fine](other.md#2-partners) [no anchor](other.md#3-nothing)\n"
-        "`docs/nowhere.md`\n"
+        "`docs/nowhere.md` `tests/nowhere.py` `fuzz/seeds/NAME/`\n"
         "```\n[in code](not-checked.md)\n```\n",
         encoding="utf-8",
     )
@@ -176,10 +186,12 @@ def test_checker_finds_each_kind_of_problem(tmp_path: Path) -> None:
         "link missing.md leads to no file",
         "no heading #3-nothing",
         "docs/nowhere.md does not exist",
+        "tests/nowhere.py does not exist",
     ):
         assert expected in found
     assert "other.md#2-partners" not in found
     assert "not-checked.md" not in found
+    assert "NAME" not in found
 
 
 def test_slug_follows_github() -> None:
