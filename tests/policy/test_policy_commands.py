@@ -97,7 +97,15 @@ def test_partner_set_edits_additional_domains(cli):
     assert cli("partner", "set", "fabrikam.com", "--remove-domain", "zzz.fabrikam.com").code == 1
     assert cli("partner", "set", "fabrikam.com", "--clear-domains").code == 0
     assert domains() == []
-    assert cli("partner", "set", "fabrikam.com", "--additional-domain", "c.fabrikam.com").code == 0
+    assert cli("partner", "set", "fabrikam.com", "--add-domain", "d.fabrikam.com").code == 0
+    # --additional-domain on set replaces the whole list: only with --replace-domains.
+    assert cli("partner", "set", "fabrikam.com", "--additional-domain", "c.fabrikam.com").code == 2
+    assert domains() == ["d.fabrikam.com"]
+    replaced = cli(
+        "partner", "set", "fabrikam.com", "--additional-domain", "c.fabrikam.com",
+        "--replace-domains",
+    )
+    assert replaced.code == 0
     assert domains() == ["c.fabrikam.com"]
     # An additional domain finds its partner.
     assert json.loads(cli("partner", "get", "c.fabrikam.com", "--json").out)["domain"] == (

@@ -118,7 +118,8 @@ def test_invalid_import_is_refused_and_changes_nothing(cli, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(document))
     result = cli("config", "import", str(bad))
-    assert result.code == 1 and "SASL needs TLS and dialback is off" in result.err
+    assert result.code == 1 and "SASL needs TLS" in result.err
+    assert "partners[0] (fabrikam.com)" in result.err
 
     document = json.loads(cli("config", "export").out)
     document["configuration"]["policies"] = [

@@ -15,13 +15,15 @@ from pathlib import Path
 
 from edgeproxy.commands.common import (
     EXIT_OK,
+    WARNING_PREFIX,
     SubParsers,
+    add_json_option,
     command_group,
     config_option_parent,
     load_args_config,
     refused,
 )
-from edgeproxy.commands.records import print_warnings, session
+from edgeproxy.commands.records import print_ordered_json, print_warnings, session
 from edgeproxy.config import default_config_text
 from edgeproxy.policy import operations as ops
 from edgeproxy.policy.transfer import export_bytes, import_bytes
@@ -34,6 +36,11 @@ def _config_show_default(args: argparse.Namespace) -> int:
 
 def _config_check(args: argparse.Namespace) -> int:
     config = load_args_config(args)
+    if args.json:
+        print_ordered_json(
+            {"source": str(config.source), "valid": True, "domains": list(config.edge.domains)}
+        )
+        return EXIT_OK
     print(f"configuration {config.source}: OK (domains: {', '.join(config.edge.domains)})")
     return EXIT_OK
 
@@ -64,15 +71,34 @@ def _config_import(args: argparse.Namespace) -> int:
         warnings = ops.import_configuration(store, config.edge.domains, document)
         _generation, configuration = store.read()
     print_warnings(warnings)
+    counts = {
+        "partners": len(configuration.partners),
+        "policies": len(configuration.policies),
+        "users": len(configuration.users),
+    }
+    kept_secret = not document.has_dialback_secret
+    kept_credentials = document.users_without_credentials
+    if args.json:
+        print_ordered_json(
+            {
+                "imported": counts,
+                "kept-from-store": {
+                    "dialback-secret": kept_secret,
+                    "credentials": kept_credentials,
+                },
+                "warnings": [w.removeprefix(WARNING_PREFIX) for w in warnings],
+            }
+        )
+        return EXIT_OK
     print(
-        f"imported {len(configuration.partners)} partners, {len(configuration.policies)} policies, "
-        f"{len(configuration.users)} users"
+        f"imported {counts['partners']} partners, {counts['policies']} policies, "
+        f"{counts['users']} users"
     )
     kept = []
-    if not document.has_dialback_secret:
+    if kept_secret:
         kept.append("the dialback secret")
-    if document.users_without_credentials:
-        kept.append(f"the passwords of {document.users_without_credentials} user(s)")
+    if kept_credentials:
+        kept.append(f"the passwords of {kept_credentials} user(s)")
     if kept:
         print(
             f"kept from this store: {' and '.join(kept)} (the document has no secrets; "
@@ -92,6 +118,7 @@ def register(sub: SubParsers) -> None:
         "validate", parents=[config_option_parent()],
         help="load the configuration and report errors",
     )
+    add_json_option(check)
     check.set_defaults(handler=_config_check)
     export = csub.add_parser(
         "export", parents=[config_option_parent()],
@@ -108,6 +135,13 @@ def register(sub: SubParsers) -> None:
     imp = csub.add_parser(
         "import", parents=[config_option_parent()],
         help="replace the stored configuration with a file",
+        description="Replace the stored partners, gateway settings, policies and users with an "
+        "export document's. Every item is checked first: if any is not valid, nothing is "
+        "changed and each problem is listed with its item and field "
+        "(partners[2] (fabrikam.com): connection-limit: …; items count from 0). Lync's "
+        "spellings of the partner settings (Federated, PublicVerified, NotSupported …) are "
+        "read as ours.",
     )
     imp.add_argument("file", metavar="FILE", help="an export document ('-' for standard input)")
+    add_json_option(imp)
     imp.set_defaults(handler=_config_import)

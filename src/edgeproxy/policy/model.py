@@ -12,7 +12,7 @@ Models only describe; the rules live in ``validation`` and the decisions in ``en
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 import msgspec
 
@@ -21,7 +21,38 @@ GLOBAL_POLICY = "global"
 SITE_PREFIX = "site:"
 
 
-class PartnerType(enum.StrEnum):
+def _folded(text: str) -> str:
+    """``Public-Verified``, ``PublicVerified`` and ``public_verified`` all fold to
+    ``publicverified``: how a choice is compared whatever its spelling."""
+    return "".join(c for c in text.lower() if c not in "-_ ")
+
+
+class _Choice(enum.StrEnum):
+    """An enumeration written in lower case with hyphens (``public-verified``) that also accepts
+    Lync's spelling of its values (``PublicVerified``), in any case, on input."""
+
+    @classmethod
+    def parse(cls, text: str) -> Self:
+        """The member ``text`` names, in our spelling or Lync's, in any case; ``ValueError``
+        naming the accepted values otherwise."""
+        folded = _folded(text)
+        for member in cls:
+            if _folded(member.value) == folded:
+                return member
+        raise ValueError(f"{text!r} is not one of {cls.spellings()}")
+
+    @classmethod
+    def spellings(cls) -> str:
+        """The accepted values in words: ``federated (Federated), …``."""
+        return ", ".join(f"{m.value} ({m.lync})" for m in cls)
+
+    @property
+    def lync(self) -> str:
+        """The value as Lync writes it: ``PublicVerified``, ``NotSupported``."""
+        return "".join(part.capitalize() for part in self.value.split("-"))
+
+
+class PartnerType(_Choice):
     """Trust level of a partner (SPEC §4)."""
 
     FEDERATED = "federated"
@@ -29,7 +60,7 @@ class PartnerType(enum.StrEnum):
     PUBLIC_UNVERIFIED = "public-unverified"
 
 
-class Negotiation(enum.StrEnum):
+class Negotiation(_Choice):
     """TLS or SASL negotiation setting of a partner (SPEC §2)."""
 
     REQUIRED = "required"

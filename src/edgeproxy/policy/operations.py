@@ -3,7 +3,7 @@
 Every function runs one write transaction (``Store.write``), reads the current state inside it,
 validates the change against that state (``validation``) and writes only if everything holds; a
 ``ChangeRefused`` rolls the transaction back, so the stored content is exactly as before. They
-return the warnings to print (SPEC §2.1 warning rows). The server uses the same functions for
+return the warnings to print (the negotiation matrix's warning rows). The server uses the same functions for
 the directory changes it makes itself (``record_pending_request``).
 """
 
@@ -28,11 +28,11 @@ from edgeproxy.policy.names import InvalidName, normalize_bare_jid, normalize_do
 from edgeproxy.policy.store import Store
 from edgeproxy.policy.validation import (
     ChangeRefused,
+    checked_configuration,
     normalize_partner,
     normalize_policy_identity,
     normalize_user,
     refuse,
-    validate_configuration,
     validate_gateway,
     validate_partner,
     validate_user,
@@ -50,31 +50,31 @@ def partner_domain(text: str) -> str:
         raise ChangeRefused(str(exc)) from None
 
 
-def _check_partner_fields(partner: Partner) -> None:
-    if partner.connection_limit is not None and partner.connection_limit < 1:
-        raise refuse("the partner connection limit must be at least 1")
+# -- partners ----------------------------------------------------------------------------------
 
 
-# -- partners (SPEC §2) -----------------------------------------------------------------------
-
-
-def new_partner(store: Store, our_domains: Iterable[str], partner: Partner) -> tuple[str, ...]:
-    """Add a partner; refused if its primary domain exists or any rule fails."""
+def new_partner(
+    store: Store, our_domains: Iterable[str], partner: Partner
+) -> tuple[Partner, tuple[str, ...]]:
+    """Add a partner; refused if its primary domain exists or any rule fails. Returns the partner
+    as stored (normalised) and the warnings."""
     partner = normalize_partner(partner)
-    _check_partner_fields(partner)
     with store.write() as tx:
         others = tx.partners()
         if any(p.domain == partner.domain for p in others):
             raise refuse(f"partner {partner.domain} already exists (use partner set)")
         warnings = validate_partner(partner, others, our_domains)
         tx.put_partner(partner)
-    return warnings
+    return partner, warnings
 
 
 def set_partner(
     store: Store, our_domains: Iterable[str], domain: str, edit: Callable[[Partner], Partner]
-) -> tuple[Partner, tuple[str, ...]]:
-    """Change an existing partner with ``edit`` (a pure function of the stored partner)."""
+) -> tuple[Partner, Partner, tuple[str, ...]]:
+    """Change an existing partner with ``edit`` (a pure function of the stored partner).
+    Returns the partner before and after the change, and the warnings of the negotiation matrix
+    when the change touched its row (TLS, SASL, dialback): an unchanged row was warned about
+    when it was set."""
     domain = partner_domain(domain)
     with store.write() as tx:
         others = tx.partners()
@@ -84,17 +84,26 @@ def set_partner(
         changed = normalize_partner(edit(current))
         if changed.domain != current.domain:
             raise refuse("the primary domain identifies a partner and cannot be changed")
-        _check_partner_fields(changed)
         warnings = validate_partner(changed, others, our_domains)
         tx.put_partner(changed)
-    return changed, warnings
+    if _row(changed) == _row(current):
+        warnings = ()
+    return current, changed, warnings
 
 
-def remove_partner(store: Store, domain: str) -> None:
+def _row(partner: Partner) -> tuple[object, ...]:
+    """A partner's row of the negotiation matrix."""
+    return (partner.tls, partner.sasl, partner.dialback)
+
+
+def remove_partner(store: Store, domain: str) -> Partner:
+    """Remove a partner named by its primary domain; returns what was removed."""
     domain = partner_domain(domain)
     with store.write() as tx:
-        if not tx.remove_partner(domain):
+        current = next((p for p in tx.partners() if p.domain == domain), None)
+        if current is None or not tx.remove_partner(domain):
             raise refuse(f"no partner {domain}")
+    return current
 
 
 # -- gateway settings (SPEC §3) ---------------------------------------------------------------
@@ -307,7 +316,8 @@ def _contact(jid: str) -> str:
 def import_configuration(
     store: Store, our_domains: Iterable[str], config: Configuration | ImportDocument
 ) -> tuple[str, ...]:
-    """Validate a whole configuration, then replace the stored one with it (one transaction).
+    """Validate a whole configuration, then replace the stored one with it (one transaction):
+    nothing is written unless every item holds. Returns the warnings.
 
     An ``ImportDocument`` (``config import``) is completed inside the transaction: the secrets it
     leaves out (a document exported without ``--include-secrets``) are taken from the stored
@@ -317,15 +327,6 @@ def import_configuration(
     with store.write() as tx:
         if not isinstance(config, Configuration):
             config = config.complete(tx.configuration())
-        warnings = validate_configuration(config, ours)
-        normalized = msgspec.structs.replace(
-            config,
-            partners=tuple(normalize_partner(p) for p in config.partners),
-            policies=tuple(
-                msgspec.structs.replace(p, identity=normalize_policy_identity(p.identity))
-                for p in config.policies
-            ),
-            users=tuple(normalize_user(u) for u in config.users),
-        )
+        normalized, warnings = checked_configuration(config, ours)
         tx.replace_all(normalized)
     return warnings

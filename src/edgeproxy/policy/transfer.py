@@ -19,34 +19,56 @@ secret. The absence of a key is what says "not in this document":
   address (none for a user the store does not have); ``"credentials": []`` removes them.
 
 Import parses the document first (``import_bytes``: JSON, format, version), then
-``ImportDocument.complete`` fills the left-out secrets from the stored configuration and
-type-checks everything; the caller validates the result (the same rules as the commands) and
-replaces the stored configuration in one write transaction: an invalid document changes nothing.
+``ImportDocument.complete`` fills the left-out secrets from the stored configuration, reads
+Lync's spellings of the partner choices (``PublicVerified``, ``NotSupported``) and type-checks
+every item, naming each problem's item and field in words; the caller validates the result
+(the same rules as the commands) and replaces the stored configuration in one write
+transaction: an invalid document changes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 from typing import Any
 
 import msgspec
 
-from edgeproxy.policy.model import Configuration
+from edgeproxy.policy.model import (
+    AccessPolicy,
+    Configuration,
+    GatewaySettings,
+    Negotiation,
+    Partner,
+    PartnerType,
+    User,
+)
 from edgeproxy.policy.names import InvalidName, normalize_sip_address
-from edgeproxy.policy.validation import ChangeRefused
+from edgeproxy.policy.validation import (
+    item_label,
+    problems_of,
+    refuse,
+    refuse_all,
+    shown,
+)
 
 FORMAT = "edgeproxy-policy"
 VERSION = 1
 DIALBACK_SECRET_KEY = "dialback-secret"
 CREDENTIALS_KEY = "credentials"
-
-
-class _Document(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    configuration: dict[str, Any]
-    format: str = FORMAT
-    version: int = VERSION
-
-
-_decoder = msgspec.json.Decoder(_Document)
+#: The sections of ``configuration``: (key, the model of one item, the field that names an item).
+SECTIONS: tuple[tuple[str, type[msgspec.Struct], str], ...] = (
+    ("partners", Partner, "domain"),
+    ("policies", AccessPolicy, "identity"),
+    ("users", User, "sip"),
+)
+#: Partner fields that also accept Lync's spellings (``PublicVerified``, ``NotSupported``).
+_CHOICE_FIELDS: dict[str, type[PartnerType] | type[Negotiation]] = {
+    "type": PartnerType,
+    "tls": Negotiation,
+    "sasl": Negotiation,
+}
+_TOP_KEYS = ("configuration", "format", "version")
 
 
 def export_bytes(config: Configuration, *, include_secrets: bool = False) -> bytes:
@@ -76,11 +98,14 @@ class ImportDocument:
     def users_without_credentials(self) -> int:
         """How many users leave their credentials out (kept from the store on import)."""
         users = self._data.get("users") or []
+        if not isinstance(users, list):
+            return 0
         return sum(1 for u in users if isinstance(u, dict) and CREDENTIALS_KEY not in u)
 
     def complete(self, stored: Configuration) -> Configuration:
-        """The document's configuration, with each left-out secret taken from ``stored``;
-        ``ChangeRefused`` naming the field if it is not a valid configuration."""
+        """The document's configuration, with each left-out secret taken from ``stored`` and
+        Lync's spellings of the partner choices replaced by ours; ``ChangeRefused`` listing every
+        field that is not valid, in words and naming its item, if it is not a configuration."""
         data = dict(self._data)
         gateway = data.get("gateway")
         if isinstance(gateway, dict) and DIALBACK_SECRET_KEY not in gateway:
@@ -89,10 +114,54 @@ class ImportDocument:
         if isinstance(users, list):
             stored_credentials = {u.sip: u.credentials for u in stored.users}
             data["users"] = [_with_stored_credentials(u, stored_credentials) for u in users]
+        partners = data.get("partners")
+        if isinstance(partners, list):
+            data["partners"] = [_with_our_spellings(p) for p in partners]
+        problems = configuration_problems(data)
+        if problems:
+            raise refuse_all(problems)
         try:
             return msgspec.convert(data, Configuration)
-        except msgspec.ValidationError as exc:
-            raise ChangeRefused(f"refused: not an edgeproxy export document: {exc}") from None
+        except msgspec.ValidationError:  # pragma: no cover - configuration_problems checks all
+            raise refuse("not a valid edgeproxy configuration") from None
+
+
+def configuration_problems(data: dict[str, Any]) -> list[str]:
+    """Every field of ``data`` (the ``configuration`` object) that is not valid, in words, each
+    after where it is: ``gateway: …``, ``partners[2] (fabrikam.com): connection-limit: …``."""
+    sections = ("gateway", *(key for key, _model, _name in SECTIONS))
+    problems = [
+        f"configuration: unknown section {shown(key)} (the sections are: {', '.join(sections)})"
+        for key in data
+        if key not in sections
+    ]
+    if "gateway" not in data:
+        problems.append("gateway: missing (it is required)")
+    else:
+        problems += problems_of(data["gateway"], GatewaySettings, ("gateway",))
+    for key, model, name_field in SECTIONS:
+        items = data.get(key, [])
+        if not isinstance(items, list):
+            problems.append(f"{key}: must be a list, got {shown(items)}")
+            continue
+        for i, item in enumerate(items):
+            name = item.get(name_field) if isinstance(item, dict) else None
+            problems += problems_of(item, model, (item_label(key, i, name),))
+    return problems
+
+
+def _with_our_spellings(partner: Any) -> Any:
+    """A partner object with ``Federated``, ``NotSupported`` … written as ours (``federated``,
+    ``not-supported``); a value that names no choice is left for the type check to report."""
+    if not isinstance(partner, dict):
+        return partner
+    fixed = dict(partner)
+    for key, choice in _CHOICE_FIELDS.items():
+        value = fixed.get(key)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                fixed[key] = choice.parse(value).value
+    return fixed
 
 
 def _with_stored_credentials(user: Any, stored: dict[str, Any]) -> Any:
@@ -106,13 +175,43 @@ def _with_stored_credentials(user: Any, stored: dict[str, Any]) -> Any:
 
 
 def import_bytes(data: bytes) -> ImportDocument:
-    """Parse an export document; raise ChangeRefused naming what is wrong with it."""
+    """Parse an export document; raise ChangeRefused saying, in words, what is wrong with it."""
     try:
-        document = _decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise ChangeRefused(f"refused: not an edgeproxy export document: {exc}") from None
-    if document.format != FORMAT or document.version != VERSION:
-        raise ChangeRefused(
-            f"refused: unsupported export format {document.format!r} version {document.version}"
+        document = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        raise refuse(f"not an edgeproxy export document: {_json_error(data)}") from None
+    if not isinstance(document, dict):
+        raise refuse(
+            "not an edgeproxy export document: it must be a JSON object with "
+            f"{', '.join(_TOP_KEYS)}"
         )
-    return ImportDocument(document.configuration)
+    unknown = [key for key in document if key not in _TOP_KEYS]
+    if unknown:
+        raise refuse(
+            f"not an edgeproxy export document: unknown key {shown(unknown[0])} "
+            f"(the keys are: {', '.join(_TOP_KEYS)})"
+        )
+    form, version = document.get("format", FORMAT), document.get("version", VERSION)
+    if form != FORMAT or version != VERSION:
+        raise refuse(
+            f"unsupported export format {shown(form)} version {shown(version)} "
+            f"(this edgeproxy reads format {FORMAT!r} version {VERSION})"
+        )
+    configuration = document.get("configuration")
+    if not isinstance(configuration, dict):
+        raise refuse(
+            "not an edgeproxy export document: configuration must be an object, got "
+            f"{shown(configuration)}"
+        )
+    return ImportDocument(configuration)
+
+
+def _json_error(data: bytes) -> str:
+    """Where and why ``data`` is not JSON, in words (line and column)."""
+    try:
+        json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 text (byte {exc.start})"
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON: {exc.msg.lower()} at line {exc.lineno}, column {exc.colno}"
+    return "not valid JSON"
