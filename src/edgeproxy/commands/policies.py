@@ -1,5 +1,6 @@
 """``edgeproxy policy new | set | get | remove | grant``: external access policies, which say
-whether a user may use XMPP at all, federate with partners, and reach public XMPP services.
+whether a local user may exchange messages and presence with XMPP contacts (``xmpp``; the
+``federation`` and ``public-cloud`` switches are kept for the directory).
 
 The policy of a user is the user policy granted to it (``policy grant``), else the policy of its
 site (``site:NAME``), else ``global``. ``policy get IDENTITY --json`` → one policy object;
@@ -138,7 +139,7 @@ def _add_policy_options(p: argparse.ArgumentParser, *, new: bool) -> None:
 
 def register(sub: SubParsers) -> None:
     gsub = command_group(
-        sub, "policy", "external access policies: who may use XMPP, federate, reach public services"
+        sub, "policy", "external access policies: which local users may exchange XMPP traffic"
     )
     new = gsub.add_parser(
         "new", parents=[config_option_parent()], help="add a site or user policy"
