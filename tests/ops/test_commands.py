@@ -58,6 +58,17 @@ async def test_reload_prints_what_changed(admin: Running, capsys):
     assert out.startswith("reloaded: partners added northwind.test; removed gtalk.test; 1 streams closed")
 
 
+async def test_reload_json_prints_the_outcome(admin: Running, capsys):
+    code, out, _ = await run_cli(capsys, "reload", "--json", "--config", str(admin.config_path))
+    assert code == 0
+    assert json.loads(out) == {"ok": True, "message": "", "partners-added": ["northwind.test"],
+                               "partners-removed": ["gtalk.test"], "streams-closed": 1}
+    admin.edge.next_reload = ReloadOutcome(ok=False, message="edge.domains must list at least one domain")
+    code, out, err = await run_cli(capsys, "reload", "--json", "--config", str(admin.config_path))
+    assert code == 1 and json.loads(out)["ok"] is False
+    assert err.startswith("edgeproxy: reload refused: edge.domains must list")
+
+
 async def test_refused_reload_exits_1_with_the_reason(admin: Running, capsys):
     admin.edge.next_reload = ReloadOutcome(ok=False, message="edge.domains must list at least one domain")
     code, _, err = await run_cli(capsys, "reload", "--config", str(admin.config_path))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import TextIO
 
 from edgeproxy.commands.common import (
     EXIT_OK,
@@ -30,9 +29,12 @@ EXIT_FAILED = 1  # stanzas were lost, or no stream could be set up
 DEFAULT_OUT = "loadtest-result.json"
 
 
-def _notes(args: argparse.Namespace) -> TextIO:
-    """Where progress notes go: stdout, or stderr when stdout carries the JSON."""
-    return sys.stderr if args.json else sys.stdout
+def _note(args: argparse.Namespace, text: str) -> None:
+    """A progress note: on stdout, or on stderr (``edgeproxy: …``) when stdout carries JSON."""
+    if args.json:
+        error(text)
+    else:
+        print(text)
 
 
 def _setup_partners(args: argparse.Namespace, scenario: object) -> int | None:
@@ -55,18 +57,17 @@ def _setup_partners(args: argparse.Namespace, scenario: object) -> int | None:
     finally:
         store.close()
     print_warnings(done.warnings)
-    out = _notes(args)
     proxy = rows[0].proxy_fqdn
     what = ", ".join(f"{verb} {len(ds)}" for verb, ds in (("added", done.added), ("replaced", done.replaced)) if ds)
-    print(f"partners {', '.join(r.domain for r in rows[:3])}{' …' if len(rows) > 3 else ''} "
-          f"stored in {config.state_dir} ({what}) with proxy-fqdn {proxy}", file=out)
+    _note(args, f"partners {', '.join(r.domain for r in rows[:3])}{' …' if len(rows) > 3 else ''} "
+          f"stored in {config.state_dir} ({what}) with proxy-fqdn {proxy}")
     try:
         AdminClient(config, timeout=2).request("GET", "/healthz")
     except (NotRunning, OSError):
-        print("edgeproxy does not answer on its admin address: the partners apply when it starts", file=out)
+        _note(args, "edgeproxy does not answer on its admin address: the partners apply when it starts")
         return None
     wait = 2 * POLL_INTERVAL + 0.5
-    print(f"waiting {wait:g} s for the running edge to read its store", file=out)
+    _note(args, f"waiting {wait:g} s for the running edge to read its store")
     time.sleep(wait)
     return None
 
@@ -81,7 +82,7 @@ def _remove_partners(args: argparse.Namespace, scenario: object) -> None:
         removed = remove_partner_rows(store, scenario.partners.domain_names())  # type: ignore[attr-defined]
     finally:
         store.close()
-    print(f"partners removed: {len(removed)}", file=_notes(args))
+    _note(args, f"partners removed: {len(removed)}")
 
 
 def _loadtest(args: argparse.Namespace) -> int:
@@ -118,17 +119,17 @@ def _loadtest(args: argparse.Namespace) -> int:
     write_json(result, args.out)
     problems = diagnose(result)
     if args.json:
-        result["result-file"] = args.out
+        result["result_file"] = args.out
         result["diagnosis"] = [msgspec.to_builtins(d) for d in problems]
         sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
     else:
         for line in summary_lines(result):
             print(line)
         if result["lost"]:
-            print(f"lost ids: {' '.join(result['lost_ids'])}", file=sys.stderr)  # type: ignore[arg-type]
+            print(f"lost ids: {' '.join(result['lost_ids'])}")  # type: ignore[arg-type]
         print(f"result written to {args.out}")
     if args.plot:
-        print(write_plot(result, args.plot), file=_notes(args))
+        _note(args, write_plot(result, args.plot))
     if result["lost"] or result["streams"]["ready"] < result["streams"]["wanted"]:  # type: ignore[index]
         return EXIT_FAILED
     return EXIT_OK

@@ -22,6 +22,7 @@ import msgspec
 from edgeproxy.commands.common import (
     EXIT_OK,
     SubParsers,
+    add_json_option,
     config_option_parent,
     error,
     load_args_config,
@@ -148,6 +149,17 @@ def _write(client: AdminClient, path: str) -> Reply | int:
         return EXIT_FAILED
 
 
+def reload_json(outcome: ReloadOutcome) -> dict[str, object]:
+    """What ``reload --json`` prints (docs/cli-json.md)."""
+    return {
+        "ok": outcome.ok,
+        "message": outcome.message,
+        "partners-added": list(outcome.partners_added),
+        "partners-removed": list(outcome.partners_removed),
+        "streams-closed": outcome.streams_closed,
+    }
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     config = load_args_config(args)
     client = AdminClient(config, timeout=args.timeout)
@@ -158,9 +170,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
         print(f"edgeproxy: reload failed: {_error_text(reply)}", file=sys.stderr)
         return EXIT_FAILED
     outcome = msgspec.json.decode(reply.body, type=ReloadOutcome)
+    if args.json:
+        print(json.dumps(reload_json(outcome)))
     if not outcome.ok:
         print(f"edgeproxy: reload refused: {outcome.message}", file=sys.stderr)
         return EXIT_FAILED
+    if args.json:
+        return EXIT_OK
     added = ", ".join(outcome.partners_added) or "none"
     removed = ", ".join(outcome.partners_removed) or "none"
     print(f"reloaded: partners added {added}; removed {removed}; {outcome.streams_closed} streams closed")
@@ -216,4 +232,5 @@ def register(sub: SubParsers) -> None:
                              help="re-read configuration, certificates and store; keeps allowed streams")
     reload_.add_argument("--timeout", type=float, default=30.0, metavar="S",
                          help="seconds to wait for the reload's outcome (default 30)")
+    add_json_option(reload_)
     reload_.set_defaults(handler=cmd_reload)
