@@ -3,10 +3,11 @@
 Theory of operation (SPEC §9, RFC 6120 §3.2.1, RFC 2782):
 
 * **Ours.** Each XMPP domain must publish ``_xmpp-server._tcp.<domain>`` SRV records whose targets
-  are our pools (default: the external FQDN) on port 5269, and the external FQDN must resolve
+  are our pools (default: the external FQDN) on the port of our external listener (``[edge]
+  listen``, 5269 by default), and the external FQDN must resolve
   (A/AAAA) — to one of our specific listen addresses when the configuration names one. One line
   per domain lists every fault of that domain's records: missing SRV, a target that is not us, a
-  port other than 5269, the "service not available" marker (target ``.``), a pool without record.
+  port other than the listener's, the "service not available" marker (target ``.``), a pool without record.
 * **Partners.** We connect to a partner by its proxy FQDN when one is set, else by SRV in RFC 2782
   order, else by the domain's own A/AAAA on 5269 (the RFC 6120 fallback). A partner is reachable
   by DNS when at least one target resolves.
@@ -23,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from edgeproxy.config import EdgeConfig
-from edgeproxy.dns.records import Pool, default_pools, listen_addresses
+from edgeproxy.dns.records import Pool, default_pools, external_port, listen_addresses
 from edgeproxy.dns.resolver import Lookup
 from edgeproxy.dns.srv import XMPP_SERVER_PORT, connection_targets, order_records, srv_name
 from edgeproxy.findings import Finding, fail, ok, warn
@@ -54,7 +55,8 @@ def _fmt_srv(records: Sequence[object]) -> str:
     return ", ".join(f"{r.priority} {r.weight} {r.port} {r.target}" for r in records)  # type: ignore[attr-defined]
 
 
-def check_own_domain(domain: str, pools: Sequence[Pool], lookup: Lookup) -> Finding:
+def check_own_domain(domain: str, pools: Sequence[Pool], lookup: Lookup, port: int = XMPP_SERVER_PORT) -> Finding:
+    """Our SRV records of ``domain``: pointing at ``pools`` on ``port``, one priority each."""
     check = f"dns {srv_name(domain)}"
     answer = lookup.srv(domain)
     if answer.outcome == "error":
@@ -74,8 +76,8 @@ def check_own_domain(domain: str, pools: Sequence[Pool], lookup: Lookup) -> Find
             continue
         if rec.target not in ours:
             faults.append(f"target {rec.target} is not this edge (expected {', '.join(sorted(ours))})")
-        if rec.port != XMPP_SERVER_PORT:
-            faults.append(f"target {rec.target} has port {rec.port}, expected {XMPP_SERVER_PORT}")
+        if rec.port != port:
+            faults.append(f"target {rec.target} has port {rec.port}, expected {port} ([edge] listen)")
     targets = {r.target for r in answer.records}
     for pool in pools:
         if pool.fqdn not in targets:
@@ -165,13 +167,14 @@ def diagnose(
     timeout: float = 3.0,
 ) -> list[Finding]:
     pools = list(pools) if pools else default_pools(config)
-    findings = [check_own_domain(d, pools, lookup) for d in config.edge.domains]
+    port, _ = external_port(config)
+    findings = [check_own_domain(d, pools, lookup, port) for d in config.edge.domains]
     own_address = check_own_address(config, lookup)
     findings.append(own_address)
     if reach and own_address.level == "OK":
         fqdn = config.edge.external_fqdn.rstrip(".").lower()
         findings.append(
-            _reach(f"reach {fqdn}", fqdn, lookup.addresses(fqdn).values, XMPP_SERVER_PORT, connect, timeout)
+            _reach(f"reach {fqdn}", fqdn, lookup.addresses(fqdn).values, port, connect, timeout)
         )
     for partner in partners:
         findings.extend(check_partner(partner, lookup, reach=reach, connect=connect, timeout=timeout))

@@ -10,7 +10,6 @@ never an exception out of a check. ``Lookup`` blocks (the command-line checks);
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,7 +18,9 @@ import dns.exception
 import dns.rdatatype
 import dns.resolver
 
+from edgeproxy.config import parse_nameserver
 from edgeproxy.dns.srv import SrvRecord, srv_name
+from edgeproxy.policy.names import InvalidName
 
 Outcome = Literal["ok", "nxdomain", "nodata", "error"]
 
@@ -39,19 +40,12 @@ class SrvAnswer:
 
 
 def parse_resolver(text: str) -> tuple[str, int]:
-    """``IP``, ``IP:PORT`` or ``[IPv6]:PORT``."""
-    host, port = text, 53
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest:
-            port = int(rest.lstrip(":"))
-    elif text.count(":") == 1:
-        host, p = text.split(":")
-        port = int(p)
-    ipaddress.ip_address(host)  # ValueError names the bad address
-    if not 0 < port < 65536:
-        raise ValueError(f"resolver port out of range: {port}")
-    return host, port
+    """``IP``, ``IP:PORT`` or ``[IPv6]:PORT`` (port 53 when absent), as ``[dns] resolver`` and
+    ``--resolver`` take it; ValueError naming the rule otherwise (a host name is refused)."""
+    try:
+        return parse_nameserver(text)
+    except InvalidName as exc:
+        raise ValueError(exc.detail) from None
 
 
 def _configure(resolver: dns.resolver.Resolver, nameserver: tuple[str, int] | None, timeout: float) -> None:
