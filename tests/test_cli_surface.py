@@ -7,6 +7,7 @@ them; every message on stderr starts with ``edgeproxy: ``; shell completion answ
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -418,3 +419,67 @@ def test_a_state_directory_that_cannot_be_made_is_an_error_line_not_a_traceback(
     assert result.returncode == 1
     assert result.stderr.startswith("edgeproxy: ") and "Traceback" not in result.stderr
     assert "file/state" in result.stderr
+
+
+# -- one error prefix, read from the source ----------------------------------------------------
+
+COMMAND_SOURCES = sorted((ROOT / "src" / "edgeproxy" / "commands").glob("*.py")) + [
+    ROOT / "src" / "edgeproxy" / "cli.py"
+]
+
+
+def _leading_text(node: ast.expr) -> str | None:
+    """The literal text a printed expression starts with, when the source says it."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr) and node.values:
+        first = node.values[0]
+        if isinstance(first, ast.Constant) and isinstance(first.value, str):
+            return first.value
+    return None
+
+
+def _is_stderr(node: ast.expr) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "stderr"
+
+
+def stderr_writes_without_the_prefix(source: str, name: str) -> list[str]:
+    """``print(…, file=sys.stderr)`` and ``sys.stderr.write(…)`` calls whose text does not
+    visibly start with ``edgeproxy: `` (``common.error``/``refused``/``warning`` do)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        printed: ast.expr | None = None
+        if isinstance(func, ast.Name) and func.id == "print":
+            if any(k.arg == "file" and _is_stderr(k.value) for k in node.keywords) and node.args:
+                printed = node.args[0]
+        elif isinstance(func, ast.Attribute) and func.attr == "write" and _is_stderr(func.value):
+            printed = node.args[0] if node.args else None
+        if printed is None:
+            continue
+        text = _leading_text(printed)
+        if text is None or not text.startswith("edgeproxy: "):
+            found.append(f"{name}:{node.lineno}: {ast.unparse(printed)[:70]}")
+    return found
+
+
+def test_the_source_scan_finds_a_message_without_the_prefix() -> None:
+    source = (
+        "import sys\n"
+        "print(f'edgeproxy: {x}', file=sys.stderr)\n"
+        "print('warning: bad', file=sys.stderr)\n"
+        "sys.stderr.write(message)\n"
+        "print('result')\n"
+    )
+    assert stderr_writes_without_the_prefix(source, "m.py") == [
+        "m.py:3: 'warning: bad'",
+        "m.py:4: message",
+    ]
+
+
+@pytest.mark.parametrize("path", COMMAND_SOURCES, ids=lambda p: p.name)
+def test_every_message_a_command_writes_on_stderr_starts_with_edgeproxy(path: Path) -> None:
+    found = stderr_writes_without_the_prefix(path.read_text(encoding="utf-8"), path.name)
+    assert not found, "write them with commands.common.error/refused/warning:\n" + "\n".join(found)
