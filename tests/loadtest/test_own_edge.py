@@ -1,7 +1,8 @@
 """``edgeproxy loadtest`` against one's own running edge, the way docs/loadtest.md says.
 
 A real ``edgeproxy serve`` (edge and gateway) on 127.0.31.1 with no resolver of its own; the load
-tester's partner listener on 127.0.31.2. With ``--setup-partners`` the simulated domains are
+tester's partner listener on ``localhost`` (a free port), a name the edge resolves from
+/etc/hosts. With ``--setup-partners`` the simulated domains are
 stored as partners whose proxy FQDN is that listener, so the edge needs no DNS to verify their
 dialback keys and to answer them: every stanza comes back delivered (iq pings answered) or
 bounced (messages for a user who is not registered over SIP), none is lost. Without it, the
@@ -24,7 +25,9 @@ from edgeproxy.policy.model import AccessPolicy, Configuration, GatewaySettings,
 from fixtures.ports import free_port
 from fixtures.serve import ServeProcess, start_serve
 
-EDGE_ADDR, SIM_ADDR = "127.0.31.1", "127.0.31.2"
+EDGE_ADDR = "127.0.31.1"
+#: The load tester's listener: a name the edge resolves without any DNS server (/etc/hosts).
+SIM_HOST, SIM_ADDR = "localhost", "127.0.0.1"
 SIMS = ("sim1.test", "sim2.test")
 STANZAS = 60
 
@@ -53,7 +56,7 @@ host = "{EDGE_ADDR}"
 port = {edge.s2s_port}
 [partners]
 domains = {list(SIMS)!r}
-listen-host = "{SIM_ADDR}"
+listen-host = "{SIM_HOST}"
 listen-port = {free_port(SIM_ADDR)}
 [traffic]
 stanzas = {STANZAS}
@@ -123,7 +126,7 @@ def test_without_usable_partner_rows_the_summary_names_the_cause(
 def _result(**changes: object) -> dict[str, object]:
     base: dict[str, object] = {
         "target": {"domain": "contoso.test", "host": EDGE_ADDR, "port": 5269},
-        "partners": {"domains": list(SIMS), "listen": f"{SIM_ADDR}:5270"},
+        "partners": {"domains": list(SIMS), "listen": f"{SIM_HOST}:5270"},
         "streams": {"wanted": 2, "ready": 2, "setup_errors": [], "inbound_accepted": 0},
         "sent": 10, "delivered": 0, "bounced": 0, "lost": 10, "unsent": 0,
         "lost_by_kind": {"message to bob@contoso.test": 10},
@@ -135,7 +138,7 @@ def test_nothing_answered_points_at_the_partner_rows() -> None:
     (found,) = diagnose(_result())
     assert found.problem == "none-answered"
     assert found.message.startswith("0 of 10 answered: the edge never connected to the simulated partners' listener")
-    assert f"proxy-fqdn {SIM_ADDR}:5270" in found.hint
+    assert f"proxy-fqdn {SIM_HOST}:5270" in found.hint
 
 
 def test_lost_presences_are_explained_as_dropped_without_a_reply() -> None:

@@ -17,6 +17,7 @@ import time
 
 from edgeproxy.commands.common import (
     EXIT_OK,
+    EXIT_REFUSED,
     EXIT_USAGE,
     SubParsers,
     add_json_option,
@@ -43,7 +44,9 @@ def _setup_partners(args: argparse.Namespace, scenario: object) -> int | None:
     from edgeproxy.commands.records import print_warnings
     from edgeproxy.loadtest.own_edge import ListenPortNeeded, partner_rows, store_partner_rows
     from edgeproxy.policy.holder import POLL_INTERVAL
+    from edgeproxy.policy.names import ip_literal
     from edgeproxy.policy.store import Store
+    from edgeproxy.policy.validation import ChangeRefused
 
     config = load_args_config(args)
     try:
@@ -54,6 +57,13 @@ def _setup_partners(args: argparse.Namespace, scenario: object) -> int | None:
     store = Store.open(config.state_dir)
     try:
         done = store_partner_rows(store, config.edge.domains, rows)
+    except ChangeRefused as exc:
+        hint = ""
+        if ip_literal(scenario.partners.listen_host) is not None:  # type: ignore[attr-defined]
+            hint = ('; a proxy FQDN names a host: set partners.listen-host = "localhost" '
+                    "(the edge finds it in /etc/hosts, no DNS server needed)")
+        error(f"--setup-partners: {str(exc).removeprefix('refused: ')}{hint}")
+        return EXIT_REFUSED
     finally:
         store.close()
     print_warnings(done.warnings)

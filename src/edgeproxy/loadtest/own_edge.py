@@ -85,13 +85,20 @@ def store_partner_rows(store: Store, our_domains: Iterable[str], rows: list[Part
     warnings: list[str] = []
     for row in rows:
         if row.domain in stored:
-            _, found = ops.set_partner(store, ours, row.domain, lambda _current, row=row: row)
+            done = ops.set_partner(store, ours, row.domain, lambda _current, row=row: row)
             replaced.append(row.domain)
         else:
-            found = ops.new_partner(store, ours, row)
+            done = ops.new_partner(store, ours, row)
             added.append(row.domain)
-        warnings += [w for w in found if w not in warnings]
+        warnings += [w for w in _warnings(done) if w not in warnings]
     return StoredRows(tuple(added), tuple(replaced), tuple(warnings))
+
+
+def _warnings(done: tuple[object, ...]) -> tuple[str, ...]:
+    """The warnings of a ``policy.operations`` partner change: its last item when that is the
+    tuple of warnings after the record(s), else the whole result (warnings only)."""
+    last = done[-1] if done else ()
+    return tuple(str(w) for w in (last if isinstance(last, tuple) else done))
 
 
 def remove_partner_rows(store: Store, domains: Iterable[str]) -> tuple[str, ...]:

@@ -55,6 +55,8 @@ DOCS = "docs/loadtest.md"
 #: Stream set-up errors meaning the target could not reach the simulated domains' listener to
 #: verify their dialback keys (the stanza error conditions the edge answers with).
 _UNREACHABLE = ("remote-server-not-found", "remote-server-timeout")
+#: Stream set-up errors meaning nothing accepted the connection at the target's address.
+_UNREACHABLE_TARGET = ("Connection refused", "ConnectionRefused", "all attempts to connect")
 #: Stanza kinds a server may drop without any reply (RFC 6121 §4.3.3 and §8.5.2: presence for a
 #: user with no available resource; RFC 6120 §8.2: no error for a headline).
 _SILENT_KINDS = ("presence", "headline", "subscribe")
@@ -102,7 +104,7 @@ def diagnose(result: dict[str, object]) -> list[Diagnosis]:
         elif any("policy-violation" in e or "not-authorized" in e for e in setup_errors):
             hint = ("the target does not accept the simulated domains as partners; "
                     + _proxy_hint(result))
-        elif any("Connection refused" in e or "ConnectionRefused" in e for e in setup_errors):
+        elif any(m in e for e in setup_errors for m in _UNREACHABLE_TARGET):
             target = result["target"]
             assert isinstance(target, dict)
             hint = (f"nothing accepts connections at {target['host']}:{target['port']}: is the edge "
