@@ -380,21 +380,49 @@ def test_every_error_on_stderr_starts_with_edgeproxy(argv: tuple[str, ...], conf
     assert not [line for line in lines if line.startswith(("edgeproxy: error:", "edgeproxy user"))]
 
 
-def test_completion_answers_a_shell_request(tmp_path: Path) -> None:
-    out = tmp_path / "completions"
+def _complete(line: str, cwd: Path) -> list[str]:
+    """What ``edgeproxy`` offers for Tab at the end of ``line`` (argcomplete's protocol)."""
+    out = cwd / ".completions"
     env = {
         **os.environ,
         "_ARGCOMPLETE": "1",
         "_ARGCOMPLETE_IFS": "\n",
         "_ARGCOMPLETE_STDOUT_FILENAME": str(out),
-        "COMP_LINE": "edgeproxy user se",
-        "COMP_POINT": str(len("edgeproxy user se")),
+        "COMP_LINE": line,
+        "COMP_POINT": str(len(line)),
     }
+    env.pop("EDGEPROXY_CONFIG", None)
     result = subprocess.run(
-        [sys.executable, "-m", "edgeproxy"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "edgeproxy"], env=env, capture_output=True, text=True, timeout=60,
+        cwd=cwd,
     )
     assert result.returncode == 0, result.stderr
-    assert set(out.read_text().split()) == {"set", "set-password"}
+    offered = out.read_text(encoding="utf-8").split()
+    out.unlink()
+    return offered
+
+
+def test_completion_answers_a_shell_request(tmp_path: Path) -> None:
+    assert set(_complete("edgeproxy user se", tmp_path)) == {"set", "set-password"}
+
+
+def test_completion_offers_the_stored_users_and_user_policies(
+    config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv in (("user", "new", ALICE), ("policy", "new", "gold"), ("policy", "new", "site:Tokyo")):
+        assert _inproc(capsys, config_path, *argv)[0] == 0
+    cwd = config_path.parent
+    config = f"--config {config_path} "
+
+    assert "alice@contoso.test" in _complete(f"edgeproxy user set {config}", cwd)
+    assert _complete(f"edgeproxy user set {config}sip:a", cwd) == [ALICE]
+    offered = _complete(f"edgeproxy policy grant {config}alice@contoso.test ", cwd)
+    assert "gold" in offered and "site:Tokyo" not in offered and "global" not in offered
+
+
+def test_completion_creates_no_store_where_there_is_none(tmp_path: Path) -> None:
+    assert _complete("edgeproxy user set a", tmp_path) == []
+    assert list(tmp_path.iterdir()) == []  # the embedded default would keep its store in ./var
 
 
 def test_the_cli_module_carries_the_completion_marker_argcomplete_looks_for() -> None:

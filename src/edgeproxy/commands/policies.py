@@ -29,6 +29,9 @@ from edgeproxy.commands.records import (
     print_one,
     read_configuration,
     session,
+    set_completer,
+    stored_completer,
+    user_names,
     user_record,
 )
 from edgeproxy.policy import operations as ops
@@ -42,6 +45,14 @@ IDENTITY_HELP = (
     "global (the policy of everyone else), site:NAME (the users of site NAME) or NAME "
     "(a user policy, given to users with policy grant)"
 )
+
+
+#: Tab completes the stored policies, the user policies (for ``grant``) and the users.
+POLICIES = stored_completer(lambda c, _prefix: [p.identity for p in c.policies])
+USER_POLICIES = stored_completer(
+    lambda c, _prefix: [p.identity for p in c.policies if p.scope == "user"]
+)
+USERS = stored_completer(user_names)
 
 
 def _policy_edit(args: argparse.Namespace) -> Callable[[AccessPolicy], AccessPolicy]:
@@ -108,7 +119,9 @@ def _policy_grant(args: argparse.Namespace) -> int:
 
 
 def _add_policy_options(p: argparse.ArgumentParser, *, new: bool) -> None:
-    p.add_argument("identity", metavar="IDENTITY", help=IDENTITY_HELP)
+    identity = p.add_argument("identity", metavar="IDENTITY", help=IDENTITY_HELP)
+    if not new:
+        set_completer(identity, POLICIES)
     unchanged = "" if new else "; unchanged if not given"
     p.add_argument(
         "--xmpp",
@@ -154,8 +167,14 @@ def register(sub: SubParsers) -> None:
     get = gsub.add_parser(
         "get", parents=[config_option_parent()], help="show one policy, or all of them"
     )
-    get.add_argument(
-        "identity", metavar="IDENTITY", nargs="?", help=IDENTITY_HELP + " (default: every policy)"
+    set_completer(
+        get.add_argument(
+            "identity",
+            metavar="IDENTITY",
+            nargs="?",
+            help=IDENTITY_HELP + " (default: every policy)",
+        ),
+        POLICIES,
     )
     add_json_option(get)
     get.set_defaults(handler=_policy_get)
@@ -164,7 +183,7 @@ def register(sub: SubParsers) -> None:
         parents=[config_option_parent()],
         help="remove a site or user policy (refused while a user is granted it; global stays)",
     )
-    remove.add_argument("identity", metavar="IDENTITY", help=IDENTITY_HELP)
+    set_completer(remove.add_argument("identity", metavar="IDENTITY", help=IDENTITY_HELP), POLICIES)
     add_json_option(remove)
     remove.set_defaults(handler=_policy_remove)
     grant = gsub.add_parser(
@@ -173,9 +192,15 @@ def register(sub: SubParsers) -> None:
         help="give a user a user policy, or (--none) take it back so that the site or global "
         "policy applies",
     )
-    grant.add_argument("user", metavar="USER", help="the user's SIP address")
-    grant.add_argument(
-        "policy", metavar="POLICY", nargs="?", help="the user policy to grant (not with --none)"
+    set_completer(grant.add_argument("user", metavar="USER", help="the user's SIP address"), USERS)
+    set_completer(
+        grant.add_argument(
+            "policy",
+            metavar="POLICY",
+            nargs="?",
+            help="the user policy to grant (not with --none)",
+        ),
+        USER_POLICIES,
     )
     grant.add_argument(
         "--none",

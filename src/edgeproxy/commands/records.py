@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -31,7 +32,7 @@ from edgeproxy.commands.common import (
 )
 from edgeproxy.config import EdgeConfig
 from edgeproxy.policy.model import Configuration, User
-from edgeproxy.policy.store import Store
+from edgeproxy.policy.store import STORE_FILE, Store
 
 _json = msgspec.json.Encoder(order="deterministic")
 
@@ -52,6 +53,42 @@ def read_configuration(args: argparse.Namespace) -> Configuration:
     with session(args) as (_config, store):
         _generation, configuration = store.read()
     return configuration
+
+
+#: A shell-completion function as argcomplete calls it: ``(prefix, parsed_args, **kw)``.
+Completer = Callable[..., list[str]]
+
+
+def stored_completer(names: Callable[[Configuration, str], Iterable[str]]) -> Completer:
+    """Completion of a name the store holds (a user, a policy …): the ``names(configuration,
+    prefix)`` of the store of the configuration the command line names that start with the
+    ``prefix`` typed. Nothing when there is no store yet (completing creates none) or anything
+    fails: a completion never prints."""
+
+    def complete(prefix: str, parsed_args: argparse.Namespace, **_kw: Any) -> list[str]:
+        try:
+            config = load_args_config(parsed_args)
+            if not (Path(config.state_dir) / STORE_FILE).is_file():
+                return []
+            with Store.open(config.state_dir) as store:
+                _generation, configuration = store.read()
+            return sorted(n for n in names(configuration, prefix) if n.startswith(prefix))
+        except Exception:  # noqa: BLE001 - a broken store must not break the shell's Tab
+            return []
+
+    return complete
+
+
+def set_completer(action: argparse.Action, completer: Completer) -> None:
+    """Attach ``completer`` to an argument (argcomplete reads the ``completer`` attribute)."""
+    action.completer = completer  # type: ignore[attr-defined]
+
+
+def user_names(configuration: Configuration, prefix: str) -> list[str]:
+    """The users' SIP addresses as typed on the command line: with ``sip:`` once that is what
+    was typed, else without it (``alice@contoso.test``)."""
+    full = prefix.startswith("sip:")
+    return [u.sip if full else u.sip.removeprefix("sip:") for u in configuration.users]
 
 
 def print_warnings(warnings: tuple[str, ...]) -> None:

@@ -34,6 +34,9 @@ from edgeproxy.commands.records import (
     print_ordered_json,
     read_configuration,
     session,
+    set_completer,
+    stored_completer,
+    user_names,
     user_record,
 )
 from edgeproxy.commands.secrets import add_secret_options, read_secret
@@ -50,6 +53,9 @@ PASSWORD_ALGORITHMS = {"both": ("MD5", "SHA-256"), "md5": ("MD5",), "sha-256": (
 KIND = "user"
 
 SIP_HELP = "the user's SIP address (sip:alice@contoso.test, or alice@contoso.test)"
+
+#: Tab completes the stored users' SIP addresses.
+USERS = stored_completer(user_names)
 
 
 def _normalized_sip(text: str) -> str:
@@ -239,7 +245,7 @@ def register(sub: SubParsers) -> None:
     set_ = gsub.add_parser(
         "set", parents=[config_option_parent()], help="change a user's name, site or SBA flag"
     )
-    set_.add_argument("sip", metavar="SIP-ADDRESS", help=SIP_HELP)
+    set_completer(set_.add_argument("sip", metavar="SIP-ADDRESS", help=SIP_HELP), USERS)
     _add_user_options(set_, new=False)
     add_json_option(set_)
     set_.set_defaults(handler=_user_set)
@@ -249,15 +255,18 @@ def register(sub: SubParsers) -> None:
         parents=[config_option_parent()],
         help="remove a user with its contacts and password",
     )
-    remove.add_argument("sip", metavar="SIP-ADDRESS", help=SIP_HELP)
+    set_completer(remove.add_argument("sip", metavar="SIP-ADDRESS", help=SIP_HELP), USERS)
     add_json_option(remove)
     remove.set_defaults(handler=_user_remove)
 
     get = gsub.add_parser(
         "get", parents=[config_option_parent()], help="show one user, or all of them"
     )
-    get.add_argument(
-        "sip", metavar="SIP-ADDRESS", nargs="?", help=SIP_HELP + " (default: every user)"
+    set_completer(
+        get.add_argument(
+            "sip", metavar="SIP-ADDRESS", nargs="?", help=SIP_HELP + " (default: every user)"
+        ),
+        USERS,
     )
     add_json_option(get)
     get.set_defaults(handler=_user_get)
@@ -269,7 +278,7 @@ def register(sub: SubParsers) -> None:
         "command line); only its digest hashes are stored",
         allow_abbrev=False,  # --password SECRET must not be taken for --password-file SECRET
     )
-    password.add_argument("sip", metavar="SIP-ADDRESS", help=SIP_HELP)
+    set_completer(password.add_argument("sip", metavar="SIP-ADDRESS", help=SIP_HELP), USERS)
     add_secret_options(
         password, "--password", "the password", prompt="the prompt (no option)",
         default="a prompt that does not echo, asking twice",
@@ -289,7 +298,7 @@ def register(sub: SubParsers) -> None:
         parents=[config_option_parent()],
         help="remove a user's SIP password (it can no longer register)",
     )
-    clear.add_argument("sip", metavar="SIP-ADDRESS", help=SIP_HELP)
+    set_completer(clear.add_argument("sip", metavar="SIP-ADDRESS", help=SIP_HELP), USERS)
     add_json_option(clear)
     clear.set_defaults(handler=_user_clear_password)
 
@@ -305,7 +314,7 @@ def register(sub: SubParsers) -> None:
         ("remove", _contact_remove, "take an XMPP contact off a user's contact list"),
     ):
         p = csub.add_parser(name, parents=[config_option_parent()], help=what)
-        p.add_argument("user", metavar="USER", help=SIP_HELP)
+        set_completer(p.add_argument("user", metavar="USER", help=SIP_HELP), USERS)
         p.add_argument("jid", metavar="JID", help="the contact's bare JID (bob@example.org)")
         add_json_option(p)
         p.set_defaults(handler=handler)
@@ -314,6 +323,6 @@ def register(sub: SubParsers) -> None:
         parents=[config_option_parent()],
         help="list a user's authorized contacts, then its pending subscription requests",
     )
-    listing.add_argument("user", metavar="USER", help=SIP_HELP)
+    set_completer(listing.add_argument("user", metavar="USER", help=SIP_HELP), USERS)
     add_json_option(listing)
     listing.set_defaults(handler=_contact_list)
