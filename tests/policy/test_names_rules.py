@@ -7,6 +7,7 @@ import string
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from precis_i18n import get_profile
 
 from edgeproxy.policy.names import (
     MAX_DOMAIN,
@@ -179,3 +180,19 @@ def test_bare_jids_and_sip_addresses_use_the_same_localpart_rule():
         normalize_bare_jid("bob@gmail.com/home")
     with pytest.raises(InvalidName, match="cannot contain :"):
         normalize_bare_jid("a:b@gmail.com")
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=40))
+def test_the_ascii_shortcut_agrees_with_the_precis_profile(local):
+    try:
+        expected = get_profile("UsernameCaseMapped").enforce(local)
+    except UnicodeError:
+        expected = None
+    try:
+        got = normalize_localpart(local)
+    except InvalidName:
+        got = None
+    if expected is not None and not set(expected) & set("\"&'/:<>@"):
+        assert got == expected
+    else:
+        assert got is None
