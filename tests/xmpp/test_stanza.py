@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from edgeproxy.tokenizer import TokenizerError
+from edgeproxy.tokenizer import Stanza, Tokenizer, TokenizerError
 from edgeproxy.xmpp.namespaces import NS_SERVER
+from edgeproxy.xmpp.serialize import serialize
 from edgeproxy.xmpp.stanza import (
+    STREAM_HEADER,
     NotOneStanza,
     bare_of,
     domain_of,
@@ -83,3 +87,47 @@ def test_bare_and_domain_of_a_jid(jid: str, bare: str, part: str, domain: str) -
 
 def test_the_domain_of_no_address_is_empty() -> None:
     assert domain_of(None) == ""
+
+
+_PIECES = [
+    b"<message xmlns='jabber:server' to='a@x' id='1'><body>one</body></message>",
+    b"<presence xmlns='jabber:server' to='b@y'/>",
+    b"<iq xmlns='jabber:server' type='get' id='q'><ping xmlns='urn:xmpp:ping'/></iq>",
+    b"<message xmlns='jabber:server'>",  # incomplete
+    b"<message><bad></message>",  # mismatched
+    b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",  # halts a tokenizer
+    b"  ",
+    b"<a/><b",  # a stanza, then the start of another
+    b"<x xmlns='jabber:server'>&amp;</x>",
+]
+
+
+def _fresh_read(raw: bytes) -> tuple[str, ...]:
+    """What ``read_stanza`` gives, computed with a tokenizer of its own."""
+    tokenizer = Tokenizer()
+    tokenizer.feed(STREAM_HEADER)
+    try:
+        tokens = tokenizer.feed(raw)
+    except TokenizerError as exc:
+        return ("error", exc.condition)
+    stanzas = [t for t in tokens if isinstance(t, Stanza)]
+    if not stanzas:
+        return ("none",)
+    return ("stanza", stanzas[0].raw.decode(), serialize(stanzas[0].element()).decode())
+
+
+@given(st.lists(st.sampled_from(_PIECES), max_size=12))
+def test_read_stanza_reuses_its_tokenizer_without_carrying_anything_from_one_call_to_the_next(
+    inputs: list[bytes],
+) -> None:
+    """``read_stanza`` keeps a tokenizer between calls: whatever came before (an error, a
+    halted stream, bytes after a stanza), each call reads as a fresh tokenizer would."""
+    for raw in inputs:
+        try:
+            stanza = read_stanza(raw)
+            got: tuple[str, ...] = ("stanza", stanza.raw.decode(), serialize(stanza.element()).decode())
+        except TokenizerError as exc:
+            got = ("error", exc.condition)
+        except NotOneStanza:
+            got = ("none",)
+        assert got == _fresh_read(raw), raw

@@ -51,12 +51,28 @@ def read_stanza(raw: bytes) -> Stanza:
     Raises ``TokenizerError`` when ``raw`` is not well-formed, :class:`NotOneStanza` when it
     holds no complete stanza.
     """
-    tokenizer = Tokenizer()
-    tokenizer.feed(STREAM_HEADER)
-    for token in tokenizer.feed(raw):
+    global _primed
+    tokenizer, _primed = _primed, None  # taken: an error leaves it behind, a new one is made
+    if tokenizer is None:
+        tokenizer = Tokenizer()
+        tokenizer.feed(STREAM_HEADER)
+    tokens = tokenizer.feed(raw)
+    for token in tokens:
         if isinstance(token, Stanza):
+            if (
+                len(tokens) == 1
+                and not tokenizer.buffered_bytes
+                and not tokenizer.halted
+                and tokenizer.depth == 1
+            ):
+                _primed = tokenizer  # between two stanzas, nothing kept: ready for the next
             return token
     raise NotOneStanza("not one complete stanza")
+
+
+#: A tokenizer inside a ``jabber:server`` stream header, between two stanzas, kept by
+#: :func:`read_stanza` for the next call (a new one and its header cost ~1 µs per stanza).
+_primed: Tokenizer | None = None
 
 
 def parse_stanza(raw: bytes) -> Element:
