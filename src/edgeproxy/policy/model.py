@@ -1,8 +1,8 @@
-"""The stored policy configuration as frozen msgspec Structs (SPEC §2, §3, §5).
+"""The stored policy configuration as frozen msgspec Structs (docs/spec.md §2, §3, §5).
 
 These are the values the store holds, the commands print (``--json``) and ``config export``
 writes; field names are encoded in kebab-case, enumerations as their lower-case values. Defaults
-are those of the SPEC: a new partner is PublicUnverified, TLS Required, SASL Required, dialback
+are those of docs/spec.md: a new partner is PublicUnverified, TLS Required, SASL Required, dialback
 on, keep-alive on; the gateway row has Lync's limits and timers; a new access policy allows
 nothing until switched on.
 
@@ -53,7 +53,7 @@ class _Choice(enum.StrEnum):
 
 
 class PartnerType(_Choice):
-    """Trust level of a partner (SPEC §4)."""
+    """Trust level of a partner (docs/spec.md §4)."""
 
     FEDERATED = "federated"
     PUBLIC_VERIFIED = "public-verified"
@@ -61,7 +61,7 @@ class PartnerType(_Choice):
 
 
 class Negotiation(_Choice):
-    """TLS or SASL negotiation setting of a partner (SPEC §2)."""
+    """TLS or SASL negotiation setting of a partner (docs/spec.md §2)."""
 
     REQUIRED = "required"
     OPTIONAL = "optional"
@@ -69,7 +69,7 @@ class Negotiation(_Choice):
 
 
 class AuthMethod(enum.StrEnum):
-    """How a server-to-server stream may be authenticated (SPEC §2.1), strongest first."""
+    """How a server-to-server stream may be authenticated (docs/spec.md §2.1), strongest first."""
 
     SASL_OVER_TLS = "sasl-over-tls"
     TLS_DIALBACK = "tls-dialback"
@@ -77,7 +77,7 @@ class AuthMethod(enum.StrEnum):
 
 
 class Partner(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
-    """An XMPP federated partner, identified by its primary domain (SPEC §2)."""
+    """An XMPP federated partner, identified by its primary domain (docs/spec.md §2)."""
 
     domain: str
     description: str = ""
@@ -97,7 +97,7 @@ class Partner(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="k
 
 
 class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
-    """The one global gateway configuration (SPEC §3). Times are in seconds."""
+    """The one global gateway configuration (docs/spec.md §3). Times are in seconds."""
 
     dialback_secret: str
     connection_limit: PositiveInt = 1000
@@ -121,7 +121,8 @@ GATEWAY_INT_SETTINGS = (
 
 
 class AccessPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
-    """An external access policy (SPEC §5): ``global``, ``site:NAME`` or a named user policy."""
+    """An external access policy (docs/spec.md §5): ``global``, ``site:NAME`` or a named user
+    policy."""
 
     identity: str
     xmpp: bool = False
@@ -151,7 +152,7 @@ class SipCredential(msgspec.Struct, frozen=True, forbid_unknown_fields=True, ren
 
 
 class User(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
-    """A local (SIP) user of the directory (SPEC §5)."""
+    """A local (SIP) user of the directory (docs/spec.md §5)."""
 
     sip: str
     name: str = ""
@@ -160,7 +161,7 @@ class User(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="keba
     policy: str | None = None
     contacts: tuple[str, ...] = ()
     pending: tuple[str, ...] = ()
-    #: SIP digest credentials (issue 14); secrets: exported only with --include-secrets.
+    #: SIP digest credentials (SIP passwords); secrets: exported only with --include-secrets.
     credentials: tuple[SipCredential, ...] = ()
 
     @property

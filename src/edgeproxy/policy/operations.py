@@ -3,8 +3,8 @@
 Every function runs one write transaction (``Store.write``), reads the current state inside it,
 validates the change against that state (``validation``) and writes only if everything holds; a
 ``ChangeRefused`` rolls the transaction back, so the stored content is exactly as before. They
-return the warnings to print (the negotiation matrix's warning rows). The server uses the same functions for
-the directory changes it makes itself (``record_pending_request``).
+return the warnings to print (the negotiation matrix's warning rows). The server uses the same
+functions for the directory changes it makes itself (``record_pending_request``).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def remove_partner(store: Store, domain: str) -> Partner:
     return current
 
 
-# -- gateway settings (SPEC §3) ---------------------------------------------------------------
+# -- gateway settings (docs/spec.md §3) ---------------------------------------------------------
 
 
 def set_gateway(
@@ -123,7 +123,7 @@ def set_gateway(
     return changed
 
 
-# -- external access policies (SPEC §5) -------------------------------------------------------
+# -- external access policies (docs/spec.md §5) -------------------------------------------------
 
 
 def new_policy(store: Store, policy: AccessPolicy) -> AccessPolicy:
@@ -178,7 +178,7 @@ def grant_policy(store: Store, our_domains: Iterable[str], sip: str, identity: s
     )
 
 
-# -- users and contact lists (SPEC §5) --------------------------------------------------------
+# -- users and contact lists (docs/spec.md §5) --------------------------------------------------
 
 
 def new_user(store: Store, our_domains: Iterable[str], user: User) -> User:
@@ -262,7 +262,8 @@ def create_demo_user(store: Store, our_domains: Iterable[str]) -> str:
 
 
 def add_contact(store: Store, our_domains: Iterable[str], sip: str, jid: str) -> bool:
-    """Authorize an XMPP contact; return True if it approved a pending request (SPEC §4)."""
+    """Authorize an XMPP contact; return True if it approved a pending request (docs/spec.md
+    §4)."""
     contact = _contact(jid)
     approved = False
 

@@ -7,12 +7,12 @@ For moving a configuration between edges of a pool, or keeping a copy. The docum
 
 with the field names of ``--json`` output (kebab-case).
 
-Secrets (issue 14): the gateway's ``dialback-secret`` and each user's ``credentials`` (SIP digest
+Secrets: the gateway's ``dialback-secret`` and each user's ``credentials`` (SIP digest
 HA1 hashes, each enough to register as that user) are written only with ``include_secrets``
 (``config export --include-secrets``); otherwise the keys are left out altogether, so that the
 document can be shared, diffed or kept in version control. An edge joining a pool needs the
-pool's dialback secret (SPEC §3): export it with ``--include-secrets`` and treat the file as a
-secret. The absence of a key is what says "not in this document":
+pool's dialback secret (docs/spec.md §3): export it with ``--include-secrets`` and treat the
+file as a secret. The absence of a key is what says "not in this document":
 
 * no ``dialback-secret`` in ``gateway`` → import keeps the stored dialback secret;
 * no ``credentials`` in a user → import keeps the credentials the store holds for that SIP

@@ -312,7 +312,7 @@ def refuse_all(problems: list[str]) -> ChangeRefused:
 def validate_partner(
     partner: Partner, others: Iterable[Partner], our_domains: Iterable[str]
 ) -> tuple[str, ...]:
-    """Check one partner against SPEC §2 and the other partners; return the warnings.
+    """Check one partner against docs/spec.md §2 and the other partners; return the warnings.
 
     ``partner`` must already carry normalised domains (see ``normalize_partner``); ``others`` are
     the other stored partners (the one being changed excluded).
@@ -346,7 +346,9 @@ def normalize_proxy_fqdn(text: str) -> str:
     written back as ``host`` or ``host:port``; refused otherwise."""
     host, colon, port = text.strip().rpartition(":") if ":" in text else (text.strip(), "", "")
     if colon and not (port.isascii() and port.isdigit() and MIN_PORT <= int(port) <= MAX_PORT):
-        raise refuse(f"proxy FQDN {text!r}: the port must be a number from {MIN_PORT} to {MAX_PORT}")
+        raise refuse(
+            f"proxy FQDN {text!r}: the port must be a number from {MIN_PORT} to {MAX_PORT}"
+        )
     try:
         host = normalize_domain(host)
     except InvalidName as exc:
@@ -369,7 +371,8 @@ def normalize_partner(partner: Partner) -> Partner:
 
 
 def validate_gateway(settings: GatewaySettings) -> None:
-    """SPEC §3: positive limits and timers (enforced by the model), a usable dialback secret."""
+    """docs/spec.md §3: positive limits and timers (enforced by the model), a usable
+    dialback secret."""
     checked(settings)
     if len(settings.dialback_secret) < MIN_SECRET_LENGTH:
         raise refuse(f"the dialback secret must be at least {MIN_SECRET_LENGTH} characters")
@@ -378,7 +381,7 @@ def validate_gateway(settings: GatewaySettings) -> None:
 
 
 def normalize_policy_identity(text: str) -> str:
-    """``global`` | ``site:NAME`` | ``NAME`` (a named user policy); SPEC §5."""
+    """``global`` | ``site:NAME`` | ``NAME`` (a named user policy); docs/spec.md §5."""
     identity = text.strip()
     if identity.lower() == GLOBAL_POLICY:
         return GLOBAL_POLICY
@@ -429,7 +432,7 @@ _HEX = frozenset("0123456789abcdef")
 
 
 def validate_credentials(user: User) -> None:
-    """A user's SIP digest credentials (issue 14): each HA1 is lower-case hex of its algorithm's
+    """A user's SIP digest credentials: each HA1 is lower-case hex of its algorithm's
     length, and a user has at most one credential per algorithm and realm."""
     seen: set[tuple[str, str]] = set()
     for credential in user.credentials:
