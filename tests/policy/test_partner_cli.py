@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from _policy_helpers import CliResult, run_cli_subprocess
 
+from edgeproxy.policy.store import Store
+
 
 @pytest.fixture
 def edgeproxy(config_path: Path):
@@ -188,3 +190,16 @@ def test_help_gives_every_option_its_default_and_cites_no_internal_document(edge
         assert words in text, words
     assert "Lync's Federated, PublicVerified, PublicUnverified" in text
     assert "SPEC" not in text
+
+
+def test_the_stored_proxy_fqdn_reads_back_as_host_and_port(edgeproxy, state_dir):
+    edgeproxy("partner", "new", "fabrikam.com", "--proxy-fqdn", "xmpp.fabrikam.com:5270")
+    edgeproxy("partner", "new", "gmail.com", "--proxy-fqdn", "xmpp.gmail.com")
+    edgeproxy("partner", "new", "northwind.example")
+    with Store.open(state_dir) as store:
+        partners = {p.domain: p.proxy_address for p in store.read()[1].partners}
+    assert partners == {
+        "fabrikam.com": ("xmpp.fabrikam.com", 5270),
+        "gmail.com": ("xmpp.gmail.com", None),
+        "northwind.example": None,
+    }

@@ -95,6 +95,18 @@ class Partner(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="k
         """Primary domain first, then the additional ones."""
         return (self.domain, *self.additional_domains)
 
+    @property
+    def proxy_address(self) -> tuple[str, int | None] | None:
+        """The proxy FQDN as ``(host, port)`` (``port`` None when it names none: the XMPP
+        server port applies), or None without one. The stored form is ``host`` or ``host:port``
+        (validated on save: a DNS name, a port 1–65535)."""
+        if not self.proxy_fqdn:
+            return None
+        host, colon, port = self.proxy_fqdn.rpartition(":")
+        if colon and port.isdigit():
+            return host, int(port)
+        return self.proxy_fqdn, None
+
 
 class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
     """The one global gateway configuration (docs/spec.md §3). Times are in seconds."""
