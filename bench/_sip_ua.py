@@ -48,6 +48,8 @@ T1, T2, TIMER_F = 0.5, 4.0, 32.0
 SOCKET_BUFFER = 4 * 1024 * 1024
 #: MESSAGEs written per TCP write when sending open loop (and per scheduler turn over UDP).
 BATCH = 50
+#: With a ``rate``: seconds between two writes of ``send_messages``.
+PACE_TICK = 0.005
 #: Datagrams read per wake-up at most.
 DRAIN = 256
 #: Compact header names (RFC 3261 §7.3.3) the UA reads.
@@ -285,15 +287,22 @@ class LightUA:
         """One MESSAGE to ``uri``, waiting for its final status."""
         return await self._request(self._new("MESSAGE", uri, f"<{uri}>", body=body))
 
-    async def send_messages(self, uri: str, count: int, body: Callable[[int], str], *, window: int = 0) -> None:
+    async def send_messages(
+        self, uri: str, count: int, body: Callable[[int], str], *, window: int = 0, rate: float = 0.0
+    ) -> None:
         """``count`` MESSAGEs to ``uri`` as fast as the transport takes them (``window`` > 0: at
-        most that many unanswered); ``body(n)`` is called just before message ``n`` is sent.
+        most that many unanswered; ``rate`` > 0: paced at that many per second, one write per
+        ``PACE_TICK``); ``body(n)`` is called just before message ``n`` is sent.
         Returns once all are sent (their answers come later: :meth:`drained`)."""
         n = 0
+        step = BATCH if not rate else max(1, round(rate * PACE_TICK))
+        t0 = trio.current_time()
         while n < count:
+            if rate:
+                await trio.sleep_until(t0 + n / rate)
             chunk: list[bytes] = []
             now = trio.current_time()
-            for _ in range(min(BATCH, count - n)):
+            for _ in range(min(step, count - n)):
                 while window and len(self._pending) >= window:
                     if chunk:
                         await self._send(b"".join(chunk))

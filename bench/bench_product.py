@@ -117,6 +117,8 @@ MARK = re.compile(rb"#(\d+):(\d+\.\d+)#")
 MARK_TAIL = 48
 #: Partner stanzas per write (like bench_gateway).
 BATCH = 50
+#: With ``--rate``: seconds between two writes of the paced sender.
+PACE_TICK = 0.005
 #: Seconds between progress checks; without progress for QUIET s once all is sent, a
 #: measurement ends short (the rest is counted lost).
 POLL, QUIET = 0.005, 3.0
@@ -458,21 +460,37 @@ async def measure(load: Load, count: int, pids: list[int], timeout: float, settl
     }
 
 
-async def partner_push(stream: OutboundStream, to: str, seqs: range) -> None:
-    """Messages ``seqs`` open loop on the partner's stream, ``BATCH`` per write."""
-    for start in range(0, len(seqs), BATCH):
+def chunk_size(rate: float) -> int:
+    """Messages per write: ``BATCH`` open loop; paced, one write every ``PACE_TICK`` s."""
+    return BATCH if not rate else max(1, round(rate * PACE_TICK))
+
+
+async def pace(t0: float, sent: int, rate: float) -> None:
+    """With ``rate`` (msg/s; 0: open loop), wait until ``sent`` messages are due."""
+    if rate:
+        await trio.sleep_until(t0 + sent / rate)
+
+
+async def partner_push(stream: OutboundStream, to: str, seqs: range, rate: float = 0.0) -> None:
+    """Messages ``seqs`` on the partner's stream: open loop, ``BATCH`` per write, or at ``rate``."""
+    step, t0 = chunk_size(rate), trio.current_time()
+    for start in range(0, len(seqs), step):
+        await pace(t0, start, rate)
         chunk = "".join(
             f"<message from='juliet@{PARTNER}/r' to='{to}' type='chat' id='p{n}'><body>{body(n)}</body></message>"
-            for n in seqs[start:start + BATCH])
+            for n in seqs[start:start + step])
         await stream.send_raw(chunk.encode())
 
 
-async def c2s_push(client: Client, seqs: range) -> None:
-    """Messages ``seqs`` open loop from a c2s client to romeo@load1.test, ``BATCH`` per write."""
-    for start in range(0, len(seqs), BATCH):
+async def c2s_push(client: Client, seqs: range, rate: float = 0.0) -> None:
+    """Messages ``seqs`` from a c2s client to romeo@load1.test: open loop, ``BATCH`` per write,
+    or at ``rate``."""
+    step, t0 = chunk_size(rate), trio.current_time()
+    for start in range(0, len(seqs), step):
+        await pace(t0, start, rate)
         await client.send("".join(
             f"<message to='{REMOTE_USER}' type='chat' id='c{n}'><body>{body(n)}</body></message>"
-            for n in seqs[start:start + BATCH]))
+            for n in seqs[start:start + step]))
 
 
 @dataclass
@@ -541,11 +559,11 @@ async def edgeproxy_rounds(session: Session, args: argparse.Namespace, run: int)
             inbox = Arrivals()
             bob.on_message = inbox.message
             loads = {
-                "xmpp-sip": (Load(lambda seqs: partner_push(session.stream, f"bob@{EDGE_DOMAIN}", seqs), inbox,
+                "xmpp-sip": (Load(lambda seqs: partner_push(session.stream, f"bob@{EDGE_DOMAIN}", seqs, args.rate), inbox,
                                   lambda: listener.error_stanzas),
                              lambda: ua_figures(bob)),
                 "sip-xmpp": (Load(lambda seqs: alice.send_messages(f"sip:{REMOTE_USER}", len(seqs), lambda i: body(seqs[i]),
-                                                      window=args.sip_window),
+                                                      window=args.sip_window, rate=args.rate),
                                   listener.arrivals,
                                   lambda: sum(v for k, v in alice.finals.items() if k >= 300) + listener.error_stanzas,
                                   lambda: alice.outstanding() > 0),
@@ -574,9 +592,9 @@ async def xmpp_server_rounds(session: Session, args: argparse.Namespace, run: in
             nursery.start_soon(users[name].read)
         bob, alice = users["bob"], users["alice"]
         loads = {
-            "xmpp-sip": Load(lambda seqs: partner_push(session.stream, f"bob@{running.domain}", seqs), bob.arrivals,
+            "xmpp-sip": Load(lambda seqs: partner_push(session.stream, f"bob@{running.domain}", seqs, args.rate), bob.arrivals,
                              lambda: listener.error_stanzas),
-            "sip-xmpp": Load(lambda seqs: c2s_push(alice.client, seqs), listener.arrivals, lambda: alice.errors),
+            "sip-xmpp": Load(lambda seqs: c2s_push(alice.client, seqs, args.rate), listener.arrivals, lambda: alice.errors),
         }
         for direction in args.directions:
             for n in (-1, run):  # the warm-up, then the measurement
@@ -699,6 +717,8 @@ if __name__ == "__main__":
                         help="SIP transports of the UA (edgeproxy)")
     parser.add_argument("--sip-window", type=int, default=0,
                         help="MESSAGEs the SIP UA leaves unanswered at most (0: open loop)")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="messages per second, paced (0: open loop, the default) — for latency below saturation")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds a measurement may take at most")
     parser.add_argument("--settle", type=float, default=2.0,
                         help="seconds after a measurement for late answers and retransmissions")
