@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, TypeVar
 
 import msgspec
@@ -258,7 +258,13 @@ def struct_problems(
 
 def problems_of(value: Any, model: type[msgspec.Struct], where: tuple[str, ...] = ()) -> list[str]:
     """``value_problems`` against a model Struct (``Partner``, ``User`` …)."""
-    return value_problems(value, mi.type_info(model), where)
+    return value_problems(value, _type_info(model), where)
+
+
+@cache
+def _type_info(model: type[msgspec.Struct]) -> mi.Type:
+    """``msgspec.inspect.type_info``, once per model."""
+    return mi.type_info(model)
 
 
 def checked(value: _S) -> _S:
@@ -269,13 +275,11 @@ def checked(value: _S) -> _S:
     words.
     """
     builtins = msgspec.to_builtins(value)
-    problems = problems_of(builtins, type(value))
-    if problems:
-        raise refuse("; ".join(problems))
     try:
         return msgspec.convert(builtins, type(value))
-    except msgspec.ValidationError:  # pragma: no cover - value_problems knows every model type
-        raise refuse(f"not a valid {type(value).__name__.lower()}") from None
+    except msgspec.ValidationError:
+        problems = problems_of(builtins, type(value)) or [f"not a valid {type(value).__name__}"]
+        raise refuse("; ".join(problems)) from None
 
 
 def refuse(message: str) -> ChangeRefused:
