@@ -1,3 +1,4 @@
+import json
 import re
 import stat
 import subprocess
@@ -177,3 +178,29 @@ def test_a_wildcard_and_an_internationalized_name_go_into_the_csr_in_canonical_f
     assert sans.get_values_for_type(x509.DNSName) == [
         "access.contoso.test", "sip.contoso.test", "sip.northwind.test", "*.contoso.test", "xn--bcher-kva.test",
     ]
+
+
+def test_request_self_signed_and_show_print_json(tmp_path):
+    config = write_config(tmp_path, domains=["contoso.test"])
+    csr, key = tmp_path / "edge.csr", tmp_path / "edge.key"
+    result = _cli("cert", "request", "--config", str(config), "--friendly-name", "Edge 1",
+                  "--out", str(csr), "--key-out", str(key), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "csr": str(csr), "key": str(key), "key-size": 2048, "encrypted": False,
+        "subject": "CN=access.contoso.test", "friendly-name": "Edge 1",
+        "names": ["access.contoso.test", "sip.contoso.test", "contoso.test"],
+    }
+    out_dir = tmp_path / "ss"
+    made = json.loads(_cli("cert", "self-signed", "--config", str(config), "--out-dir", str(out_dir), "--days", "30",
+                           "--json").stdout)
+    assert made["names"] == ["access.contoso.test", "sip.contoso.test", "contoso.test"] and made["days"] == 30
+    assert Path(made["certificate"]).exists() and Path(made["ca-certificate"]).exists()
+    shown = _cli("cert", "show", made["certificate"], "--config", str(config), "--json")
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    assert document["names"] == ["access.contoso.test", "sip.contoso.test", "contoso.test"]
+    assert document["required"] == [{"name": "access.contoso.test", "covered": True},
+                                    {"name": "contoso.test", "covered": True}]
+    assert document["expired"] is False and 28 <= document["days-left"] <= 30
+    assert document["chain"] == [] and document["friendly-name"] is None

@@ -1,4 +1,7 @@
-"""``edgeproxy cert request | import | self-signed | show``."""
+"""``edgeproxy cert request | import | self-signed | show``.
+
+Each takes ``--json`` (the shapes are in ``docs/cli-json.md``): the same facts as the text, as
+one object on stdout; a refusal prints nothing on stdout and says why on stderr."""
 
 from __future__ import annotations
 
@@ -34,11 +37,13 @@ from edgeproxy.commands.common import (
     EXIT_REFUSED,
     EXIT_USAGE,
     SubParsers,
+    add_json_option,
     command_group,
     config_option_parent,
     error,
     load_args_config,
 )
+from edgeproxy.commands.records import print_json
 from edgeproxy.config import EdgeConfig
 from edgeproxy.policy.names import InvalidName, normalize_certificate_name
 
@@ -89,6 +94,12 @@ def cmd_request(args: argparse.Namespace) -> int:
     write_atomic(key_out, private_key_pem(key, passphrase), 0o600)
     write_atomic(out, request.public_bytes(serialization.Encoding.PEM), 0o644)
     record_friendly_name(config, public_key_der(key), args.friendly_name)
+    if args.json:
+        print_json({
+            "csr": str(out), "key": str(key_out), "key-size": args.key_size, "encrypted": bool(passphrase),
+            "subject": request.subject.rfc4514_string(), "names": names, "friendly-name": args.friendly_name,
+        })
+        return EXIT_OK
     print(f"wrote certificate request {out} ({args.key_size}-bit RSA key in {key_out}, mode 0600"
           f"{', encrypted' if passphrase else ''})")
     print(f"subject: {request.subject.rfc4514_string()}")
@@ -118,9 +129,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
     problems = check.check_edge_certificate(leaf, key, chain, required_names(config), _now())
     refusals = check.errors(problems)
-    for p in problems:
-        if p.severity == "warning":
-            error(f"warning: {p.message}")
+    warnings = [p.message for p in problems if p.severity == "warning"]
+    for message in warnings:
+        error(f"warning: {message}")
     if refusals:
         for p in refusals:
             error(f"refused ({p.code}): {p.message}")
@@ -133,6 +144,13 @@ def cmd_import(args: argparse.Namespace) -> int:
             (paths.certificate, certificates_pem([leaf, *chain]), 0o644),
         ]
     )
+    if args.json:
+        print_json({
+            "certificate": str(paths.certificate), "key": str(paths.key), "chain": len(chain),
+            "subject": check.subject_text(leaf), "days-left": check.days_left(leaf, _now()),
+            "warnings": warnings,
+        })
+        return EXIT_OK
     print(f"installed {paths.certificate} (certificate + {len(chain)} chain), {paths.key} (0600)")
     print(f"subject {check.subject_text(leaf)}, {check.days_left(leaf, _now())} days left")
     print("the running edge takes it on reload (edgeproxy reload, or restart the service)")
@@ -166,6 +184,12 @@ def cmd_self_signed(args: argparse.Namespace) -> int:
             (paths.certificate, certificates_pem([leaf]), 0o644),
         ]
     )
+    if args.json:
+        print_json({
+            "certificate": str(paths.certificate), "key": str(paths.key),
+            "ca-certificate": str(paths.ca_certificate), "names": names, "days": args.days,
+        })
+        return EXIT_OK
     print(f"wrote {paths.certificate} and {paths.key} for {', '.join(names)} ({args.days} days)")
     print(f"private CA: {paths.ca_certificate} (give it to partners that must trust this edge)")
     return EXIT_OK
@@ -194,6 +218,27 @@ def describe(config: EdgeConfig, leaf: x509.Certificate, now: dt.datetime) -> li
     return lines
 
 
+def describe_json(config: EdgeConfig, path: Path, certs: list[x509.Certificate], now: dt.datetime) -> dict[str, object]:
+    """The ``cert show --json`` object: what :func:`describe` says, as fields."""
+    leaf = certs[0]
+    ids = PresentedIdentities.from_certificate(leaf)
+    left = check.days_left(leaf, now)
+    return {
+        "certificate": str(path),
+        "friendly-name": friendly_name(config, public_key_der(leaf)),
+        "subject": check.subject_text(leaf),
+        "issuer": leaf.issuer.rfc4514_string(),
+        "serial": f"{leaf.serial_number:x}",
+        "not-before": leaf.not_valid_before_utc.isoformat(),
+        "not-after": leaf.not_valid_after_utc.isoformat(),
+        "days-left": left,
+        "expired": left < 0,
+        "names": ids.all_names(),
+        "required": [{"name": n, "covered": ids.covers(n)} for n in required_names(config)],
+        "chain": [check.subject_text(c) for c in certs[1:]],
+    }
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     config = load_args_config(args)
     path = Path(args.certificate) if args.certificate else configured_paths(config).certificate
@@ -202,6 +247,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     except CertificateError as exc:
         error(f"{exc} (hint: edgeproxy cert self-signed, or cert request + cert import)")
         return EXIT_REFUSED
+    if args.json:
+        print_json(describe_json(config, path, certs, _now()))
+        return EXIT_OK
     print(f"certificate: {path}")
     for line in describe(config, certs[0], _now()):
         print(line)
@@ -242,6 +290,7 @@ def register(sub: SubParsers) -> None:
     req.add_argument("--passphrase-file", metavar="F",
                      help="encrypt the key with the first line of F (default: not encrypted)")
     req.add_argument("--force", action="store_true", help="overwrite existing output files (default: refuse)")
+    add_json_option(req)
     req.set_defaults(handler=cmd_request)
 
     imp = cs.add_parser("import", parents=parent, help="check and install an issued certificate")
@@ -251,6 +300,7 @@ def register(sub: SubParsers) -> None:
                      help="intermediate certificates, issuer of the leaf first (default: those after the leaf in CERT)")
     imp.add_argument("--passphrase-file", metavar="F",
                      help="the key's passphrase is the first line of F (default: the key is not encrypted)")
+    add_json_option(imp)
     imp.set_defaults(handler=cmd_import)
 
     ss = cs.add_parser("self-signed", parents=parent, help="a private CA and an edge certificate (labs, tests)")
@@ -259,8 +309,10 @@ def register(sub: SubParsers) -> None:
     ss.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
     ss.add_argument("--san", action="append", default=[], metavar="NAME", help=san_help)
     ss.add_argument("--force", action="store_true", help="replace an existing certificate (default: refuse)")
+    add_json_option(ss)
     ss.set_defaults(handler=cmd_self_signed)
 
     show = cs.add_parser("show", parents=parent, help="subject, names, covered domains, days left")
     show.add_argument("certificate", nargs="?", metavar="CERT", help="default: the installed certificate")
+    add_json_option(show)
     show.set_defaults(handler=cmd_show)
