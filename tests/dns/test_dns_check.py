@@ -139,3 +139,13 @@ def test_reach_connects_to_partner_target_and_reports_refused_own_port(tmp_path,
     assert lines[1] == "OK dns access.contoso.test: resolves to 127.0.0.211"
     assert lines[2].startswith("FAIL reach access.contoso.test: cannot connect to access.contoso.test port 5269")
     assert lines[4] == f"OK reach partner fabrikam.test: TCP connect to xmpp.fabrikam.test (127.0.0.212) port {port} succeeded"
+
+
+def test_a_proxy_fqdn_with_a_port_is_looked_up_by_its_host_and_reached_on_its_port(tmp_path, dnsmasq, capsys):
+    server = dnsmasq([*GOOD_ZONE[:3], host("edge.adatum.test", "127.0.0.4")])
+    config = write_config(tmp_path)
+    _add_partner(config, "adatum.test", "--proxy-fqdn", "edge.adatum.test:5270")
+    capsys.readouterr()
+    status, lines = _check(capsys, config, server)
+    assert status == 0, lines
+    assert "OK dns partner adatum.test: proxy FQDN: edge.adatum.test:5270 (127.0.0.4)" in lines

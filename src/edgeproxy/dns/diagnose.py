@@ -8,7 +8,8 @@ Theory of operation (SPEC §9, RFC 6120 §3.2.1, RFC 2782):
   (A/AAAA) — to one of our specific listen addresses when the configuration names one. One line
   per domain lists every fault of that domain's records: missing SRV, a target that is not us, a
   port other than the listener's, the "service not available" marker (target ``.``), a pool without record.
-* **Partners.** We connect to a partner by its proxy FQDN when one is set, else by SRV in RFC 2782
+* **Partners.** We connect to a partner by its proxy FQDN (``host`` or ``host:port``, port 5269
+  when absent) when one is set, else by SRV in RFC 2782
   order, else by the domain's own A/AAAA on 5269 (the RFC 6120 fallback). A partner is reachable
   by DNS when at least one target resolves.
 * **Reach** (optional): a TCP connect to the first resolved address of each target.
@@ -28,6 +29,7 @@ from edgeproxy.dns.records import Pool, default_pools, external_port, listen_add
 from edgeproxy.dns.resolver import Lookup
 from edgeproxy.dns.srv import XMPP_SERVER_PORT, connection_targets, order_records, srv_name
 from edgeproxy.findings import Finding, fail, ok, warn
+from edgeproxy.policy.names import split_host_port
 
 PUBLISH_HINT = "publish the records printed by `edgeproxy dns records`"
 
@@ -124,7 +126,8 @@ def check_partner(
     check = f"dns partner {partner.domain}"
     hint = "ask the partner to publish _xmpp-server._tcp SRV records, or set the partner's proxy FQDN"
     if partner.proxy_fqdn:
-        candidates = [(partner.proxy_fqdn.rstrip(".").lower(), XMPP_SERVER_PORT)]
+        host, port = split_host_port(partner.proxy_fqdn)
+        candidates = [(host.rstrip(".").lower(), int(port) if port and port.isdigit() else XMPP_SERVER_PORT)]
         how = "proxy FQDN"
     else:
         answer = lookup.srv(partner.domain)
