@@ -31,11 +31,14 @@ XMPP → SIP (items from the edge; the edge has already applied the inbound poli
 
 SIP → XMPP (requests to users of XMPP domains)
     A MESSAGE is taken by the transport's ``take_now`` hook as it is read (in order),
-    translated (``translate.sip_message_to_xmpp``), checked against the outbound policy when a
-    policy snapshot is available (the sender must federate, the target domain must
-    be a partner: SPEC §5, §6), queued on the channel and answered once the edge acks it (200), is
-    bounced (the mapped SIP status), or after ``SIP_ANSWER_WAIT`` s with ``202 Accepted`` (RFC 3428
-    §7: accepted, delivery pending). A SUBSCRIBE (Event: presence) to an XMPP contact goes to
+    translated (``translate.sip_message_to_xmpp``), queued on the channel (the edge decides
+    the outbound policy, once: a refusal comes back as a nack with its condition) and answered
+    once the edge acks it (200), bounces it (the mapped SIP status), or after
+    ``SIP_ANSWER_WAIT`` s with ``202 Accepted`` (RFC 3428 §7: accepted, delivery pending). No
+    task runs per request: the channel calls back with the outcome (``_edge_outcome``), the
+    202s come from one ordered table of unanswered requests looked at every
+    ``SIP_ANSWER_TICK``, and the request holds its transport handler slot
+    (``MAX_CONCURRENT_REQUESTS``) until it is answered. A SUBSCRIBE (Event: presence) to an XMPP contact goes to
     the presence agent (``presence.py``), as do PUBLISH requests of our users and presence
     stanzas from the edge; with a ``next-hop``, NOTIFYs for the gateway's own subscriptions
     there go to the presence watcher (``presence_watch.py``); other methods towards XMPP get 501.
@@ -46,6 +49,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import ipaddress
+import itertools
 import logging
 import secrets
 import sqlite3
@@ -203,6 +207,10 @@ class GatewayService:
             collections.OrderedDict()
         )
         self._unanswered_wake = trio.Event()
+        #: Stanza ids of MESSAGEs from SIP: a random prefix per gateway, then a counter (an id
+        #: tells stanzas apart, RFC 6120 §8.1.3; it is no secret: no random bytes per stanza).
+        self._id_prefix = secrets.token_hex(4)
+        self._ids = itertools.count(1)
 
     async def run(
         self,
@@ -461,7 +469,7 @@ class GatewayService:
         a nack with the condition) or after ``answer_wait`` with 202 (``_answer_late_with_202``):
         no task per request. A request that cannot be translated is refused at once."""
         try:
-            element = sip_message_to_xmpp(request, stanza_id=secrets.token_hex(6))
+            element = sip_message_to_xmpp(request, stanza_id=f"{self._id_prefix}{next(self._ids):x}")
         except TranslationError as exc:
             return partial(ctx.respond, response_to(request, exc.sip_status, to_tag="gw"))
         if not self._unanswered:
