@@ -183,11 +183,13 @@ def test_partner_claiming_our_domain_or_routing_to_us_fails(tmp_path):
     partners = PartnerList([
         PartnerInfo("fabrikam.test", ("contoso.test",)),
         PartnerInfo("litware.test", proxy_fqdn="access.contoso.test"),
+        PartnerInfo("wingtip.test", proxy_fqdn="access.contoso.test:5270"),
     ])
     lines = [f.line() for f in run_checks(config, lookup=None, partners=partners)]
     line = _line(lines, r"\w+ partners:")
     assert line.startswith("FAIL partners: partner fabrikam.test lists our own domain contoso.test; ")
     assert "partner litware.test has our own FQDN access.contoso.test as proxy FQDN (a loop)" in line
+    assert "partner wingtip.test has our own FQDN" in line  # with a port too
 
 
 def test_internal_listen_off_loopback_without_mutual_tls_is_refused(tmp_path):

@@ -338,6 +338,12 @@ def check_secrets(config: EdgeConfig) -> Finding:
 # --- partners ----------------------------------------------------------------------------------
 
 
+def _proxy_host(proxy_fqdn: str) -> str:
+    """The host of a stored proxy FQDN, ``host`` or ``host:port``."""
+    host, colon, port = proxy_fqdn.rpartition(":")
+    return host if colon and port.isdigit() else proxy_fqdn
+
+
 def check_partners(config: EdgeConfig, listed: PartnerList) -> Finding:
     if listed.error:
         return fail("partners", listed.error, "is the state dir readable? (edge.state-dir)")
@@ -354,7 +360,7 @@ def check_partners(config: EdgeConfig, listed: PartnerList) -> Finding:
         clash = [d for d in p.domains if d.lower() in ours]
         if clash:
             problems.append(f"partner {p.domain} lists our own domain {', '.join(clash)}")
-        if p.proxy_fqdn and p.proxy_fqdn.rstrip(".").lower() == fqdn:
+        if p.proxy_fqdn and _proxy_host(p.proxy_fqdn).rstrip(".").lower() == fqdn:
             problems.append(f"partner {p.domain} has our own FQDN {fqdn} as proxy FQDN (a loop)")
     if problems:
         return fail("partners", "; ".join(problems), "edgeproxy partner set / partner remove")
