@@ -22,6 +22,19 @@ Theory of operation
   keeps from being deleted. Migration 2 (issue 14) adds ``credentials``: a user's SIP digest
   hashes (``SipCredential``), at most one per algorithm and realm, removed with the user; a
   store of schema 1 opens with every user's credentials empty.
+* Before an upgrade (a store whose ``schema_version`` is below ``len(MIGRATIONS)``, not a new
+  one) the store as it was is copied, with SQLite's online backup API, to
+  ``<state-dir>/policy.sqlite3.bak-v<old version>-<UTC time>`` (``0600``, one self-contained file
+  in rollback-journal mode): the copy is taken by a second connection while the first holds the
+  write lock, so it is exactly the state the migrations start from, and two processes opening the
+  old store at once upgrade (and back up) once. ``Store.upgrade`` then says what happened
+  (``SchemaUpgrade``), and ``Store.open``'s ``on_upgrade`` is told; without one, a log record
+  (WARNING) says where the copy is, which a command line prints as ``edgeproxy: …`` and
+  ``edgeproxy serve`` writes as an event. To go back to the previous edgeproxy, stop every
+  process using the store and copy the backup over ``policy.sqlite3`` (removing its ``-wal`` and
+  ``-shm``).
+* A store of a newer schema than this code knows is refused (``SchemaTooNew``): nothing in it is
+  changed.
 * Credentials are secrets: the store holds only the HA1 hashes, never a password; but an HA1
   is enough to answer a digest challenge as its user, so ``policy.sqlite3`` (which already held
   the dialback secret) must stay readable by the service account only.
@@ -29,10 +42,13 @@ Theory of operation
 
 from __future__ import annotations
 
+import logging
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgeproxy.policy.model import (
@@ -51,6 +67,11 @@ from edgeproxy.secretfiles import PRIVATE, create_private_file, ensure_private_d
 
 STORE_FILE = "policy.sqlite3"
 BUSY_TIMEOUT_MS = 30_000
+#: How many backups of one schema version made within the same second may exist side by side
+#: (``-2``, ``-3``, … after the first); beyond it the upgrade is refused rather than overwrite one.
+MAX_BACKUP_NAME_TRIES = 100
+
+log = logging.getLogger(__name__)
 
 _SCHEMA_1 = """
 CREATE TABLE meta (
@@ -147,11 +168,82 @@ def _migration_2(conn: sqlite3.Connection) -> None:
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
 
 
-class Store:
-    """The SQLite policy store. Use ``Store.open(state_dir)``; close it (or use ``with``)."""
+class SchemaTooNew(OSError):
+    """The store was written by a newer edgeproxy (its schema version is above ours): it is not
+    opened, and nothing in it is changed. An ``OSError``, like every store that cannot be opened."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, version: int, known: int) -> None:
         self.path = path
+        self.version = version
+        self.known = known
+        super().__init__(f"{path}: schema version {version} is newer than this edgeproxy ({known})")
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaUpgrade:
+    """An upgrade ``Store.open`` made: from which schema version to which, and where the copy of
+    the store as it was before is (see the module docstring)."""
+
+    path: Path
+    from_version: int
+    to_version: int
+    backup: Path
+
+    def message(self) -> str:
+        """One sentence for the operator (the command-line and log text)."""
+        return (
+            f"store {self.path} upgraded from schema {self.from_version} to {self.to_version};"
+            f" the store as it was is saved in {self.backup}"
+        )
+
+
+def _backup_path(store: Path, version: int, now: float) -> Path:
+    """A new file next to ``store`` for its backup at schema ``version``, created empty ``0600``
+    (a name another process took meanwhile is skipped; never overwritten)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    base = f"{store.name}.bak-v{version}-{stamp}"
+    for attempt in range(1, MAX_BACKUP_NAME_TRIES + 1):
+        candidate = store.with_name(base if attempt == 1 else f"{base}-{attempt}")
+        if create_private_file(candidate, PRIVATE):
+            return candidate
+    raise OSError(f"{store}: cannot name a backup: {base} and {MAX_BACKUP_NAME_TRIES - 1} more exist")
+
+
+def backup_store(store: Path, version: int, *, now: float | None = None) -> Path:
+    """Copy the committed state of the store at ``store`` into a new ``0600`` file beside it
+    (``<name>.bak-v<version>-<UTC time>``) with SQLite's online backup API; return its path.
+
+    Reads through a connection of its own, so it may run while another connection holds the
+    write lock (WAL: readers are not blocked) and then copies exactly what that writer is about
+    to change. The copy is switched to rollback-journal mode: one self-contained file."""
+    target = _backup_path(store, version, time.time() if now is None else now)
+    try:
+        source = sqlite3.connect(store, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            copy = sqlite3.connect(target, isolation_level=None)
+            try:
+                source.backup(copy)
+                copy.execute("PRAGMA journal_mode = DELETE")
+            finally:
+                copy.close()
+        finally:
+            source.close()
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return target
+
+
+class Store:
+    """The SQLite policy store. Use ``Store.open(state_dir)``; close it (or use ``with``).
+
+    ``upgrade`` is the ``SchemaUpgrade`` this opening made (None when the schema was current or
+    the store new); ``on_upgrade`` is called with it, else it is logged (module docstring).
+    """
+
+    def __init__(self, path: Path, *, on_upgrade: Callable[[SchemaUpgrade], None] | None = None) -> None:
+        self.path = path
+        self.upgrade: SchemaUpgrade | None = None
         # 0600 before SQLite creates it with 0644 & ~umask; -wal/-shm inherit this mode.
         create_private_file(path, PRIVATE)
         self._conn = sqlite3.connect(
@@ -164,14 +256,28 @@ class Store:
             raise OSError(f"{path}: cannot switch the store to WAL mode (got {mode})")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            conn.close()
+            raise
+        if self.upgrade is not None:
+            if on_upgrade is not None:
+                on_upgrade(self.upgrade)
+            else:
+                log.warning("edgeproxy: %s", self.upgrade.message())
 
     @classmethod
-    def open(cls, state_dir: Path | str) -> Store:
-        """Open (creating the directory and the schema if needed) the store in ``state_dir``."""
+    def open(
+        cls, state_dir: Path | str, *, on_upgrade: Callable[[SchemaUpgrade], None] | None = None
+    ) -> Store:
+        """Open (creating the directory and the schema if needed) the store in ``state_dir``;
+        an older schema is backed up, then upgraded (module docstring). Raises ``SchemaTooNew``
+        for a store of a newer edgeproxy, ``sqlite3.Error``/``OSError`` for one that cannot be
+        opened."""
         directory = Path(state_dir)
         ensure_private_dir(directory)  # 0750 whatever the umask; an existing one is left alone
-        return cls(directory / STORE_FILE)
+        return cls(directory / STORE_FILE, on_upgrade=on_upgrade)
 
     def close(self) -> None:
         self._conn.close()
@@ -196,14 +302,20 @@ class Store:
                 conn.execute("INSERT INTO schema_version (version) VALUES (0)")
             version = conn.execute("SELECT version FROM schema_version").fetchone()[0]
             if version > len(MIGRATIONS):
-                raise OSError(
-                    f"{self.path}: schema version {version} is newer than this edgeproxy "
-                    f"({len(MIGRATIONS)})"
-                )
+                raise SchemaTooNew(self.path, version, len(MIGRATIONS))
+            if version == len(MIGRATIONS):
+                conn.execute("COMMIT")
+                return
+            backup = None
+            if version > 0:  # an existing store, not a new one: keep it as it was first
+                # We hold the write lock: no other process commits before the copy is taken.
+                backup = backup_store(self.path, version)
             for migration in MIGRATIONS[version:]:
                 migration(conn)
             conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
             conn.execute("COMMIT")
+            if backup is not None:
+                self.upgrade = SchemaUpgrade(self.path, version, len(MIGRATIONS), backup)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
