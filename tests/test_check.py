@@ -107,7 +107,7 @@ def test_unreadable_configuration_is_a_single_fail_line(tmp_path, capsys):
 
 
 def test_an_invalid_name_is_a_single_fail_line_naming_the_rule(tmp_path, capsys):
-    # The configuration refuses it when it loads (policy.names): the check stops there.
+    # The configuration refuses it when it loads (edgeproxy.names): the check stops there.
     config = write_config(tmp_path, domains=["contoso..test"], external_fqdn="edge")
     status, lines = _run(capsys, "--config", str(config), "--no-dns")
     assert status == 1

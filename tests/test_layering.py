@@ -39,6 +39,7 @@ FLOORS: Mapping[str, int] = {
     "edgeproxy.findings": 0,
     "edgeproxy.secretfiles": 0,
     "edgeproxy.config": 0,
+    "edgeproxy.names": 0,  # the one validation layer for names (domains, JIDs, hosts)
     # the XMPP floor: JIDs, namespaces, stanza views, error conditions, serialization
     "edgeproxy.xmpp": 1,
     # pure cores: the policy, certificates and TLS contexts, the S2S stream

@@ -3,7 +3,7 @@
 The file is decoded with msgspec into frozen Structs: an unknown key or a value of the wrong type
 is refused with an error naming the file, the key and the rule in words, e.g. ``edgeproxy.toml:
 [gateway] max-queued: must be an integer ≥ 1, got 0`` (``ConfigError``). Every name in the file
-follows the one validation layer for names (:mod:`edgeproxy.policy.names`): domains and the
+follows the one validation layer for names (:mod:`edgeproxy.names`): domains and the
 external FQDN are DNS names (returned in lower-case A-label form), the host of each listener is
 an IP address or a DNS name, ``[dns] resolver`` an IP address. Where the file comes from:
 
@@ -32,7 +32,7 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from edgeproxy.errors import ConfigError
-from edgeproxy.policy.names import (
+from edgeproxy.names import (
     RULE_PORT,
     InvalidName,
     ip_literal,
@@ -373,7 +373,7 @@ def describe_validation_error(message: str, raw: dict[str, Any]) -> str:
 
 
 class _NameProblem(Exception):
-    """A name in the configuration breaks a rule of edgeproxy.policy.names (message: key + rule)."""
+    """A name in the configuration breaks a rule of edgeproxy.names (message: key + rule)."""
 
 
 def _item(key: str, values: tuple[str, ...], index: int) -> str:
@@ -409,7 +409,7 @@ def _listeners(key: str, values: tuple[str, ...], *, any_port: bool = True) -> N
 
 def checked_names(config: EdgeConfig) -> EdgeConfig:
     """The configuration with its domains in canonical form, after every name in it passed the
-    rules of :mod:`edgeproxy.policy.names`; _NameProblem names the key and the rule."""
+    rules of :mod:`edgeproxy.names`; _NameProblem names the key and the rule."""
     edge, gateway = config.edge, config.gateway
     domains = _domains("[edge] domains", edge.domains)
     (external_fqdn,) = _domains("[edge] external-fqdn", (edge.external_fqdn,))

@@ -1,4 +1,4 @@
-"""The one validation layer for names (edgeproxy.policy.names): each refusal names its rule."""
+"""The one validation layer for names (edgeproxy.names): each refusal names its rule."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from precis_i18n import get_profile
 
-from edgeproxy.policy.names import (
+from edgeproxy.names import (
     MAX_DOMAIN,
     MAX_LABEL,
     InvalidName,

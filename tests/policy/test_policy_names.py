@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from edgeproxy.policy.model import GatewaySettings, Negotiation, Partner, PartnerType
-from edgeproxy.policy.names import (
+from edgeproxy.names import (
     InvalidName,
     normalize_bare_jid,
     normalize_domain,
     normalize_sip_address,
 )
+from edgeproxy.policy.model import GatewaySettings, Negotiation, Partner, PartnerType
 
 SAME_DOMAIN = [
     ("Fabrikam.COM", "fabrikam.com"),

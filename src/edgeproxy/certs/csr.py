@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
 
-from edgeproxy.policy.names import InvalidName, normalize_certificate_name
+from edgeproxy.names import InvalidName, normalize_certificate_name
 
 KEY_SIZES = (2048, 3072, 4096)
 

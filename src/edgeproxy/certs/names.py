@@ -4,7 +4,7 @@ The external certificate's subjectAltName covers, in this order: the edge's exte
 ``sip.<domain>`` for each SIP domain, each XMPP domain itself (partners verify the certificate
 against the domain they federate with: RFC 6120 §13.7.1.2, XEP-0178), plus extras the admin
 lists. Our XMPP domains are our SIP domains (``edge.domains``). Every name follows the rule for
-certificate names of :mod:`edgeproxy.policy.names` (a DNS name, or ``*.`` as the whole leftmost
+certificate names of :mod:`edgeproxy.names` (a DNS name, or ``*.`` as the whole leftmost
 label): an invalid extra name raises ``InvalidName`` naming the rule, so that it never reaches a
 CSR. Names are compared as lower-case A-labels and listed once.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from edgeproxy.config import EdgeConfig
-from edgeproxy.policy.names import normalize_certificate_name
+from edgeproxy.names import normalize_certificate_name
 
 
 def _unique(names: Iterable[str]) -> list[str]:

@@ -45,7 +45,7 @@ from edgeproxy.commands.common import (
 )
 from edgeproxy.commands.records import print_json
 from edgeproxy.config import EdgeConfig
-from edgeproxy.policy.names import InvalidName, normalize_certificate_name
+from edgeproxy.names import InvalidName, normalize_certificate_name
 
 
 def _now() -> dt.datetime:

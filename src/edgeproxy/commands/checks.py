@@ -62,10 +62,10 @@ from edgeproxy.dns.records import split_host_port
 from edgeproxy.dns.resolver import Lookup, parse_resolver
 from edgeproxy.errors import ConfigError
 from edgeproxy.findings import Finding, exit_status, fail, ok, warn
+from edgeproxy.names import InvalidName, ip_literal, normalize_domain, normalize_host_port
 from edgeproxy.ops.atrest import exposed_secrets, secret_files
 from edgeproxy.ops.status import AUTH_LABELS, EdgeStatus
 from edgeproxy.policy.model import Partner
-from edgeproxy.policy.names import InvalidName, ip_literal, normalize_domain, normalize_host_port
 from edgeproxy.policy.validation import check_negotiation
 
 #: What the listener check asks when an address is busy: the running edge's status, or None

@@ -29,7 +29,7 @@ from edgeproxy.dns.partners import load_partners
 from edgeproxy.dns.records import DEFAULT_PRIORITY, DEFAULT_TTL, parse_pool, publication, render
 from edgeproxy.dns.resolver import Lookup, parse_resolver
 from edgeproxy.findings import exit_status, warn
-from edgeproxy.policy.names import InvalidName, normalize_domain
+from edgeproxy.names import InvalidName, normalize_domain
 
 DEFAULT_TIMEOUT = 2.0
 

@@ -43,8 +43,8 @@ def _setup_partners(args: argparse.Namespace, scenario: object) -> int | None:
     from edgeproxy.commands.ops import AdminClient, NotRunning
     from edgeproxy.commands.records import print_warnings
     from edgeproxy.loadtest.own_edge import ListenPortNeeded, partner_rows, store_partner_rows
+    from edgeproxy.names import ip_literal
     from edgeproxy.policy.holder import POLL_INTERVAL
-    from edgeproxy.policy.names import ip_literal
     from edgeproxy.policy.store import Store
     from edgeproxy.policy.validation import ChangeRefused
 

@@ -29,7 +29,7 @@ from edgeproxy.dns.records import Pool, default_pools, external_port, listen_add
 from edgeproxy.dns.resolver import Lookup
 from edgeproxy.dns.srv import XMPP_SERVER_PORT, connection_targets, order_records, srv_name
 from edgeproxy.findings import Finding, fail, ok, warn
-from edgeproxy.policy.names import split_host_port
+from edgeproxy.names import split_host_port
 
 PUBLISH_HINT = "publish the records printed by `edgeproxy dns records`"
 

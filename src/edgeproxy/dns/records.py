@@ -12,7 +12,7 @@ reach (loopback, private, link-local, documentation or reserved ranges) is publi
 warning.
 
 Every record is a dnspython rdata (``dns.rdata.from_text``), so a line this module writes is one
-dnspython reads back; pool names pass the domain rule of :mod:`edgeproxy.policy.names` first.
+dnspython reads back; pool names pass the domain rule of :mod:`edgeproxy.names` first.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import dns.rdatatype
 
 from edgeproxy.config import EdgeConfig
 from edgeproxy.dns.srv import XMPP_SERVER_PORT, srv_name
-from edgeproxy.policy.names import InvalidName, normalize_domain, quote
+from edgeproxy.names import InvalidName, normalize_domain, quote
 
 DEFAULT_PRIORITY: Final = 10
 DEFAULT_WEIGHT: Final = 10

@@ -20,7 +20,7 @@ import dns.resolver
 
 from edgeproxy.config import parse_nameserver
 from edgeproxy.dns.srv import SrvRecord, srv_name
-from edgeproxy.policy.names import InvalidName
+from edgeproxy.names import InvalidName
 
 Outcome = Literal["ok", "nxdomain", "nodata", "error"]
 

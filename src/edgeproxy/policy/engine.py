@@ -47,8 +47,8 @@ import enum
 
 import msgspec
 
+from edgeproxy.names import fast_domain
 from edgeproxy.policy.model import AuthMethod, Negotiation, Partner, PartnerType
-from edgeproxy.policy.names import fast_domain
 from edgeproxy.policy.snapshot import PolicySnapshot, StreamOffer, UserEntry
 
 # -- inputs -----------------------------------------------------------------------------------

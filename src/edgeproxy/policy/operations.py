@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from edgeproxy.names import InvalidName, normalize_bare_jid, normalize_domain
 from edgeproxy.policy.credentials import credentials_for
 from edgeproxy.policy.model import (
     GLOBAL_POLICY,
@@ -24,7 +25,6 @@ from edgeproxy.policy.model import (
     Partner,
     User,
 )
-from edgeproxy.policy.names import InvalidName, normalize_bare_jid, normalize_domain
 from edgeproxy.policy.store import Store
 from edgeproxy.policy.validation import (
     ChangeRefused,

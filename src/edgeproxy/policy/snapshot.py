@@ -20,6 +20,7 @@ from collections.abc import Iterable
 
 import msgspec
 
+from edgeproxy.names import normalize_domain
 from edgeproxy.policy.model import (
     GLOBAL_POLICY,
     SITE_PREFIX,
@@ -31,7 +32,6 @@ from edgeproxy.policy.model import (
     Partner,
     User,
 )
-from edgeproxy.policy.names import normalize_domain
 from edgeproxy.policy.validation import partner_methods
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import msgspec
 
+from edgeproxy.names import InvalidName, normalize_sip_address
 from edgeproxy.policy.model import (
     AccessPolicy,
     Configuration,
@@ -43,7 +44,6 @@ from edgeproxy.policy.model import (
     PartnerType,
     User,
 )
-from edgeproxy.policy.names import InvalidName, normalize_sip_address
 from edgeproxy.policy.validation import (
     item_label,
     problems_of,

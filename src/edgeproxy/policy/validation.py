@@ -45,6 +45,12 @@ import msgspec
 import msgspec.inspect as mi
 
 from edgeproxy.errors import ConfigError
+from edgeproxy.names import (
+    InvalidName,
+    normalize_bare_jid,
+    normalize_domain,
+    normalize_sip_address,
+)
 from edgeproxy.policy.credentials import HA1_LENGTH
 from edgeproxy.policy.model import (
     GLOBAL_POLICY,
@@ -55,12 +61,6 @@ from edgeproxy.policy.model import (
     Negotiation,
     Partner,
     User,
-)
-from edgeproxy.policy.names import (
-    InvalidName,
-    normalize_bare_jid,
-    normalize_domain,
-    normalize_sip_address,
 )
 from edgeproxy.xmpp.stanza import domain_of
 

@@ -65,9 +65,9 @@ import secrets
 from collections import deque
 from collections.abc import Callable
 
+from edgeproxy.names import fast_domain
 from edgeproxy.policy import engine
 from edgeproxy.policy.model import AuthMethod, Negotiation, Partner
-from edgeproxy.policy.names import fast_domain
 from edgeproxy.policy.snapshot import PolicySnapshot, StreamOffer
 from edgeproxy.s2s import wire
 from edgeproxy.s2s.events import (

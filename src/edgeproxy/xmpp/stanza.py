@@ -14,7 +14,7 @@ localpart everything before the first ``@`` of what remains — with no PRECIS p
 validation: they give the keys of routing, queues and telemetry on the hot path.
 :func:`domain_of` lower-cases (ASCII domains compare that way, docs/spec.md §2); :func:`domainpart`
 leaves the text as written, for callers that fold it themselves (IDNA:
-``edgeproxy.policy.names.fast_domain``). :func:`edgeproxy.xmpp.jid.parse_jid` prepares and
+``edgeproxy.names.fast_domain``). :func:`edgeproxy.xmpp.jid.parse_jid` prepares and
 validates a JID.
 """
 
