@@ -106,7 +106,8 @@ def test_each_stored_partner_row_is_checked(tmp_path: Path, dnsmasq) -> None:  #
     config = tmp_path / "edgeproxy.toml"
     config.write_text(f'[edge]\ndomains = ["contoso.test"]\nlisten = ["{EDGE_ADDR}:{free_port(EDGE_ADDR)}"]\n'
                       f'internal-listen = "127.0.0.1:{free_port("127.0.0.1")}"\nstate-dir = "state"\n'
-                      f'[admin]\nlisten = "{EDGE_ADDR}:{free_port(EDGE_ADDR)}"\n')
+                      f'[admin]\nlisten = "{EDGE_ADDR}:{free_port(EDGE_ADDR)}"\n'
+                      f'[dns]\nresolver = "{server.resolver}"\n')  # the checks ask it: no --resolver
     write_store(tmp_path / "state", store(
         partner("fabrikam.test", REQ, NOS, True, proxy="xmpp.fabrikam.test"),
         partner("sim1.test", NOS, NOS, True, proxy="127.0.31.5:5270"),
@@ -115,7 +116,7 @@ def test_each_stored_partner_row_is_checked(tmp_path: Path, dnsmasq) -> None:  #
         partner("broken.test", NOS, NOS, False),  # refused today; only an old store can hold it
         partner("northwind.test", NOS, NOS, True),
     ))
-    status, lines = check(config, "--resolver", server.resolver, "--timeout", "1")
+    status, lines = check(config, "--timeout", "1")
     assert status == 1  # broken.test
     fabrikam = by_check(lines, "partner fabrikam.test")
     assert fabrikam["status"] == "ok"

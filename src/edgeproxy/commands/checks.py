@@ -504,6 +504,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         except ValueError as exc:
             error(f"--resolver: {exc}")
             return EXIT_USAGE
+        if not args.resolver:
+            try:  # the nameserver the edge asks: [dns] resolver, or its environment override
+                lookup = Lookup(config.dns_resolver(), timeout=args.timeout)
+            except ConfigError as exc:
+                _report([fail("config", str(exc), "unset or fix the variable")], args.json)
+                return EXIT_REFUSED
     findings = run_checks(config, lookup=lookup, running=admin_status(config))
     _report(findings, args.json)
     return exit_status(findings)
@@ -517,7 +523,8 @@ def register(sub: SubParsers) -> None:
         "line is FAIL. A listener address busy because this edgeproxy is running is OK.",
     )
     chk.add_argument("--resolver", metavar="IP:PORT",
-                     help="the nameserver for the DNS checks (default: the system's, /etc/resolv.conf)")
+                     help="the nameserver for the DNS checks (default: the configuration's [dns] resolver, "
+                     "else the system's, /etc/resolv.conf)")
     chk.add_argument("--timeout", type=float, default=2.0, metavar="S",
                      help="seconds each DNS lookup may take (default 2)")
     chk.add_argument("--no-dns", action="store_true", help="skip the DNS checks (default: run them)")
