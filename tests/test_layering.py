@@ -56,6 +56,8 @@ FLOORS: Mapping[str, int] = {
     "edgeproxy.gateway": 5,
     # the load-testing harness (simulated partner servers)
     "edgeproxy.loadtest": 6,
+    # the Control Panel and the admin listener's HTTP application (ASGI on trio)
+    "edgeproxy.web": 6,
     # the composition root, then the command line
     "edgeproxy.app": 7,
     "edgeproxy.commands": 8,
