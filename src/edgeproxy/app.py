@@ -44,18 +44,33 @@ in-memory ``MemoryDelivery`` consumed here, and the channel shows as ``not-confi
 
 ``run_app`` is ``edgeproxy serve``: role ``both`` (the default) runs this edge and the gateway
 (``gateway.service.run_gateway``) in one process, the channel still crossing loopback; ``edge``
-and ``gateway`` run one side each. Before anything opens, it refuses a state dir or secret file that
-others can read (``ops.atrest.refuse_exposed_secrets``: event ``EP8007``, exit status 1).
+and ``gateway`` run one side each.
+
+Start failures: each cause is reported as exactly one event, where the detail is known, and then
+raised as ``ops.exitcodes.StartupFailed`` carrying the exit status (``docs/exit-codes.md``); no
+other line follows. In order: the gateway's TLS files (``EP2003``, 16); the state dir
+(``lifecycle.refuse_unusable_state_dir``: ``EP8011``, 12) and the secrets at rest
+(``ops.atrest.refuse_exposed_secrets``: ``EP8007`` per exposed file, 13); the channel's TLS files
+and secret (``EP2003``, 16); the store (``_open_holder``: ``EP8012`` for a newer schema, 15,
+``EP8005`` for any other failure, 14; an older schema is backed up and upgraded, ``EP8013``); the
+``[tls]`` certificate and key — both absent is ``EP2006`` and the edge starts without TLS, but
+one without the other or a pair that does not load is ``EP2003``, 16; the admin token
+(``EP2003``, 16); then each listener (``EP1001`` naming the listener and address: 20 address in
+use, 21 not permitted, 22 other), the admin address off loopback (``EP8004``, 11), and the
+gateway's SIP listeners — trio reports a task's error inside exception groups, so each step looks
+for the ``OSError`` within (``exitcodes.leaf``). ``EP1000 started`` comes only when every
+listener is bound, the gateway's too.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import sqlite3
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import msgspec
@@ -76,11 +91,29 @@ from edgeproxy.net.delivery import MEMORY_DELIVERY_BOUND, Delivery, MemoryDelive
 from edgeproxy.net.edge import EdgeServer
 from edgeproxy.net.pool import LINK_QUEUE_BOUND
 from edgeproxy.ops import events
-from edgeproxy.ops.admin import AdminEndpoint, join_host_port, serve_admin
+from edgeproxy.ops.admin import (
+    AdminEndpoint,
+    admin_token_path,
+    ensure_admin_token,
+    join_host_port,
+    serve_admin,
+)
 from edgeproxy.ops.atrest import refuse_exposed_secrets
 from edgeproxy.ops.events import EventLog
+from edgeproxy.ops.exitcodes import (
+    ExitCode,
+    StartupFailed,
+    bind_failure_code,
+    is_bind_failure,
+    leaf,
+)
 from edgeproxy.ops.expiry import report_expiry
-from edgeproxy.ops.lifecycle import DRAIN_BOUND_SECONDS, ReloadOutcome, serve_signals
+from edgeproxy.ops.lifecycle import (
+    DRAIN_BOUND_SECONDS,
+    ReloadOutcome,
+    refuse_unusable_state_dir,
+    serve_signals,
+)
 from edgeproxy.ops.metrics import Metrics, Outcome
 from edgeproxy.ops.status import (
     ChannelClock,
@@ -96,6 +129,7 @@ from edgeproxy.ops.status import (
 from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy.holder import POLL_INTERVAL, SnapshotHolder
 from edgeproxy.policy.snapshot import PolicySnapshot
+from edgeproxy.policy.store import STORE_FILE, SchemaTooNew, SchemaUpgrade, Store
 from edgeproxy.secretfiles import SecretFileError, channel_secret_path
 
 log = logging.getLogger("edgeproxy.app")
@@ -107,6 +141,78 @@ def _channel_tls_keys(config: EdgeConfig) -> tuple[object, ...]:
 
 def _partner_domains(snapshot: PolicySnapshot) -> set[str]:
     return {p.domain for p in snapshot.partners}
+
+
+def _without_source(config: EdgeConfig, error: Exception) -> str:
+    """A ConfigError's text without the leading ``<configuration file>: `` (the event names it)."""
+    text = str(error)
+    prefix = f"{config.source}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def _credentials_failed(telemetry: Telemetry, what: str, path: object, error: object) -> StartupFailed:
+    """Report a certificate, key, trust bundle or secret that does not load (``EP2003``); the
+    ``StartupFailed`` to raise (exit status 16)."""
+    telemetry.emit(events.CERTIFICATE_LOAD_FAILED, what=what, path=str(path), error=error)
+    return StartupFailed(ExitCode.CREDENTIALS_UNUSABLE, f"cannot load {what} from {path}: {error}")
+
+
+def _bind_failed(
+    telemetry: Telemetry | None, role: str, address: str, error: OSError
+) -> StartupFailed:
+    """Report a listener that could not bind (``EP1001``; none when ``telemetry`` is None: the
+    caller's callee reported it); the ``StartupFailed`` to raise (exit status 20, 21 or 22)."""
+    if telemetry is not None:
+        telemetry.emit(events.BIND_FAILED, role=role, address=address, error=error)
+    return StartupFailed(bind_failure_code(error), f"cannot bind {role} listener on {address}: {error}")
+
+
+def _open_holder(config: EdgeConfig, telemetry: Telemetry) -> SnapshotHolder:
+    """The store for the start, and its first snapshot. An older schema is backed up and
+    upgraded (``EP8013`` says where the copy is); a newer one is ``EP8012``, any other failure to
+    open or read it ``EP8005``: either raises ``StartupFailed``."""
+
+    def upgraded(upgrade: SchemaUpgrade) -> None:
+        telemetry.emit(events.STORE_UPGRADED, path=str(upgrade.path), from_version=upgrade.from_version,
+                       to_version=upgrade.to_version, backup=str(upgrade.backup))
+
+    store: Store | None = None
+    try:
+        store = Store.open(config.state_dir, on_upgrade=upgraded)
+        return SnapshotHolder(store, config.edge.domains)
+    except SchemaTooNew as exc:
+        telemetry.emit(events.STORE_TOO_NEW, path=str(exc.path), version=exc.version, known=exc.known)
+        raise StartupFailed(ExitCode.STORE_TOO_NEW, str(exc)) from exc
+    except (sqlite3.Error, OSError, ValueError) as exc:
+        if store is not None:
+            store.close()
+        path = config.state_dir / STORE_FILE
+        telemetry.emit(events.STORE_UNAVAILABLE, path=str(path), error=exc)
+        raise StartupFailed(ExitCode.STORE_UNAVAILABLE, f"store {path} unavailable: {exc}") from exc
+
+
+def _sip_listener_in_the_way(config: EdgeConfig, tls_address: tuple[str, int] | None) -> tuple[str, str]:
+    """Which of the gateway's SIP listeners could not bind, as (role, address), found by binding
+    each address once more after the gateway gave up (its own sockets are closed by then): the
+    TLS one first (the UDP and TCP ones were bound before it), then UDP (bound before TCP), then
+    TCP. ``("sip", <sip-listen>)`` when every address binds now."""
+    host, port = split_host_port(config.gateway.sip_listen[0])
+    candidates: list[tuple[str, socket.SocketKind, str, int]] = []
+    if tls_address is not None:
+        candidates.append(("sip-tls", socket.SOCK_STREAM, *tls_address))
+    candidates += [("sip-udp", socket.SOCK_DGRAM, host, port), ("sip-tcp", socket.SOCK_STREAM, host, port)]
+    for role, kind, probe_host, probe_port in candidates:
+        if probe_port == 0:
+            continue  # any free port: not the one in the way
+        try:
+            family = socket.AF_INET6 if ":" in probe_host else socket.AF_INET
+            with socket.socket(family, kind) as probe:
+                if kind == socket.SOCK_STREAM:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as trio's listeners
+                probe.bind((probe_host, probe_port))
+        except OSError:
+            return role, join_host_port(probe_host, probe_port)
+    return "sip", config.gateway.sip_listen[0]
 
 
 class EdgeApp:
@@ -124,10 +230,14 @@ class EdgeApp:
         signals: bool = True,
         on_delivery: Callable[[Delivery], None] | None = None,
         channel: bool | None = None,
+        announce: bool = True,
     ) -> None:
         """``channel``: serve the loopback channel on ``[edge] internal-listen`` (default: yes,
-        unless ``on_delivery`` is given, which takes accepted stanzas in-process instead)."""
+        unless ``on_delivery`` is given, which takes accepted stanzas in-process instead).
+        ``announce``: emit ``EP1000 started`` once every listener is bound (``run_app`` says it
+        itself for role ``both``, after the gateway's listeners too)."""
         self.config = config
+        self._announce = announce
         self.metrics = metrics if metrics is not None else Metrics()
         self.event_log = event_log
         self.telemetry = Telemetry(self.metrics, event_log)
@@ -139,8 +249,14 @@ class EdgeApp:
         self.delivery = MemoryDelivery()
         use_channel = on_delivery is None if channel is None else channel
         #: Mutual TLS on the internal listener ([edge] internal-tls); a file that does not load
-        #: is a ConfigError here, before anything listens (or is written to the state dir).
-        self._channel_ssl = edge_channel_context(config) if use_channel else None
+        #: is EP2003 and StartupFailed (a ConfigError) here, before anything listens (or is
+        #: written to the state dir).
+        try:
+            self._channel_ssl = edge_channel_context(config) if use_channel else None
+        except ConfigError as exc:
+            self.telemetry.emit(events.CERTIFICATE_LOAD_FAILED, what="the loopback channel's TLS files named in",
+                                path=config.source, error=_without_source(config, exc))
+            raise StartupFailed(ExitCode.CREDENTIALS_UNUSABLE, str(exc)) from exc
         self.channel: ChannelDelivery | None = (
             ChannelDelivery(self.telemetry, outage_bound=config.gateway.outage_bound,
                             max_queued=config.gateway.max_queued, queue_wait=config.gateway.queue_wait,
@@ -178,7 +294,8 @@ class EdgeApp:
         except (OSError, ValueError) as exc:
             self.telemetry.emit(events.CERTIFICATE_LOAD_FAILED, what="the loopback channel secret",
                                 path=str(path), error=exc)
-            raise ConfigError(f"the loopback channel secret {path} cannot be used: {exc}") from None
+            raise StartupFailed(ExitCode.CREDENTIALS_UNUSABLE,
+                                f"the loopback channel secret {path} cannot be used: {exc}") from None
 
     # -- TLS --------------------------------------------------------------------------------
 
@@ -196,15 +313,27 @@ class EdgeApp:
 
     # -- assembly ---------------------------------------------------------------------------
 
+    def _start_tls_contexts(self) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+        """The ``[tls]`` contexts at start: none (``EP2006``) when neither the certificate nor the
+        key exists; a certificate without its key (or the reverse), or a pair that does not load,
+        is ``EP2003`` and ``StartupFailed`` — never a silent start without the TLS configured."""
+        config = self.config
+        cert, key = config.path(config.tls.certificate), config.path(config.tls.key)
+        try:
+            present = {cert: cert.exists(), key: key.exists()}
+            if any(present.values()) and not all(present.values()):
+                missing = next(path for path, exists in present.items() if not exists)
+                other = key if missing == cert else cert
+                raise _credentials_failed(self.telemetry, "certificate and key", missing,
+                                          f"does not exist, but {other} does (give both, or neither)")
+            return self._tls_contexts(config)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise _credentials_failed(self.telemetry, "certificate and key", cert, exc) from exc
+
     def _assemble(self, holder: SnapshotHolder) -> EdgeServer:
         """The S2S side, built in dependency order (see the module docstring)."""
         config = self.config
-        try:
-            server_ssl, client_ssl = self._tls_contexts(config)
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            self.telemetry.emit(events.CERTIFICATE_LOAD_FAILED, what="certificate and key",
-                                path=str(config.path(config.tls.certificate)), error=exc)
-            server_ssl = client_ssl = None
+        server_ssl, client_ssl = self._start_tls_contexts()
         resolver = os.environ.get("EDGEPROXY_DNS_RESOLVER")
         connector = Connector(
             ConnectorSettings(resolver=parse_resolver(resolver) if resolver else None), telemetry=self.telemetry
@@ -225,58 +354,84 @@ class EdgeApp:
         """Run until stopped (``request_stop``, a stop signal or ``POST /stop``); then drain.
 
         ``nursery.start``-compatible: reports the app once every listener is bound. Raises
-        ``OSError`` when a listener cannot bind (event ``EP1001``).
+        ``StartupFailed`` (a ``ConfigError``) for what stops the start, each reported as one
+        event first (the module docstring): a listener that cannot bind is ``EP1001``.
         """
         config = self.config
+        self.holder = holder = _open_holder(config, self.telemetry)
         try:
-            self.holder = holder = SnapshotHolder.open(config.state_dir, config.edge.domains)
-        except (sqlite3.Error, OSError) as exc:
-            self.telemetry.emit(events.STORE_UNAVAILABLE, path=str(config.state_dir), error=exc)
-            raise
+            await self._run(holder, task_status)
+        finally:
+            holder.close()
+
+    async def _run(self, holder: SnapshotHolder, task_status: trio.TaskStatus[EdgeApp]) -> None:
+        config = self.config
         if self.event_log is not None:
             self.event_log.log_message_bodies = holder.snapshot.gateway.log_message_bodies
         self.edge = edge = self._assemble(holder)
+        if self._serve_admin:
+            token = admin_token_path(config)
+            try:
+                ensure_admin_token(token)
+            except (OSError, ValueError) as exc:
+                raise _credentials_failed(self.telemetry, "the admin token", token, exc) from exc
         listen = [split_host_port(hp) for hp in config.edge.listen]
-        try:
-            async with trio.open_nursery() as nursery:
-                if self.channel is None:
-                    nursery.start_soon(self._consume_deliveries)
-                try:
-                    listeners = await nursery.start(edge.run, [(h or None, p) for h, p in listen])
-                except OSError as exc:
-                    self.telemetry.emit(events.BIND_FAILED, role="external",
-                                        address=", ".join(config.edge.listen), error=exc)
+        async with trio.open_nursery() as nursery:
+            if self.channel is None:
+                nursery.start_soon(self._consume_deliveries)
+            try:
+                listeners = await nursery.start(edge.run, [(h or None, p) for h, p in listen])
+            except (OSError, BaseExceptionGroup) as exc:
+                error = leaf(exc, OSError)
+                if error is None or not is_bind_failure(error):
                     raise
-                self._listener_addresses = [
-                    join_host_port(*listener.socket.getsockname()[:2]) for listener in listeners
-                ]
-                if self.channel is not None:
-                    internal_host, internal_port = split_host_port(config.edge.internal_listen)
-                    try:
-                        bound = await nursery.start(partial(
-                            self.channel.run, internal_host, internal_port, edge.router, ssl_context=self._channel_ssl))
-                    except OSError as exc:
-                        self.telemetry.emit(events.BIND_FAILED, role="internal",
-                                            address=config.edge.internal_listen, error=exc)
+                raise _bind_failed(self.telemetry, "external", ", ".join(config.edge.listen), error) from error
+            self._listener_addresses = [
+                join_host_port(*listener.socket.getsockname()[:2]) for listener in listeners
+            ]
+            if self.channel is not None:
+                internal_host, internal_port = split_host_port(config.edge.internal_listen)
+                try:
+                    bound = await nursery.start(partial(
+                        self.channel.run, internal_host, internal_port, edge.router, ssl_context=self._channel_ssl))
+                except (OSError, BaseExceptionGroup) as exc:
+                    error = leaf(exc, OSError)
+                    if error is None or not is_bind_failure(error):
                         raise
-                    self.internal_address = join_host_port(*bound)
-                if self._serve_signals:
-                    await nursery.start(serve_signals, _CountingControl(self))
-                if self._serve_admin:
+                    raise _bind_failed(self.telemetry, "internal", config.edge.internal_listen, error) from error
+                self.internal_address = join_host_port(*bound)
+            if self._serve_signals:
+                await nursery.start(serve_signals, _CountingControl(self))
+            if self._serve_admin:
+                try:
                     self.admin_endpoint = await nursery.start(
                         partial(serve_admin, config, self, self.metrics, self, event_log=self.event_log)
                     )
-                nursery.start_soon(self._poll)
-                self.state = ServiceState.RUNNING
-                self.telemetry.emit(events.STARTED, domains=", ".join(config.edge.domains),
-                                    listeners=", ".join(self._listener_addresses))
-                task_status.started(self)
-                await self._stop.wait()
-                await self._shutdown()
-                nursery.cancel_scope.cancel()
-            self.stopped.set()
-        finally:
-            holder.close()
+                except (OSError, ConfigError, BaseExceptionGroup) as exc:
+                    # serve_admin reported it: EP1001 (a bind) or EP8004 (off loopback)
+                    refused, error = leaf(exc, ConfigError), leaf(exc, OSError)
+                    if refused is not None:
+                        raise StartupFailed(ExitCode.CONFIG_INVALID, str(refused)) from refused
+                    if error is None or not is_bind_failure(error):
+                        raise
+                    raise _bind_failed(None, "admin", config.admin.listen, error) from error
+            nursery.start_soon(self._poll)
+            self.state = ServiceState.RUNNING
+            if self._announce:
+                self.announce_started()
+            task_status.started(self)
+            await self._stop.wait()
+            await self._shutdown()
+            nursery.cancel_scope.cancel()
+        self.stopped.set()
+
+    def announce_started(self, sip: str | None = None) -> None:
+        """``EP1000 started``: every listener is bound (``sip``: the gateway's, with role both)."""
+        fields: dict[str, object] = {}
+        if sip is not None:
+            fields["sip"] = sip
+        self.telemetry.emit(events.STARTED, domains=", ".join(self.config.edge.domains),
+                            listeners=", ".join(self._listener_addresses), **fields)
 
     async def _consume_deliveries(self) -> None:
         """Take accepted stanzas off the in-memory local delivery (no channel configured)."""
@@ -486,20 +641,36 @@ async def run_app(
 
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}, expected one of {', '.join(ROLES)}")
-    # The gateway's TLS files are loaded before anything starts: a ConfigError refuses the start.
-    tls = gateway_tls(config) if role in ("both", "gateway") else None
-    # Secrets at rest (issue 14): a state dir or secret file others can read refuses the start
-    # (EP8007, SecretFileError); the state dir is created 0750 if missing.
-    refuse_exposed_secrets(config, Telemetry(metrics, event_log))
+    telemetry = Telemetry(metrics, event_log)
+    # The gateway's TLS files are loaded before anything starts (or is written to the state dir).
+    try:
+        tls = gateway_tls(config) if role in ("both", "gateway") else None
+    except ConfigError as exc:
+        telemetry.emit(events.CERTIFICATE_LOAD_FAILED, what="the gateway's TLS files named in",
+                       path=config.source, error=_without_source(config, exc))
+        raise StartupFailed(ExitCode.CREDENTIALS_UNUSABLE, str(exc)) from exc
+    # The state dir must be usable (EP8011); a state dir or secret file others can read refuses
+    # the start (EP8007 for each).
+    refuse_unusable_state_dir(config, telemetry)
+    try:
+        refuse_exposed_secrets(config, telemetry)
+    except SecretFileError as exc:
+        raise StartupFailed(ExitCode.SECRET_EXPOSED, str(exc)) from exc
+    sip_tls = (tls.sip.host, tls.sip.port) if tls is not None and tls.sip is not None else None
     if role == "gateway":
         # A process of its own: the gateway follows the store itself, and the edge's store poll
-        # picks up the contacts its hooks write.
-        telemetry = Telemetry(metrics, event_log)
+        # picks up the contacts its hooks write. The store is checked (and upgraded) here first.
+        _open_holder(config, telemetry).close()
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(run_gateway, config, telemetry=telemetry, tls=tls))
+            await _start_gateway(nursery, partial(run_gateway, config, telemetry=telemetry, tls=tls),
+                                 config, telemetry, sip_tls)
             task_status.started(None)
         return
-    app = EdgeApp(config, event_log=event_log, metrics=metrics, channel=True, signals=signals)
+    try:
+        app = EdgeApp(config, event_log=event_log, metrics=metrics, channel=True, signals=signals,
+                      announce=role != "both")
+    except SecretFileError as exc:  # the channel secret (EP8007)
+        raise StartupFailed(ExitCode.SECRET_EXPOSED, str(exc)) from exc
     async with trio.open_nursery() as nursery:
         await nursery.start(app.run)
         if role == "both":
@@ -508,10 +679,31 @@ async def run_app(
             gateway_config = msgspec.structs.replace(
                 config, gateway=msgspec.structs.replace(config.gateway, edge_address=app.internal_address)
             )
-            await nursery.start(partial(
+            sip_host, sip_port = await _start_gateway(nursery, partial(
                 run_gateway, gateway_config, policy=lambda: holder.snapshot,
                 on_stored=app.refresh_policy, telemetry=app.telemetry, tls=tls,
-            ))
+            ), config, app.telemetry, sip_tls)
+            app.announce_started(sip=join_host_port(sip_host, sip_port))
         task_status.started(app)
         await app.stopped.wait()
         nursery.cancel_scope.cancel()
+
+
+async def _start_gateway(
+    nursery: trio.Nursery,
+    gateway: Callable[..., Awaitable[None]],
+    config: EdgeConfig,
+    telemetry: Telemetry,
+    sip_tls: tuple[str, int] | None,
+) -> tuple[str, int]:
+    """Start the gateway in ``nursery``; its SIP address. A SIP listener that cannot bind is
+    ``EP1001`` naming it (``_sip_listener_in_the_way``) and ``StartupFailed``."""
+    try:
+        address: tuple[str, int] = await nursery.start(gateway)
+    except (OSError, BaseExceptionGroup) as exc:
+        error = leaf(exc, OSError)
+        if error is None or not is_bind_failure(error):
+            raise
+        role, where = _sip_listener_in_the_way(config, sip_tls)
+        raise _bind_failed(telemetry, role, where, error) from error
+    return address

@@ -3,13 +3,22 @@ gateway, or both (the default; the loopback channel still crosses loopback) in t
 (``edgeproxy.app.run_app``) until SIGTERM/SIGINT or ``edgeproxy stop``.
 
 The event log goes to stderr: JSON lines, or readable lines on a terminal
-(``EDGEPROXY_LOG_FORMAT=json|text`` overrides). Standard ``logging`` records of WARNING and above
-are routed into the event log (``EP9002``) so that every line on stderr is an event; the plain
-handlers installed before are removed. ``EDGEPROXY_DNS_RESOLVER=IP[:PORT]`` points outbound
-SRV/A lookups at one nameserver (the lab).
+(``EDGEPROXY_LOG_FORMAT=json|text`` overrides), and every line on stderr is an event: from the
+first step (reading the configuration) to the last, standard ``logging`` records of WARNING and
+above are routed into the event log (``EP9002``; the plain handlers installed before are
+removed), and so are Python's warnings (``logging.captureWarnings``). One warning is silenced
+instead: cryptography's about the serial number 0 of a few roots in the system trust store (Go
+Daddy, Starfield, …) that it parses when ``[tls] trust`` is absent; it says nothing the operator
+could act on, and was written at every such start. ``EDGEPROXY_DNS_RESOLVER=IP[:PORT]`` points
+outbound SRV/A lookups at one nameserver (the lab).
 
-``make run`` works out of the box (issue 14): on the embedded default configuration, the first
-start creates the store with a demo user and shows its password once (``EP8008``).
+A start that fails is one event line naming the cause, and the process exits with the status of
+that cause (``ops.exitcodes``, ``docs/exit-codes.md``): nothing else is printed, no traceback.
+The configuration is read here (``EP8009`` unreadable, exit 10; ``EP8010`` refused, exit 11); the
+rest is found by ``run_app`` (``app``'s docstring gives the order).
+
+``make run`` works out of the box: on the embedded default configuration, the first start creates
+the store with a demo user and shows its password once (``EP8008``).
 """
 
 from __future__ import annotations
@@ -17,17 +26,31 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sqlite3
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import trio
 
-from edgeproxy.commands.common import EXIT_OK, SubParsers, config_option_parent, load_args_config
-from edgeproxy.config import EMBEDDED_DEFAULT, EdgeConfig
+from edgeproxy.commands.common import SubParsers, config_option_parent
+from edgeproxy.config import CONFIG_ENV_VAR, EMBEDDED_DEFAULT, EdgeConfig, load_config
+from edgeproxy.errors import ConfigError
+from edgeproxy.ops import events
 from edgeproxy.ops.events import DEMO_USER_CREATED, EventLog, EventLogHandler, OutputFormat
+from edgeproxy.ops.exitcodes import ExitCode, StartupFailed, leaf
+from edgeproxy.ops.lifecycle import refuse_unusable_state_dir
 from edgeproxy.ops.metrics import Metrics
+from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy import operations as ops
 from edgeproxy.policy.store import STORE_FILE, Store
 from edgeproxy.policy.validation import ChangeRefused
+
+#: cryptography's warning about a certificate whose serial number is not positive; the system
+#: trust store holds a few such roots (see the module docstring).
+_SYSTEM_ROOT_SERIAL_WARNING = r"Parsed a serial number which wasn't positive"
 
 
 def _output_format() -> OutputFormat:
@@ -35,62 +58,114 @@ def _output_format() -> OutputFormat:
     return value if value in ("json", "text") else "auto"  # type: ignore[return-value]
 
 
-def _demo_user_at_first_start(config: EdgeConfig) -> None:
-    """When ``serve`` runs on the embedded default configuration and its store does not exist
-    yet, create the store with the demo user ``sip:alice@contoso.test`` and a generated password,
-    and show the password once in the event log (``EP8008 demo-user-created``). Nothing happens
-    for an operator's own configuration (``--config`` or ``$EDGEPROXY_CONFIG``), nor for a store
-    that exists already — also one that another command created first, or whose demo user was
-    removed."""
-    if config.source != EMBEDDED_DEFAULT or (config.state_dir / STORE_FILE).exists():
-        return
-    with Store.open(config.state_dir) as store:
-        try:
-            password = ops.create_demo_user(store, config.edge.domains)
-        except ChangeRefused:  # a concurrent first start created it: it shows the password
-            return
-    with EventLog(sys.stderr, output=_output_format()) as log:
-        log.emit(DEMO_USER_CREATED, user=ops.DEMO_USER, password=password)
-
-
-async def serve(config: EdgeConfig, role: str = "both") -> None:
-    """Run until SIGTERM/SIGINT or ``edgeproxy stop``; returns after the graceful shutdown."""
-    from edgeproxy.app import run_app  # the server: only `serve` pays for importing it
-
-    metrics = Metrics()
-    event_log = EventLog(sys.stderr, output=_output_format(), on_emit=metrics.event_logged,
-                         on_suppress=metrics.event_suppressed)
+@contextmanager
+def events_on_stderr(event_log: EventLog) -> Iterator[None]:
+    """While the block runs, ``logging`` records (WARNING and up) and Python's warnings go into
+    ``event_log`` as ``EP9002`` and nowhere else; the previous handlers, level and warning filters
+    come back after it."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
+    saved_handlers, saved_level = list(root.handlers), root.level
+    for handler in saved_handlers:
         root.removeHandler(handler)
     bridge = EventLogHandler(event_log)
     root.addHandler(bridge)
     # The bridge is the only handler and takes warnings and up: below that, no record is built
     # (an info line per stream or stanza would be made only to be dropped).
-    level = root.level
     root.setLevel(bridge.level)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_SYSTEM_ROOT_SERIAL_WARNING)
+        logging.captureWarnings(True)
+        try:
+            yield
+        finally:
+            logging.captureWarnings(False)
+            root.removeHandler(bridge)
+            for handler in saved_handlers:
+                root.addHandler(handler)
+            root.setLevel(saved_level)
+
+
+def _config_path(args: argparse.Namespace) -> str | None:
+    """The file ``serve`` reads: ``--config``, else ``$EDGEPROXY_CONFIG``, else None (the
+    embedded default) — as ``config.load_config`` chooses."""
+    return getattr(args, "config", None) or os.environ.get(CONFIG_ENV_VAR) or None
+
+
+def load_serve_config(args: argparse.Namespace, telemetry: Telemetry) -> EdgeConfig:
+    """The configuration, or one event and ``StartupFailed``: ``EP8009`` when the file cannot
+    be read (exit 10), ``EP8010`` when it is refused (exit 11)."""
+    path = _config_path(args)
+    if path is not None:
+        try:
+            Path(path).read_bytes()
+        except OSError as exc:
+            error = exc.strerror or str(exc)
+            telemetry.emit(events.CONFIG_UNREADABLE, path=path, error=error)
+            raise StartupFailed(ExitCode.CONFIG_UNREADABLE, f"cannot read configuration {path}: {error}") from exc
     try:
-        await run_app(config, role=role, event_log=event_log, metrics=metrics)
-    finally:
-        root.removeHandler(bridge)
-        root.setLevel(level)
-        event_log.close()
+        return load_config(path)
+    except ConfigError as exc:
+        # Read a moment ago; a file that vanished since is "unreadable" in the refusal's words.
+        telemetry.emit(events.CONFIG_INVALID, path=path or EMBEDDED_DEFAULT, error=str(exc))
+        raise StartupFailed(ExitCode.CONFIG_INVALID, str(exc)) from exc
+
+
+def _demo_user_at_first_start(config: EdgeConfig, telemetry: Telemetry) -> None:
+    """When ``serve`` runs on the embedded default configuration and its store does not exist
+    yet, create the store with the demo user ``sip:alice@contoso.test`` and a generated password,
+    and show the password once in the event log (``EP8008 demo-user-created``). Nothing happens
+    for an operator's own configuration (``--config`` or ``$EDGEPROXY_CONFIG``), nor for a store
+    that exists already — also one that another command created first, or whose demo user was
+    removed. Its state dir is checked first (``EP8011``)."""
+    if config.source != EMBEDDED_DEFAULT or (config.state_dir / STORE_FILE).exists():
+        return
+    refuse_unusable_state_dir(config, telemetry)
+    try:
+        with Store.open(config.state_dir) as store:
+            try:
+                password = ops.create_demo_user(store, config.edge.domains)
+            except ChangeRefused:  # a concurrent first start created it: it shows the password
+                return
+    except (OSError, sqlite3.Error):
+        return  # the store cannot be made here: run_app reports why (EP8005)
+    telemetry.emit(DEMO_USER_CREATED, user=ops.DEMO_USER, password=password)
+
+
+async def serve(config: EdgeConfig, role: str, event_log: EventLog, metrics: Metrics) -> None:
+    """Run until SIGTERM/SIGINT or ``edgeproxy stop``; returns after the graceful shutdown.
+    Raises ``StartupFailed`` (possibly inside exception groups) when the start fails."""
+    from edgeproxy.app import run_app  # the server: only `serve` pays for importing it
+
+    await run_app(config, role=role, event_log=event_log, metrics=metrics)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    config = load_args_config(args)
-    _demo_user_at_first_start(config)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics = Metrics()
+    event_log = EventLog(sys.stderr, output=_output_format(), on_emit=metrics.event_logged,
+                         on_suppress=metrics.event_suppressed)
+    telemetry = Telemetry(metrics, event_log)
     try:
-        trio.run(serve, config, args.role)
+        with events_on_stderr(event_log):
+            config = load_serve_config(args, telemetry)
+            _demo_user_at_first_start(config, telemetry)
+            trio.run(serve, config, args.role, event_log, metrics)
     except KeyboardInterrupt:
-        return EXIT_OK
-    return EXIT_OK
+        return ExitCode.OK
+    except BaseException as exc:  # noqa: BLE001 - a start failure is its event and exit status
+        failed = leaf(exc, StartupFailed)
+        if failed is None:
+            raise
+        return failed.exit_code
+    finally:
+        event_log.close()
+    return ExitCode.OK
 
 
 def register(sub: SubParsers) -> None:
     p = sub.add_parser(
-        "serve", parents=[config_option_parent()], help="run the edge (S2S listener, loopback channel)"
+        "serve", parents=[config_option_parent()],
+        help="run the edge and the gateway in the foreground; a start that fails exits with the"
+             " status of its cause (docs/exit-codes.md)",
     )
     p.add_argument(
         "--role", choices=("both", "edge", "gateway"), default="both",

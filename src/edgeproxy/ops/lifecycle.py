@@ -12,15 +12,32 @@ the signal handler (SIGHUP; SIGTERM and SIGINT) call it, so the two ways in beha
   dropping streams that are still allowed (a removed partner's streams close with
   ``policy-violation``). It returns a ``ReloadOutcome``; a refused reload leaves everything as it
   was. Implementations serialise concurrent reloads themselves.
+
+Start: before anything else is opened, ``refuse_unusable_state_dir`` makes sure the state dir
+can hold the store and the secrets — created ``0750`` if missing, writable (a temporary file is
+made and removed), and not under ``/etc`` (``FORBIDDEN_STATE_ROOTS``): a relative ``state-dir``
+is resolved against the configuration file's directory, so ``state-dir = "var"`` in
+``/etc/edgeproxy/edgeproxy.toml`` would put the store in ``/etc/edgeproxy/var``, which the
+systemd unit keeps read-only (``ProtectSystem=strict``). A state dir that cannot be used is one
+``EP8011 state-dir-unusable`` event and ``StartupFailed`` (exit status 12).
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import tempfile
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import msgspec
 import trio
+
+from edgeproxy.config import EdgeConfig
+from edgeproxy.ops import events
+from edgeproxy.ops.exitcodes import ExitCode, StartupFailed
+from edgeproxy.ops.telemetry import Telemetry
+from edgeproxy.secretfiles import ensure_private_dir
 
 DRAIN_BOUND_SECONDS = 30.0
 """How long a graceful shutdown may drain before the rest is bounced; the systemd unit's
@@ -69,3 +86,37 @@ async def serve_signals(control: Control, *, task_status: trio.TaskStatus[None] 
                 await control.reload()
             else:
                 control.request_stop()
+
+
+#: Where a state dir may not be: configuration, not state (read-only under the systemd unit).
+FORBIDDEN_STATE_ROOTS = (Path("/etc"),)
+
+
+def state_dir_problem(state_dir: Path) -> str | None:
+    """Why ``state_dir`` cannot hold the store and the secrets, or None when it can (see the
+    module docstring). Creates it ``0750`` when missing, and probes that it is writable."""
+    resolved = state_dir.resolve()
+    for root in FORBIDDEN_STATE_ROOTS:
+        if resolved == root or root in resolved.parents:
+            return (
+                f"it is under {root} (configuration, read-only under the systemd unit); a relative"
+                " state-dir is resolved against the configuration file's directory: set an absolute"
+                ' one, such as state-dir = "/var/lib/edgeproxy"'
+            )
+    try:
+        ensure_private_dir(state_dir)
+        handle, probe = tempfile.mkstemp(prefix=".edgeproxy-write-probe-", dir=state_dir)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def refuse_unusable_state_dir(config: EdgeConfig, telemetry: Telemetry) -> None:
+    """The state-dir check at start: one ``EP8011`` event and ``StartupFailed`` (exit status
+    12) when ``[edge] state-dir`` cannot be used."""
+    problem = state_dir_problem(config.state_dir)
+    if problem is not None:
+        telemetry.emit(events.STATE_DIR_UNUSABLE, path=str(config.state_dir), error=problem)
+        raise StartupFailed(ExitCode.STATE_DIR_UNUSABLE, f"state dir {config.state_dir} cannot be used: {problem}")
