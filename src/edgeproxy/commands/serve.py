@@ -163,9 +163,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def register(sub: SubParsers) -> None:
     p = sub.add_parser(
-        "serve", parents=[config_option_parent()],
-        help="run the edge and the gateway in the foreground; a start that fails exits with the"
-             " status of its cause (docs/exit-codes.md)",
+        "serve", parents=[config_option_parent()], help="run the edge (S2S listener, loopback channel)"
     )
     p.add_argument(
         "--role", choices=("both", "edge", "gateway"), default="both",
