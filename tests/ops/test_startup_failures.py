@@ -25,7 +25,12 @@ import pytest
 
 from edgeproxy.commands.serve import events_on_stderr
 from edgeproxy.ops.events import CATALOGUE, EventLog
-from edgeproxy.ops.exitcodes import STARTUP_FAILURES, ExitCode, exit_codes_markdown
+from edgeproxy.ops.exitcodes import (
+    STARTUP_FAILURES,
+    ExitCode,
+    bind_failure_code,
+    exit_codes_markdown,
+)
 from edgeproxy.policy.store import MIGRATIONS, STORE_FILE, Store
 from fixtures.ports import free_port
 from fixtures.serve import EdgeCertificates, start_serve
@@ -281,3 +286,14 @@ def test_docs_list_every_exit_status_as_the_code_defines_it() -> None:
     assert sorted(s.code for s in STARTUP_FAILURES) == sorted(ExitCode)  # one row per status
     for status in STARTUP_FAILURES:
         assert all(event_id in CATALOGUE for event_id in status.events)
+
+
+@pytest.mark.parametrize(("errno_value", "status"), [
+    (98, ExitCode.ADDRESS_IN_USE),  # EADDRINUSE
+    (13, ExitCode.ADDRESS_FORBIDDEN),  # EACCES: a port below 1024 without the capability
+    (1, ExitCode.ADDRESS_FORBIDDEN),  # EPERM
+    (99, ExitCode.ADDRESS_UNAVAILABLE),  # EADDRNOTAVAIL
+])
+def test_a_bind_error_maps_to_its_status(errno_value: int, status: ExitCode) -> None:
+    """The statuses the real-CLI cases above cannot all reach (the tests may run as root)."""
+    assert bind_failure_code(OSError(errno_value, os.strerror(errno_value))) is status

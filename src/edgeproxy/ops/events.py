@@ -222,7 +222,7 @@ _DEFINITIONS: tuple[EventClass, ...] = (
                "Use 127.0.0.1 or ::1, or set [admin] allow-remote = true and protect the port."),
     EventClass("EP8005", "store-unavailable", _E, "The configuration store could not be opened or read: at start `edgeproxy serve` does not start (exit status 14); while running, the previous snapshot stays in force.",
                "store {path} unavailable: {error}",
-               "Check the state dir's permissions and free space; a file that is not a database was damaged or replaced (restore a backup); `edgeproxy partner get` reads the same store."),
+               "Check the state dir's permissions and free space: a store made by a command run as root cannot be opened by the service account (`chown -R edgeproxy:edgeproxy /var/lib/edgeproxy`, then run the commands as that account); a file that is not a database was damaged or replaced (restore a backup). `edgeproxy partner get` reads the same store."),
     EventClass("EP8006", "contact-not-stored", _W, "The gateway could not record a contact change in the store: a PublicUnverified contact's pending subscription request, or a contact a SIP user added by subscribing to it.",
                "{change} {contact} for {user} not stored: {error}",
                "The user must exist in the store (`edgeproxy user get`); check the state dir's permissions and free space. Until it is stored the edge keeps refusing the contact's messages: `edgeproxy user contact add USER JID` records it by hand."),

@@ -65,7 +65,7 @@ STARTUP_FAILURES: tuple[ExitStatus, ...] = (
     ExitStatus(ExitCode.CONFIG_INVALID, ("EP8010", "EP8004"), "The configuration is refused: not TOML, an unknown key, a wrong value or combination of keys, an admin endpoint off loopback without allow-remote.", False),
     ExitStatus(ExitCode.STATE_DIR_UNUSABLE, ("EP8011",), "The state dir cannot be created or written (read-only, not a directory), or it lies under /etc.", False),
     ExitStatus(ExitCode.SECRET_EXPOSED, ("EP8007",), "A secret at rest (the state dir, the store, the admin token, the channel secret) grants more than its mode allows; the event gives the chmod.", False),
-    ExitStatus(ExitCode.STORE_UNAVAILABLE, ("EP8005",), "The store (policy.sqlite3) cannot be opened or read: not a database, no permission, disk full, locked.", True),
+    ExitStatus(ExitCode.STORE_UNAVAILABLE, ("EP8005",), "The store (policy.sqlite3) cannot be opened or read: not a database, not the service account's (made by a command run as root), disk full.", False),
     ExitStatus(ExitCode.STORE_TOO_NEW, ("EP8012",), "The store was upgraded by a newer edgeproxy; this one does not open it.", False),
     ExitStatus(ExitCode.CREDENTIALS_UNUSABLE, ("EP2003",), "A certificate, key or trust bundle that is configured does not load ([tls], SIP over TLS, the channel's mutual TLS: one of a certificate and its key missing, unreadable, malformed, not matching), or the channel secret or admin token cannot be read.", False),
     ExitStatus(ExitCode.ADDRESS_IN_USE, ("EP1001",), "A listener's address is in use (another edgeproxy, or another server on the port).", True),
