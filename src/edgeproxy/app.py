@@ -96,7 +96,6 @@ from edgeproxy.ops.admin import (
     admin_token_path,
     ensure_admin_token,
     join_host_port,
-    serve_admin,
 )
 from edgeproxy.ops.atrest import refuse_exposed_secrets
 from edgeproxy.ops.events import EventLog
@@ -131,6 +130,7 @@ from edgeproxy.policy.holder import POLL_INTERVAL, SnapshotHolder
 from edgeproxy.policy.snapshot import PolicySnapshot
 from edgeproxy.policy.store import STORE_FILE, SchemaTooNew, SchemaUpgrade, Store
 from edgeproxy.secretfiles import SecretFileError, channel_secret_path
+from edgeproxy.web.server import serve_admin
 
 log = logging.getLogger("edgeproxy.app")
 

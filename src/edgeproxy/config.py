@@ -83,11 +83,13 @@ class AdminSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rena
 
     ``listen`` must be a loopback address unless ``allow-remote`` is true. ``token-file`` holds the
     bearer token required for the write operations (reload, stop); without it they are refused.
+    ``ui``: serve the Control Panel (web administration) under ``/ui/`` on the same listener.
     """
 
     listen: HostPort = "127.0.0.1:9269"
     token_file: str | None = None
     allow_remote: bool = False
+    ui: bool = False
 
 
 class GatewaySection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):

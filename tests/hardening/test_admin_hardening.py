@@ -22,10 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ops"))
 from _ops_fakes import FakeEdge, write_ops_config  # noqa: E402
 
 from edgeproxy.config import load_config  # noqa: E402
-from edgeproxy.ops import admin as admin_module  # noqa: E402
-from edgeproxy.ops.admin import AdminEndpoint, serve_admin  # noqa: E402
+from edgeproxy.ops.admin import AdminEndpoint  # noqa: E402
 from edgeproxy.ops.events import EventLog  # noqa: E402
 from edgeproxy.ops.metrics import Metrics  # noqa: E402
+from edgeproxy.web import server as server_module  # noqa: E402
+from edgeproxy.web.api import AdminApi  # noqa: E402
+from edgeproxy.web.server import serve_admin  # noqa: E402
 from fixtures.serve import ServeProcess, start_serve  # noqa: E402
 
 ADDRESS = "127.0.0.62"
@@ -67,7 +69,7 @@ MALFORMED = {
     "two-content-lengths": (b"POST /stop HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
     "negative-content-length": (b"POST /stop HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n", 400),
     "bad-chunk": (b"POST /stop HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
-    "http2-preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 421),  # h11 parses it; no Host: misdirected
+    "http2-preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 0),  # HTTP/2 with prior knowledge: no HTTP/1.1 answer
     "huge-head": (b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n", 431),
     "huge-body": (b"POST /stop HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n" + b"a" * 100_000, 413),
     "no-host": (b"GET /healthz HTTP/1.1\r\n\r\n", 400),
@@ -124,7 +126,7 @@ async def test_a_request_whose_handler_raises_gets_500_and_the_next_request_is_s
     async def boom(self: object) -> None:
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(admin_module._Handler, route, boom)
+    monkeypatch.setattr(AdminApi, route, boom)
     token = endpoint.token_path.read_text().strip()
     path = {"get_status": "GET /status", "get_metrics": "GET /metrics", "post_stop": "POST /stop"}[route]
     request = f"{path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n".encode()
@@ -144,16 +146,16 @@ async def test_a_connection_that_fails_outside_the_request_is_contained_and_the_
     admin: tuple[AdminEndpoint, Metrics, io.StringIO, EventLog], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     endpoint, metrics, out, event_log = admin
-    real = admin_module._receive_request
+    real = server_module._serve_connection
     calls: list[int] = []
 
-    async def receive(conn: object, stream: object) -> object:
+    async def serve_connection(*args: object) -> None:
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("injected in the parser")
-        return await real(conn, stream)  # type: ignore[arg-type]
+        await real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(admin_module, "_receive_request", receive)
+    monkeypatch.setattr(server_module, "_serve_connection", serve_connection)
     request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
     assert await trio.to_thread.run_sync(exchange, ADDRESS, endpoint.port, request) == b""  # closed
     assert status_of(await trio.to_thread.run_sync(exchange, ADDRESS, endpoint.port, request)) == 200

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from edgeproxy.config import EdgeConfig, load_config
-from edgeproxy.ops.admin import AdminEndpoint, serve_admin
+from edgeproxy.ops.admin import AdminEndpoint
 from edgeproxy.ops.events import EventLog
 from edgeproxy.ops.lifecycle import ReloadOutcome
 from edgeproxy.ops.metrics import Metrics
@@ -30,6 +30,7 @@ from edgeproxy.ops.status import (
     StreamStatus,
 )
 from edgeproxy.policy.model import AuthMethod
+from edgeproxy.web.server import serve_admin
 
 
 class FakeEdge:

@@ -13,10 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgeproxy.config import load_config
 from edgeproxy.errors import ConfigError
-from edgeproxy.ops.admin import serve_admin, split_host_port
+from edgeproxy.ops.admin import split_host_port
 from edgeproxy.ops.lifecycle import ReloadOutcome
 from edgeproxy.ops.metrics import Flow, Metrics, StanzaKind, Verdict
 from edgeproxy.ops.status import decode_status
+from edgeproxy.web.server import serve_admin
 
 
 async def http(running: Running, method: str, path: str, *, token: str | None = None,

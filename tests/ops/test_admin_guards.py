@@ -21,10 +21,10 @@ from edgeproxy.ops.admin import (
     AdminEndpoint,
     admin_host_names,
     host_allowed,
-    serve_admin,
 )
 from edgeproxy.ops.events import EventLog
 from edgeproxy.ops.metrics import Metrics
+from edgeproxy.web.server import serve_admin
 
 LISTEN = "127.0.0.90"
 CLIENT = "127.0.0.91"
