@@ -247,6 +247,12 @@ _DEFINITIONS: tuple[EventClass, ...] = (
     EventClass("EP8013", "store-upgraded", _I, "The store had an older schema: it was copied (0600, in the state dir), then upgraded to this edgeproxy's schema.",
                "store {path} upgraded from schema {from_version} to {to_version}; the store as it was is saved in {backup}",
                "None. To go back to the previous edgeproxy: stop every edgeproxy process, copy the backup over policy.sqlite3 and remove policy.sqlite3-wal and -shm. The copy holds secrets like the store: remove it once the new version runs well."),
+    EventClass("EP8014", "panel-change", _I, "A change made in the Control Panel (the web administration under /ui/), with who made it: the role, how it logged in (token or password) and from where.",
+               "{who} changed {kind} {name}: {action}",
+               "None. The same change made with the CLI is not logged; this line is the Control Panel's audit trail."),
+    EventClass("EP8015", "panel-login", _I, "A Control Panel login or logout.",
+               "Control Panel {action} as {role} ({method}) from {peer}",
+               "None. A failed login is EP8003 admin-denied (path /ui/login)."),
     EventClass("EP9001", "event-log-overflow", _W, "The event log buffer was full and events were dropped (callers never wait on the log).",
                "{dropped} events dropped: the log output is too slow",
                "The log sink (journal, file, pipe) is slow or blocked; check disk space and the journal rate limit."),
@@ -310,6 +316,8 @@ STATE_DIR_UNUSABLE = CATALOGUE["EP8011"]
 STORE_TOO_NEW = CATALOGUE["EP8012"]
 STORE_UPGRADED = CATALOGUE["EP8013"]
 SECRET_EXPOSED = CATALOGUE["EP8007"]
+PANEL_CHANGE = CATALOGUE["EP8014"]
+PANEL_LOGIN = CATALOGUE["EP8015"]
 EVENT_LOG_OVERFLOW = CATALOGUE["EP9001"]
 LOG_RECORD = CATALOGUE["EP9002"]
 EVENTS_SUPPRESSED = CATALOGUE["EP9003"]
