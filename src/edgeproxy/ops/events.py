@@ -426,6 +426,10 @@ def render_text(record: Mapping[str, Any]) -> str:
     return line + f"\n    hint: {record['hint']}"
 
 
+#: Warnings and errors an ``EventLog`` keeps in memory for ``recent_warnings``.
+RECENT_WARNINGS = 50
+
+
 class EventLog:
     """A bounded, non-blocking structured event log writing to a text stream.
 
@@ -464,6 +468,8 @@ class EventLog:
         self._clock = clock
         self._capacity = capacity
         self._buffer: deque[dict[str, Any]] = deque()
+        #: the last RECENT_WARNINGS warnings and errors (what the Control Panel's dashboard shows)
+        self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_WARNINGS)
         self._cond = threading.Condition()
         self._dropped = 0
         self._dropped_total = 0
@@ -502,6 +508,8 @@ class EventLog:
                     self._dropped_total += 1
                     return
                 self._buffer.append(record)
+                if event.severity is not Severity.INFO:
+                    self._recent.append(record)
                 self._idle = False
                 self._cond.notify()
             if self._on_emit is not None:
@@ -548,6 +556,11 @@ class EventLog:
                                              "count": count, "seconds": seconds})
             for event_id, count in sorted(counts.items())
         ]
+
+    def recent_warnings(self) -> list[dict[str, Any]]:
+        """The last ``RECENT_WARNINGS`` warning and error records (as written), oldest first."""
+        with self._cond:
+            return list(self._recent)
 
     def _record(self, event: EventClass, fields: Mapping[str, object]) -> dict[str, Any]:
         bodies = self.log_message_bodies
