@@ -30,6 +30,7 @@ from edgeproxy.ops.exitcodes import (
     ExitCode,
     bind_failure_code,
     exit_codes_markdown,
+    is_bind_failure,
 )
 from edgeproxy.policy.store import MIGRATIONS, STORE_FILE, Store
 from fixtures.ports import free_port
@@ -297,3 +298,9 @@ def test_docs_list_every_exit_status_as_the_code_defines_it() -> None:
 def test_a_bind_error_maps_to_its_status(errno_value: int, status: ExitCode) -> None:
     """The statuses the real-CLI cases above cannot all reach (the tests may run as root)."""
     assert bind_failure_code(OSError(errno_value, os.strerror(errno_value))) is status
+
+
+def test_a_file_that_cannot_be_opened_is_no_bind_failure() -> None:
+    assert is_bind_failure(OSError(13, "Permission denied"))
+    assert not is_bind_failure(PermissionError(13, "Permission denied", "/var/lib/edgeproxy/channel.secret"))
+    assert not is_bind_failure(OSError(2, "No such file or directory"))

@@ -99,8 +99,9 @@ def bind_failure_code(exc: OSError) -> ExitCode:
 
 
 def is_bind_failure(exc: BaseException) -> bool:
-    """True for the errors a socket's ``bind`` raises when its address cannot be had."""
-    return isinstance(exc, OSError) and exc.errno in (
+    """True for the errors a socket's ``bind`` raises when its address cannot be had (a file
+    that cannot be opened names itself in ``filename``: an EACCES there is no bind failure)."""
+    return isinstance(exc, OSError) and exc.filename is None and exc.errno in (
         errno.EADDRINUSE, errno.EACCES, errno.EPERM, errno.EADDRNOTAVAIL,
     )
 
