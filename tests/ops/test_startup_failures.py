@@ -11,10 +11,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -138,11 +140,45 @@ def test_an_address_this_host_does_not_have_is_exit_22(tmp_path: Path) -> None:
     assert (record["role"], record["address"]) == ("external", "192.0.2.1:5269")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may bind any port")
-def test_a_port_below_1024_without_the_capability_is_exit_21(tmp_path: Path) -> None:
-    config, _ = write_config(tmp_path, certificates=True, listen=f"{HOST}:1")
-    record = the_one_event(run_serve(config), ExitCode.ADDRESS_FORBIDDEN, "EP1001")
-    assert (record["role"], record["address"]) == ("external", f"{HOST}:1")
+NOBODY = 65534
+PRIVILEGED_PORT = 1
+
+
+def _unprivileged_ports_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024
+
+
+@pytest.mark.skipif(_unprivileged_ports_start() <= PRIVILEGED_PORT, reason="this host lets anyone bind low ports")
+def test_a_port_below_1024_without_the_capability_is_exit_21() -> None:
+    """Run as an unprivileged account (root, as the tests may run, may bind any port): under
+    ``setpriv`` as nobody, in a directory of its own outside pytest's private temporary one."""
+    command = [sys.executable, "-m", "edgeproxy", "serve"]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv (util-linux) to drop privileges")
+        command = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
+        probe = subprocess.run([*command[:-3], "-c", "import edgeproxy.cli"], capture_output=True, timeout=60)
+        if probe.returncode != 0:
+            pytest.skip("the unprivileged account cannot read this checkout's environment")
+    workdir = Path(tempfile.mkdtemp(prefix="edgeproxy-low-port-"))
+    try:
+        config, _ = write_config(workdir, certificates=True, listen=f"{HOST}:{PRIVILEGED_PORT}")
+        if os.geteuid() == 0:
+            for path in (workdir, *workdir.rglob("*")):
+                os.chown(path, NOBODY, NOBODY)
+        done = subprocess.run(
+            [*command, "--config", str(config)], capture_output=True, text=True, timeout=START_TIMEOUT,
+            cwd=workdir, env={**os.environ, "EDGEPROXY_LOG_FORMAT": "json"},
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    record = the_one_event(done, ExitCode.ADDRESS_FORBIDDEN, "EP1001")
+    assert (record["role"], record["address"]) == ("external", f"{HOST}:{PRIVILEGED_PORT}")
+    assert "Permission denied" in str(record["error"])
 
 
 def test_an_admin_endpoint_off_loopback_is_a_refused_configuration(tmp_path: Path) -> None:
