@@ -151,10 +151,11 @@ def _unprivileged_ports_start() -> int:
         return 1024
 
 
-@pytest.mark.skipif(_unprivileged_ports_start() <= PRIVILEGED_PORT, reason="this host lets anyone bind low ports")
-def test_a_port_below_1024_without_the_capability_is_exit_21() -> None:
-    """Run as an unprivileged account (root, as the tests may run, may bind any port): under
-    ``setpriv`` as nobody, in a directory of its own outside pytest's private temporary one."""
+@pytest.fixture
+def unprivileged() -> Iterator[tuple[Path, list[str]]]:
+    """A directory of its own (outside pytest's private temporary one) and the command that runs
+    ``edgeproxy serve`` as an unprivileged account there: the test's own when it is not root,
+    else nobody under ``setpriv``. ``give_to_nobody`` hands the files over afterwards."""
     command = [sys.executable, "-m", "edgeproxy", "serve"]
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
@@ -164,19 +165,34 @@ def test_a_port_below_1024_without_the_capability_is_exit_21() -> None:
         probe = subprocess.run([*command[:-3], "-c", "import edgeproxy.cli"], capture_output=True, timeout=60)
         if probe.returncode != 0:
             pytest.skip("the unprivileged account cannot read this checkout's environment")
-    workdir = Path(tempfile.mkdtemp(prefix="edgeproxy-low-port-"))
+    workdir = Path(tempfile.mkdtemp(prefix="edgeproxy-unprivileged-"))
     try:
-        config, _ = write_config(workdir, certificates=True, listen=f"{HOST}:{PRIVILEGED_PORT}")
-        if os.geteuid() == 0:
-            for path in (workdir, *workdir.rglob("*")):
-                os.chown(path, NOBODY, NOBODY)
-        done = subprocess.run(
-            [*command, "--config", str(config)], capture_output=True, text=True, timeout=START_TIMEOUT,
-            cwd=workdir, env={**os.environ, "EDGEPROXY_LOG_FORMAT": "json"},
-        )
+        yield workdir, command
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    record = the_one_event(done, ExitCode.ADDRESS_FORBIDDEN, "EP1001")
+
+
+def give_to_nobody(workdir: Path, *keep: Path) -> None:
+    """Everything under ``workdir`` owned by nobody (when the tests run as root), but ``keep``."""
+    if os.geteuid() == 0:
+        for path in (workdir, *workdir.rglob("*")):
+            if path not in keep:
+                os.chown(path, NOBODY, NOBODY)
+
+
+def run_unprivileged(command: list[str], workdir: Path, config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*command, "--config", str(config)], capture_output=True, text=True, timeout=START_TIMEOUT,
+        cwd=workdir, env={**os.environ, "EDGEPROXY_LOG_FORMAT": "json"},
+    )
+
+
+@pytest.mark.skipif(_unprivileged_ports_start() <= PRIVILEGED_PORT, reason="this host lets anyone bind low ports")
+def test_a_port_below_1024_without_the_capability_is_exit_21(unprivileged: tuple[Path, list[str]]) -> None:
+    workdir, command = unprivileged
+    config, _ = write_config(workdir, certificates=True, listen=f"{HOST}:{PRIVILEGED_PORT}")
+    give_to_nobody(workdir)
+    record = the_one_event(run_unprivileged(command, workdir, config), ExitCode.ADDRESS_FORBIDDEN, "EP1001")
     assert (record["role"], record["address"]) == ("external", f"{HOST}:{PRIVILEGED_PORT}")
     assert "Permission denied" in str(record["error"])
 
@@ -226,6 +242,22 @@ def test_a_store_that_is_not_a_database_is_exit_14(tmp_path: Path) -> None:
     store.chmod(0o600)
     record = the_one_event(run_serve(config), ExitCode.STORE_UNAVAILABLE, "EP8005")
     assert record["path"] == str(store) and "not a database" in str(record["error"])
+
+
+def test_a_store_made_by_root_that_the_service_account_cannot_open_is_exit_14(
+    unprivileged: tuple[Path, list[str]],
+) -> None:
+    """The usual slip: a command run with sudo made the store; the service account cannot open it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a store the service account cannot open")
+    workdir, command = unprivileged
+    config, _ = write_config(workdir, certificates=True)
+    Store.open(workdir / "state").close()
+    store = workdir / "state" / STORE_FILE
+    give_to_nobody(workdir, store)
+    record = the_one_event(run_unprivileged(command, workdir, config), ExitCode.STORE_UNAVAILABLE, "EP8005")
+    assert record["path"] == str(store) and "unable to open" in str(record["error"])
+    assert "chown" in str(record["hint"])
 
 
 def test_a_store_of_a_newer_edgeproxy_is_exit_15_and_left_as_it_is(tmp_path: Path) -> None:
