@@ -28,17 +28,27 @@ address, a request head of ``MAX_HEAD_BYTES``, a body of ``MAX_BODY_BYTES``. A n
 
 from __future__ import annotations
 
+import base64
+import enum
+import hashlib
+import hmac
 import ipaddress
+import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
-
-import msgspec
 
 from edgeproxy.config import EdgeConfig
 from edgeproxy.errors import ConfigError
 from edgeproxy.ops import events
 from edgeproxy.ops.events import EventLog
-from edgeproxy.secretfiles import GROUP_READABLE, ensure_private_dir, ensure_secret
+from edgeproxy.secretfiles import (
+    GROUP_READABLE,
+    PRIVATE,
+    check_private,
+    ensure_private_dir,
+    ensure_secret,
+)
 
 #: Connections one source address may hold at once (issue 14): one local user must not hold
 #: every one of the ``max_connections`` (16) slots. ``edgeproxy status|reload|stop`` uses one
@@ -49,10 +59,6 @@ from edgeproxy.secretfiles import GROUP_READABLE, ensure_private_dir, ensure_sec
 MAX_CONNECTIONS_PER_SOURCE = 4
 MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
-JSON = "application/json"
-TEXT = "text/plain; charset=utf-8"
-
-_json = msgspec.json.Encoder()
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -170,3 +176,82 @@ def check_listen(config: EdgeConfig, event_log: EventLog | None) -> tuple[str, i
             "set admin.allow-remote = true to serve it there"
         )
     return host, port
+
+
+# -- Control Panel passwords ---------------------------------------------------------------------
+
+
+class PanelRole(enum.StrEnum):
+    """What a Control Panel login may do: ``admin`` changes things; ``read-only`` sees the
+    dashboard and the lists (the status right)."""
+
+    ADMIN = "admin"
+    READ_ONLY = "read-only"
+
+
+#: scrypt cost: N = 2**15, r = 8, p = 1 (32 MiB, about 0.1 s): slow for a guesser, bearable
+#: for one login.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
+SCRYPT_MAXMEM = 64 * 1024 * 1024
+#: The shortest Control Panel password ``admin set-password`` accepts.
+MIN_PASSWORD_CHARS = 8
+#: A password file longer than this is not ours (a hash line is about 120 bytes).
+MAX_PASSWORD_FILE_BYTES = 1024
+
+
+def panel_password_path(config: EdgeConfig, role: PanelRole) -> Path:
+    """``<state-dir>/ui-admin.password`` or ``<state-dir>/ui-read-only.password``."""
+    return config.state_dir / f"ui-{role.value}.password"
+
+
+def hash_password(password: str, *, salt: bytes | None = None) -> str:
+    """``scrypt$N$r$p$<salt b64>$<hash b64>`` of ``password`` (a random 16-byte salt)."""
+    salt = os.urandom(16) if salt is None else salt
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
+                            maxmem=SCRYPT_MAXMEM, dklen=32)
+    b64 = base64.b64encode
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(stored: str, password: str) -> bool:
+    """Whether ``password`` matches the ``hash_password`` line ``stored`` (False for a line that
+    is not one, or costs beyond our bounds)."""
+    try:
+        scheme, n, r, p, salt, digest = stored.strip().split("$")
+        n_, r_, p_ = int(n), int(r), int(p)
+        if scheme != "scrypt" or n_ > 2**17 or r_ > 16 or p_ > 4:
+            return False
+        expected = base64.b64decode(digest, validate=True)
+        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt, validate=True),
+                             n=n_, r=r_, p=p_, maxmem=SCRYPT_MAXMEM * 4, dklen=len(expected))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, expected)
+
+
+def write_panel_password(path: Path, password: str) -> None:
+    """Store the hash of ``password`` in ``path``, mode 0600 whatever the umask (a temporary file
+    renamed over the old one)."""
+    ensure_private_dir(path.parent)
+    line = hash_password(password) + "\n"
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(line)
+        os.chmod(tmp, PRIVATE)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_panel_password(path: Path) -> str | None:
+    """The stored hash line, None when there is no password file. Raises ``SecretFileError`` when
+    the file grants more than 0600."""
+    try:
+        check_private(path)
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read(MAX_PASSWORD_FILE_BYTES).strip() or None
+    except FileNotFoundError:
+        return None
