@@ -20,6 +20,7 @@ import pytest
 from edgeproxy.cli import main
 from edgeproxy.loopback.auth import load_channel_secret
 from edgeproxy.ops.admin import ensure_admin_token
+from edgeproxy.ops.exitcodes import ExitCode
 from edgeproxy.policy.store import STORE_FILE, Store
 from edgeproxy.secretfiles import SecretFileError, ensure_secret
 from fixtures.ports import free_port
@@ -162,7 +163,7 @@ def test_serve_refuses_to_start_with_a_secret_others_can_read_and_the_fix_lets_i
 
     done = run_serve(config)
 
-    assert done.returncode == 1, done.stderr.decode()[-2000:]
+    assert done.returncode == ExitCode.SECRET_EXPOSED, done.stderr.decode()[-2000:]
     records = events_of(done.stderr)
     [event] = [e for e in records if e.get("id") == "EP8007"]
     assert event["event"] == "secret-exposed" and event["severity"] == "error"
@@ -172,7 +173,7 @@ def test_serve_refuses_to_start_with_a_secret_others_can_read_and_the_fix_lets_i
     assert f"chmod {allowed} {path}" in str(event["message"])
     assert not [e for e in records if e.get("id") in ("EP1000", "EP5001")]  # nothing started
     assert b"Traceback" not in done.stderr
-    assert f"edgeproxy: {path} has mode {wide:04o}".encode() in done.stderr
+    assert f"{path} has mode {wide:04o}" in str(event["message"])
 
     subprocess.run(str(event["fix"]).split(), check=True)  # the fix the event gives
     serve = start_serve(tmp_path, address="127.0.0.96")
@@ -191,7 +192,7 @@ def test_serve_names_every_exposed_file_before_refusing(tmp_path: Path) -> None:
 
     done = run_serve(config)
 
-    assert done.returncode == 1
+    assert done.returncode == ExitCode.SECRET_EXPOSED
     exposed = [(e["path"], e["mode"]) for e in events_of(done.stderr) if e.get("id") == "EP8007"]
     assert exposed == [(str(state / STORE_FILE), "0640"), (str(state / "channel.secret"), "0604")]
 
