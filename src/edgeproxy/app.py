@@ -80,7 +80,6 @@ from edgeproxy import __version__
 from edgeproxy.certs.contexts import TlsRole, tls_context
 from edgeproxy.config import EMBEDDED_DEFAULT, EdgeConfig, load_config
 from edgeproxy.dns.records import split_host_port
-from edgeproxy.dns.resolver import parse_resolver
 from edgeproxy.errors import ConfigError
 from edgeproxy.loopback.auth import load_channel_secret
 from edgeproxy.loopback.tls import edge_channel_context
@@ -123,6 +122,7 @@ from edgeproxy.ops.status import (
     ServiceState,
     StreamStatus,
     link_queues,
+    sip_listeners,
     stream_status,
 )
 from edgeproxy.ops.telemetry import Telemetry
@@ -279,6 +279,8 @@ class EdgeApp:
         self._drain_scope: trio.CancelScope | None = None
         self._reload_lock = trio.Lock()
         self._listener_addresses: list[str] = []
+        #: The gateway's SIP listeners (role ``both``: set once the gateway has bound them).
+        self.sip_listeners: list[ListenerStatus] = []
 
     def _channel_secret(self, config: EdgeConfig) -> bytes:
         """The loopback channel's secret (issue 14), created at first start. One that others may
@@ -334,10 +336,8 @@ class EdgeApp:
         """The S2S side, built in dependency order (see the module docstring)."""
         config = self.config
         server_ssl, client_ssl = self._start_tls_contexts()
-        resolver = os.environ.get("EDGEPROXY_DNS_RESOLVER")
-        connector = Connector(
-            ConnectorSettings(resolver=parse_resolver(resolver) if resolver else None), telemetry=self.telemetry
-        )
+        # [dns] resolver, or its EDGEPROXY_DNS_RESOLVER override (None: the system's)
+        connector = Connector(ConnectorSettings(resolver=config.dns_resolver()), telemetry=self.telemetry)
         ctx = EdgeContext(
             policy=lambda: holder.snapshot,
             connector=connector,
@@ -569,6 +569,7 @@ class EdgeApp:
             listeners.append(ListenerStatus(Role.INTERNAL, self.internal_address or ""))
         if self.admin_endpoint is not None:
             listeners.append(ListenerStatus(Role.ADMIN, self.admin_endpoint.address))
+        listeners += self.sip_listeners
         streams: list[StreamStatus] = []
         queues: list[QueueStatus] = []
         if self.edge is not None:
@@ -683,6 +684,7 @@ async def run_app(
                 run_gateway, gateway_config, policy=lambda: holder.snapshot,
                 on_stored=app.refresh_policy, telemetry=app.telemetry, tls=tls,
             ), config, app.telemetry, sip_tls)
+            app.sip_listeners = sip_listeners([(sip_host, sip_port)], [sip_tls] if sip_tls is not None else [])
             app.announce_started(sip=join_host_port(sip_host, sip_port))
         task_status.started(app)
         await app.stopped.wait()

@@ -92,8 +92,6 @@ def edge(tmp_path: Path) -> Iterator[ServeProcess]:
         serve.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="EdgeApp.status (src/edgeproxy/app.py) does not yet add the "
-                   "gateway's SIP addresses (ops.status.sip_listeners); remove this mark when it does")
 def test_a_running_edge_and_gateway_list_their_sip_listeners(edge: ServeProcess) -> None:
     done = subprocess.run([sys.executable, "-m", "edgeproxy", "status", "--json", "--config",
                            str(edge.workdir / "edgeproxy.toml")], capture_output=True, text=True, timeout=30)
