@@ -3,7 +3,7 @@
 ``ScriptedDns`` is a UDP DNS responder on a raw socket that answers each partner domain with
 something odd: bytes that are no DNS message, a compression loop, FORMERR, an SRV target that is
 not a host name, port 0, an answer of 2,000 records. ``edgeproxy serve --role edge`` uses it
-(``EDGEPROXY_DNS_RESOLVER``); the test is the gateway on the channel and sends alice's message to
+(``[dns] resolver``); the test is the gateway on the channel and sends alice's message to
 each partner: every one comes back as an error stanza, the process lives, and a well-formed answer
 afterwards is still followed (the edge connects to the target). The injected-failure tests run the
 connector in process with a lookup that raises. Addresses: 127.0.0.63 (DNS), 127.0.0.64 (targets).
@@ -188,8 +188,10 @@ async def test_odd_dns_answers_bounce_the_stanza_and_a_good_answer_is_still_foll
     tmp_path: Path, scripted_dns: ScriptedDns, target_listener: socket.socket
 ) -> None:
     domains = [f"{case}.test" for case in ODD]
+    # the nameserver from the configuration file's [dns] resolver (the environment's override
+    # is held by tests/test_config_errors.py)
     serve = start_serve(tmp_path, address=DNS_ADDRESS, role="edge", store=store([*domains, "good.test"]),
-                        env={"EDGEPROXY_DNS_RESOLVER": f"{scripted_dns.address}:{scripted_dns.port}"})
+                        extra=f'[dns]\nresolver = "{scripted_dns.address}:{scripted_dns.port}"\n')
     try:
         stanzas = [message(seq, f"bob@{domain}") for seq, domain in enumerate(domains, 1)]
         errors = await send_as_gateway(serve, stanzas, lambda got: len(got) >= len(stanzas), timeout=40)
