@@ -39,6 +39,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import ssl
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,10 @@ _S2S_USAGES = frozenset(
 )
 
 
+#: cryptography's warning about a certificate whose serial number is not positive.
+SYSTEM_ROOT_SERIAL_WARNING = r"Parsed a serial number which wasn't positive"
+
+
 @dataclass(frozen=True)
 class PeerTrust:
     """The anchors peer certificates must chain to (``[tls] trust``, else the system store)."""
@@ -72,13 +77,19 @@ class PeerTrust:
         cafile = ssl.get_default_verify_paths().cafile
         anchors: list[x509.Certificate] = []
         if cafile and Path(cafile).exists():
-            # One by one: a system bundle may hold a certificate cryptography cannot parse.
-            for block in Path(cafile).read_bytes().split(b"-----END CERTIFICATE-----"):
-                if b"-----BEGIN CERTIFICATE-----" in block:
-                    try:
-                        anchors.append(x509.load_pem_x509_certificate(block + b"-----END CERTIFICATE-----\n"))
-                    except ValueError:
-                        continue
+            # One by one: a system bundle may hold a certificate cryptography cannot parse. A few
+            # old roots there (Go Daddy, Starfield) have serial number 0, which cryptography
+            # warns about: they are valid anchors, so the warning is silenced here, at its source.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=SYSTEM_ROOT_SERIAL_WARNING)
+                for block in Path(cafile).read_bytes().split(b"-----END CERTIFICATE-----"):
+                    if b"-----BEGIN CERTIFICATE-----" in block:
+                        try:
+                            anchors.append(
+                                x509.load_pem_x509_certificate(block + b"-----END CERTIFICATE-----\n")
+                            )
+                        except ValueError:
+                            continue
         return cls(tuple(anchors), cafile or "system store (empty)")
 
 

@@ -6,11 +6,10 @@ The event log goes to stderr: JSON lines, or readable lines on a terminal
 (``EDGEPROXY_LOG_FORMAT=json|text`` overrides), and every line on stderr is an event: from the
 first step (reading the configuration) to the last, standard ``logging`` records of WARNING and
 above are routed into the event log (``EP9002``; the plain handlers installed before are
-removed), and so are Python's warnings (``logging.captureWarnings``). One warning is silenced
-instead: cryptography's about the serial number 0 of a few roots in the system trust store (Go
-Daddy, Starfield, …) that it parses when ``[tls] trust`` is absent; it says nothing the operator
-could act on, and was written at every such start. ``EDGEPROXY_DNS_RESOLVER=IP[:PORT]`` points
-outbound SRV/A lookups at one nameserver (the lab).
+removed), and so are Python's warnings (``logging.captureWarnings``; the one a start used to
+print, cryptography's about a few system roots with serial number 0, is silenced where the trust
+store is read, ``certs.peer.PeerTrust.load``). The outbound SRV/A lookups ask ``[dns] resolver``;
+``EDGEPROXY_DNS_RESOLVER=IP[:PORT]`` overrides it.
 
 A start that fails is one event line naming the cause, and the process exits with the status of
 that cause (``ops.exitcodes``, ``docs/exit-codes.md``): nothing else is printed, no traceback.
@@ -48,10 +47,6 @@ from edgeproxy.policy import operations as ops
 from edgeproxy.policy.store import STORE_FILE, Store
 from edgeproxy.policy.validation import ChangeRefused
 
-#: cryptography's warning about a certificate whose serial number is not positive; the system
-#: trust store holds a few such roots (see the module docstring).
-_SYSTEM_ROOT_SERIAL_WARNING = r"Parsed a serial number which wasn't positive"
-
 
 def _output_format() -> OutputFormat:
     value = os.environ.get("EDGEPROXY_LOG_FORMAT", "auto")
@@ -73,7 +68,6 @@ def events_on_stderr(event_log: EventLog) -> Iterator[None]:
     # (an info line per stream or stanza would be made only to be dropped).
     root.setLevel(bridge.level)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_SYSTEM_ROOT_SERIAL_WARNING)
         logging.captureWarnings(True)
         try:
             yield
