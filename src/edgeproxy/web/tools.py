@@ -262,10 +262,11 @@ class DiagnosticPages:
 
     async def check(self, request: Request, session: Session) -> Response:
         with_dns = request.query_params.get("dns", "1") != "0"
+        status = self.panel.status_source.status()  # here: the status source lives in the trio thread
 
         def run() -> list[Finding]:
             lookup = _lookup(self.panel) if with_dns else None
-            return run_checks(self.panel.config, lookup=lookup, running=self.panel.status_source.status)
+            return run_checks(self.panel.config, lookup=lookup, running=lambda: status)
 
         try:
             findings = finding_rows(await anyio.to_thread.run_sync(run))
