@@ -121,6 +121,23 @@ def test_log_in_with_the_admin_token(browser, serve: ServeProcess, shots: Path) 
     browser.set_window_size(*DESKTOP)
 
 
+def test_the_dashboard_refreshes_itself(browser, serve: ServeProcess) -> None:  # type: ignore[no-untyped-def]
+    import urllib.error
+    import urllib.request
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url(serve, "/"))
+    marker = browser.execute_script("window.notReloaded = true; return window.notReloaded")
+    assert marker is True and "POST /stop" not in by_id(browser, "live").text
+    request = urllib.request.Request(f"http://{serve.address}:{serve.admin_port}/stop", method="POST", data=b"")
+    with pytest.raises(urllib.error.HTTPError) as refused:  # no token: EP8003, a recent warning
+        urllib.request.urlopen(request, timeout=5)
+    assert refused.value.code == 401
+    WebDriverWait(browser, 12).until(lambda b: "POST /stop" in b.find_element("id", "live").text)
+    assert browser.execute_script("return window.notReloaded") is True  # updated in place
+
+
 def test_create_a_partner_with_two_additional_domains(browser, serve: ServeProcess, shots: Path) -> None:  # type: ignore[no-untyped-def]
     browser.get(url(serve, "/partners"))
     by_id(browser, "new-partner").click()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import html
 
 import trio
+from _panel_fixture import PanelRunning
 
-from conftest import PanelRunning
 from edgeproxy.policy.model import User
 from edgeproxy.policy.store import Store
 from edgeproxy.policy.validation import REFUSED_SASL_NEEDS_TLS, WARN_SASL_NOT_ENFORCED

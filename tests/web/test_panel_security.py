@@ -11,8 +11,8 @@ import json
 import pytest
 import trio
 from _panel_client import Client
+from _panel_fixture import LISTEN, PanelRunning
 
-from conftest import LISTEN, PanelRunning
 from edgeproxy.config import load_config
 from edgeproxy.ops.admin import PanelRole, panel_password_path, write_panel_password
 from edgeproxy.ops.events import EventLog
@@ -233,3 +233,35 @@ def test_the_password_file_is_private(tmp_path) -> None:  # type: ignore[no-unty
     stored = read_panel_password(path)
     assert stored is not None and "a good password" not in stored and verify_password(stored, "a good password")
     assert json.dumps(stored)  # one ASCII line
+
+
+async def test_a_body_over_the_bound_is_refused_with_413_even_chunked(panel: PanelRunning) -> None:
+    import contextlib
+    import socket
+
+    def send(chunked: bool) -> bytes:
+        body = b"secret=" + b"a" * 70_000
+        head = "POST /ui/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        if chunked:
+            payload = head.encode() + b"Transfer-Encoding: chunked\r\n\r\n"
+            for i in range(0, len(body), 8192):
+                piece = body[i:i + 8192]
+                payload += f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+            payload += b"0\r\n\r\n"
+        else:
+            payload = head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        with socket.create_connection((LISTEN, panel.endpoint.port), timeout=5) as s:
+            with contextlib.suppress(OSError):  # the server may answer and close before the end
+                s.sendall(payload)
+            data = b""
+            try:
+                while chunk := s.recv(65536):
+                    data += chunk
+            except OSError:
+                pass
+        return data
+
+    for chunked in (False, True):
+        answer = await run(lambda c=chunked: send(c))
+        assert answer.startswith(b"HTTP/1.1 413"), (chunked, answer[:200])
+    assert panel.events("EP1007") == []

@@ -7,8 +7,8 @@ import re
 import subprocess
 
 import trio
+from _panel_fixture import PanelRunning
 
-from conftest import PanelRunning
 from edgeproxy.certs import selfsigned
 from edgeproxy.certs.pem import certificates_pem
 from edgeproxy.certs.store import configured_paths

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from starlette.exceptions import HTTPException
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -72,8 +73,12 @@ def peer_of(scope: Scope) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
-class BodyTooLarge(Exception):
-    """The request body went over the bound; answered 413."""
+class BodyTooLarge(HTTPException):
+    """The request body went over the bound; answered 413 (by the Control Panel's framework
+    too, as an HTTP error rather than a failure)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(413, detail)
 
 
 def bounded_receive(receive: Receive, limit: int) -> Receive:
