@@ -265,3 +265,13 @@ async def test_a_body_over_the_bound_is_refused_with_413_even_chunked(panel: Pan
         answer = await run(lambda c=chunked: send(c))
         assert answer.startswith(b"HTTP/1.1 413"), (chunked, answer[:200])
     assert panel.events("EP1007") == []
+
+
+async def test_a_password_file_others_may_read_is_not_used(panel: PanelRunning) -> None:
+    path = panel_password_path(panel.config, PanelRole.ADMIN)
+    write_panel_password(path, "correct horse battery")
+    path.chmod(0o644)
+    client = panel.client()
+    answer = await run(lambda: client.login("correct horse battery"))
+    assert answer.status == 403 and "edgeproxy_session" not in client.cookies
+    assert panel.events("EP1007") == []

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeproxy.errors import ConfigError
 from edgeproxy.ops.admin import PanelRole, read_panel_password, verify_password
 
 #: The session cookie's name, and the login form's double-submit cookie.
@@ -130,8 +131,8 @@ class Credentials:
         for role in (PanelRole.ADMIN, PanelRole.READ_ONLY):
             try:
                 stored = read_panel_password(self.password_paths[role])
-            except OSError:
-                continue  # a password file with a wide mode is not used
+            except (OSError, ConfigError):
+                continue  # unreadable, or a mode wider than 0600 (SecretFileError): not used
             if stored is not None and verify_password(stored, secret):
                 return role, "password"
         return None
