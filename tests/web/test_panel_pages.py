@@ -118,3 +118,31 @@ async def test_a_policy_is_created_and_granted(panel: PanelRunning) -> None:
     assert answer.status == 400 and 'id="error-identity"' in answer.body
     users = await trio.to_thread.run_sync(lambda: client.get("/ui/users"))
     assert "sip:bob@contoso.test" in users.body
+
+
+async def test_a_users_contacts_and_sip_password_are_changed_like_the_cli(panel: PanelRunning) -> None:
+    store = Store.open(panel.config.state_dir)
+    with store.write() as tx:
+        tx.put_user(User(sip="sip:carol@contoso.test", pending=("dan@fabrikam.test",)))
+    store.close()
+    client = await logged_in(panel)
+    page = await trio.to_thread.run_sync(lambda: client.get("/ui/users/sip:carol@contoso.test"))
+    assert page.status == 200 and "dan@fabrikam.test" in page.body
+    answer = await post(client, "/ui/users/sip:carol@contoso.test/contacts", {"jid": "dan@fabrikam.test"})
+    assert answer.status == 303
+    [carol] = configuration(panel).users
+    assert carol.contacts == ("dan@fabrikam.test",) and carol.pending == ()
+    answer = await post(client, "/ui/users/sip:carol@contoso.test/contacts", {"jid": "not a jid"})
+    assert answer.status == 400 and 'id="error-jid"' in answer.body
+    answer = await post(client, "/ui/users/sip:carol@contoso.test/password",
+                        {"password": "s3cret-pass", "password_again": "s3cret-pass"})
+    assert answer.status == 303 and configuration(panel).users[0].credentials
+    answer = await post(client, "/ui/users/sip:carol@contoso.test/password",
+                        {"password": "one", "password_again": "two"})
+    assert answer.status == 400 and "the two passwords differ" in answer.body
+    assert (await post(client, "/ui/users/sip:carol@contoso.test/password", {"clear": "1"})).status == 303
+    assert configuration(panel).users[0].credentials == ()
+    actions = [e["action"] for e in panel.events("EP8014")]
+    assert actions == ["contact dan@fabrikam.test added (its pending request approved)",
+                       "SIP password set (digest hashes only)", "SIP password cleared"]
+    assert not any("s3cret-pass" in str(e) for e in panel.events("EP8014"))

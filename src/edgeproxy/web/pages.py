@@ -334,11 +334,69 @@ class PolicyPages:
                                  policies=configuration.policies)
 
 
+class UserPages:
+    """One user: XMPP contacts (add, remove; a pending request is approved by adding it) and the
+    SIP password (set or clear), through the operations ``user contact`` and ``user
+    set-password | clear-password`` use."""
+
+    def __init__(self, panel: Panel) -> None:
+        self.panel = panel
+
+    async def page(self, request: Request, session: Session, *, errors: dict[str, str] | None = None,
+                   status: int = 200) -> Response:
+        sip = request.path_params["sip"]
+        configuration = await self.panel.in_store(lambda s: s.read()[1])
+        user = next((u for u in configuration.users if u.sip == sip), None)
+        if user is None:
+            return self.panel.refusal(request, session, 404, f"No user {sip}.")
+        return self.panel.render(request, session, "user.html", status=status, user=user, errors=errors or {},
+                                 policies=configuration.policies)
+
+    async def contact(self, request: Request, session: Session) -> Response:
+        sip, form = request.path_params["sip"], request.state.form
+        jid, action = form_text(form, "jid"), form_text(form, "action")
+        domains = self.panel.config.edge.domains
+        try:
+            if action == "remove":
+                await self.panel.in_store(lambda s: ops.remove_contact(s, domains, sip, jid))
+                done = f"contact {jid} removed"
+            else:
+                approved = await self.panel.in_store(lambda s: ops.add_contact(s, domains, sip, jid))
+                done = f"contact {jid} added" + (" (its pending request approved)" if approved else "")
+        except ChangeRefused as exc:
+            return await self.page(request, session, errors={"jid": reason(exc)}, status=400)
+        self.panel.audit(session, "user", sip, done)
+        return self.panel.redirect(f"/users/{sip}", f"{sip}: {done}.")
+
+    async def password(self, request: Request, session: Session) -> Response:
+        sip, form = request.path_params["sip"], request.state.form
+        domains = self.panel.config.edge.domains
+        if form.get("clear") == "1":
+            try:
+                had = await self.panel.in_store(lambda s: ops.clear_password(s, sip))
+            except ChangeRefused as exc:
+                return await self.page(request, session, errors={"password": reason(exc)}, status=400)
+            done = "SIP password cleared" if had else "had no SIP password"
+        else:
+            first, second = form.get("password"), form.get("password_again")
+            if not isinstance(first, str) or first != second:
+                return await self.page(request, session, errors={"password": "the two passwords differ; nothing saved"},
+                                       status=400)
+            try:
+                await self.panel.in_store(lambda s: ops.set_password(s, domains, sip, first))
+            except ChangeRefused as exc:
+                return await self.page(request, session, errors={"password": reason(exc)}, status=400)
+            done = "SIP password set (digest hashes only)"
+        self.panel.audit(session, "user", sip, done)
+        return self.panel.redirect(f"/users/{sip}", f"{sip}: {done}.")
+
+
 def routes(panel: Panel) -> list[BaseRoute]:
     """The store pages' routes (under ``/ui``)."""
     from edgeproxy.web import tools
 
     partners, gateway, policies = PartnerPages(panel), GatewayPage(panel), PolicyPages(panel)
+    users = UserPages(panel)
     return [
         Route("/partners", panel.page(partners.list), methods=["GET"]),
         Route("/partners/new", panel.page(partners.new, change=True), methods=["GET", "POST"]),
@@ -351,5 +409,8 @@ def routes(panel: Panel) -> list[BaseRoute]:
         Route("/policies/{identity}", panel.page(policies.set, change=True), methods=["POST"]),
         Route("/policies/{identity}/remove", panel.page(policies.remove, change=True), methods=["POST"]),
         Route("/users", panel.page(policies.users), methods=["GET"]),
+        Route("/users/{sip}", panel.page(users.page), methods=["GET"]),
+        Route("/users/{sip}/contacts", panel.page(users.contact, change=True), methods=["POST"]),
+        Route("/users/{sip}/password", panel.page(users.password, change=True), methods=["POST"]),
         *tools.routes(panel),
     ]
