@@ -60,10 +60,17 @@ FLOORS: Mapping[str, int] = {
     "edgeproxy.web": 6,
     # the composition root, then the command line
     "edgeproxy.app": 7,
+    "edgeproxy.embed": 7,  # edgeproxy.run: the composition root for a host trio program
     "edgeproxy.commands": 8,
     "edgeproxy.cli": 9,
     "edgeproxy.__main__": 10,
 }
+
+#: The one import that reaches up: the package root provides ``edgeproxy.run`` (the embedding
+#: API, floor 7) through its module-level ``__getattr__``, which imports ``edgeproxy.embed`` on
+#: first use only — ``import edgeproxy`` itself still loads nothing above floor 0 (no trio).
+#: Allowed nowhere else than inside that ``__getattr__`` (checked below).
+LAZY_EXPORTS: tuple[tuple[str, str], ...] = (("edgeproxy", "edgeproxy.embed"),)
 
 #: Modules that never import trio, directly or through another edgeproxy module.
 PURE: tuple[str, ...] = (
@@ -156,10 +163,12 @@ def owner(name: str, floors: Mapping[str, int]) -> str | None:
     return best
 
 
-def floor_violations(imports: Iterable[Import], floors: Mapping[str, int]) -> list[str]:
+def floor_violations(imports: Iterable[Import], floors: Mapping[str, int],
+                     allowed: Iterable[tuple[str, str]] = ()) -> list[str]:
     problems = []
+    allowed = set(allowed)
     for imp in imports:
-        if not imp.imported.startswith("edgeproxy"):
+        if not imp.imported.startswith("edgeproxy") or (imp.importer, imp.imported) in allowed:
             continue
         a, b = owner(imp.importer, floors), owner(imp.imported, floors)
         if a is None or b is None:
@@ -264,7 +273,37 @@ IMPORTS = scan(SRC)
 
 
 def test_every_package_imports_only_its_floor_and_below() -> None:
-    assert floor_violations(IMPORTS, FLOORS) == []
+    assert floor_violations(IMPORTS, FLOORS, LAZY_EXPORTS) == []
+
+
+def lazy_imports_outside_getattr(path: Path, module: str) -> list[int]:
+    """Lines where ``path`` imports ``module`` other than inside a module-level ``__getattr__``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    inside: set[int] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
+            inside |= {id(n) for n in ast.walk(node)}
+    return [
+        node.lineno for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == module and id(node) not in inside
+    ]
+
+
+def test_the_one_upward_import_is_the_package_roots_lazy_run() -> None:
+    """``edgeproxy.run`` is imported on first use, inside ``__getattr__``, and nowhere else:
+    importing the package loads neither the embedding module nor trio."""
+    for importer, imported in LAZY_EXPORTS:
+        assert lazy_imports_outside_getattr(modules(SRC)[importer], imported) == []
+    code = "import sys, edgeproxy\nsys.exit(('trio' in sys.modules) or ('edgeproxy.embed' in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()[-500:]
+
+
+def test_an_upward_import_outside_getattr_is_found(tmp_path: Path) -> None:
+    init = tmp_path / "__init__.py"
+    init.write_text("def __getattr__(name):\n    from edgeproxy.embed import run\n    return run\n"
+                    "from edgeproxy.embed import run\n")
+    assert lazy_imports_outside_getattr(init, "edgeproxy.embed") == [4]
 
 
 def test_the_pure_cores_never_reach_trio() -> None:

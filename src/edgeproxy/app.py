@@ -625,6 +625,7 @@ async def run_app(
     event_log: EventLog | None = None,
     metrics: Metrics | None = None,
     signals: bool = True,
+    drain_bound: float = DRAIN_BOUND_SECONDS,
     task_status: trio.TaskStatus[EdgeApp | None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """``edgeproxy serve``: run the edge, the gateway or both until stopped.
@@ -635,7 +636,8 @@ async def run_app(
     stopped (its graceful shutdown flushed the channel), the gateway is cancelled. ``gateway``:
     only the gateway, following the store itself, until cancelled. ``task_status`` gets the
     ``EdgeApp`` (None for ``gateway``); ``signals``:
-    the edge handles SIGTERM/SIGINT/SIGHUP (off for in-process tests).
+    the edge handles SIGTERM/SIGINT/SIGHUP (off for in-process tests and ``edgeproxy.run``);
+    ``drain_bound``: seconds the graceful shutdown may take (``EdgeApp``).
     """
     from edgeproxy.gateway.service import run_gateway  # the gateway is only imported if used
     from edgeproxy.gateway.tls import gateway_tls
@@ -669,7 +671,7 @@ async def run_app(
         return
     try:
         app = EdgeApp(config, event_log=event_log, metrics=metrics, channel=True, signals=signals,
-                      announce=role != "both")
+                      announce=role != "both", drain_bound=drain_bound)
     except SecretFileError as exc:  # the channel secret (EP8007)
         raise StartupFailed(ExitCode.SECRET_EXPOSED, str(exc)) from exc
     async with trio.open_nursery() as nursery:
