@@ -15,6 +15,15 @@ an IP address or a DNS name, ``[dns] resolver`` an IP address. Where the file co
 Relative paths in the file (state dir, certificates) are resolved against the directory of the
 file, or against the current directory for the embedded default. Dynamic configuration
 (partners, gateway settings, policies, users) lives in the store under the state dir, not here.
+
+Appliance mode (``[edge] appliance = true``, or ``load_config(..., appliance=True)`` for
+``edgeproxy serve --appliance``): the file may lie on a read-only root filesystem, and the
+override file ``<state-dir>/edgeproxy.override.toml`` (:data:`OVERRIDE_FILE`), when it exists,
+is merged over it key by key (a table merges into the table, any other value replaces the
+value; a list replaces the whole list) before the result is checked like any configuration.
+The override may not set ``[edge] state-dir`` (it lives there) nor ``[edge] appliance``; a
+relative path in it is resolved against the state dir. In appliance mode ``[edge] state-dir``
+must be an absolute path: everything the server writes goes under it (``docs/appliance.md``).
 """
 
 from __future__ import annotations
@@ -70,6 +79,8 @@ class EdgeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, renam
     internal_certificate: str | None = None
     internal_key: str | None = None
     internal_trust: str | None = None
+    #: Appliance mode: a read-only root, every write under the state dir, the override file.
+    appliance: bool = False
 
 
 class TlsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
@@ -235,30 +246,118 @@ def default_config_text() -> str:
     return resources.files("edgeproxy").joinpath("default.toml").read_text(encoding="utf-8")
 
 
-def parse_config(text: str, *, source: str, base_dir: str) -> EdgeConfig:
-    """Decode TOML text; raise ConfigError naming the offending key."""
+def _toml(text: str, where: str) -> dict[str, Any]:
+    """TOML text as a table; ConfigError naming ``where`` when it is not TOML."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
     for hidden in ("-base-dir", "-source"):
         if hidden in raw:
-            raise ConfigError(f"{source}: unknown key {hidden!r}")
+            raise ConfigError(f"{where}: unknown key {hidden!r}")
+    return raw
+
+
+def parse_config(text: str, *, source: str, base_dir: str, appliance: bool = False) -> EdgeConfig:
+    """Decode TOML text; raise ConfigError naming the offending key. ``appliance``: appliance
+    mode whatever the file says, and in appliance mode the override file is merged over it."""
+    raw = _toml(text, source)
+    where = source
+    if appliance or _appliance_in(raw):
+        raw.setdefault("edge", {})
+        if isinstance(raw["edge"], dict):
+            raw["edge"]["appliance"] = True
+        override = _override_path(raw, base_dir)
+        if override is not None and override.is_file():
+            raw = merge_override(raw, read_override(override))
+            where = f"{source} with {override}"
+    return _config_from_raw(raw, source=source, base_dir=base_dir, where=where)
+
+
+# -- appliance mode: the override file -------------------------------------------------------
+
+#: The override file's name, in the state dir (appliance mode only).
+OVERRIDE_FILE: Final = "edgeproxy.override.toml"
+#: Keys the override file may not set: where it lives, and the mode that reads it.
+OVERRIDE_FORBIDDEN: Final = (("edge", "state-dir"), ("edge", "appliance"))
+#: Keys holding paths: a relative one in the override file is resolved against the state dir.
+PATH_KEYS: Final = (
+    ("edge", "internal-certificate"), ("edge", "internal-key"), ("edge", "internal-trust"),
+    ("tls", "certificate"), ("tls", "key"), ("tls", "trust"), ("admin", "token-file"),
+    ("gateway", "channel-certificate"), ("gateway", "channel-key"),
+)
+
+
+def _appliance_in(raw: dict[str, Any]) -> bool:
+    edge = raw.get("edge")
+    return isinstance(edge, dict) and edge.get("appliance") is True
+
+
+def _override_path(raw: dict[str, Any], base_dir: str) -> Path | None:
+    """``<state-dir>/edgeproxy.override.toml`` of the raw file; None when its state dir is not an
+    absolute path (refused afterwards by ``check_rules``)."""
+    edge = raw.get("edge")
+    state_dir = edge.get("state-dir", EdgeSection.state_dir) if isinstance(edge, dict) else EdgeSection.state_dir
+    if not isinstance(state_dir, str) or not Path(state_dir).is_absolute():
+        return None
+    return Path(state_dir) / OVERRIDE_FILE
+
+
+def read_override(path: Path) -> dict[str, Any]:
+    """The override file as a table whose relative paths are resolved against its directory (the
+    state dir); ConfigError naming the file when it cannot be read, is not TOML, or sets a key it
+    may not set."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the override file {path}: {exc.strerror}") from None
+    raw = _toml(text, str(path))
+    for table, key in OVERRIDE_FORBIDDEN:
+        section = raw.get(table)
+        if isinstance(section, dict) and key in section:
+            raise ConfigError(
+                f"{path}: [{table}] {key} cannot be overridden: the override file lives in the state dir"
+                " and is read in appliance mode; set it in the configuration file"
+            )
+    for table, key in PATH_KEYS:
+        section = raw.get(table)
+        value = section.get(key) if isinstance(section, dict) else None
+        if isinstance(section, dict) and isinstance(value, str) and value and not Path(value).is_absolute():
+            section[key] = str(path.parent / value)
+    return raw
+
+
+def merge_override(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` merged over ``base``: tables key by key (recursively), other values replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_override(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _config_from_raw(raw: dict[str, Any], *, source: str, base_dir: str, where: str) -> EdgeConfig:
+    """The checked configuration from decoded TOML; errors name ``where`` (the file, and the
+    override file when one was merged). ``EdgeConfig.source`` stays ``source`` (what a reload
+    reads again)."""
+    raw = dict(raw)
     raw["-base-dir"] = base_dir
     raw["-source"] = source
     try:
         config = msgspec.convert(raw, EdgeConfig)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {describe_validation_error(str(exc), raw)}") from None
+        raise ConfigError(f"{where}: {describe_validation_error(str(exc), raw)}") from None
     if not config.edge.domains:
-        raise ConfigError(f"{source}: [edge] domains: must list at least one domain")
+        raise ConfigError(f"{where}: [edge] domains: must list at least one domain")
     problem = check_rules(config)
     if problem is not None:
-        raise ConfigError(f"{source}: {problem}")
+        raise ConfigError(f"{where}: {problem}")
     try:
         config = checked_names(config)
     except _NameProblem as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from None
     return config
 
 
@@ -463,8 +562,16 @@ def check_rules(config: EdgeConfig) -> str | None:
     4. ``sip-tls-listen``, when given and not empty, has one address per ``sip-listen`` address and
        none equal to a ``sip-listen`` address (TCP already listens there); when absent, each
        ``sip-listen`` port + 1 must be a valid port.
+    5. In appliance mode ``[edge] state-dir`` is an absolute path (the file's own directory may be
+       read-only; the override file is looked for in the state dir).
     """
     edge, gateway, tls = config.edge, config.gateway, config.tls
+    if edge.appliance and not Path(edge.state_dir).is_absolute():
+        return (
+            f"edge.state-dir {edge.state_dir!r} must be an absolute path in appliance mode: the"
+            " configuration may lie on a read-only filesystem and everything the server writes goes"
+            ' under the state dir (e.g. state-dir = "/var/lib/edgeproxy")'
+        )
     if gateway.edge_address:
         host, _, port = gateway.edge_address.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -514,15 +621,17 @@ def check_rules(config: EdgeConfig) -> str | None:
     return None
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> EdgeConfig:
-    """Load the configuration: explicit path, else $EDGEPROXY_CONFIG, else the embedded default."""
+def load_config(path: str | os.PathLike[str] | None = None, *, appliance: bool = False) -> EdgeConfig:
+    """Load the configuration: explicit path, else $EDGEPROXY_CONFIG, else the embedded default.
+    ``appliance``: appliance mode even when the file does not say so (``serve --appliance``)."""
     if path is None:
         path = os.environ.get(CONFIG_ENV_VAR) or None
     if path is None:
-        return parse_config(default_config_text(), source=EMBEDDED_DEFAULT, base_dir=os.getcwd())
+        return parse_config(default_config_text(), source=EMBEDDED_DEFAULT, base_dir=os.getcwd(),
+                            appliance=appliance)
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read configuration {p}: {exc.strerror}") from None
-    return parse_config(text, source=str(p), base_dir=str(p.resolve().parent))
+    return parse_config(text, source=str(p), base_dir=str(p.resolve().parent), appliance=appliance)
