@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXT_SRC := src/edgeproxy/_fastxml.pyx
 
-.PHONY: run test bench lint build clean corpus fuzz
+.PHONY: run test bench lint build clean corpus fuzz dist
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,5 +39,23 @@ FUZZ_SECONDS ?= 600
 fuzz: build
 	$(PY) fuzz/run.py all --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
+# dist/: the sdist, manylinux wheels (cp311, and cp312/cp313 where those interpreters exist) and
+# dist/edgeproxy, a one-file executable needing no Python on the host (docs/install.md). The tools
+# and the executable's dependencies come from the hash-pinned packaging/requirements-dist.txt,
+# installed into a virtualenv of their own under build/. Rebuilt only when an input changed
+# (DIST_ARGS=--force rebuilds anyway).
+DIST_VENV := build/dist-venv
+DIST_PY := $(DIST_VENV)/bin/python
+DIST_LOCK := packaging/requirements-dist.txt
+
+$(DIST_VENV)/.installed: $(DIST_LOCK)
+	rm -rf $(DIST_VENV)
+	$(PYTHON) -m venv $(DIST_VENV)
+	$(DIST_PY) -m pip install --quiet --require-hashes --no-deps -r $(DIST_LOCK)
+	touch $@
+
+dist: $(DIST_VENV)/.installed
+	$(DIST_PY) packaging/build_dist.py $(DIST_ARGS)
+
 clean:
-	rm -rf build src/edgeproxy/_fastxml.c src/edgeproxy/_fastxml*.so
+	rm -rf build dist src/edgeproxy/_fastxml.c src/edgeproxy/_fastxml*.so

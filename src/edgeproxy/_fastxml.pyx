@@ -31,6 +31,64 @@ from libc.string cimport memchr, memcmp, memcpy
 
 import re
 
+# How this module was built, for ``edgeproxy --version`` (read at compile time from the C
+# preprocessor: Cython's version, the compiler, the flags setup.py passed, the SIMD sets enabled).
+cdef extern from *:
+    """
+    #ifndef EDGEPROXY_CFLAGS
+    #define EDGEPROXY_CFLAGS ""
+    #endif
+    #if defined(__clang__)
+    #define EDGEPROXY_COMPILER "clang " __clang_version__
+    #elif defined(__GNUC__)
+    #define EDGEPROXY_COMPILER "GCC " __VERSION__
+    #else
+    #define EDGEPROXY_COMPILER "an unknown compiler"
+    #endif
+    static const char edgeproxy_build_compiler[] = EDGEPROXY_COMPILER;
+    static const char edgeproxy_build_cflags[] = EDGEPROXY_CFLAGS;
+    static const unsigned long edgeproxy_build_cython = CYTHON_HEX_VERSION;
+    static const int edgeproxy_build_sse2 =
+    #ifdef __SSE2__
+        1;
+    #else
+        0;
+    #endif
+    static const int edgeproxy_build_sse42 =
+    #ifdef __SSE4_2__
+        1;
+    #else
+        0;
+    #endif
+    static const int edgeproxy_build_avx2 =
+    #ifdef __AVX2__
+        1;
+    #else
+        0;
+    #endif
+    """
+    const char edgeproxy_build_compiler[]
+    const char edgeproxy_build_cflags[]
+    const unsigned long edgeproxy_build_cython
+    const int edgeproxy_build_sse2
+    const int edgeproxy_build_sse42
+    const int edgeproxy_build_avx2
+
+BUILD_INFO = {
+    "cython": "%d.%d.%d" % (
+        (edgeproxy_build_cython >> 24) & 0xFF,
+        (edgeproxy_build_cython >> 16) & 0xFF,
+        (edgeproxy_build_cython >> 8) & 0xFF,
+    ),
+    "compiler": edgeproxy_build_compiler.decode("ascii", "replace"),
+    "cflags": edgeproxy_build_cflags.decode("ascii", "replace"),
+    "simd": [name for name, on in (
+        ("SSE2", edgeproxy_build_sse2),
+        ("SSE4.2", edgeproxy_build_sse42),
+        ("AVX2", edgeproxy_build_avx2),
+    ) if on],
+}
+
 DEFAULT_MAX_STANZA_BYTES = 262144
 DEFAULT_MAX_DEPTH = 64
 DEFAULT_MAX_ATTRIBUTES = 64

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from edgeproxy import __version__
+from edgeproxy import version_text
 from edgeproxy.commands import (
     certs,
     checks,
@@ -76,13 +76,26 @@ class EdgeproxyArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"edgeproxy: {message} (see: {self.prog} --help)\n")
 
 
+class VersionAction(argparse.Action):
+    """``--version``: print ``version_text()`` as it is (argparse's own action re-wraps it to
+    the terminal's width) and exit; the tokenizer is only asked when the option is given."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: object = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the whole command line, every sub-command registered."""
     parser = EdgeproxyArgumentParser(prog="edgeproxy", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument(
         "--version",
-        action="version",
-        version=f"edgeproxy {__version__}",
+        action=VersionAction,
         help="print the version and exit",
     )
     parser.add_argument(
