@@ -104,11 +104,13 @@ from edgeproxy.ops.exitcodes import (
     bind_failure_code,
     is_bind_failure,
     leaf,
+    privileged_port_fix,
 )
 from edgeproxy.ops.expiry import report_expiry
 from edgeproxy.ops.lifecycle import (
     DRAIN_BOUND_SECONDS,
     ReloadOutcome,
+    enter_appliance_mode,
     refuse_unusable_state_dir,
     serve_signals,
 )
@@ -161,10 +163,13 @@ def _bind_failed(
     telemetry: Telemetry | None, role: str, address: str, error: OSError
 ) -> StartupFailed:
     """Report a listener that could not bind (``EP1001``; none when ``telemetry`` is None: the
-    caller's callee reported it); the ``StartupFailed`` to raise (exit status 20, 21 or 22)."""
+    caller's callee reported it); the ``StartupFailed`` to raise (exit status 20, 21 or 22). A
+    port below 1024 that may not be bound says how to grant CAP_NET_BIND_SERVICE."""
+    fix = privileged_port_fix(address, error)
+    detail = f"{error}; {fix}" if fix is not None else error
     if telemetry is not None:
-        telemetry.emit(events.BIND_FAILED, role=role, address=address, error=error)
-    return StartupFailed(bind_failure_code(error), f"cannot bind {role} listener on {address}: {error}")
+        telemetry.emit(events.BIND_FAILED, role=role, address=address, error=detail)
+    return StartupFailed(bind_failure_code(error), f"cannot bind {role} listener on {address}: {detail}")
 
 
 def _open_holder(config: EdgeConfig, telemetry: Telemetry) -> SnapshotHolder:
@@ -478,7 +483,7 @@ class EdgeApp:
             try:
                 fresh = self.config
                 if self.config.source != EMBEDDED_DEFAULT:
-                    fresh = load_config(self.config.source)
+                    fresh = load_config(self.config.source, appliance=self.config.edge.appliance)
                 contexts = self._tls_contexts(fresh)
                 await trio.to_thread.run_sync(self.holder.reload_if_changed)
             except (ConfigError, ssl.SSLError, OSError, ValueError, sqlite3.Error) as exc:
@@ -655,6 +660,8 @@ async def run_app(
     # The state dir must be usable (EP8011); a state dir or secret file others can read refuses
     # the start (EP8007 for each).
     refuse_unusable_state_dir(config, telemetry)
+    if config.edge.appliance:
+        enter_appliance_mode(config, telemetry)
     try:
         refuse_exposed_secrets(config, telemetry)
     except SecretFileError as exc:

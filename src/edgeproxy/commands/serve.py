@@ -16,6 +16,12 @@ that cause (``ops.exitcodes``, ``docs/exit-codes.md``): nothing else is printed,
 The configuration is read here (``EP8009`` unreadable, exit 10; ``EP8010`` refused, exit 11); the
 rest is found by ``run_app`` (``app``'s docstring gives the order).
 
+``--appliance`` (or ``[edge] appliance = true``): appliance mode — the configuration may lie on a
+read-only root, ``<state-dir>/edgeproxy.override.toml`` is merged over it (for reloads too), and
+everything the server writes goes under the state dir, temporary files in ``<state-dir>/tmp``
+(``ops.lifecycle.enter_appliance_mode``; ``docs/appliance.md``). The event log is on stderr in
+any mode: no log file is ever written.
+
 ``make run`` works out of the box: on the embedded default configuration, the first start creates
 the store with a demo user and shows its password once (``EP8008``).
 """
@@ -97,7 +103,7 @@ def load_serve_config(args: argparse.Namespace, telemetry: Telemetry) -> EdgeCon
             telemetry.emit(events.CONFIG_UNREADABLE, path=path, error=error)
             raise StartupFailed(ExitCode.CONFIG_UNREADABLE, f"cannot read configuration {path}: {error}") from exc
     try:
-        return load_config(path)
+        return load_config(path, appliance=getattr(args, "appliance", False))
     except ConfigError as exc:
         # Read a moment ago; a file that vanished since is "unreadable" in the refusal's words.
         telemetry.emit(events.CONFIG_INVALID, path=path or EMBEDDED_DEFAULT, error=str(exc))
@@ -141,6 +147,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         with events_on_stderr(event_log):
             config = load_serve_config(args, telemetry)
+            if config.edge.appliance:
+                sys.dont_write_bytecode = True  # no caches beside the package for what is imported next
             _demo_user_at_first_start(config, telemetry)
             trio.run(serve, config, args.role, event_log, metrics)
     except KeyboardInterrupt:
@@ -162,5 +170,12 @@ def register(sub: SubParsers) -> None:
     p.add_argument(
         "--role", choices=("both", "edge", "gateway"), default="both",
         help="both (default): edge and gateway in one process; edge or gateway: one side only",
+    )
+    p.add_argument(
+        "--appliance", action="store_true",
+        help="appliance mode, as [edge] appliance = true (default: off): the configuration may be on a"
+        " read-only filesystem and <state-dir>/edgeproxy.override.toml is merged over it; everything"
+        " the server writes goes under the state dir (an absolute path), temporary files in"
+        " <state-dir>/tmp",
     )
     p.set_defaults(handler=_serve)

@@ -105,7 +105,7 @@ _DEFINITIONS: tuple[EventClass, ...] = (
                "None; `edgeproxy status` shows the listeners and streams."),
     EventClass("EP1001", "bind-failed", _E, "A listener — `external` (S2S, 5269), `internal` (the loopback channel, 23456), `admin`, or `sip-udp`, `sip-tcp`, `sip-tls` (the gateway) — could not bind its address; `edgeproxy serve` does not start (exit status 20 in use, 21 not permitted, 22 other: docs/exit-codes.md).",
                "cannot bind {role} listener on {address}: {error}",
-               "Another process may hold the port — a second edgeproxy? (`ss -ltnup 'sport = :5269'`, the port in the line); ports below 1024 need CAP_NET_BIND_SERVICE (AmbientCapabilities= in the unit); check the address exists on this host (`ip addr`)."),
+               "Another process may hold the port — a second edgeproxy? (`ss -ltnup 'sport = :5269'`, the port in the line); ports below 1024 need CAP_NET_BIND_SERVICE (the error names the program for `setcap 'cap_net_bind_service=+ep'`, or AmbientCapabilities=CAP_NET_BIND_SERVICE in the unit); check the address exists on this host (`ip addr`)."),
     EventClass("EP1002", "accept-failed", _W, "Accepting a connection failed, usually for lack of file descriptors.",
                "accept on {address} failed: {error}; retrying",
                "Raise the descriptor limit (LimitNOFILE= in the systemd unit) or lower the connection limits."),
@@ -253,6 +253,9 @@ _DEFINITIONS: tuple[EventClass, ...] = (
     EventClass("EP8015", "panel-login", _I, "A Control Panel login or logout.",
                "Control Panel {action} as {role} ({method}) from {peer}",
                "None. A failed login is EP8003 admin-denied (path /ui/login)."),
+    EventClass("EP8016", "appliance-mode", _I, "`edgeproxy serve` runs in appliance mode (`[edge] appliance = true` or `--appliance`): the root filesystem may be read-only, everything the server writes goes under the state dir (temporary files in its tmp/ directory), the override file in the state dir is merged over the configuration, and events go to stderr only.",
+               "appliance mode: writes under {state_dir}, temporary files in {tmpdir}; override file: {override}",
+               "None. docs/appliance.md describes the contract; change settings in <state-dir>/edgeproxy.override.toml and run `edgeproxy reload`."),
     EventClass("EP9001", "event-log-overflow", _W, "The event log buffer was full and events were dropped (callers never wait on the log).",
                "{dropped} events dropped: the log output is too slow",
                "The log sink (journal, file, pipe) is slow or blocked; check disk space and the journal rate limit."),
@@ -318,6 +321,7 @@ STORE_UPGRADED = CATALOGUE["EP8013"]
 SECRET_EXPOSED = CATALOGUE["EP8007"]
 PANEL_CHANGE = CATALOGUE["EP8014"]
 PANEL_LOGIN = CATALOGUE["EP8015"]
+APPLIANCE_MODE = CATALOGUE["EP8016"]
 EVENT_LOG_OVERFLOW = CATALOGUE["EP9001"]
 LOG_RECORD = CATALOGUE["EP9002"]
 EVENTS_SUPPRESSED = CATALOGUE["EP9003"]

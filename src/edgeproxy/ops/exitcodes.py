@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import enum
 import errno
+import os
+import sys
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -62,14 +64,14 @@ STARTUP_FAILURES: tuple[ExitStatus, ...] = (
     ExitStatus(ExitCode.REFUSED, (), "Any command: refused (a validation rule, a failed check, not found); the reason is on stderr. For `serve`: an unexpected error, shown with a traceback (a bug: please report it).", True),
     ExitStatus(ExitCode.USAGE, (), "A usage error: unknown command or option, bad value.", False),
     ExitStatus(ExitCode.CONFIG_UNREADABLE, ("EP8009",), "The configuration file (--config, $EDGEPROXY_CONFIG) cannot be read: missing, a directory, or no permission.", False),
-    ExitStatus(ExitCode.CONFIG_INVALID, ("EP8010", "EP8004"), "The configuration is refused: not TOML, an unknown key, a wrong value or combination of keys, an admin endpoint off loopback without allow-remote.", False),
-    ExitStatus(ExitCode.STATE_DIR_UNUSABLE, ("EP8011",), "The state dir cannot be created or written (read-only, not a directory), or it lies under /etc.", False),
+    ExitStatus(ExitCode.CONFIG_INVALID, ("EP8010", "EP8004"), "The configuration is refused: not TOML, an unknown key, a wrong value or combination of keys, an admin endpoint off loopback without allow-remote; in appliance mode also the override file in the state dir (unreadable, or a key it may not set) and a relative state-dir.", False),
+    ExitStatus(ExitCode.STATE_DIR_UNUSABLE, ("EP8011",), "The state dir cannot be created or written (read-only, not a directory), or it lies under /etc; in appliance mode also its tmp/ directory for temporary files.", False),
     ExitStatus(ExitCode.SECRET_EXPOSED, ("EP8007",), "A secret at rest (the state dir, the store, the admin token, the channel secret) grants more than its mode allows; the event gives the chmod.", False),
     ExitStatus(ExitCode.STORE_UNAVAILABLE, ("EP8005",), "The store (policy.sqlite3) cannot be opened or read: not a database, not the service account's (made by a command run as root), disk full.", False),
     ExitStatus(ExitCode.STORE_TOO_NEW, ("EP8012",), "The store was upgraded by a newer edgeproxy; this one does not open it.", False),
     ExitStatus(ExitCode.CREDENTIALS_UNUSABLE, ("EP2003",), "A certificate, key or trust bundle that is configured does not load ([tls], SIP over TLS, the channel's mutual TLS: one of a certificate and its key missing, unreadable, malformed, not matching), or the channel secret or admin token cannot be read.", False),
     ExitStatus(ExitCode.ADDRESS_IN_USE, ("EP1001",), "A listener's address is in use (another edgeproxy, or another server on the port).", True),
-    ExitStatus(ExitCode.ADDRESS_FORBIDDEN, ("EP1001",), "A listener may not bind its address: a port below 1024 without CAP_NET_BIND_SERVICE, or a security policy.", False),
+    ExitStatus(ExitCode.ADDRESS_FORBIDDEN, ("EP1001",), "A listener may not bind its address: a port below 1024 without CAP_NET_BIND_SERVICE (the event says how to grant it: setcap on the program, or AmbientCapabilities= in the systemd unit), or a security policy.", False),
     ExitStatus(ExitCode.ADDRESS_UNAVAILABLE, ("EP1001",), "A listener's address cannot be bound for another reason: usually an IP address this host does not have (yet).", True),
 )
 
@@ -96,6 +98,32 @@ def bind_failure_code(exc: OSError) -> ExitCode:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return ExitCode.ADDRESS_FORBIDDEN
     return ExitCode.ADDRESS_UNAVAILABLE
+
+
+#: Ports below this one need CAP_NET_BIND_SERVICE (or root) to be bound on Linux.
+PRIVILEGED_PORT_LIMIT = 1024
+
+
+def capability_target() -> str:
+    """The program to give CAP_NET_BIND_SERVICE with ``setcap``: the one-file executable itself,
+    or the Python interpreter that runs ``edgeproxy`` (a script cannot hold file capabilities)."""
+    return os.path.realpath(sys.executable)
+
+
+def privileged_port_fix(address: str, exc: OSError) -> str | None:
+    """How to grant the capability when ``address`` (``HOST:PORT``, or several joined by
+    ``", "``) holds a port below 1024 that may not be bound (EACCES, EPERM); else None."""
+    if exc.errno not in (errno.EACCES, errno.EPERM):
+        return None
+    ports = [part.rpartition(":")[2] for part in address.split(", ")]
+    if not any(p.isdigit() and 0 < int(p) < PRIVILEGED_PORT_LIMIT for p in ports):
+        return None
+    return (
+        "ports below 1024 need CAP_NET_BIND_SERVICE: grant it with"
+        f" `setcap 'cap_net_bind_service=+ep' {capability_target()}`, or under systemd with"
+        " AmbientCapabilities=CAP_NET_BIND_SERVICE (and CapabilityBoundingSet=CAP_NET_BIND_SERVICE);"
+        " or listen on a port from 1024 up (5269 needs no privilege)"
+    )
 
 
 def is_bind_failure(exc: BaseException) -> bool:

@@ -20,12 +20,19 @@ is resolved against the configuration file's directory, so ``state-dir = "var"``
 ``/etc/edgeproxy/edgeproxy.toml`` would put the store in ``/etc/edgeproxy/var``, which the
 systemd unit keeps read-only (``ProtectSystem=strict``). A state dir that cannot be used is one
 ``EP8011 state-dir-unusable`` event and ``StartupFailed`` (exit status 12).
+
+Appliance mode (``[edge] appliance``): after that check, ``enter_appliance_mode`` points every
+temporary file of the process — Python's ``tempfile``, SQLite's temporary files, child processes
+— at ``<state-dir>/tmp`` (``TMPDIR``, created ``0700``) and stops Python from writing bytecode
+caches next to the package, so that nothing is written outside the state dir on a read-only
+root; ``EP8016 appliance-mode`` says so (``docs/appliance.md``).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -33,7 +40,7 @@ from typing import Protocol, runtime_checkable
 import msgspec
 import trio
 
-from edgeproxy.config import EdgeConfig
+from edgeproxy.config import OVERRIDE_FILE, EdgeConfig
 from edgeproxy.ops import events
 from edgeproxy.ops.exitcodes import ExitCode, StartupFailed
 from edgeproxy.ops.telemetry import Telemetry
@@ -120,3 +127,32 @@ def refuse_unusable_state_dir(config: EdgeConfig, telemetry: Telemetry) -> None:
     if problem is not None:
         telemetry.emit(events.STATE_DIR_UNUSABLE, path=str(config.state_dir), error=problem)
         raise StartupFailed(ExitCode.STATE_DIR_UNUSABLE, f"state dir {config.state_dir} cannot be used: {problem}")
+
+
+#: Temporary files in appliance mode: this directory under the state dir.
+APPLIANCE_TMP = "tmp"
+
+
+def enter_appliance_mode(config: EdgeConfig, telemetry: Telemetry) -> Path:
+    """Appliance mode at start (after the state-dir check): ``<state-dir>/tmp`` created ``0700``
+    and made the process's temporary directory (``TMPDIR`` for SQLite and child processes,
+    ``tempfile.tempdir`` for Python), no bytecode caches written; ``EP8016``. Its directory;
+    one that cannot be made is ``EP8011`` and ``StartupFailed`` (exit status 12)."""
+    tmp = config.state_dir / APPLIANCE_TMP
+    try:
+        ensure_private_dir(tmp, 0o700)
+        probe_fd, probe = tempfile.mkstemp(prefix=".edgeproxy-write-probe-", dir=tmp)
+        os.close(probe_fd)
+        os.unlink(probe)
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+        telemetry.emit(events.STATE_DIR_UNUSABLE, path=str(tmp), error=problem)
+        raise StartupFailed(ExitCode.STATE_DIR_UNUSABLE, f"state dir {tmp} cannot be used: {problem}") from exc
+    os.environ["TMPDIR"] = str(tmp)
+    tempfile.tempdir = str(tmp)
+    sys.dont_write_bytecode = True
+    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    override = config.state_dir / OVERRIDE_FILE
+    telemetry.emit(events.APPLIANCE_MODE, state_dir=str(config.state_dir), tmpdir=str(tmp),
+                   override=str(override) if override.is_file() else "none")
+    return tmp
