@@ -31,3 +31,14 @@ def tokenizer_build() -> str:
 def version_text() -> str:
     """The line ``edgeproxy --version`` prints: the version and the tokenizer's build flags."""
     return f"edgeproxy {__version__} ({tokenizer_build()})"
+
+
+def __getattr__(name: str) -> object:
+    """``edgeproxy.run``, the embedding API (``docs/embedding.md``), imported on first use only:
+    ``import edgeproxy`` loads neither trio nor the server (the one upward import the layering
+    test allows)."""
+    if name == "run":
+        from edgeproxy.embed import run
+
+        return run
+    raise AttributeError(f"module 'edgeproxy' has no attribute {name!r}")
