@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 import trio
 
+import edgeproxy
+from edgeproxy import embed
 from edgeproxy.config import load_config
-from edgeproxy.embed import RunningEdge, run
+from edgeproxy.embed import RunningEdge
 from edgeproxy.net.connector import ConnectorSettings
 from edgeproxy.net.delivery import MemoryDelivery
 from edgeproxy.net.edge import EdgeServer
@@ -193,7 +195,7 @@ async def test_a_trio_program_runs_the_edge_in_its_nursery_and_stops_it_by_cance
 
             async with trio.open_nursery() as host:
                 edge: RunningEdge = await host.start(partial(
-                    run, load_config(config_path), event_log=event_log, drain_bound=DRAIN_BOUND))
+                    edgeproxy.run, load_config(config_path), event_log=event_log, drain_bound=DRAIN_BOUND))
                 listeners = edge.listeners()
                 assert set(listeners) == {"external", "internal", "admin", "sip"}
                 (external,), (admin,) = listeners["external"], listeners["admin"]
@@ -236,7 +238,7 @@ async def test_a_path_and_the_default_event_log_leave_nothing_running(tmp_path: 
     before = {t.name for t in threading.enumerate()}
     with trio.fail_after(SCENARIO_SECONDS):
         async with trio.open_nursery() as host:
-            edge: RunningEdge = await host.start(partial(run, config_path, role="edge", drain_bound=2))
+            edge: RunningEdge = await host.start(partial(edgeproxy.run, config_path, role="edge", drain_bound=2))
             assert "sip" not in edge.listeners()
             external = edge.listeners()["external"][0]
             assert await trio.to_thread.run_sync(healthz, edge.listeners()["admin"][0]) == 200
@@ -255,10 +257,14 @@ async def test_a_start_that_fails_raises_startup_failed_with_the_serve_exit_stat
                                                                f'listen = ["127.0.51.4:{port}"]'))
         async with trio.open_nursery() as host:
             with pytest.raises(StartupFailed) as failed:
-                await host.start(partial(run, config_path, event_log=EventLog(io.StringIO())))
+                await host.start(partial(edgeproxy.run, config_path, event_log=EventLog(io.StringIO())))
     assert failed.value.exit_code == 20  # address in use, as `edgeproxy serve` would exit
 
 
 async def test_an_unknown_role_is_refused_before_anything_starts(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown role"):
-        await run(write_edge_config(tmp_path), role="relay")
+        await edgeproxy.run(write_edge_config(tmp_path), role="relay")
+
+
+def test_edgeproxy_run_is_the_embedding_api() -> None:
+    assert edgeproxy.run is embed.run
