@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from edgeproxy.policy.model import Configuration
 from fixtures.ports import free_port
-from fixtures.serve import DOMAIN, EdgeCertificates, ServeProcess
+from fixtures.serve import DOMAIN, EdgeCertificates, ServeProcess, write_store
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -60,11 +61,15 @@ def new_driver(download_dir: Path):  # type: ignore[no-untyped-def]
     return driver
 
 
-def start_panel_serve(workdir: Path, address: str) -> ServeProcess:
+def start_panel_serve(workdir: Path, address: str, *, resolver: str | None = None,
+                      store: Configuration | None = None, s2s: int | None = None) -> ServeProcess:
     """``edgeproxy serve`` (role both) on ``address`` with ``[admin] ui = true`` and a private
-    CA's certificate; like ``fixtures.serve.start_serve``, which writes no ``ui`` key."""
+    CA's certificate; like ``fixtures.serve.start_serve``, which writes no ``ui`` key. ``resolver``:
+    its ``[dns] resolver`` (default: a port nobody answers on, so DNS checks end at their timeout);
+    ``store``: what its store holds at start."""
     workdir.mkdir(parents=True, exist_ok=True)
-    s2s, internal, admin = free_port(address), free_port(address), free_port(address)
+    s2s = s2s or free_port(address)
+    internal, admin = free_port(address), free_port(address)
     sip = free_port(address, udp_too=True)
     cert, key, ca = EdgeCertificates(workdir / "pki").files(DOMAIN)
     config = workdir / "edgeproxy.toml"
@@ -74,8 +79,10 @@ def start_panel_serve(workdir: Path, address: str) -> ServeProcess:
         f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\ntrust = "{ca}"\n'
         f'[admin]\nlisten = "{address}:{admin}"\nui = true\n'
         f'[gateway]\nsip-listen = ["{address}:{sip}"]\nsip-tls-listen = []\n'
-        f'[dns]\nresolver = "{address}:{free_port(address, udp_too=True)}"\n'  # nobody answers: bounded
+        f'[dns]\nresolver = "{resolver or f"{address}:{free_port(address, udp_too=True)}"}"\n'
     )
+    if store is not None:
+        write_store(workdir / "state", store)
     events_path = workdir / "events.jsonl"
     with events_path.open("wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "edgeproxy", "serve", "--config", str(config)],

@@ -73,6 +73,18 @@ def by_id(browser, element_id: str):  # type: ignore[no-untyped-def]
     return browser.find_element(By.ID, element_id)
 
 
+def live_text(browser) -> str:  # type: ignore[no-untyped-def]
+    """The dashboard's live part, read again when its refresh replaced it meanwhile."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(20):
+        try:
+            return str(by_id(browser, "live").text)
+        except StaleElementReferenceException:
+            time.sleep(0.05)
+    raise AssertionError("the dashboard kept changing")
+
+
 def submit(browser, element_id: str) -> None:  # type: ignore[no-untyped-def]
     """Click a submit button and wait until the next page has replaced this one."""
     from selenium.webdriver.common.by import By
@@ -113,7 +125,7 @@ def test_log_in_with_the_admin_token(browser, serve: ServeProcess, shots: Path) 
     fill(browser, "secret", token)
     submit(browser, "login")
     assert browser.current_url.endswith("/ui/")
-    listeners = by_id(browser, "live").text
+    listeners = live_text(browser)
     assert "external" in listeners and "admin" in listeners and "connected" in listeners
     shot(browser, shots, "dashboard")
     browser.set_window_size(*PHONE)
@@ -129,12 +141,12 @@ def test_the_dashboard_refreshes_itself(browser, serve: ServeProcess) -> None:  
 
     browser.get(url(serve, "/"))
     marker = browser.execute_script("window.notReloaded = true; return window.notReloaded")
-    assert marker is True and "POST /stop" not in by_id(browser, "live").text
+    assert marker is True and "POST /stop" not in live_text(browser)
     request = urllib.request.Request(f"http://{serve.address}:{serve.admin_port}/stop", method="POST", data=b"")
     with pytest.raises(urllib.error.HTTPError) as refused:  # no token: EP8003, a recent warning
         urllib.request.urlopen(request, timeout=5)
     assert refused.value.code == 401
-    WebDriverWait(browser, 12).until(lambda b: "POST /stop" in b.find_element("id", "live").text)
+    WebDriverWait(browser, 12).until(lambda b: "POST /stop" in live_text(b))
     assert browser.execute_script("return window.notReloaded") is True  # updated in place
 
 

@@ -50,7 +50,7 @@ PREFIX = "/ui"
 #: Form fields and sizes a page accepts (the listener bounds the body to 64 KiB anyway).
 MAX_FORM_FIELDS = 64
 #: Seconds between the dashboard's refreshes.
-DASHBOARD_REFRESH_SECONDS = 5
+DASHBOARD_REFRESH_SECONDS = 2
 
 #: Sent with every page: no framing, no foreign scripts or styles, no referrer.
 SECURITY_HEADERS = {
