@@ -146,3 +146,11 @@ async def test_a_users_contacts_and_sip_password_are_changed_like_the_cli(panel:
     assert actions == ["contact dan@fabrikam.test added (its pending request approved)",
                        "SIP password set (digest hashes only)", "SIP password cleared"]
     assert not any("s3cret-pass" in str(e) for e in panel.events("EP8014"))
+
+
+async def test_a_refused_primary_domain_is_shown_next_to_it(panel: PanelRunning) -> None:
+    client = await logged_in(panel)
+    for domain in ("contoso.test", "not a domain"):
+        answer = await post(client, "/ui/partners/new", {**PARTNER, "domain": domain, "additional_domains": ""})
+        assert answer.status == 400 and 'id="error-domain"' in answer.body, domain
+    assert configuration(panel).partners == ()

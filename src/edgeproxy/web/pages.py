@@ -51,7 +51,9 @@ def partner_field(message: str, primary: str) -> str:
         if word in lower:
             return field
     if "domain" in lower:
-        return "domain" if primary and f"domain {primary} " in message or "primary" in lower else "additional_domains"
+        about_primary = bool(primary) and (f"domain {primary} " in message or message.startswith(f"{primary} ")
+                                           or f"refused: {primary} " in message)
+        return "domain" if about_primary or "primary" in lower else "additional_domains"
     return "form"
 
 
@@ -141,11 +143,13 @@ class PartnerPages:
         domains = self.panel.config.edge.domains
         try:
             partner = ops.partner_domain(values["domain"])
+        except ChangeRefused as exc:
+            return self.form(request, session, values, {"domain": reason(exc)}, new=True, status=400)
+        try:
             stored, warnings = await self.panel.in_store(
                 lambda s: ops.new_partner(s, domains, Partner(domain=partner, **changes)))
         except ChangeRefused as exc:
-            message = reason(exc)
-            return self.form(request, session, values, {partner_field(str(exc), values["domain"]): message},
+            return self.form(request, session, values, {partner_field(str(exc), partner): reason(exc)},
                              new=True, status=400)
         self.panel.audit(session, "partner", stored.domain, "created")
         notice = f"Partner {stored.domain} created." + "".join(f" Warning: {w}" for w in warnings)

@@ -161,8 +161,7 @@ async def serve_admin(
     if ui is None and config.admin.ui:
         from edgeproxy.web.ui import control_panel
 
-        ui = partial(control_panel, config, status_source, event_log,
-                     host_names=admin_host_names(host, endpoint.port), port=endpoint.port)
+        ui = partial(control_panel, config, status_source, event_log)
     application = AdminApplication(
         AdminApi(status_source, metrics, control, token, event_log),
         admin_host_names(host, endpoint.port), endpoint.port, telemetry,

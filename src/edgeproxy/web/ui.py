@@ -238,11 +238,10 @@ def control_panel(
     event_log: EventLog | None,
     token: str,
     *,
-    host_names: frozenset[str] = frozenset(),
-    port: int = 0,
     tls: bool = False,
 ) -> Starlette:
-    """The Control Panel's ASGI application (mounted at ``/ui`` by the admin listener)."""
+    """The Control Panel's ASGI application (mounted at ``/ui`` by the admin listener). ``tls``:
+    the listener is reached over TLS (the session cookie is then ``Secure``)."""
     from edgeproxy.web import pages
 
     credentials = Credentials(token, {role: panel_password_path(config, role) for role in PanelRole})
