@@ -275,3 +275,10 @@ async def test_a_password_file_others_may_read_is_not_used(panel: PanelRunning) 
     answer = await run(lambda: client.login("correct horse battery"))
     assert answer.status == 403 and "edgeproxy_session" not in client.cookies
     assert panel.events("EP1007") == []
+
+
+async def test_a_link_cannot_put_words_on_a_page(panel: PanelRunning) -> None:
+    client = panel.client()
+    assert "Send your token" not in (await run(lambda: client.get("/ui/login?notice=Send+your+token"))).body
+    await run(lambda: client.login(panel.token))
+    assert "Send your token" not in (await run(lambda: client.get("/ui/?notice=Send+your+token"))).body

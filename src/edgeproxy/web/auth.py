@@ -51,6 +51,8 @@ class Session:
     csrf: str
     created: float
     seen: float
+    #: what the last change said, shown once on the next page
+    notice: str = ""
 
     @property
     def who(self) -> str:

@@ -153,7 +153,7 @@ class PartnerPages:
                              new=True, status=400)
         self.panel.audit(session, "partner", stored.domain, "created")
         notice = f"Partner {stored.domain} created." + "".join(f" Warning: {w}" for w in warnings)
-        return self.panel.redirect("/partners", notice)
+        return self.panel.redirect("/partners", notice, session=session)
 
     async def edit(self, request: Request, session: Session) -> Response:
         domain = request.path_params["domain"]
@@ -177,7 +177,7 @@ class PartnerPages:
                              new=False, status=400)
         self.panel.audit(session, "partner", after.domain, "changed")
         notice = f"Partner {after.domain} saved." + "".join(f" Warning: {w}" for w in warnings)
-        return self.panel.redirect("/partners", notice)
+        return self.panel.redirect("/partners", notice, session=session)
 
     async def remove(self, request: Request, session: Session) -> Response:
         domain = request.path_params["domain"]
@@ -186,7 +186,7 @@ class PartnerPages:
         except ChangeRefused as exc:
             return self.panel.refusal(request, session, 400, reason(exc))
         self.panel.audit(session, "partner", removed.domain, "removed")
-        return self.panel.redirect("/partners", f"Partner {removed.domain} removed.")
+        return self.panel.redirect("/partners", f"Partner {removed.domain} removed.", session=session)
 
     def form(self, request: Request, session: Session, values: dict[str, Any], errors: dict[str, str], *,
              new: bool, status: int = 200) -> Response:
@@ -251,7 +251,7 @@ class GatewayPage:
             return self.render(request, session, values, {gateway_field(str(exc)): reason(exc)}, status=400)
         self.panel.audit(session, "gateway", "settings", "changed" + (" (dialback secret replaced)"
                                                                        if "dialback_secret" in changes else ""))
-        return self.panel.redirect("/gateway", "Gateway settings saved.")
+        return self.panel.redirect("/gateway", "Gateway settings saved.", session=session)
 
     @staticmethod
     def values(settings: GatewaySettings) -> dict[str, Any]:
@@ -295,7 +295,7 @@ class PolicyPages:
         except ChangeRefused as exc:
             return await self.list(request, session, errors={"identity": reason(exc)}, values=values, status=400)
         self.panel.audit(session, "policy", policy.identity, "created")
-        return self.panel.redirect("/policies", f"Policy {policy.identity} created.")
+        return self.panel.redirect("/policies", f"Policy {policy.identity} created.", session=session)
 
     async def set(self, request: Request, session: Session) -> Response:
         identity = request.path_params["identity"]
@@ -308,7 +308,7 @@ class PolicyPages:
         except ChangeRefused as exc:
             return self.panel.refusal(request, session, 400, reason(exc))
         self.panel.audit(session, "policy", policy.identity, "changed")
-        return self.panel.redirect("/policies", f"Policy {policy.identity} saved.")
+        return self.panel.redirect("/policies", f"Policy {policy.identity} saved.", session=session)
 
     async def remove(self, request: Request, session: Session) -> Response:
         identity = request.path_params["identity"]
@@ -317,7 +317,7 @@ class PolicyPages:
         except ChangeRefused as exc:
             return self.panel.refusal(request, session, 400, reason(exc))
         self.panel.audit(session, "policy", identity, "removed")
-        return self.panel.redirect("/policies", f"Policy {identity} removed.")
+        return self.panel.redirect("/policies", f"Policy {identity} removed.", session=session)
 
     async def grant(self, request: Request, session: Session) -> Response:
         form = request.state.form
@@ -330,7 +330,7 @@ class PolicyPages:
         what = f"policy {identity} granted" if identity else "back to the site or global policy"
         self.panel.audit(session, "user", user.sip, what)
         back = "/users" if form.get("back") == "users" else "/policies"
-        return self.panel.redirect(back, f"{user.sip}: {what}.")
+        return self.panel.redirect(back, f"{user.sip}: {what}.", session=session)
 
     async def users(self, request: Request, session: Session) -> Response:
         configuration = await self.panel.in_store(lambda s: s.read()[1])
@@ -370,7 +370,7 @@ class UserPages:
         except ChangeRefused as exc:
             return await self.page(request, session, errors={"jid": reason(exc)}, status=400)
         self.panel.audit(session, "user", sip, done)
-        return self.panel.redirect(f"/users/{sip}", f"{sip}: {done}.")
+        return self.panel.redirect(f"/users/{sip}", f"{sip}: {done}.", session=session)
 
     async def password(self, request: Request, session: Session) -> Response:
         sip, form = request.path_params["sip"], request.state.form
@@ -392,7 +392,7 @@ class UserPages:
                 return await self.page(request, session, errors={"password": reason(exc)}, status=400)
             done = "SIP password set (digest hashes only)"
         self.panel.audit(session, "user", sip, done)
-        return self.panel.redirect(f"/users/{sip}", f"{sip}: {done}.")
+        return self.panel.redirect(f"/users/{sip}", f"{sip}: {done}.", session=session)
 
 
 def routes(panel: Panel) -> list[BaseRoute]:

@@ -188,7 +188,7 @@ class CertificatePages:
         self.panel.audit(session, "certificate", self.panel.config.edge.external_fqdn, "imported")
         notice = "Certificate installed; the running edge takes it on reload." + "".join(
             f" Warning: {w}" for w in warnings)
-        return self.panel.redirect("/certificates", notice)
+        return self.panel.redirect("/certificates", notice, session=session)
 
     def _import(self, blobs: dict[str, bytes]) -> tuple[list[str], list[str]]:
         """``cert import``'s checks and installation; (refusals, warnings)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -49,6 +48,8 @@ T = TypeVar("T")
 PREFIX = "/ui"
 #: Form fields and sizes a page accepts (the listener bounds the body to 64 KiB anyway).
 MAX_FORM_FIELDS = 64
+#: The longest notice a change leaves for the next page (warnings included).
+MAX_NOTICE_CHARS = 2000
 #: Seconds between the dashboard's refreshes.
 DASHBOARD_REFRESH_SECONDS = 2
 
@@ -104,7 +105,7 @@ class Panel:
         html = self.templates.get_template(template).render(
             prefix=PREFIX, nav=NAV, session=session, csrf=session.csrf if session else "",
             path=request.url.path, version=__version__, domains=self.config.edge.domains,
-            notice=request.query_params.get("notice", ""), **context,
+            notice=self._take_notice(session), **context,
         )
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
@@ -112,10 +113,20 @@ class Panel:
         """An error page (403 for a missing session, CSRF token or right)."""
         return self.render(request, session, "message.html", status=status, title="Refused", message=message)
 
-    def redirect(self, path: str, notice: str = "") -> RedirectResponse:
-        """303 to ``/ui<path>`` (Post/Redirect/Get), with a notice to show there."""
-        query = "?" + urllib.parse.urlencode({"notice": notice}) if notice else ""
-        return RedirectResponse(PREFIX + path + query, status_code=303, headers=SECURITY_HEADERS)
+    @staticmethod
+    def _take_notice(session: Session | None) -> str:
+        """The notice a change left for the next page of this session (shown once)."""
+        if session is None:
+            return ""
+        notice, session.notice = session.notice, ""
+        return notice
+
+    def redirect(self, path: str, notice: str = "", session: Session | None = None) -> RedirectResponse:
+        """303 to ``/ui<path>`` (Post/Redirect/Get); ``notice`` is kept in the session for the
+        next page (never in the address: a link could not put words in the panel's mouth)."""
+        if session is not None and notice:
+            session.notice = notice[:MAX_NOTICE_CHARS]
+        return RedirectResponse(PREFIX + path, status_code=303, headers=SECURITY_HEADERS)
 
     # -- the guard --------------------------------------------------------------------------
 
@@ -194,7 +205,8 @@ class Panel:
 
     def _login_form(self, request: Request, error: str, *, status: int = 200) -> Response:
         token = _random_token()
-        response = self.render(request, None, "login.html", status=status, error=error, login_csrf=token)
+        response = self.render(request, None, "login.html", status=status, error=error, login_csrf=token,
+                               logged_out=request.query_params.get("out") == "1")
         response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", secure=self.tls, path=PREFIX,
                             max_age=3600)
         return response
@@ -204,7 +216,7 @@ class Panel:
         if self.event_log is not None:
             self.event_log.emit(events.PANEL_LOGIN, action="logout", role=session.role.value, method=session.method,
                                 peer=_peer(request))
-        response = self.redirect("/login", "Logged out.")
+        response = self.redirect("/login?out=1")
         response.delete_cookie(SESSION_COOKIE, path=PREFIX)
         return response
 
