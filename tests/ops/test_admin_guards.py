@@ -163,3 +163,34 @@ async def test_one_source_cannot_hold_more_than_its_share_of_admin_connections(g
     assert (await exchange(await connect(port), get("/healthz", "localhost")))[0] == 200
     for stream in idle:
         await stream.aclose()
+
+
+# -- HTTP/2 (prior knowledge) gets the same Host check ---------------------------------------------
+
+
+async def h2_status(port: int, authority: str) -> int:
+    """GET /status over HTTP/2 with prior knowledge, ``:authority`` = ``authority``."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":path", "/status"), (":scheme", "http"),
+                          (":authority", authority)], end_stream=True)
+    with trio.fail_after(5):
+        async with await connect(port) as stream:
+            await stream.send_all(conn.data_to_send())
+            while True:
+                data = await stream.receive_some(65536)
+                assert data, "closed without an answer"
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        return int(dict(event.headers)[b":status"])
+                await stream.send_all(conn.data_to_send())
+
+
+async def test_http2_requests_get_the_same_host_check(guarded: Guarded) -> None:
+    port = guarded.endpoint.port
+    assert await h2_status(port, f"localhost:{port}") == 200
+    assert await h2_status(port, f"evil.example:{port}") == 421
