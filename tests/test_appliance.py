@@ -8,12 +8,25 @@ only the state dir is writable (see :func:`read_only_root_script`), as ``nobody`
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+import trio
+
 from edgeproxy.config import OVERRIDE_FILE, load_config
+from fixtures.ports import free_port
+from test_embedding import DOMAIN, PEER_DOMAIN, Peer
 
 PYTHON = sys.executable
 CLI_SECONDS = 60
@@ -88,3 +101,292 @@ def test_appliance_mode_needs_an_absolute_state_dir(tmp_path: Path) -> None:
     done = edgeproxy_cli("config", "validate", "--config", str(config))
     assert done.returncode == 1
     assert "must be an absolute path in appliance mode" in done.stderr
+
+
+# -- a read-only root in a private mount namespace ----------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+ONE_FILE = ROOT / "dist" / "edgeproxy"
+VENV_EDGEPROXY = Path(sys.executable).parent / "edgeproxy"
+EDGE_HOST, PEER_HOST = "127.0.52.1", "127.0.52.2"
+PEER_PROXY = "edge.northwind.test"
+#: Bounds: the start (the one-file executable unpacks itself first), each command, the stop.
+START_SECONDS, STOP_SECONDS = 60, 45
+NOBODY_UID, NOGROUP_GID = 65534, 65534
+#: What the server may leave in its state dir (the override file is the test's own).
+STATE_FILES = {"policy.sqlite3", "policy.sqlite3-wal", "policy.sqlite3-shm", "channel.secret",
+               "admin.token", "tmp", OVERRIDE_FILE}
+
+#: Run "$@" in this mount namespace with every mount read-only but /proc, /sys, /dev, /dev/pts and
+#: the state dir ($1), as nobody. `--make-rprivate /` first, so that no remount propagates out of
+#: the namespace; the state dir is bound onto itself to be a mount of its own that stays writable.
+#: $2, when not empty, is bound over /etc/hosts (the partner's host name, in this namespace only).
+READ_ONLY_ROOT_SCRIPT = r"""
+set -eu
+state="$1"; hosts="$2"; shift 2
+mount --make-rprivate /
+[ -z "$hosts" ] || mount --bind "$hosts" /etc/hosts
+[ -z "$state" ] || mount --bind "$state" "$state"
+findmnt -rn -o TARGET,OPTIONS | while read -r target options; do
+    case "$target" in /proc|/proc/*|/sys|/sys/*|/dev|/dev/pts) continue ;; esac
+    [ "$target" = "$state" ] && continue
+    case "$options" in rw,*|rw) mount -o remount,bind,ro "$target" ;; esac
+done
+exec setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"
+"""
+
+
+def require_namespaces() -> None:
+    """Root, util-linux's unshare/nsenter/setpriv/findmnt, and a mount namespace that works;
+    else skip (fail under CI=true, where the image provides them)."""
+    missing = [tool for tool in ("unshare", "nsenter", "setpriv", "findmnt") if shutil.which(tool) is None]
+    reason = None
+    if os.geteuid() != 0:
+        reason = "private mount namespaces need root"
+    elif missing:
+        reason = f"util-linux tools missing: {', '.join(missing)}"
+    elif subprocess.run(["unshare", "--mount", "true"], capture_output=True, timeout=30).returncode != 0:
+        reason = "unshare --mount is not permitted here"
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def one_file_expected() -> bool:
+    """Under CI the one-file executable is built by `make dist` before the tests."""
+    return os.environ.get("CI") == "true" and "dist:" in (ROOT / "Makefile").read_text(encoding="utf-8")
+
+
+@pytest.fixture(params=["virtualenv", "one-file"])
+def edgeproxy_program(request: pytest.FixtureRequest) -> list[str]:
+    """The program under test: the virtualenv's ``edgeproxy``, or ``dist/edgeproxy`` (built by
+    ``make dist``; skipped when absent, except under CI)."""
+    if request.param == "virtualenv":
+        return [str(VENV_EDGEPROXY)]
+    if not ONE_FILE.is_file():
+        if one_file_expected():
+            pytest.fail(f"{ONE_FILE} is missing: `make dist` builds it")
+        pytest.skip(f"{ONE_FILE} not built (`make dist`)")
+    return [str(ONE_FILE)]
+
+
+@dataclass
+class Appliance:
+    """A read-only configuration and a state dir owned by nobody, outside pytest's private
+    temporary directory (which nobody cannot enter)."""
+
+    workdir: Path
+    ports: dict[str, int]
+
+    @property
+    def etc(self) -> Path:
+        return self.workdir / "etc"
+
+    @property
+    def state(self) -> Path:
+        return self.workdir / "state"
+
+    @property
+    def config(self) -> Path:
+        return self.etc / "edgeproxy.toml"
+
+    @classmethod
+    def create(cls, *, s2s_port: int | None = None) -> Appliance:
+        workdir = Path(tempfile.mkdtemp(prefix="edgeproxy-appliance-"))
+        workdir.chmod(0o755)
+        ports = {role: free_port(EDGE_HOST) for role in ("external", "internal", "admin")}
+        ports["sip"] = free_port(EDGE_HOST, udp_too=True)
+        if s2s_port is not None:
+            ports["external"] = s2s_port
+        appliance = cls(workdir, ports)
+        appliance.etc.mkdir(mode=0o755)
+        appliance.state.mkdir(mode=0o750)
+        os.chown(appliance.state, NOBODY_UID, NOGROUP_GID)
+        appliance.config.write_text(
+            f'[edge]\ndomains = ["{DOMAIN}"]\nlisten = ["{EDGE_HOST}:{ports["external"]}"]\n'
+            f'internal-listen = "{EDGE_HOST}:{ports["internal"]}"\nstate-dir = "{appliance.state}"\n'
+            '[tls]\ncertificate = "no/edge.pem"\nkey = "no/edge.key"\n'
+            f'[admin]\nlisten = "{EDGE_HOST}:{ports["admin"]}"\n'
+            f'[gateway]\nsip-listen = ["{EDGE_HOST}:{ports["sip"]}"]\nsip-tls-listen = []\nmax-queued = 100\n'
+        )
+        return appliance
+
+    def environment(self) -> dict[str, str]:
+        """An environment of its own (no virtualenv, no Python variables): the one-file executable
+        unpacks itself into $TMPDIR before edgeproxy runs, so the unit gives it the state dir's."""
+        return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "EDGEPROXY_LOG_FORMAT": "json",
+                "TMPDIR": str(self.state / "tmp")}
+
+    def listing(self, directory: Path) -> dict[str, tuple[int, int]]:
+        """Every file below ``directory``: its size and modification time (ns)."""
+        return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+                for p in sorted(directory.rglob("*"))}
+
+    def admin_get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://{EDGE_HOST}:{self.ports['admin']}{path}", timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except OSError:
+            return 0, b""
+
+
+def in_namespace_of(pid: int, *command: str, as_nobody: bool = True) -> list[str]:
+    """``command`` run in the mount namespace of process ``pid`` (as nobody)."""
+    drop = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"] if as_nobody else []
+    return ["nsenter", f"--mount=/proc/{pid}/ns/mnt", "--", *drop, *command]
+
+
+def records(path: Path) -> list[dict[str, object]]:
+    """The event lines of a serve's stderr; a line that is not JSON fails the test."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def test_serve_on_a_read_only_root_writes_only_under_the_state_dir(edgeproxy_program: list[str]) -> None:
+    """``edgeproxy serve --appliance`` as nobody where only the state dir is writable: a partner
+    federates after it is added with ``partner new`` and ``edgeproxy reload`` (both run in the
+    same namespace), SIGTERM stops it with exit status 0, and nothing outside the state dir
+    changed — where any write would have failed."""
+    require_namespaces()
+    appliance = Appliance.create()
+    try:
+        await _run_appliance_scenario(appliance, edgeproxy_program)
+    finally:
+        shutil.rmtree(appliance.workdir, ignore_errors=True)
+
+
+async def _run_appliance_scenario(appliance: Appliance, program: list[str]) -> None:
+    (appliance.state / OVERRIDE_FILE).write_text("[gateway]\nmax-queued = 5000\n")
+    os.chown(appliance.state / OVERRIDE_FILE, NOBODY_UID, NOGROUP_GID)
+    if program[0] == str(ONE_FILE):  # it unpacks into $TMPDIR before our code can make it
+        (appliance.state / "tmp").mkdir(mode=0o700)
+        os.chown(appliance.state / "tmp", NOBODY_UID, NOGROUP_GID)
+    # the partner's host name, known in the namespace only (the CLI takes a DNS name for its proxy)
+    hosts = appliance.workdir / "hosts"
+    hosts.write_text(f"127.0.0.1 localhost\n{PEER_HOST} {PEER_PROXY}\n")
+    hosts.chmod(0o644)
+    etc_before = appliance.listing(appliance.etc)
+    log_path = appliance.workdir / "serve.stderr"
+    cli = [*program, "--config", str(appliance.config)]  # `--config` after the command's name
+    with log_path.open("wb") as log:
+        proc = await trio.lowlevel.open_process(
+            ["unshare", "--mount", "--", "sh", "-c", READ_ONLY_ROOT_SCRIPT, "sh", str(appliance.state), str(hosts),
+             *program, "serve", "--appliance", "--config", str(appliance.config)],
+            stdout=log, stderr=log, cwd=appliance.etc, env=appliance.environment(),
+        )
+    try:
+        async with trio.open_nursery() as nursery:
+            peer = Peer(PEER_DOMAIN)
+            await peer.start(nursery, PEER_HOST)
+            with trio.fail_after(START_SECONDS):
+                while (await trio.to_thread.run_sync(appliance.admin_get, "/healthz"))[0] != 200:
+                    assert proc.poll() is None, log_path.read_text()[-3000:]
+                    await trio.sleep(0.1)
+
+            async def in_namespace(*args: str, as_nobody: bool = True) -> subprocess.CompletedProcess[bytes]:
+                return await trio.run_process(in_namespace_of(proc.pid, *args, as_nobody=as_nobody),
+                                              capture_stdout=True, capture_stderr=True, check=False,
+                                              cwd=appliance.etc, env=appliance.environment())
+
+            # a write outside the state dir fails loudly in this namespace, even for root
+            for outside in (appliance.etc / "probe", Path("/tmp/edgeproxy-appliance-probe"),
+                            VENV_EDGEPROXY.parent / "probe"):
+                refused = await in_namespace("touch", str(outside), as_nobody=False)
+                assert refused.returncode != 0 and b"Read-only file system" in refused.stderr, outside
+
+            # a configuration change through the command line, in the namespace, then a reload
+            added = await in_namespace(
+                *cli[:1], "partner", "new", PEER_DOMAIN, *cli[1:], "--type", "federated",
+                "--tls", "not-supported", "--sasl", "not-supported", "--dialback",
+                "--proxy-fqdn", f"{PEER_PROXY}:{peer.port}")
+            assert added.returncode == 0, added.stderr.decode()
+            reloaded = await in_namespace(*cli[:1], "reload", *cli[1:])
+            assert reloaded.returncode == 0, reloaded.stderr.decode()
+
+            # the partner federates (TCP dialback both ways)
+            peer.federate_with(DOMAIN, f"{EDGE_HOST}:{appliance.ports['external']}")
+            await peer.send_message(f"bob@{PEER_DOMAIN}", f"alice@{DOMAIN}")
+
+            def partners() -> set[object]:
+                status, body = appliance.admin_get("/status")
+                return {s.get("partner") for s in json.loads(body)["streams"]} if status == 200 else set()
+
+            with trio.fail_after(30):
+                while PEER_DOMAIN not in await trio.to_thread.run_sync(partners):
+                    await trio.sleep(0.1)
+
+            # a clean stop
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(STOP_SECONDS):
+                await proc.wait()
+            with trio.fail_after(10):
+                while peer.stream_errors_received("system-shutdown") < 1:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    finally:
+        if proc.returncode is None:
+            proc.kill()  # our own child, by handle
+            await proc.wait()
+    lines = records(log_path)
+    assert proc.returncode == 0, log_path.read_text()[-3000:]
+    ids = [r["id"] for r in lines]
+    assert [r for r in lines if r["severity"] == "error"] == []
+    [mode] = [r for r in lines if r["id"] == "EP8016"]
+    assert (mode["tmpdir"], mode["override"]) == (str(appliance.state / "tmp"), str(appliance.state / OVERRIDE_FILE))
+    assert {"EP1000", "EP8001", "EP1003", "EP1004"} <= set(ids)
+    assert any(PEER_DOMAIN in str(r["added"]) for r in lines if r["id"] == "EP8001")  # the reload
+    # the writes: only in the state dir, what the contract lists
+    assert appliance.listing(appliance.etc) == etc_before
+    assert {p.name for p in appliance.state.iterdir()} <= STATE_FILES
+    assert {"policy.sqlite3", "channel.secret", "admin.token", "tmp"} <= {p.name for p in appliance.state.iterdir()}
+    assert (appliance.state / "tmp").stat().st_mode & 0o777 == 0o700
+
+
+def test_without_a_writable_state_dir_the_start_fails_loudly() -> None:
+    """The same read-only root with the state dir left read-only: the first write the server
+    tries is refused and reported (EP8011, exit status 12) — a write elsewhere would be too."""
+    require_namespaces()
+    appliance = Appliance.create()
+    try:
+        done = subprocess.run(
+            ["unshare", "--mount", "--", "sh", "-c", READ_ONLY_ROOT_SCRIPT, "sh", "", "",
+             str(VENV_EDGEPROXY), "serve", "--appliance", "--config", str(appliance.config)],
+            capture_output=True, text=True, timeout=START_SECONDS, cwd=appliance.etc,
+            env=appliance.environment(),
+        )
+        [record] = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
+        assert (done.returncode, record["id"]) == (12, "EP8011"), done.stderr
+        assert "Read-only file system" in str(record["error"])
+    finally:
+        shutil.rmtree(appliance.workdir, ignore_errors=True)
+
+
+def test_a_port_below_1024_says_how_to_grant_the_capability() -> None:
+    """As nobody, S2S on port 1023: exit status 21 and the EP1001 line names the setcap command
+    for the program that binds and the systemd setting."""
+    require_namespaces()
+    if int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()) <= 1023:
+        pytest.skip("this host lets anyone bind low ports")
+    appliance = Appliance.create(s2s_port=1023)
+    try:
+        done = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             str(VENV_EDGEPROXY), "serve", "--appliance", "--config", str(appliance.config)],
+            capture_output=True, text=True, timeout=START_SECONDS, cwd=appliance.etc,
+            env=appliance.environment(),
+        )
+        errors = [r for r in (json.loads(line) for line in done.stderr.splitlines() if line.strip())
+                  if r["severity"] == "error"]
+        assert done.returncode == 21, done.stderr
+        [record] = errors
+        assert record["id"] == "EP1001"
+        # the program to give the capability: the interpreter the script runs (a script cannot hold it)
+        named = re.search(r"`setcap 'cap_net_bind_service=\+ep' (\S+)`", str(record["error"]))
+        assert named is not None, record["error"]
+        interpreter = VENV_EDGEPROXY.read_text().splitlines()[0].removeprefix("#!")
+        assert os.path.realpath(named.group(1)) == os.path.realpath(interpreter)
+        assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in str(record["error"])
+    finally:
+        shutil.rmtree(appliance.workdir, ignore_errors=True)
