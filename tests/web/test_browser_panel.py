@@ -265,3 +265,17 @@ def test_the_dns_and_check_pages(browser, serve: ServeProcess, shots: Path) -> N
     findings = by_id(browser, "findings").text
     assert "in use by this edgeproxy" in findings
     shot(browser, shots, "check")
+
+
+@pytest.mark.parametrize("path", ["/", "/partners", "/partners/new", "/gateway", "/policies", "/users",
+                                  "/certificates", "/dns", "/check?dns=0"])
+def test_every_page_fits_a_phone_width(browser, serve: ServeProcess, path: str) -> None:  # type: ignore[no-untyped-def]
+    browser.set_window_size(*PHONE)
+    try:
+        browser.get(url(serve, path))
+        assert browser.find_element("tag name", "h1").is_displayed()
+        overflow = browser.execute_script(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"{path} is {overflow} px wider than the phone"
+    finally:
+        browser.set_window_size(*DESKTOP)
