@@ -117,3 +117,21 @@ async def test_the_check_page_lists_the_check_lines(panel: PanelRunning) -> None
     assert page.status == 200
     assert "certificate" in page.body and "FAIL" in page.body  # no certificate in this state dir
     assert "not checked (--no-dns)" in page.body
+
+
+async def test_the_live_dns_check_asks_the_configured_resolver(panel: PanelRunning, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fixtures.dnsmasq import srv, start_dnsmasq
+
+    port = int(panel.config.edge.listen[0].rsplit(":", 1)[1]) if panel.config.edge.listen else 5269
+    dns = start_dnsmasq(tmp_path / "dns", [srv("_xmpp-server._tcp.contoso.test", "access.contoso.test", port)],
+                        address="127.0.40.54")
+    try:
+        monkeypatch.setenv("EDGEPROXY_DNS_RESOLVER", dns.resolver)
+        client = await logged_in(panel)
+        page = await trio.to_thread.run_sync(lambda: client.get("/ui/dns?check=1"))
+        assert page.status == 200 and 'id="dns-findings"' in page.body
+        rows = re.findall(r"<tr><td class=\"(\w+)\">(\w+)</td><td>([^<]+)</td>", page.body)
+        assert ("ok", "OK", "dns _xmpp-server._tcp.contoso.test") in rows, rows
+        assert any(check == "dns access.contoso.test" and level == "FAIL" for _, level, check in rows), rows
+    finally:
+        dns.stop()
