@@ -8,6 +8,7 @@ only the state dir is writable (see :func:`read_only_root_script`), as ``nobody`
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -19,14 +20,17 @@ import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 
+import edgeproxy
 from edgeproxy.config import OVERRIDE_FILE, load_config
+from edgeproxy.ops.events import EventLog
 from fixtures.ports import free_port
-from test_embedding import DOMAIN, PEER_DOMAIN, Peer
+from test_embedding import DOMAIN, PEER_DOMAIN, Peer, write_edge_config
 
 PYTHON = sys.executable
 CLI_SECONDS = 60
@@ -390,3 +394,28 @@ def test_a_port_below_1024_says_how_to_grant_the_capability() -> None:
         assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in str(record["error"])
     finally:
         shutil.rmtree(appliance.workdir, ignore_errors=True)
+
+
+async def test_a_reload_reads_the_override_file_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process (``edgeproxy.run``): an override that breaks a rule refuses the reload, naming
+    the file; once fixed, the reload applies. Appliance mode sets the process's temporary
+    directory: the test puts it back afterwards."""
+    monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)
+    monkeypatch.setattr(sys, "dont_write_bytecode", sys.dont_write_bytecode)
+    for name in ("TMPDIR", "PYTHONDONTWRITEBYTECODE"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    state = tmp_path / "state"
+    config = write_edge_config(tmp_path, "127.0.52.3", state_dir=str(state), extra_edge="appliance = true\n")
+    override = state / OVERRIDE_FILE
+    async with trio.open_nursery() as host:
+        edge = await host.start(partial(edgeproxy.run, config, role="edge", drain_bound=2,
+                                        event_log=EventLog(io.StringIO())))
+        assert os.environ["TMPDIR"] == tempfile.gettempdir() == str(state / "tmp")
+        override.write_text("[limits]\npreauth-per-ip = 0\n")
+        refused = await edge.reload()
+        assert not refused.ok and f"{config} with {override}: [limits] preauth-per-ip" in refused.message
+        override.write_text("[limits]\npreauth-per-ip = 5\n")
+        applied = await edge.reload()
+        assert applied.ok, applied.message
+        assert edge.app.config.limits.preauth_per_ip == 5
+        host.cancel_scope.cancel()
