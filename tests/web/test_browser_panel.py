@@ -175,6 +175,7 @@ def test_sasl_required_without_tls_and_dialback_is_refused_and_nothing_is_stored
     error = by_id(browser, "error-negotiation").text
     assert error.startswith("SASL needs TLS")
     assert "invalid" in by_id(browser, "negotiation").get_attribute("class")  # the field set is marked
+    assert by_id(browser, "matrix-number").text == "6"  # the row the settings land on
     shot(browser, shots, "partner-refused")
     done = cli(serve, "partner", "get", "northwind.test", "--json")
     assert (done.returncode, done.stdout, done.stderr.strip()) == (1, "", "edgeproxy: no partner northwind.test")

@@ -154,3 +154,18 @@ async def test_a_refused_primary_domain_is_shown_next_to_it(panel: PanelRunning)
         answer = await post(client, "/ui/partners/new", {**PARTNER, "domain": domain, "additional_domains": ""})
         assert answer.status == 400 and 'id="error-domain"' in answer.body, domain
     assert configuration(panel).partners == ()
+
+
+def test_the_row_numbers_are_the_documented_ones() -> None:
+    """docs/spec.md §2.1 numbers the rows SASL-major, then TLS, then dialback on/off."""
+    import re
+    from pathlib import Path
+
+    from edgeproxy.policy.model import Negotiation
+    from edgeproxy.web.pages import matrix_row_number
+
+    spec = (Path(__file__).resolve().parents[2] / "docs" / "spec.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\d+) \| ([a-z-]+) \| ([a-z-]+) \| (on|off) \|", spec, re.MULTILINE)
+    assert len(rows) == 18
+    for number, tls, sasl, dialback in rows:
+        assert matrix_row_number(Negotiation(tls), Negotiation(sasl), dialback == "on") == int(number)

@@ -57,14 +57,25 @@ def partner_field(message: str, primary: str) -> str:
     return "form"
 
 
+#: The order of the negotiation matrix's rows (docs/spec.md §2.1): SASL, then TLS, then dialback.
+_MATRIX_ORDER = (Negotiation.REQUIRED, Negotiation.OPTIONAL, Negotiation.NOT_SUPPORTED)
+
+
+def matrix_row_number(tls: Negotiation, sasl: Negotiation, dialback: bool) -> int:
+    """The row's number in the negotiation matrix as the documentation numbers it (1–18)."""
+    return _MATRIX_ORDER.index(sasl) * 6 + _MATRIX_ORDER.index(tls) * 2 + (1 if dialback else 2)
+
+
 def matrix_row(tls: str, sasl: str, dialback: bool) -> dict[str, Any]:
-    """The negotiation matrix's verdict for the form's TLS, SASL and dialback."""
+    """The negotiation matrix's verdict for the form's TLS, SASL and dialback: its row number,
+    the methods it allows, its refusal or its warnings (``policy.validation.check_negotiation``)."""
     try:
-        verdict = check_negotiation(Negotiation(tls), Negotiation(sasl), dialback)
+        tls_, sasl_ = Negotiation(tls), Negotiation(sasl)
     except ValueError:
-        return {"methods": [], "refusal": "", "warnings": []}
-    return {"methods": sorted(m.value for m in verdict.methods), "refusal": verdict.refusal or "",
-            "warnings": list(verdict.warnings)}
+        return {"number": 0, "methods": [], "refusal": "", "warnings": []}
+    verdict = check_negotiation(tls_, sasl_, dialback)
+    return {"number": matrix_row_number(tls_, sasl_, dialback), "methods": sorted(m.value for m in verdict.methods),
+            "refusal": verdict.refusal or "", "warnings": list(verdict.warnings)}
 
 
 def partner_values(partner: Partner) -> dict[str, Any]:
