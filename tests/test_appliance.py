@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -140,6 +141,18 @@ exec setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"
 """
 
 
+XMPP_S2S_PORT = 5269
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def require_namespaces() -> None:
     """Root, util-linux's unshare/nsenter/setpriv/findmnt, and a mount namespace that works;
     else skip (fail under CI=true, where the image provides them)."""
@@ -205,8 +218,9 @@ class Appliance:
         workdir.chmod(0o755)
         ports = {role: free_port(EDGE_HOST) for role in ("external", "internal", "admin")}
         ports["sip"] = free_port(EDGE_HOST, udp_too=True)
-        if s2s_port is not None:
-            ports["external"] = s2s_port
+        # the standard S2S port when it is free on this address: binding it needs no privilege
+        ports["external"] = s2s_port if s2s_port is not None else (
+            XMPP_S2S_PORT if port_is_free(EDGE_HOST, XMPP_S2S_PORT) else ports["external"])
         appliance = cls(workdir, ports)
         appliance.etc.mkdir(mode=0o755)
         appliance.state.mkdir(mode=0o750)
@@ -423,3 +437,15 @@ async def test_a_reload_reads_the_override_file_again(tmp_path: Path, monkeypatc
         assert applied.ok, applied.message
         assert edge.app.config.limits.preauth_per_ip == 5
         host.cancel_scope.cancel()
+
+
+def test_appliance_mode_on_the_embedded_default_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """``serve --appliance`` without a configuration file: the embedded default's state dir is
+    relative (the current directory), which appliance mode refuses (exit 11); nothing is made."""
+    environment = {k: v for k, v in os.environ.items() if k != "EDGEPROXY_CONFIG"}
+    done = subprocess.run([PYTHON, "-m", "edgeproxy", "serve", "--appliance"], capture_output=True, text=True,
+                          timeout=CLI_SECONDS, cwd=tmp_path, env={**environment, "EDGEPROXY_LOG_FORMAT": "json"})
+    [record] = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
+    assert (done.returncode, record["id"]) == (11, "EP8010")
+    assert "must be an absolute path in appliance mode" in str(record["error"])
+    assert list(tmp_path.iterdir()) == []
