@@ -146,6 +146,7 @@ XMPP_S2S_PORT = 5269
 
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's listeners
         try:
             probe.bind((host, port))
         except OSError:
