@@ -268,3 +268,19 @@ async def test_an_unknown_role_is_refused_before_anything_starts(tmp_path: Path)
 
 def test_edgeproxy_run_is_the_embedding_api() -> None:
     assert edgeproxy.run is embed.run
+
+
+async def test_a_stop_from_inside_makes_run_return_normally(tmp_path: Path) -> None:
+    """``request_stop`` (as ``edgeproxy stop`` or ``POST /stop``): ``run`` returns without an
+    exception once the graceful shutdown is done; nothing was cancelled."""
+    config_path = write_edge_config(tmp_path, "127.0.51.5")
+    sink = io.StringIO()
+    with trio.fail_after(SCENARIO_SECONDS):
+        async with trio.open_nursery() as host:
+            edge: RunningEdge = await host.start(partial(edgeproxy.run, config_path, role="edge", drain_bound=2,
+                                                         event_log=EventLog(sink, output="json")))
+            external = edge.listeners()["external"][0]
+            edge.request_stop()
+    assert not host.cancel_scope.cancelled_caught
+    assert edge.app is not None and edge.app.stopped.is_set()
+    assert tcp_refused(external)
