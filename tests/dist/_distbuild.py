@@ -76,11 +76,14 @@ def machine_has_sse2() -> bool:
     return platform.machine() in ("x86_64", "AMD64")
 
 
-def serve_config(workdir: Path, address: str, *, extra: str = "") -> tuple[Path, int]:
-    """``workdir/edgeproxy.toml``: listeners on ``address`` (free ports), state in
-    ``workdir/state``, no edge certificate (plain TCP with dialback). Returns it and the S2S port."""
+def serve_config(
+    workdir: Path, address: str, *, s2s_port: int | None = None, extra: str = ""
+) -> tuple[Path, int]:
+    """``workdir/edgeproxy.toml``: listeners on ``address`` (``s2s_port`` for S2S, free ports
+    for the rest), state in ``workdir/state``, no edge certificate (plain TCP with dialback), then
+    ``extra`` (whole sections). Returns it and the S2S port."""
     workdir.mkdir(parents=True, exist_ok=True)
-    s2s = free_port(address)
+    s2s = s2s_port or free_port(address)
     config = workdir / "edgeproxy.toml"
     config.write_text(
         f'[edge]\ndomains = ["contoso.test"]\nlisten = ["{address}:{s2s}"]\n'

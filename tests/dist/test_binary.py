@@ -1,0 +1,143 @@
+"""``dist/edgeproxy``, the one-file executable, on a host as if it had no Python: every command
+started with an empty environment (``env -i``: no PATH, no virtualenv, no PYTHONPATH), a real
+``serve`` federating with the lab's Prosody, and a clean stop on SIGTERM.
+
+Addresses (private to these tests): the edge 127.0.50.2, Prosody (fabrikam.test) 127.0.50.3,
+dnsmasq 127.0.50.4; every port a free one. Prosody and dnsmasq are required in CI (``CI=true``:
+missing, the test fails) and skipped elsewhere when absent.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+from _distbuild import Dist, EdgeProcess, machine_has_sse2, serve_config
+
+import edgeproxy
+from edgeproxy.cli import build_parser
+from fixtures.c2s import Client
+from fixtures.dnsmasq import start_dnsmasq, xmpp_server
+from fixtures.ports import free_port
+from fixtures.xmpp_servers import PASSWORD, start_prosody
+
+EDGE_ADDR = "127.0.50.2"
+PROSODY_ADDR = "127.0.50.3"
+DNS_ADDR = "127.0.50.4"
+#: Hang guard for one command of the executable (it unpacks itself before it starts).
+COMMAND_TIMEOUT = 60
+#: Hang guard for the federation exchange (Prosody dials back to the edge and back again).
+EXCHANGE_TIMEOUT = 60
+
+
+def run_empty_env(binary: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``env -i BINARY ARGS…``: the executable with no environment at all."""
+    return subprocess.run(["/usr/bin/env", "-i", str(binary), *args], capture_output=True, text=True,
+                          timeout=COMMAND_TIMEOUT, cwd=cwd)
+
+
+def test_the_executable_links_no_python_and_shows_its_version(dist: Dist) -> None:
+    linked = subprocess.run(["ldd", str(dist.binary)], capture_output=True, text=True, timeout=30)
+    assert "libpython" not in linked.stdout, linked.stdout  # Python travels inside the file
+    shown = run_empty_env(dist.binary, "--version")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"edgeproxy {edgeproxy.__version__} (tokenizer compiled with Cython ")
+    if machine_has_sse2():
+        assert "SSE2" in shown.stdout
+
+
+def test_every_command_of_the_executable_starts_with_an_empty_environment(dist: Dist, tmp_path: Path) -> None:
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices  # type: ignore[union-attr]
+    assert {"serve", "check", "partner", "status"} <= set(commands)
+    for name in commands:
+        helped = run_empty_env(dist.binary, name, "--help", cwd=tmp_path)
+        assert helped.returncode == 0 and f"usage: edgeproxy {name}" in helped.stdout, (name, helped.stderr)
+    shown = run_empty_env(dist.binary, "config", "show-default", cwd=tmp_path)
+    assert shown.returncode == 0 and "[edge]" in shown.stdout, shown.stderr
+
+
+async def test_the_executable_serves_federates_with_prosody_and_stops_on_sigterm(
+    dist: Dist, tmp_path: Path
+) -> None:
+    edge_port, p_s2s, p_c2s = free_port(EDGE_ADDR), free_port(PROSODY_ADDR), free_port(PROSODY_ADDR)
+    dns = start_dnsmasq(tmp_path / "dns", [
+        *xmpp_server("contoso.test", EDGE_ADDR, edge_port),
+        *xmpp_server("fabrikam.test", PROSODY_ADDR, p_s2s),
+    ], address=DNS_ADDR)  # fmt: skip
+    prosody = None
+    edge: EdgeProcess | None = None
+    try:
+        prosody = start_prosody("fabrikam.test", PROSODY_ADDR, (dns.address, dns.port),
+                                users=("carol",), c2s_port=p_c2s, s2s_port=p_s2s)
+        workdir = tmp_path / "edge"
+        config, _ = serve_config(workdir, EDGE_ADDR, s2s_port=edge_port,
+                                 extra=f'[dns]\nresolver = "{dns.resolver}"\n')
+        cli = ["--config", str(config)]
+        # The directory, set up with the executable's own commands: fabrikam.test over plain TCP
+        # with dialback, a global policy letting users exchange XMPP traffic, the SIP user bob.
+        for command in (
+            ["partner", "new", "fabrikam.test", "--type", "federated", "--tls", "not-supported",
+             "--sasl", "not-supported", "--dialback", *cli],
+            ["policy", "set", "global", "--xmpp", "--federation", *cli],
+            ["user", "new", "sip:bob@contoso.test", *cli],
+        ):
+            done = run_empty_env(dist.binary, *command, cwd=workdir)
+            assert done.returncode == 0, (command, done.stdout, done.stderr)
+
+        edge = EdgeProcess(["/usr/bin/env", "-i", str(dist.binary), "serve", *cli], workdir, EDGE_ADDR, edge_port)
+        await wait_for_status(dist.binary, cli, workdir, lambda s: s["channel"]["state"] == "connected")
+
+        with trio.fail_after(EXCHANGE_TIMEOUT):
+            carol = await Client.login(PROSODY_ADDR, p_c2s, "carol", "fabrikam.test", PASSWORD)
+            try:
+                # bob is in the directory but has no registered SIP UA: the gateway's refusal
+                # comes back to Prosody over federation as an error from bob, with carol's id.
+                await carol.send("<message to='bob@contoso.test' type='chat' id='bin1'>"
+                                 "<body>Hallo?</body></message>")
+                while (error := await carol.next()).name != "message":
+                    pass
+                assert error.type == "error" and error.id == "bin1", error.raw
+                assert (error.from_ or "").partition("/")[0] == "bob@contoso.test"
+                assert b"recipient-unavailable" in error.raw
+            finally:
+                await carol.aclose()
+        status = await wait_for_status(dist.binary, cli, workdir, lambda s: any(
+            st["partner"] == "fabrikam.test" and st["state"] == "established" for st in s["streams"]))
+        assert status["running"] and status["version"] == edgeproxy.__version__
+
+        assert edge.terminate() == 0, edge.log_text()[-6000:]
+        assert "Traceback" not in edge.log_text(), edge.log_text()[-6000:]
+    except BaseException:
+        if prosody is not None:
+            print("---- prosody.log (tail) ----\n" + prosody.log_text()[-6000:])
+        if edge is not None:
+            print("---- edgeproxy serve (tail) ----\n" + edge.log_text()[-6000:])
+        raise
+    finally:
+        if edge is not None:
+            edge.kill()
+        if prosody is not None:
+            prosody.stop()
+        dns.stop()
+
+
+async def wait_for_status(
+    binary: Path, cli: list[str], cwd: Path, ready: Callable[[dict], bool], timeout: float = 30
+) -> dict:
+    """``edgeproxy status --json`` from the executable, until ``ready(status)`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = await trio.to_thread.run_sync(lambda: run_empty_env(binary, "status", "--json", *cli, cwd=cwd))
+        try:
+            status = json.loads(shown.stdout)
+        except ValueError:
+            status = None
+        if status is not None and ready(status):
+            return status
+        assert time.monotonic() < deadline, f"status never ready: {shown.stdout} {shown.stderr}"
+        await trio.sleep(0.2)
+
