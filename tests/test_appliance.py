@@ -157,12 +157,13 @@ def port_is_free(host: str, port: int) -> bool:
 
 def require_namespaces() -> None:
     """Root, util-linux's unshare/nsenter/setpriv/findmnt, and a mount namespace that works;
-    else skip (fail under CI=true, where the image provides them)."""
+    else skip — under CI=true (run as root, util-linux installed) a missing tool or a refused
+    namespace fails instead."""
+    if os.geteuid() != 0:
+        pytest.skip("private mount namespaces need root")
     missing = [tool for tool in ("unshare", "nsenter", "setpriv", "findmnt") if shutil.which(tool) is None]
     reason = None
-    if os.geteuid() != 0:
-        reason = "private mount namespaces need root"
-    elif missing:
+    if missing:
         reason = f"util-linux tools missing: {', '.join(missing)}"
     elif subprocess.run(["unshare", "--mount", "true"], capture_output=True, timeout=30).returncode != 0:
         reason = "unshare --mount is not permitted here"
