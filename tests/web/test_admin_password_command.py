@@ -53,3 +53,15 @@ def test_a_short_password_or_one_on_the_command_line_is_refused(tmp_path: Path) 
     assert not (tmp_path / "state" / "ui-admin.password").exists()
     done = edgeproxy(tmp_path, "admin", "set-password", "--password", "on-the-command-line")
     assert done.returncode == 2 and "command line" in done.stderr
+
+
+def test_json_says_what_changed_and_never_the_password(tmp_path: Path) -> None:
+    import json
+
+    done = edgeproxy(tmp_path, "admin", "set-password", "--password-file", "-", "--json", stdin="correct horse\n")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"kind": "admin-password", "before": {"role": "admin", "password-set": False},
+                                       "after": {"role": "admin", "password-set": True}, "warnings": []}
+    assert "correct horse" not in done.stdout and "scrypt" not in done.stdout
+    done = edgeproxy(tmp_path, "admin", "set-password", "--clear", "--json")
+    assert json.loads(done.stdout)["after"] == {"role": "admin", "password-set": False}

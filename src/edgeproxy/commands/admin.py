@@ -6,6 +6,10 @@ Two logins exist: ``--role admin`` (the default; changes things, like the admin 
 prompt that does not echo (never from the command line) and stored as an scrypt hash, mode
 0600, in ``<state-dir>/ui-<role>.password``; ``--clear`` removes it. The admin token
 (``[admin] token-file``) logs in as admin too.
+
+``--json`` prints the change as ``{"kind": "admin-password", "before": …, "after": …,
+"warnings": []}``, each side ``{"role": ROLE, "password-set": BOOL}`` (never the password or its
+hash).
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ import argparse
 from edgeproxy.commands.common import (
     EXIT_OK,
     SubParsers,
+    add_json_option,
+    change_json,
     command_group,
     config_option_parent,
     load_args_config,
     refused,
 )
+from edgeproxy.commands.records import print_json
 from edgeproxy.commands.secrets import add_secret_options, read_secret
 from edgeproxy.ops.admin import (
     MIN_PASSWORD_CHARS,
@@ -29,25 +36,36 @@ from edgeproxy.ops.admin import (
 )
 from edgeproxy.policy.validation import ChangeRefused
 
+#: The ``kind`` of an ``admin set-password --json`` change.
+KIND = "admin-password"
+
+
+def _record(role: PanelRole, is_set: bool) -> dict[str, object]:
+    return {"role": role.value, "password-set": is_set}
+
 
 def _set_password(args: argparse.Namespace) -> int:
     config = load_args_config(args)
     role = PanelRole(args.role)
     path = panel_password_path(config, role)
+    existed = path.exists()
     if args.clear:
-        existed = path.exists()
         path.unlink(missing_ok=True)
-        print(f"Control Panel password for {role.value} removed ({path})" if existed
-              else f"no Control Panel password for {role.value} was set")
-        return EXIT_OK
-    try:
-        password = read_secret("password", args.password_file)
-    except ChangeRefused as exc:
-        return refused(str(exc))
-    if len(password) < MIN_PASSWORD_CHARS:
-        return refused(f"refused: the password has fewer than {MIN_PASSWORD_CHARS} characters; nothing saved")
-    write_panel_password(path, password)
-    print(f"Control Panel password for {role.value} saved as an scrypt hash in {path} (mode 0600)")
+        headline = (f"Control Panel password for {role.value} removed ({path})" if existed
+                    else f"no Control Panel password for {role.value} was set")
+    else:
+        try:
+            password = read_secret("password", args.password_file)
+        except ChangeRefused as exc:
+            return refused(str(exc))
+        if len(password) < MIN_PASSWORD_CHARS:
+            return refused(f"refused: the password has fewer than {MIN_PASSWORD_CHARS} characters; nothing saved")
+        write_panel_password(path, password)
+        headline = f"Control Panel password for {role.value} saved as an scrypt hash in {path} (mode 0600)"
+    if args.json:
+        print_json(change_json(KIND, _record(role, existed), _record(role, not args.clear)))
+    else:
+        print(headline)
     return EXIT_OK
 
 
@@ -73,4 +91,5 @@ def register(sub: SubParsers) -> None:
     )
     setpw.add_argument("--clear", action="store_true",
                        help="remove the role's password instead (default: set it)")
+    add_json_option(setpw)
     setpw.set_defaults(handler=_set_password)
