@@ -282,3 +282,11 @@ async def test_a_link_cannot_put_words_on_a_page(panel: PanelRunning) -> None:
     assert "Send your token" not in (await run(lambda: client.get("/ui/login?notice=Send+your+token"))).body
     await run(lambda: client.login(panel.token))
     assert "Send your token" not in (await run(lambda: client.get("/ui/?notice=Send+your+token"))).body
+
+
+def test_the_panel_is_off_by_default_and_on_in_the_embedded_default_on_loopback() -> None:
+    from edgeproxy.config import AdminSection, EdgeConfig, default_config_text, parse_config
+
+    assert AdminSection().ui is False
+    embedded: EdgeConfig = parse_config(default_config_text(), source="<embedded default>", base_dir="/tmp")
+    assert embedded.admin.ui is True and embedded.admin.listen.startswith("127.0.0.1:")
