@@ -135,3 +135,22 @@ async def test_the_live_dns_check_asks_the_configured_resolver(panel: PanelRunni
         assert any(check == "dns access.contoso.test" and level == "FAIL" for _, level, check in rows), rows
     finally:
         dns.stop()
+
+
+async def test_the_request_key_leaves_the_server_only_when_created_exportable(panel: PanelRunning) -> None:
+    client = await logged_in(panel)
+    csrf = (await trio.to_thread.run_sync(lambda: client.get("/ui/certificates"))).csrf()
+    request = [("csrf", csrf), ("key_size", "2048"), ("san", "contoso.test")]
+    assert (await trio.to_thread.run_sync(lambda: _post_pairs(client, request))).status == 200
+    page = await trio.to_thread.run_sync(lambda: client.get("/ui/certificates"))
+    assert 'id="download-key"' not in page.body
+    refused = await trio.to_thread.run_sync(lambda: client.post("/ui/certificates/request.key", {"csrf": csrf}))
+    assert refused.status == 403 and "BEGIN" not in refused.body
+    assert (await trio.to_thread.run_sync(
+        lambda: _post_pairs(client, [*request, ("exportable", "on")]))).status == 200
+    assert 'id="download-key"' in (await trio.to_thread.run_sync(lambda: client.get("/ui/certificates"))).body
+    assert (await trio.to_thread.run_sync(lambda: client.get("/ui/certificates/request.key"))).status == 405
+    key = await trio.to_thread.run_sync(lambda: client.post("/ui/certificates/request.key", {"csrf": csrf}))
+    assert key.status == 200 and key.body.startswith("-----BEGIN PRIVATE KEY-----")
+    assert "attachment" in key.headers["content-disposition"]
+    assert [e["action"] for e in panel.events("EP8014")][-1] == "request key exported"

@@ -50,6 +50,9 @@ from edgeproxy.web.ui import SECURITY_HEADERS, Panel, form_text
 #: The pending request's files, next to the configured certificate: the key stays there (0600)
 #: until ``import`` installs the certificate issued for it.
 REQUEST_KEY, REQUEST_CSR = "request.key", "request.csr"
+#: Present when the request's key was created exportable: an admin may then download it (to
+#: install the certificate on the pool's other edges); otherwise it never leaves the server.
+REQUEST_EXPORTABLE = "request.exportable"
 #: Seconds each DNS lookup of the DNS and Check pages may take.
 DNS_TIMEOUT = 2.0
 #: Bytes an uploaded certificate or chain file may have (the listener bounds the body to 64 KiB).
@@ -98,19 +101,21 @@ class CertificatePages:
         }
         defaults.update(context)
         pending = (self.directory / REQUEST_CSR).exists()
+        exportable = (self.directory / REQUEST_EXPORTABLE).exists()
         return self.panel.render(
             request, session, "certificates.html", status=status, current=certificate_view(self.panel),
             proposed=self.proposed(), key_sizes=csr.KEY_SIZES, fqdn=self.panel.config.edge.external_fqdn,
-            pending=pending, **defaults)
+            pending=pending, exportable=exportable, **defaults)
 
     async def page(self, request: Request, session: Session) -> Response:
         return self.render(request, session)
 
     async def request_csr(self, request: Request, session: Session) -> Response:
         form = request.state.form
-        values = {name: form_text(form, name) for name in
+        values: dict[str, Any] = {name: form_text(form, name) for name in
                   ("friendly_name", "organization", "organizational_unit", "country", "state", "locality",
                    "extra", "key_size")}
+        exportable = values["exportable"] = form.get("exportable") == "on"
         chosen = [n for n in form.getlist("san") if isinstance(n, str)]
         errors: dict[str, str] = {}
         extra: list[str] = []
@@ -144,6 +149,11 @@ class CertificatePages:
             write_atomic(self.directory / REQUEST_KEY, private_key_pem(key), 0o600)
             pem = request_.public_bytes(serialization.Encoding.PEM)
             write_atomic(self.directory / REQUEST_CSR, pem, 0o644)
+            marker = self.directory / REQUEST_EXPORTABLE
+            if exportable:
+                write_atomic(marker, b"", 0o600)
+            else:
+                marker.unlink(missing_ok=True)
             if values["friendly_name"]:
                 record_friendly_name(self.panel.config, public_key_der(key), values["friendly_name"])
             return pem
@@ -154,7 +164,8 @@ class CertificatePages:
             return self.render(request, session, status=400, values=values, chosen=chosen,
                                errors={"subject": str(exc)})
         self.panel.audit(session, "certificate", self.panel.config.edge.external_fqdn,
-                         f"request created ({size}-bit RSA; names {', '.join(names)})")
+                         f"request created ({size}-bit RSA{', exportable key' if exportable else ''}; "
+                         f"names {', '.join(names)})")
         return self.render(request, session, values=values, chosen=chosen, request_pem=pem.decode())
 
     async def download(self, request: Request, session: Session) -> Response:
@@ -165,6 +176,21 @@ class CertificatePages:
             return self.panel.refusal(request, session, 404, "No certificate request yet: create one first.")
         return Response(data, media_type="application/pkcs10", headers={
             **SECURITY_HEADERS, "Content-Disposition": 'attachment; filename="edgeproxy-request.csr"'})
+
+    async def download_key(self, request: Request, session: Session) -> Response:
+        """The pending request's private key, when it was created exportable (admin, POST with
+        the CSRF token: a key is not something a link may fetch)."""
+        if not (self.directory / REQUEST_EXPORTABLE).exists():
+            return self.panel.refusal(request, session, 403,
+                                      "The pending request's key was not created exportable: it stays on this server.")
+        try:
+            data = (self.directory / REQUEST_KEY).read_bytes()
+        except OSError:
+            return self.panel.refusal(request, session, 404, "No certificate request yet: create one first.")
+        self.panel.audit(session, "certificate", self.panel.config.edge.external_fqdn, "request key exported")
+        return Response(data, media_type="application/x-pem-file", headers={
+            **SECURITY_HEADERS, "Cache-Control": "no-store",
+            "Content-Disposition": 'attachment; filename="edgeproxy-request.key"'})
 
     async def import_certificate(self, request: Request, session: Session) -> Response:
         form = request.state.form
@@ -213,7 +239,7 @@ class CertificatePages:
             (paths.key, private_key_pem(key), 0o600),
             (paths.certificate, certificates_pem([leaf, *chain]), 0o644),
         ])
-        for name in (REQUEST_KEY, REQUEST_CSR):
+        for name in (REQUEST_KEY, REQUEST_CSR, REQUEST_EXPORTABLE):
             (self.directory / name).unlink(missing_ok=True)
         return [], warnings
 
@@ -284,6 +310,7 @@ def routes(panel: Panel) -> list[BaseRoute]:
         Route("/certificates", panel.page(certs.page), methods=["GET"]),
         Route("/certificates/request", panel.page(certs.request_csr, change=True), methods=["POST"]),
         Route("/certificates/request.csr", panel.page(certs.download), methods=["GET"]),
+        Route("/certificates/request.key", panel.page(certs.download_key, change=True), methods=["POST"]),
         Route("/certificates/import", panel.page(certs.import_certificate, change=True), methods=["POST"]),
         Route("/dns", panel.page(diagnostics.dns), methods=["GET"]),
         Route("/check", panel.page(diagnostics.check), methods=["GET"]),
