@@ -4,8 +4,9 @@
 from nothing takes a minute or two) and returns where the outputs are. ``serve_config`` writes an
 ``edgeproxy.toml`` with every listener on one loopback address; ``EdgeProcess`` starts
 ``edgeproxy serve`` from a given command (the one-file executable under ``env -i``, a wheel's
-console script in a fresh virtualenv), waits until its S2S port accepts, and stops it with
-SIGTERM — our own child, by PID.
+console script in a fresh virtualenv), waits until its S2S port accepts and its admin endpoint
+answers ``/healthz`` (only then does it handle SIGTERM), and stops it with SIGTERM — our own
+child, by PID.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,52 +79,73 @@ def machine_has_sse2() -> bool:
     return platform.machine() in ("x86_64", "AMD64")
 
 
+@dataclass(frozen=True)
+class EdgeConfig:
+    """A written ``edgeproxy.toml`` and the ports it names."""
+
+    path: Path
+    address: str
+    s2s_port: int
+    admin_port: int
+
+
 def serve_config(
     workdir: Path, address: str, *, s2s_port: int | None = None, extra: str = ""
-) -> tuple[Path, int]:
+) -> EdgeConfig:
     """``workdir/edgeproxy.toml``: listeners on ``address`` (``s2s_port`` for S2S, free ports
     for the rest), state in ``workdir/state``, no edge certificate (plain TCP with dialback), then
-    ``extra`` (whole sections). Returns it and the S2S port."""
+    ``extra`` (whole sections)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    s2s = s2s_port or free_port(address)
+    s2s, admin = s2s_port or free_port(address), free_port(address)
     config = workdir / "edgeproxy.toml"
     config.write_text(
         f'[edge]\ndomains = ["contoso.test"]\nlisten = ["{address}:{s2s}"]\n'
         f'internal-listen = "{address}:{free_port(address)}"\nstate-dir = "state"\n'
         '[tls]\ncertificate = "no/edge.pem"\nkey = "no/edge.key"\n'
-        f'[admin]\nlisten = "{address}:{free_port(address)}"\n'
+        f'[admin]\nlisten = "{address}:{admin}"\n'
         f'[gateway]\nsip-listen = ["{address}:{free_port(address, udp_too=True)}"]\n'
         "sip-tls-listen = []\n"
         f"{extra}"
     )
-    return config, s2s
+    return EdgeConfig(config, address, s2s, admin)
 
 
 class EdgeProcess:
     """``edgeproxy serve`` as our child (see the module docstring)."""
 
-    def __init__(self, command: list[str], workdir: Path, address: str, s2s_port: int) -> None:
-        self.address, self.s2s_port, self.workdir = address, s2s_port, workdir
-        self.log_path = workdir / "serve.log"
+    def __init__(self, command: list[str], config: EdgeConfig) -> None:
+        self.config, self.workdir = config, config.path.parent
+        self.log_path = self.workdir / "serve.log"
         self.started = time.monotonic()
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=workdir)
-        self.listening_after = self._wait_listening()
+                                         stderr=subprocess.STDOUT, cwd=self.workdir)
+        self.listening_after = self._wait(lambda: accepts(config.address, config.s2s_port), "listen")
+        # The S2S port accepts before serve handles signals; /healthz answers only after.
+        self.ready_after = self._wait(self._healthy, "answer /healthz")
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def _wait_listening(self) -> float:
+    def _healthy(self) -> bool:
+        url = f"http://{self.config.address}:{self.config.admin_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
+    def _wait(self, ready: Callable[[], bool], what: str) -> float:
+        """Seconds since the start until ``ready()``; fails if serve exits or takes too long."""
         deadline = self.started + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"edgeproxy serve exited ({self.proc.returncode}):\n{self.log_text()[-6000:]}")
-            if accepts(self.address, self.s2s_port):
+            if ready():
                 return time.monotonic() - self.started
             time.sleep(0.02)
         self.kill()
-        raise AssertionError(f"edgeproxy serve did not listen within {START_TIMEOUT} s:\n{self.log_text()[-6000:]}")
+        raise AssertionError(f"edgeproxy serve did not {what} within {START_TIMEOUT} s:\n{self.log_text()[-6000:]}")
 
     def terminate(self) -> int:
         """SIGTERM, then the exit status (SIGKILL and a failure if it does not stop in time)."""

@@ -74,9 +74,9 @@ async def test_the_executable_serves_federates_with_prosody_and_stops_on_sigterm
         prosody = start_prosody("fabrikam.test", PROSODY_ADDR, (dns.address, dns.port),
                                 users=("carol",), c2s_port=p_c2s, s2s_port=p_s2s)
         workdir = tmp_path / "edge"
-        config, _ = serve_config(workdir, EDGE_ADDR, s2s_port=edge_port,
-                                 extra=f'[dns]\nresolver = "{dns.resolver}"\n')
-        cli = ["--config", str(config)]
+        edge_config = serve_config(workdir, EDGE_ADDR, s2s_port=edge_port,
+                                   extra=f'[dns]\nresolver = "{dns.resolver}"\n')
+        cli = ["--config", str(edge_config.path)]
         # The directory, set up with the executable's own commands: fabrikam.test over plain TCP
         # with dialback, a global policy letting users exchange XMPP traffic, the SIP user bob.
         for command in (
@@ -88,7 +88,7 @@ async def test_the_executable_serves_federates_with_prosody_and_stops_on_sigterm
             done = run_empty_env(dist.binary, *command, cwd=workdir)
             assert done.returncode == 0, (command, done.stdout, done.stderr)
 
-        edge = EdgeProcess(["/usr/bin/env", "-i", str(dist.binary), "serve", *cli], workdir, EDGE_ADDR, edge_port)
+        edge = EdgeProcess(["/usr/bin/env", "-i", str(dist.binary), "serve", *cli], edge_config)
         await wait_for_status(dist.binary, cli, workdir, lambda s: s["channel"]["state"] == "connected")
 
         with trio.fail_after(EXCHANGE_TIMEOUT):

@@ -78,7 +78,8 @@ def test_the_cp311_wheel_checks_and_serves_from_a_fresh_virtualenv(dist: Dist, t
     if machine_has_sse2():
         assert "SSE2" in shown.stdout
 
-    config, s2s = serve_config(tmp_path / "edge", ADDRESS)
+    edge_config = serve_config(tmp_path / "edge", ADDRESS)
+    config = edge_config.path
     checked = subprocess.run([edgeproxy_cmd, "check", "--no-dns", "--config", str(config)],
                              capture_output=True, text=True, timeout=60, cwd=tmp_path, env=clean_env)
     # No certificate yet: the check says so (FAIL) and names everything else it looked at.
@@ -91,7 +92,7 @@ def test_the_cp311_wheel_checks_and_serves_from_a_fresh_virtualenv(dist: Dist, t
                              capture_output=True, text=True, timeout=60, cwd=tmp_path, env=clean_env)
     assert "FAIL" not in checked.stdout and checked.returncode == 0, checked.stdout + checked.stderr
 
-    edge = EdgeProcess([edgeproxy_cmd, "serve", "--config", str(config)], tmp_path / "edge", ADDRESS, s2s)
+    edge = EdgeProcess([edgeproxy_cmd, "serve", "--config", str(config)], edge_config)
     try:
         assert edge.terminate() == 0, edge.log_text()[-4000:]
     finally:
