@@ -166,6 +166,8 @@ async def test_pages_carry_the_security_headers(panel: PanelRunning) -> None:
     page = await run(lambda: client.get("/ui/login"))
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert page.headers["x-frame-options"] == "DENY" and page.headers["cache-control"] == "no-store"
+    css = await run(lambda: client.get("/ui/static/panel.css"))
+    assert css.headers["content-type"].startswith("text/css") and css.headers["x-content-type-options"] == "nosniff"
 
 
 # -- the pieces, without sockets ---------------------------------------------------------------

@@ -148,9 +148,10 @@ class AdminApi:
 
 
 def _one_shot(send: Send, started: list[bool]) -> Send:
-    """``send`` that marks every answer ``Connection: close`` and ``Cache-Control: no-store``
-    (one request per connection, as the per-source connection cap counts connections, and no
-    admin answer is cached) and remembers whether an answer was started."""
+    """``send`` that marks every answer ``Connection: close``, ``Cache-Control: no-store`` and
+    ``X-Content-Type-Options: nosniff`` (one request per connection, as the per-source connection
+    cap counts connections; no admin answer is cached or sniffed) and remembers whether an answer
+    was started."""
 
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -159,6 +160,8 @@ def _one_shot(send: Send, started: list[bool]) -> Send:
             extra = [(b"connection", b"close")]
             if b"cache-control" not in names:
                 extra.append((b"cache-control", b"no-store"))
+            if b"x-content-type-options" not in names:  # assets too: a type is never guessed
+                extra.append((b"x-content-type-options", b"nosniff"))
             message = {**message, "headers": [*message.get("headers", ()), *extra]}
         await send(message)
 
