@@ -21,6 +21,7 @@ from typing import NoReturn
 
 from edgeproxy import version_text
 from edgeproxy.commands import (
+    admin,
     certs,
     checks,
     config,
@@ -48,6 +49,7 @@ REGISTRARS: tuple[Callable[[SubParsers], None], ...] = (
     policies.register,
     users.register,
     ops.register,  # status, stop, reload
+    admin.register,  # the Control Panel's passwords
     loadtest.register,
 )
 
