@@ -10,6 +10,7 @@ missing, the test fails) and skipped elsewhere when absent.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -108,6 +109,16 @@ async def test_the_executable_serves_federates_with_prosody_and_stops_on_sigterm
         status = await wait_for_status(dist.binary, cli, workdir, lambda s: any(
             st["partner"] == "fabrikam.test" and st["state"] == "established" for st in s["streams"]))
         assert status["running"] and status["version"] == edgeproxy.__version__
+
+        # Reload through the admin endpoint (the command), then by SIGHUP to the process we
+        # started (the executable passes it on to edgeproxy): a config-reloaded event each.
+        reloaded = run_empty_env(dist.binary, "reload", *cli, cwd=workdir)
+        assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
+        edge.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + COMMAND_TIMEOUT
+        while edge.log_text().count('"EP8001"') < 2:
+            assert time.monotonic() < deadline, edge.log_text()[-4000:]
+            await trio.sleep(0.1)
 
         assert edge.terminate() == 0, edge.log_text()[-6000:]
         assert "Traceback" not in edge.log_text(), edge.log_text()[-6000:]
