@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,11 +91,11 @@ class EdgeConfig:
 
 
 def serve_config(
-    workdir: Path, address: str, *, s2s_port: int | None = None, extra: str = ""
+    workdir: Path, address: str, *, s2s_port: int | None = None, admin_extra: str = "", extra: str = ""
 ) -> EdgeConfig:
     """``workdir/edgeproxy.toml``: listeners on ``address`` (``s2s_port`` for S2S, free ports
-    for the rest), state in ``workdir/state``, no edge certificate (plain TCP with dialback), then
-    ``extra`` (whole sections)."""
+    for the rest), state in ``workdir/state``, no edge certificate (plain TCP with dialback);
+    ``admin_extra`` goes inside ``[admin]``, ``extra`` at the end (whole sections)."""
     workdir.mkdir(parents=True, exist_ok=True)
     s2s, admin = s2s_port or free_port(address), free_port(address)
     config = workdir / "edgeproxy.toml"
@@ -102,7 +103,7 @@ def serve_config(
         f'[edge]\ndomains = ["contoso.test"]\nlisten = ["{address}:{s2s}"]\n'
         f'internal-listen = "{address}:{free_port(address)}"\nstate-dir = "state"\n'
         '[tls]\ncertificate = "no/edge.pem"\nkey = "no/edge.key"\n'
-        f'[admin]\nlisten = "{address}:{admin}"\n'
+        f'[admin]\nlisten = "{address}:{admin}"\n{admin_extra}'
         f'[gateway]\nsip-listen = ["{address}:{free_port(address, udp_too=True)}"]\n'
         "sip-tls-listen = []\n"
         f"{extra}"
@@ -127,13 +128,19 @@ class EdgeProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def _healthy(self) -> bool:
-        url = f"http://{self.config.address}:{self.config.admin_port}/healthz"
+    def admin_get(self, path: str) -> tuple[int, bytes]:
+        """``GET path`` on the admin listener: the status and the body (0 when unreachable)."""
+        url = f"http://{self.config.address}:{self.config.admin_port}{path}"
         try:
-            with urllib.request.urlopen(url, timeout=2) as answer:
-                return bool(answer.status == 200)
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                return int(answer.status), answer.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
         except OSError:
-            return False
+            return 0, b""
+
+    def _healthy(self) -> bool:
+        return self.admin_get("/healthz")[0] == 200
 
     def _wait(self, ready: Callable[[], bool], what: str) -> float:
         """Seconds since the start until ``ready()``; fails if serve exits or takes too long."""

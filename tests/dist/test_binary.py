@@ -61,6 +61,20 @@ def test_every_command_of_the_executable_starts_with_an_empty_environment(dist: 
     assert shown.returncode == 0 and "[edge]" in shown.stdout, shown.stderr
 
 
+def test_the_executable_serves_the_control_panel_from_inside_itself(dist: Dist, tmp_path: Path) -> None:
+    """The panel's templates and static files are package data: they travel inside the file."""
+    config = serve_config(tmp_path / "edge", EDGE_ADDR, admin_extra="ui = true\n")
+    edge = EdgeProcess(["/usr/bin/env", "-i", str(dist.binary), "serve", "--config", str(config.path)], config)
+    try:
+        status, page = edge.admin_get("/ui/login")
+        assert status == 200 and b"<title>Log in" in page, (status, page[:300])
+        status, css = edge.admin_get("/ui/static/panel.css")
+        assert status == 200 and css == (Path(edgeproxy.__file__).parent / "web/static/panel.css").read_bytes()
+        assert edge.terminate() == 0, edge.log_text()[-4000:]
+    finally:
+        edge.kill()
+
+
 async def test_the_executable_serves_federates_with_prosody_and_stops_on_sigterm(
     dist: Dist, tmp_path: Path
 ) -> None:
