@@ -3,7 +3,8 @@
 Run by ``make dist`` with the build virtualenv's Python (``build/dist-venv``, installed from the
 hash-pinned ``packaging/requirements-dist.txt``), from the repository root:
 
-1. the sdist (``dist/edgeproxy-V.tar.gz``: the Python sources and the tokenizer's ``.pyx``/``.c``);
+1. the sdist (``dist/edgeproxy-V.tar.gz``: the Python sources and the tokenizer's ``.pyx``/``.c``),
+   from a copy of the files git would commit under ``build/dist-work/tree``;
 2. from that sdist, one wheel per CPython found — 3.11 (this Python; always) and 3.12, 3.13 where
    an interpreter exists (``EDGEPROXY_DIST_PYTHONS``: a space-separated list of interpreters to
    use instead of looking) — each repaired by ``auditwheel repair`` into a manylinux wheel in
@@ -43,6 +44,8 @@ PACKAGING_INPUTS = (
     "packaging/build_dist.py", "packaging/edgeproxy.spec", "packaging/edgeproxy_main.py",
     "packaging/requirements-dist.txt",
 )  # fmt: skip
+#: What the sdist is built from besides ``src/``.
+SDIST_INPUTS = ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE")
 #: The CPython versions a wheel is built for besides the build virtualenv's own (3.11).
 EXTRA_VERSIONS = ("3.12", "3.13")
 #: Hang guard for one build step (a wheel's compile, PyInstaller), in seconds.
@@ -155,7 +158,14 @@ def build(ver: str, pythons: list[str]) -> None:
 
     started = time.monotonic()
     log("sdist")
-    run(sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", DIST, ".")
+    # From a copy of the sources git would commit: no compiled module or C file of an in-place
+    # build gets in (the C is generated afresh by the pinned Cython), and the tree is not written.
+    tree = WORK / "tree"
+    for path in [*source_files(), *(ROOT / name for name in SDIST_INPUTS)]:
+        target = tree / path.relative_to(ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    run(sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", DIST, ".", cwd=tree)
     sdist = DIST / f"edgeproxy-{ver}.tar.gz"
     log(f"sdist done in {time.monotonic() - started:.0f} s")
 
