@@ -91,18 +91,29 @@ class EdgeConfig:
 
 
 def serve_config(
-    workdir: Path, address: str, *, s2s_port: int | None = None, admin_extra: str = "", extra: str = ""
+    workdir: Path,
+    address: str,
+    *,
+    s2s_port: int | None = None,
+    tls: tuple[Path, Path, Path] | None = None,
+    admin_extra: str = "",
+    extra: str = "",
 ) -> EdgeConfig:
     """``workdir/edgeproxy.toml``: listeners on ``address`` (``s2s_port`` for S2S, free ports
-    for the rest), state in ``workdir/state``, no edge certificate (plain TCP with dialback);
-    ``admin_extra`` goes inside ``[admin]``, ``extra`` at the end (whole sections)."""
+    for the rest), state in ``workdir/state``, the edge certificate, key and trusted CA ``tls``
+    (without: none, plain TCP with dialback only); ``admin_extra`` goes inside ``[admin]``,
+    ``extra`` at the end (whole sections)."""
     workdir.mkdir(parents=True, exist_ok=True)
     s2s, admin = s2s_port or free_port(address), free_port(address)
+    if tls is None:
+        tls_section = '[tls]\ncertificate = "no/edge.pem"\nkey = "no/edge.key"\n'
+    else:
+        tls_section = f'[tls]\ncertificate = "{tls[0]}"\nkey = "{tls[1]}"\ntrust = "{tls[2]}"\n'
     config = workdir / "edgeproxy.toml"
     config.write_text(
         f'[edge]\ndomains = ["contoso.test"]\nlisten = ["{address}:{s2s}"]\n'
         f'internal-listen = "{address}:{free_port(address)}"\nstate-dir = "state"\n'
-        '[tls]\ncertificate = "no/edge.pem"\nkey = "no/edge.key"\n'
+        f"{tls_section}"
         f'[admin]\nlisten = "{address}:{admin}"\n{admin_extra}'
         f'[gateway]\nsip-listen = ["{address}:{free_port(address, udp_too=True)}"]\n'
         "sip-tls-listen = []\n"

@@ -1,6 +1,8 @@
 """``dist/edgeproxy``, the one-file executable, on a host as if it had no Python: every command
 started with an empty environment (``env -i``: no PATH, no virtualenv, no PYTHONPATH), a real
-``serve`` federating with the lab's Prosody, and a clean stop on SIGTERM.
+``serve`` federating with the lab's Prosody — over plain TCP with dialback, and over STARTTLS
+with certificates checked both ways and SASL EXTERNAL (the executable's own OpenSSL) — reloading,
+and a clean stop on SIGTERM.
 
 Addresses (private to these tests): the edge 127.0.50.2, Prosody (fabrikam.test) 127.0.50.3,
 dnsmasq 127.0.50.4; every port a free one. Prosody and dnsmasq are required in CI (``CI=true``:
@@ -16,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import trio
 from _distbuild import Dist, EdgeProcess, machine_has_sse2, serve_config
 
@@ -23,6 +26,7 @@ import edgeproxy
 from edgeproxy.cli import build_parser
 from fixtures.c2s import Client
 from fixtures.dnsmasq import start_dnsmasq, xmpp_server
+from fixtures.pki import write_domain_certificates
 from fixtures.ports import free_port
 from fixtures.xmpp_servers import PASSWORD, start_prosody
 
@@ -75,9 +79,23 @@ def test_the_executable_serves_the_control_panel_from_inside_itself(dist: Dist, 
         edge.kill()
 
 
+#: Per lab mode: the partner row's options, and how the streams with Prosody authenticate.
+MODES = {
+    # plain TCP, server dialback both ways
+    "plain": (["--tls", "not-supported", "--sasl", "not-supported", "--dialback"], "dialback"),
+    # STARTTLS with certificates of a lab CA checked both ways, SASL EXTERNAL, no dialback
+    "secure": (["--tls", "required", "--sasl", "required", "--no-dialback"], "sasl-over-tls"),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
 async def test_the_executable_serves_federates_with_prosody_and_stops_on_sigterm(
-    dist: Dist, tmp_path: Path
+    dist: Dist, tmp_path: Path, mode: str
 ) -> None:
+    partner_options, auth = MODES[mode]
+    certs = None
+    if mode != "plain":
+        certs = write_domain_certificates(tmp_path / "certs", ("contoso.test", "fabrikam.test"), "Dist Lab CA")
     edge_port, p_s2s, p_c2s = free_port(EDGE_ADDR), free_port(PROSODY_ADDR), free_port(PROSODY_ADDR)
     dns = start_dnsmasq(tmp_path / "dns", [
         *xmpp_server("contoso.test", EDGE_ADDR, edge_port),
@@ -86,17 +104,18 @@ async def test_the_executable_serves_federates_with_prosody_and_stops_on_sigterm
     prosody = None
     edge: EdgeProcess | None = None
     try:
-        prosody = start_prosody("fabrikam.test", PROSODY_ADDR, (dns.address, dns.port),
-                                users=("carol",), c2s_port=p_c2s, s2s_port=p_s2s)
+        prosody = start_prosody("fabrikam.test", PROSODY_ADDR, (dns.address, dns.port), mode=mode,
+                                users=("carol",), c2s_port=p_c2s, s2s_port=p_s2s,
+                                certs=certs["fabrikam.test"] if certs else None)
         workdir = tmp_path / "edge"
         edge_config = serve_config(workdir, EDGE_ADDR, s2s_port=edge_port,
+                                   tls=certs["contoso.test"] if certs else None,
                                    extra=f'[dns]\nresolver = "{dns.resolver}"\n')
         cli = ["--config", str(edge_config.path)]
-        # The directory, set up with the executable's own commands: fabrikam.test over plain TCP
-        # with dialback, a global policy letting users exchange XMPP traffic, the SIP user bob.
+        # The directory, set up with the executable's own commands: fabrikam.test (as the mode
+        # says), a global policy letting users exchange XMPP traffic, the SIP user bob.
         for command in (
-            ["partner", "new", "fabrikam.test", "--type", "federated", "--tls", "not-supported",
-             "--sasl", "not-supported", "--dialback", *cli],
+            ["partner", "new", "fabrikam.test", "--type", "federated", *partner_options, *cli],
             ["policy", "set", "global", "--xmpp", "--federation", *cli],
             ["user", "new", "sip:bob@contoso.test", *cli],
         ):
@@ -123,6 +142,8 @@ async def test_the_executable_serves_federates_with_prosody_and_stops_on_sigterm
         status = await wait_for_status(dist.binary, cli, workdir, lambda s: any(
             st["partner"] == "fabrikam.test" and st["state"] == "established" for st in s["streams"]))
         assert status["running"] and status["version"] == edgeproxy.__version__
+        streams = [st for st in status["streams"] if st["partner"] == "fabrikam.test"]
+        assert all(auth in str(st["auth"]) for st in streams), streams
 
         # Reload through the admin endpoint (the command), then by SIGHUP to the process we
         # started (the executable passes it on to edgeproxy): a config-reloaded event each.
