@@ -382,6 +382,10 @@ class EdgeApp:
                 raise _credentials_failed(self.telemetry, "the admin token", token, exc) from exc
         listen = [split_host_port(hp) for hp in config.edge.listen]
         async with trio.open_nursery() as nursery:
+            if self._serve_signals:
+                # before any listener accepts: a SIGTERM from then on is a graceful stop (taken
+                # once the start is complete), never the default action that kills the process
+                await nursery.start(serve_signals, _CountingControl(self))
             if self.channel is None:
                 nursery.start_soon(self._consume_deliveries)
             try:
@@ -405,8 +409,6 @@ class EdgeApp:
                         raise
                     raise _bind_failed(self.telemetry, "internal", config.edge.internal_listen, error) from error
                 self.internal_address = join_host_port(*bound)
-            if self._serve_signals:
-                await nursery.start(serve_signals, _CountingControl(self))
             if self._serve_admin:
                 try:
                     self.admin_endpoint = await nursery.start(
