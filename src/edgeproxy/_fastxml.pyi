@@ -5,6 +5,8 @@ DEFAULT_MAX_STANZA_BYTES: Final[int]
 DEFAULT_MAX_DEPTH: Final[int]
 DEFAULT_MAX_ATTRIBUTES: Final[int]
 DEFAULT_MAX_NAME_BYTES: Final[int]
+#: How this module was compiled (Cython version, compiler, flags, SIMD): `edgeproxy --version`.
+BUILD_INFO: Final[dict[str, object]]
 
 class TokenizerError(Exception):
     """Raised by Tokenizer.feed; the stream must be closed with <condition/>."""
