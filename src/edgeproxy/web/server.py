@@ -141,7 +141,7 @@ async def serve_admin(
 
     Use with ``nursery.start``: it returns the bound ``AdminEndpoint`` (the real port when the
     configuration says port 0) once the socket listens. ``ui`` builds the Control Panel from the
-    admin token (default: :func:`edgeproxy.web.ui.control_panel` when ``[admin] ui = true``).
+    admin token (default: :func:`edgeproxy.web.control_panel.control_panel` when ``[admin] ui = true``).
     Raises ``ConfigError`` for a non-loopback address without ``allow-remote`` and ``OSError``
     when the address cannot be bound (both also logged as events). Cancellation closes the
     listener and every open admin connection.
@@ -159,7 +159,7 @@ async def serve_admin(
     endpoint = AdminEndpoint(host=bound[0], port=bound[1], token_path=token_path)
     telemetry = Telemetry(metrics, event_log)
     if ui is None and config.admin.ui:
-        from edgeproxy.web.ui import control_panel
+        from edgeproxy.web.control_panel import control_panel
 
         ui = partial(control_panel, config, status_source, event_log)
     application = AdminApplication(

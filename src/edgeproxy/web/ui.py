@@ -19,17 +19,13 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 import jinja2
-from starlette.applications import Starlette
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 
 from edgeproxy import __version__
 from edgeproxy.config import EdgeConfig
 from edgeproxy.ops import events
-from edgeproxy.ops.admin import PanelRole, panel_password_path
 from edgeproxy.ops.events import EventLog
 from edgeproxy.ops.status import StatusSource
 from edgeproxy.policy.store import Store
@@ -242,31 +238,3 @@ def form_text(form: FormData, name: str) -> str:
     """A text field of a submitted form, stripped ("" when absent or a file)."""
     value = form.get(name)
     return value.strip() if isinstance(value, str) else ""
-
-
-def control_panel(
-    config: EdgeConfig,
-    status_source: StatusSource,
-    event_log: EventLog | None,
-    token: str,
-    *,
-    tls: bool = False,
-) -> Starlette:
-    """The Control Panel's ASGI application (mounted at ``/ui`` by the admin listener). ``tls``:
-    the listener is reached over TLS (the session cookie is then ``Secure``)."""
-    from edgeproxy.web import pages
-
-    credentials = Credentials(token, {role: panel_password_path(config, role) for role in PanelRole})
-    panel = Panel(config, status_source, event_log, credentials, tls=tls)
-    routes = [
-        Route("/login", panel.login_page, methods=["GET", "POST"]),
-        Route("/logout", panel.page(panel.logout), methods=["POST"]),
-        Route("/", panel.page(panel.dashboard), methods=["GET"]),
-        *pages.routes(panel),
-        Mount("/static", StaticFiles(packages=[("edgeproxy.web", "static")]), name="static"),
-    ]
-
-    async def root(request: Request) -> Response:
-        return RedirectResponse(PREFIX + "/", status_code=303)
-
-    return Starlette(routes=[Route("/", root), Route(PREFIX, root), Mount(PREFIX, routes=routes)])
