@@ -84,10 +84,20 @@ from edgeproxy.loadtest.partner import (  # noqa: E402
     OutboundStream,
     PartnerListener,
     StreamSetupError,
+    listener_snapshot,  # noqa: E402
     open_stream,
     partner_snapshot,
 )
-from edgeproxy.loadtest.scenario import MixEntry, Partners, Scenario, StanzaKind, Target, Traffic  # noqa: E402
+from edgeproxy.loadtest.partner_tls import PartnerTls  # noqa: E402
+from edgeproxy.loadtest.scenario import (  # noqa: E402
+    MixEntry,
+    Partners,
+    Scenario,
+    Security,
+    StanzaKind,
+    Target,
+    Traffic,
+)
 from edgeproxy.policy.model import (  # noqa: E402
     AccessPolicy,
     Configuration,
@@ -97,7 +107,7 @@ from edgeproxy.policy.model import (  # noqa: E402
     PartnerType,
 )
 from fixtures.ports import free_port  # noqa: E402
-from fixtures.serve import DOMAIN, ServeProcess, start_serve  # noqa: E402
+from fixtures.serve import DOMAIN, EdgeCertificates, ServeProcess, start_serve  # noqa: E402
 
 EDGE_IP, PARTNER_IP, CLIENT_NET = "127.0.21.1", "127.0.21.2", "127.0.22"
 SECRET = "bench-idle-dialback-secret"
@@ -146,7 +156,26 @@ if _DIR:
                 os.dup2(saved, 2)
                 os.close(saved)
         with open(path + ".json", "w") as out:
-            json.dump({"objects": sum(counts.values()), "types": dict(counts)}, out)
+            json.dump({"objects": sum(counts.values()), "types": dict(counts), "mallinfo2": _mallinfo2(),
+                       "ssl_sessions": _ssl_sessions()}, out)
+
+    class _MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                     "fordblks", "keepcost")]
+
+    def _mallinfo2():
+        """glibc's main-arena counters (bytes): arena = sbrk heap, hblkhd = mmapped blocks,
+        uordblks = in use, fordblks = free in the heap."""
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+        info = libc.mallinfo2()
+        return {n: getattr(info, n) for n, _ in _MallInfo2._fields_}
+
+    def _ssl_sessions():
+        """Sessions cached by every live SSLContext (OpenSSL's session cache)."""
+        import ssl
+        return [o.session_stats()["number"] for o in gc.get_objects() if isinstance(o, ssl.SSLContext)]
 
     def _trim(signum, frame):
         gc.collect()
@@ -213,7 +242,7 @@ def sim_domains(count: int) -> tuple[str, ...]:
 
 
 def store_for(domains: tuple[str, ...], listen_port: int, *, total_limit: int | None = None,
-              partner_limit: int | None = None) -> Configuration:
+              partner_limit: int | None = None, tls: bool = False) -> Configuration:
     gateway = GatewaySettings(dialback_secret="contoso-secret")
     if total_limit is not None:
         gateway = GatewaySettings(dialback_secret="contoso-secret", connection_limit=total_limit)
@@ -221,7 +250,8 @@ def store_for(domains: tuple[str, ...], listen_port: int, *, total_limit: int | 
         gateway=gateway,
         partners=tuple(
             Partner(domain=d, type=PartnerType.FEDERATED, proxy_fqdn=f"{PARTNER_IP}:{listen_port}",
-                    tls=Negotiation.NOT_SUPPORTED, sasl=Negotiation.NOT_SUPPORTED, dialback=True,
+                    tls=Negotiation.REQUIRED if tls else Negotiation.NOT_SUPPORTED,
+                    sasl=Negotiation.NOT_SUPPORTED, dialback=True,
                     connection_limit=partner_limit)
             for d in domains
         ),
@@ -229,11 +259,14 @@ def store_for(domains: tuple[str, ...], listen_port: int, *, total_limit: int | 
     )
 
 
-def scenario_for(domains: tuple[str, ...], s2s_port: int, listen_port: int) -> Scenario:
+def scenario_for(domains: tuple[str, ...], s2s_port: int, listen_port: int, tls: bool = False) -> Scenario:
+    """The simulator's scenario; ``tls``: STARTTLS then dialback (one throw-away certificate
+    naming every simulated domain, as the load test generates it)."""
     return Scenario(
         target=Target(domain=DOMAIN, host=EDGE_IP, port=s2s_port),
         partners=Partners(domains=domains, listen_host=PARTNER_IP, listen_port=listen_port,
-                          secret=SECRET, connect_timeout=STREAM_TIMEOUT),
+                          secret=SECRET, connect_timeout=STREAM_TIMEOUT,
+                          security=Security.STARTTLS_DIALBACK if tls else Security.PLAIN),
         traffic=Traffic(stanzas=1, mix=(MixEntry(kind=StanzaKind.MESSAGE, to=f"bob@{DOMAIN}"),)),
     )
 
@@ -265,7 +298,9 @@ def serve_env(tree: Tree, workdir: Path, args: argparse.Namespace) -> dict[str, 
 
 async def start(tree: Tree, workdir: Path, store: Configuration, args: argparse.Namespace) -> ServeProcess:
     env = serve_env(tree, workdir, args)
-    return await trio.to_thread.run_sync(lambda: start_serve(workdir, address=EDGE_IP, store=store, env=env))
+    certificates = EdgeCertificates(workdir / "pki") if getattr(args, "tls", False) else None
+    return await trio.to_thread.run_sync(lambda: start_serve(workdir, address=EDGE_IP, store=store, env=env,
+                                                             certificates=certificates))
 
 
 async def probe(serve: ServeProcess, sig: int, name: str, timeout: float = 60.0) -> Path | None:
@@ -391,7 +426,8 @@ async def idle_cpu_rate(serve: ServeProcess, seconds: float = 2.0) -> float:
 
 
 async def open_many(scenario: Scenario, domains: tuple[str, ...], per_domain: int, count: int,
-                    concurrency: int, nursery: trio.Nursery) -> tuple[list[OutboundStream], list[str]]:
+                    concurrency: int, nursery: trio.Nursery,
+                    tls: PartnerTls | None = None) -> tuple[list[OutboundStream], list[str]]:
     """``count`` authenticated streams, ``per_domain`` for each domain in turn; each gets a
     reader task in ``nursery`` (so a close is answered)."""
     policy = partner_snapshot(scenario)
@@ -400,7 +436,7 @@ async def open_many(scenario: Scenario, domains: tuple[str, ...], per_domain: in
 
     async def one(i: int) -> None:
         try:
-            stream = await open_stream(scenario, lambda: policy, domains[i // per_domain])
+            stream = await open_stream(scenario, lambda: policy, domains[i // per_domain], tls)
         except (StreamSetupError, OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             errors.append(repr(exc)[:200])
             return
@@ -494,24 +530,30 @@ async def retention(tree: Tree, workdir: Path, args: argparse.Namespace) -> dict
     domains = sim_domains(math.ceil(args.streams / per_domain))
     listen_port = free_port(PARTNER_IP)
     store = store_for(domains, listen_port, total_limit=max(TOTAL_LIMIT, args.streams + 100),
-                      partner_limit=per_domain if per_domain > PARTNER_LIMIT else None)
+                      partner_limit=per_domain if per_domain > PARTNER_LIMIT else None, tls=args.tls)
     serve = await start(tree, workdir, store, args)
-    scenario = scenario_for(domains, serve.s2s_port, listen_port)
+    scenario = scenario_for(domains, serve.s2s_port, listen_port, tls=args.tls)
+    partner_tls = PartnerTls.for_scenario(scenario)
     cycles: list[dict[str, object]] = []
     probes: list[dict[str, object]] = []
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(PartnerListener(scenario, lambda: partner_snapshot(scenario), Ledger()).serve)
+            listener_policy = listener_snapshot(scenario) if args.tls else partner_snapshot(scenario)
+            await nursery.start(PartnerListener(scenario, lambda: listener_policy, Ledger(), partner_tls).serve)
             await trio.sleep(args.settle)
             start_rss, start_fds = serve.rss_kib(), serve.fd_count()
+            start_probe = await probe(serve, signal.SIGUSR1, "probe-") if args.probe else None
+            start_map = memory_map(serve.pid) if args.probe else None
+            start_rss = serve.rss_kib() if args.probe else start_rss  # after the probe's own allocations
             print(f"[{tree.label}] retention: {args.streams:,} streams x {args.cycles} cycles, "
                   f"{len(domains)} domains; RSS at start {start_rss / 1024:.1f} MiB; load {os.getloadavg()[0]:.2f}",
                   flush=True)
             for cycle in range(1, args.cycles + 1):
                 cpu0, t0 = cpu_seconds(serve.pid), time.perf_counter()
+                row_extra: dict[str, object] = {}
                 with trio.fail_after(STREAM_TIMEOUT + args.streams):
                     streams, errors = await open_many(scenario, domains, per_domain, args.streams,
-                                                      args.open_concurrency, nursery)
+                                                      args.open_concurrency, nursery, partner_tls)
                 t_open = time.perf_counter() - t0
                 established = await wait_inbound(serve, len(streams), 30)
                 await trio.sleep(args.hold)
@@ -520,6 +562,17 @@ async def retention(tree: Tree, workdir: Path, args: argparse.Namespace) -> dict
                     held_probe = await probe(serve, signal.SIGUSR1, "probe-")
                     if held_probe is not None:
                         report_held(held_probe, len(streams))
+                        if start_probe is not None and start_map is not None:
+                            report_held_native(start_probe, held_probe, start_map, memory_map(serve.pid),
+                                               held_rss - start_rss, len(streams))
+                    if args.trim_held:  # how much of the held RSS is memory malloc holds free
+                        await probe(serve, signal.SIGUSR2, "trim-")
+                        await trio.sleep(0.5)
+                        trimmed_rss = serve.rss_kib()
+                        print(f"  held, after malloc_trim(0): RSS {trimmed_rss / 1024:.1f} MiB, "
+                              f"{(trimmed_rss - start_rss) / max(len(streams), 1):.1f} KiB per held stream "
+                              f"(before the trim {(held_rss - start_rss) / max(len(streams), 1):.1f})", flush=True)
+                        row_extra["rss_held_trimmed_kib"] = trimmed_rss
                     cpu1 = cpu_seconds(serve.pid)
                 t1 = time.perf_counter()
                 await close_all(streams)
@@ -538,6 +591,7 @@ async def retention(tree: Tree, workdir: Path, args: argparse.Namespace) -> dict
                     "cpu_ms_per_stream_open": round((cpu1 - cpu0) / max(len(streams), 1) * 1000, 3),
                     "cpu_ms_per_stream_close": round((cpu2 - cpu1) / max(len(streams), 1) * 1000, 3),
                     "close_s": round(time.perf_counter() - t1, 2),
+                    **row_extra,
                 }
                 if args.probe:
                     found = await probe(serve, signal.SIGUSR1, "probe-")
@@ -592,6 +646,35 @@ def report_held(found: Path, streams: int) -> None:
     if snapshot.exists():
         for stat in tracemalloc.Snapshot.load(str(snapshot)).statistics("lineno")[:15]:
             print(f"    {stat}", flush=True)
+
+
+def report_held_native(before: Path, held: Path, map_before: dict[str, int], map_held: dict[str, int],
+                       rss_kib: int, streams: int) -> None:
+    """Where the held streams' RSS is, per stream (KiB): by mapping, glibc malloc in use and free,
+    pymalloc in use, tracemalloc's Python allocations by line (from the probe before opening)."""
+    a, b = json.loads(before.read_text()), json.loads(held.read_text())
+    per = 1024 * streams
+    print(f"  per held stream: RSS {rss_kib * 1024 / per:.1f} KiB; by mapping "
+          + ", ".join(f"{k} {(map_held.get(k, 0) - map_before.get(k, 0)) * 1024 / per:.1f}"
+                      for k in sorted(set(map_held) | set(map_before))), flush=True)
+    if "mallinfo2" in a and "mallinfo2" in b:
+        m0, m1 = a["mallinfo2"], b["mallinfo2"]
+        print("  per held stream, glibc malloc (KiB): " + ", ".join(
+            f"{k} {(m1[k] - m0[k]) / per:.1f}" for k in ("arena", "uordblks", "fordblks", "hblkhd")), flush=True)
+        print(f"  OpenSSL session caches (entries per context): {b.get('ssl_sessions')}", flush=True)
+    p0 = pymalloc_summary(before.with_suffix(".malloc.txt"))
+    p1 = pymalloc_summary(held.with_suffix(".malloc.txt"))
+    print(f"  per held stream, pymalloc used {(p1.get('used_bytes', 0) - p0.get('used_bytes', 0)) / per:.1f} KiB,"
+          f" arenas {(p1.get('arenas', 0) - p0.get('arenas', 0)) * 256 / streams:.1f} KiB", flush=True)
+    old, new = before.with_suffix(".tm"), held.with_suffix(".tm")
+    if old.exists() and new.exists():
+        diff = tracemalloc.Snapshot.load(str(new)).compare_to(tracemalloc.Snapshot.load(str(old)), "lineno")
+        total = sum(d.size_diff for d in diff)
+        print(f"  tracemalloc: {total / per:.1f} KiB per held stream traced (Python allocations); top lines:",
+              flush=True)
+        for stat in diff[:15]:
+            print(f"    {stat.size_diff / streams:8.0f} B/stream  {stat.count_diff / streams:6.1f} blocks  "
+                  f"{stat.traceback}", flush=True)
 
 
 def report_growth(first: dict, last: dict) -> dict[str, int]:  # type: ignore[type-arg]
@@ -665,6 +748,11 @@ if __name__ == "__main__":
     parser.add_argument("--probe", action="store_true", help="live objects by type after each cycle (SIGUSR1)")
     parser.add_argument("--tracemalloc", type=int, default=0, help="with --probe: tracemalloc frames (0: off)")
     parser.add_argument("--trim", action="store_true", help="malloc_trim(0) in the server after each cycle")
+    parser.add_argument("--trim-held", action="store_true",
+                        help="with --probe: malloc_trim(0) while the first cycle's streams are held, RSS again")
+    parser.add_argument("--tls", action="store_true",
+                        help="retention over STARTTLS + dialback (partner rows require TLS, the edge has a"
+                             " certificate of a private CA; the simulator one naming every simulated domain)")
     parser.add_argument("--json", help="write every result to this file")
     parser.add_argument("--workdir", help="where the temporary server directories go (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the server directories (event logs)")

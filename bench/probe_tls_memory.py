@@ -3,6 +3,14 @@
 Usage (from the repository)::
 
     .venv/bin/python bench/probe_tls_memory.py {plain|stdlib|edge} [N] [--client-cert]
+        [--names K] [--verdict] [--num-tickets T]
+
+``--names K``: the client certificate names K domains and is sent with its CA (what the load
+test's simulator presents: one throw-away certificate naming every simulated domain);
+``--verdict``: the server also takes edgeproxy's verdict on the peer certificate per connection
+and keeps it (``certs.peer.peer_certificate_check``, what an S2S session keeps);
+``--num-tickets T``: TLS 1.3 session tickets the server sends (OpenSSL's default 2).
+Besides RSS it prints glibc malloc's bytes in use (``mallinfo2().uordblks``) per connection.
 
 ``edge`` uses edgeproxy's ``certs.contexts.tls_context`` with role ``S2S_SERVER`` (requests a
 client certificate), ``stdlib`` a bare ``ssl.SSLContext``. A client subprocess opens N connections to 127.0.0.99 and holds them;
@@ -12,7 +20,9 @@ it to tell TLS' own cost per stream from edgeproxy's.
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import gc
 import resource
 import ssl
 import subprocess
@@ -33,7 +43,21 @@ def rss_kib() -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def server(kind: str, n: int, pki: Path, client_cert: bool) -> None:
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def malloc_in_use() -> int:
+    """glibc's bytes in use in the main arena and mmapped blocks (pymalloc's arenas excluded:
+    they are mmapped by Python itself, not by malloc)."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+async def server(kind: str, n: int, pki: Path, client_cert: bool, options: dict[str, int]) -> None:
     from edgeproxy.certs.contexts import TlsRole, tls_context
 
     files = (pki / "contoso.test.crt", pki / "contoso.test.key", pki / "ca.crt")
@@ -42,7 +66,9 @@ async def server(kind: str, n: int, pki: Path, client_cert: bool) -> None:
     else:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(files[0], files[1])
-    held: list[trio.abc.Stream] = []
+    if "num_tickets" in options:
+        ctx.num_tickets = options["num_tickets"]
+    held: list[object] = []
     done = trio.Event()
 
     async def handle(stream: trio.abc.Stream) -> None:
@@ -50,22 +76,29 @@ async def server(kind: str, n: int, pki: Path, client_cert: bool) -> None:
             tls = trio.SSLStream(stream, ctx, server_side=True)
             await tls.do_handshake()
             stream = tls
+            if options.get("verdict"):
+                from edgeproxy.certs.peer import peer_certificate_check
+
+                held.append(peer_certificate_check(tls))
         held.append(stream)
-        if len(held) == n:
+        if len(held) == n * (2 if options.get("verdict") and kind != "plain" else 1):
             done.set()
         await trio.sleep_forever()
 
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(functools.partial(trio.serve_tcp, handle, 0, host=ADDR))
         port = listeners[0].socket.getsockname()[1]
-        base = rss_kib()
+        gc.collect()
+        base, base_malloc = rss_kib(), malloc_in_use()
         cmd = [sys.executable, __file__, "--client", str(n), str(port), kind, str(pki)]
         client = subprocess.Popen(cmd + (["--client-cert"] if client_cert else []))
         with trio.fail_after(300):
             await done.wait()
         await trio.sleep(2)
-        print(f"{kind}{' (client certificate)' if client_cert else ''}: "
-              f"{(rss_kib() - base) / n:.1f} KiB per idle server connection ({n})")
+        gc.collect()
+        print(f"{kind}{' (client certificate)' if client_cert else ''} {options}: "
+              f"{(rss_kib() - base) / n:.1f} KiB RSS per idle server connection ({n}); malloc in use "
+              f"{(malloc_in_use() - base_malloc) / 1024 / n:.1f} KiB")
         client.terminate()
         client.wait()
         nursery.cancel_scope.cancel()
@@ -76,7 +109,8 @@ async def client(n: int, port: int, kind: str, pki: Path, client_cert: bool) -> 
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     if client_cert:
-        ctx.load_cert_chain(pki / "contoso.test.crt", pki / "contoso.test.key")
+        name = "partners" if (pki / "partners.crt").exists() else "contoso.test"
+        ctx.load_cert_chain(pki / f"{name}.crt", pki / f"{name}.key")
     held = []
     for _ in range(n):
         stream: trio.abc.Stream = await trio.open_tcp_stream(ADDR, port)
@@ -91,7 +125,22 @@ async def client(n: int, port: int, kind: str, pki: Path, client_cert: bool) -> 
 def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    args = [a for a in sys.argv[1:] if a != "--client-cert"]
+    argv = sys.argv[1:]
+    options: dict[str, int] = {}
+    names = 0
+    for flag in ("--names", "--num-tickets"):
+        if flag in argv:
+            i = argv.index(flag)
+            value = int(argv[i + 1])
+            del argv[i:i + 2]
+            if flag == "--names":
+                names = value
+            else:
+                options["num_tickets"] = value
+    if "--verdict" in argv:
+        argv.remove("--verdict")
+        options["verdict"] = 1
+    args = [a for a in argv if a != "--client-cert"]
     client_cert = "--client-cert" in sys.argv
     if args[0] == "--client":
         trio.run(client, int(args[1]), int(args[2]), args[3], Path(args[4]), client_cert)
@@ -100,7 +149,21 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="probe-tls-") as tmp:
         pki = compare.make_pki(Path(tmp) / "pki", ("contoso.test",))
-        trio.run(server, args[0], int(args[1]) if len(args) > 1 else 2000, pki, client_cert)
+        if names:
+            partners_certificate(pki, names)
+        trio.run(server, args[0], int(args[1]) if len(args) > 1 else 2000, pki, client_cert, options)
+
+
+def partners_certificate(pki: Path, names: int) -> None:
+    """``partners.crt`` (leaf naming sim1..simK.test, then its CA) and ``partners.key``."""
+    from edgeproxy.certs import selfsigned
+    from edgeproxy.certs.pem import certificates_pem, private_key_pem
+
+    authority = selfsigned.make_authority("probe partners CA")
+    key = selfsigned.new_ec_key()
+    cert = selfsigned.issue(authority, key.public_key(), [f"sim{i}.test" for i in range(1, names + 1)])
+    (pki / "partners.crt").write_bytes(certificates_pem([cert, authority.certificate]))
+    (pki / "partners.key").write_bytes(private_key_pem(key))
 
 
 if __name__ == "__main__":
