@@ -29,6 +29,13 @@ core attempts EXTERNAL only towards a peer whose certificate proves the partner 
 TLS dialback where the row allows it, else it gives up naming the cause). Either way the cause
 is reported as :class:`~edgeproxy.s2s.PeerCertificateRejected` and logged by the driver.
 
+What a verdict keeps: the cause (or None) and the identities the certificate presents — not the
+certificate, its chain or their DER. The identities are shared by every stream that presents the
+same certificate (:func:`_identities`, the last ``IDENTITY_CACHE_SIZE`` certificates by digest): a
+partner opens many streams with one certificate, and one naming 100 domains costs about 7 KiB of
+identities per stream otherwise (and the same IDNA work on every handshake). The cause is taken
+anew on every handshake: it depends on the time and the trust.
+
 Intermediates: the peer's chain as sent (:func:`edgeproxy.certs.openssl.peer_chain`). If it cannot
 be read the chain is the leaf alone, and a partner's intermediate CA must then be in ``[tls]
 trust`` (every certificate in the trust file is an anchor).
@@ -38,8 +45,10 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import ssl
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +67,10 @@ _S2S_USAGES = frozenset(
     (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE)
 )
 
+
+#: Peer certificates whose presented identities are kept to be shared (by SHA-256 of the DER).
+IDENTITY_CACHE_SIZE = 256
+_IDENTITIES: OrderedDict[bytes, PresentedIdentities] = OrderedDict()
 
 #: cryptography's warning about a certificate whose serial number is not positive.
 SYSTEM_ROOT_SERIAL_WARNING = r"Parsed a serial number which wasn't positive"
@@ -182,8 +195,21 @@ def _judge(
     else:
         chain = [x509.load_der_x509_certificate(d) for d in intermediates]
         problem = _chain_problem(cert, chain, trust, moment)
-    # Decodes the extensions (lazily parsed by cryptography): a malformed one raises here.
-    return problem, PresentedIdentities.from_certificate(cert)
+    return problem, _identities(der, cert)
+
+
+def _identities(der: bytes, cert: x509.Certificate) -> PresentedIdentities:
+    """The identities ``cert`` (whose DER is ``der``) presents, shared with every earlier verdict
+    on the same certificate while it is among the last ``IDENTITY_CACHE_SIZE`` seen."""
+    key = hashlib.sha256(der).digest()
+    ids = _IDENTITIES.get(key)
+    if ids is not None:
+        _IDENTITIES.move_to_end(key)
+        return ids
+    ids = _IDENTITIES[key] = PresentedIdentities.from_certificate(cert)
+    if len(_IDENTITIES) > IDENTITY_CACHE_SIZE:
+        _IDENTITIES.popitem(last=False)
+    return ids
 
 
 def peer_certificate_check(tls: Any) -> CertificateCheck:
