@@ -155,9 +155,11 @@ if _DIR:
             finally:
                 os.dup2(saved, 2)
                 os.close(saved)
-        with open(path + ".json", "w") as out:
-            json.dump({"objects": sum(counts.values()), "types": dict(counts), "mallinfo2": _mallinfo2(),
-                       "ssl_sessions": _ssl_sessions()}, out)
+        payload = {"objects": sum(counts.values()), "types": dict(counts), "mallinfo2": _mallinfo2(),
+                   "ssl_sessions": _ssl_sessions()}
+        with open(path + ".json.part", "w") as out:  # renamed when whole: the bench polls for .json
+            json.dump(payload, out)
+        os.replace(path + ".json.part", path + ".json")
 
     class _MallInfo2(ctypes.Structure):
         _fields_ = [(n, ctypes.c_size_t) for n in
