@@ -52,6 +52,15 @@ main thread under cProfile (``server.prof`` in its directory, written at its exi
 
     .venv/bin/python bench/bench_idle.py [--phases refusals retention] [--refusals 5000]
         [--streams 5000] [--cycles 5] [--src DIR --label L ...] [--probe] [--trim] [--json F]
+        [--tls] [--trim-held]
+
+``--tls`` runs the retention phase over STARTTLS + dialback: the partner rows require TLS, the
+edge has a certificate of a private CA, and the simulator presents one throw-away certificate
+naming every simulated domain (as the load test does). With ``--probe`` a probe before the
+streams are opened gives, per held stream: RSS by mapping, glibc's bytes in use and free
+(``mallinfo2``), pymalloc's bytes in use, every SSLContext's session-cache entries and, with
+``--tracemalloc``, the Python allocations by line; ``--trim-held`` runs ``malloc_trim(0)`` while
+the first cycle's streams are held and reads RSS again.
 """
 
 from __future__ import annotations

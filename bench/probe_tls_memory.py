@@ -3,13 +3,17 @@
 Usage (from the repository)::
 
     .venv/bin/python bench/probe_tls_memory.py {plain|stdlib|edge} [N] [--client-cert]
-        [--names K] [--verdict] [--num-tickets T]
+        [--names K] [--verdict] [--num-tickets T] [--skip-openssl-verify]
 
 ``--names K``: the client certificate names K domains and is sent with its CA (what the load
 test's simulator presents: one throw-away certificate naming every simulated domain);
 ``--verdict``: the server also takes edgeproxy's verdict on the peer certificate per connection
 and keeps it (``certs.peer.peer_certificate_check``, what an S2S session keeps);
-``--num-tickets T``: TLS 1.3 session tickets the server sends (OpenSSL's default 2).
+``--num-tickets T``: TLS 1.3 session tickets the server sends (OpenSSL's default 2);
+``--skip-openssl-verify`` (an experiment, ``edge`` only): OpenSSL's chain verification on the
+server is replaced by a callback that accepts (``SSL_CTX_set_cert_verify_callback`` through ctypes)
+— what OpenSSL caches on the peer certificate while building the chain, which the S2S roles
+throw away (their verdict is ``certs.peer``'s).
 Besides RSS it prints glibc malloc's bytes in use (``mallinfo2().uordblks``) per connection.
 
 ``edge`` uses edgeproxy's ``certs.contexts.tls_context`` with role ``S2S_SERVER`` (requests a
@@ -43,6 +47,22 @@ def rss_kib() -> int:
     raise RuntimeError("no VmRSS")
 
 
+_CERT_VERIFY = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+_ACCEPT = _CERT_VERIFY(lambda _store, _arg: 1)
+
+
+def skip_openssl_verify(ctx: ssl.SSLContext) -> None:
+    """Replace OpenSSL's certificate verification on ``ctx`` by a callback that accepts."""
+    from edgeproxy.certs import openssl
+
+    lib, pointer = openssl._libssl(), openssl._ssl_ctx_pointer(ctx)
+    if lib is None or pointer is None:
+        raise SystemExit("cannot reach the SSL_CTX")
+    function = lib.SSL_CTX_set_cert_verify_callback
+    function.restype, function.argtypes = None, [ctypes.c_void_p, _CERT_VERIFY, ctypes.c_void_p]
+    function(pointer, _ACCEPT, None)
+
+
 class _MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                                 "fsmblks", "uordblks", "fordblks", "keepcost")]
@@ -68,6 +88,8 @@ async def server(kind: str, n: int, pki: Path, client_cert: bool, options: dict[
         ctx.load_cert_chain(files[0], files[1])
     if "num_tickets" in options:
         ctx.num_tickets = options["num_tickets"]
+    if options.get("skip_openssl_verify"):
+        skip_openssl_verify(ctx)
     held: list[object] = []
     done = trio.Event()
 
@@ -137,6 +159,9 @@ def main() -> None:
                 names = value
             else:
                 options["num_tickets"] = value
+    if "--skip-openssl-verify" in argv:
+        argv.remove("--skip-openssl-verify")
+        options["skip_openssl_verify"] = 1
     if "--verdict" in argv:
         argv.remove("--verdict")
         options["verdict"] = 1
