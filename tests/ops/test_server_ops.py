@@ -398,3 +398,30 @@ async def test_edgeproxy_stop_closes_every_stream_with_system_shutdown_and_retur
                                       condition="system-shutdown") or 0) == 2
             refused = await lab.cli("status", "--json")
             assert refused.returncode == 1 and json.loads(refused.stdout)["running"] is False
+
+
+async def test_serve_freezes_the_startup_objects_once_everything_has_started(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``edgeproxy serve`` moves what the start made out of the garbage collector's view
+    (``ops.lifecycle.freeze_startup_objects``) once the server has started — not before (the
+    start's own objects would stay in view) and not only at the end."""
+    import edgeproxy.app
+    from edgeproxy.commands import serve as serve_command
+
+    calls: list[str] = []
+    frozen = trio.Event()
+
+    async def fake_run_app(config, *, role, event_log, metrics, task_status=trio.TASK_STATUS_IGNORED):  # type: ignore[no-untyped-def]
+        calls.append("starting")
+        task_status.started(None)
+        with trio.fail_after(5):  # the server runs on: the freeze must come while it does
+            await frozen.wait()
+        calls.append("serving")
+
+    def freeze() -> None:
+        calls.append("frozen")
+        frozen.set()
+
+    monkeypatch.setattr(edgeproxy.app, "run_app", fake_run_app)
+    monkeypatch.setattr(serve_command, "freeze_startup_objects", freeze)
+    await serve_command.serve(object(), "both", None, None)  # type: ignore[arg-type]
+    assert calls == ["starting", "frozen", "serving"]

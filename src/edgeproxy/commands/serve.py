@@ -36,6 +36,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -46,7 +47,7 @@ from edgeproxy.errors import ConfigError
 from edgeproxy.ops import events
 from edgeproxy.ops.events import DEMO_USER_CREATED, EventLog, EventLogHandler, OutputFormat
 from edgeproxy.ops.exitcodes import ExitCode, StartupFailed, leaf
-from edgeproxy.ops.lifecycle import refuse_unusable_state_dir
+from edgeproxy.ops.lifecycle import freeze_startup_objects, refuse_unusable_state_dir
 from edgeproxy.ops.metrics import Metrics
 from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy import operations as ops
@@ -136,7 +137,9 @@ async def serve(config: EdgeConfig, role: str, event_log: EventLog, metrics: Met
     Raises ``StartupFailed`` (possibly inside exception groups) when the start fails."""
     from edgeproxy.app import run_app  # the server: only `serve` pays for importing it
 
-    await run_app(config, role=role, event_log=event_log, metrics=metrics)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(run_app, config, role=role, event_log=event_log, metrics=metrics))
+        freeze_startup_objects()
 
 
 def _serve(args: argparse.Namespace) -> int:

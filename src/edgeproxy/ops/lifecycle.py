@@ -30,6 +30,7 @@ root; ``EP8016 appliance-mode`` says so (``docs/appliance.md``).
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -156,3 +157,14 @@ def enter_appliance_mode(config: EdgeConfig, telemetry: Telemetry) -> Path:
     telemetry.emit(events.APPLIANCE_MODE, state_dir=str(config.state_dir), tmpdir=str(tmp),
                    override=str(override) if override.is_file() else "none")
     return tmp
+
+
+def freeze_startup_objects() -> None:
+    """Move every object made while starting — imported modules, the configuration, templates,
+    the first policy snapshot — out of the cyclic garbage collector's view (``gc.freeze``):
+    they live as long as the process, and a full collection then scans only what the traffic
+    made. Without it a full collection ran every ~2 s under load over ~74,000 objects, pausing
+    the server ~45 ms each time (the p99 latency of bench/bench_product.py at half rate); after
+    it, ~9,000 objects and 3–5 ms (bench/RESULTS.md, "Latency at half rate")."""
+    gc.collect()
+    gc.freeze()
