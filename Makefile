@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXT_SRC := src/edgeproxy/_fastxml.pyx
 
-.PHONY: run test bench lint build clean corpus fuzz dist
+.PHONY: run test bench lint build clean corpus fuzz man dist
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: build
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench tools
 
 bench: build
 	$(PY) bench/bench_tokenizer.py
@@ -59,3 +59,7 @@ dist: $(DIST_VENV)/.installed
 
 clean:
 	rm -rf build dist src/edgeproxy/_fastxml.c src/edgeproxy/_fastxml*.so
+
+# The man page, generated from the parser (tests/test_manpage.py checks it is up to date).
+man: build
+	$(PY) tools/manpage.py --out docs/edgeproxy.1
