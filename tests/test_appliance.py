@@ -32,6 +32,7 @@ import edgeproxy
 from edgeproxy.config import OVERRIDE_FILE, load_config
 from edgeproxy.ops.events import EventLog
 from fixtures.ports import free_port
+from fixtures.tools import unavailable
 from test_embedding import DOMAIN, PEER_DOMAIN, Peer, write_edge_config
 
 PYTHON = sys.executable
@@ -160,7 +161,7 @@ def require_namespaces() -> None:
     else skip — under CI=true (run as root, util-linux installed) a missing tool or a refused
     namespace fails instead."""
     if os.geteuid() != 0:
-        pytest.skip("private mount namespaces need root")
+        unavailable("private mount namespaces need root")
     missing = [tool for tool in ("unshare", "nsenter", "setpriv", "findmnt") if shutil.which(tool) is None]
     reason = None
     if missing:
@@ -168,9 +169,7 @@ def require_namespaces() -> None:
     elif subprocess.run(["unshare", "--mount", "true"], capture_output=True, timeout=30).returncode != 0:
         reason = "unshare --mount is not permitted here"
     if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(reason)
 
 
 def one_file_built_by_the_suite() -> bool:
@@ -402,7 +401,7 @@ def test_a_port_below_1024_says_how_to_grant_the_capability() -> None:
     for the program that binds and the systemd setting."""
     require_namespaces()
     if int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()) <= 1023:
-        pytest.skip("this host lets anyone bind low ports")
+        unavailable("this host lets anyone bind low ports (ip_unprivileged_port_start)")
     appliance = Appliance.create(s2s_port=1023)
     try:
         done = subprocess.run(

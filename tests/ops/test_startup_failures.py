@@ -37,6 +37,7 @@ from edgeproxy.ops.exitcodes import (
 from edgeproxy.policy.store import MIGRATIONS, STORE_FILE, Store
 from fixtures.ports import free_port
 from fixtures.serve import EdgeCertificates, start_serve
+from fixtures.tools import require_tool, unavailable
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 60
@@ -158,13 +159,11 @@ def unprivileged() -> Iterator[tuple[Path, list[str]]]:
     else nobody under ``setpriv``. ``give_to_nobody`` hands the files over afterwards."""
     command = [sys.executable, "-m", "edgeproxy", "serve"]
     if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root without setpriv (util-linux) to drop privileges")
+        setpriv = require_tool("setpriv", "util-linux")
         command = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
         probe = subprocess.run([*command[:-3], "-c", "import edgeproxy.cli"], capture_output=True, timeout=60)
         if probe.returncode != 0:
-            pytest.skip("the unprivileged account cannot read this checkout's environment")
+            unavailable("the unprivileged account cannot read this checkout's environment")
     workdir = Path(tempfile.mkdtemp(prefix="edgeproxy-unprivileged-"))
     try:
         yield workdir, command
@@ -249,7 +248,7 @@ def test_a_store_made_by_root_that_the_service_account_cannot_open_is_exit_14(
 ) -> None:
     """The usual slip: a command run with sudo made the store; the service account cannot open it."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to make a store the service account cannot open")
+        unavailable("needs root to make a store the service account cannot open")
     workdir, command = unprivileged
     config, _ = write_config(workdir, certificates=True)
     Store.open(workdir / "state").close()
