@@ -79,10 +79,10 @@ import trio
 from edgeproxy import __version__
 from edgeproxy.certs.contexts import TlsRole, tls_context
 from edgeproxy.config import EMBEDDED_DEFAULT, EdgeConfig, load_config
-from edgeproxy.dns.records import split_host_port
 from edgeproxy.errors import ConfigError
 from edgeproxy.loopback.auth import load_channel_secret
 from edgeproxy.loopback.tls import edge_channel_context
+from edgeproxy.names import listen_address
 from edgeproxy.net.channel_delivery import ChannelDelivery
 from edgeproxy.net.connector import Connector, ConnectorSettings
 from edgeproxy.net.context import EdgeContext
@@ -201,7 +201,7 @@ def _sip_listener_in_the_way(config: EdgeConfig, tls_address: tuple[str, int] | 
     each address once more after the gateway gave up (its own sockets are closed by then): the
     TLS one first (the UDP and TCP ones were bound before it), then UDP (bound before TCP), then
     TCP. ``("sip", <sip-listen>)`` when every address binds now."""
-    host, port = split_host_port(config.gateway.sip_listen[0])
+    host, port = listen_address(config.gateway.sip_listen[0])
     candidates: list[tuple[str, socket.SocketKind, str, int]] = []
     if tls_address is not None:
         candidates.append(("sip-tls", socket.SOCK_STREAM, *tls_address))
@@ -380,7 +380,7 @@ class EdgeApp:
                 ensure_admin_token(token)
             except (OSError, ValueError) as exc:
                 raise _credentials_failed(self.telemetry, "the admin token", token, exc) from exc
-        listen = [split_host_port(hp) for hp in config.edge.listen]
+        listen = [listen_address(hp) for hp in config.edge.listen]
         async with trio.open_nursery() as nursery:
             if self._serve_signals:
                 # before any listener accepts: a SIGTERM from then on is a graceful stop (taken
@@ -399,7 +399,7 @@ class EdgeApp:
                 join_host_port(*listener.socket.getsockname()[:2]) for listener in listeners
             ]
             if self.channel is not None:
-                internal_host, internal_port = split_host_port(config.edge.internal_listen)
+                internal_host, internal_port = listen_address(config.edge.internal_listen)
                 try:
                     bound = await nursery.start(partial(
                         self.channel.run, internal_host, internal_port, edge.router, ssl_context=self._channel_ssl))

@@ -221,6 +221,17 @@ def split_host_port(text: str) -> tuple[str, str | None]:
     return raw, None
 
 
+def listen_address(value: str) -> tuple[str, int]:
+    """A configured listen or connect address, ``host:port`` or ``[v6]:port`` → (host without
+    brackets, port 0–65535), as written (not normalized); InvalidName when it is not one."""
+    host, _, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InvalidName(value, "not a host:port address")
+    return host, int(port)
+
+
 def normalize_host_port(
     text: str, *, default_port: int | None = None, allow_ip: bool = False
 ) -> tuple[str, int]:

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgeproxy.config import load_config
 from edgeproxy.errors import ConfigError
-from edgeproxy.ops.admin import split_host_port
+from edgeproxy.names import listen_address
 from edgeproxy.ops.lifecycle import ReloadOutcome
 from edgeproxy.ops.metrics import Flow, Metrics, StanzaKind, Verdict
 from edgeproxy.ops.status import decode_status
@@ -171,7 +171,7 @@ async def test_bind_failure_is_an_event_and_an_oserror(admin: Running, tmp_path)
 
 
 def test_host_port_parsing():
-    assert split_host_port("127.0.0.1:9269") == ("127.0.0.1", 9269)
-    assert split_host_port("[::1]:9269") == ("::1", 9269)
+    assert listen_address("127.0.0.1:9269") == ("127.0.0.1", 9269)
+    assert listen_address("[::1]:9269") == ("::1", 9269)
     with pytest.raises(ConfigError):
-        split_host_port("9269")
+        listen_address("9269")

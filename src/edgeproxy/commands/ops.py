@@ -28,12 +28,12 @@ from edgeproxy.commands.common import (
     load_args_config,
 )
 from edgeproxy.config import EdgeConfig
+from edgeproxy.names import listen_address
 from edgeproxy.ops.admin import (
     admin_token_path,
     client_host,
     join_host_port,
     read_admin_token,
-    split_host_port,
 )
 from edgeproxy.ops.lifecycle import DRAIN_BOUND_SECONDS, ReloadOutcome
 from edgeproxy.ops.status import STATUS_FORMAT, decode_status, render_table
@@ -55,7 +55,7 @@ class AdminClient:
     """A tiny synchronous HTTP client for the admin endpoint (one request per connection)."""
 
     def __init__(self, config: EdgeConfig, *, timeout: float = 10.0) -> None:
-        host, port = split_host_port(config.admin.listen)
+        host, port = listen_address(config.admin.listen)
         self.host = client_host(host)
         self.port = port
         self.address = join_host_port(self.host, port)

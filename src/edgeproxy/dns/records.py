@@ -30,7 +30,7 @@ import dns.rdatatype
 
 from edgeproxy.config import EdgeConfig
 from edgeproxy.dns.srv import XMPP_SERVER_PORT, srv_name
-from edgeproxy.names import InvalidName, normalize_domain, quote
+from edgeproxy.names import InvalidName, listen_address, normalize_domain, quote
 
 DEFAULT_PRIORITY: Final = 10
 DEFAULT_WEIGHT: Final = 10
@@ -78,16 +78,11 @@ def validate_pools(pools: Sequence[Pool]) -> None:
         raise ValueError("a pool is listed twice")
 
 
-def split_host_port(hostport: str) -> tuple[str, int]:
-    host, _, port = hostport.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def listen_addresses(config: EdgeConfig) -> list[IPAddress]:
     """The specific (non-wildcard) IP addresses the external listeners bind."""
     result = []
     for hostport in config.edge.listen:
-        host, _ = split_host_port(hostport)
+        host, _ = listen_address(hostport)
         try:
             addr = ipaddress.ip_address(host)
         except ValueError:
@@ -101,7 +96,7 @@ def external_port(config: EdgeConfig) -> tuple[int, list[str]]:
     """The port partners connect to, from ``[edge] listen``, and warnings: with listeners on
     several ports the SRV records name the first; port 0 (any free port) cannot be published,
     so the standard 5269 is named."""
-    ports = list(dict.fromkeys(split_host_port(hp)[1] for hp in config.edge.listen))
+    ports = list(dict.fromkeys(listen_address(hp)[1] for hp in config.edge.listen))
     fixed = [p for p in ports if p != 0]
     if not fixed:
         return XMPP_SERVER_PORT, [

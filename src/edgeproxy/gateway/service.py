@@ -99,7 +99,7 @@ from edgeproxy.loopback.client import run_loopback_client
 from edgeproxy.loopback.endpoint import DEFAULT_OUTAGE_BOUND, ChannelEndpoint
 from edgeproxy.loopback.frames import Item, Role, Routed, StanzaKind
 from edgeproxy.loopback.reliable import DEFAULT_MAX_QUEUED
-from edgeproxy.loopback.server import split_host_port
+from edgeproxy.names import listen_address
 from edgeproxy.ops import events
 from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy.holder import SnapshotHolder
@@ -538,9 +538,9 @@ async def run_gateway(
     """
     telemetry = telemetry if telemetry is not None else Telemetry()
     section = config.gateway
-    sip_host, sip_port = split_host_port(section.sip_listen[0])
+    sip_host, sip_port = listen_address(section.sip_listen[0])
     tls = tls if tls is not None else gateway_tls(config)
-    edge_host, edge_port = split_host_port(section.edge_address or config.edge.internal_listen)
+    edge_host, edge_port = listen_address(section.edge_address or config.edge.internal_listen)
     holder: SnapshotHolder | None = None
     if policy is None:
         try:

@@ -33,8 +33,8 @@ from edgeproxy.certs.contexts import ConfigKeys, TlsRole, tls_context
 from edgeproxy.config import EdgeConfig
 from edgeproxy.errors import ConfigError
 from edgeproxy.gateway.sip.transport import SipTls
-from edgeproxy.loopback.server import split_host_port
 from edgeproxy.loopback.tls import gateway_channel_context
+from edgeproxy.names import listen_address
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def gateway_tls(config: EdgeConfig, sip_listen: str | None = None) -> GatewayTls
     sip: SipTls | None = None
     if address is not None:
         server, client = sip_tls_contexts(config)
-        host, port = split_host_port(address)
+        host, port = listen_address(address)
         sip = SipTls(host, port, server, client)
     elif config.gateway.sip_tls_listen is None:
         log.info("gateway: no [tls] certificate at %s: SIP over UDP and TCP only", config.path(config.tls.certificate))

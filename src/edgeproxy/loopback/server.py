@@ -70,12 +70,6 @@ RefusalReport = Callable[[str, str], None]
 _CONNECTION_ENDS = (ConnectionClosed, FrameError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-def split_host_port(value: str) -> tuple[str, int]:
-    """``"127.0.0.1:23456"`` / ``"[::1]:23456"`` -> (host, port)."""
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 class _RefusalLimiter:
     """Pass on the first refusal per (peer host, reason) in each ``REFUSAL_REPORT_INTERVAL``."""
 

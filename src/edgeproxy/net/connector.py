@@ -62,6 +62,7 @@ import dns.resolver
 import trio
 
 from edgeproxy.dns.srv import XMPP_SERVER_PORT, SrvRecord, connection_targets, srv_name
+from edgeproxy.names import split_host_port
 from edgeproxy.ops.boundary import Surface, contain
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ class Connector:
     async def targets(self, domain: str, proxy_fqdn: str | None = None) -> list[tuple[str, int]]:
         """(host, port) to try, in order (SPEC §6 outbound)."""
         if proxy_fqdn:
-            host, _, port = proxy_fqdn.rpartition(":") if ":" in proxy_fqdn else (proxy_fqdn, "", "")
+            host, port = split_host_port(proxy_fqdn)
             return [(host, int(port) if port else XMPP_SERVER_PORT)]
         name = srv_name(domain)
         try:

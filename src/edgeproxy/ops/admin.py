@@ -40,6 +40,7 @@ from pathlib import Path
 
 from edgeproxy.config import EdgeConfig
 from edgeproxy.errors import ConfigError
+from edgeproxy.names import listen_address
 from edgeproxy.ops import events
 from edgeproxy.ops.events import EventLog
 from edgeproxy.secretfiles import (
@@ -59,16 +60,6 @@ from edgeproxy.secretfiles import (
 MAX_CONNECTIONS_PER_SOURCE = 4
 MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
-
-
-def split_host_port(value: str) -> tuple[str, int]:
-    """``"127.0.0.1:9269"`` → ``("127.0.0.1", 9269)``; ``"[::1]:9269"`` → ``("::1", 9269)``."""
-    host, _, port = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"not a host:port address: {value!r}")
-    return host, int(port)
 
 
 def join_host_port(host: str, port: int) -> str:
@@ -167,7 +158,7 @@ class AdminEndpoint:
 def check_listen(config: EdgeConfig, event_log: EventLog | None) -> tuple[str, int]:
     """``[admin] listen`` as (host, port); a non-loopback address without ``allow-remote`` is
     refused (``ConfigError``, event EP8004)."""
-    host, port = split_host_port(config.admin.listen)
+    host, port = listen_address(config.admin.listen)
     if not is_loopback(host) and not config.admin.allow_remote:
         if event_log is not None:
             event_log.emit(events.ADMIN_LISTEN_REFUSED, address=config.admin.listen)

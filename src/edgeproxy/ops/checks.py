@@ -49,10 +49,16 @@ from edgeproxy.certs.store import configured_paths
 from edgeproxy.config import EdgeConfig
 from edgeproxy.dns.diagnose import PartnerTarget, diagnose
 from edgeproxy.dns.partners import PartnerInfo, PartnerList
-from edgeproxy.dns.records import split_host_port
 from edgeproxy.dns.resolver import Lookup
 from edgeproxy.findings import Finding, fail, ok, warn
-from edgeproxy.names import InvalidName, ip_literal, normalize_domain, normalize_host_port
+from edgeproxy.names import (
+    InvalidName,
+    ip_literal,
+    listen_address,
+    normalize_domain,
+    normalize_host_port,
+    split_host_port,
+)
 from edgeproxy.ops.atrest import exposed_secrets, secret_files
 from edgeproxy.ops.status import AUTH_LABELS, EdgeStatus
 from edgeproxy.policy.model import Partner
@@ -99,7 +105,7 @@ def check_config(config: EdgeConfig) -> list[Finding]:
     for key, value in [("edge.listen", v) for v in config.edge.listen] + [
         ("edge.internal-listen", config.edge.internal_listen)
     ]:
-        host, port = split_host_port(value)
+        host, port = listen_address(value)
         if not 0 < port < 65536:
             problems.append(f"{key}: port {port} out of range in {value!r}")
         endpoints.append((key, host, port))
@@ -230,7 +236,7 @@ def check_trust(config: EdgeConfig) -> Finding:
 def _same_endpoint(configured: str, bound: str) -> bool:
     """Whether the configured ``host:port`` is the bound one (a wildcard matches by port)."""
     try:
-        (chost, cport), (bhost, bport) = split_host_port(configured), split_host_port(bound)
+        (chost, cport), (bhost, bport) = listen_address(configured), listen_address(bound)
     except ValueError:
         return False
     wildcard = {"0.0.0.0", "::", ""}
@@ -258,7 +264,7 @@ def _in_use(check: str, hostport: str, running: RunningStatus | None) -> Finding
 
 def probe_listener(hostport: str, running: RunningStatus | None = None) -> Finding:
     """Can edgeproxy bind ``hostport`` now? ``running``: asked when the address is busy."""
-    host, port = split_host_port(hostport)
+    host, port = listen_address(hostport)
     check = f"listener {hostport}"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -301,12 +307,6 @@ def check_secrets(config: EdgeConfig) -> Finding:
 # --- partners ----------------------------------------------------------------------------------
 
 
-def _proxy_host(proxy_fqdn: str) -> str:
-    """The host of a stored proxy FQDN, ``host`` or ``host:port``."""
-    host, colon, port = proxy_fqdn.rpartition(":")
-    return host if colon and port.isdigit() else proxy_fqdn
-
-
 def check_partners(config: EdgeConfig, listed: PartnerList) -> Finding:
     if listed.error:
         return fail("partners", listed.error, "is the state dir readable? (edge.state-dir)")
@@ -323,7 +323,7 @@ def check_partners(config: EdgeConfig, listed: PartnerList) -> Finding:
         clash = [d for d in p.domains if d.lower() in ours]
         if clash:
             problems.append(f"partner {p.domain} lists our own domain {', '.join(clash)}")
-        if p.proxy_fqdn and _proxy_host(p.proxy_fqdn).rstrip(".").lower() == fqdn:
+        if p.proxy_fqdn and split_host_port(p.proxy_fqdn)[0].rstrip(".").lower() == fqdn:
             problems.append(f"partner {p.domain} has our own FQDN {fqdn} as proxy FQDN (a loop)")
     if problems:
         return fail("partners", "; ".join(problems), "edgeproxy partner set / partner remove")

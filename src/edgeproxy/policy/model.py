@@ -16,6 +16,8 @@ from typing import Annotated, Literal, Self
 
 import msgspec
 
+from edgeproxy.names import split_host_port
+
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 GLOBAL_POLICY = "global"
 SITE_PREFIX = "site:"
@@ -102,10 +104,8 @@ class Partner(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="k
         (validated on save: a DNS name, a port 1–65535)."""
         if not self.proxy_fqdn:
             return None
-        host, colon, port = self.proxy_fqdn.rpartition(":")
-        if colon and port.isdigit():
-            return host, int(port)
-        return self.proxy_fqdn, None
+        host, port = split_host_port(self.proxy_fqdn)
+        return host, int(port) if port else None
 
 
 class GatewaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
