@@ -36,7 +36,7 @@ import tomllib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -81,6 +81,13 @@ class EdgeSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, renam
     internal_trust: str | None = None
     #: Appliance mode: a read-only root, every write under the state dir, the override file.
     appliance: bool = False
+    #: Edge worker processes sharing the external listeners (``SO_REUSEPORT``): a number from 1
+    #: to ``MAX_WORKERS``, or ``"auto"`` for one per usable CPU (``edgeproxy.ops.workers``).
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] | Literal["auto"] = 1
+
+
+#: The most ``[edge] workers`` may ask for (each is a process with its own memory and sockets).
+MAX_WORKERS: Final = 64
 
 
 class TlsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
@@ -187,6 +194,21 @@ class DnsSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename
     resolver: str = ""
 
 
+class PoolSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="kebab"):
+    """An edge pool: several edge hosts serving the same domains behind one SRV name, sharing
+    one store (``docs/pool.md``).
+
+    ``role``: ``standalone`` (no pool, the default), ``primary`` (the one host where the store is
+    changed; it serves it to the members on ``listen``) or ``member`` (a read-only copy of the
+    primary's store, fetched from ``primary`` every ``interval`` seconds).
+    """
+
+    role: Literal["standalone", "primary", "member"] = "standalone"
+    listen: str = ""
+    primary: str = ""
+    interval: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
+
+
 #: The environment variable that overrides ``[dns] resolver`` (``IP[:PORT]``).
 DNS_RESOLVER_ENV_VAR: Final = "EDGEPROXY_DNS_RESOLVER"
 #: The port of a ``[dns] resolver`` written without one.
@@ -213,6 +235,7 @@ class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename
     gateway: GatewaySection = msgspec.field(default_factory=GatewaySection)
     limits: LimitsSection = msgspec.field(default_factory=LimitsSection)
     dns: DnsSection = msgspec.field(default_factory=DnsSection)
+    pool: PoolSection = msgspec.field(default_factory=PoolSection)
     # Directory that relative paths are resolved against (not a TOML key).
     base_dir: str = msgspec.field(default=".", name="-base-dir")
     # Where the configuration came from, for messages (EMBEDDED_DEFAULT or a path).
@@ -437,6 +460,13 @@ def _known_keys(steps: list[str | int]) -> list[str]:
         return []
 
 
+#: The words for a key whose value is one of a few strings (msgspec only says "Invalid enum value").
+_ENUM_WORDS: Final = {
+    ("workers",): 'an integer from 1 to 64, or "auto"',
+    ("role",): 'one of "standalone", "primary" or "member"',
+}
+
+
 def describe_validation_error(message: str, raw: dict[str, Any]) -> str:
     """msgspec's ``Expected `int` >= 1 - at `$.gateway.max-queued``` as ``[gateway] max-queued:
     must be an integer ≥ 1, got 0``; a message it does not recognise is kept as msgspec wrote it
@@ -461,6 +491,8 @@ def describe_validation_error(message: str, raw: dict[str, Any]) -> str:
         rule = f"must be {_type_words(kind)} {_COMPARISONS[op]} {limit}"
     elif text.startswith("Expected `str` matching regex"):
         rule = _HOST_PORT_RULE
+    elif text.startswith("Invalid enum value"):
+        rule = f"must be {_ENUM_WORDS.get(tuple(steps[-1:]), 'one of the documented values')}"
     else:
         of_type = re.fullmatch(r"Expected `([^`]+)`, got `[^`]+`", text)
         if of_type:
