@@ -124,6 +124,15 @@ _DEFINITIONS: tuple[EventClass, ...] = (
     EventClass("EP1007", "input-failed", _W, "Handling one input (a connection, datagram, channel frame or item, admin request or DNS answer) raised an exception nobody expected: that input alone got its protocol's error and was closed; the server went on (the failure boundary, docs/design.md).",
                "{surface} from {peer} failed: {error}; answered with {answer}",
                "Usually a malformed input from the peer named here; if it recurs with well-formed input it is a bug: file an issue with this line. `edgeproxy_input_failures_total` counts these per surface."),
+    EventClass("EP1010", "worker-started", _I, "With `[edge] workers` above 1 (`serve --workers N`), the supervisor started one edge worker process (also after a restart); it shares the external listeners and has its own loopback channel to the gateway.",
+               "edge worker {index} started (pid {pid}, channel {internal})",
+               "None; `edgeproxy status` lists the workers."),
+    EventClass("EP1011", "worker-exited", _E, "An edge worker process ended without being asked to; its streams were lost (partners reconnect) and the supervisor restarts it after a pause that doubles with each quick failure.",
+               "edge worker {index} (pid {pid}) exited with {status}; restarting it in {delay} s",
+               "The lines before this one from the same pid say why; a worker that keeps failing is a bug or a resource limit (memory, descriptors): file an issue with these lines."),
+    EventClass("EP1012", "workers-stopped", _I, "The supervisor's graceful stop: every edge worker drained and ended, then the gateway stopped.",
+               "all {count} edge workers stopped",
+               "None."),
     EventClass("EP2001", "certificate-expiring", _W, "The edge certificate expires soon.",
                "certificate {subject} expires in {days} days ({not_after})",
                "Request a new one (`edgeproxy cert request`), import it (`edgeproxy cert import`), then `edgeproxy reload`."),
@@ -278,6 +287,9 @@ SHUTDOWN_COMPLETE = CATALOGUE["EP1004"]
 SHUTDOWN_TIMEOUT = CATALOGUE["EP1005"]
 INTERNAL_ERROR = CATALOGUE["EP1006"]
 INPUT_FAILED = CATALOGUE["EP1007"]
+WORKER_STARTED = CATALOGUE["EP1010"]
+WORKER_EXITED = CATALOGUE["EP1011"]
+WORKERS_STOPPED = CATALOGUE["EP1012"]
 CERTIFICATE_EXPIRING = CATALOGUE["EP2001"]
 CERTIFICATE_EXPIRED = CATALOGUE["EP2002"]
 CERTIFICATE_LOAD_FAILED = CATALOGUE["EP2003"]
