@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ from pathlib import Path
 import msgspec
 import pytest
 import trio
+from cryptography import x509
 
 from edgeproxy.loadtest import LoadTest, load_scenario, parse_scenario
+from edgeproxy.loadtest.partner_tls import PartnerTls
 from edgeproxy.loadtest.sink import DeliveryProbe
 from edgeproxy.net.connector import ConnectorSettings
 from edgeproxy.policy.model import (
@@ -165,10 +168,54 @@ def test_plain_scenario_with_certificates_is_refused() -> None:
         parse_scenario(BASE.format(partners='trust = "/etc/ssl/certs/ca-certificates.crt"'))
 
 
-def test_dialback_mode_makes_its_own_certificate(tmp_path: Path) -> None:
+def test_dialback_mode_makes_its_own_certificate_per_domain(tmp_path: Path) -> None:
     test = LoadTest(parse_scenario(BASE.format(partners='security = "starttls-dialback"')))
     assert test.tls is not None and test.tls.generated
-    assert test.tls.client("sim2.test") is test.tls.client("sim1.test")
+    assert test.tls.client("sim1.test") is test.tls.client("sim1.test")  # built once, kept
+    assert test.tls.client("sim2.test") is not test.tls.client("sim1.test")
+
+
+def handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> tuple[bytes, bytes]:
+    """An in-memory TLS handshake; the DER certificates the client and the server presented."""
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls_client = client.wrap_bio(c_in, c_out, server_side=False)
+    tls_server = server.wrap_bio(s_in, s_out, server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(10):
+        for name, obj in (("client", tls_client), ("server", tls_server)):
+            try:
+                obj.do_handshake()
+                done[name] = True
+            except ssl.SSLWantReadError:
+                pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            break
+    presented_by_client = tls_server.getpeercert(binary_form=True)
+    presented_by_server = tls_client.getpeercert(binary_form=True)
+    assert presented_by_client is not None and presented_by_server is not None
+    return presented_by_client, presented_by_server
+
+
+def dns_names(der: bytes) -> list[str]:
+    cert = x509.load_der_x509_certificate(der)
+    return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+
+
+def test_each_generated_certificate_names_its_domain_only() -> None:
+    """A real partner's certificate names its own domain, not every simulated one: a certificate
+    naming all of them costs the target memory per stream that grows with the run's size."""
+    domains = tuple(f"sim{n}.test" for n in range(1, 6))
+    tls = PartnerTls.generate(domains, None)
+    as_client, as_server = handshake(tls.client("sim2.test"), tls.server("sim4.test"))
+    assert dns_names(as_client) == ["sim2.test"]
+    assert dns_names(as_server) == ["sim4.test"]
+    # Outbound and inbound, a domain presents the same certificate; every one has the same issuer.
+    again_as_client, _ = handshake(tls.client("sim4.test"), tls.server("sim4.test"))
+    assert again_as_client == as_server
+    issuers = {x509.load_der_x509_certificate(d).issuer for d in (as_client, as_server)}
+    assert len(issuers) == 1
 
 
 # -- against edgeproxy ----------------------------------------------------------------------------
