@@ -55,8 +55,8 @@ main thread under cProfile (``server.prof`` in its directory, written at its exi
         [--tls] [--trim-held]
 
 ``--tls`` runs the retention phase over STARTTLS + dialback: the partner rows require TLS, the
-edge has a certificate of a private CA, and the simulator presents one throw-away certificate
-naming every simulated domain (as the load test does). With ``--probe`` a probe before the
+edge has a certificate of a private CA, and each simulated domain presents a throw-away
+certificate naming that domain only (as the load test generates them). With ``--probe`` a probe before the
 streams are opened gives, per held stream: RSS by mapping, glibc's bytes in use and free
 (``mallinfo2``), pymalloc's bytes in use, every SSLContext's session-cache entries and, with
 ``--tracemalloc``, the Python allocations by line; ``--trim-held`` runs ``malloc_trim(0)`` while
@@ -271,8 +271,8 @@ def store_for(domains: tuple[str, ...], listen_port: int, *, total_limit: int | 
 
 
 def scenario_for(domains: tuple[str, ...], s2s_port: int, listen_port: int, tls: bool = False) -> Scenario:
-    """The simulator's scenario; ``tls``: STARTTLS then dialback (one throw-away certificate
-    naming every simulated domain, as the load test generates it)."""
+    """The simulator's scenario; ``tls``: STARTTLS then dialback (a throw-away certificate per
+    simulated domain naming that domain, as the load test generates them)."""
     return Scenario(
         target=Target(domain=DOMAIN, host=EDGE_IP, port=s2s_port),
         partners=Partners(domains=domains, listen_host=PARTNER_IP, listen_port=listen_port,
@@ -763,7 +763,7 @@ if __name__ == "__main__":
                         help="with --probe: malloc_trim(0) while the first cycle's streams are held, RSS again")
     parser.add_argument("--tls", action="store_true",
                         help="retention over STARTTLS + dialback (partner rows require TLS, the edge has a"
-                             " certificate of a private CA; the simulator one naming every simulated domain)")
+                             " certificate of a private CA; each simulated domain one naming that domain only)")
     parser.add_argument("--json", help="write every result to this file")
     parser.add_argument("--workdir", help="where the temporary server directories go (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the server directories (event logs)")

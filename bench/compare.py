@@ -24,7 +24,10 @@ that memory freed by an earlier phase cannot be reused by a later one and hide i
    for each of size/per-domain simulated domains, the same set for every server) opened and held
    idle; RSS growth per stream. With ``--tls`` the same again over STARTTLS + dialback (rows 13:
    edgeproxy's partner row requires TLS; Prosody mode starttls; ejabberd s2s_use_starttls
-   required).
+   required). Every server gets the same partners: each simulated domain presents a throw-away
+   certificate naming that domain only, with its CA (``edgeproxy.loadtest.partner_tls``), as a
+   real partner does; until 2026-12-07 one certificate named every simulated domain (100 names
+   at 10,000 streams), which made every server's figure per TLS stream grow with the run.
 
 The edgeproxy target runs in a subprocess of this script (``--edge-target``), so its CPU and RSS
 are its own. ejabberd is started as user ``ejabberd`` directly (an ``ejabberdctl`` wrapper first

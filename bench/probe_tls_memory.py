@@ -6,7 +6,8 @@ Usage (from the repository)::
         [--names K] [--verdict] [--num-tickets T] [--skip-openssl-verify]
 
 ``--names K``: the client certificate names K domains and is sent with its CA (what the load
-test's simulator presents: one throw-away certificate naming every simulated domain);
+test's simulator presented until it gave each simulated domain its own certificate: one naming
+every simulated domain; ``--names 1`` is what it presents now);
 ``--verdict``: the server also takes edgeproxy's verdict on the peer certificate per connection
 and keeps it (``certs.peer.peer_certificate_check``, what an S2S session keeps);
 ``--num-tickets T``: TLS 1.3 session tickets the server sends (OpenSSL's default 2);

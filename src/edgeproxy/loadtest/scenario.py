@@ -11,8 +11,9 @@ Security modes (``partners.security``) and the files they need:
 * ``plain`` — TCP dialback; no files.
 * ``starttls-dialback`` — STARTTLS (RFC 6120 §5) then dialback (XEP-0220), row 13. The partner
   listener answers STARTTLS too (the target's verification stream may require it). Certificate
-  and key are optional: without them the run makes a throw-away private CA and one certificate
-  naming every simulated domain (good enough for dialback: the target need not trust it).
+  and key are optional: without them the run makes a throw-away private CA and, for each
+  simulated domain, a certificate naming that domain only, as a real partner's would (good enough
+  for dialback: the target need not trust it).
 * ``starttls-sasl`` — STARTTLS then SASL EXTERNAL (XEP-0178), row 2: ``certificate``, ``key``
   (a client certificate proving each simulated domain; ``{domain}`` in the path selects one file
   per domain) and ``trust`` (the CA file that must vouch for the target's certificate) are
