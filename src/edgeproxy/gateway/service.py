@@ -54,7 +54,8 @@ import logging
 import secrets
 import sqlite3
 import ssl
-from collections.abc import Awaitable, Callable
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 import trio
@@ -145,6 +146,7 @@ class GatewayService:
         telemetry: Telemetry | None = None,
         channel_secret: bytes | None = None,
         sip_users: UserLookup | None = None,
+        edges: int = 1,
     ) -> None:
         # Built in dependency order. The transport and the proxy need each other (the proxy
         # forwards through the transport): the transport gets ``_to_proxy``, which calls the
@@ -187,16 +189,25 @@ class GatewayService:
             ),
             dialog_owner=self.presence.dialog_owner,
         )
-        self.channel = ChannelEndpoint(
-            Role.GATEWAY,
-            on_items=self._from_edge,
-            on_bounce=self._channel_bounce,
-            max_queued=max_queued,
-            outage_bound=outage_bound,
-            ack_on_complete=True,
-            telemetry=telemetry,  # the channel's failure boundaries report there (EP1007)
-            secret=channel_secret,  # proven to the edge in the Hello (loopback/auth.py)
+        #: One channel per edge process (``edges``: the edge's worker processes, each with its
+        #: own loopback channel; ``[edge] workers``). An item from an edge is completed on the
+        #: channel it came on; what goes to XMPP takes the channel of its recipient's domain
+        #: (``channel_for``).
+        self.channels: tuple[ChannelEndpoint, ...] = tuple(
+            ChannelEndpoint(
+                Role.GATEWAY,
+                on_items=self._items_handler(index),
+                on_bounce=self._channel_bounce,
+                max_queued=max_queued,
+                outage_bound=outage_bound,
+                ack_on_complete=True,
+                telemetry=telemetry,  # the channel's failure boundaries report there (EP1007)
+                secret=channel_secret,  # proven to the edge in the Hello (loopback/auth.py)
+            )
+            for index in range(edges)
         )
+        #: The first edge's channel (the only one with one edge process).
+        self.channel = self.channels[0]
         self._slots = trio.Semaphore(MAX_SIP_IN_FLIGHT)
         # (sender bare JID, recipient bare JID) → the turn of the lane's latest stanza
         self._lanes: dict[tuple[str, str], trio.Event] = {}
@@ -217,9 +228,15 @@ class GatewayService:
         edge_host: str,
         edge_port: int,
         *,
+        more_edges: Sequence[tuple[str, int]] = (),
         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve SIP and keep the channel to the edge; ``started`` gets the SIP (host, port)."""
+        """Serve SIP and keep the channel to the edge; ``started`` gets the SIP (host, port).
+        ``more_edges``: the internal addresses of the other edge processes, in the order of
+        ``channels[1:]`` (``[edge] workers``)."""
+        edges = [(edge_host, edge_port), *more_edges]
+        if len(edges) != len(self.channels):
+            raise ValueError(f"{len(edges)} edge addresses for {len(self.channels)} channels")
         if self.next_hop is not None and not self.admission.next_hop_hosts:
             self.admission.set_next_hop_hosts(await _resolve(self.next_hop.host))
         async with trio.open_nursery() as nursery:
@@ -227,16 +244,40 @@ class GatewayService:
             sip_address = await nursery.start(self.sip.serve)
             if self.presence.watch is not None:
                 await nursery.start(self.presence.watch.run)
-            await nursery.start(
-                partial(run_loopback_client, self.channel, edge_host, edge_port, ssl_context=self.channel_ssl)
-            )
+            for channel, (host, port) in zip(self.channels, edges, strict=True):
+                await nursery.start(
+                    partial(run_loopback_client, channel, host, port, ssl_context=self.channel_ssl)
+                )
             nursery.start_soon(self.presence.run_refresh)
             nursery.start_soon(self._answer_late_with_202)
             task_status.started(sip_address)
 
     # -- XMPP → SIP ----------------------------------------------------------------------------
 
-    async def _from_edge(self, items: list[Item]) -> None:
+    def _items_handler(self, index: int) -> Callable[[list[Item]], Awaitable[None]]:
+        """The ``on_items`` of channel ``index``: its items, with the channel to complete them on."""
+
+        async def from_edge(items: list[Item]) -> None:
+            await self._from_edge(self.channels[index], items)
+
+        return from_edge
+
+    def channel_for(self, to: str) -> ChannelEndpoint:
+        """The channel a stanza to the XMPP address ``to`` goes out on: with several edge
+        processes, the one its domain hashes to (all stanzas to one domain leave through one
+        edge, in order, RFC 6120 §10.1), or the next connected one while that edge is away."""
+        channels = self.channels
+        if len(channels) == 1:
+            return channels[0]
+        domain = to.rpartition("@")[2].partition("/")[0].lower()
+        first = zlib.crc32(domain.encode()) % len(channels)
+        for step in range(len(channels)):
+            channel = channels[(first + step) % len(channels)]
+            if channel.connected:
+                return channel
+        return channels[first]
+
+    async def _from_edge(self, channel: ChannelEndpoint, items: list[Item]) -> None:
         # Stanzas are handled in the order the edge sent them (RFC 6120 §10.1): a MESSAGE's
         # translation and the start of its SIP transaction happen here, in order, without a
         # checkpoint (the transport's writer sends them in that order, several per write); only
@@ -247,7 +288,7 @@ class GatewayService:
         for item in items:
             if not isinstance(item, Routed):
                 log.warning("gateway: bounce from the edge for %s ignored", item.from_)
-                self.channel.complete(item.seq)
+                channel.complete(item.seq)
                 continue
             try:
                 self._slots.acquire_nowait()  # no checkpoint per item while slots are free
@@ -257,9 +298,9 @@ class GatewayService:
                 lane = (item.from_.partition("/")[0], item.to.partition("/")[0])
                 ahead = self._lanes.get(lane)
                 turn = self._lanes[lane] = trio.Event()
-                self._nursery.start_soon(self._presence_to_sip, item, lane, ahead, turn)
+                self._nursery.start_soon(self._presence_to_sip, channel, item, lane, ahead, turn)
             else:
-                self._begin_to_sip(item)
+                self._begin_to_sip(channel, item)
 
     # An item is completed (and so acked to the edge) only when its outcome is final: the SIP
     # transaction completed, or the error reply reached the edge. The gateway stopping leaves it
@@ -267,57 +308,62 @@ class GatewayService:
     # final response to ``_message_answered`` (a callback from the transport: no task, no
     # wait per stanza); only an error reply, which waits for the edge's ack, is a task.
 
-    def _begin_to_sip(self, item: Routed) -> None:
+    def _begin_to_sip(self, channel: ChannelEndpoint, item: Routed) -> None:
         """Parse and translate ``item`` and begin its SIP transaction (no checkpoint)."""
         try:
             element = parse_stanza(item.raw)
         except (NotOneStanza, TokenizerError) as exc:
             log.warning("gateway: unparsable stanza from the edge: %s", exc)
-            self._item_done(item)
+            self._item_done(channel, item)
             return
         try:
             if item.kind == StanzaKind.MESSAGE:
-                self._begin_message(item, element)
+                self._begin_message(channel, item, element)
                 return
         except Exception:
             log.exception("gateway: handling %s %s failed", item.kind, item.id)
-            self._error_then_done(item, element, "internal-server-error")
+            self._error_then_done(channel, item, element, "internal-server-error")
             return
         if item.kind == StanzaKind.IQ and item.type in ("get", "set"):
-            self._error_then_done(item, element, "service-unavailable")
+            self._error_then_done(channel, item, element, "service-unavailable")
         else:
-            self._item_done(item)
+            self._item_done(channel, item)
 
-    def _item_done(self, item: Routed) -> None:
+    def _item_done(self, channel: ChannelEndpoint, item: Routed) -> None:
         self._slots.release()
-        self.channel.complete(item.seq)
+        channel.complete(item.seq)
 
-    def _error_then_done(self, item: Routed, element: Element, condition: str, text: str = "") -> None:
+    def _error_then_done(
+        self, channel: ChannelEndpoint, item: Routed, element: Element, condition: str, text: str = ""
+    ) -> None:
         assert self._nursery is not None
-        self._nursery.start_soon(self._send_error_then_done, item, element, condition, text)
+        self._nursery.start_soon(self._send_error_then_done, channel, item, element, condition, text)
 
     async def _send_error_then_done(
-        self, item: Routed, element: Element, condition: str, text: str
+        self, channel: ChannelEndpoint, item: Routed, element: Element, condition: str, text: str
     ) -> None:
         try:
-            await self._reply_error(element, condition, text)
+            await self._reply_error(channel, element, condition, text)
         except Exception:
             log.exception("gateway: handling %s %s failed", item.kind, item.id)
         finally:
             self._slots.release()
-        self.channel.complete(item.seq)
+        channel.complete(item.seq)
 
-    def _message_answered(self, item: Routed, element: Element, response: SipResponse) -> None:
+    def _message_answered(
+        self, channel: ChannelEndpoint, item: Routed, element: Element, response: SipResponse
+    ) -> None:
         """The final response of a MESSAGE's transaction (a local 408 / 503 on a timeout or a
         transport error): a 2xx completes the item, a failure is answered with an error."""
         if response.status < 300:
-            self._item_done(item)
+            self._item_done(channel, item)
             return
         condition = condition_for_sip_status(response.status)
-        self._error_then_done(item, element, condition, f"{response.status} {response.reason}")
+        self._error_then_done(channel, item, element, condition, f"{response.status} {response.reason}")
 
     async def _presence_to_sip(
         self,
+        channel: ChannelEndpoint,
         item: Routed,
         lane: tuple[str, str],
         ahead: trio.Event | None,
@@ -336,10 +382,12 @@ class GatewayService:
             if self._lanes.get(lane) is turn:
                 del self._lanes[lane]
             self._slots.release()
-        self.channel.complete(item.seq)
+        channel.complete(item.seq)
 
-    def _sip_context(self, item: Routed, transport: str, request_uri: str) -> SipContext:
-        seed = f"{self.channel.receiver.peer_session}:{item.seq}".encode()
+    def _sip_context(
+        self, channel: ChannelEndpoint, item: Routed, transport: str, request_uri: str
+    ) -> SipContext:
+        seed = f"{channel.receiver.peer_session}:{item.seq}".encode()
         digest = hashlib.blake2b(seed, digest_size=12).hexdigest()
         return SipContext(
             call_id=f"{digest}@edgeproxy",
@@ -350,30 +398,32 @@ class GatewayService:
             request_uri=request_uri,
         )
 
-    def _begin_message(self, item: Routed, element: Element) -> None:
+    def _begin_message(self, channel: ChannelEndpoint, item: Routed, element: Element) -> None:
         try:
             aor = jid_to_sip_uri(str(parse_jid_memo(item.to).bare))
         except (TranslationError, InvalidJid) as exc:
-            self._error_then_done(item, element, "jid-malformed", str(exc))
+            self._error_then_done(channel, item, element, "jid-malformed", str(exc))
             return
         route = self._destination(aor)
         if route is None:
-            self._error_then_done(item, element, "recipient-unavailable", "480 Temporarily Unavailable")
+            self._error_then_done(channel, item, element, "recipient-unavailable", "480 Temporarily Unavailable")
             return
         dest, request_uri = route
         try:
             request = message_to_sip(
                 element,
-                self._sip_context(item, dest.transport, request_uri),
+                self._sip_context(channel, item, dest.transport, request_uri),
                 ceiling=self.page_mode_ceiling,
             )
         except TranslationError as exc:
-            self._error_then_done(item, element, exc.condition, str(exc))
+            self._error_then_done(channel, item, element, exc.condition, str(exc))
             return
         if request is None:
-            self._item_done(item)
+            self._item_done(channel, item)
             return
-        self.sip.begin_request(request, dest, on_final=partial(self._message_answered, item, element))
+        self.sip.begin_request(
+            request, dest, on_final=partial(self._message_answered, channel, item, element)
+        )
 
     def _destination(self, aor: str) -> tuple[Destination, str] | None:
         """Where a request for ``aor`` goes, and its Request-URI (RFC 3261 §16.5, §16.6)."""
@@ -386,7 +436,9 @@ class GatewayService:
         binding = bindings[0]
         return self.sip.route(binding.contact, binding.source, binding.transport), str(binding.contact)
 
-    async def _reply_error(self, original: Element, condition: str, text: str = "") -> None:
+    async def _reply_error(
+        self, channel: ChannelEndpoint, original: Element, condition: str, text: str = ""
+    ) -> None:
         reply = error_reply(original, condition, text, include_original=False)
         if reply is None:
             return  # RFC 6120 §8.3.1: never answer an error with an error
@@ -394,7 +446,7 @@ class GatewayService:
         # Waits for the edge's ack, so that the original is acked only after its error reply is
         # safe at the edge (a crash in between re-sends the original: the error may then be sent
         # twice, never lost).
-        outcome = await self.channel.submit_and_wait(
+        outcome = await channel.submit_and_wait(
             kind,
             reply.get("from") or "",
             reply.get("to") or "",
@@ -417,7 +469,7 @@ class GatewayService:
 
     def _presence_to_edge(self, element: Element) -> None:
         """Presence the agent sends to an XMPP contact (queued; bounced if the edge is away)."""
-        self.channel.submit(
+        self.channel_for(element.get("to") or "").submit(
             StanzaKind.PRESENCE,
             element.get("from") or "",
             element.get("to") or "",
@@ -477,7 +529,7 @@ class GatewayService:
         # before the submit: a stanza refused at once is answered from inside it
         self._unanswered[ctx] = (trio.current_time() + self.answer_wait, request)
         attrs = element.attrs
-        self.channel.submit_answerable(
+        self.channel_for(attrs["to"]).submit_answerable(
             StanzaKind.MESSAGE, attrs["from"], attrs["to"], "chat", attrs["id"], serialize(element),
             on_outcome=partial(self._edge_outcome, ctx),
         )
@@ -521,9 +573,14 @@ async def run_gateway(
     on_stored: Callable[[], Awaitable[None]] | None = None,
     telemetry: Telemetry | None = None,
     tls: GatewayTls | None = None,
+    edge_addresses: Sequence[tuple[str, int]] | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the gateway of ``config`` until cancelled (for ``edgeproxy serve``).
+
+    ``edge_addresses``: the internal addresses of the edge processes, one loopback channel to
+    each (``[edge] workers``: one per worker); default: ``[gateway] edge-address``, else
+    ``[edge] internal-listen``.
 
     ``tls``: SIP over TLS and the channel's mutual TLS (``gateway.tls.gateway_tls``, built here
     when not given; ``run_app`` builds it first so that a bad file refuses the start).
@@ -540,7 +597,9 @@ async def run_gateway(
     section = config.gateway
     sip_host, sip_port = listen_address(section.sip_listen[0])
     tls = tls if tls is not None else gateway_tls(config)
-    edge_host, edge_port = listen_address(section.edge_address or config.edge.internal_listen)
+    edges = list(edge_addresses) if edge_addresses else [
+        listen_address(section.edge_address or config.edge.internal_listen)
+    ]
     holder: SnapshotHolder | None = None
     if policy is None:
         try:
@@ -567,13 +626,15 @@ async def run_gateway(
         channel_ssl=tls.channel,
         telemetry=telemetry,
         channel_secret=load_channel_secret(config.state_dir),
+        edges=len(edges),
     )
     try:
         async with trio.open_nursery() as nursery:
             if holder is not None:
                 nursery.start_soon(follow_store, holder, config.state_dir, telemetry)
             await nursery.start(recorder.run)
-            await service.run(edge_host, edge_port, task_status=task_status)
+            (edge_host, edge_port), *more_edges = edges
+            await service.run(edge_host, edge_port, more_edges=more_edges, task_status=task_status)
     finally:
         if holder is not None:
             holder.close()

@@ -476,6 +476,11 @@ class ChannelEndpoint:
 
     # -- one connection -----------------------------------------------------------------------
 
+    @property
+    def connected(self) -> bool:
+        """A connection to the peer is up (its Hello and proof were accepted)."""
+        return self._connected
+
     async def wait_connected(self) -> None:
         await self._connected_event.wait()
 
