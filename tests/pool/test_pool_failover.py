@@ -1,0 +1,102 @@
+"""Edge pool failover: a partner moves from pool A to pool B by DNS SRV priority when A stops.
+
+Each host is its own network namespace (``_netns_lab``): two edge pools for contoso.test
+(``edgeproxy serve``, edge + gateway; A at SRV priority 10, B at 20), a real Prosody for
+fabrikam.test resolving through the lab's dnsmasq, and carol@contoso.test's SIP UA registered
+at both pools' registrars. alice@fabrikam.test writes to carol from Prosody; the UA sees which
+pool's gateway delivered each message (its source address).
+
+Pool A is stopped with SIGTERM (a graceful shutdown), then, in the second test, with SIGKILL
+(the process dies at once; the kernel closes its sockets). Prosody's next messages must all
+reach carol through pool B — Prosody finds A refusing connections and takes the priority 20
+target — and none may be lost: every message Prosody accepted reaches carol or comes back to
+alice as an error, and the test demands zero errors.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import trio
+from _netns_lab import DOMAIN, S2S_PORT, SIP_USER, PoolLab, pool_lab, wait_until
+
+from edgeproxy.tokenizer import Stanza
+from fixtures.c2s import Client
+
+#: Edge worker processes per pool (``[edge] workers``).
+WORKERS = (1,)
+#: Messages alice sends before the stop and after it.
+BATCH = 5
+#: Seconds a batch may take to reach carol: the "after" batch includes Prosody's reconnect
+#: (connection refused at A, then B: TCP, dialback with a verification back to Prosody).
+DELIVERY_TIMEOUT = 20
+#: Seconds Prosody may take to see that its stream to the stopped pool ended.
+CLOSE_NOTICED_TIMEOUT = 10
+#: Hang guard of one whole test.
+TEST_BOUND = 100
+
+
+async def send_batch(alice: Client, tag: str, count: int = BATCH) -> list[str]:
+    """alice sends ``count`` chat messages to carol; their bodies."""
+    bodies = [f"{tag} {n}" for n in range(count)]
+    for n, body in enumerate(bodies):
+        await alice.send(f"<message to='{SIP_USER}@{DOMAIN}' type='chat' id='{tag}-{n}'>"
+                         f"<body>{body}</body></message>")
+    return bodies
+
+
+async def collect_errors(alice: Client, errors: list[Stanza]) -> None:
+    """Every message alice gets back as an error (Prosody's bounce of an undelivered one)."""
+    while True:
+        stanza = await alice.next()
+        if stanza.name == "message" and stanza.type == "error":
+            errors.append(stanza)
+
+
+async def deliver(lab: PoolLab, bodies: list[str], errors: list[Stanza], what: str) -> None:
+    """Wait until carol has every one of ``bodies`` (or an error came back)."""
+    await wait_until(lambda: errors or all(b in {r.body for r in lab.ua.received} for b in bodies),
+                     DELIVERY_TIMEOUT, f"{what}: {bodies} at carol; she got {lab.ua.received}")
+    assert not errors, f"{what}: bounced to alice: {[e.raw for e in errors]}"
+
+
+async def failover_after(signum: signal.Signals, tmp_path: Path, workers: int) -> None:
+    with trio.fail_after(TEST_BOUND):
+        async with pool_lab(tmp_path, workers=workers) as lab:
+            a, b = lab.pools["a"], lab.pools["b"]
+            alice = await lab.login()
+            errors: list[Stanza] = []
+            lab.nursery.start_soon(collect_errors, alice, errors)
+
+            before = await send_batch(alice, "before")
+            await deliver(lab, before, errors, "before the stop")
+            assert lab.ua.bodies_from(a.address) == before, "pool A (priority 10) delivers first"
+            assert lab.ua.bodies_from(b.address) == []
+
+            assert lab.namespaces.fabric.open_connections(a.address, S2S_PORT), "Prosody's stream to A"
+            a.kill(signum)
+            # Prosody's next messages are those it takes once it has seen its stream to A end
+            # (a stanza written into a connection whose peer is already gone is Prosody's loss).
+            await wait_until(lambda: not lab.namespaces.fabric.open_connections(a.address, S2S_PORT),
+                             CLOSE_NOTICED_TIMEOUT, "Prosody closes its stream to pool A")
+            after = await send_batch(alice, "after")
+            await deliver(lab, after, errors, f"after pool A got {signum.name}")
+            assert lab.ua.bodies_from(b.address) == after, "every later message came through pool B"
+            assert lab.ua.bodies_from(a.address) == before
+            assert len(lab.ua.received) == len(before) + len(after), "each delivered exactly once"
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+async def test_messages_reach_the_sip_user_through_pool_b_after_pool_a_is_terminated(
+    tmp_path: Path, workers: int
+) -> None:
+    await failover_after(signal.SIGTERM, tmp_path, workers)
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+async def test_messages_reach_the_sip_user_through_pool_b_after_pool_a_is_killed(
+    tmp_path: Path, workers: int
+) -> None:
+    await failover_after(signal.SIGKILL, tmp_path, workers)
