@@ -51,7 +51,7 @@ raised as ``ops.exitcodes.StartupFailed`` carrying the exit status (``docs/exit-
 other line follows. In order: the gateway's TLS files (``EP2003``, 16); the state dir
 (``lifecycle.refuse_unusable_state_dir``: ``EP8011``, 12) and the secrets at rest
 (``ops.atrest.refuse_exposed_secrets``: ``EP8007`` per exposed file, 13); the channel's TLS files
-and secret (``EP2003``, 16); the store (``_open_holder``: ``EP8012`` for a newer schema, 15,
+and secret (``EP2003``, 16); the store (``open_holder``: ``EP8012`` for a newer schema, 15,
 ``EP8005`` for any other failure, 14; an older schema is backed up and upgraded, ``EP8013``); the
 ``[tls]`` certificate and key — both absent is ``EP2006`` and the edge starts without TLS, but
 one without the other or a pair that does not load is ``EP2003``, 16; the admin token
@@ -70,8 +70,9 @@ import socket
 import sqlite3
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import msgspec
 import trio
@@ -133,6 +134,10 @@ from edgeproxy.policy.snapshot import PolicySnapshot
 from edgeproxy.policy.store import STORE_FILE, SchemaTooNew, SchemaUpgrade, Store
 from edgeproxy.secretfiles import SecretFileError, channel_secret_path
 from edgeproxy.web.server import serve_admin
+from edgeproxy.workers.plan import worker_channel_addresses, worker_count
+
+if TYPE_CHECKING:
+    from edgeproxy.gateway.tls import GatewayTls
 
 log = logging.getLogger("edgeproxy.app")
 
@@ -159,7 +164,7 @@ def _credentials_failed(telemetry: Telemetry, what: str, path: object, error: ob
     return StartupFailed(ExitCode.CREDENTIALS_UNUSABLE, f"cannot load {what} from {path}: {error}")
 
 
-def _bind_failed(
+def bind_failed(
     telemetry: Telemetry | None, role: str, address: str, error: OSError
 ) -> StartupFailed:
     """Report a listener that could not bind (``EP1001``; none when ``telemetry`` is None: the
@@ -172,7 +177,7 @@ def _bind_failed(
     return StartupFailed(bind_failure_code(error), f"cannot bind {role} listener on {address}: {detail}")
 
 
-def _open_holder(config: EdgeConfig, telemetry: Telemetry) -> SnapshotHolder:
+def open_holder(config: EdgeConfig, telemetry: Telemetry) -> SnapshotHolder:
     """The store for the start, and its first snapshot. An older schema is backed up and
     upgraded (``EP8013`` says where the copy is); a newer one is ``EP8012``, any other failure to
     open or read it ``EP8005``: either raises ``StartupFailed``."""
@@ -236,11 +241,14 @@ class EdgeApp:
         on_delivery: Callable[[Delivery], None] | None = None,
         channel: bool | None = None,
         announce: bool = True,
+        listen_sockets: Sequence[socket.socket] = (),
     ) -> None:
         """``channel``: serve the loopback channel on ``[edge] internal-listen`` (default: yes,
         unless ``on_delivery`` is given, which takes accepted stanzas in-process instead).
         ``announce``: emit ``EP1000 started`` once every listener is bound (``run_app`` says it
-        itself for role ``both``, after the gateway's listeners too)."""
+        itself for role ``both``, after the gateway's listeners too). ``listen_sockets``: the
+        external listeners, bound by someone else (an edge worker's share: ``edgeproxy.workers``),
+        served instead of binding ``[edge] listen``."""
         self.config = config
         self._announce = announce
         self.metrics = metrics if metrics is not None else Metrics()
@@ -250,6 +258,7 @@ class EdgeApp:
         self.poll_interval = poll_interval
         self._serve_admin = admin
         self._serve_signals = signals
+        self._listen_sockets = tuple(listen_sockets)
         self._on_delivery = on_delivery
         self.delivery = MemoryDelivery()
         use_channel = on_delivery is None if channel is None else channel
@@ -363,7 +372,7 @@ class EdgeApp:
         event first (the module docstring): a listener that cannot bind is ``EP1001``.
         """
         config = self.config
-        self.holder = holder = _open_holder(config, self.telemetry)
+        self.holder = holder = open_holder(config, self.telemetry)
         try:
             await self._run(holder, task_status)
         finally:
@@ -389,12 +398,14 @@ class EdgeApp:
             if self.channel is None:
                 nursery.start_soon(self._consume_deliveries)
             try:
-                listeners = await nursery.start(edge.run, [(h or None, p) for h, p in listen])
+                listeners = await nursery.start(
+                    partial(edge.run, sockets=self._listen_sockets), [(h or None, p) for h, p in listen]
+                )
             except (OSError, BaseExceptionGroup) as exc:
                 error = leaf(exc, OSError)
                 if error is None or not is_bind_failure(error):
                     raise
-                raise _bind_failed(self.telemetry, "external", ", ".join(config.edge.listen), error) from error
+                raise bind_failed(self.telemetry, "external", ", ".join(config.edge.listen), error) from error
             self._listener_addresses = [
                 join_host_port(*listener.socket.getsockname()[:2]) for listener in listeners
             ]
@@ -407,7 +418,7 @@ class EdgeApp:
                     error = leaf(exc, OSError)
                     if error is None or not is_bind_failure(error):
                         raise
-                    raise _bind_failed(self.telemetry, "internal", config.edge.internal_listen, error) from error
+                    raise bind_failed(self.telemetry, "internal", config.edge.internal_listen, error) from error
                 self.internal_address = join_host_port(*bound)
             if self._serve_admin:
                 try:
@@ -421,7 +432,7 @@ class EdgeApp:
                         raise StartupFailed(ExitCode.CONFIG_INVALID, str(refused)) from refused
                     if error is None or not is_bind_failure(error):
                         raise
-                    raise _bind_failed(None, "admin", config.admin.listen, error) from error
+                    raise bind_failed(None, "admin", config.admin.listen, error) from error
             nursery.start_soon(self._poll)
             self.state = ServiceState.RUNNING
             if self._announce:
@@ -647,11 +658,55 @@ async def run_app(
     ``drain_bound``: seconds the graceful shutdown may take (``EdgeApp``).
     """
     from edgeproxy.gateway.service import run_gateway  # the gateway is only imported if used
-    from edgeproxy.gateway.tls import gateway_tls
 
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}, expected one of {', '.join(ROLES)}")
     telemetry = Telemetry(metrics, event_log)
+    tls = prepare_start(config, role, telemetry)
+    sip_tls = sip_tls_address(tls)
+    if role == "gateway":
+        # A process of its own: the gateway follows the store itself, and the edge's store poll
+        # picks up the contacts its hooks write. The store is checked (and upgraded) here first.
+        # With several edge workers it keeps one channel to each (``[edge] workers``).
+        open_holder(config, telemetry).close()
+        edges = worker_channel_addresses(
+            config.gateway.edge_address or config.edge.internal_listen, worker_count(config.edge.workers)
+        )
+        async with trio.open_nursery() as nursery:
+            await start_gateway(nursery, partial(run_gateway, config, telemetry=telemetry, tls=tls,
+                                                 edge_addresses=edges), config, telemetry, sip_tls)
+            task_status.started(None)
+        return
+    try:
+        app = EdgeApp(config, event_log=event_log, metrics=metrics, channel=True, signals=signals,
+                      announce=role != "both", drain_bound=drain_bound)
+    except SecretFileError as exc:  # the channel secret (EP8007)
+        raise StartupFailed(ExitCode.SECRET_EXPOSED, str(exc)) from exc
+    async with trio.open_nursery() as nursery:
+        await nursery.start(app.run)
+        if role == "both":
+            assert app.holder is not None and app.internal_address is not None
+            holder = app.holder
+            gateway_config = msgspec.structs.replace(
+                config, gateway=msgspec.structs.replace(config.gateway, edge_address=app.internal_address)
+            )
+            sip_host, sip_port = await start_gateway(nursery, partial(
+                run_gateway, gateway_config, policy=lambda: holder.snapshot,
+                on_stored=app.refresh_policy, telemetry=app.telemetry, tls=tls,
+            ), config, app.telemetry, sip_tls)
+            app.sip_listeners = sip_listeners([(sip_host, sip_port)], [sip_tls] if sip_tls is not None else [])
+            app.announce_started(sip=join_host_port(sip_host, sip_port))
+        task_status.started(app)
+        await app.stopped.wait()
+        nursery.cancel_scope.cancel()
+
+
+def prepare_start(config: EdgeConfig, role: str, telemetry: Telemetry) -> GatewayTls | None:
+    """What every ``serve`` checks before anything listens, in order (each refusal one event and
+    ``StartupFailed``): the gateway's TLS files (roles ``both`` and ``gateway``; returned, loaded),
+    the state dir, appliance mode, the secrets at rest."""
+    from edgeproxy.gateway.tls import gateway_tls
+
     # The gateway's TLS files are loaded before anything starts (or is written to the state dir).
     try:
         tls = gateway_tls(config) if role in ("both", "gateway") else None
@@ -668,41 +723,15 @@ async def run_app(
         refuse_exposed_secrets(config, telemetry)
     except SecretFileError as exc:
         raise StartupFailed(ExitCode.SECRET_EXPOSED, str(exc)) from exc
-    sip_tls = (tls.sip.host, tls.sip.port) if tls is not None and tls.sip is not None else None
-    if role == "gateway":
-        # A process of its own: the gateway follows the store itself, and the edge's store poll
-        # picks up the contacts its hooks write. The store is checked (and upgraded) here first.
-        _open_holder(config, telemetry).close()
-        async with trio.open_nursery() as nursery:
-            await _start_gateway(nursery, partial(run_gateway, config, telemetry=telemetry, tls=tls),
-                                 config, telemetry, sip_tls)
-            task_status.started(None)
-        return
-    try:
-        app = EdgeApp(config, event_log=event_log, metrics=metrics, channel=True, signals=signals,
-                      announce=role != "both", drain_bound=drain_bound)
-    except SecretFileError as exc:  # the channel secret (EP8007)
-        raise StartupFailed(ExitCode.SECRET_EXPOSED, str(exc)) from exc
-    async with trio.open_nursery() as nursery:
-        await nursery.start(app.run)
-        if role == "both":
-            assert app.holder is not None and app.internal_address is not None
-            holder = app.holder
-            gateway_config = msgspec.structs.replace(
-                config, gateway=msgspec.structs.replace(config.gateway, edge_address=app.internal_address)
-            )
-            sip_host, sip_port = await _start_gateway(nursery, partial(
-                run_gateway, gateway_config, policy=lambda: holder.snapshot,
-                on_stored=app.refresh_policy, telemetry=app.telemetry, tls=tls,
-            ), config, app.telemetry, sip_tls)
-            app.sip_listeners = sip_listeners([(sip_host, sip_port)], [sip_tls] if sip_tls is not None else [])
-            app.announce_started(sip=join_host_port(sip_host, sip_port))
-        task_status.started(app)
-        await app.stopped.wait()
-        nursery.cancel_scope.cancel()
+    return tls
 
 
-async def _start_gateway(
+def sip_tls_address(tls: GatewayTls | None) -> tuple[str, int] | None:
+    """The gateway's SIP-over-TLS listener address, if it has one."""
+    return (tls.sip.host, tls.sip.port) if tls is not None and tls.sip is not None else None
+
+
+async def start_gateway(
     nursery: trio.Nursery,
     gateway: Callable[..., Awaitable[None]],
     config: EdgeConfig,
@@ -718,5 +747,5 @@ async def _start_gateway(
         if error is None or not is_bind_failure(error):
             raise
         role, where = _sip_listener_in_the_way(config, sip_tls)
-        raise _bind_failed(telemetry, role, where, error) from error
+        raise bind_failed(telemetry, role, where, error) from error
     return address

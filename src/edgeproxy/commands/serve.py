@@ -38,11 +38,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import trio
 
 from edgeproxy.commands.common import SubParsers, config_option_parent
-from edgeproxy.config import CONFIG_ENV_VAR, EMBEDDED_DEFAULT, EdgeConfig, load_config
+from edgeproxy.config import CONFIG_ENV_VAR, EMBEDDED_DEFAULT, MAX_WORKERS, EdgeConfig, load_config
 from edgeproxy.errors import ConfigError
 from edgeproxy.ops import events
 from edgeproxy.ops.events import DEMO_USER_CREATED, EventLog, EventLogHandler, OutputFormat
@@ -53,6 +54,7 @@ from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy import operations as ops
 from edgeproxy.policy.store import STORE_FILE, Store
 from edgeproxy.policy.validation import ChangeRefused
+from edgeproxy.workers.plan import worker_count
 
 
 def _output_format() -> OutputFormat:
@@ -132,17 +134,69 @@ def _demo_user_at_first_start(config: EdgeConfig, telemetry: Telemetry) -> None:
     telemetry.emit(DEMO_USER_CREATED, user=ops.DEMO_USER, password=password)
 
 
-async def serve(config: EdgeConfig, role: str, event_log: EventLog, metrics: Metrics) -> None:
+async def serve(
+    config: EdgeConfig,
+    role: str,
+    event_log: EventLog,
+    metrics: Metrics,
+    *,
+    workers: int | Literal["auto"] | None = None,
+    config_path: str | None = None,
+) -> None:
     """Run until SIGTERM/SIGINT or ``edgeproxy stop``; returns after the graceful shutdown.
-    Raises ``StartupFailed`` (possibly inside exception groups) when the start fails."""
-    from edgeproxy.app import run_app  # the server: only `serve` pays for importing it
+    Raises ``StartupFailed`` (possibly inside exception groups) when the start fails.
 
+    ``workers`` (``--workers``, else ``[edge] workers``): above 1, roles ``both`` and ``edge``
+    run a supervisor with that many edge worker processes (``edgeproxy.workers``), which read
+    ``config_path`` themselves."""
+    count = worker_count(workers if workers is not None else config.edge.workers)
     async with trio.open_nursery() as nursery:
-        await nursery.start(partial(run_app, config, role=role, event_log=event_log, metrics=metrics))
+        if count > 1 and role != "gateway":
+            from edgeproxy.workers.supervisor import Supervisor  # only when there are workers
+
+            supervisor = Supervisor(config, workers=count, role=role, config_path=config_path,
+                                    event_log=event_log, metrics=metrics)
+            await nursery.start(supervisor.run)
+        else:
+            from edgeproxy.app import run_app  # the server: only `serve` pays for importing it
+
+            await nursery.start(partial(run_app, config, role=role, event_log=event_log, metrics=metrics))
         freeze_startup_objects()
 
 
+def _serve_worker(args: argparse.Namespace) -> int:
+    """An edge worker process started by the supervisor (``edgeproxy.workers.worker``)."""
+    from edgeproxy.workers.worker import die_with_parent, run_worker
+
+    die_with_parent(args.worker_parent)
+    metrics = Metrics()
+    event_log = EventLog(sys.stderr, output=_output_format(), on_emit=metrics.event_logged,
+                         on_suppress=metrics.event_suppressed)
+    telemetry = Telemetry(metrics, event_log)
+    try:
+        with events_on_stderr(event_log):
+            config = load_serve_config(args, telemetry)
+            trio.run(partial(
+                run_worker, config, index=args.worker_index,
+                listen_fds=[int(fd) for fd in args.worker_listen_fds.split(",") if fd],
+                report_fd=args.worker_report_fd, channel=args.worker_channel, event_log=event_log,
+                metrics=metrics,
+            ))
+    except KeyboardInterrupt:
+        return ExitCode.OK
+    except BaseException as exc:  # noqa: BLE001 - a start failure is its event and exit status
+        failed = leaf(exc, StartupFailed)
+        if failed is None:
+            raise
+        return failed.exit_code
+    finally:
+        event_log.close()
+    return ExitCode.OK
+
+
 def _serve(args: argparse.Namespace) -> int:
+    if args.worker_index is not None:
+        return _serve_worker(args)
     metrics = Metrics()
     event_log = EventLog(sys.stderr, output=_output_format(), on_emit=metrics.event_logged,
                          on_suppress=metrics.event_suppressed)
@@ -153,7 +207,8 @@ def _serve(args: argparse.Namespace) -> int:
             if config.edge.appliance:
                 sys.dont_write_bytecode = True  # no caches beside the package for what is imported next
             _demo_user_at_first_start(config, telemetry)
-            trio.run(serve, config, args.role, event_log, metrics)
+            trio.run(partial(serve, config, args.role, event_log, metrics, workers=args.workers,
+                             config_path=_config_path(args)))
     except KeyboardInterrupt:
         return ExitCode.OK
     except BaseException as exc:  # noqa: BLE001 - a start failure is its event and exit status
@@ -181,4 +236,29 @@ def register(sub: SubParsers) -> None:
         " the server writes goes under the state dir (an absolute path), temporary files in"
         " <state-dir>/tmp",
     )
+    p.add_argument(
+        "--workers", type=_workers_value, default=None, metavar="N|auto",
+        help="edge worker processes sharing the external listeners, as [edge] workers (default: the"
+        " configuration's, which defaults to 1): a number from 1 to 64, or auto for one per CPU;"
+        " the gateway stays one process with a channel to each worker",
+    )
+    # The options of a worker process, given by its supervisor only (edgeproxy.workers).
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker-listen-fds", default="", help=argparse.SUPPRESS)
+    p.add_argument("--worker-report-fd", type=int, default=-1, help=argparse.SUPPRESS)
+    p.add_argument("--worker-channel", default="", help=argparse.SUPPRESS)
+    p.add_argument("--worker-parent", type=int, default=0, help=argparse.SUPPRESS)
     p.set_defaults(handler=_serve)
+
+
+def _workers_value(text: str) -> int | Literal["auto"]:
+    """``--workers``: ``auto`` or a number from 1 to ``MAX_WORKERS``."""
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 1 to {MAX_WORKERS} or auto") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{value} is not a number from 1 to {MAX_WORKERS} (or auto)")
+    return value

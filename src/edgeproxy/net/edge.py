@@ -22,6 +22,8 @@ Cancelling ``run`` aborts every stream without the closing handshake.
 from __future__ import annotations
 
 import logging
+import socket
+from collections.abc import Sequence
 from functools import partial
 
 import trio
@@ -59,23 +61,30 @@ class EdgeServer:
         self,
         listen: list[tuple[str | None, int]],
         *,
+        sockets: Sequence[socket.socket] = (),
         task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Serve ``listen`` — or, when given, the listening ``sockets`` someone else made (an edge
+        worker's share of the external listeners) — until cancelled."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.pool.run)
             listeners: list[trio.SocketListener] = []
-            for host, port in listen:
-                listeners.extend(await nursery.start(self._serve, host, port, nursery))
+            if sockets:
+                listeners.extend(await nursery.start(self._serve, None, 0, nursery, sockets))
+            else:
+                for host, port in listen:
+                    listeners.extend(await nursery.start(self._serve, host, port, nursery))
             self.listeners = listeners
             task_status.started(listeners)
 
     async def _serve(
-        self, host: str | None, port: int, streams: trio.Nursery,
+        self, host: str | None, port: int, streams: trio.Nursery, sockets: Sequence[socket.socket] = (),
         *, task_status: trio.TaskStatus[list[trio.SocketListener]],
     ) -> None:
         """Accept inside ``_accepting`` (``stop_accepting`` cancels it); streams run in ``streams``."""
         with self._accepting:
-            await serve_s2s(self.inbound, host, port, handler_nursery=streams, task_status=task_status)
+            await serve_s2s(self.inbound, host, port, handler_nursery=streams, sockets=sockets,
+                            task_status=task_status)
 
     # -- graceful stop ----------------------------------------------------------------------
 

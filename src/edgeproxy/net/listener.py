@@ -48,7 +48,9 @@ import errno
 import logging
 import os
 import random
+import socket
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -353,14 +355,20 @@ async def serve_s2s(
     port: int,
     *,
     handler_nursery: trio.Nursery | None = None,
+    sockets: Sequence[socket.socket] = (),
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` (port 0: any free port) and serve inbound S2S streams forever.
 
-    With ``handler_nursery`` the streams run there, so that cancelling this task only stops
-    accepting (graceful shutdown) instead of aborting every inbound stream.
+    ``sockets``: listening sockets made by someone else (an edge worker's share of the
+    external listener, ``SO_REUSEPORT``: ``edgeproxy.workers``) to serve instead of opening
+    ``host:port``. With ``handler_nursery`` the streams run there, so that cancelling this task
+    only stops accepting (graceful shutdown) instead of aborting every inbound stream.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    if sockets:
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
+    else:
+        listeners = await trio.open_tcp_listeners(port, host=host)
     async with trio.open_nursery() as nursery:
         for listener in listeners:
             nursery.start_soon(_accept_loop, handler, listener, handler_nursery or nursery)

@@ -100,6 +100,7 @@ class StreamStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     age_seconds: float = 0.0
     stanzas_in: int = 0
     stanzas_out: int = 0
+    worker: int | None = None  # the edge worker process that holds it (``[edge] workers`` > 1)
 
 
 class ChannelStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
@@ -113,6 +114,26 @@ class QueueStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     name: str  # e.g. "outbound:fabrikam.com", "channel", "router"
     depth: int
     limit: int | None = None
+
+
+class WorkerState(enum.StrEnum):
+    """An edge worker process (``[edge] workers`` above 1), as its supervisor sees it."""
+
+    STARTING = "starting"  # started, not yet listening
+    RUNNING = "running"
+    RESTARTING = "restarting"  # exited without being asked; started again after a pause
+    STOPPING = "stopping"  # asked to stop (graceful drain)
+    STOPPED = "stopped"
+
+
+class WorkerStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    index: int
+    pid: int | None
+    state: WorkerState
+    internal: str = ""  # its loopback channel's listener, "host:port"
+    restarts: int = 0  # times it exited without being asked and was started again
+    uptime_seconds: float = 0.0
+    streams: int = 0
 
 
 class EdgeStatus(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
@@ -129,6 +150,9 @@ class EdgeStatus(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     streams: tuple[StreamStatus, ...] = ()
     channel: ChannelStatus = msgspec.field(default_factory=ChannelStatus)
     queues: tuple[QueueStatus, ...] = ()
+    #: The edge worker processes (empty with one process: ``[edge] workers = 1``); the streams,
+    #: listeners and queues above are then every worker's together.
+    workers: tuple[WorkerStatus, ...] = ()
 
 
 @runtime_checkable
@@ -360,4 +384,11 @@ def render_table(status: EdgeStatus, *, admin: str | None = None) -> str:
         ["QUEUE", "DEPTH", "LIMIT"],
         [[q.name, str(q.depth), "-" if q.limit is None else str(q.limit)] for q in status.queues],
     )
+    if status.workers:
+        lines += ["", f"Edge workers ({len(status.workers)})"]
+        lines += _table(
+            ["WORKER", "PID", "STATE", "CHANNEL", "STREAMS", "UP", "RESTARTS"],
+            [[str(w.index), str(w.pid or "-"), w.state.value, w.internal or "-", str(w.streams),
+              format_age(w.uptime_seconds), str(w.restarts)] for w in status.workers],
+        )
     return "\n".join(lines) + "\n"

@@ -1,0 +1,88 @@
+"""One edge worker process: an ``EdgeApp`` on its share of the external listeners.
+
+Started by the supervisor (``workers.supervisor``) as ``edgeproxy serve --role edge`` with hidden
+options: the file descriptors of its listening sockets (inherited), the one to report on, its
+loopback channel's address and the supervisor's pid. It
+
+1. asks the kernel to send it SIGTERM when the supervisor dies (``PR_SET_PDEATHSIG``,
+   ``prctl(2)``), so that a supervisor killed with SIGKILL leaves no worker serving on; and
+   exits at once if the supervisor is already gone;
+2. runs the edge with the configuration's own settings except: the external listeners are the
+   inherited sockets, the channel listens on its own address, and the admin endpoint on a free
+   loopback port without the Control Panel (the supervisor reads its ``/status`` and
+   ``/metrics``, and asks it to ``/reload``; operators use the supervisor's);
+3. once every listener is bound, writes one JSON line on the report descriptor — its pid, its
+   channel's and its admin endpoint's addresses — and closes it: the supervisor's "ready".
+
+SIGTERM/SIGINT (from the supervisor) is the edge's graceful stop; SIGHUP a reload.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+from collections.abc import Sequence
+
+import msgspec
+import trio
+
+from edgeproxy.app import EdgeApp
+from edgeproxy.config import AdminSection, EdgeConfig
+from edgeproxy.ops.events import EventLog
+from edgeproxy.ops.lifecycle import freeze_startup_objects
+from edgeproxy.ops.metrics import Metrics
+
+#: prctl(2) option: the signal sent to this process when its parent dies.
+PR_SET_PDEATHSIG = 1
+#: Where a worker's admin endpoint listens (any free port; loopback only).
+WORKER_ADMIN_LISTEN = "127.0.0.1:0"
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGTERM this process when ``parent`` dies (Linux); exit now if it is gone already."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the supervisor's own stop still ends its workers
+    if os.getppid() != parent:
+        raise SystemExit(0)
+
+
+def worker_config(config: EdgeConfig, channel: str) -> EdgeConfig:
+    """The worker's configuration: the channel on ``channel``, a private admin endpoint."""
+    return msgspec.structs.replace(
+        config,
+        edge=msgspec.structs.replace(config.edge, internal_listen=channel, workers=1),
+        admin=AdminSection(listen=WORKER_ADMIN_LISTEN, token_file=config.admin.token_file, ui=False),
+    )
+
+
+async def run_worker(
+    config: EdgeConfig,
+    *,
+    index: int,
+    listen_fds: Sequence[int],
+    report_fd: int,
+    channel: str,
+    event_log: EventLog,
+    metrics: Metrics,
+) -> None:
+    """Run worker ``index`` until stopped (see the module docstring)."""
+    sockets = [socket.socket(fileno=fd) for fd in listen_fds]
+    app = EdgeApp(worker_config(config, channel), event_log=event_log, metrics=metrics, channel=True,
+                  announce=False, listen_sockets=sockets)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(app.run)
+        assert app.admin_endpoint is not None
+        ready = {"index": index, "pid": os.getpid(), "channel": app.internal_address,
+                 "admin": app.admin_endpoint.address}
+        try:
+            os.write(report_fd, json.dumps(ready).encode() + b"\n")
+        finally:
+            os.close(report_fd)
+        freeze_startup_objects()
+        await app.stopped.wait()
