@@ -136,7 +136,7 @@ def test_a_schema_1_store_is_migrated_and_its_users_can_get_a_password(tmp_path,
             )
     monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
     with Store.open(tmp_path) as store:
-        assert store.schema_version() == len(MIGRATIONS) == 2
+        assert store.schema_version() == len(MIGRATIONS) == 3
         _generation, config = store.read()
         assert config.users == (User(sip=ALICE, name="Alice"),)
         ops.set_password(store, OURS, ALICE, PASSWORD)

@@ -51,16 +51,16 @@ def test_an_older_schema_is_backed_up_then_upgraded(tmp_path: Path) -> None:
     told: list[SchemaUpgrade] = []
 
     with Store.open(state, on_upgrade=told.append) as store:
-        assert store.schema_version() == len(MIGRATIONS) == 2
+        assert store.schema_version() == len(MIGRATIONS) == 3
         assert [u.sip for u in store.read()[1].users] == [OLD_USER]
         upgrade = store.upgrade
 
     [backup] = backups(state)
     assert told == [upgrade] and upgrade is not None
-    assert (upgrade.from_version, upgrade.to_version, upgrade.backup) == (1, 2, backup)
+    assert (upgrade.from_version, upgrade.to_version, upgrade.backup) == (1, 3, backup)
     assert backup.name.startswith(f"{STORE_FILE}.bak-v1-")
     assert backup.stat().st_mode & 0o777 == 0o600
-    assert str(backup) in upgrade.message() and "from schema 1 to 2" in upgrade.message()
+    assert str(backup) in upgrade.message() and "from schema 1 to 3" in upgrade.message()
     # The backup is the store as it was: schema 1, no credentials table, the user; one file.
     assert "credentials" not in tables(backup) and "credentials" in tables(state / STORE_FILE)
     conn = sqlite3.connect(backup)
@@ -129,7 +129,7 @@ def test_a_command_says_where_the_backup_is(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     [backup] = backups(state)
     assert done.stderr == (
-        f"edgeproxy: store {state / STORE_FILE} upgraded from schema 1 to 2;"
+        f"edgeproxy: store {state / STORE_FILE} upgraded from schema 1 to 3;"
         f" the store as it was is saved in {backup}\n"
     )
     assert OLD_USER in done.stdout

@@ -265,6 +265,24 @@ _DEFINITIONS: tuple[EventClass, ...] = (
     EventClass("EP8016", "appliance-mode", _I, "`edgeproxy serve` runs in appliance mode (`[edge] appliance = true` or `--appliance`): the root filesystem may be read-only, everything the server writes goes under the state dir (temporary files in its tmp/ directory), the override file in the state dir is merged over the configuration, and events go to stderr only.",
                "appliance mode: writes under {state_dir}, temporary files in {tmpdir}; override file: {override}",
                "None. docs/appliance.md describes the contract; change settings in <state-dir>/edgeproxy.override.toml and run `edgeproxy reload`."),
+    EventClass("EP8501", "pool-serving", _I, "A pool primary (`[pool] role = \"primary\"`) serves its store to the pool members on `[pool] listen`.",
+               "pool primary serving the store (generation {generation}) on {address} ({security})",
+               "None. `edgeproxy pool status` on a member shows the copy it holds (docs/pool.md)."),
+    EventClass("EP8502", "pool-copy-applied", _I, "A pool member applied a new copy of its primary's store (one transaction; its own contact lists kept); the edge applies it at once.",
+               "copy of the primary's store applied: primary generation {generation} from {primary}",
+               "None."),
+    EventClass("EP8503", "pool-primary-unreachable", _W, "A pool member cannot reach its primary (or lost it): it goes on serving its last copy of the store, and tries again every `[pool] interval` seconds. Said once per outage.",
+               "cannot reach the pool primary {primary}: {error}; serving the copy of primary generation {generation}",
+               "Check that the primary runs (`edgeproxy status` there), that `[pool] listen` on the primary and `[pool] primary` here name the same address, and the firewall between them. Changes made on the primary meanwhile arrive when it is reached again."),
+    EventClass("EP8504", "pool-refused", _W, "A pool connection was refused: a wrong pool secret, a certificate the TLS trust does not accept (or none), a plain-text peer where TLS is on, or another protocol version or role. Reported by the side that refused, and by a member that was refused.",
+               "pool connection {direction} {peer} refused: {reason}",
+               "Every host of the pool needs the same <state-dir>/pool.secret (mode 0600; `edgeproxy pool secret` on the primary prints it) and, with `[pool] tls`, a certificate from the `[tls] trust` CA naming the address it is reached at; `[pool] tls` must be the same on every host."),
+    EventClass("EP8505", "pool-protocol-error", _W, "The other side of a pool connection sent a malformed, oversized or out-of-turn frame (or none in time); that connection was closed and the pool goes on.",
+               "pool connection {direction} {peer} closed: {reason}",
+               "A client that is not an edgeproxy pool member (a port scanner, a misdirected service) or a version mismatch; if it recurs between two edgeproxy hosts, file an issue with this line."),
+    EventClass("EP8506", "pool-apply-failed", _E, "A pool member could not apply the copy of the store its primary sent (the store refused it, or the disk did); it goes on serving the copy it had and fetches again.",
+               "the primary's store (generation {generation}) could not be applied: {error}; still serving primary generation {current}",
+               "Check the disk and the store (`edgeproxy check`); both hosts should run the same edgeproxy version."),
     EventClass("EP9001", "event-log-overflow", _W, "The event log buffer was full and events were dropped (callers never wait on the log).",
                "{dropped} events dropped: the log output is too slow",
                "The log sink (journal, file, pipe) is slow or blocked; check disk space and the journal rate limit."),
@@ -334,6 +352,12 @@ SECRET_EXPOSED = CATALOGUE["EP8007"]
 PANEL_CHANGE = CATALOGUE["EP8014"]
 PANEL_LOGIN = CATALOGUE["EP8015"]
 APPLIANCE_MODE = CATALOGUE["EP8016"]
+POOL_SERVING = CATALOGUE["EP8501"]
+POOL_COPY_APPLIED = CATALOGUE["EP8502"]
+POOL_PRIMARY_UNREACHABLE = CATALOGUE["EP8503"]
+POOL_REFUSED = CATALOGUE["EP8504"]
+POOL_PROTOCOL_ERROR = CATALOGUE["EP8505"]
+POOL_APPLY_FAILED = CATALOGUE["EP8506"]
 EVENT_LOG_OVERFLOW = CATALOGUE["EP9001"]
 LOG_RECORD = CATALOGUE["EP9002"]
 EVENTS_SUPPRESSED = CATALOGUE["EP9003"]

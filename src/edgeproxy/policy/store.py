@@ -33,6 +33,18 @@ Theory of operation
   ``edgeproxy serve`` writes as an event. To go back to the previous edgeproxy, stop every
   process using the store and copy the backup over ``policy.sqlite3`` (removing its ``-wal`` and
   ``-shm``).
+* Edge pools (``docs/pool.md``): migration 3 adds ``replica``, one row on a pool *member*
+  naming its primary and the primary's generation its content copies. While that row exists the
+  store is a replica: ``Store.write()`` refuses (``ReplicaWriteRefused``, a ``ChangeRefused``
+  naming the primary) any transaction that changes what the primary replicates — partners,
+  gateway settings, policies, users and their credentials — and lets through one that changes
+  only the per-member state, the users' contact and pending lists (each member's gateway records
+  its own). The check compares the replicated content at the start and at the end of the
+  transaction, so every writer (the command line, the Control Panel, the gateway) meets it
+  without knowing about pools. The replicator's own write is ``Store.apply_replica``: one
+  transaction replacing the replicated tables, keeping the contact and pending lists of the users
+  that remain, and recording the primary's generation. ``Store.leave_pool()`` removes the row
+  (a promoted member, or a host taken out of its pool).
 * A store of a newer schema than this code knows is refused (``SchemaTooNew``): nothing in it is
   changed.
 * Credentials are secrets: the store holds only the HA1 hashes, never a password; but an HA1
@@ -51,6 +63,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from msgspec.structs import replace
+
 from edgeproxy.policy.model import (
     GATEWAY_INT_SETTINGS,
     GLOBAL_POLICY,
@@ -63,6 +77,7 @@ from edgeproxy.policy.model import (
     SipCredential,
     User,
 )
+from edgeproxy.policy.validation import ChangeRefused
 from edgeproxy.secretfiles import PRIVATE, create_private_file, ensure_private_dir
 
 STORE_FILE = "policy.sqlite3"
@@ -164,8 +179,50 @@ def _migration_2(conn: sqlite3.Connection) -> None:
     conn.execute(_SCHEMA_2)
 
 
+_SCHEMA_3 = """
+CREATE TABLE replica (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    primary_address TEXT NOT NULL,
+    primary_generation INTEGER
+)
+"""
+
+
+def _migration_3(conn: sqlite3.Connection) -> None:
+    """Edge pools: the row that makes a member's store a replica of its primary's (empty on a
+    standalone edge or a primary)."""
+    conn.execute(_SCHEMA_3)
+
+
 #: Schema migrations, applied in order; ``schema_version`` counts the ones applied.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3]
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """A pool member's store: the primary it copies (``HOST:PORT``) and the primary's
+    generation its replicated content is (None until the first copy arrived)."""
+
+    primary_address: str
+    primary_generation: int | None
+
+
+class ReplicaWriteRefused(ChangeRefused):
+    """A change to the replicated configuration on a pool member: it is made on the primary."""
+
+    def __init__(self, primary_address: str) -> None:
+        self.primary_address = primary_address
+        super().__init__(
+            "refused: this edge is a member of an edge pool; change the configuration on the"
+            f" primary ({primary_address})"
+        )
+
+
+def replicated_part(config: Configuration) -> Configuration:
+    """What a primary replicates of ``config``: everything but the per-member state (the users'
+    contact and pending lists, which each member keeps for itself)."""
+    users = tuple(replace(u, contacts=(), pending=()) for u in config.users)
+    return replace(config, users=users)
 
 
 class SchemaTooNew(OSError):
@@ -344,6 +401,10 @@ class Store:
             conn.execute("COMMIT")
         return generation, config
 
+    def replica(self) -> Replica | None:
+        """The primary this store is a replica of, or None (a standalone edge or a primary)."""
+        return _read_replica(self._conn)
+
     def integrity_check(self) -> str:
         return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
 
@@ -351,11 +412,78 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[WriteTransaction]:
-        """One ``BEGIN IMMEDIATE`` transaction: committed if the block ends, else rolled back."""
+        """One ``BEGIN IMMEDIATE`` transaction: committed if the block ends, else rolled back.
+
+        On a replica (a pool member) a transaction that changed the replicated content is
+        refused at its end with ``ReplicaWriteRefused`` (module docstring)."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
+            replica = _read_replica(conn)
+            before = _replicated_content(conn) if replica is not None else None
             yield WriteTransaction(conn)
+            if replica is not None and _replicated_content(conn) != before:
+                raise ReplicaWriteRefused(replica.primary_address)
+            conn.execute("UPDATE meta SET generation = generation + 1")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def join_pool(self, primary_address: str) -> Replica:
+        """Make this store a replica of the primary at ``primary_address`` (a member's start).
+        A store that copied another primary forgets that primary's generation, so the first
+        copy from the new one is taken whatever its number. Returns the replica state."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = _read_replica(conn)
+            if current is None or current.primary_address != primary_address:
+                conn.execute(
+                    "INSERT OR REPLACE INTO replica (id, primary_address, primary_generation) "
+                    "VALUES (1, ?, NULL)",
+                    (primary_address,),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        state = _read_replica(conn)
+        assert state is not None
+        return state
+
+    def leave_pool(self) -> bool:
+        """Make this store writable again (a promoted member, a host out of its pool); True when
+        it was a replica."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            removed = conn.execute("DELETE FROM replica").rowcount > 0
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return removed
+
+    def apply_replica(self, primary_generation: int, config: Configuration) -> None:
+        """Replace the replicated content with the primary's ``config`` at ``primary_generation``,
+        in one transaction: the contact and pending lists of the users that remain are kept (per
+        member); the generation copied is recorded. Only on a replica (``join_pool``); a row
+        the store's constraints refuse raises ``sqlite3.Error`` and nothing changes."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if _read_replica(conn) is None:
+                raise ChangeRefused("refused: this store is not a pool member's replica")
+            kept = {t: conn.execute(f"SELECT user, jid FROM {t}").fetchall() for t in _MEMBER_TABLES}
+            WriteTransaction(conn).replace_all(replicated_part(config))
+            for table, rows in kept.items():
+                conn.executemany(
+                    f"INSERT OR IGNORE INTO {table} (user, jid) "
+                    "SELECT ?, ? WHERE EXISTS (SELECT 1 FROM users WHERE sip = ?)",
+                    [(user, jid, user) for user, jid in rows],
+                )
+            conn.execute("UPDATE replica SET primary_generation = ?", (primary_generation,))
             conn.execute("UPDATE meta SET generation = generation + 1")
             conn.execute("COMMIT")
         except BaseException:
@@ -436,6 +564,22 @@ class WriteTransaction:
 
 
 # -- row mapping (module-private) -------------------------------------------------------------
+
+#: The per-member tables of a pool: kept by ``apply_replica``, writable on a replica.
+_MEMBER_TABLES = ("contacts", "pending")
+
+
+def _read_replica(conn: sqlite3.Connection) -> Replica | None:
+    """The replica row; None without one, or in a store opened at an older schema (a test's)."""
+    try:
+        row = conn.execute("SELECT primary_address, primary_generation FROM replica").fetchone()
+    except sqlite3.OperationalError:  # no such table: schema below 3
+        return None
+    return None if row is None else Replica(row[0], row[1])
+
+
+def _replicated_content(conn: sqlite3.Connection) -> Configuration:
+    return replicated_part(_read_configuration(conn))
 
 
 def _read_configuration(conn: sqlite3.Connection) -> Configuration:
