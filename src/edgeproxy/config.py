@@ -200,13 +200,28 @@ class PoolSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, renam
 
     ``role``: ``standalone`` (no pool, the default), ``primary`` (the one host where the store is
     changed; it serves it to the members on ``listen``) or ``member`` (a read-only copy of the
-    primary's store, fetched from ``primary`` every ``interval`` seconds).
+    primary's store, fetched from ``primary``; a change reaches it at once, by long poll).
+    ``interval``: seconds a member waits before trying again when the primary cannot be reached.
+    ``secret-file``: the pool secret both sides prove (default ``<state-dir>/pool.secret``; the
+    same file on every host, mode 0600). ``tls``: mutual TLS on the link with the ``[tls]``
+    certificate, key and trust — required when ``listen`` or ``primary`` is not a loopback
+    address (the store holds the dialback secret and the users' SIP digest hashes).
     """
 
     role: Literal["standalone", "primary", "member"] = "standalone"
     listen: str = ""
     primary: str = ""
     interval: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
+    secret_file: str = ""
+    tls: bool = False
+
+    def secret_path(self, config: EdgeConfig) -> Path:
+        """Where the pool secret is: ``secret-file``, else ``<state-dir>/pool.secret``."""
+        return config.path(self.secret_file) if self.secret_file else config.state_dir / POOL_SECRET_FILE
+
+
+#: The pool secret's file in the state dir when ``[pool] secret-file`` is not set.
+POOL_SECRET_FILE: Final = "pool.secret"
 
 
 #: The environment variable that overrides ``[dns] resolver`` (``IP[:PORT]``).
@@ -307,7 +322,7 @@ OVERRIDE_FORBIDDEN: Final = (("edge", "state-dir"), ("edge", "appliance"))
 PATH_KEYS: Final = (
     ("edge", "internal-certificate"), ("edge", "internal-key"), ("edge", "internal-trust"),
     ("tls", "certificate"), ("tls", "key"), ("tls", "trust"), ("admin", "token-file"),
-    ("gateway", "channel-certificate"), ("gateway", "channel-key"),
+    ("gateway", "channel-certificate"), ("gateway", "channel-key"), ("pool", "secret-file"),
 )
 
 
@@ -596,6 +611,8 @@ def check_rules(config: EdgeConfig) -> str | None:
        ``sip-listen`` port + 1 must be a valid port.
     5. In appliance mode ``[edge] state-dir`` is an absolute path (the file's own directory may be
        read-only; the override file is looked for in the state dir).
+    6. ``[pool]`` (:func:`pool_rule`): a primary has ``listen``, a member ``primary``, each only
+       for its role; off loopback the link needs ``tls = true``, and ``tls`` a ``[tls] trust``.
     """
     edge, gateway, tls = config.edge, config.gateway, config.tls
     if edge.appliance and not Path(edge.state_dir).is_absolute():
@@ -650,6 +667,37 @@ def check_rules(config: EdgeConfig) -> str | None:
             host_port = _host_port(value)
             if host_port in plain and host_port[1] != 0:
                 return f"gateway.sip-tls-listen {value} is also in gateway.sip-listen: TCP already listens there"
+    return pool_rule(config)
+
+
+def pool_rule(config: EdgeConfig) -> str | None:
+    """The first ``[pool]`` rule the configuration breaks, in words; else None."""
+    pool = config.pool
+    needs = {"primary": ("listen", pool.listen), "member": ("primary", pool.primary)}
+    for role, (key, value) in needs.items():
+        if pool.role == role and not value:
+            return f'pool.{key} is required with pool.role = "{role}" (HOST:PORT)'
+        if pool.role != role and value:
+            return f'pool.{key} is set but pool.role is "{pool.role}": it is used only by a {role}'
+    if pool.role == "standalone":
+        return None
+    key, value = needs[pool.role]
+    if not re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^:\s\[\]]+):[0-9]{1,5}", value):
+        return f"pool.{key} {value!r} is not HOST:PORT"
+    host, port = _host_port(value)
+    if not 0 < port < 65536 and not (pool.role == "primary" and port == 0):
+        return f"pool.{key} {value}: the port must be 1-65535"
+    if not pool.tls and not is_loopback_host(host):
+        return (
+            f"pool.{key} {value} is not a loopback address: set pool.tls = true (mutual TLS), or the"
+            " store (with the dialback secret and the users' SIP digest hashes) would cross the network"
+            " in plain text"
+        )
+    if pool.tls and not config.tls.trust:
+        return (
+            "pool.tls needs trust anchors in tls.trust: with the system store any host with a public"
+            " certificate could join the pool"
+        )
     return None
 
 
