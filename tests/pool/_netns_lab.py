@@ -32,6 +32,7 @@ and the pools' logs are printed (pytest shows them with the failure).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -101,10 +102,23 @@ class PoolEdge:
         with inside(self.namespace):
             return self.serve.metric(name, **labels)
 
-    def kill(self, signum: signal.Signals, timeout: float = 20) -> int | None:
-        """Send ``signum`` to the process and wait for it to end; its exit status."""
-        self.serve.proc.send_signal(signum)
+    def terminate(self, timeout: float = 40) -> int | None:
+        """SIGTERM to ``edgeproxy serve`` (an operator's stop: graceful, workers drained); wait
+        for it to end and return its exit status."""
+        self.serve.proc.send_signal(signal.SIGTERM)
         return self.serve.proc.wait(timeout=timeout)
+
+    def crash(self, timeout: float = 10) -> None:
+        """SIGKILL to every process of the pool (the process, its edge workers: all that runs in
+        its namespace), as when its host dies; returns once none is left."""
+        for pid in self.namespace.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.serve.proc.wait(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while self.namespace.pids():
+            assert time.monotonic() < deadline, f"pool {self.name}: processes left after SIGKILL"
+            time.sleep(0.05)
 
     def stop(self) -> None:
         self.serve.stop()

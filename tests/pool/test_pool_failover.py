@@ -6,8 +6,9 @@ fabrikam.test resolving through the lab's dnsmasq, and carol@contoso.test's SIP 
 at both pools' registrars. alice@fabrikam.test writes to carol from Prosody; the UA sees which
 pool's gateway delivered each message (its source address).
 
-Pool A is stopped with SIGTERM (a graceful shutdown), then, in the second test, with SIGKILL
-(the process dies at once; the kernel closes its sockets). Prosody's next messages must all
+Pool A is stopped with SIGTERM (an operator's graceful stop), then, in the second test, with
+SIGKILL to every process of the pool, its edge workers too (its host dies; the kernel closes its
+sockets). Each test runs with one edge process per pool and with two (``[edge] workers``). Prosody's next messages must all
 reach carol through pool B — Prosody finds A refusing connections and takes the priority 20
 target — and none may be lost: every message Prosody accepted reaches carol or comes back to
 alice as an error, and the test demands zero errors.
@@ -26,7 +27,7 @@ from edgeproxy.tokenizer import Stanza
 from fixtures.c2s import Client
 
 #: Edge worker processes per pool (``[edge] workers``).
-WORKERS = (1,)
+WORKERS = (1, 2)
 #: Messages alice sends before the stop and after it.
 BATCH = 5
 #: Seconds a batch may take to reach carol: the "after" batch includes Prosody's reconnect
@@ -76,7 +77,10 @@ async def failover_after(signum: signal.Signals, tmp_path: Path, workers: int) -
             assert lab.ua.bodies_from(b.address) == []
 
             assert lab.namespaces.fabric.open_connections(a.address, S2S_PORT), "Prosody's stream to A"
-            a.kill(signum)
+            if signum == signal.SIGKILL:
+                a.crash()
+            else:
+                assert a.terminate() == 0, a.serve.log_tail()
             # Prosody's next messages are those it takes once it has seen its stream to A end
             # (a stanza written into a connection whose peer is already gone is Prosody's loss).
             await wait_until(lambda: not lab.namespaces.fabric.open_connections(a.address, S2S_PORT),
