@@ -110,8 +110,8 @@ def merged_exposition(workers: Iterable[str], own: str = "") -> bytes:
         sources.append((own, EDGE_STATE_FAMILIES))
     for text, excluded in sources:
         for family in text_string_to_metric_families(text):
-            if family.name in excluded:
-                continue
+            if family.name in excluded or family.name.endswith("_created"):
+                continue  # (the text format exposes a counter's creation time as a gauge)
             _doc, _type, samples = families.setdefault(family.name, (family.documentation, family.type, {}))
             for sample in family.samples:
                 if sample.name.endswith("_created"):
