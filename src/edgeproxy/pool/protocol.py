@@ -178,8 +178,8 @@ def check_proof(secret: bytes, prover: Role, member: Hello, primary: Hello, mac:
 def check_hello(hello: Message, expected: Role) -> Hello:
     """``hello`` when it is the other side's Hello (role ``expected``, our version); else
     :class:`PoolAuthError` (another role or version) or :class:`PoolProtocolError`."""
-    if not isinstance(hello, Hello):
-        raise PoolProtocolError(f"expected a hello, got a {type(hello).__name__.lower()}")
+    expect(hello, Hello)
+    assert isinstance(hello, Hello)
     if hello.version != VERSION:
         raise PoolAuthError(f"protocol version {hello.version}, this edge speaks {VERSION}")
     if hello.role != expected:
