@@ -22,6 +22,13 @@ Theory of operation
 5. **The SIP UA** of carol in the fabric (``_netns_sip_ua.SipUa``), registered at both pools'
    registrars; it records each MESSAGE with the address of the pool that sent it.
 
+Options: ``priorities`` (pool name → SRV priority; default A 10, B 20) chooses which pools the
+SRV records name; ``replicated=True`` makes pool A the primary of a replicated pool (``[pool]
+role = "primary"``, listening on its address port 5270) and B its member (``role = "member"``),
+with mutual TLS on the pool link (a private CA; each pool's certificate names its address) and
+one pool secret copied to both: then only A is set up by the CLI and B serves A's store (the UA
+registers at B once B has carol).
+
 It yields a :class:`PoolLab`. ``await lab.login()`` logs alice in on Prosody (a
 ``fixtures.c2s.Client``, connected from inside the fabric); ``lab.pools["a"]`` is a
 :class:`PoolEdge` (its process, event log, metrics, ``kill(signal)``). On the way out everything
@@ -33,17 +40,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
+import trustme
 from _netns_sip_ua import SipUa
 
 from fixtures.c2s import Client
@@ -73,6 +82,10 @@ S2S_PORT, SIP_PORT, CHANNEL_PORT, ADMIN_PORT = 5269, 5060, 23456, 9269
 DIALBACK_SECRET = "pool-lab-dialback-secret"
 #: Seconds a pool may take to start (listeners bound, gateway channel connected).
 POOL_START_TIMEOUT = 30
+#: The primary's replication listener (``[pool] listen``), on pool A's address.
+REPLICATION_PORT = 5270
+#: Seconds a member may take to have the primary's store (carol registers there then).
+REPLICATION_START_TIMEOUT = 15
 #: Seconds one CLI command may take.
 CLI_TIMEOUT = 30
 
@@ -157,8 +170,12 @@ def run_cli(config: Path, *args: str, check: bool = True, stdin: str | None = No
     return done
 
 
-def write_pool_config(workdir: Path, namespace: Namespace, dns: DnsServer, workers: int) -> Path:
-    """edgeproxy.toml of one pool member (no certificate: plain TCP dialback only)."""
+def write_pool_config(
+    workdir: Path, namespace: Namespace, dns: DnsServer, workers: int, pool_section: str = "",
+    tls: str = '[tls]\ncertificate = "no/edge.pem"\nkey = "no/edge.key"\n',
+) -> Path:
+    """edgeproxy.toml of one pool member; by default no certificate (plain TCP dialback only)
+    and no ``[pool]`` section (standalone)."""
     workdir.mkdir(parents=True, exist_ok=True)
     address = namespace.address
     path = workdir / "edgeproxy.toml"
@@ -166,10 +183,11 @@ def write_pool_config(workdir: Path, namespace: Namespace, dns: DnsServer, worke
         f'[edge]\ndomains = ["{DOMAIN}"]\nexternal-fqdn = "{namespace.name}.{DOMAIN}"\n'
         f'listen = ["{address}:{S2S_PORT}"]\ninternal-listen = "127.0.0.1:{CHANNEL_PORT}"\n'
         f'state-dir = "{workdir / "state"}"\nworkers = {workers}\n'
-        '[tls]\ncertificate = "no/edge.pem"\nkey = "no/edge.key"\n'
+        f"{tls}"
         f'[admin]\nlisten = "127.0.0.1:{ADMIN_PORT}"\n'
         f'[gateway]\nsip-listen = ["{address}:{SIP_PORT}"]\nsip-tls-listen = []\n'
         f'[dns]\nresolver = "{dns.resolver}"\n'
+        f"{pool_section}"
     )
     return path
 
@@ -188,11 +206,10 @@ def configure_by_cli(config: Path, workdir: Path) -> None:
             stdin=SIP_PASSWORD + "\n")
 
 
-def start_pool(name: str, namespace: Namespace, workdir: Path, dns: DnsServer, workers: int) -> PoolEdge:
-    """Configure (by the CLI) and start one pool member; returns once it serves S2S, answers
-    ``/healthz`` and its gateway's channel is connected."""
-    config = write_pool_config(workdir, namespace, dns, workers)
-    configure_by_cli(config, workdir)
+def start_pool(name: str, namespace: Namespace, config: Path) -> PoolEdge:
+    """Start one pool member from ``config`` (its store already set up, or replicated); returns
+    once it serves S2S, answers ``/healthz`` and its gateway's channel is connected."""
+    workdir = config.parent
     events = workdir / "events.jsonl"
     with events.open("wb") as err:
         proc = subprocess.Popen(
@@ -218,19 +235,75 @@ def start_pool(name: str, namespace: Namespace, workdir: Path, dns: DnsServer, w
     return pool
 
 
-def lab_records(prosody_s2s_port: int, namespaces: LabNamespaces) -> list[str]:
+class PoolTls:
+    """A private CA and, per pool, a certificate naming the pool's address, host name and the
+    domain (the pool link's mutual TLS: the member checks that the primary's certificate names
+    the host of ``[pool] primary``)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.ca = trustme.CA()
+        directory.mkdir(parents=True, exist_ok=True)
+        self.ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+
+    def section(self, name: str, namespace: Namespace) -> str:
+        """The ``[tls]`` section of pool ``name``."""
+        leaf = self.ca.issue_cert(namespace.address, f"pool-{name}.{DOMAIN}", DOMAIN)
+        cert, key = self.directory / f"pool-{name}.pem", self.directory / f"pool-{name}.key"
+        cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        key.write_bytes(leaf.private_key_pem.bytes())
+        return (f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n'
+                f'trust = "{self.directory / "ca.pem"}"\n')
+
+
+def replicated_sections(names: dict[str, Namespace], workdir: Path) -> dict[str, tuple[str, str]]:
+    """``[pool]`` and ``[tls]`` sections: the first pool the primary, the others its members,
+    over mutual TLS, with one pool secret (the same file on each host)."""
+    tls = PoolTls(workdir / "pool-tls")
+    secret = secrets.token_hex(32)
+    primary_name, primary = next(iter(names.items()))
+    sections = {}
+    for name, namespace in names.items():
+        secret_file = workdir / f"pool-{name}" / "pool.secret"
+        secret_file.parent.mkdir(parents=True, exist_ok=True)
+        secret_file.write_text(secret + "\n")
+        secret_file.chmod(0o600)
+        role = ('role = "primary"\n' f'listen = "{primary.address}:{REPLICATION_PORT}"\n'
+                if name == primary_name else
+                'role = "member"\n' f'primary = "{primary.address}:{REPLICATION_PORT}"\n')
+        sections[name] = (f'[pool]\n{role}secret-file = "{secret_file}"\ntls = true\n',
+                          tls.section(name, namespace))
+    return sections
+
+
+def lab_records(prosody_s2s_port: int, namespaces: LabNamespaces, priorities: Mapping[str, int]) -> list[str]:
     """dnsmasq options: the pools' SRV records by priority, their A records, and Prosody's."""
     records = []
-    for name, priority in POOLS.items():
+    for name, priority in priorities.items():
         target = f"pool-{name}.{DOMAIN}"
         records += [srv(f"_xmpp-server._tcp.{DOMAIN}", target, S2S_PORT, priority=priority),
                     host(target, namespaces.pools[name].address)]
     return [*records, *xmpp_server(PARTNER, FABRIC_ADDRESS, prosody_s2s_port)]
 
 
+async def register_everywhere(ua: SipUa, pools: Mapping[str, PoolEdge], timeout: float) -> None:
+    """carol's UA registered at every pool (a member may still be fetching the user: retried)."""
+    for pool in pools.values():
+        status = 0
+        with trio.move_on_after(timeout):
+            while (status := await ua.register((pool.address, SIP_PORT))) != 200:
+                await trio.sleep(0.2)
+        assert status == 200, f"REGISTER at pool {pool.name}: {status}\n{pool.serve.log_tail()}"
+
+
 @asynccontextmanager
-async def pool_lab(workdir: Path, *, workers: int = 1) -> AsyncIterator[PoolLab]:
-    """Build the lab (see the module docstring) and tear it down at the end of the block."""
+async def pool_lab(
+    workdir: Path, *, workers: int = 1, priorities: Mapping[str, int] = POOLS, replicated: bool = False
+) -> AsyncIterator[PoolLab]:
+    """Build the lab (see the module docstring) and tear it down at the end of the block.
+    ``priorities``: the pools the SRV records name, with their priorities. ``replicated``: pool
+    A is the primary and B its member (``[pool]``, mutual TLS): only A is set up by the CLI and B
+    gets A's store; otherwise each pool is standalone and set up by the CLI on its own."""
     with lab_namespaces(unique_tag(), [f"pool-{name}" for name in POOLS]) as spaces:
         names = {name: spaces.pools[f"pool-{name}"] for name in POOLS}
         spaces = LabNamespaces(spaces.fabric, names)
@@ -240,17 +313,22 @@ async def pool_lab(workdir: Path, *, workers: int = 1) -> AsyncIterator[PoolLab]
         try:
             with inside(spaces.fabric):
                 p_s2s, p_c2s = free_port(FABRIC_ADDRESS), free_port(FABRIC_ADDRESS)
-                dns = start_dnsmasq(workdir / "dns", lab_records(p_s2s, spaces), address=FABRIC_ADDRESS)
+                dns = start_dnsmasq(workdir / "dns", lab_records(p_s2s, spaces, priorities),
+                                    address=FABRIC_ADDRESS)
                 prosody = start_prosody(PARTNER, FABRIC_ADDRESS, (dns.address, dns.port),
                                         users=(XMPP_USER,), c2s_port=p_c2s, s2s_port=p_s2s)
                 ua = SipUa.bind(FABRIC_ADDRESS, SIP_USER, DOMAIN)
-            for name, namespace in names.items():
-                pools[name] = start_pool(name, namespace, workdir / f"pool-{name}", dns, workers)
+            sections = replicated_sections(names, workdir) if replicated else {}
+            for index, (name, namespace) in enumerate(names.items()):
+                pool_section, *tls = sections.get(name, ("",))
+                config = write_pool_config(workdir / f"pool-{name}", namespace, dns, workers,
+                                           pool_section, *tls)
+                if index == 0 or not replicated:
+                    configure_by_cli(config, config.parent)
+                pools[name] = start_pool(name, namespace, config)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(ua.run)
-                for pool in pools.values():
-                    status = await ua.register((pool.address, SIP_PORT))
-                    assert status == 200, f"REGISTER at pool {pool.name}: {status}"
+                await register_everywhere(ua, pools, REPLICATION_START_TIMEOUT)
                 lab = PoolLab(spaces, dns, prosody, pools, ua, nursery)
                 try:
                     yield lab
