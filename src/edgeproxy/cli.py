@@ -31,6 +31,7 @@ from edgeproxy.commands import (
     ops,
     partners,
     policies,
+    pool,
     serve,
     users,
 )
@@ -48,6 +49,7 @@ REGISTRARS: tuple[Callable[[SubParsers], None], ...] = (
     gateway.register,
     policies.register,
     users.register,
+    pool.register,  # the edge pool: status, secret
     ops.register,  # status, stop, reload
     admin.register,  # the Control Panel's passwords
     loadtest.register,
