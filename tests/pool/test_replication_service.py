@@ -296,3 +296,30 @@ async def test_a_standalone_or_primary_start_makes_a_former_replica_writable(tmp
     async with running(primary, Events()):
         with Store.open(primary.state_dir) as store:
             assert store.replica() is None
+
+
+async def test_a_member_starts_at_once_with_a_current_copy_and_soon_with_a_silent_primary(
+    tmp_path: Path,
+) -> None:
+    """``edgeproxy serve`` waits for the member's first attempt: it must not wait a long poll."""
+    from edgeproxy.pool.member import FIRST_ATTEMPT_TIMEOUT, LONG_POLL
+
+    primary, member = pool_pair(tmp_path)
+    async with running(primary, Events()):
+        async with running(member, Events()):
+            pass  # the first copy
+        start = time.monotonic()
+        async with running(member, Events()):  # restarted, its copy current
+            assert time.monotonic() - start < 1.0 < LONG_POLL
+    # A primary that accepts and never answers: the start waits FIRST_ATTEMPT_TIMEOUT at most.
+    host, port = member.pool.primary.rsplit(":", 1)
+    listeners = await trio.open_tcp_listeners(int(port), host=host)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, lambda stream: trio.sleep_forever(), listeners)
+        start = time.monotonic()
+        events = Events()
+        async with running(member, events):
+            assert time.monotonic() - start < FIRST_ATTEMPT_TIMEOUT + 1.0
+            assert partners(member) == []
+            await events.wait_for("EP8503")
+        nursery.cancel_scope.cancel()

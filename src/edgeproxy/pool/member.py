@@ -28,7 +28,7 @@ import trio
 from edgeproxy.ops import events
 from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy.store import Store
-from edgeproxy.pool.link import Link, TlsRefused, open_as_member
+from edgeproxy.pool.link import HANDSHAKE_TIMEOUT, Link, TlsRefused, open_as_member
 from edgeproxy.pool.protocol import (
     MAX_STORE_BYTES,
     NOTHING,
@@ -48,6 +48,9 @@ LONG_POLL: Final = 25.0
 ANSWER_GRACE: Final = 10.0
 #: Seconds for the TCP connection to the primary.
 CONNECT_TIMEOUT: Final = 10.0
+#: Seconds for the connection and the handshake of the first attempt, which ``edgeproxy serve``
+#: waits for before it starts (an unreachable primary must not hold the start up for long).
+FIRST_ATTEMPT_TIMEOUT: Final = 3.0
 
 
 class Follower:
@@ -85,23 +88,30 @@ class Follower:
                 task_status.started()
 
         while True:
-            await self.attempt(first_attempt_done)
+            await self.attempt(first_attempt_done, opening=FIRST_ATTEMPT_TIMEOUT if not started else None)
             first_attempt_done()
             await trio.sleep(self.interval)
 
-    async def attempt(self, answered: Callable[[], None] = lambda: None) -> None:
-        """One connection: open it, then fetch until it fails; every failure is reported here."""
+    async def attempt(self, answered: Callable[[], None] = lambda: None, *,
+                      opening: float | None = None) -> None:
+        """One connection: open it (within ``opening`` seconds when given), then fetch until it
+        fails; every failure is reported here. The first request of a connection is answered at
+        once (``wait`` 0: a restarted member learns at once that its copy is current), the next
+        ones are long polls."""
         link: Link | None = None
         try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                stream = await trio.open_tcp_stream(self.host, self.port)
-            try:
-                link = await open_as_member(stream, self.context, self.host, self.secret, self.max_store_bytes)
-            except BaseException:
-                await trio.aclose_forcefully(stream)
-                raise
+            with trio.fail_after(opening if opening is not None else CONNECT_TIMEOUT + HANDSHAKE_TIMEOUT):
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    stream = await trio.open_tcp_stream(self.host, self.port)
+                try:
+                    link = await open_as_member(stream, self.context, self.host, self.secret, self.max_store_bytes)
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
+            wait = 0.0
             while True:
-                await link.send(Fetch(self.have, LONG_POLL))
+                await link.send(Fetch(self.have, wait))
+                wait = LONG_POLL
                 with trio.fail_after(LONG_POLL + ANSWER_GRACE):
                     answer = await link.receive()
                 await self.handle(answer)
