@@ -683,6 +683,10 @@ async def run_app(
     except SecretFileError as exc:  # the channel secret (EP8007)
         raise StartupFailed(ExitCode.SECRET_EXPOSED, str(exc)) from exc
     async with trio.open_nursery() as nursery:
+        # the pool first: a member applies the primary's store before the edge reads it (the
+        # store is checked, and upgraded, before the pool opens it: EP8005, EP8012, EP8013)
+        open_holder(config, app.telemetry).close()
+        await start_pool(nursery, config, app.telemetry, on_applied=app.refresh_policy)
         await nursery.start(app.run)
         if role == "both":
             assert app.holder is not None and app.internal_address is not None
@@ -724,6 +728,30 @@ def prepare_start(config: EdgeConfig, role: str, telemetry: Telemetry) -> Gatewa
     except SecretFileError as exc:
         raise StartupFailed(ExitCode.SECRET_EXPOSED, str(exc)) from exc
     return tls
+
+
+async def start_pool(
+    nursery: trio.Nursery,
+    config: EdgeConfig,
+    telemetry: Telemetry,
+    *,
+    on_applied: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """This host's part of an edge pool (``[pool] role``; ``pool.service.run_pool``), started in
+    ``nursery``. A refused pool setting (a member without the pool secret, a TLS file that does
+    not load) is ``EP8010`` and exit 11; a replication listener that cannot bind ``EP1001``."""
+    from edgeproxy.pool.service import run_pool  # only what the role needs is imported
+
+    try:
+        await nursery.start(partial(run_pool, config, telemetry, on_applied=on_applied))
+    except (ConfigError, OSError, BaseExceptionGroup) as exc:
+        refused, error = leaf(exc, ConfigError), leaf(exc, OSError)
+        if refused is not None:
+            telemetry.emit(events.CONFIG_INVALID, path=config.source, error=_without_source(config, refused))
+            raise StartupFailed(ExitCode.CONFIG_INVALID, str(refused)) from refused
+        if error is None or not is_bind_failure(error):
+            raise
+        raise bind_failed(telemetry, "pool", config.pool.listen, error) from error
 
 
 def sip_tls_address(tls: GatewayTls | None) -> tuple[str, int] | None:

@@ -56,7 +56,14 @@ import msgspec
 import trio
 
 from edgeproxy import __version__
-from edgeproxy.app import bind_failed, open_holder, prepare_start, sip_tls_address, start_gateway
+from edgeproxy.app import (
+    bind_failed,
+    open_holder,
+    prepare_start,
+    sip_tls_address,
+    start_gateway,
+    start_pool,
+)
 from edgeproxy.config import EdgeConfig
 from edgeproxy.errors import ConfigError
 from edgeproxy.names import listen_address
@@ -232,6 +239,8 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 if self._signals:
                     await nursery.start(serve_signals, self)
+                # one per host, here: the workers follow the store the pool keeps up to date
+                await start_pool(nursery, config, self.telemetry)
                 await self._start_all()
                 self._listeners = [
                     ListenerStatus(Role.EXTERNAL, join_host_port(*sock.getsockname()[:2]))
