@@ -179,7 +179,8 @@ def _serve_worker(args: argparse.Namespace) -> int:
             trio.run(partial(
                 run_worker, config, index=args.worker_index,
                 listen_fds=[int(fd) for fd in args.worker_listen_fds.split(",") if fd],
-                report_fd=args.worker_report_fd, channel=args.worker_channel, event_log=event_log,
+                report_fd=args.worker_report_fd, channel=args.worker_channel, parent=args.worker_parent,
+                event_log=event_log,
                 metrics=metrics,
             ))
     except KeyboardInterrupt:

@@ -256,7 +256,8 @@ class Supervisor:
                 self.state = ServiceState.RUNNING
                 fields: dict[str, object] = {"sip": sip} if sip else {}
                 self.telemetry.emit(events.STARTED, domains=", ".join(config.edge.domains),
-                                    listeners=", ".join(li.address for li in self._listeners),
+                                    listeners=", ".join(li.address for li in self._listeners
+                                                        if li.role is Role.EXTERNAL),
                                     workers=self.count, **fields)
                 task_status.started(self)
                 await self._stop.wait()

@@ -5,8 +5,10 @@ options: the file descriptors of its listening sockets (inherited), the one to r
 loopback channel's address and the supervisor's pid. It
 
 1. asks the kernel to send it SIGTERM when the supervisor dies (``PR_SET_PDEATHSIG``,
-   ``prctl(2)``), so that a supervisor killed with SIGKILL leaves no worker serving on; and
-   exits at once if the supervisor is already gone;
+   ``prctl(2)``), so that a supervisor killed with SIGKILL leaves no worker serving on, and
+   watches the supervisor's pid as well (``pidfd_open(2)``: it also holds when a launcher
+   stands between them, as the one-file executable's bootloader does); it exits at once if the
+   supervisor is already gone;
 2. runs the edge with the configuration's own settings except: the external listeners are the
    inherited sockets, the channel listens on its own address, and the admin endpoint on a free
    loopback port without the Control Panel (the supervisor reads its ``/status`` and
@@ -42,14 +44,33 @@ WORKER_ADMIN_LISTEN = "127.0.0.1:0"
 
 
 def die_with_parent(parent: int) -> None:
-    """SIGTERM this process when ``parent`` dies (Linux); exit now if it is gone already."""
+    """SIGTERM this process when ``parent``, its parent, dies (Linux); exit now if ``parent``
+    is gone already. (Another parent — a launcher — is left to ``_follow_supervisor``.)"""
+    if os.getppid() == parent:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # not Linux: _follow_supervisor still ends the worker
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the supervisor's own stop still ends its workers
-    if os.getppid() != parent:
-        raise SystemExit(0)
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        raise SystemExit(0) from None
+    except PermissionError:
+        pass  # alive, another user's (not ours to signal): fine
+
+
+async def _follow_supervisor(parent: int, app: EdgeApp) -> None:
+    """Stop the edge gracefully when the supervisor's process ends."""
+    try:
+        handle = os.pidfd_open(parent)
+    except (AttributeError, OSError):
+        return  # no pidfd (old kernel): PR_SET_PDEATHSIG alone
+    try:
+        await trio.lowlevel.wait_readable(handle)
+    finally:
+        os.close(handle)
+    app.request_stop()
 
 
 def worker_config(config: EdgeConfig, channel: str) -> EdgeConfig:
@@ -68,6 +89,7 @@ async def run_worker(
     listen_fds: Sequence[int],
     report_fd: int,
     channel: str,
+    parent: int,
     event_log: EventLog,
     metrics: Metrics,
 ) -> None:
@@ -85,4 +107,6 @@ async def run_worker(
         finally:
             os.close(report_fd)
         freeze_startup_objects()
+        nursery.start_soon(_follow_supervisor, parent, app)
         await app.stopped.wait()
+        nursery.cancel_scope.cancel()
