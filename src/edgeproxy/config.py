@@ -569,6 +569,10 @@ def checked_names(config: EdgeConfig) -> EdgeConfig:
     _listeners("[gateway] sip-tls-listen", gateway.sip_tls_listen or ())
     if gateway.edge_address:
         _listeners("[gateway] edge-address", (gateway.edge_address,), any_port=False)
+    if config.pool.listen:
+        _listeners("[pool] listen", (config.pool.listen,))
+    if config.pool.primary:
+        _listeners("[pool] primary", (config.pool.primary,), any_port=False)
     if config.dns.resolver:
         try:
             parse_nameserver(config.dns.resolver)
