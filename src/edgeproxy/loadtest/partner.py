@@ -172,9 +172,13 @@ class OutboundStream:
     auth_method: str | None = None
     errors: list[str] = field(default_factory=list)
     closed: trio.Event = field(default_factory=trio.Event)
+    #: One writer at a time: the traffic writer and the reader (which answers what the server
+    #: sends, e.g. a stream's close while stanzas are being written) share the stream.
+    sending: trio.Lock = field(default_factory=trio.Lock)
 
     async def send_raw(self, data: bytes) -> None:
-        await self.transport.send_all(data)
+        async with self.sending:
+            await self.transport.send_all(data)
 
     def frame(self, raw: bytes) -> bytes:
         """The bytes for one stanza (checked by the core: the pair must be authenticated)."""
@@ -188,7 +192,8 @@ class OutboundStream:
                 data = await self.transport.receive_some(MAX_READ)
                 self.conn.receive_data(data)
                 if out := self.conn.data_to_send():
-                    await self.transport.send_all(out)
+                    async with self.sending:
+                        await self.transport.send_all(out)
                 while (event := self.conn.next_event()) is not None:
                     if isinstance(event, StreamErrorReceived):
                         self.errors.append(f"stream error {event.condition}: {event.text}")
@@ -204,7 +209,8 @@ class OutboundStream:
         try:
             self.conn.send(CloseStream())
             if data := self.conn.data_to_send():
-                await self.transport.send_all(data)
+                async with self.sending:
+                    await self.transport.send_all(data)
             with trio.move_on_after(grace):
                 await self.closed.wait()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
