@@ -323,3 +323,43 @@ async def test_a_member_starts_at_once_with_a_current_copy_and_soon_with_a_silen
             assert partners(member) == []
             await events.wait_for("EP8503")
         nursery.cancel_scope.cancel()
+
+
+async def test_idle_strangers_cannot_keep_a_member_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every slot held by connections that never authenticate, a member still gets in: it
+    evicts the oldest of them."""
+    from edgeproxy.pool import primary as primary_module
+    from edgeproxy.pool import service as service_module
+
+    monkeypatch.setattr(service_module, "Admission", lambda: primary_module.Admission(3))
+    primary, member = pool_pair(tmp_path)
+    primary_events = Events()
+    with Store.open(primary.state_dir) as store:
+        ops.new_partner(store, OURS, Partner(domain="fabrikam.com"))
+    async with running(primary, primary_events):
+        strangers = [await raw_connection(primary) for _ in range(3)]
+        await trio.sleep(0.1)
+        async with running(member, Events()):
+            await until(lambda: partners(member) == ["fabrikam.com"], timeout=PROPAGATION_BOUND)
+        evicted = await primary_events.wait_for("EP8504")
+        assert "closed before it authenticated: all 3 connections were taken" in str(evicted["reason"])
+        assert await strangers[0].receive_some(100) == b""  # the oldest was closed
+        for stream in strangers:
+            await stream.aclose()
+
+
+async def test_admission_refuses_only_when_every_slot_holds_an_authenticated_member() -> None:
+    from edgeproxy.pool.primary import Admission
+
+    admission = Admission(2)
+    first, second, third = trio.CancelScope(), trio.CancelScope(), trio.CancelScope()
+    assert admission.admit(first) and admission.admit(second)
+    admission.authenticated(first)
+    assert admission.admit(third)  # evicts the unauthenticated second
+    assert second.cancel_called and not first.cancel_called and admission.open == 2
+    admission.authenticated(third)
+    assert not admission.admit(trio.CancelScope())
+    admission.release(second)  # the evicted one ends: its slot was handed over already
+    assert admission.open == 2
+    admission.release(first)
+    assert admission.open == 1 and admission.admit(trio.CancelScope())

@@ -9,11 +9,12 @@ copy is older, else held until the store changes or the wait the member asked fo
 ``MAX_WAIT``) is over: a change made on the primary reaches the members within about
 ``CHECK_INTERVAL`` plus the time to send it.
 
-Bounded: ``MAX_CONNECTIONS`` member connections at once (more are refused on accept), a request
+Bounded: ``MAX_CONNECTIONS`` connections at once (``Admission``), a request
 frame of ``MAX_HANDSHAKE_FRAME`` bytes, ``IDLE_TIMEOUT`` seconds between two requests. Failure
 boundary: whatever one connection does or raises ends that connection only, with an event —
 ``EP8504`` refused (TLS, proof, version, role), ``EP8505`` a malformed, oversized, out-of-turn
-or missing frame, ``EP1007`` anything else — and never reaches the listener.
+or missing frame, ``EP1007`` anything else — and never reaches the listener. When every slot is
+taken, a newcomer evicts the oldest connection that has not authenticated yet (``Admission``).
 """
 
 from __future__ import annotations
@@ -102,23 +103,69 @@ class Publisher:
         return encode(Unchanged(self.generation))
 
 
+class Admission:
+    """The primary's connection slots: at most ``limit`` connections at once. When all are taken,
+    a new connection evicts the oldest one that has not authenticated yet (it is closed), and is
+    refused itself only when every slot holds an authenticated member: whoever reaches the port
+    without the pool secret cannot keep the members out by holding connections open."""
+
+    def __init__(self, limit: int = MAX_CONNECTIONS) -> None:
+        self.limit = limit
+        self.open = 0
+        self.opening: list[trio.CancelScope] = []  # unauthenticated, oldest first
+        self._evicted: set[trio.CancelScope] = set()
+
+    def admit(self, scope: trio.CancelScope) -> bool:
+        """Take a slot for the connection ``scope`` runs (evicting the oldest unauthenticated one
+        when none is free); False when every slot holds an authenticated member."""
+        if self.open >= self.limit:
+            if not self.opening:
+                return False
+            oldest = self.opening.pop(0)
+            oldest.cancel()
+            self._evicted.add(oldest)  # its slot is handed over now
+            self.open -= 1
+        self.open += 1
+        self.opening.append(scope)
+        return True
+
+    def authenticated(self, scope: trio.CancelScope) -> None:
+        """The connection proved the secret: it can no longer be evicted."""
+        self.opening.remove(scope)
+
+    def release(self, scope: trio.CancelScope) -> None:
+        """The connection ended: its slot is free (unless it went to the one that evicted it)."""
+        if scope in self.opening:
+            self.opening.remove(scope)
+        if scope in self._evicted:
+            self._evicted.discard(scope)
+        else:
+            self.open -= 1
+
+
 async def serve_member(stream: trio.SocketStream, context: ssl.SSLContext | None, secret: bytes,
-                       publisher: Publisher, telemetry: Telemetry, slots: trio.Semaphore) -> None:
+                       publisher: Publisher, telemetry: Telemetry, admission: Admission) -> None:
     """Serve one member connection until it ends; never raises (reported as events)."""
     peer = _peer(stream)
+    scope = trio.CancelScope()
+    admitted = admission.admit(scope)
     try:
-        if slots.value == 0:
+        if not admitted:
             await stream.send_all(encode(Refused(TOO_MANY)))
             telemetry.emit(events.POOL_REFUSED, direction="from", peer=peer, reason=TOO_MANY)
             return
-        async with slots:
+        with scope:
             link = await open_as_primary(stream, context, secret)
+            admission.authenticated(scope)
             while True:
                 with trio.fail_after(IDLE_TIMEOUT):
                     request = await link.receive()
                 expect(request, Fetch)
                 assert isinstance(request, Fetch)
                 await link.send_frame(await publisher.answer(request.have, clamp_wait(request.wait)))
+        if scope.cancelled_caught:
+            telemetry.emit(events.POOL_REFUSED, direction="from", peer=peer,
+                           reason=f"closed before it authenticated: all {admission.limit} connections were taken")
     except (TlsRefused, PoolAuthError) as exc:
         telemetry.emit(events.POOL_REFUSED, direction="from", peer=peer, reason=str(exc))
     except PoolProtocolError as exc:
@@ -132,6 +179,8 @@ async def serve_member(stream: trio.SocketStream, context: ssl.SSLContext | None
         log.debug("pool: connection from %s failed", peer, exc_info=True)
         telemetry.emit_input_failed("pool-connection", peer, repr(exc), "connection closed")
     finally:
+        if admitted:
+            admission.release(scope)
         await trio.aclose_forcefully(stream)
 
 

@@ -27,7 +27,7 @@ from edgeproxy.ops import events
 from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy.store import Store
 from edgeproxy.pool.member import Follower
-from edgeproxy.pool.primary import MAX_CONNECTIONS, Publisher, serve_member
+from edgeproxy.pool.primary import Admission, Publisher, serve_member
 from edgeproxy.pool.secret import load_pool_secret
 from edgeproxy.pool.tls import member_context, primary_context
 
@@ -70,11 +70,10 @@ async def _run_primary(config: EdgeConfig, telemetry: Telemetry, store: Store,
     address = f"{bound[0]}:{bound[1]}" if ":" not in bound[0] else f"[{bound[0]}]:{bound[1]}"
     telemetry.emit(events.POOL_SERVING, generation=publisher.generation, address=address,
                    security="mutual TLS and the pool secret" if context else "the pool secret, plain TCP on loopback")
-    slots = trio.Semaphore(MAX_CONNECTIONS)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(publisher.follow)
         handler = partial(serve_member, context=context, secret=secret, publisher=publisher,
-                          telemetry=telemetry, slots=slots)
+                          telemetry=telemetry, admission=Admission())
         await nursery.start(partial(trio.serve_listeners, handler, listeners))
         task_status.started()
 
