@@ -30,6 +30,7 @@ from edgeproxy.ops.telemetry import Telemetry
 from edgeproxy.policy.store import Store, replicated_part
 from edgeproxy.pool.link import TlsRefused, open_as_primary
 from edgeproxy.pool.protocol import (
+    MAX_STORE_BYTES,
     Fetch,
     PoolAuthError,
     PoolProtocolError,
@@ -79,6 +80,11 @@ class Publisher:
         if fresh is None:
             return False
         self.generation, self.frame = fresh
+        if len(self.frame) > MAX_STORE_BYTES:
+            log.warning(
+                "pool: the store at generation %d is %d bytes encoded, above the %d a member accepts:"
+                " the members keep their copies", self.generation, len(self.frame), MAX_STORE_BYTES,
+            )
         self._changed.set()
         self._changed = trio.Event()
         return True
