@@ -65,7 +65,7 @@ import msgspec
 import trio
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
 
 from edgeproxy.loadtest import LoadTest, load_scenario  # noqa: E402
 from edgeproxy.loadtest.report import write_plot  # noqa: E402
@@ -372,8 +372,53 @@ def start_ejabberd_target(lab: Lab, tls: bool) -> Running:
                    server.stop)
 
 
+def start_edge_workers(lab: Lab, tls: bool, workers: int) -> Running:
+    """``edgeproxy serve --role edge`` with ``[edge] workers = N`` and its channel sink
+    (``bench/_workers_target.py``); the store holds what ``edge_target`` builds in memory."""
+    from _workers_target import start_serve_with_workers, write_config
+    from edgeproxy.policy.model import (
+        AccessPolicy,
+        Configuration,
+        GatewaySettings,
+        Negotiation,
+        Partner,
+        PartnerType,
+        User,
+    )
+    from edgeproxy.policy.store import Store
+    from fixtures.ports import free_port
+
+    directory = Path(tempfile.mkdtemp(prefix=f"serve-w{workers}-", dir=lab.work))
+    nos, req = Negotiation.NOT_SUPPORTED, Negotiation.REQUIRED
+    row = Partner(domain=lab.sims[0], additional_domains=tuple(lab.sims[1:]), tls=req if tls else nos, sasl=nos,
+                  dialback=True, type=PartnerType.FEDERATED, connection_limit=100_000)
+    with Store.open(directory / "state") as store, store.write() as tx:
+        tx.replace_all(Configuration(
+            gateway=GatewaySettings(dialback_secret="bench-secret", connection_limit=100_000,
+                                    partner_connection_limit=100_000),
+            partners=(row,), policies=(AccessPolicy(identity="global", xmpp=True, federation=True),),
+            users=(User(sip=f"sip:bob@{EDGE_DOMAIN}"),)))
+    port, admin, sink_port = free_port(EDGE_ADDR), free_port(EDGE_ADDR), free_port(EDGE_ADDR)
+    config = write_config(directory, host=EDGE_ADDR, port=port, admin_port=admin, workers=workers,
+                          resolver=lab.dns, tls_files=certs_of(lab, EDGE_DOMAIN) if tls else None)
+    serve, sink = start_serve_with_workers(directory, config, host=EDGE_ADDR, admin_port=admin,
+                                           workers=workers, sink_port=sink_port)
+
+    def stop() -> None:
+        for process in (sink, serve):
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=60)
+
+    return Running(f"edgeproxy serve --workers {workers}", EDGE_DOMAIN, EDGE_ADDR, port, serve.pid,
+                   Sink(kind=SinkKind.RAW, host=EDGE_ADDR, port=sink_port), stop)
+
+
 STARTERS: dict[str, Callable[[Lab, bool], Running]] = {
     "edgeproxy": start_edge, "prosody": start_prosody_target, "ejabberd": start_ejabberd_target,
+    # the product's own process layout: `serve --role edge`, one process or a supervisor and N
+    # worker processes, with a channel sink for the gateway (bench/_workers_target.py)
+    **{f"edgeproxy-w{n}": functools.partial(start_edge_workers, workers=n) for n in (1, 2, 3, 4)},
 }
 
 
@@ -597,7 +642,10 @@ def main() -> int:
     parser.add_argument("--per-domain", type=int, default=100,
                         help="idle streams per simulated domain")
     parser.add_argument("--tls", action="store_true", help="idle streams over STARTTLS too")
-    parser.add_argument("--servers", default="edgeproxy,prosody,ejabberd")
+    parser.add_argument("--servers", default="edgeproxy,prosody,ejabberd",
+                        help="any of edgeproxy (the edge in this script's subprocess, local delivery to"
+                        " the sink), edgeproxy-w1 … edgeproxy-w4 (edgeproxy serve --role edge with that"
+                        " many worker processes and a channel sink), prosody, ejabberd")
     parser.add_argument("--no-relay", action="store_true")
     parser.add_argument("--repeat", type=int, default=3,
                         help="relay runs at each rate (figures are their medians)")
