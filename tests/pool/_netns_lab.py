@@ -26,7 +26,8 @@ Options: ``priorities`` (pool name → SRV priority; default A 10, B 20) chooses
 SRV records name; ``replicated=True`` makes pool A the primary of a replicated pool (``[pool]
 role = "primary"``, listening on its address port 5270) and B its member (``role = "member"``),
 with mutual TLS on the pool link (a private CA; each pool's certificate names its address) and
-one pool secret copied to both: then only A is set up by the CLI and B serves A's store (the UA
+the pool secret that ``edgeproxy pool secret`` made on A copied into B's state dir, as
+docs/pool.md sets a pool up: then only A is set up by the CLI and B serves A's store (the UA
 registers at B once B has carol).
 
 It yields a :class:`PoolLab`. ``await lab.login()`` logs alice in on Prosody (a
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -258,22 +258,27 @@ class PoolTls:
 
 def replicated_sections(names: dict[str, Namespace], workdir: Path) -> dict[str, tuple[str, str]]:
     """``[pool]`` and ``[tls]`` sections: the first pool the primary, the others its members,
-    over mutual TLS, with one pool secret (the same file on each host)."""
+    over mutual TLS (the pool secret is each one's ``<state-dir>/pool.secret``)."""
     tls = PoolTls(workdir / "pool-tls")
-    secret = secrets.token_hex(32)
     primary_name, primary = next(iter(names.items()))
     sections = {}
     for name, namespace in names.items():
-        secret_file = workdir / f"pool-{name}" / "pool.secret"
-        secret_file.parent.mkdir(parents=True, exist_ok=True)
-        secret_file.write_text(secret + "\n")
-        secret_file.chmod(0o600)
         role = ('role = "primary"\n' f'listen = "{primary.address}:{REPLICATION_PORT}"\n'
                 if name == primary_name else
                 'role = "member"\n' f'primary = "{primary.address}:{REPLICATION_PORT}"\n')
-        sections[name] = (f'[pool]\n{role}secret-file = "{secret_file}"\ntls = true\n',
-                          tls.section(name, namespace))
+        sections[name] = (f"[pool]\n{role}tls = true\n", tls.section(name, namespace))
     return sections
+
+
+def share_pool_secret(primary: Path, member: Path) -> None:
+    """As docs/pool.md says: ``edgeproxy pool secret`` on the primary creates the secret (and
+    prints it); its file is copied into the member's state dir, mode 0600."""
+    run_cli(primary, "pool", "secret")
+    source = primary.parent / "state" / "pool.secret"
+    target = member.parent / "state" / "pool.secret"
+    target.parent.mkdir(mode=0o750, parents=True, exist_ok=True)  # a state dir's mode
+    target.write_bytes(source.read_bytes())
+    target.chmod(0o600)
 
 
 def lab_records(prosody_s2s_port: int, namespaces: LabNamespaces, priorities: Mapping[str, int]) -> list[str]:
@@ -325,6 +330,8 @@ async def pool_lab(
                                            pool_section, *tls)
                 if index == 0 or not replicated:
                     configure_by_cli(config, config.parent)
+                else:
+                    share_pool_secret(pools[next(iter(names))].config, config)
                 pools[name] = start_pool(name, namespace, config)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(ua.run)
