@@ -54,6 +54,8 @@ FLOORS: Mapping[str, int] = {
     # the two sides of the channel
     "edgeproxy.net": 5,
     "edgeproxy.gateway": 5,
+    # an edge pool: the store replicated from the primary to the members
+    "edgeproxy.pool": 5,
     # the load-testing harness (simulated partner servers)
     "edgeproxy.loadtest": 6,
     # the Control Panel and the admin listener's HTTP application (ASGI on trio)
@@ -62,6 +64,8 @@ FLOORS: Mapping[str, int] = {
     "edgeproxy.app": 7,
     "edgeproxy.embed": 7,  # edgeproxy.run: the composition root for a host trio program
     "edgeproxy.commands": 8,
+    # edge workers: the supervisor composes app's parts once per worker and the one gateway
+    "edgeproxy.workers": 8,
     "edgeproxy.cli": 9,
     "edgeproxy.__main__": 10,
 }
@@ -88,6 +92,8 @@ PURE: tuple[str, ...] = (
     "edgeproxy.loopback.reliable",
     "edgeproxy.loopback.auth",
     "edgeproxy.gateway.translate",
+    "edgeproxy.pool.protocol",
+    "edgeproxy.ops.workerplan",
     "edgeproxy.gateway.sip.lexical",
     "edgeproxy.gateway.sip.message",
     "edgeproxy.gateway.sip.uri",

@@ -129,12 +129,12 @@ from edgeproxy.ops.status import (
     stream_status,
 )
 from edgeproxy.ops.telemetry import Telemetry
+from edgeproxy.ops.workerplan import worker_channel_addresses, worker_count
 from edgeproxy.policy.holder import POLL_INTERVAL, SnapshotHolder
 from edgeproxy.policy.snapshot import PolicySnapshot
 from edgeproxy.policy.store import STORE_FILE, SchemaTooNew, SchemaUpgrade, Store
 from edgeproxy.secretfiles import SecretFileError, channel_secret_path
 from edgeproxy.web.server import serve_admin
-from edgeproxy.workers.plan import worker_channel_addresses, worker_count
 
 if TYPE_CHECKING:
     from edgeproxy.gateway.tls import GatewayTls

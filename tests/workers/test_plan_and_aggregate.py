@@ -20,8 +20,13 @@ from edgeproxy.ops.status import (
     WorkerState,
     WorkerStatus,
 )
+from edgeproxy.ops.workerplan import (
+    RestartPause,
+    worker_argv,
+    worker_channel_addresses,
+    worker_count,
+)
 from edgeproxy.workers.aggregate import combined_status, merged_exposition
-from edgeproxy.workers.plan import RestartPause, worker_argv, worker_channel_addresses, worker_count
 from edgeproxy.workers.sockets import bind_shared, close_all
 
 

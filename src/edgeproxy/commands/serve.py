@@ -51,10 +51,10 @@ from edgeproxy.ops.exitcodes import ExitCode, StartupFailed, leaf
 from edgeproxy.ops.lifecycle import freeze_startup_objects, refuse_unusable_state_dir
 from edgeproxy.ops.metrics import Metrics
 from edgeproxy.ops.telemetry import Telemetry
+from edgeproxy.ops.workerplan import worker_count
 from edgeproxy.policy import operations as ops
 from edgeproxy.policy.store import STORE_FILE, Store
 from edgeproxy.policy.validation import ChangeRefused
-from edgeproxy.workers.plan import worker_count
 
 
 def _output_format() -> OutputFormat:

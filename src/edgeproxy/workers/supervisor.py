@@ -25,7 +25,8 @@ workers and wait until each has reported its listeners (a worker that fails to s
 why in its own event; the supervisor stops the others and exits with its status), start the
 gateway, then the admin endpoint (``[admin] listen``, the Control Panel) and say ``EP1000
 started``. Each worker is watched: one that exits without being asked (``EP1011``) is started
-again on the same sockets and channel address after a pause (``plan.RestartPause``) and says
+again on the same sockets and channel address after a pause
+(``ops.workerplan.RestartPause``) and says
 ``EP1010`` again; the gateway's channel to it reconnects by itself, and the stanzas it had not
 acknowledged are sent again.
 
@@ -84,9 +85,9 @@ from edgeproxy.ops.status import (
     sip_listeners,
 )
 from edgeproxy.ops.telemetry import Telemetry
+from edgeproxy.ops.workerplan import RestartPause, worker_argv, worker_channel_addresses
 from edgeproxy.web.server import serve_admin
 from edgeproxy.workers.aggregate import combined_status, merged_exposition
-from edgeproxy.workers.plan import RestartPause, worker_argv, worker_channel_addresses
 from edgeproxy.workers.sockets import bind_shared, close_all
 
 #: Seconds between two reads of every worker's /status and /metrics.
