@@ -8,7 +8,8 @@ pool's gateway delivered each message (its source address).
 
 Pool A is stopped with SIGTERM (an operator's graceful stop), then, in the second test, with
 SIGKILL to every process of the pool, its edge workers too (its host dies; the kernel closes its
-sockets). Each test runs with one edge process per pool and with two (``[edge] workers``). Prosody's next messages must all
+sockets). Each test runs with two standalone pools (one edge process each) and with a replicated
+pool whose primary is A (two edge workers per pool): its member B serves on with the copy it has. Prosody's next messages must all
 reach carol through pool B — Prosody finds A refusing connections and takes the priority 20
 target — and none may be lost: every message Prosody accepted reaches carol or comes back to
 alice as an error, and the test demands zero errors.
@@ -26,8 +27,13 @@ from _netns_lab import DOMAIN, S2S_PORT, SIP_USER, PoolLab, pool_lab, wait_until
 from edgeproxy.tokenizer import Stanza
 from fixtures.c2s import Client
 
-#: Edge worker processes per pool (``[edge] workers``).
-WORKERS = (1, 2)
+#: The pools of each test: two standalone pools with one edge process each, each set up by the
+#: CLI on its own; and a replicated pool (A the primary, B its member: B serves on with its copy
+#: when A is gone) with two edge worker processes per pool (``[edge] workers``).
+SETUPS = [
+    pytest.param(1, False, id="standalone-pools-1-worker"),
+    pytest.param(2, True, id="replicated-pool-2-workers"),
+]
 #: Messages alice sends before the stop and after it.
 BATCH = 5
 #: Seconds a batch may take to reach carol: the "after" batch includes Prosody's reconnect
@@ -63,9 +69,9 @@ async def deliver(lab: PoolLab, bodies: list[str], errors: list[Stanza], what: s
     assert not errors, f"{what}: bounced to alice: {[e.raw for e in errors]}"
 
 
-async def failover_after(signum: signal.Signals, tmp_path: Path, workers: int) -> None:
+async def failover_after(signum: signal.Signals, tmp_path: Path, workers: int, replicated: bool) -> None:
     with trio.fail_after(TEST_BOUND):
-        async with pool_lab(tmp_path, workers=workers) as lab:
+        async with pool_lab(tmp_path, workers=workers, replicated=replicated) as lab:
             a, b = lab.pools["a"], lab.pools["b"]
             alice = await lab.login()
             errors: list[Stanza] = []
@@ -90,17 +96,19 @@ async def failover_after(signum: signal.Signals, tmp_path: Path, workers: int) -
             assert lab.ua.bodies_from(b.address) == after, "every later message came through pool B"
             assert lab.ua.bodies_from(a.address) == before
             assert len(lab.ua.received) == len(before) + len(after), "each delivered exactly once"
+            if replicated:  # the member saw its primary go and served on with its copy
+                b.serve.wait_for_event("EP8503", timeout=5)
 
 
-@pytest.mark.parametrize("workers", WORKERS)
+@pytest.mark.parametrize(("workers", "replicated"), SETUPS)
 async def test_messages_reach_the_sip_user_through_pool_b_after_pool_a_is_terminated(
-    tmp_path: Path, workers: int
+    tmp_path: Path, workers: int, replicated: bool
 ) -> None:
-    await failover_after(signal.SIGTERM, tmp_path, workers)
+    await failover_after(signal.SIGTERM, tmp_path, workers, replicated)
 
 
-@pytest.mark.parametrize("workers", WORKERS)
+@pytest.mark.parametrize(("workers", "replicated"), SETUPS)
 async def test_messages_reach_the_sip_user_through_pool_b_after_pool_a_is_killed(
-    tmp_path: Path, workers: int
+    tmp_path: Path, workers: int, replicated: bool
 ) -> None:
-    await failover_after(signal.SIGKILL, tmp_path, workers)
+    await failover_after(signal.SIGKILL, tmp_path, workers, replicated)
