@@ -79,6 +79,30 @@ def test_the_executable_serves_the_control_panel_from_inside_itself(dist: Dist, 
         edge.kill()
 
 
+def test_the_executable_runs_edge_workers_and_stops_them_on_sigterm(dist: Dist, tmp_path: Path) -> None:
+    """A worker is the executable started again (its bootloader stands between it and the
+    supervisor): the workers run, report, and end with the supervisor."""
+    config = serve_config(tmp_path / "edge", EDGE_ADDR)
+    edge = EdgeProcess(["/usr/bin/env", "-i", str(dist.binary), "serve", "--config", str(config.path),
+                        "--workers", "2"], config)
+    try:
+        deadline = time.monotonic() + COMMAND_TIMEOUT
+        workers: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            status, body = edge.admin_get("/status")
+            workers = json.loads(body)["workers"] if status == 200 else []
+            if len(workers) == 2 and all(w["state"] == "running" for w in workers):
+                break
+            time.sleep(0.2)
+        assert [w["state"] for w in workers] == ["running", "running"], edge.log_text()[-4000:]
+        pids = [int(w["pid"]) for w in workers]  # type: ignore[call-overload]
+        assert edge.terminate() == 0, edge.log_text()[-4000:]
+        assert "EP1012" in edge.log_text()
+        assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    finally:
+        edge.kill()
+
+
 #: Per lab mode: the partner row's options, and how the streams with Prosody authenticate.
 MODES = {
     # plain TCP, server dialback both ways

@@ -162,3 +162,33 @@ def test_the_gateway_sends_each_xmpp_domain_through_one_worker_and_around_one_th
     assert all(gateway.channel_for(f"other@{d}") is chosen[d] for d in domains)  # one domain, one edge
     second._connected = False
     assert all(gateway.channel_for(f"u@{d}") is first for d in domains)  # the one still there
+
+
+async def test_a_worker_that_resets_its_admin_connection_leaves_the_supervisor_running(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The supervisor's poll meets a worker stopping: a reset, a close, garbage. It goes on."""
+    import struct
+    from functools import partial
+
+    import trio
+
+    from edgeproxy.config import EdgeConfig
+    from edgeproxy.workers.supervisor import Supervisor, _Worker
+
+    async def reset(stream: trio.SocketStream) -> None:
+        await stream.receive_some(1024)
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()  # an RST: ConnectionResetError, then trio.BrokenResourceError
+
+    async def garbage(stream: trio.SocketStream) -> None:
+        await stream.receive_some(1024)
+        await stream.send_all(b"not http at all")
+        await stream.aclose()
+
+    supervisor = Supervisor(EdgeConfig(), workers=2, config_path=None)
+    async with trio.open_nursery() as nursery:
+        for handler in (reset, garbage):
+            (listener,) = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+            worker = _Worker(0, ("127.0.0.1", 0), [], admin=("127.0.0.1", listener.socket.getsockname()[1]))
+            await supervisor._read_worker(worker)
+            assert worker.status is None and worker.metrics == ""
+        nursery.cancel_scope.cancel()

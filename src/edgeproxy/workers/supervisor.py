@@ -102,6 +102,12 @@ ADMIN_TIMEOUT = 10.0
 ADMIN_ANSWER_LIMIT = 64 * 1024 * 1024
 
 
+#: What a request to a worker's admin endpoint may meet when the worker is starting, stopping or
+#: gone: its caller goes on without the answer.
+_UNREACHABLE = (OSError, ValueError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError,
+                msgspec.DecodeError)
+
+
 @dataclass
 class _Worker:
     """One worker slot: the process in it now, and what the supervisor knows of it."""
@@ -395,7 +401,7 @@ class Supervisor:
             code, body = await admin_request(worker.admin, "GET", "/metrics")
             if code == 200:
                 worker.metrics = body.decode("utf-8", "replace")
-        except (OSError, ValueError, trio.TooSlowError, msgspec.DecodeError):
+        except _UNREACHABLE:
             return  # a worker starting or stopping: the next poll tries again
 
     # -- Control ----------------------------------------------------------------------------
@@ -409,7 +415,7 @@ class Supervisor:
             try:
                 _code, body = await admin_request(worker.admin, "POST", "/reload", token=self._token)
                 outcomes.append((worker.index, msgspec.json.decode(body, type=ReloadOutcome)))
-            except (OSError, ValueError, trio.TooSlowError, msgspec.DecodeError) as exc:
+            except _UNREACHABLE as exc:
                 outcomes.append((worker.index, ReloadOutcome(ok=False, message=f"not reached: {exc}")))
 
         async with trio.open_nursery() as nursery:
