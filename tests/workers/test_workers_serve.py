@@ -218,3 +218,67 @@ async def test_dialback_keys_of_one_worker_verify_at_the_other_and_partners_are_
         finally:
             await trio.to_thread.run_sync(serve.stop)
             nursery.cancel_scope.cancel()
+
+
+def test_a_gateway_of_its_own_keeps_a_channel_to_each_worker(tmp_path: Path) -> None:
+    """``serve --role gateway`` with the same ``[edge] workers`` connects to internal-listen's
+    port + i for each worker i."""
+    from fixtures.ports import free_port
+
+    base = next(p for p in (free_port(EDGE_ADDR) for _ in range(50)) if p < 65535 and _free(p + 1))
+    workdir = tmp_path / "edge"
+    edge = start_serve(workdir, address=EDGE_ADDR, role="edge", workers=WORKERS)
+    try:
+        config = (workdir / "edgeproxy.toml").read_text()
+        assert f'internal-listen = "{EDGE_ADDR}:0"' in config
+        edge.stop()
+        (workdir / "edgeproxy.toml").write_text(config.replace(f'internal-listen = "{EDGE_ADDR}:0"',
+                                                              f'internal-listen = "{EDGE_ADDR}:{base}"'))
+        edge = start_serve_again(edge, workers=WORKERS)
+        _wait(lambda: sorted(w["internal"] for w in _workers(edge)) == [f"{EDGE_ADDR}:{base}",
+                                                                         f"{EDGE_ADDR}:{base + 1}"],
+              what="the workers on base and base + 1")
+        assert _status(edge)["channel"]["state"] == "not-connected"
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "edgeproxy", "serve", "--config", str(workdir / "edgeproxy.toml"),
+             "--role", "gateway", "--workers", str(WORKERS)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
+        try:
+            _wait(lambda: _status(edge)["channel"]["state"] == "connected", what="both channels")
+        finally:
+            gateway.terminate()
+            gateway.wait(timeout=30)
+    finally:
+        edge.stop()
+
+
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((EDGE_ADDR, port))
+        except OSError:
+            return False
+    return True
+
+
+def start_serve_again(previous: ServeProcess, *, workers: int) -> ServeProcess:
+    """The same configuration and state dir, started again."""
+    events = previous.workdir / "events.jsonl"
+    with events.open("ab") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeproxy", "serve", "--config", str(previous.workdir / "edgeproxy.toml"),
+             "--role", "edge", "--workers", str(workers)],
+            stdout=subprocess.DEVNULL, stderr=err, cwd=previous.workdir)
+    again = ServeProcess(proc, previous.workdir, previous.address, previous.s2s_port, previous.internal_port,
+                         previous.admin_port, previous.sip_port, events)
+    _wait(lambda: _healthy(again), what="serve to answer again")
+    return again
+
+
+def _healthy(serve: ServeProcess) -> bool:
+    try:
+        return serve.http_get("/healthz")[0] == 200
+    except OSError:
+        return False
