@@ -9,7 +9,13 @@ pool's gateway delivered each message (its source address).
 Pool A is stopped with SIGTERM (an operator's graceful stop), then, in the second test, with
 SIGKILL to every process of the pool, its edge workers too (its host dies; the kernel closes its
 sockets). Each test runs with two standalone pools (one edge process each) and with a replicated
-pool whose primary is A (two edge workers per pool): its member B serves on with the copy it has. Prosody's next messages must all
+pool whose primary is A (two edge workers per pool): its member B serves on with the copy it has.
+A third test keeps alice writing while A drains after SIGTERM: no message of the steady flow is
+lost or doubled, and Prosody moves to B once.
+
+After SIGKILL the tests send once Prosody has seen its stream to A end: a stanza Prosody wrote
+into the connection while A was dying is in A's dead socket, and XMPP server-to-server streams
+carry no acknowledgements that would let Prosody know (nothing the edge can do about it). Prosody's next messages must all
 reach carol through pool B — Prosody finds A refusing connections and takes the priority 20
 target — and none may be lost: every message Prosody accepted reaches carol or comes back to
 alice as an error, and the test demands zero errors.
@@ -41,6 +47,10 @@ BATCH = 5
 DELIVERY_TIMEOUT = 20
 #: Seconds Prosody may take to see that its stream to the stopped pool ended.
 CLOSE_NOTICED_TIMEOUT = 10
+#: Seconds between two messages of alice's steady flow across a graceful stop.
+FLOW_INTERVAL = 0.05
+#: Messages of the flow each pool must have delivered (before the stop, after the switch).
+FLOW_EACH = 5
 #: Hang guard of one whole test.
 TEST_BOUND = 100
 
@@ -112,3 +122,40 @@ async def test_messages_reach_the_sip_user_through_pool_b_after_pool_a_is_killed
     tmp_path: Path, workers: int, replicated: bool
 ) -> None:
     await failover_after(signal.SIGKILL, tmp_path, workers, replicated)
+
+
+async def test_a_steady_flow_across_a_graceful_stop_of_pool_a_loses_nothing(tmp_path: Path) -> None:
+    """alice keeps writing (one message every FLOW_INTERVAL) while pool A is stopped with
+    SIGTERM and drains: each message reaches carol exactly once — those A read before it stopped
+    reading through A, every later one through B — and none comes back as an error."""
+    with trio.fail_after(TEST_BOUND):
+        async with pool_lab(tmp_path, workers=2, replicated=True) as lab:
+            a, b = lab.pools["a"], lab.pools["b"]
+            alice = await lab.login()
+            errors: list[Stanza] = []
+            lab.nursery.start_soon(collect_errors, alice, errors)
+            sent: list[str] = []
+            flowing = True
+
+            async def flow() -> None:
+                while flowing:
+                    sent.extend(await send_batch(alice, f"flow-{len(sent)}", 1))
+                    await trio.sleep(FLOW_INTERVAL)
+
+            lab.nursery.start_soon(flow)
+            await wait_until(lambda: len(lab.ua.bodies_from(a.address)) >= FLOW_EACH, DELIVERY_TIMEOUT,
+                             "the flow reaches carol through pool A")
+            a.serve.proc.send_signal(signal.SIGTERM)  # the flow goes on while A drains
+            await wait_until(lambda: not a.alive(), CLOSE_NOTICED_TIMEOUT + DELIVERY_TIMEOUT, "pool A ends")
+            assert a.serve.proc.returncode == 0, a.serve.log_tail()
+            await wait_until(lambda: len(lab.ua.bodies_from(b.address)) >= FLOW_EACH, DELIVERY_TIMEOUT,
+                             "the flow reaches carol through pool B")
+            flowing = False
+            await deliver(lab, list(sent), errors, "the flow across the stop")
+
+            def numbers(source: str) -> list[int]:
+                return [int(body.split("-")[1].split()[0]) for body in lab.ua.bodies_from(source)]
+
+            via_a, via_b = numbers(a.address), numbers(b.address)
+            assert sorted(via_a + via_b) == list(range(len(sent))), "each message exactly once"
+            assert max(via_a) < min(via_b), "Prosody moved to B once, after A's last message"
