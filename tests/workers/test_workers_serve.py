@@ -92,6 +92,15 @@ def test_the_workers_run_as_separate_processes_and_are_shown_together(serve: Ser
     assert f"Edge workers ({WORKERS})" in table.stdout
 
 
+def test_the_workers_outlive_the_thread_that_started_them(serve: ServeProcess) -> None:
+    """trio starts processes from a thread of its cache, which ends after 10 idle seconds: a
+    worker tied to its parent *thread* (PR_SET_PDEATHSIG) would stop then."""
+    pids = [w["pid"] for w in _workers(serve)]
+    time.sleep(13)
+    assert [w["pid"] for w in _workers(serve)] == pids
+    assert not serve.events("EP1003") and not serve.events("EP1011")
+
+
 def test_a_killed_worker_is_restarted_on_the_same_channel_and_the_port_keeps_serving(serve: ServeProcess) -> None:
     victim = _workers(serve)[1]
     os.kill(victim["pid"], signal.SIGKILL)  # type: ignore[arg-type]
@@ -242,9 +251,10 @@ def test_a_gateway_of_its_own_keeps_a_channel_to_each_worker(tmp_path: Path) -> 
         gateway = subprocess.Popen(
             [sys.executable, "-m", "edgeproxy", "serve", "--config", str(workdir / "edgeproxy.toml"),
              "--role", "gateway", "--workers", str(WORKERS)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
+            stdout=subprocess.DEVNULL, stderr=(workdir / "gateway.log").open("wb"), cwd=workdir)
         try:
-            _wait(lambda: _status(edge)["channel"]["state"] == "connected", what="both channels")
+            _wait(lambda: _status(edge)["channel"]["state"] == "connected",
+                  what=f"both channels; gateway: {(workdir / 'gateway.log').read_text()[-3000:]}")
         finally:
             gateway.terminate()
             gateway.wait(timeout=30)

@@ -40,6 +40,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
+import msgspec
 import trio
 
 from edgeproxy.commands.common import SubParsers, config_option_parent
@@ -149,7 +150,9 @@ async def serve(
     ``workers`` (``--workers``, else ``[edge] workers``): above 1, roles ``both`` and ``edge``
     run a supervisor with that many edge worker processes (``edgeproxy.workers``), which read
     ``config_path`` themselves."""
-    count = worker_count(workers if workers is not None else config.edge.workers)
+    if workers is not None:  # --workers overrides the file (a separate gateway reads it too)
+        config = msgspec.structs.replace(config, edge=msgspec.structs.replace(config.edge, workers=workers))
+    count = worker_count(config.edge.workers)
     async with trio.open_nursery() as nursery:
         if count > 1 and role != "gateway":
             from edgeproxy.workers.supervisor import Supervisor  # only when there are workers

@@ -4,11 +4,13 @@ Started by the supervisor (``workers.supervisor``) as ``edgeproxy serve --role e
 options: the file descriptors of its listening sockets (inherited), the one to report on, its
 loopback channel's address and the supervisor's pid. It
 
-1. asks the kernel to send it SIGTERM when the supervisor dies (``PR_SET_PDEATHSIG``,
-   ``prctl(2)``), so that a supervisor killed with SIGKILL leaves no worker serving on, and
-   watches the supervisor's pid as well (``pidfd_open(2)``: it also holds when a launcher
-   stands between them, as the one-file executable's bootloader does); it exits at once if the
-   supervisor is already gone;
+1. watches the supervisor's process (``pidfd_open(2)``; where there is none, its pid is
+   looked at every ``PARENT_POLL`` seconds) and stops gracefully when it ends, so that a
+   supervisor killed with SIGKILL leaves no worker serving on; it exits at once if the
+   supervisor is already gone. (Not ``PR_SET_PDEATHSIG``: it fires when the parent *thread*
+   ends, and trio starts processes from a thread of its cache, which ends after a few idle
+   seconds. A pid also holds when a launcher stands between them, as the one-file
+   executable's bootloader does.)
 2. runs the edge with the configuration's own settings except: the external listeners are the
    inherited sockets, the channel listens on its own address, and the admin endpoint on a free
    loopback port without the Control Panel (the supervisor reads its ``/status`` and
@@ -21,10 +23,8 @@ SIGTERM/SIGINT (from the supervisor) is the edge's graceful stop; SIGHUP a reloa
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import signal
 import socket
 from collections.abc import Sequence
 
@@ -37,39 +37,44 @@ from edgeproxy.ops.events import EventLog
 from edgeproxy.ops.lifecycle import freeze_startup_objects
 from edgeproxy.ops.metrics import Metrics
 
-#: prctl(2) option: the signal sent to this process when its parent dies.
-PR_SET_PDEATHSIG = 1
+#: Seconds between two looks at the supervisor's pid where pidfd_open(2) is not available.
+PARENT_POLL = 1.0
 #: Where a worker's admin endpoint listens (any free port; loopback only).
 WORKER_ADMIN_LISTEN = "127.0.0.1:0"
 
 
-def die_with_parent(parent: int) -> None:
-    """SIGTERM this process when ``parent``, its parent, dies (Linux); exit now if ``parent``
-    is gone already. (Another parent — a launcher — is left to ``_follow_supervisor``.)"""
-    if os.getppid() == parent:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass  # not Linux: _follow_supervisor still ends the worker
+def _alive(pid: int) -> bool:
     try:
-        os.kill(parent, 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        raise SystemExit(0) from None
+        return False
     except PermissionError:
-        pass  # alive, another user's (not ours to signal): fine
+        pass  # alive, another user's
+    return True
+
+
+def die_with_parent(parent: int) -> None:
+    """Exit now if the supervisor ``parent`` is gone already (``_follow_supervisor`` then
+    watches it)."""
+    if not _alive(parent):
+        raise SystemExit(0)
 
 
 async def _follow_supervisor(parent: int, app: EdgeApp) -> None:
     """Stop the edge gracefully when the supervisor's process ends."""
     try:
         handle = os.pidfd_open(parent)
+    except ProcessLookupError:
+        app.request_stop()
+        return
     except (AttributeError, OSError):
-        return  # no pidfd (old kernel): PR_SET_PDEATHSIG alone
-    try:
-        await trio.lowlevel.wait_readable(handle)
-    finally:
-        os.close(handle)
+        while _alive(parent):  # no pidfd (an old kernel): look every PARENT_POLL seconds
+            await trio.sleep(PARENT_POLL)
+    else:
+        try:
+            await trio.lowlevel.wait_readable(handle)
+        finally:
+            os.close(handle)
     app.request_stop()
 
 
