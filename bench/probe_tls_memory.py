@@ -3,7 +3,7 @@
 Usage (from the repository)::
 
     .venv/bin/python bench/probe_tls_memory.py {plain|stdlib|edge} [N] [--client-cert]
-        [--names K] [--verdict] [--num-tickets T] [--skip-openssl-verify]
+        [--names K] [--verdict] [--num-tickets T] [--skip-openssl-verify] [--socket] [--socket-tls]
 
 ``--names K``: the client certificate names K domains and is sent with its CA (what the load
 test's simulator presented until it gave each simulated domain its own certificate: one naming
@@ -15,6 +15,12 @@ and keeps it (``certs.peer.peer_certificate_check``, what an S2S session keeps);
 server is replaced by a callback that accepts (``SSL_CTX_set_cert_verify_callback`` through ctypes)
 — what OpenSSL caches on the peer certificate while building the chain, which the S2S roles
 throw away (their verdict is ``certs.peer``'s).
+``--socket``: the server's TLS runs over the socket itself (``SSLContext.wrap_socket``, OpenSSL
+reading and writing the file descriptor, as a C server such as Prosody's LuaSec does) instead of
+``trio.SSLStream`` over two ``MemoryBIO``s — what trio's objects and the memory BIOs' buffers
+(which keep the size of the largest TLS flight they carried) cost per connection.
+``--socket-tls``: the server's TLS is edgeproxy's ``certs.socket_tls.SocketTlsStream`` (a trio
+stream doing TLS on the socket's descriptor), to compare with ``trio.SSLStream`` and ``--socket``.
 Besides RSS it prints glibc malloc's bytes in use (``mallinfo2().uordblks``) per connection.
 
 ``edge`` uses edgeproxy's ``certs.contexts.tls_context`` with role ``S2S_SERVER`` (requests a
@@ -33,6 +39,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import trio
@@ -92,11 +99,19 @@ async def server(kind: str, n: int, pki: Path, client_cert: bool, options: dict[
     if options.get("skip_openssl_verify"):
         skip_openssl_verify(ctx)
     held: list[object] = []
+    if options.get("socket"):
+        socket_server(kind, n, pki, client_cert, options, ctx, held)
+        return
     done = trio.Event()
 
     async def handle(stream: trio.abc.Stream) -> None:
         if kind != "plain":
-            tls = trio.SSLStream(stream, ctx, server_side=True)
+            if options.get("socket_tls"):
+                from edgeproxy.certs.socket_tls import SocketTlsStream
+
+                tls: trio.abc.Stream = SocketTlsStream(stream, ctx, server_side=True)  # type: ignore[arg-type]
+            else:
+                tls = trio.SSLStream(stream, ctx, server_side=True)
             await tls.do_handshake()
             stream = tls
             if options.get("verdict"):
@@ -125,6 +140,39 @@ async def server(kind: str, n: int, pki: Path, client_cert: bool, options: dict[
         client.terminate()
         client.wait()
         nursery.cancel_scope.cancel()
+
+
+def socket_server(kind: str, n: int, pki: Path, client_cert: bool, options: dict[str, int],
+                  ctx: ssl.SSLContext, held: list[object]) -> None:
+    """The server side of ``--socket``: accept ``n`` connections one after the other, each
+    handshaken by OpenSSL on the socket's descriptor (blocking), and hold them."""
+    import socket
+
+    listener = socket.create_server((ADDR, 0), backlog=128)
+    port = listener.getsockname()[1]
+    gc.collect()
+    base, base_malloc = rss_kib(), malloc_in_use()
+    cmd = [sys.executable, __file__, "--client", str(n), str(port), kind, str(pki)]
+    client = subprocess.Popen(cmd + (["--client-cert"] if client_cert else []))
+    listener.settimeout(60)
+    try:
+        for _ in range(n):
+            conn, _address = listener.accept()
+            conn.settimeout(60)
+            tls = ctx.wrap_socket(conn, server_side=True)
+            if options.get("verdict"):
+                from edgeproxy.certs.peer import certificate_check
+
+                held.append(certificate_check(tls.getpeercert(binary_form=True), ctx.peer_trust))  # type: ignore[attr-defined]
+            held.append(tls)
+        time.sleep(2)
+        gc.collect()
+        print(f"{kind}{' (client certificate)' if client_cert else ''} {options}: "
+              f"{(rss_kib() - base) / n:.1f} KiB RSS per idle server connection ({n}); malloc in use "
+              f"{(malloc_in_use() - base_malloc) / 1024 / n:.1f} KiB")
+    finally:
+        client.terminate()
+        client.wait()
 
 
 async def client(n: int, port: int, kind: str, pki: Path, client_cert: bool) -> None:
@@ -163,6 +211,12 @@ def main() -> None:
     if "--skip-openssl-verify" in argv:
         argv.remove("--skip-openssl-verify")
         options["skip_openssl_verify"] = 1
+    if "--socket-tls" in argv:
+        argv.remove("--socket-tls")
+        options["socket_tls"] = 1
+    if "--socket" in argv:
+        argv.remove("--socket")
+        options["socket"] = 1
     if "--verdict" in argv:
         argv.remove("--verdict")
         options["verdict"] = 1
