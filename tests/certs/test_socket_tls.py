@@ -153,7 +153,9 @@ async def test_closed_and_concurrent_use_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.trio
-async def test_a_failed_handshake_raises_openssl_s_error(tmp_path: Path) -> None:
+async def test_a_failed_handshake_raises_openssl_s_error_and_the_peer_reads_the_alert(tmp_path: Path) -> None:
+    """The stream closes itself (its transport gave the descriptor away), after dropping the
+    input nobody will read: a close with unread input would be a reset, losing the alert."""
     ca = selfsigned.make_authority("CA")
     server_ctx = tls_context(TlsRole.S2S_SERVER, *files(tmp_path, ca, "contoso.test"))
     listeners = await trio.open_tcp_listeners(0, host=ADDR)
@@ -161,9 +163,15 @@ async def test_a_failed_handshake_raises_openssl_s_error(tmp_path: Path) -> None
     with trio.fail_after(20):
         client = await trio.open_tcp_stream(ADDR, port)
         server = SocketTlsStream(await listeners[0].accept(), server_ctx, server_side=True)
-        await client.send_all(b"GET / HTTP/1.1\r\n\r\n")  # not a ClientHello
+        await client.send_all(b"\x16\x03\x01\x00\x05hello, this is not a ClientHello" * 4)
         with pytest.raises(ssl.SSLError):
             await server.do_handshake()
+        received = b""
+        while chunk := await client.receive_some(4096):  # a reset would raise here
+            received += chunk
+        assert received[:1] == b"\x15"  # a TLS alert record
+        with pytest.raises(trio.ClosedResourceError):
+            await server.receive_some(10)
         await server.aclose()
         await client.aclose()
         await listeners[0].aclose()

@@ -25,7 +25,9 @@ to the socket, so there is nothing pending to send), a broken connection
 ``trio.BrokenResourceError`` (an EOF without ``close_notify`` too), use after ``aclose``
 ``trio.ClosedResourceError``, two concurrent sends or receives ``trio.BusyResourceError``;
 ``receive_some`` returns ``b""`` after the peer's ``close_notify``; ``aclose`` sends ``close_notify``
-(best effort, without waiting for the peer's) and closes the socket.
+(best effort, without waiting for the peer's), drops input nobody will read (else the kernel
+answers the close with a reset, and the peer may lose our last bytes: a failed handshake's alert)
+and closes the socket.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ import trio
 
 T = TypeVar("T")
 
+#: Bytes of unread input ``aclose`` drops before closing, so that the close is not a reset.
+DISCARD_LIMIT = 256 * 1024
 #: Largest read when ``receive_some`` is given no size (trio.SSLStream's default refill).
 DEFAULT_RECEIVE_SIZE = 65536
 
@@ -121,8 +125,14 @@ class SocketTlsStream(trio.abc.Stream):
             waited = True
 
     async def do_handshake(self) -> None:
-        """The TLS handshake; a failure raises OpenSSL's ``ssl.SSLError`` (or an ``OSError``)."""
-        await self._retry(self._ssl_object.do_handshake)
+        """The TLS handshake; a failure raises OpenSSL's ``ssl.SSLError`` (or an ``OSError``).
+        A handshake that fails or is cancelled closes the stream at once (OpenSSL has written its
+        alert): the descriptor is the stream's, and the transport it came from no longer has it."""
+        try:
+            await self._retry(self._ssl_object.do_handshake)
+        except BaseException:
+            self._close_now(send_close_notify=False)
+            raise
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._sending:
@@ -166,16 +176,29 @@ class SocketTlsStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         """Send ``close_notify`` if the socket takes it at once, then close the socket."""
+        self._close_now(send_close_notify=True)
+        await trio.lowlevel.checkpoint()
+
+    def _close_now(self, *, send_close_notify: bool) -> None:
         if self._closed:
-            await trio.lowlevel.checkpoint()
             return
         self._closed = True
-        # Not written, not shaken hands yet, or the peer already gone: the socket closes anyway.
-        with contextlib.suppress(ssl.SSLError, OSError, ValueError):
-            self._ssl_object.unwrap()
+        if send_close_notify:
+            # Not written, not shaken hands yet, or the peer already gone: it closes anyway.
+            with contextlib.suppress(ssl.SSLError, OSError, ValueError):
+                self._ssl_object.unwrap()
+        self._discard_unread()
         trio.lowlevel.notify_closing(self._ssl_object)
         self._ssl_object.close()
-        await trio.lowlevel.checkpoint()
+
+    def _discard_unread(self) -> None:
+        """Read and drop what the peer sent that nobody will read (up to DISCARD_LIMIT bytes):
+        closing a socket with unread data makes the kernel reset the connection, and the peer
+        may then lose what we wrote last — the alert of a failed handshake, our close_notify."""
+        left = DISCARD_LIMIT
+        with contextlib.suppress(OSError):
+            while left > 0 and (chunk := socket.socket.recv(self._ssl_object, min(left, 65536))):
+                left -= len(chunk)
 
     # What the S2S session and the peer check read after the handshake.
 
