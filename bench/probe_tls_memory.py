@@ -14,7 +14,8 @@ and keeps it (``certs.peer.peer_certificate_check``, what an S2S session keeps);
 ``--skip-openssl-verify`` (an experiment, ``edge`` only): OpenSSL's chain verification on the
 server is replaced by a callback that accepts (``SSL_CTX_set_cert_verify_callback`` through ctypes)
 — what OpenSSL caches on the peer certificate while building the chain, which the S2S roles
-throw away (their verdict is ``certs.peer``'s).
+throw away (their verdict is ``certs.peer``'s). Since ``certs.openssl.defer_verification`` does
+the same on every S2S context, it changes nothing for ``edge`` any more.
 ``--socket``: the server's TLS runs over the socket itself (``SSLContext.wrap_socket``, OpenSSL
 reading and writing the file descriptor, as a C server such as Prosody's LuaSec does) instead of
 ``trio.SSLStream`` over two ``MemoryBIO``s — what trio's objects and the memory BIOs' buffers

@@ -33,7 +33,8 @@ role                  side   peer     where
   purpose", although the clientAuth EKU must not be required (docs/spec.md §8.2). Python's ``ssl``
   exposes neither a verify callback nor the purpose, so
   :func:`edgeproxy.certs.openssl.defer_verification` installs a callback that accepts every
-  certificate; if it cannot (an unexpected object layout), OpenSSL's verification stays and a
+  certificate (and skips OpenSSL's chain building, whose result would be moot and whose work
+  would stay with the connection); if it cannot (an unexpected object layout), OpenSSL's verification stays and a
   warning says so. ``SSL_VERIFY_PEER`` without ``FAIL_IF_NO_PEER_CERT`` still *requests* a client
   certificate (RFC 5246 §7.4.4 / RFC 8446 §4.3.2), so a peer without one can still connect.
   Host-name checking is off: the identity the certificate must prove is the *partner domain*, not
