@@ -423,5 +423,7 @@ async def test_serve_freezes_the_startup_objects_once_everything_has_started(mon
 
     monkeypatch.setattr(edgeproxy.app, "run_app", fake_run_app)
     monkeypatch.setattr(serve_command, "freeze_startup_objects", freeze)
-    await serve_command.serve(object(), "both", None, None)  # type: ignore[arg-type]
+    from edgeproxy.config import EdgeConfig
+
+    await serve_command.serve(EdgeConfig(), "both", None, None)  # type: ignore[arg-type]  # one worker
     assert calls == ["starting", "frozen", "serving"]
