@@ -175,3 +175,17 @@ async def test_a_failed_handshake_raises_openssl_s_error_and_the_peer_reads_the_
         await server.aclose()
         await client.aclose()
         await listeners[0].aclose()
+
+
+@pytest.mark.trio
+async def test_a_send_cancelled_midway_leaves_the_stream_unable_to_send(tmp_path: Path) -> None:
+    """OpenSSL may hold part of a record that only the same bytes can finish: after a send is
+    cancelled while waiting for the socket (the peer does not read), the next one is refused."""
+    with trio.fail_after(20):
+        async with connected_pair(tmp_path) as (server, _client):
+            with trio.move_on_after(0.5) as waited:
+                await server.send_all(b"x" * (32 * 1024 * 1024))
+            assert waited.cancelled_caught
+            with pytest.raises(trio.BrokenResourceError):
+                # longer than any record OpenSSL may hold: it would take it and send old bytes
+                await server.send_all(bytes(range(256)) * 256)

@@ -23,7 +23,9 @@ Semantics follow ``trio.SSLStream`` (without ``https_compatible``) where the S2S
 on them: a failed handshake raises the ``ssl.SSLError`` (OpenSSL has already written its alert
 to the socket, so there is nothing pending to send), a broken connection
 ``trio.BrokenResourceError`` (an EOF without ``close_notify`` too), use after ``aclose``
-``trio.ClosedResourceError``, two concurrent sends or receives ``trio.BusyResourceError``;
+``trio.ClosedResourceError``, two concurrent sends or receives ``trio.BusyResourceError``, a send
+after one cancelled midway (OpenSSL may hold part of a record that only those bytes can finish)
+``trio.BrokenResourceError``;
 ``receive_some`` returns ``b""`` after the peer's ``close_notify``; ``aclose`` sends ``close_notify``
 (best effort, without waiting for the peer's), drops input nobody will read (else the kernel
 answers the close with a reset, and the peer may lose our last bytes: a failed handshake's alert)
@@ -78,8 +80,8 @@ class _Direction:
 class SocketTlsStream(trio.abc.Stream):
     """A TLS stream on the descriptor of ``transport``'s socket (see the module docstring)."""
 
-    __slots__ = ("_closed", "_readable", "_receiving", "_sending", "_ssl_object", "_writable", "context",
-                 "transport_stream")
+    __slots__ = ("_closed", "_readable", "_receiving", "_send_broken", "_sending", "_ssl_object", "_writable",
+                 "context", "transport_stream")
 
     def __init__(
         self,
@@ -102,7 +104,7 @@ class SocketTlsStream(trio.abc.Stream):
         )
         self._readable = _Direction(trio.lowlevel.wait_readable)
         self._writable = _Direction(trio.lowlevel.wait_writable)
-        self._sending = self._receiving = self._closed = False
+        self._sending = self._receiving = self._closed = self._send_broken = False
 
     async def _retry(self, operation: Callable[..., T], *args: Any) -> T:
         """Run one OpenSSL operation to completion, waiting for the readiness it asks for.
@@ -137,14 +139,22 @@ class SocketTlsStream(trio.abc.Stream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this TLS stream")
+        if self._send_broken and not self._closed:
+            await trio.lowlevel.checkpoint()
+            raise trio.BrokenResourceError("an earlier send on this TLS stream was interrupted midway")
         self._sending = True
+        view = memoryview(data)
         try:
-            view = memoryview(data)
             while view:
                 sent = await self._retry(self._ssl_object.send, view)
                 view = view[sent:]
             if not data:
                 await trio.lowlevel.checkpoint()
+        except trio.Cancelled:
+            # OpenSSL may hold part of a record it must finish with these very bytes: like
+            # trio.SSLStream, the stream cannot send any more.
+            self._send_broken = self._send_broken or len(view) > 0
+            raise
         except (ssl.SSLError, OSError) as exc:
             if self._closed:
                 raise trio.ClosedResourceError("the TLS stream was closed") from exc
