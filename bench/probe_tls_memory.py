@@ -3,7 +3,7 @@
 Usage (from the repository)::
 
     .venv/bin/python bench/probe_tls_memory.py {plain|stdlib|edge} [N] [--client-cert]
-        [--names K] [--verdict] [--num-tickets T] [--skip-openssl-verify] [--socket] [--socket-tls]
+        [--names K] [--verdict] [--num-tickets T] [--skip-openssl-verify] [--socket] [--socket-tls] [--release-chain]
 
 ``--names K``: the client certificate names K domains and is sent with its CA (what the load
 test's simulator presented until it gave each simulated domain its own certificate: one naming
@@ -22,6 +22,8 @@ reading and writing the file descriptor, as a C server such as Prosody's LuaSec 
 (which keep the size of the largest TLS flight they carried) cost per connection.
 ``--socket-tls``: the server's TLS is edgeproxy's ``certs.socket_tls.SocketTlsStream`` (a trio
 stream doing TLS on the socket's descriptor), to compare with ``trio.SSLStream`` and ``--socket``.
+``--release-chain``: after the handshake (and the verdict) the server lets OpenSSL free the chain
+the client sent (``certs.openssl.release_peer_chain``).
 Besides RSS it prints glibc malloc's bytes in use (``mallinfo2().uordblks``) per connection.
 
 ``edge`` uses edgeproxy's ``certs.contexts.tls_context`` with role ``S2S_SERVER`` (requests a
@@ -119,6 +121,10 @@ async def server(kind: str, n: int, pki: Path, client_cert: bool, options: dict[
                 from edgeproxy.certs.peer import peer_certificate_check
 
                 held.append(peer_certificate_check(tls))
+            if options.get("release_chain"):
+                from edgeproxy.certs.openssl import release_peer_chain
+
+                release_peer_chain(tls)
         held.append(stream)
         if len(held) == n * (2 if options.get("verdict") and kind != "plain" else 1):
             done.set()
@@ -212,6 +218,9 @@ def main() -> None:
     if "--skip-openssl-verify" in argv:
         argv.remove("--skip-openssl-verify")
         options["skip_openssl_verify"] = 1
+    if "--release-chain" in argv:
+        argv.remove("--release-chain")
+        options["release_chain"] = 1
     if "--socket-tls" in argv:
         argv.remove("--socket-tls")
         options["socket_tls"] = 1

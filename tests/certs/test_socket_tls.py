@@ -189,3 +189,36 @@ async def test_a_send_cancelled_midway_leaves_the_stream_unable_to_send(tmp_path
             with pytest.raises(trio.BrokenResourceError):
                 # longer than any record OpenSSL may hold: it would take it and send old bytes
                 await server.send_all(bytes(range(256)) * 256)
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("kind", ["socket", "trio"])
+async def test_the_verdict_releases_the_chain_openssl_kept_and_the_stream_goes_on(tmp_path: Path, kind: str) -> None:
+    """After certs.peer's verdict the CA the client sent with its leaf is no longer held by
+    OpenSSL (peer_chain reads nothing), the leaf still is, and the stream still carries bytes."""
+    ca = selfsigned.make_authority("CA")
+    server_ctx = tls_context(TlsRole.S2S_SERVER, *files(tmp_path, ca, "contoso.test"))
+    client_ctx = tls_context(TlsRole.S2S_CLIENT, *files(tmp_path, ca, "fabrikam.test", with_ca=True))
+    listeners = await trio.open_tcp_listeners(0, host=ADDR)
+    port = listeners[0].socket.getsockname()[1]
+    with trio.fail_after(20):
+        client = trio.SSLStream(await trio.open_tcp_stream(ADDR, port), client_ctx, server_hostname=None)
+        transport = await listeners[0].accept()
+        server: trio.abc.Stream = (SocketTlsStream(transport, server_ctx, server_side=True) if kind == "socket"
+                                   else trio.SSLStream(transport, server_ctx, server_side=True))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.do_handshake)  # type: ignore[attr-defined]
+            nursery.start_soon(client.do_handshake)
+        assert len(peer_chain(server)) == 1  # the CA, before the verdict
+        check = peer_certificate_check(server)
+        assert check("fabrikam.test") is None  # judged with the CA it was sent with
+        assert peer_chain(server) == []
+        assert server.getpeercert(binary_form=True) is not None  # type: ignore[attr-defined]
+        await client.send_all(b"<iq/>")
+        assert await server.receive_some(10) == b"<iq/>"
+        await server.send_all(b"<iq/>")
+        assert await client.receive_some(10) == b"<iq/>"
+        await server.aclose()
+        with contextlib.suppress(trio.BrokenResourceError):
+            await client.aclose()
+        await listeners[0].aclose()

@@ -58,6 +58,8 @@ def _libssl() -> ctypes.CDLL | None:
             "SSL_get_peer_cert_chain": (ctypes.c_void_p, [ctypes.c_void_p]),
             "OPENSSL_sk_num": (ctypes.c_int, [ctypes.c_void_p]),
             "OPENSSL_sk_value": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int]),
+            "OPENSSL_sk_pop": (ctypes.c_void_p, [ctypes.c_void_p]),
+            "X509_free": (None, [ctypes.c_void_p]),
             "i2d_X509": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p]),
         }
         for name, (restype, argtypes) in signatures.items():
@@ -101,28 +103,38 @@ def defer_verification(ctx: ssl.SSLContext) -> bool:
     return ctx.verify_mode is ssl.CERT_OPTIONAL
 
 
-def peer_chain(tls: Any) -> list[bytes]:
-    """DER of every certificate the peer of ``tls`` (a ``trio.SSLStream``) sent, or [] if unknown.
+def _peer_chain_stack(tls: Any) -> int | None:
+    """The ``STACK_OF(X509) *`` of the chain the peer of ``tls`` sent (``SSL_get_peer_cert_chain``
+    on the ``SSL *`` read from the ``_ssl._SSLSocket`` of a ``trio.SSLStream`` or a
+    :class:`~edgeproxy.certs.socket_tls.SocketTlsStream``), accepted only if that ``SSL *`` belongs
+    to the stream's context (``SSL_get_SSL_CTX`` and the ``ctx`` field both match), so a different
+    object layout yields None rather than a wrong read."""
+    lib, inner = _libssl(), getattr(getattr(tls, "_ssl_object", None), "_sslobj", None)
+    ctx_pointer = _ssl_ctx_pointer(tls.context) if lib is not None else None
+    if lib is None or inner is None or ctx_pointer is None:
+        return None
+    ssl_pointer, context_field = _field(inner, 1), _field(inner, 2)
+    if not ssl_pointer or context_field != id(tls.context) or lib.SSL_get_SSL_CTX(ssl_pointer) != ctx_pointer:
+        return None
+    return lib.SSL_get_peer_cert_chain(ssl_pointer) or None
 
-    Python 3.13 has ``SSLObject.get_unverified_chain``; on 3.11 ``SSL_get_peer_cert_chain`` is
-    called on the ``SSL *`` read from the ``_ssl._SSLSocket``, accepted only if it belongs to the
-    stream's context (``SSL_get_SSL_CTX`` and the ``ctx`` field both match), so a different object
-    layout yields [] rather than a wrong read.
+
+def peer_chain(tls: Any) -> list[bytes]:
+    """DER of every certificate the peer of ``tls`` (a ``trio.SSLStream`` or a ``SocketTlsStream``)
+    sent, or [] if unknown. (As a TLS server OpenSSL leaves the peer's leaf out of it.)
+
+    Python 3.13 has ``SSLObject.get_unverified_chain``; on 3.11 it is read from OpenSSL
+    (:func:`_peer_chain_stack`).
     """
     ssl_object = getattr(tls, "_ssl_object", None)
     unverified = getattr(ssl_object, "get_unverified_chain", None)
     if unverified is not None:
         return [c for c in unverified() or [] if isinstance(c, bytes)]
-    lib, inner = _libssl(), getattr(ssl_object, "_sslobj", None)
-    ctx_pointer = _ssl_ctx_pointer(tls.context) if lib is not None else None
-    if lib is None or inner is None or ctx_pointer is None:
+    lib, stack = _libssl(), _peer_chain_stack(tls)
+    if lib is None or stack is None:
         return []
-    ssl_pointer, context_field = _field(inner, 1), _field(inner, 2)
-    if not ssl_pointer or context_field != id(tls.context) or lib.SSL_get_SSL_CTX(ssl_pointer) != ctx_pointer:
-        return []
-    stack = lib.SSL_get_peer_cert_chain(ssl_pointer)
     chain: list[bytes] = []
-    for n in range(lib.OPENSSL_sk_num(stack) if stack else 0):
+    for n in range(lib.OPENSSL_sk_num(stack)):
         x509_pointer = lib.OPENSSL_sk_value(stack, n)
         size = lib.i2d_X509(x509_pointer, None)
         if size <= 0:
@@ -132,3 +144,19 @@ def peer_chain(tls: Any) -> list[bytes]:
         lib.i2d_X509(x509_pointer, ctypes.byref(cursor))
         chain.append(buffer.raw)
     return chain
+
+
+def release_peer_chain(tls: Any) -> int:
+    """Let OpenSSL free the chain the peer of ``tls`` sent, once it has been judged: it would keep
+    it for the connection's life (a CA or intermediate sent with the leaf costs an idle stream
+    ~4 KiB), and nothing reads it again. The stack is emptied, each certificate released by
+    reference (``X509_free``: one the session still refers to — its leaf, ``SSL_get_peer_certificate``
+    — stays). Returns how many were released (0 when the chain cannot be reached safely)."""
+    lib, stack = _libssl(), _peer_chain_stack(tls)
+    if lib is None or stack is None:
+        return 0
+    released = 0
+    while lib.OPENSSL_sk_num(stack) > 0:
+        lib.X509_free(lib.OPENSSL_sk_pop(stack))
+        released += 1
+    return released

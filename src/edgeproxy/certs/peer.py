@@ -30,7 +30,8 @@ TLS dialback where the row allows it, else it gives up naming the cause). Either
 is reported as :class:`~edgeproxy.s2s.PeerCertificateRejected` and logged by the driver.
 
 What a verdict keeps: the cause (or None) and the identities the certificate presents — not the
-certificate, its chain or their DER. The identities are shared by every stream that presents the
+certificate, its chain or their DER; and once it is taken OpenSSL lets go of the chain the peer
+sent (it keeps the leaf: ``getpeercert``). The identities are shared by every stream that presents the
 same certificate (:func:`_identities`, the last ``IDENTITY_CACHE_SIZE`` certificates by digest): a
 partner opens many streams with one certificate, and one naming 100 domains costs about 7 KiB of
 identities per stream otherwise (and the same IDNA work on every handshake). The cause is taken
@@ -59,7 +60,7 @@ from cryptography.x509 import verification as xv
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from edgeproxy.certs.identity import PresentedIdentities
-from edgeproxy.certs.openssl import peer_chain
+from edgeproxy.certs.openssl import peer_chain, release_peer_chain
 from edgeproxy.s2s import CertificateCheck
 
 #: Extended key usages acceptable on an S2S peer certificate (clientAuth not required).
@@ -213,11 +214,15 @@ def _identities(der: bytes, cert: x509.Certificate) -> PresentedIdentities:
 
 
 def peer_certificate_check(tls: Any) -> CertificateCheck:
-    """The check for the peer of a finished handshake on a :class:`trio.SSLStream`: its leaf,
-    the intermediates it sent (whatever else it sent, minus the leaf) and the context's trust."""
+    """The check for the peer of a finished handshake on a :class:`trio.SSLStream` (or a
+    :class:`~edgeproxy.certs.socket_tls.SocketTlsStream`): its leaf, the intermediates it sent
+    (whatever else it sent, minus the leaf) and the context's trust. Once read, the chain is
+    released in OpenSSL (:func:`~edgeproxy.certs.openssl.release_peer_chain`): the verdict is
+    taken here, once, and OpenSSL would otherwise keep the chain for the connection's life."""
     der: bytes | None = tls.getpeercert(binary_form=True)
     trust = getattr(tls.context, "peer_trust", None) or _system_trust()
     intermediates = [c for c in peer_chain(tls) if c != der]
+    release_peer_chain(tls)
     return certificate_check(der, trust, intermediates=intermediates)
 
 
