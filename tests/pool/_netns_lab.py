@@ -351,6 +351,7 @@ async def pool_lab(
             for pool in pools.values():
                 pool.stop()
             if prosody is not None:
+                (workdir / "prosody.log").write_text(prosody.log_text())  # its run dir goes
                 prosody.stop()
             if dns is not None:
                 dns.stop()

@@ -8,17 +8,18 @@ pool's gateway delivered each message (its source address).
 
 Pool A is stopped with SIGTERM (an operator's graceful stop), then, in the second test, with
 SIGKILL to every process of the pool, its edge workers too (its host dies; the kernel closes its
-sockets). Each test runs with two standalone pools (one edge process each) and with a replicated
-pool whose primary is A (two edge workers per pool): its member B serves on with the copy it has.
-A third test keeps alice writing while A drains after SIGTERM: no message of the steady flow is
-lost or doubled, and Prosody moves to B once.
+sockets). Each runs with two standalone pools (one edge process each) and with a replicated pool
+whose primary is A (two edge workers per pool): its member B serves on with the copy it has.
+Prosody's next messages must all reach carol through pool B — Prosody finds A refusing
+connections and takes the priority 20 target — and none may be lost: every message Prosody
+accepted reaches carol or comes back to alice as an error, and the tests demand zero errors.
 
-After SIGKILL the tests send once Prosody has seen its stream to A end: a stanza Prosody wrote
-into the connection while A was dying is in A's dead socket, and XMPP server-to-server streams
-carry no acknowledgements that would let Prosody know (nothing the edge can do about it). Prosody's next messages must all
-reach carol through pool B — Prosody finds A refusing connections and takes the priority 20
-target — and none may be lost: every message Prosody accepted reaches carol or comes back to
-alice as an error, and the test demands zero errors.
+"Next" means sent once Prosody has seen its stream to A end. A stanza Prosody writes into that
+stream while A is going is another case, the third test's: it makes such a message cross A's
+graceful stop (written by Prosody before it read A's system-shutdown stream error), which must
+not vanish either — today it does (an expected failure). After SIGKILL such a stanza is in the
+dead process's socket, and server-to-server streams carry no acknowledgements that would tell
+Prosody: no edge can help it there.
 """
 
 from __future__ import annotations
@@ -47,10 +48,6 @@ BATCH = 5
 DELIVERY_TIMEOUT = 20
 #: Seconds Prosody may take to see that its stream to the stopped pool ended.
 CLOSE_NOTICED_TIMEOUT = 10
-#: Seconds between two messages of alice's steady flow across a graceful stop.
-FLOW_INTERVAL = 0.05
-#: Messages of the flow each pool must have delivered (before the stop, after the switch).
-FLOW_EACH = 5
 #: Hang guard of one whole test.
 TEST_BOUND = 100
 
@@ -124,38 +121,54 @@ async def test_messages_reach_the_sip_user_through_pool_b_after_pool_a_is_killed
     await failover_after(signal.SIGKILL, tmp_path, workers, replicated)
 
 
-async def test_a_steady_flow_across_a_graceful_stop_of_pool_a_loses_nothing(tmp_path: Path) -> None:
-    """alice keeps writing (one message every FLOW_INTERVAL) while pool A is stopped with
-    SIGTERM and drains: each message reaches carol exactly once — those A read before it stopped
-    reading through A, every later one through B — and none comes back as an error."""
+class MessageVanished(AssertionError):
+    """A message Prosody accepted neither reached carol nor came back to alice."""
+
+
+async def message_crossing_the_stop(tmp_path: Path) -> tuple[str, set[str], list[str | None]]:
+    """The crossing scenario (see the test); alice's crossing message, what carol got and the ids
+    of what came back to alice as errors."""
     with trio.fail_after(TEST_BOUND):
-        async with pool_lab(tmp_path, workers=2, replicated=True) as lab:
-            a, b = lab.pools["a"], lab.pools["b"]
+        async with pool_lab(tmp_path) as lab:
+            a, fabric = lab.pools["a"], lab.namespaces.fabric
             alice = await lab.login()
             errors: list[Stanza] = []
             lab.nursery.start_soon(collect_errors, alice, errors)
-            sent: list[str] = []
-            flowing = True
+            before = await send_batch(alice, "before", 1)
+            await deliver(lab, before, errors, "before the stop")
+            prosody = lab.prosody.process
+            prosody.send_signal(signal.SIGSTOP)
+            try:
+                assert fabric.unread_bytes(a.address, S2S_PORT) == 0
+                a.serve.proc.send_signal(signal.SIGTERM)
+                await wait_until(lambda: fabric.unread_bytes(a.address, S2S_PORT) > 0, DELIVERY_TIMEOUT,
+                                 "pool A's system-shutdown stream error waits in Prosody's socket")
+                crossing = await send_batch(alice, "crossing", 1)
+                await trio.sleep(0.2)  # in Prosody's c2s socket (the kernel's), unread
+            finally:
+                prosody.send_signal(signal.SIGCONT)
+            await wait_until(lambda: not fabric.open_connections(a.address, S2S_PORT),
+                             CLOSE_NOTICED_TIMEOUT, "Prosody closes its stream to pool A")
+            after = await send_batch(alice, "after", 1)
+            await wait_until(lambda: after[0] in {r.body for r in lab.ua.received}, DELIVERY_TIMEOUT,
+                             "alice's next message reaches carol through B")
+            return crossing[0], {r.body for r in lab.ua.received}, [e.id for e in errors]
 
-            async def flow() -> None:
-                while flowing:
-                    sent.extend(await send_batch(alice, f"flow-{len(sent)}", 1))
-                    await trio.sleep(FLOW_INTERVAL)
 
-            lab.nursery.start_soon(flow)
-            await wait_until(lambda: len(lab.ua.bodies_from(a.address)) >= FLOW_EACH, DELIVERY_TIMEOUT,
-                             "the flow reaches carol through pool A")
-            a.serve.proc.send_signal(signal.SIGTERM)  # the flow goes on while A drains
-            await wait_until(lambda: not a.alive(), CLOSE_NOTICED_TIMEOUT + DELIVERY_TIMEOUT, "pool A ends")
-            assert a.serve.proc.returncode == 0, a.serve.log_tail()
-            await wait_until(lambda: len(lab.ua.bodies_from(b.address)) >= FLOW_EACH, DELIVERY_TIMEOUT,
-                             "the flow reaches carol through pool B")
-            flowing = False
-            await deliver(lab, list(sent), errors, "the flow across the stop")
+@pytest.mark.xfail(strict=True, raises=MessageVanished, reason=(
+    "edgeproxy discards what a partner sent before it read the system-shutdown stream error "
+    "(S2SSession.shutdown: read and discarded while lingering): the stanza is lost silently"))
+def test_a_message_the_partner_sent_as_pool_a_was_stopping_is_not_lost(tmp_path: Path) -> None:
+    """The crossing made certain: Prosody is frozen (SIGSTOP); pool A, stopped with SIGTERM,
+    writes its system-shutdown stream error (it waits unread in Prosody's socket), then alice's
+    message arrives in Prosody's c2s socket; Prosody runs again (SIGCONT) and handles alice's
+    message first — it writes it into its stream with A — then reads A's error. A stanza Prosody
+    wrote before it read the error must still reach carol (or come back to alice as an error):
+    not vanish. (Prosody 0.12 handles the later readiness first: seen in its log each time.)
 
-            def numbers(source: str) -> list[int]:
-                return [int(body.split("-")[1].split()[0]) for body in lab.ua.bodies_from(source)]
-
-            via_a, via_b = numbers(a.address), numbers(b.address)
-            assert sorted(via_a + via_b) == list(range(len(sent))), "each message exactly once"
-            assert max(via_a) < min(via_b), "Prosody moved to B once, after A's last message"
+    A plain test running its own trio loop: the verdict is raised outside every nursery, so the
+    expected failure is exactly ``MessageVanished`` (any other failure fails the test)."""
+    crossing, got, bounced = trio.run(message_crossing_the_stop, tmp_path)
+    if crossing not in got and bounced != ["crossing-0"]:
+        raise MessageVanished(f"alice's message sent as A stopped: carol got {sorted(got)}, "
+                              f"bounced {bounced}")
