@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from fixtures.netns import FABRIC_ADDRESS, inside, lab_namespaces, unique_tag
+from fixtures.netns import FABRIC_ADDRESS, Namespace, inside, lab_namespaces, unique_tag
 
 
 def own_namespace() -> str:
@@ -26,8 +26,9 @@ def namespace_names() -> set[str]:
     return {line.split()[0] for line in listing.splitlines() if line.strip()}
 
 
-def connects(frm: object, address: str, port: int) -> bool:
-    with inside(frm), socket.socket() as s:  # type: ignore[arg-type]
+def connects(frm: Namespace, address: str, port: int) -> bool:
+    """Whether a TCP connection from namespace ``frm`` to ``address:port`` is accepted."""
+    with inside(frm), socket.socket() as s:
         s.settimeout(2)
         return s.connect_ex((address, port)) == 0
 
