@@ -32,9 +32,10 @@ registers at B once B has carol).
 
 It yields a :class:`PoolLab`. ``await lab.login()`` logs alice in on Prosody (a
 ``fixtures.c2s.Client``, connected from inside the fabric); ``lab.pools["a"]`` is a
-:class:`PoolEdge` (its process, event log, metrics, ``kill(signal)``). On the way out everything
-is stopped and the namespaces are removed; if the body raised, the tails of Prosody's, dnsmasq's
-and the pools' logs are printed (pytest shows them with the failure).
+:class:`PoolEdge` (its process and event log, ``cli(...)``, ``terminate()``: SIGTERM, ``crash()``:
+SIGKILL to all its processes). On the way out everything is stopped, Prosody's log is kept as
+``prosody.log`` in ``workdir`` and the namespaces are removed; if the body raised, the tails of
+Prosody's, dnsmasq's and the pools' logs are printed (pytest shows them with the failure).
 """
 
 from __future__ import annotations
@@ -109,11 +110,6 @@ class PoolEdge:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """``edgeproxy --config <this pool's file> ARGS`` (the real CLI)."""
         return run_cli(self.config, *args, check=check)
-
-    def metric(self, name: str, **labels: str) -> float:
-        """One sample of the pool's ``/metrics`` (asked from inside its namespace)."""
-        with inside(self.namespace):
-            return self.serve.metric(name, **labels)
 
     def terminate(self, timeout: float = 40) -> int | None:
         """SIGTERM to ``edgeproxy serve`` (an operator's stop: graceful, workers drained); wait
