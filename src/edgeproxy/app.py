@@ -23,7 +23,8 @@ certificates and the store; a partner removed from the store has its streams clo
 socket or domain (``[edge] listen``, ``domains``) apply at the next start and say so.
 
 Stop (SIGTERM/SIGINT, ``edgeproxy stop``): stop accepting, drain the outbound queues, close every
-stream with ``<system-shutdown/>``, bounce what is left, and return — all within ``drain_bound``
+stream with ``<system-shutdown/>`` (taking what a partner sent before it read that, until its
+closing tag, and flushing it to the gateway), bounce what is left, and return — all within ``drain_bound``
 seconds (``lifecycle.DRAIN_BOUND_SECONDS``). A second stop request ends the drain at once.
 
 Local delivery: with the loopback channel (the default), ``[edge] internal-listen`` is served by
@@ -566,6 +567,13 @@ class EdgeApp:
         streams = len(edge.sessions())
         with trio.move_on_at(deadline):
             await edge.close_streams(max(0.1, deadline - trio.current_time() - 0.1))
+        if channel is not None and self._drain_scope is not None and not self._drain_scope.cancel_called:
+            # What partners sent before they read our system-shutdown was still taken (RFC 6120
+            # §4.4): it goes to the gateway too, or is bounced, before the channel closes.
+            with trio.move_on_at(deadline):
+                await channel.flush()
+            with trio.move_on_at(deadline):
+                await channel.bounce_queued()
         # Let the consumer take what the drain and the bounces delivered locally.
         with trio.move_on_at(deadline):
             while self.delivery.statistics().current_buffer_used:

@@ -17,7 +17,8 @@ accepted reaches carol or comes back to alice as an error, and the tests demand 
 "Next" means sent once Prosody has seen its stream to A end. A stanza Prosody writes into that
 stream while A is going is another case, the third test's: it makes such a message cross A's
 graceful stop (written by Prosody before it read A's system-shutdown stream error), which must
-not vanish either — today it does (an expected failure). After SIGKILL such a stanza is in the
+not vanish either: A takes what Prosody wrote before it read the error, until Prosody's closing
+tag (RFC 6120 §4.4), and hands it to its gateway before it stops. After SIGKILL such a stanza is in the
 dead process's socket, and server-to-server streams carry no acknowledgements that would tell
 Prosody: no edge can help it there.
 """
@@ -155,9 +156,6 @@ async def message_crossing_the_stop(tmp_path: Path) -> tuple[str, set[str], list
             return crossing[0], {r.body for r in lab.ua.received}, [e.id for e in errors]
 
 
-@pytest.mark.xfail(strict=True, raises=MessageVanished, reason=(
-    "edgeproxy discards what a partner sent before it read the system-shutdown stream error "
-    "(S2SSession.shutdown: read and discarded while lingering): the stanza is lost silently"))
 def test_a_message_the_partner_sent_as_pool_a_was_stopping_is_not_lost(tmp_path: Path) -> None:
     """The crossing made certain: Prosody is frozen (SIGSTOP); pool A, stopped with SIGTERM,
     writes its system-shutdown stream error (it waits unread in Prosody's socket), then alice's
@@ -166,8 +164,8 @@ def test_a_message_the_partner_sent_as_pool_a_was_stopping_is_not_lost(tmp_path:
     wrote before it read the error must still reach carol (or come back to alice as an error):
     not vanish. (Prosody 0.12 handles the later readiness first: seen in its log each time.)
 
-    A plain test running its own trio loop: the verdict is raised outside every nursery, so the
-    expected failure is exactly ``MessageVanished`` (any other failure fails the test)."""
+    A plain test running its own trio loop: the verdict is raised outside every nursery
+    (``MessageVanished``)."""
     crossing, got, bounced = trio.run(message_crossing_the_stop, tmp_path)
     if crossing not in got and bounced != ["crossing-0"]:
         raise MessageVanished(f"alice's message sent as A stopped: carol got {sorted(got)}, "

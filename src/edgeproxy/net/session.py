@@ -36,7 +36,8 @@ owner reports it (``ops.boundary.report``, EP1007).
 
 Writes are serialised by a lock (several tasks may send on one stream). Cancellation: cancelling
 ``run`` aborts the stream without a closing handshake; ``close`` does the polite thing and
-``shutdown`` closes with ``<system-shutdown/>`` (graceful stop, SPEC §10).
+``shutdown`` closes with ``<system-shutdown/>`` (graceful stop, SPEC §10) and still routes what
+the peer sent before it read that, until its closing tag (RFC 6120 §4.4).
 
 For operations (``edgeproxy status``, metrics) the session keeps what it saw: the remote address,
 the first authentication method, the TLS version or handshake failure, stanza counts both ways and
@@ -242,17 +243,20 @@ class S2SSession:
                     self._nursery.cancel_scope.cancel()
 
     async def shutdown(self, text: str = "the server is shutting down", grace: float = 2.0) -> None:
-        """Graceful stop: stream error ``system-shutdown`` (RFC 6120 §4.9.3.22), then linger.
+        """Graceful stop: stream error ``system-shutdown`` (RFC 6120 §4.9.3.22) and our closing
+        tag, then the peer's closing tag is waited for (§4.4) at most ``grace`` seconds.
 
-        Nothing the peer sends afterwards is processed (§4.9.1.1), but it is read and discarded
-        until the peer closes or ``grace`` seconds pass: closing a socket with unread data makes
-        the kernel send a reset, which can destroy the error before the peer has read it.
+        What the peer sent before it read them is still taken and routed — a partner writes
+        stanzas until it reads the error, and dropping them would lose them silently (it has
+        handed them over) — and after the peer's closing tag anything more is read and
+        discarded: closing a socket with unread data makes the kernel send a reset, which can
+        destroy the error before the peer has read it.
         """
         if self.conn.state is State.CLOSED:
             return
         self._linger = True
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.send(CloseStream("system-shutdown", text))
+            await self.send(CloseStream("system-shutdown", text, finish=True))
         self.close_reason = f"system-shutdown: {text}"
         self.error_sent = self.error_sent or "system-shutdown"
         if self._nursery is not None:

@@ -294,7 +294,7 @@ class S2SConnection:
             if self.header_sent and self.state not in _NO_KEEPALIVE:
                 self._out.append(wire.KEEPALIVE)
         elif isinstance(event, CloseStream):
-            self._close(event.condition, event.text)
+            self._close(event.condition, event.text, finish=event.finish)
         elif isinstance(event, DialbackVerdict):
             self._verdict(event)
         elif isinstance(event, VerifyRequest):
@@ -333,15 +333,17 @@ class S2SConnection:
         self.state = State.CLOSED
         self._events.append(StreamClosed(error=condition, reason=text))
 
-    def _close(self, condition: str | None, text: str | None) -> None:
+    def _close(self, condition: str | None, text: str | None, *, finish: bool = False) -> None:
         if self.state is State.CLOSED:
             return
-        if condition is not None:
+        if condition is not None and not (finish and self.state is not State.CLOSING):
             self._fail(condition, text)
             return
         if not self.header_sent:
             self._send_header(to=self.peer_from, from_=self.local_domain)
-        self._out.append(wire.CLOSE)
+        # the error (if any) and our closing tag; then what the peer sent before it read them is
+        # still taken until its own closing tag (CLOSING accepts stanzas on a receiving stream)
+        self._out.append(wire.stream_error(condition, text) if condition is not None else wire.CLOSE)
         self.state = State.CLOSING
 
     # -- dispatch -----------------------------------------------------------------------------

@@ -182,10 +182,14 @@ class KeepAlive(Event):
 @dataclass(frozen=True, slots=True)
 class CloseStream(Event):
     """Close our half (``</stream:stream>``, RFC 6120 §4.4); with ``condition``, send a stream
-    error first (RFC 6120 §4.9.1)."""
+    error first (RFC 6120 §4.9.1). ``finish``: with a condition that says nothing against what
+    the peer sends (``system-shutdown``), still take what it sent before it read our close —
+    the stream waits for the peer's closing tag, as RFC 6120 §4.4 gives the other party "an
+    opportunity to finish transmitting any outbound data" — instead of ending at once."""
 
     condition: str | None = None
     text: str | None = None
+    finish: bool = False
 
 
 FromPeer = (
