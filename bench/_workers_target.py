@@ -164,6 +164,9 @@ def main(argv: list[str]) -> int:
         edges = [listen_address(a) for a in argv[4:]]
         trio.run(channel_sink, sink_port, host, state_dir, edges)
         return 0
+    if argv[:1] in (["--help"], ["-h"]):
+        print(__doc__)
+        return 0
     print(__doc__, file=sys.stderr)
     return 2
 
