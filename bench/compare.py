@@ -463,8 +463,27 @@ def idle_variant(s: Scenario, streams: int, per_domain: int, tls: bool) -> Scena
     )
 
 
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU jiffies of the whole machine (``/proc/stat``'s first line)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def run_one(s: Scenario, pid: int | None) -> dict[str, object]:
-    return trio.run(LoadTest(s, pid=pid, progress=sys.stderr if sys.stderr.isatty() else None).run)
+    """One load test; also how busy the whole machine was (cores) and this process's own CPU
+    (the load generator and the sink reader) per 1,000 stanzas sent."""
+    busy0, total0 = _machine_jiffies()
+    own0 = resource.getrusage(resource.RUSAGE_SELF)
+    result = trio.run(LoadTest(s, pid=pid, progress=sys.stderr if sys.stderr.isatty() else None).run)
+    own1 = resource.getrusage(resource.RUSAGE_SELF)
+    busy1, total1 = _machine_jiffies()
+    cores = os.cpu_count() or 1
+    result["machine_busy_cores"] = cores * (busy1 - busy0) / max(1, total1 - total0)
+    own = (own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)
+    sent = int(result["sent"]) or 1  # type: ignore[call-overload]
+    result["generator_cpu_s_per_1000"] = 1000 * own / sent
+    return result
 
 
 def end_to_end_rate(result: dict[str, object]) -> float:
@@ -484,6 +503,8 @@ def relay_row(name: str, full: dict, half: dict | None) -> dict[str, object]:  #
         "lost": full["lost"],
         "cpu_s_per_1000": proc.get("cpu_s_per_1000"),
         "stanzas_per_s": end_to_end_rate(full),
+        "busy_cores": full.get("machine_busy_cores"),
+        "generator_cpu_s_per_1000": full.get("generator_cpu_s_per_1000"),
         "p50_ms": full["latency_ms"]["p50"], "p99_ms": full["latency_ms"]["p99"],
         "half_rate": (half or {}).get("rate"),
         "half_achieved": end_to_end_rate(half) if half else None,
@@ -533,10 +554,10 @@ def fmt(v: object, spec: str = ".2f") -> str:
 def relay_table(rows: list[dict[str, object]]) -> str:
     lines = [
         "| server | runs | max rate: sent / delivered / bounced / lost (all runs) | CPU s per 1,000 "
-        "(min–max) | stanzas per CPU-second | stanzas/s "
+        "(min–max) | stanzas per CPU-second | stanzas/s (min–max) "
         "| p50 ms | p99 ms | half rate /s (asked / achieved) | half: sent / lost (all runs) | half: p50 ms | half: p99 ms "
-        "| half: CPU s per 1,000 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| half: CPU s per 1,000 | machine busy, cores | load generator CPU s per 1,000 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cpu = r["cpu_s_per_1000"]
@@ -545,13 +566,14 @@ def relay_table(rows: list[dict[str, object]]) -> str:
             f"| {r['sent']} / {r['delivered']} / {r['bounced']} / {r['lost']} "
             f"| {fmt(cpu, '.3f')} ({span(r, 'cpu_s_per_1000', '.3f')}) "
             f"| {fmt(1000 / cpu if isinstance(cpu, float) and cpu > 0 else None, '.0f')} "
-            f"| {fmt(r['stanzas_per_s'], '.0f')} "
+            f"| {fmt(r['stanzas_per_s'], '.0f')} ({span(r, 'stanzas_per_s', '.0f')}) "
             f"| {fmt(r['p50_ms'], '.1f')} | {fmt(r['p99_ms'], '.1f')} "
             f"| {fmt(r['half_rate'], '.0f')} / {fmt(r['half_achieved'], '.0f')} "
             f"| {fmt(r['half_sent'])} / {fmt(r['half_lost'])} "
             f"| {fmt(r['half_p50_ms'], '.2f')} "
             f"| {fmt(r['half_p99_ms'], '.2f')} ({span(r, 'half_p99_ms', '.1f')}) "
-            f"| {fmt(r['half_cpu_s_per_1000'], '.3f')} |"
+            f"| {fmt(r['half_cpu_s_per_1000'], '.3f')} "
+            f"| {fmt(r.get('busy_cores'), '.2f')} | {fmt(r.get('generator_cpu_s_per_1000'), '.3f')} |"
         )
     return "\n".join(lines)
 
