@@ -34,7 +34,7 @@ import os
 import sqlite3
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -167,62 +167,58 @@ async def serve(
         freeze_startup_objects()
 
 
+def _with_event_log(args: argparse.Namespace, body: Callable[[EdgeConfig, EventLog, Metrics, Telemetry], None]) -> int:
+    """Read the configuration and run ``body`` with the event log on stderr; the exit status:
+    0, or the start failure's own (its event already written, no traceback)."""
+    metrics = Metrics()
+    event_log = EventLog(sys.stderr, output=_output_format(), on_emit=metrics.event_logged,
+                         on_suppress=metrics.event_suppressed)
+    telemetry = Telemetry(metrics, event_log)
+    try:
+        with events_on_stderr(event_log):
+            body(load_serve_config(args, telemetry), event_log, metrics, telemetry)
+    except KeyboardInterrupt:
+        return ExitCode.OK
+    except BaseException as exc:  # noqa: BLE001 - a start failure is its event and exit status
+        failed = leaf(exc, StartupFailed)
+        if failed is None:
+            raise
+        return failed.exit_code
+    finally:
+        event_log.close()
+    return ExitCode.OK
+
+
 def _serve_worker(args: argparse.Namespace) -> int:
     """An edge worker process started by the supervisor (``edgeproxy.workers.worker``)."""
     from edgeproxy.workers.worker import die_with_parent, run_worker
 
     die_with_parent(args.worker_parent)
-    metrics = Metrics()
-    event_log = EventLog(sys.stderr, output=_output_format(), on_emit=metrics.event_logged,
-                         on_suppress=metrics.event_suppressed)
-    telemetry = Telemetry(metrics, event_log)
-    try:
-        with events_on_stderr(event_log):
-            config = load_serve_config(args, telemetry)
-            trio.run(partial(
-                run_worker, config, index=args.worker_index,
-                listen_fds=[int(fd) for fd in args.worker_listen_fds.split(",") if fd],
-                report_fd=args.worker_report_fd, channel=args.worker_channel, parent=args.worker_parent,
-                event_log=event_log,
-                metrics=metrics,
-            ))
-    except KeyboardInterrupt:
-        return ExitCode.OK
-    except BaseException as exc:  # noqa: BLE001 - a start failure is its event and exit status
-        failed = leaf(exc, StartupFailed)
-        if failed is None:
-            raise
-        return failed.exit_code
-    finally:
-        event_log.close()
-    return ExitCode.OK
+
+    def body(config: EdgeConfig, event_log: EventLog, metrics: Metrics, telemetry: Telemetry) -> None:
+        del telemetry
+        trio.run(partial(
+            run_worker, config, index=args.worker_index,
+            listen_fds=[int(fd) for fd in args.worker_listen_fds.split(",") if fd],
+            report_fd=args.worker_report_fd, channel=args.worker_channel, parent=args.worker_parent,
+            event_log=event_log, metrics=metrics,
+        ))
+
+    return _with_event_log(args, body)
 
 
 def _serve(args: argparse.Namespace) -> int:
     if args.worker_index is not None:
         return _serve_worker(args)
-    metrics = Metrics()
-    event_log = EventLog(sys.stderr, output=_output_format(), on_emit=metrics.event_logged,
-                         on_suppress=metrics.event_suppressed)
-    telemetry = Telemetry(metrics, event_log)
-    try:
-        with events_on_stderr(event_log):
-            config = load_serve_config(args, telemetry)
-            if config.edge.appliance:
-                sys.dont_write_bytecode = True  # no caches beside the package for what is imported next
-            _demo_user_at_first_start(config, telemetry)
-            trio.run(partial(serve, config, args.role, event_log, metrics, workers=args.workers,
-                             config_path=_config_path(args)))
-    except KeyboardInterrupt:
-        return ExitCode.OK
-    except BaseException as exc:  # noqa: BLE001 - a start failure is its event and exit status
-        failed = leaf(exc, StartupFailed)
-        if failed is None:
-            raise
-        return failed.exit_code
-    finally:
-        event_log.close()
-    return ExitCode.OK
+
+    def body(config: EdgeConfig, event_log: EventLog, metrics: Metrics, telemetry: Telemetry) -> None:
+        if config.edge.appliance:
+            sys.dont_write_bytecode = True  # no caches beside the package for what is imported next
+        _demo_user_at_first_start(config, telemetry)
+        trio.run(partial(serve, config, args.role, event_log, metrics, workers=args.workers,
+                         config_path=_config_path(args)))
+
+    return _with_event_log(args, body)
 
 
 def register(sub: SubParsers) -> None:
