@@ -119,41 +119,41 @@ class StorePending(Decision, frozen=True, tag="store-pending"):
 
 # Pre-built decisions: the hot path allocates nothing but the address splits.
 ALLOW = Allow(rule="allowed")
-ALLOW_SERVER_IQ = Allow(rule="§6: iq addressed to our domain is answered by the edge")
-STRIP_STATUS = AllowTransformed(rule="§4: status note never sent to public partners")
+ALLOW_SERVER_IQ = Allow(rule="iq addressed to our domain is answered by the edge")
+STRIP_STATUS = AllowTransformed(rule="status note never sent to public partners")
 INVALID_FROM = Refuse(
-    rule="§6.1: from domain not authenticated on this stream",
+    rule="from domain not authenticated on this stream",
     condition="invalid-from",
     stream_level=True,
 )
 HOST_UNKNOWN = Refuse(
-    rule="§6.1: to domain is not ours", condition="host-unknown", stream_level=True
+    rule="to domain is not ours", condition="host-unknown", stream_level=True
 )
 PARTNER_GONE = Refuse(
-    rule="§2: domain is no longer a partner", condition="policy-violation", stream_level=True
+    rule="domain is no longer a partner", condition="policy-violation", stream_level=True
 )
-NOT_TO_SERVER = Refuse(rule="§6: only iq may be addressed to our domain itself")
-NO_SUCH_USER = Refuse(rule="§6.2: unknown local user")
-NO_XMPP_ACCESS = Refuse(rule="§6.2/§5: user's external access policy has no XMPP access")
-SBA_USER = Refuse(rule="§6.2/§5: user homed on a survivable branch appliance")
-UNAUTHORIZED = Refuse(rule="§4: PublicUnverified contact not authorized by the user")
-GROUPCHAT = Refuse(rule="§6.4: group chat is not federated")
+NOT_TO_SERVER = Refuse(rule="only iq may be addressed to our domain itself")
+NO_SUCH_USER = Refuse(rule="unknown local user")
+NO_XMPP_ACCESS = Refuse(rule="user's external access policy has no XMPP access")
+SBA_USER = Refuse(rule="user homed on a survivable branch appliance")
+UNAUTHORIZED = Refuse(rule="PublicUnverified contact not authorized by the user")
+GROUPCHAT = Refuse(rule="group chat is not federated")
 UNSUPPORTED = Refuse(
-    rule="§6.4: file transfer, Jingle and MUC invitations are not federated",
+    rule="file transfer, Jingle and MUC invitations are not federated",
     condition="feature-not-implemented",
 )
-AUTO_SUBSCRIBED = AutoReply(rule="§4: subscription auto-approved", reply="subscribed")
+AUTO_SUBSCRIBED = AutoReply(rule="subscription auto-approved", reply="subscribed")
 PROBE_UNAUTHORIZED = AutoReply(
-    rule="§4 / RFC 6121 §4.3.2: probe from an unauthorized contact",
+    rule="probe from an unauthorized contact (RFC 6121 §4.3.2)",
     reply="unsubscribed",
     deliver=False,
 )
-STORE_PENDING = StorePending(rule="§4: PublicUnverified subscription kept pending")
-SENDER_NO_XMPP = Refuse(rule="§6 outbound: sender has no XMPP access", condition="forbidden")
-SENDER_UNKNOWN = Refuse(rule="§6 outbound: sender is not a local user", condition="forbidden")
-SENDER_SBA = Refuse(rule="§6 outbound: sender homed on an SBA", condition="forbidden")
+STORE_PENDING = StorePending(rule="PublicUnverified subscription kept pending")
+SENDER_NO_XMPP = Refuse(rule="outbound: sender has no XMPP access", condition="forbidden")
+SENDER_UNKNOWN = Refuse(rule="outbound: sender is not a local user", condition="forbidden")
+SENDER_SBA = Refuse(rule="outbound: sender homed on an SBA", condition="forbidden")
 NOT_A_PARTNER = Refuse(
-    rule="§2: target domain is not a partner", condition="remote-server-not-found"
+    rule="target domain is not a partner", condition="remote-server-not-found"
 )
 
 _NEEDS_AUTH = PartnerType.PUBLIC_UNVERIFIED
@@ -287,7 +287,7 @@ def check_inbound_stream(
         return HOST_UNKNOWN
     if from_domain is not None and partner_for_domain(snapshot, from_domain) is None:
         return Refuse(
-            rule="§2: no default partner", condition="policy-violation", stream_level=True
+            rule="no default partner", condition="policy-violation", stream_level=True
         )
     return None
 
@@ -364,13 +364,13 @@ def admit_stream(
     """
     if total_open >= snapshot.gateway.connection_limit:
         return Refuse(
-            rule="§3: total connection limit reached",
+            rule="total connection limit reached",
             condition="resource-constraint",
             stream_level=True,
         )
     if partner_open >= partner_connection_limit(snapshot, partner):
         return Refuse(
-            rule=f"§2/§3: connection limit for partner {partner.domain} reached",
+            rule=f"connection limit for partner {partner.domain} reached",
             condition="resource-constraint",
             stream_level=True,
         )
