@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from edgeproxy.tokenizer import (
     Element,
     Stanza,
@@ -20,7 +18,7 @@ from edgeproxy.tokenizer import (
     Tokenizer,
     TokenizerError,
 )
-from fixtures.tools import in_ci
+from fixtures.tools import unavailable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,10 +43,7 @@ def require_corpus(path: Path) -> None:
     """Fail under CI (the corpus is part of the acceptance), skip on a developer machine."""
     if path.exists():
         return
-    reason = f"shared corpus not found at {path} (set EDGEPROXY_CORPUS_DIR)"
-    if in_ci():
-        pytest.fail(reason)
-    pytest.skip(reason)
+    unavailable(f"shared corpus not found at {path} (set EDGEPROXY_CORPUS_DIR)")
 
 
 def chunked(data: bytes, size: int) -> Iterator[bytes]:

@@ -15,7 +15,7 @@ import pytest
 
 from edgeproxy.loadtest import report
 from edgeproxy.loadtest.accounting import Ledger
-from fixtures.tools import in_ci
+from fixtures.tools import unavailable
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -60,9 +60,7 @@ def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
 
 def test_write_plot_writes_a_valid_png(tmp_path: Path) -> None:
     if importlib.util.find_spec("matplotlib") is None:
-        if in_ci():
-            pytest.fail("matplotlib missing: it is in the test extras (pip install -e '.[test]')")
-        pytest.skip("matplotlib not installed (pip install 'edgeproxy[plot]')")
+        unavailable("matplotlib not installed: it is in the test extras (pip install -e '.[test]')")
     led = _ledger()
     result = {"scenario": "unit", "timeline": led.timeline_rows(), **led.summary()}
     out = tmp_path / "run.png"

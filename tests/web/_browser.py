@@ -16,11 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
-
 from edgeproxy.policy.model import Configuration
 from fixtures.ports import free_port
 from fixtures.serve import DOMAIN, EdgeCertificates, ServeProcess, write_store
+from fixtures.tools import unavailable
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -34,9 +33,7 @@ def require_browser() -> None:
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not (os.path.exists(p) or shutil.which(p))]
     if missing:
         message = f"the browser tests need {' and '.join(missing)} (Debian: chromium, chromium-driver)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
 
 
 def new_driver(download_dir: Path):  # type: ignore[no-untyped-def]

@@ -292,3 +292,32 @@ def _healthy(serve: ServeProcess) -> bool:
         return serve.http_get("/healthz")[0] == 200
     except OSError:
         return False
+
+
+def test_a_worker_that_cannot_start_stops_the_start_with_its_exit_status(tmp_path: Path) -> None:
+    """Worker 1's channel port (internal-listen + 1) is taken: it says so (EP1001, internal) and
+    the supervisor stops worker 0 and exits with worker 1's status, 20."""
+    import socket
+
+    from fixtures.ports import free_port
+
+    base = next(p for p in (free_port(EDGE_ADDR) for _ in range(50)) if p < 65535 and _free(p + 1))
+    with socket.socket() as holder:
+        holder.bind((EDGE_ADDR, base + 1))
+        holder.listen()
+        workdir = tmp_path / "edge"
+        workdir.mkdir()
+        (workdir / "edgeproxy.toml").write_text(
+            f'[edge]\ndomains = ["contoso.test"]\nlisten = ["{EDGE_ADDR}:{free_port(EDGE_ADDR)}"]\n'
+            f'internal-listen = "{EDGE_ADDR}:{base}"\nstate-dir = "state"\n'
+            '[tls]\ncertificate = "no/edge.pem"\nkey = "no/edge.key"\n'
+            f'[admin]\nlisten = "{EDGE_ADDR}:{free_port(EDGE_ADDR)}"\n'
+            f'[gateway]\nsip-listen = ["{EDGE_ADDR}:{free_port(EDGE_ADDR, udp_too=True)}"]\nsip-tls-listen = []\n')
+        started = subprocess.run(
+            [sys.executable, "-m", "edgeproxy", "serve", "--config", str(workdir / "edgeproxy.toml"),
+             "--workers", "2"], capture_output=True, text=True, timeout=90, cwd=workdir,
+            env={**os.environ, "EDGEPROXY_LOG_FORMAT": "json"})
+    assert started.returncode == 20, started.stderr[-3000:]
+    refused = [json.loads(line) for line in started.stderr.splitlines() if '"EP1001"' in line]
+    assert [(r["role"], r["address"]) for r in refused] == [("internal", f"{EDGE_ADDR}:{base + 1}")]
+    assert "EP1000" not in started.stderr
